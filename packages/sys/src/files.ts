@@ -1,0 +1,119 @@
+// File-descriptor level calls: open/close/read/write at offsets, pipes, splice/vmsplice, memfd,
+// mmap, ioctl, fcntl. Node's fs covers some of these, but not with 64-bit offsets beyond 2^53
+// (/proc/PID/mem addresses), nor pipes, splice, memfd or mmap.
+import { addressOf, sysCall, sysCallNumber } from './ffi.js';
+import { SYSCALL_NUMBERS as N } from './syscall-numbers.js';
+import { asFd, type Fd } from './types.js';
+
+export const O = {
+  RDONLY: 0, WRONLY: 1, RDWR: 2, CREAT: 0o100, EXCL: 0o200, NOCTTY: 0o400, TRUNC: 0o1000,
+  APPEND: 0o2000, NONBLOCK: 0o4000, DIRECTORY: 0o200000, NOFOLLOW: 0o400000, CLOEXEC: 0o2000000,
+  PATH: 0o10000000,
+} as const;
+export const AT_FDCWD = -100;
+
+function cstr(s: string): Buffer {
+  return Buffer.from(`${s}\0`, 'utf8');
+}
+
+/** openat(AT_FDCWD, path, flags, mode). */
+export function open(path: string, flags: number, mode = 0o600): Fd {
+  return asFd(sysCallNumber('openat', N.openat, [AT_FDCWD, cstr(path), flags | O.CLOEXEC, mode], path));
+}
+
+/** close(fd). */
+export function close(fd: Fd): void {
+  sysCallNumber('close', N.close, [fd], `fd ${fd}`);
+}
+
+/** read(fd, buf, len). */
+export function read(fd: Fd, buf: Uint8Array, len = buf.byteLength): number {
+  return sysCallNumber('read', N.read, [fd, buf, len], `fd ${fd}`);
+}
+
+/** write(fd, buf, len). */
+export function write(fd: Fd, buf: Uint8Array, len = buf.byteLength): number {
+  return sysCallNumber('write', N.write, [fd, buf, len], `fd ${fd}`);
+}
+
+/** pread64(fd, buf, len, offset): offset is a bigint so that any user address of /proc/PID/mem fits. */
+export function pread(fd: Fd, buf: Uint8Array, offset: bigint, len = buf.byteLength): number {
+  return sysCallNumber('pread64', N.pread64, [fd, buf, len, offset], `fd ${fd} @0x${offset.toString(16)}`);
+}
+
+/** pwrite64(fd, buf, len, offset). */
+export function pwrite(fd: Fd, buf: Uint8Array, offset: bigint, len = buf.byteLength): number {
+  return sysCallNumber('pwrite64', N.pwrite64, [fd, buf, len, offset], `fd ${fd} @0x${offset.toString(16)}`);
+}
+
+/** ftruncate(fd, length). */
+export function ftruncate(fd: Fd, length: number | bigint): void {
+  sysCallNumber('ftruncate', N.ftruncate, [fd, length], `fd ${fd}`);
+}
+
+export const F = { DUPFD: 0, GETFD: 1, SETFD: 2, GETFL: 3, SETFL: 4, DUPFD_CLOEXEC: 1030, SETPIPE_SZ: 1031, GETPIPE_SZ: 1032 } as const;
+export const FD_CLOEXEC = 1;
+
+/** fcntl(fd, cmd, arg) for integer commands. */
+export function fcntl(fd: Fd, cmd: number, arg: number | bigint = 0): number {
+  return sysCallNumber('fcntl', N.fcntl, [fd, cmd, arg], `fd ${fd} cmd ${cmd}`);
+}
+
+/** ioctl(fd, request, arg): arg is an integer or a buffer the kernel reads or fills. */
+export function ioctl(fd: Fd, request: number | bigint, arg: number | bigint | Uint8Array = 0): number {
+  return sysCallNumber('ioctl', N.ioctl, [fd, request, arg], `fd ${fd} request 0x${request.toString(16)}`);
+}
+
+/** pipe2(flags): [read end, write end]. */
+export function pipe2(flags = O.CLOEXEC): [Fd, Fd] {
+  const fds = Buffer.alloc(8);
+  sysCallNumber('pipe2', N.pipe2, [fds, flags]);
+  return [asFd(fds.readInt32LE(0)), asFd(fds.readInt32LE(4))];
+}
+
+export const SPLICE_F = { MOVE: 1, NONBLOCK: 2, MORE: 4, GIFT: 8 } as const;
+
+/**
+ * splice(fdIn, offIn, fdOut, offOut, len, flags). Offsets are null for pipes and sockets (and
+ * then the file position is used); a given offset is read and not updated here.
+ */
+export function splice(fdIn: Fd, offIn: bigint | null, fdOut: Fd, offOut: bigint | null, len: number, flags = 0): number {
+  const inOff = offIn === null ? null : Buffer.alloc(8);
+  const outOff = offOut === null ? null : Buffer.alloc(8);
+  if (inOff && offIn !== null) inOff.writeBigInt64LE(offIn);
+  if (outOff && offOut !== null) outOff.writeBigInt64LE(offOut);
+  return sysCallNumber('splice', N.splice, [fdIn, inOff, fdOut, outOff, len, flags], `fd ${fdIn} -> fd ${fdOut}`);
+}
+
+/** vmsplice(fd, iov, n, flags) with local buffers. */
+export function vmsplice(fd: Fd, buffers: readonly Uint8Array[], flags = 0): number {
+  const iov = Buffer.alloc(buffers.length * 16);
+  buffers.forEach((b, i) => {
+    iov.writeBigUInt64LE(addressOf(b), i * 16);
+    iov.writeBigUInt64LE(BigInt(b.byteLength), i * 16 + 8);
+  });
+  return sysCallNumber('vmsplice', N.vmsplice, [fd, iov, buffers.length, flags], `fd ${fd}`);
+}
+
+export const MFD = { CLOEXEC: 1, ALLOW_SEALING: 2, NOEXEC_SEAL: 8, EXEC: 0x10 } as const;
+
+/** memfd_create(name, flags). */
+export function memfdCreate(name: string, flags: number = MFD.CLOEXEC): Fd {
+  return asFd(sysCallNumber('memfd_create', N.memfd_create, [cstr(name), flags], name));
+}
+
+export const PROT = { NONE: 0, READ: 1, WRITE: 2, EXEC: 4 } as const;
+export const MAP = {
+  SHARED: 1, PRIVATE: 2, FIXED: 0x10, ANONYMOUS: 0x20, GROWSDOWN: 0x100, NORESERVE: 0x4000,
+  POPULATE: 0x8000, FIXED_NOREPLACE: 0x10_0000,
+} as const;
+
+/** mmap(addr, len, prot, flags, fd, off) in this process; returns the mapping address. */
+export function mmap(addr: bigint, len: number | bigint, prot: number, flags: number, fd: number, off: bigint | number = 0): bigint {
+  return sysCall('mmap', N.mmap, [addr, len, prot, flags, fd, off]);
+}
+
+/** munmap(addr, len). */
+export function munmap(addr: bigint, len: number | bigint): void {
+  sysCall('munmap', N.munmap, [addr, len]);
+}

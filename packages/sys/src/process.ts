@@ -1,0 +1,57 @@
+// Process-level calls: ids, signals, pidfds, kcmp, prctl.
+import { sysCallNumber } from './ffi.js';
+import { SYSCALL_NUMBERS as N } from './syscall-numbers.js';
+import { asFd, asPid, type Fd, type Pid } from './types.js';
+
+/** getpid(): the thread group id of the caller. */
+export function getpid(): Pid {
+  return asPid(sysCallNumber('getpid', N.getpid, []));
+}
+
+/** gettid(): the id of the calling thread (the one that owns any ptrace attachments it makes). */
+export function gettid(): Pid {
+  return asPid(sysCallNumber('gettid', N.gettid, []));
+}
+
+/** kill(pid, sig). */
+export function kill(pid: Pid, sig: number): void {
+  sysCallNumber('kill', N.kill, [pid, sig], `pid ${pid}`);
+}
+
+/** tgkill(tgid, tid, sig): a signal to one thread. */
+export function tgkill(tgid: Pid, tid: Pid, sig: number): void {
+  sysCallNumber('tgkill', N.tgkill, [tgid, tid, sig], `tid ${tid}`);
+}
+
+export const PIDFD_NONBLOCK = 0o4000;
+export const PIDFD_THREAD = 0o200;
+
+/** pidfd_open(pid, flags): a file descriptor that names exactly this process (no pid reuse race). */
+export function pidfdOpen(pid: Pid, flags = 0): Fd {
+  return asFd(sysCallNumber('pidfd_open', N.pidfd_open, [pid, flags], `pid ${pid}`));
+}
+
+/** pidfd_getfd(pidfd, targetfd, 0): a duplicate of another process's fd (needs PTRACE_MODE_ATTACH_REALCREDS). */
+export function pidfdGetfd(pidfd: Fd, targetFd: number): Fd {
+  return asFd(sysCallNumber('pidfd_getfd', N.pidfd_getfd, [pidfd, targetFd, 0], `pidfd ${pidfd} fd ${targetFd}`));
+}
+
+/** pidfd_send_signal(pidfd, sig, NULL, 0). */
+export function pidfdSendSignal(pidfd: Fd, sig: number): void {
+  sysCallNumber('pidfd_send_signal', N.pidfd_send_signal, [pidfd, sig, 0, 0], `pidfd ${pidfd}`);
+}
+
+export const KCMP = { FILE: 0, VM: 1, FILES: 2, FS: 3, SIGHAND: 4, IO: 5, SYSVSEM: 6, EPOLL_TFD: 7 } as const;
+
+/**
+ * kcmp(pid1, pid2, type, idx1, idx2): 0 when the two resources are the same kernel object, 1 or 2
+ * for an ordering, 3 when they differ but cannot be ordered.
+ */
+export function kcmp(pid1: Pid, pid2: Pid, type: number, idx1 = 0, idx2 = 0): number {
+  return sysCallNumber('kcmp', N.kcmp, [pid1, pid2, type, idx1, idx2], `pids ${pid1} ${pid2}`);
+}
+
+/** prctl(option, a2..a5) on the caller. */
+export function prctl(option: number, a2: number | bigint = 0, a3: number | bigint | Uint8Array = 0, a4: number | bigint = 0, a5: number | bigint = 0): number {
+  return sysCallNumber('prctl', N.prctl, [option, a2, a3, a4, a5], `option ${option}`);
+}

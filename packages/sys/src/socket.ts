@@ -1,0 +1,160 @@
+// Socket calls, including file-descriptor passing (SCM_RIGHTS, unix(7)).
+import { addressOf, sysCallNumber } from './ffi.js';
+import { SYSCALL_NUMBERS as N } from './syscall-numbers.js';
+import { asFd, type Fd } from './types.js';
+
+export const AF_UNIX = 1;
+export const AF_INET = 2;
+export const AF_INET6 = 10;
+export const SOCK = { STREAM: 1, DGRAM: 2, RAW: 3, SEQPACKET: 5, NONBLOCK: 0o4000, CLOEXEC: 0o2000000 } as const;
+export const SOL_SOCKET = 1;
+export const SO = { TYPE: 3, ERROR: 4, SNDBUF: 7, RCVBUF: 8, RCVTIMEO: 20, SNDTIMEO: 21, PEERCRED: 17 } as const;
+export const SCM_RIGHTS = 1;
+export const MSG = { PEEK: 2, TRUNC: 0x20, DONTWAIT: 0x40, WAITALL: 0x100, NOSIGNAL: 0x4000, CMSG_CLOEXEC: 0x4000_0000 } as const;
+export const SHUT = { RD: 0, WR: 1, RDWR: 2 } as const;
+
+/** Size of struct msghdr on x86_64 (7 members, pointers and size_t are 8 bytes). */
+export const MSGHDR_SIZE = 56;
+/** Size of struct cmsghdr's header: cmsg_len (size_t), cmsg_level, cmsg_type (int). */
+export const CMSGHDR_SIZE = 16;
+/** Most fds one SCM_RIGHTS message carries (SCM_MAX_FD in the kernel). */
+export const SCM_MAX_FD = 253;
+
+/** socket(domain, type, protocol); CLOEXEC is always added. */
+export function socket(domain: number, type: number, protocol = 0): Fd {
+  return asFd(sysCallNumber('socket', N.socket, [domain, type | SOCK.CLOEXEC, protocol]));
+}
+
+/** socketpair(domain, type, protocol). */
+export function socketpair(domain: number, type: number, protocol = 0): [Fd, Fd] {
+  const sv = Buffer.alloc(8);
+  sysCallNumber('socketpair', N.socketpair, [domain, type | SOCK.CLOEXEC, protocol, sv]);
+  return [asFd(sv.readInt32LE(0)), asFd(sv.readInt32LE(4))];
+}
+
+/**
+ * A struct sockaddr_un for `path`; a name starting with '\0' is in the abstract namespace and
+ * its length is exactly sun_family + the name bytes (no terminating NUL), per unix(7).
+ */
+export function sockaddrUn(path: string): Buffer {
+  const name = Buffer.from(path, 'utf8');
+  if (name.length > 107) throw new RangeError(`unix socket path too long (${name.length} > 107): ${path}`);
+  const abstract = name[0] === 0;
+  const addr = Buffer.alloc(2 + name.length + (abstract ? 0 : 1));
+  addr.writeUInt16LE(AF_UNIX, 0);
+  name.copy(addr, 2);
+  return addr;
+}
+
+/** bind(fd, addr, addrlen). */
+export function bind(fd: Fd, addr: Uint8Array): void {
+  sysCallNumber('bind', N.bind, [fd, addr, addr.byteLength], `fd ${fd}`);
+}
+
+/** listen(fd, backlog). */
+export function listen(fd: Fd, backlog = 16): void {
+  sysCallNumber('listen', N.listen, [fd, backlog], `fd ${fd}`);
+}
+
+/** accept4(fd, NULL, NULL, flags); CLOEXEC is always added. */
+export function accept4(fd: Fd, flags = 0): Fd {
+  return asFd(sysCallNumber('accept4', N.accept4, [fd, 0, 0, flags | SOCK.CLOEXEC], `fd ${fd}`));
+}
+
+/** connect(fd, addr, addrlen). */
+export function connect(fd: Fd, addr: Uint8Array): void {
+  sysCallNumber('connect', N.connect, [fd, addr, addr.byteLength], `fd ${fd}`);
+}
+
+/** shutdown(fd, how). */
+export function shutdown(fd: Fd, how: number): void {
+  sysCallNumber('shutdown', N.shutdown, [fd, how], `fd ${fd}`);
+}
+
+/** setsockopt(fd, level, name, value): an int option when `value` is a number. */
+export function setsockopt(fd: Fd, level: number, name: number, value: number | Uint8Array): void {
+  let buf: Uint8Array;
+  if (typeof value === 'number') {
+    const b = Buffer.alloc(4);
+    b.writeInt32LE(value);
+    buf = b;
+  } else buf = value;
+  sysCallNumber('setsockopt', N.setsockopt, [fd, level, name, buf, buf.byteLength], `fd ${fd} level ${level} opt ${name}`);
+}
+
+/** getsockopt(fd, level, name) into a buffer of `size` bytes; returns the bytes the kernel filled. */
+export function getsockopt(fd: Fd, level: number, name: number, size = 4): Buffer {
+  const buf = Buffer.alloc(size);
+  const len = Buffer.alloc(4);
+  len.writeUInt32LE(size);
+  sysCallNumber('getsockopt', N.getsockopt, [fd, level, name, buf, len], `fd ${fd} level ${level} opt ${name}`);
+  return buf.subarray(0, len.readUInt32LE(0));
+}
+
+/** A timeval for SO_RCVTIMEO/SO_SNDTIMEO. */
+export function timeval(ms: number): Buffer {
+  const b = Buffer.alloc(16);
+  b.writeBigInt64LE(BigInt(Math.floor(ms / 1000)), 0);
+  b.writeBigInt64LE(BigInt((ms % 1000) * 1000), 8);
+  return b;
+}
+
+function msghdr(data: Uint8Array, control: Uint8Array | null): { hdr: Buffer; iov: Buffer } {
+  const iov = Buffer.alloc(16);
+  iov.writeBigUInt64LE(addressOf(data), 0);
+  iov.writeBigUInt64LE(BigInt(data.byteLength), 8);
+  const hdr = Buffer.alloc(MSGHDR_SIZE);
+  hdr.writeBigUInt64LE(addressOf(iov), 16); // msg_iov
+  hdr.writeBigUInt64LE(1n, 24); // msg_iovlen
+  if (control) {
+    hdr.writeBigUInt64LE(addressOf(control), 32); // msg_control
+    hdr.writeBigUInt64LE(BigInt(control.byteLength), 40); // msg_controllen
+  }
+  return { hdr, iov };
+}
+
+/** CMSG_SPACE for `n` fds: header plus the int array rounded up to 8 bytes. */
+function cmsgSpace(nfds: number): number {
+  return CMSGHDR_SIZE + Math.ceil((nfds * 4) / 8) * 8;
+}
+
+/**
+ * sendmsg(fd, {data, SCM_RIGHTS fds}, flags). At least one byte of data must go with the fds on
+ * stream sockets, so callers send a small payload. Returns bytes sent.
+ */
+export function sendmsg(fd: Fd, data: Uint8Array, fds: readonly Fd[] = [], flags: number = MSG.NOSIGNAL): number {
+  if (fds.length > SCM_MAX_FD) throw new RangeError(`sendmsg: ${fds.length} fds > SCM_MAX_FD`);
+  let control: Buffer | null = null;
+  if (fds.length > 0) {
+    control = Buffer.alloc(cmsgSpace(fds.length));
+    control.writeBigUInt64LE(BigInt(CMSGHDR_SIZE + fds.length * 4), 0); // CMSG_LEN
+    control.writeInt32LE(SOL_SOCKET, 8);
+    control.writeInt32LE(SCM_RIGHTS, 12);
+    fds.forEach((f, i) => control!.writeInt32LE(f, CMSGHDR_SIZE + i * 4));
+  }
+  const { hdr, iov } = msghdr(data, control);
+  const n = sysCallNumber('sendmsg', N.sendmsg, [fd, hdr, flags], `fd ${fd}`);
+  void iov; // keeps the iovec alive until the call returned
+  return n;
+}
+
+/** recvmsg(fd) into `data`; returns the byte count and any fds received with SCM_RIGHTS (close-on-exec). */
+export function recvmsg(fd: Fd, data: Uint8Array, maxFds = 16, flags = 0): { bytes: number; fds: Fd[]; truncated: boolean } {
+  const control = Buffer.alloc(cmsgSpace(maxFds));
+  const { hdr, iov } = msghdr(data, control);
+  const bytes = sysCallNumber('recvmsg', N.recvmsg, [fd, hdr, flags | MSG.CMSG_CLOEXEC], `fd ${fd}`);
+  void iov;
+  const fds: Fd[] = [];
+  const controlLen = Number(hdr.readBigUInt64LE(40));
+  let off = 0;
+  while (off + CMSGHDR_SIZE <= controlLen) {
+    const len = Number(control.readBigUInt64LE(off));
+    if (len < CMSGHDR_SIZE) break;
+    if (control.readInt32LE(off + 8) === SOL_SOCKET && control.readInt32LE(off + 12) === SCM_RIGHTS) {
+      for (let p = off + CMSGHDR_SIZE; p + 4 <= off + len; p += 4) fds.push(asFd(control.readInt32LE(p)));
+    }
+    off += Math.ceil(len / 8) * 8;
+  }
+  const msgFlags = hdr.readInt32LE(48);
+  return { bytes, fds, truncated: (msgFlags & 0x28) !== 0 /* MSG_TRUNC | MSG_CTRUNC */ };
+}
