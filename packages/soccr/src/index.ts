@@ -1,0 +1,5 @@
+export * from './errors.js';
+export * from './tcp-state.js';
+export * from './repair.js';
+export { buildSegment, sendCraftedSegment, LOCK_BYPASS_MARK } from './raw-segment.js';
+export * from './network-lock.js';

@@ -1,0 +1,421 @@
+/**
+ * The network lock: while a connection has no owner, the peer's packets for
+ * it must not reach the TCP stack - with no socket for the 4-tuple the
+ * kernel answers with RST and the peer drops the connection.
+ *
+ * Backends, chosen in this order: nftables (the `nft` tool) or iptables.
+ *
+ * nftables layout (one table per network namespace, shared by every user):
+ *
+ *   table inet criu_ts_soccr
+ *     set locked4/locked6    {saddr . sport . daddr . dport} of locked
+ *                            connections, seen from the peer (flags timeout)
+ *     set released4/6        same keys, recently unlocked (flags timeout)
+ *     chain input (hook input, priority raw = -300)
+ *       meta mark 0xc114 accept            # our own crafted segments
+ *       ... @released4 accept
+ *       ... @locked4 drop
+ *       (the same two for IPv6)
+ *
+ * Why two sets: removing anything from an nftables (or iptables) ruleset
+ * costs a kernel commit that waits ~10-15 ms here (measured: `nft delete
+ * element` 12-15 ms, `nft add element` 2-3 ms including process start,
+ * `iptables -D` 12 ms). Unlock is on the critical path of a handoff, so it
+ * only *adds* the key to `released*` (which wins over `locked*`); the
+ * locked element is deleted afterwards, off the critical path, and the
+ * released element expires by itself. Lock, which happens before the old
+ * owner lets go, removes a leftover released element first.
+ *
+ * Commands go to one long-lived `nft -e -i` process (interactive mode reads
+ * stdin line by line; with --echo it prints "# new generation N" once a
+ * command is committed), so a lock or unlock costs no process start.
+ *
+ * Leftovers: every locked element carries `comment "pid=<owner>"` and a
+ * timeout (default 120 s), so a killed owner's locks go away by themselves;
+ * `cleanupNetworkLocks()` (and bin/soccr-cleanup.mjs) removes those of dead
+ * owners at once, or all of them.
+ *
+ * iptables backend: one rule per connection and direction in INPUT
+ * (`-m mark ! --mark 0xc114 -m comment --comment criu-ts-soccr:pid=N -j
+ * DROP`), inserted after an `iptables -C` check (idempotent) and deleted on
+ * unlock; `ip6tables` for IPv6.
+ */
+import { spawn, execFile, type ChildProcessWithoutNullStreams } from 'node:child_process';
+import { promisify } from 'node:util';
+import { SoccrError } from './errors.js';
+import type { InetAddress } from './tcp-state.js';
+import { LOCK_BYPASS_MARK } from './raw-segment.js';
+
+const execFileP = promisify(execFile);
+
+export const LOCK_TABLE = 'criu_ts_soccr';
+const COMMENT_PREFIX = 'criu-ts-soccr';
+
+/** A connection as seen locally: our address and the peer's. */
+export interface ConnectionKey {
+  local: InetAddress;
+  remote: InetAddress;
+}
+
+export type LockBackend = 'nft' | 'iptables';
+
+export interface NetworkLockOptions {
+  /** Which tool to use; default: nft when it runs, else iptables. */
+  backend?: LockBackend | 'auto';
+  /** Seconds after which a lock lapses on its own if never unlocked (nft only). Default 120. */
+  lockTimeoutSeconds?: number;
+  /** Seconds a released marker stays (nft only). Default 30. */
+  releasedTimeoutSeconds?: number;
+}
+
+function keyText(c: ConnectionKey): string {
+  // Seen from the peer: its packets come from remote and go to local.
+  return `${c.remote.address} . ${c.remote.port} . ${c.local.address} . ${c.local.port}`;
+}
+function keyId(c: ConnectionKey): string {
+  return `${c.local.family}|${keyText(c)}`;
+}
+function fam(c: ConnectionKey): 4 | 6 {
+  if (c.local.family !== c.remote.family) {
+    throw new SoccrError('LOCK', 'connection has local and remote addresses of different families', { ...c });
+  }
+  return c.local.family;
+}
+
+async function runs(cmd: string, args: string[]): Promise<boolean> {
+  try {
+    await execFileP(cmd, args, { timeout: 5000 });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Picks the backend: nft if `nft list tables` works, else iptables if `iptables -w -L -n` works. */
+export async function detectLockBackend(): Promise<LockBackend> {
+  if (await runs('nft', ['list', 'tables'])) return 'nft';
+  if (await runs('iptables', ['-w', '-n', '-L', 'INPUT'])) return 'iptables';
+  throw new SoccrError('LOCK', 'neither nft nor iptables is usable (install nftables or iptables; root needed)', {});
+}
+
+/** One `nft -e -i` child: commands in, "# new generation" or "Error:" out. */
+class NftSession {
+  private readonly child: ChildProcessWithoutNullStreams;
+  private buf = '';
+  private readonly waiting: { resolve: () => void; reject: (e: Error) => void; cmd: string }[] = [];
+  private dead: Error | undefined;
+
+  constructor() {
+    this.child = spawn('nft', ['-e', '-i'], { stdio: ['pipe', 'pipe', 'pipe'] });
+    this.child.stdout.setEncoding('utf8');
+    this.child.stderr.setEncoding('utf8');
+    this.child.stdout.on('data', (d: string) => this.onData(d));
+    this.child.stderr.on('data', (d: string) => this.onData(d));
+    this.child.on('error', (e) => this.fail(e));
+    this.child.on('exit', (code, sig) => this.fail(new Error(`nft exited (code ${code}, signal ${sig})`)));
+    this.setRef(false);
+  }
+
+  /** An idle helper must not keep its owner process alive; a busy one must (its answer is awaited). */
+  private setRef(on: boolean): void {
+    const m = on ? 'ref' : 'unref';
+    this.child[m]();
+    for (const s of [this.child.stdout, this.child.stderr, this.child.stdin]) (s as unknown as Record<string, (() => void) | undefined>)[m]?.call(s);
+  }
+
+  private settleOne(err?: Error): void {
+    const w = this.waiting.shift();
+    if (this.waiting.length === 0) this.setRef(false);
+    if (!w) return;
+    if (err) w.reject(new SoccrError('LOCK', `nft refused: ${err.message}`, { command: w.cmd, output: err.message }));
+    else w.resolve();
+  }
+
+  private onData(d: string): void {
+    this.buf += d;
+    let nl: number;
+    while ((nl = this.buf.indexOf('\n')) >= 0) {
+      const line = this.buf.slice(0, nl);
+      this.buf = this.buf.slice(nl + 1);
+      if (line.startsWith('# new generation')) this.settleOne();
+      else if (line.startsWith('Error:')) this.settleOne(new Error(line));
+    }
+  }
+
+  private fail(e: Error): void {
+    this.dead ??= e;
+    this.setRef(false);
+    for (const w of this.waiting.splice(0)) w.reject(new SoccrError('LOCK', `nft helper died: ${e.message}`, { command: w.cmd }, { cause: e }));
+  }
+
+  /** Runs one command line (may hold several `;`-separated commands: one transaction). */
+  run(cmd: string): Promise<void> {
+    if (this.dead) return Promise.reject(new SoccrError('LOCK', `nft helper is gone: ${this.dead.message}`, { command: cmd }));
+    return new Promise((resolve, reject) => {
+      this.waiting.push({ resolve, reject, cmd });
+      if (this.waiting.length === 1) this.setRef(true);
+      this.child.stdin.write(cmd.replace(/\n/g, ' ') + '\n');
+    });
+  }
+
+  close(): void {
+    this.child.stdin.end();
+    this.child.kill();
+  }
+}
+
+/** A handle on the lock table of this network namespace. */
+export class NetworkLock {
+  private nft: NftSession | undefined;
+  private pending: Promise<unknown>[] = [];
+  private readonly lockTimeout: number;
+  private readonly releasedTimeout: number;
+
+  private constructor(readonly backend: LockBackend, opts: NetworkLockOptions) {
+    this.lockTimeout = opts.lockTimeoutSeconds ?? 120;
+    this.releasedTimeout = opts.releasedTimeoutSeconds ?? 30;
+  }
+
+  /** Prepares the backend (creates the nft table if needed; idempotent). */
+  static async open(opts: NetworkLockOptions = {}): Promise<NetworkLock> {
+    const backend = !opts.backend || opts.backend === 'auto' ? await detectLockBackend() : opts.backend;
+    const l = new NetworkLock(backend, opts);
+    if (backend === 'nft') {
+      l.nft = new NftSession();
+      await l.nft.run(nftTableScript());
+    }
+    return l;
+  }
+
+  /** Drops the peer's packets of every given connection. Idempotent. */
+  async lock(conns: readonly ConnectionKey[]): Promise<void> {
+    if (conns.length === 0) return;
+    if (this.backend === 'nft') {
+      const cmds: string[] = [];
+      for (const c of conns) {
+        const f = fam(c);
+        const k = keyText(c);
+        // "add" then "delete" in one transaction: removes a released marker if there is one, never fails if not.
+        cmds.push(`add element inet ${LOCK_TABLE} released${f} { ${k} }`, `delete element inet ${LOCK_TABLE} released${f} { ${k} }`);
+        cmds.push(`add element inet ${LOCK_TABLE} locked${f} { ${k} timeout ${this.lockTimeout}s comment "pid=${process.pid}" }`);
+      }
+      await this.nft!.run(cmds.join('; '));
+      return;
+    }
+    for (const c of conns) {
+      const spec = iptablesSpec(c, process.pid);
+      const tool = fam(c) === 4 ? 'iptables' : 'ip6tables';
+      if (!(await runs(tool, ['-w', '-C', 'INPUT', ...spec]))) await iptables(tool, ['-w', '-I', 'INPUT', ...spec]);
+    }
+  }
+
+  /**
+   * Lets the peer's packets through again; effective when the promise
+   * resolves. (nft: the locked elements are removed a moment later;
+   * `settle()` waits for that.)
+   */
+  async unlock(conns: readonly ConnectionKey[]): Promise<void> {
+    if (conns.length === 0) return;
+    if (this.backend === 'nft') {
+      const add = conns.map((c) => `add element inet ${LOCK_TABLE} released${fam(c)} { ${keyText(c)} timeout ${this.releasedTimeout}s }`);
+      await this.nft!.run(add.join('; '));
+      const del = conns.flatMap((c) => {
+        const f = fam(c);
+        const k = keyText(c);
+        return [`add element inet ${LOCK_TABLE} locked${f} { ${k} }`, `delete element inet ${LOCK_TABLE} locked${f} { ${k} }`];
+      });
+      const p = this.nft!.run(del.join('; '));
+      p.catch(() => {
+        /* reported by settle() */
+      });
+      this.pending.push(p);
+      return;
+    }
+    // The rule may carry another owner's pid (handoffs lock in one process and
+    // unlock in the next): find rules by connection, whoever made them.
+    const want = new Set(conns.map(keyId));
+    for (const l of await listLocks('iptables')) {
+      if (want.has(keyId(l.key)) && l.rule) await iptables(l.rule.tool, ['-w', '-D', 'INPUT', ...l.rule.spec]);
+    }
+  }
+
+  /** Waits until deferred removals are done; throws the first that failed. */
+  async settle(): Promise<void> {
+    const p = this.pending.splice(0);
+    await Promise.all(p);
+  }
+
+  /** Connections currently locked in this namespace (by anyone). */
+  async list(): Promise<(ConnectionKey & { owner?: number })[]> {
+    return (await listLocks(this.backend)).map(({ key, owner }) => ({ ...key, ...(owner !== undefined ? { owner } : {}) }));
+  }
+
+  /** settle(), then stop the helper process. Locks still held stay in place. */
+  async close(): Promise<void> {
+    try {
+      await this.settle();
+    } finally {
+      this.nft?.close();
+      this.nft = undefined;
+    }
+  }
+}
+
+function nftTableScript(): string {
+  const t = `inet ${LOCK_TABLE}`;
+  const lines = [`add table ${t}`];
+  for (const f of [4, 6] as const) {
+    const a = f === 4 ? 'ipv4_addr' : 'ipv6_addr';
+    const type = `${a} . inet_service . ${a} . inet_service`;
+    lines.push(`add set ${t} locked${f} { type ${type}; flags timeout; }`);
+    lines.push(`add set ${t} released${f} { type ${type}; flags timeout; }`);
+  }
+  lines.push(`add chain ${t} input { type filter hook input priority -300; policy accept; }`);
+  // Rebuilding the chain's rules is idempotent; the sets (the locks) are untouched.
+  lines.push(`flush chain ${t} input`);
+  lines.push(`add rule ${t} input meta mark 0x${LOCK_BYPASS_MARK.toString(16)} accept`);
+  for (const f of [4, 6] as const) {
+    const ip = f === 4 ? 'ip' : 'ip6';
+    const k = `${ip} saddr . tcp sport . ${ip} daddr . tcp dport`;
+    lines.push(`add rule ${t} input ${k} @released${f} accept`);
+    lines.push(`add rule ${t} input ${k} @locked${f} drop`);
+  }
+  return lines.join('; ');
+}
+
+function iptablesSpec(c: ConnectionKey, pid: number): string[] {
+  const bits = c.local.family === 4 ? 32 : 128;
+  return [
+    '-p', 'tcp',
+    '-s', `${c.remote.address}/${bits}`, '--sport', String(c.remote.port),
+    '-d', `${c.local.address}/${bits}`, '--dport', String(c.local.port),
+    '-m', 'mark', '!', '--mark', `0x${LOCK_BYPASS_MARK.toString(16)}`,
+    '-m', 'comment', '--comment', `${COMMENT_PREFIX}:pid=${pid}`,
+    '-j', 'DROP',
+  ];
+}
+
+async function iptables(tool: string, args: string[]): Promise<void> {
+  try {
+    await execFileP(tool, args, { timeout: 10_000 });
+  } catch (e) {
+    const err = e as { stderr?: string; message: string };
+    throw new SoccrError('LOCK', `${tool} failed: ${(err.stderr ?? err.message).trim()}`, { tool, args }, { cause: e });
+  }
+}
+
+interface ListedLock {
+  key: ConnectionKey;
+  owner?: number;
+  /** How to remove it. */
+  backend: LockBackend;
+  rule?: { tool: string; spec: string[] };
+}
+
+async function listLocks(backend: LockBackend): Promise<ListedLock[]> {
+  const out: ListedLock[] = [];
+  if (backend === 'nft') {
+    let json: string;
+    try {
+      json = (await execFileP('nft', ['-j', 'list', 'table', 'inet', LOCK_TABLE], { timeout: 5000, maxBuffer: 64 << 20 })).stdout;
+    } catch {
+      return out; // no table: nothing locked
+    }
+    const doc = JSON.parse(json) as { nftables: Record<string, any>[] };
+    for (const item of doc.nftables) {
+      const set = item['set'];
+      if (!set || !/^locked[46]$/.test(set.name)) continue;
+      const f: 4 | 6 = set.name.endsWith('4') ? 4 : 6;
+      for (const e of set.elem ?? []) {
+        const el = e.elem ?? { val: e };
+        const concat = el.val?.concat as [string, number, string, number] | undefined;
+        if (!concat) continue;
+        const m = /pid=(\d+)/.exec(el.comment ?? '');
+        out.push({
+          key: {
+            remote: { family: f, address: concat[0], port: concat[1] },
+            local: { family: f, address: concat[2], port: concat[3] },
+          },
+          ...(m ? { owner: Number(m[1]) } : {}),
+          backend,
+        });
+      }
+    }
+    return out;
+  }
+  for (const [tool, f] of [['iptables-save', 4], ['ip6tables-save', 6]] as const) {
+    let text: string;
+    try {
+      text = (await execFileP(tool, ['-t', 'filter'], { timeout: 5000 })).stdout;
+    } catch {
+      continue;
+    }
+    for (const line of text.split('\n')) {
+      if (!line.startsWith('-A INPUT') || !line.includes(COMMENT_PREFIX)) continue;
+      const g = (re: RegExp) => re.exec(line)?.[1];
+      const src = g(/-s (\S+?)(?:\/\d+)? /);
+      const dst = g(/-d (\S+?)(?:\/\d+)? /);
+      const sport = g(/--sport (\d+)/);
+      const dport = g(/--dport (\d+)/);
+      const pid = g(/pid=(\d+)/);
+      if (!src || !dst || !sport || !dport) continue;
+      const key: ConnectionKey = {
+        remote: { family: f, address: src, port: Number(sport) },
+        local: { family: f, address: dst, port: Number(dport) },
+      };
+      out.push({
+        key,
+        ...(pid ? { owner: Number(pid) } : {}),
+        backend,
+        rule: { tool: f === 4 ? 'iptables' : 'ip6tables', spec: iptablesSpec(key, Number(pid ?? 0)) },
+      });
+    }
+  }
+  return out;
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+export interface CleanupOptions {
+  /** Remove every lock, also those of live owners (default: only dead owners'). */
+  all?: boolean;
+  /** Also delete the nft table itself when nothing is left locked. */
+  dropTable?: boolean;
+}
+
+/**
+ * Removes leftover locks of this network namespace: those whose owner
+ * process is gone (or all with `all`), from whichever backends are usable.
+ * Returns what it removed.
+ */
+export async function cleanupNetworkLocks(opts: CleanupOptions = {}): Promise<ConnectionKey[]> {
+  const removed: ConnectionKey[] = [];
+  for (const backend of ['nft', 'iptables'] as const) {
+    const tool = backend === 'nft' ? 'nft' : 'iptables';
+    if (!(await runs(tool, backend === 'nft' ? ['list', 'tables'] : ['-w', '-n', '-L', 'INPUT']))) continue;
+    const locks = await listLocks(backend);
+    const victims = locks.filter((l) => opts.all || l.owner === undefined || !alive(l.owner));
+    if (backend === 'nft') {
+      if (victims.length) {
+        const cmds = victims.map((v) => `delete element inet ${LOCK_TABLE} locked${v.key.local.family} { ${keyText(v.key)} }`);
+        await execFileP('nft', [cmds.join('; ')], { timeout: 10_000 }).catch((e: Error) => {
+          throw new SoccrError('LOCK', `nft cleanup failed: ${e.message}`, { commands: cmds }, { cause: e });
+        });
+      }
+      if (opts.dropTable && victims.length === locks.length) {
+        await execFileP('nft', ['delete', 'table', 'inet', LOCK_TABLE], { timeout: 10_000 }).catch(() => undefined);
+      }
+    } else {
+      for (const v of victims) if (v.rule) await iptables(v.rule.tool, ['-w', '-D', 'INPUT', ...v.rule.spec]);
+    }
+    removed.push(...victims.map((v) => v.key));
+  }
+  return removed;
+}

@@ -1,0 +1,108 @@
+/**
+ * Hand-built TCP segments, sent "from the peer" to a socket under repair.
+ *
+ * No repair call can mark a FIN (or the ACK of our FIN) as received, so a
+ * restored half-closed socket is told the old-fashioned way: a segment with
+ * the peer's addresses, the expected sequence number and an acceptable ACK,
+ * written on a raw socket with our own IP header (IPPROTO_RAW implies
+ * IP_HDRINCL / IPV6_HDRINCL, so the spoofed source is kept as is). The
+ * destination is a local address, so the segment loops back into our own
+ * stack. SO_MARK = LOCK_BYPASS_MARK lets it through the network lock, whose
+ * rules drop every unmarked packet of a locked connection.
+ */
+import { sock } from '@criu-ts/sys';
+import type { InetAddress } from './tcp-state.js';
+
+export const TH_FIN = 0x01;
+export const TH_SYN = 0x02;
+export const TH_RST = 0x04;
+export const TH_PSH = 0x08;
+export const TH_ACK = 0x10;
+
+/** Packets carrying this mark pass the network lock (same value as CRIU's, so rules agree). */
+export const LOCK_BYPASS_MARK = 0xc114;
+
+const IPPROTO_RAW = 255;
+const SO_MARK = 36;
+
+export interface SegmentSpec {
+  from: InetAddress;
+  to: InetAddress;
+  seq: number;
+  ack: number;
+  flags: number;
+  window: number;
+}
+
+function sum16(buf: Buffer, acc = 0): number {
+  for (let i = 0; i + 1 < buf.length; i += 2) acc += buf.readUInt16BE(i);
+  if (buf.length & 1) acc += buf[buf.length - 1]! << 8;
+  return acc;
+}
+function fold(acc: number): number {
+  while (acc > 0xffff) acc = (acc & 0xffff) + (acc >>> 16);
+  return ~acc & 0xffff;
+}
+
+/** Builds the IP + TCP bytes of a segment without payload (checksums filled). */
+export function buildSegment(s: SegmentSpec): Buffer {
+  if (s.from.family !== s.to.family) throw new RangeError('segment addresses of different families');
+  const tcp = Buffer.alloc(20);
+  tcp.writeUInt16BE(s.from.port, 0);
+  tcp.writeUInt16BE(s.to.port, 2);
+  tcp.writeUInt32BE(s.seq >>> 0, 4);
+  tcp.writeUInt32BE(s.ack >>> 0, 8);
+  tcp[12] = 5 << 4; // data offset: 5 words, no options
+  tcp[13] = s.flags;
+  // The window field is scaled by the receiver; a too-small value only shrinks what it may send until the next ACK.
+  tcp.writeUInt16BE(Math.min(s.window, 0xffff), 14);
+  if (s.from.family === 4) {
+    const src = sock.parseIPv4(s.from.address);
+    const dst = sock.parseIPv4(s.to.address);
+    const pseudo = Buffer.alloc(12);
+    src.copy(pseudo, 0);
+    dst.copy(pseudo, 4);
+    pseudo[9] = sock.IPPROTO_TCP;
+    pseudo.writeUInt16BE(tcp.length, 10);
+    tcp.writeUInt16BE(fold(sum16(tcp, sum16(pseudo))), 16);
+    const ip = Buffer.alloc(20);
+    ip[0] = 0x45;
+    ip.writeUInt16BE(20 + tcp.length, 2);
+    ip[8] = 64;
+    ip[9] = sock.IPPROTO_TCP;
+    src.copy(ip, 12);
+    dst.copy(ip, 16);
+    ip.writeUInt16BE(fold(sum16(ip)), 10);
+    return Buffer.concat([ip, tcp]);
+  }
+  const src = sock.parseIPv6(s.from.address);
+  const dst = sock.parseIPv6(s.to.address);
+  const pseudo = Buffer.alloc(40);
+  src.copy(pseudo, 0);
+  dst.copy(pseudo, 16);
+  pseudo.writeUInt32BE(tcp.length, 32);
+  pseudo[39] = sock.IPPROTO_TCP;
+  tcp.writeUInt16BE(fold(sum16(tcp, sum16(pseudo))), 16);
+  const ip = Buffer.alloc(40);
+  ip.writeUInt32BE(0x60000000, 0);
+  ip.writeUInt16BE(tcp.length, 4);
+  ip[6] = sock.IPPROTO_TCP;
+  ip[7] = 64;
+  src.copy(ip, 8);
+  dst.copy(ip, 24);
+  return Buffer.concat([ip, tcp]);
+}
+
+/** Sends one crafted segment towards `spec.to` (a local address), marked to pass the lock. */
+export function sendCraftedSegment(spec: SegmentSpec): void {
+  const family = spec.to.family === 4 ? sock.AF_INET : sock.AF_INET6;
+  const fd = sock.socket(family, sock.SOCK_RAW | sock.SOCK_CLOEXEC, IPPROTO_RAW);
+  try {
+    sock.setsockoptInt(fd, sock.SOL_SOCKET, SO_MARK, LOCK_BYPASS_MARK);
+    const pkt = buildSegment(spec);
+    // For raw IPv6 sockets the port field must be 0 (or the protocol); 0 is always fine.
+    sock.sendto(fd, pkt, 0, { ...spec.to, port: 0 });
+  } finally {
+    sock.close(fd);
+  }
+}
