@@ -1,0 +1,5 @@
+#!/usr/bin/env node
+// The `criu-ts` executable.
+import { run } from './main.js';
+
+process.exitCode = run(process.argv.slice(2));

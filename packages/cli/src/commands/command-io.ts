@@ -1,0 +1,45 @@
+// The process-facing side of a command (output streams, stdin), kept apart so commands can be
+// run in-process by tests and by library users.
+import { readFileSync, writeSync } from 'node:fs';
+
+export interface CommandIo {
+  /** Text to standard output. */
+  write(text: string): void;
+  /** Bytes to standard output. */
+  writeBytes(bytes: Uint8Array): void;
+  /** A line to standard output (help texts). */
+  print(text: string): void;
+  /** A line to standard error. */
+  error(text: string): void;
+  readStdin(): Uint8Array;
+}
+
+/** A wrong command line: reported with the command's usage, exit status 2 like argparse. */
+export class UsageError extends Error {
+  constructor(
+    message: string,
+    readonly usage: string,
+  ) {
+    super(message);
+    this.name = 'UsageError';
+  }
+}
+
+function writeAll(fd: number, bytes: Uint8Array): void {
+  for (let done = 0; done < bytes.length; ) {
+    try {
+      done += writeSync(fd, bytes, done, bytes.length - done);
+    } catch (error) {
+      // A non-blocking pipe that is full: wait for the reader instead of failing.
+      if ((error as NodeJS.ErrnoException).code !== 'EAGAIN') throw error;
+    }
+  }
+}
+
+export const processIo: CommandIo = {
+  write: (text) => writeAll(1, Buffer.from(text)),
+  writeBytes: (bytes) => writeAll(1, bytes),
+  print: (text) => writeAll(1, Buffer.from(text.endsWith('\n') ? text : text + '\n')),
+  error: (text) => writeAll(2, Buffer.from(text.endsWith('\n') ? text : text + '\n')),
+  readStdin: () => readFileSync(0),
+};
