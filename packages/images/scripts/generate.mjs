@@ -145,6 +145,16 @@ function renderSchema(files, imageProtos) {
   };
   for (const f of files) walk(f.name, f.package ? `${f.package}.` : '', '', f.messages, f.enums);
 
+  // ts-proto writes fields in declaration order and protobuf-c (CRIU) in field-number order;
+  // byte-identical images need the two to agree, so the schemas must declare in number order.
+  for (const [name, m] of messages) {
+    if (!imageProtos.includes(m.file)) continue;
+    const numbers = (m.raw.fields ?? []).map((f) => f.number);
+    if (numbers.some((n, i) => i > 0 && n < numbers[i - 1])) {
+      throw new Error(`generate: ${m.file}: message ${name} must declare its fields in field-number order (${numbers.join(', ')})`);
+    }
+  }
+
   // The `(criu)` extension of FieldOptions: its number and the option message's field names come
   // from opts.proto itself, so the tables follow the schema rather than a copy of it.
   const extension = files.flatMap((f) => f.extensions ?? []).find((x) => x.name === 'criu');

@@ -102,8 +102,15 @@ export interface task_rlimits_entry {
 
 /** One thread: arch registers, plus task-wide state for the leader. */
 export interface core_entry {
+  /**
+   * Declared in field-number order (CRIU declares tc/ids/thread_core last): ts-proto encodes
+   * in declaration order, protobuf-c in number order, and the bytes must match CRIU's.
+   */
   mtype?: core_entry_march | undefined;
   thread_info?: thread_info_x86 | undefined;
+  tc?: task_core_entry | undefined;
+  ids?: task_kobj_ids_entry | undefined;
+  thread_core?: thread_core_entry | undefined;
   ti_arm?: thread_info_arm | undefined;
   ti_aarch64?: thread_info_aarch64 | undefined;
   ti_ppc64?: thread_info_ppc64 | undefined;
@@ -111,9 +118,6 @@ export interface core_entry {
   ti_mips?: thread_info_mips | undefined;
   ti_loongarch64?: thread_info_loongarch64 | undefined;
   ti_riscv64?: thread_info_riscv64 | undefined;
-  tc?: task_core_entry | undefined;
-  ids?: task_kobj_ids_entry | undefined;
-  thread_core?: thread_core_entry | undefined;
 }
 
 /** Architecture the image was dumped on. */
@@ -950,6 +954,9 @@ function createBasecore_entry(): core_entry {
   return {
     mtype: undefined,
     thread_info: undefined,
+    tc: undefined,
+    ids: undefined,
+    thread_core: undefined,
     ti_arm: undefined,
     ti_aarch64: undefined,
     ti_ppc64: undefined,
@@ -957,9 +964,6 @@ function createBasecore_entry(): core_entry {
     ti_mips: undefined,
     ti_loongarch64: undefined,
     ti_riscv64: undefined,
-    tc: undefined,
-    ids: undefined,
-    thread_core: undefined,
   };
 }
 
@@ -970,6 +974,15 @@ export const core_entry: MessageFns<core_entry> = {
     }
     if (message.thread_info !== undefined) {
       thread_info_x86.encode(message.thread_info, writer.uint32(18).fork()).join();
+    }
+    if (message.tc !== undefined) {
+      task_core_entry.encode(message.tc, writer.uint32(26).fork()).join();
+    }
+    if (message.ids !== undefined) {
+      task_kobj_ids_entry.encode(message.ids, writer.uint32(34).fork()).join();
+    }
+    if (message.thread_core !== undefined) {
+      thread_core_entry.encode(message.thread_core, writer.uint32(42).fork()).join();
     }
     if (message.ti_arm !== undefined) {
       thread_info_arm.encode(message.ti_arm, writer.uint32(50).fork()).join();
@@ -991,15 +1004,6 @@ export const core_entry: MessageFns<core_entry> = {
     }
     if (message.ti_riscv64 !== undefined) {
       thread_info_riscv64.encode(message.ti_riscv64, writer.uint32(106).fork()).join();
-    }
-    if (message.tc !== undefined) {
-      task_core_entry.encode(message.tc, writer.uint32(26).fork()).join();
-    }
-    if (message.ids !== undefined) {
-      task_kobj_ids_entry.encode(message.ids, writer.uint32(34).fork()).join();
-    }
-    if (message.thread_core !== undefined) {
-      thread_core_entry.encode(message.thread_core, writer.uint32(42).fork()).join();
     }
     return writer;
   },
@@ -1031,6 +1035,30 @@ export const core_entry: MessageFns<core_entry> = {
             }
 
             message.thread_info = thread_info_x86.decode(reader, reader.uint32());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.tc = task_core_entry.decode(reader, reader.uint32());
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.ids = task_kobj_ids_entry.decode(reader, reader.uint32());
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.thread_core = thread_core_entry.decode(reader, reader.uint32());
             continue;
           }
           case 6: {
@@ -1087,30 +1115,6 @@ export const core_entry: MessageFns<core_entry> = {
             }
 
             message.ti_riscv64 = thread_info_riscv64.decode(reader, reader.uint32());
-            continue;
-          }
-          case 3: {
-            if (tag !== 26) {
-              break;
-            }
-
-            message.tc = task_core_entry.decode(reader, reader.uint32());
-            continue;
-          }
-          case 4: {
-            if (tag !== 34) {
-              break;
-            }
-
-            message.ids = task_kobj_ids_entry.decode(reader, reader.uint32());
-            continue;
-          }
-          case 5: {
-            if (tag !== 42) {
-              break;
-            }
-
-            message.thread_core = thread_core_entry.decode(reader, reader.uint32());
             continue;
           }
         }

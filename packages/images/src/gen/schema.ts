@@ -264,6 +264,9 @@ export const MESSAGES: Readonly<Record<string, MessageSchema>> = {
     fields: [
       {"name":"mtype","number":1,"type":"enum","label":"required","typeName":"core_entry.march"},
       {"name":"thread_info","number":2,"type":"message","label":"optional","typeName":"thread_info_x86"},
+      {"name":"tc","number":3,"type":"message","label":"optional","typeName":"task_core_entry"},
+      {"name":"ids","number":4,"type":"message","label":"optional","typeName":"task_kobj_ids_entry"},
+      {"name":"thread_core","number":5,"type":"message","label":"optional","typeName":"thread_core_entry"},
       {"name":"ti_arm","number":6,"type":"message","label":"optional","typeName":"thread_info_arm"},
       {"name":"ti_aarch64","number":8,"type":"message","label":"optional","typeName":"thread_info_aarch64"},
       {"name":"ti_ppc64","number":9,"type":"message","label":"optional","typeName":"thread_info_ppc64"},
@@ -271,9 +274,6 @@ export const MESSAGES: Readonly<Record<string, MessageSchema>> = {
       {"name":"ti_mips","number":11,"type":"message","label":"optional","typeName":"thread_info_mips"},
       {"name":"ti_loongarch64","number":12,"type":"message","label":"optional","typeName":"thread_info_loongarch64"},
       {"name":"ti_riscv64","number":13,"type":"message","label":"optional","typeName":"thread_info_riscv64"},
-      {"name":"tc","number":3,"type":"message","label":"optional","typeName":"task_core_entry"},
-      {"name":"ids","number":4,"type":"message","label":"optional","typeName":"task_kobj_ids_entry"},
-      {"name":"thread_core","number":5,"type":"message","label":"optional","typeName":"thread_core_entry"},
     ],
   },
   "cpuinfo_entry": {
