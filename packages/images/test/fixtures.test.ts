@@ -4,13 +4,18 @@ import { expect } from 'chai';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import {
-  ImageReader, explore, imageFromCritJson, imageToCritJson, parseJsonExact, pyJsonStringify, EXPLORE_VIEWS,
+  ImageReader, explore, imageFromCritJson, imageToCritJson, imageToCritJsonText, parseJsonExact, pyJsonStringify, EXPLORE_VIEWS,
 } from '@criu-ts/images';
 import { HAVE_FIXTURES, IMAGES_ROOT, JSON_ROOT, fixtureDirs, fixtureImages } from './fixtures.js';
 
 function decodeText(bytes: Uint8Array, path: string, pretty: boolean): string {
   const reader = ImageReader.fromBytes(bytes, path);
   return pyJsonStringify(imageToCritJson(reader, { pretty }), pretty ? 4 : undefined);
+}
+
+/** The same through the entry-by-entry text path the CLI uses. */
+function decodeStreamed(bytes: Uint8Array, path: string, pretty: boolean): string {
+  return [...imageToCritJsonText(ImageReader.fromBytes(bytes, path), { pretty })].join('');
 }
 
 describe('images: CRIU 4.2 fixtures', function () {
@@ -29,7 +34,9 @@ describe('images: CRIU 4.2 fixtures', function () {
           const text = decodeText(bytes, path, pretty);
           const reference = join(JSON_ROOT, dir, `${file}${pretty ? '.pretty' : ''}.json`);
           if (existsSync(reference)) {
-            expect(text, `${dir}/${file} ${pretty ? '--pretty' : 'plain'}`).to.equal(readFileSync(reference, 'utf8'));
+            const want = readFileSync(reference, 'utf8');
+            expect(text, `${dir}/${file} ${pretty ? '--pretty' : 'plain'}`).to.equal(want);
+            expect(decodeStreamed(bytes, path, pretty), `${dir}/${file} ${pretty ? '--pretty' : 'plain'}, streamed`).to.equal(want);
             checkedJson++;
           }
           const again = imageFromCritJson(parseJsonExact(text), reference, file);

@@ -1,9 +1,9 @@
 // crit's subcommands: decode, encode, show, info, x. Same options, same output, so scripts
 // written for crit work with `criu-ts` in its place.
-import { readFileSync, writeFileSync } from 'node:fs';
+import { closeSync, openSync, readFileSync, writeFileSync, writeSync } from 'node:fs';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import {
-  EXPLORE_VIEWS, ImageFormatError, ImageReader, explore, imageFromCritJson, imageToCritJson, parseJsonExact, pyJsonStringify,
+  EXPLORE_VIEWS, ImageFormatError, ImageReader, explore, imageFromCritJson, imageToCritJsonText, parseJsonExact, pyJsonStringify,
   type ExploreView,
 } from '@criu-ts/images';
 import { UsageError, type CommandIo } from './command-io.js';
@@ -69,6 +69,47 @@ function openImage(bytes: Uint8Array, name: string): ImageReader {
   return ImageReader.fromBytes(bytes, name);
 }
 
+interface TextOut {
+  write(text: string): void;
+  close(): void;
+}
+
+const OUTPUT_CHUNK = 1 << 20;
+
+/** Collects text and hands it on in ~1 MiB pieces: one write per piece, not per entry. */
+function buffered(flush: (text: string) => void, done: () => void = () => {}): TextOut {
+  let pending = '';
+  return {
+    write(text) {
+      pending += text;
+      if (pending.length >= OUTPUT_CHUNK) {
+        flush(pending);
+        pending = '';
+      }
+    },
+    close() {
+      if (pending) flush(pending);
+      pending = '';
+      done();
+    },
+  };
+}
+
+function bufferedFile(path: string): TextOut {
+  const fd = openSync(path, 'w');
+  return buffered(
+    (text) => {
+      const bytes = Buffer.from(text);
+      for (let done = 0; done < bytes.length; ) done += writeSync(fd, bytes, done);
+    },
+    () => closeSync(fd),
+  );
+}
+
+function bufferedStdout(io: CommandIo): TextOut {
+  return buffered((text) => io.write(text));
+}
+
 export function runImageTool(command: string, argv: string[], io: CommandIo): number {
   const help = HELP[command]!;
   type Parsed = { values: Record<string, string | boolean | undefined>; positionals: string[] };
@@ -98,10 +139,14 @@ export function runImageTool(command: string, argv: string[], io: CommandIo): nu
       const input = readInput(io, command === 'show' ? parsed.positionals[0] : values.in);
       const reader = openImage(input.bytes, input.name);
       const pretty = command === 'show' || values.pretty === true;
-      const json = imageToCritJson(reader, { pretty, noPayload: values.nopl === true });
-      const text = pyJsonStringify(json, pretty ? 4 : undefined);
-      if (values.out !== undefined) writeFileSync(values.out, text);
-      else io.write(text + '\n');
+      const out = values.out !== undefined ? bufferedFile(values.out) : bufferedStdout(io);
+      try {
+        for (const piece of imageToCritJsonText(reader, { pretty, noPayload: values.nopl === true })) out.write(piece);
+        // crit ends the JSON with a newline on standard output only.
+        if (values.out === undefined) out.write('\n');
+      } finally {
+        out.close();
+      }
       return 0;
     }
     case 'encode': {

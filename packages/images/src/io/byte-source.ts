@@ -7,8 +7,13 @@ export interface ByteSource {
   /** Name used in error messages: the file path, or `<stdin>`. */
   readonly name: string;
   readonly size: number;
-  /** Bytes [offset, offset+length); fewer only at the end of the source. The result may be a view that the next read reuses. */
+  /**
+   * Bytes [offset, offset+length); fewer only at the end of the source. The result may be a view
+   * into a shared buffer, but that buffer is never overwritten: views stay valid.
+   */
   read(offset: number, length: number): Uint8Array;
+  /** Like read, but as (buffer, position in it): lets a decoder keep one reader per buffer. */
+  locate(offset: number, length: number): { readonly buffer: Uint8Array; readonly at: number };
   /** The open file descriptor, when the source is a file (for zero-copy readers such as splice). */
   readonly fd?: number;
   close(): void;
@@ -28,21 +33,26 @@ export class FileSource implements ByteSource {
   }
 
   read(offset: number, length: number): Uint8Array {
+    const { buffer, at } = this.locate(offset, length);
+    return buffer.subarray(at, at + Math.max(0, Math.min(length, this.size - offset)));
+  }
+
+  locate(offset: number, length: number): { buffer: Uint8Array; at: number } {
     const wanted = Math.max(0, Math.min(length, this.size - offset));
     if (offset >= this.windowStart && offset + wanted <= this.windowStart + this.window.length) {
-      return this.window.subarray(offset - this.windowStart, offset - this.windowStart + wanted);
+      return { buffer: this.window, at: offset - this.windowStart };
     }
     if (wanted > WINDOW) {
       // Large payloads get their own buffer; its size is bounded by the file size checked above.
       const big = Buffer.allocUnsafe(wanted);
       this.readFully(big, offset);
-      return big;
+      return { buffer: big, at: 0 };
     }
-    if (this.window.length < WINDOW) this.window = Buffer.allocUnsafe(WINDOW);
-    const got = this.readFully(this.window.subarray(0, Math.min(WINDOW, this.size - offset)), offset);
-    this.window = this.window.subarray(0, got);
+    // A fresh buffer each time: decoded messages keep views into the old one.
+    const window = Buffer.allocUnsafe(Math.min(WINDOW, this.size - offset));
+    this.window = window.subarray(0, this.readFully(window, offset));
     this.windowStart = offset;
-    return this.window.subarray(0, wanted);
+    return { buffer: this.window, at: 0 };
   }
 
   private readFully(into: Buffer, offset: number): number {
@@ -67,6 +77,9 @@ export class MemorySource implements ByteSource {
   }
   read(offset: number, length: number): Uint8Array {
     return this.bytes.subarray(offset, Math.min(this.size, offset + length));
+  }
+  locate(offset: number): { buffer: Uint8Array; at: number } {
+    return { buffer: this.bytes, at: offset };
   }
   close(): void {}
 }

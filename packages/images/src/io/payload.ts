@@ -2,9 +2,9 @@
 // JSON form ("extra"): base64 text for byte runs, {inq, outq} for TCP queues, a number list for
 // semaphores, and [message, base64, message, base64, ...] for SysV message queues.
 import type { PayloadRule } from '../image-kinds.js';
-import { decodeBase64Lines, encodeBase64Lines } from '../json/byte-text.js';
+import { base64LinesJsonLiteral, decodeBase64Lines, encodeBase64Lines } from '../json/byte-text.js';
 import { findMissingRequired, messageSchema, messageToCritJson, type DecodedMessage } from '../json/message-json.js';
-import type { PyJson } from '../json/python-json.js';
+import { pyJsonStringify, type PyJson } from '../json/python-json.js';
 import type { ByteSource } from './byte-source.js';
 
 export type EntryPayload =
@@ -28,7 +28,7 @@ export function readPayload(
   const left = () => source.size - offset;
   const take = (length: number, field: string): Uint8Array => {
     if (length > left()) overrun(field, `${field} says ${length} payload bytes but only ${left()} remain`, String(length));
-    const bytes = source.read(offset, length).slice();
+    const bytes = source.read(offset, length);
     offset += length;
     return bytes;
   };
@@ -82,6 +82,21 @@ export function readPayload(
       }
       return { payload: { type: 'messages', messages }, end: offset };
     }
+  }
+}
+
+/** crit's "extra" as JSON text at nesting `depth` (the fast path for large payloads). */
+export function payloadToCritJsonText(payload: EntryPayload, indent: number | undefined, depth: number): string {
+  switch (payload.type) {
+    case 'bytes':
+      return base64LinesJsonLiteral(payload.bytes);
+    case 'tcp-queues': {
+      if (indent === undefined) return `{"inq": ${base64LinesJsonLiteral(payload.inq)}, "outq": ${base64LinesJsonLiteral(payload.outq)}}`;
+      const inner = '\n' + ' '.repeat(indent * (depth + 1));
+      return `{${inner}"inq": ${base64LinesJsonLiteral(payload.inq)},${inner}"outq": ${base64LinesJsonLiteral(payload.outq)}\n${' '.repeat(indent * depth)}}`;
+    }
+    default:
+      return pyJsonStringify(payloadToCritJson(payload), indent, depth);
   }
 }
 

@@ -2,6 +2,7 @@
 // entries one at a time with their raw payloads. Every failure is an ImageFormatError naming the
 // file, the entry index and the byte offset; no buffer is ever sized from a length the file
 // cannot back (a length prefix or payload size is checked against the bytes left first).
+import { BinaryReader } from '@bufbuild/protobuf/wire';
 import { ImageFormatError, type ImageFormatReason } from '../errors.js';
 import { entryMessageName, IMG_COMMON_MAGIC, IMG_SERVICE_MAGIC, kindForFileName, kindsForMagic, type ImageKind } from '../image-kinds.js';
 import { findMissingRequired, messageSchema, type DecodedMessage } from '../json/message-json.js';
@@ -107,24 +108,35 @@ export class ImageReader {
     let offset = this.dataOffset;
     let index = 0;
     let ghostChunks = false;
+    let protobufBuffer: Uint8Array | undefined;
+    let protobufReader: BinaryReader | undefined;
     while (offset < size) {
       const entryOffset = offset;
       const fail = (reason: ImageFormatReason, detail: string, extra: { field?: string; value?: string; offset?: number } = {}): never => {
         throw new ImageFormatError({ file: this.file, reason, entryIndex: index, offset: entryOffset, detail, ...extra });
       };
       if (size - offset < 4) fail('truncated', `${size - offset} stray bytes where a 4-byte length prefix should be`);
-      const length = u32(this.source.read(offset, 4));
+      const prefix = this.source.locate(offset, 4);
+      const length = u32(prefix.buffer, prefix.at);
       offset += 4;
       if (length > size - offset) {
         fail('length-beyond-end', `length prefix says ${length} bytes but only ${size - offset} remain`, { value: String(length) });
       }
       const messageName = entryMessageName(this.kind, index, ghostChunks);
-      // A copy: decoded bytes fields are views into their input, and the window is reused.
-      const body = this.source.read(offset, length).slice();
+      // One protobuf reader per source buffer, positioned at each entry in turn: a reader per
+      // entry costs more than decoding a small entry. Decoded bytes fields are views into the
+      // buffer, which the source never overwrites.
+      const { buffer, at } = this.source.locate(offset, length);
+      if (buffer !== protobufBuffer) {
+        protobufBuffer = buffer;
+        protobufReader = new BinaryReader(buffer);
+      }
+      protobufReader!.pos = at;
       offset += length;
       let message: DecodedMessage;
       try {
-        message = messageSchema(messageName).codec.decode(body) as DecodedMessage;
+        message = messageSchema(messageName).codec.decode(protobufReader!, length) as DecodedMessage;
+        if (protobufReader!.pos !== at + length) throw new Error('the message does not end where its length prefix says');
       } catch (error) {
         return fail('bad-protobuf', `not a valid ${messageName}: ${(error as Error).message}`);
       }
@@ -137,13 +149,13 @@ export class ImageReader {
           ghostChunks = message.chunks === true;
           if (!ghostChunks) {
             // Unchunked ghost file: its contents run to the end of the image.
-            payload = { type: 'bytes', bytes: this.source.read(offset, size - offset).slice() };
+            payload = { type: 'bytes', bytes: this.source.read(offset, size - offset) };
             offset = size;
           }
         } else {
           const len = Number(message.len ?? 0);
           if (len > size - offset) fail('length-beyond-end', `ghost chunk of ${len} bytes but only ${size - offset} remain`, { field: 'len', value: String(len) });
-          payload = { type: 'bytes', bytes: this.source.read(offset, len).slice() };
+          payload = { type: 'bytes', bytes: this.source.read(offset, len) };
           offset += len;
         }
       } else if (this.kind.payload.type !== 'none') {

@@ -1,13 +1,14 @@
 // Whole images to and from crit's JSON form: { "magic": "CORE", "entries": [ ... ] }, each entry
 // the message's fields plus "extra" for its raw payload.
-import { z } from 'zod';
+import { createRequire } from 'node:module';
+import type { z as Zod } from 'zod';
 import { ImageFormatError } from '../errors.js';
 import { entryMessageName, kindForFileName, kindForName, type ImageKind } from '../image-kinds.js';
-import { payloadFromCritJson, payloadToCritJson, type EntryPayload } from '../io/payload.js';
-import type { ImageReader } from '../io/reader.js';
+import { payloadFromCritJson, payloadToCritJson, payloadToCritJsonText, type EntryPayload } from '../io/payload.js';
+import type { ImageEntry, ImageReader } from '../io/reader.js';
 import { ImageWriter } from '../io/writer.js';
-import { findMissingRequired, messageToCritJson, messageZod, type DecodedMessage } from './message-json.js';
-import type { PyJson } from './python-json.js';
+import { findMissingRequired, messageMembersText, messageToCritJson, messageZod, objectText, type DecodedMessage } from './message-json.js';
+import { pyJsonStringify, pyString, type PyJson } from './python-json.js';
 
 export interface DecodeOptions {
   /** crit --pretty: hex, flag names, devices and addresses formatted. */
@@ -39,26 +40,55 @@ function payloadSize(payload: EntryPayload): number {
   }
 }
 
-/** The crit JSON of a whole image. */
+function entryToCritJson(entry: ImageEntry, ghost: boolean, options: DecodeOptions): { [key: string]: PyJson } {
+  const json: { [key: string]: PyJson } = messageToCritJson(entry.messageName, entry.message, options.pretty === true);
+  if (entry.payload) {
+    if (!options.noPayload) json.extra = payloadToCritJson(entry.payload);
+    else if (!ghost) json.extra = `... <${humanSize(payloadSize(entry.payload))}>`;
+  }
+  return json;
+}
+
+/** The crit JSON of a whole image, as a value. */
 export function imageToCritJson(reader: ImageReader, options: DecodeOptions = {}): { magic: string; entries: PyJson[] } {
-  const pretty = options.pretty === true;
   const ghost = reader.kind.entries.type === 'ghost-file';
   const entries: PyJson[] = [];
-  for (const entry of reader.entries()) {
-    const json: { [key: string]: PyJson } = messageToCritJson(entry.messageName, entry.message, pretty);
-    if (entry.payload) {
-      if (!options.noPayload) json.extra = payloadToCritJson(entry.payload);
-      else if (!ghost) json.extra = `... <${humanSize(payloadSize(entry.payload))}>`;
-    }
-    entries.push(json);
-  }
+  for (const entry of reader.entries()) entries.push(entryToCritJson(entry, ghost, options));
   return { magic: reader.kind.name, entries };
 }
 
-const imageShape = z.object({
-  magic: z.string(),
-  entries: z.array(z.record(z.string(), z.unknown())),
-});
+/**
+ * The crit JSON text of a whole image, produced entry by entry: the same text as
+ * pyJsonStringify(imageToCritJson(...)) without holding every entry of a large image at once.
+ */
+export function* imageToCritJsonText(reader: ImageReader, options: DecodeOptions = {}): Generator<string> {
+  const indent = options.pretty === true ? 4 : undefined;
+  const newline = (depth: number): string => (indent === undefined ? '' : '\n' + ' '.repeat(indent * depth));
+  const comma = indent === undefined ? ', ' : ',';
+  const ghost = reader.kind.entries.type === 'ghost-file';
+  yield '{' + newline(1) + '"magic": ' + pyString(reader.kind.name) + comma + newline(1) + '"entries": ';
+  let count = 0;
+  for (const entry of reader.entries()) {
+    const members = messageMembersText(entry.messageName, entry.message, options.pretty === true, indent, 2);
+    if (entry.payload) {
+      if (!options.noPayload) members.push('"extra": ' + payloadToCritJsonText(entry.payload, indent, 3));
+      else if (!ghost) members.push('"extra": ' + pyString(`... <${humanSize(payloadSize(entry.payload))}>`));
+    }
+    yield (count === 0 ? '[' : comma) + newline(2) + objectText(members, indent, 2);
+    count++;
+  }
+  yield (count === 0 ? '[]' : newline(1) + ']') + newline(0) + '}';
+}
+
+let imageShapeSchema: Zod.ZodType<{ magic: string; entries: Array<Record<string, unknown>> }> | undefined;
+/** The outer shape of image JSON; zod is loaded only when JSON is encoded. */
+function imageShape() {
+  if (!imageShapeSchema) {
+    const { z } = createRequire(import.meta.url)('zod') as { z: typeof Zod };
+    imageShapeSchema = z.object({ magic: z.string(), entries: z.array(z.record(z.string(), z.unknown())) });
+  }
+  return imageShapeSchema;
+}
 
 function issuePath(path: ReadonlyArray<PropertyKey>): string {
   return path.map((p, i) => (typeof p === 'number' ? `[${p}]` : i === 0 ? String(p) : `.${String(p)}`)).join('');
@@ -72,7 +102,7 @@ export function imageFromCritJson(json: unknown, file: string, outputName?: stri
   const bad = (detail: string, extra: { entryIndex?: number; field?: string; value?: string } = {}): never => {
     throw new ImageFormatError({ file, reason: 'bad-json', detail, ...extra });
   };
-  const top = imageShape.safeParse(json);
+  const top = imageShape().safeParse(json);
   if (!top.success) {
     const issue = top.error.issues[0]!;
     return bad(`${issue.message} at ${issuePath(issue.path) || 'top level'}`, { field: issuePath(issue.path) || undefined });

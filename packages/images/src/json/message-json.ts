@@ -8,17 +8,27 @@
 // From JSON (crit's dict2pb): the same forms are accepted back, plus plain numbers and any
 // Python int literal for integer fields. Input is checked with zod schemas built from the same
 // tables, so a wrong field is reported by its path (`vmas[2].prot`).
-import { z } from 'zod';
+//
+// zod is loaded on first use: decoding (the dump and restore paths) never needs it, and its
+// start-up cost would land on every `criu-ts` command.
+import { createRequire } from 'node:module';
+import type { z as Zod } from 'zod';
 import { ENUMS, MESSAGES } from '../gen/schema.js';
 import type { FieldSchema, MessageSchema } from '../schema-types.js';
-import { decodeBase64Lines, decodeQuotedPrintable, encodeBase64Lines, encodeQuotedPrintable } from './byte-text.js';
+import { base64LinesJsonLiteral, decodeBase64Lines, decodeQuotedPrintable, encodeBase64Lines, encodeQuotedPrintable } from './byte-text.js';
 import {
   dictionaryName, dictionaryValue, formatDev, formatFlags, formatIpAddress, hasFlagTable, parseDev,
   parseFlags, parseIpAddress, parsePyInt, pyHex,
 } from './crit-format.js';
-import type { PyJson } from './python-json.js';
+import { pyString, type PyJson } from './python-json.js';
 
 export type DecodedMessage = Record<string, unknown>;
+
+let zodModule: typeof Zod | undefined;
+function zod(): typeof Zod {
+  zodModule ??= (createRequire(import.meta.url)('zod') as { z: typeof Zod }).z;
+  return zodModule;
+}
 
 export function messageSchema(name: string): MessageSchema {
   const schema = MESSAGES[name];
@@ -62,6 +72,65 @@ export function messageToCritJson(schemaName: string, message: DecodedMessage, p
     }
   }
   return out;
+}
+
+/**
+ * The `"key": value` members of a message's crit JSON, already as text at nesting `depth`: the
+ * same text pyJsonStringify would print for messageToCritJson's result, without building it.
+ * Large images (a pagemap of 100k entries) decode several times faster this way.
+ */
+export function messageMembersText(schemaName: string, message: DecodedMessage, pretty: boolean, indent: number | undefined, depth: number, inheritedHex = false): string[] {
+  const schema = messageSchema(schemaName);
+  const members: string[] = [];
+  // A list value stands at depth + 1 (as the member does); its items at depth + 2.
+  const item = indent === undefined ? '' : '\n' + ' '.repeat(indent * (depth + 2));
+  const close = indent === undefined ? '' : '\n' + ' '.repeat(indent * (depth + 1));
+  const comma = indent === undefined ? ', ' : ',';
+  for (const field of fieldsInNumberOrder(schema)) {
+    const value = message[field.name];
+    if (value === undefined) continue;
+    let text: string;
+    if (field.label === 'repeated') {
+      const values = value as unknown[];
+      if (values.length === 0) continue;
+      if (pretty && field.ipadd) {
+        text = '[' + item + pyString(formatIpAddress(values as number[])) + close + ']';
+      } else {
+        text = '[';
+        for (let i = 0; i < values.length; i++) text += (i > 0 ? comma : '') + item + valueText(field, values[i], pretty, inheritedHex, indent, depth + 1);
+        text += close + ']';
+      }
+    } else {
+      text = valueText(field, value, pretty, inheritedHex, indent, depth);
+    }
+    members.push(pyString(field.name) + ': ' + text);
+  }
+  return members;
+}
+
+/** Members as a JSON object at nesting `depth`. */
+export function objectText(members: readonly string[], indent: number | undefined, depth: number): string {
+  if (members.length === 0) return '{}';
+  if (indent === undefined) return '{' + members.join(', ') + '}';
+  const inner = '\n' + ' '.repeat(indent * (depth + 1));
+  return '{' + inner + members.join(',' + inner) + '\n' + ' '.repeat(indent * depth) + '}';
+}
+
+function valueText(field: FieldSchema, value: unknown, pretty: boolean, inheritedHex: boolean, indent: number | undefined, depth: number): string {
+  if (field.type === 'message') {
+    const hex = inheritedHex || field.hex === true;
+    return objectText(messageMembersText(field.typeName!, value as DecodedMessage, pretty, indent, depth + 1, hex), indent, depth + 1);
+  }
+  if (field.type === 'bytes' && field.conv !== 'unix_name') return base64LinesJsonLiteral(value as Uint8Array);
+  const json = valueToCritJson(field, value, pretty, inheritedHex);
+  switch (typeof json) {
+    case 'string':
+      return pyString(json);
+    case 'boolean':
+      return json ? 'true' : 'false';
+    default:
+      return String(json);
+  }
 }
 
 function valueToCritJson(field: FieldSchema, value: unknown, pretty: boolean, inheritedHex: boolean): PyJson {
@@ -108,7 +177,7 @@ const RANGES: Record<string, readonly [bigint, bigint]> = {
   fixed64: [0n, 2n ** 64n - 1n],
 };
 
-function integerFromJson(field: FieldSchema, input: unknown, ctx: z.RefinementCtx): number | bigint {
+function integerFromJson(field: FieldSchema, input: unknown, ctx: Zod.RefinementCtx): number | bigint {
   let value: bigint | undefined;
   if (typeof input === 'bigint') value = input;
   else if (typeof input === 'number') value = Number.isInteger(input) ? BigInt(input) : undefined;
@@ -121,12 +190,12 @@ function integerFromJson(field: FieldSchema, input: unknown, ctx: z.RefinementCt
   }
   if (value === undefined) {
     ctx.addIssue({ code: 'custom', message: `expected an integer (${field.type}) but got ${describe(input)}` });
-    return z.NEVER;
+    return zod().NEVER;
   }
   const [min, max] = RANGES[field.type]!;
   if (value < min || value > max) {
     ctx.addIssue({ code: 'custom', message: `${value} is out of range for ${field.type}` });
-    return z.NEVER;
+    return zod().NEVER;
   }
   return WIDE_TYPES.has(field.type) ? value : Number(value);
 }
@@ -136,69 +205,69 @@ function describe(input: unknown): string {
   return text.length > 60 ? text.slice(0, 57) + '...' : text;
 }
 
-const zodCache = new Map<string, z.ZodType>();
+const zodCache = new Map<string, Zod.ZodType>();
 
 /** The zod schema that checks and converts crit JSON of one message into a codec object. */
-export function messageZod(schemaName: string): z.ZodType {
+export function messageZod(schemaName: string): Zod.ZodType {
   const cached = zodCache.get(schemaName);
   if (cached) return cached;
   const schema = messageSchema(schemaName);
   // Sub-message fields refer back through z.lazy, so recursive message types terminate.
-  const shape: Record<string, z.ZodType> = {};
+  const shape: Record<string, Zod.ZodType> = {};
   for (const field of schema.fields) shape[field.name] = fieldZod(field).optional();
-  const object = z.strictObject(shape);
+  const object = zod().strictObject(shape);
   zodCache.set(schemaName, object);
   return object;
 }
 
-function fieldZod(field: FieldSchema): z.ZodType {
+function fieldZod(field: FieldSchema): Zod.ZodType {
   const single = singleValueZod(field);
   if (field.label !== 'repeated') return single;
   if (field.ipadd) {
-    return z.array(z.unknown()).transform((items, ctx) => {
+    return zod().array(zod().unknown()).transform((items, ctx) => {
       if (items.length > 0 && typeof items[0] === 'string') {
         const words = parseIpAddress(items[0]);
         if (!words) {
           ctx.addIssue({ code: 'custom', message: `not an IP address: ${describe(items[0])}` });
-          return z.NEVER;
+          return zod().NEVER;
         }
         return words;
       }
-      const parsed = z.array(single).safeParse(items);
+      const parsed = zod().array(single).safeParse(items);
       if (!parsed.success) {
         for (const issue of parsed.error.issues) ctx.addIssue({ code: 'custom', message: issue.message, path: issue.path as PropertyKey[] });
-        return z.NEVER;
+        return zod().NEVER;
       }
       return parsed.data;
     });
   }
-  return z.array(single);
+  return zod().array(single);
 }
 
-function singleValueZod(field: FieldSchema): z.ZodType {
+function singleValueZod(field: FieldSchema): Zod.ZodType {
   if (INTEGER_TYPES.has(field.type)) {
-    return z.unknown().transform((input, ctx) => integerFromJson(field, input, ctx));
+    return zod().unknown().transform((input, ctx) => integerFromJson(field, input, ctx));
   }
   switch (field.type) {
     case 'bool':
-      return z.boolean();
+      return zod().boolean();
     case 'string':
-      return z.string();
+      return zod().string();
     case 'double':
     case 'float':
-      return z.number();
+      return zod().number();
     case 'bytes':
-      return z.string().transform((text, ctx) => {
+      return zod().string().transform((text, ctx) => {
         if (field.conv === 'unix_name') return decodeQuotedPrintable(text);
         const bytes = decodeBase64Lines(text);
         if (!bytes) {
           ctx.addIssue({ code: 'custom', message: `not base64: ${describe(text)}` });
-          return z.NEVER;
+          return zod().NEVER;
         }
         return bytes;
       });
     case 'enum':
-      return z.union([z.string(), z.number().int()]).transform((input, ctx) => {
+      return zod().union([zod().string(), zod().number().int()]).transform((input, ctx) => {
         const values = ENUMS[field.typeName!]?.values;
         if (typeof input === 'number') {
           if (values?.has(input)) return input;
@@ -207,12 +276,12 @@ function singleValueZod(field: FieldSchema): z.ZodType {
         }
         const known = values ? [...values.values()].join(', ') : '';
         ctx.addIssue({ code: 'custom', message: `${describe(input)} is not a value of ${field.typeName} (${known})` });
-        return z.NEVER;
+        return zod().NEVER;
       });
     case 'message':
-      return z.lazy(() => messageZod(field.typeName!));
+      return zod().lazy(() => messageZod(field.typeName!));
     default:
-      return z.never();
+      return zod().never();
   }
 }
 

@@ -17,19 +17,15 @@ const SHORT_ESCAPES: Record<string, string> = {
   '\f': '\\f',
 };
 
+// Characters Python escapes: '"', '\\', and everything outside printable ASCII.
+const NEEDS_ESCAPE = /["\\\u0000-\u001f\u007f-\uffff]/;
+const ESCAPE_ALL = /["\\\u0000-\u001f\u007f-\uffff]/g;
+const escapeOne = (ch: string): string => SHORT_ESCAPES[ch] ?? '\\u' + ch.charCodeAt(0).toString(16).padStart(4, '0');
+
 export function pyString(s: string): string {
-  let out = '"';
-  let plainStart = 0;
-  for (let i = 0; i < s.length; i++) {
-    const code = s.charCodeAt(i);
-    if (code >= 0x20 && code <= 0x7e && code !== 0x22 && code !== 0x5c) continue;
-    out += s.slice(plainStart, i);
-    const short = SHORT_ESCAPES[s[i]!];
-    // charCodeAt walks UTF-16 units, so astral characters already come as their surrogate pair.
-    out += short ?? '\\u' + code.toString(16).padStart(4, '0');
-    plainStart = i + 1;
-  }
-  return out + s.slice(plainStart) + '"';
+  // Regular expressions walk long strings (base64 payloads) far faster than a charCodeAt loop.
+  // They also see UTF-16 units, so astral characters come out as their surrogate pair, as in Python.
+  return NEEDS_ESCAPE.test(s) ? '"' + s.replace(ESCAPE_ALL, escapeOne) + '"' : '"' + s + '"';
 }
 
 function pyNumber(n: number): string {
@@ -41,58 +37,42 @@ function pyNumber(n: number): string {
   return text.includes('e') ? text.replace(/e(\d)/, 'e+$1') : text;
 }
 
-/** Serialises like Python's `json.dumps(value, indent=indent)`. */
-export function pyJsonStringify(value: PyJson, indent?: number): string {
-  const parts: string[] = [];
-  write(value, 0);
-  return parts.join('');
-
-  function write(v: PyJson, depth: number): void {
-    if (v === null) parts.push('null');
-    else if (typeof v === 'boolean') parts.push(v ? 'true' : 'false');
-    else if (typeof v === 'bigint') parts.push(v.toString());
-    else if (typeof v === 'number') parts.push(pyNumber(v));
-    else if (typeof v === 'string') parts.push(pyString(v));
-    else if (Array.isArray(v)) {
-      if (v.length === 0) {
-        parts.push('[]');
-        return;
-      }
-      parts.push('[');
-      v.forEach((item, i) => {
-        separator(i, depth + 1);
-        write(item, depth + 1);
-      });
-      closing(depth);
-      parts.push(']');
-    } else {
-      const keys = Object.keys(v);
-      if (keys.length === 0) {
-        parts.push('{}');
-        return;
-      }
-      parts.push('{');
-      keys.forEach((key, i) => {
-        separator(i, depth + 1);
-        parts.push(pyString(key), ': ');
-        write(v[key]!, depth + 1);
-      });
-      closing(depth);
-      parts.push('}');
+/**
+ * Serialises like Python's `json.dumps(value, indent=indent)`. `depth` is the nesting level the
+ * value stands at, for printing one element of a larger document at a time.
+ */
+export function pyJsonStringify(value: PyJson, indent?: number, depth = 0): string {
+  // String concatenation: V8 builds ropes, far cheaper than an array of small parts to join.
+  const pad = (d: number): string => (indent === undefined ? '' : '\n' + ' '.repeat(indent * d));
+  const comma = indent === undefined ? ', ' : ',';
+  const write = (v: PyJson, d: number): string => {
+    if (v === null) return 'null';
+    switch (typeof v) {
+      case 'boolean':
+        return v ? 'true' : 'false';
+      case 'bigint':
+        return v.toString();
+      case 'number':
+        return pyNumber(v);
+      case 'string':
+        return pyString(v);
     }
-  }
-
-  function separator(index: number, depth: number): void {
-    if (indent === undefined) {
-      if (index > 0) parts.push(', ');
-    } else {
-      parts.push(index > 0 ? ',\n' : '\n', ' '.repeat(indent * depth));
+    if (Array.isArray(v)) {
+      if (v.length === 0) return '[]';
+      let out = '[';
+      for (let i = 0; i < v.length; i++) out += (i > 0 ? comma : '') + pad(d + 1) + write(v[i]!, d + 1);
+      return out + pad(d) + ']';
     }
-  }
-
-  function closing(depth: number): void {
-    if (indent !== undefined) parts.push('\n', ' '.repeat(indent * depth));
-  }
+    const keys = Object.keys(v);
+    if (keys.length === 0) return '{}';
+    let out = '{';
+    for (let i = 0; i < keys.length; i++) {
+      const key = keys[i]!;
+      out += (i > 0 ? comma : '') + pad(d + 1) + pyString(key) + ': ' + write(v[key]!, d + 1);
+    }
+    return out + pad(d) + '}';
+  };
+  return write(value, depth);
 }
 
 /**
