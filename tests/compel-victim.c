@@ -13,6 +13,8 @@
  *   threads    8 threads computing, the main thread in read(0)
  *   zombie     like busy, with an unreaped (zombie) child
  *
+ * Every mode arms ITIMER_REAL (interval 1000 s, value 2000 s) and one POSIX timer (CLOCK_MONOTONIC,
+ * SIGEV_NONE, interval 300 s, value 600 s), for the timer commands.
  * Every mode fills a data area of MiB mebibytes (default 1) with a pattern derived from the
  * pid and prints its address: "ready pid=P data=0xADDR len=N". A line "check" on stdin (or
  * SIGUSR1 in the busy modes) makes it verify its registers-visible work and the data area and
@@ -31,6 +33,7 @@
 #include <sys/epoll.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
+#include <sys/time.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -120,7 +123,15 @@ int main(int argc, char **argv) {
   if (data == MAP_FAILED) return 2;
   for (size_t i = 0; i < data_len; i++) data[i] = pattern(i);
   signal(SIGUSR1, on_usr1);
+  signal(SIGALRM, SIG_IGN);
   setvbuf(stdin, NULL, _IONBF, 0);
+  /* Timers for the parasite's timer commands: far in the future, so they never fire in a test. */
+  struct itimerval itv = {{1000, 0}, {2000, 0}};
+  setitimer(ITIMER_REAL, &itv, NULL);
+  struct sigevent sev = {.sigev_notify = SIGEV_NONE};
+  timer_t timer;
+  struct itimerspec its = {{300, 0}, {600, 0}};
+  if (timer_create(CLOCK_MONOTONIC, &sev, &timer) == 0) timer_settime(timer, 0, &its, NULL);
 
   if (!strcmp(mode, "zombie")) {
     pid_t child = fork();

@@ -1,6 +1,8 @@
 // Starts tests/bin/compel-victim as a grandchild (through sh), so that Node's own child reaper
 // (libuv's waitpid on SIGCHLD, which also returns ptrace stops of children) never steals the
 // wait statuses the tests wait for. The victim prints its pid in its "ready" line.
+// sh gives a background job /dev/null as stdin unless redirected explicitly (POSIX, job control
+// off): hence the 3<&0 dance that hands our pipe through.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
@@ -39,7 +41,7 @@ export class Victim {
   }
 
   static async start(mode: string, mib = 1): Promise<Victim> {
-    const proc = spawn('/bin/sh', ['-c', `"$0" "$@" & wait`, VICTIM_BIN, mode, String(mib)], {
+    const proc = spawn('/bin/sh', ['-c', 'exec 3<&0; "$0" "$@" <&3 3<&- & wait', VICTIM_BIN, mode, String(mib)], {
       stdio: ['pipe', 'pipe', 'inherit'],
     });
     const v = new Victim(proc);

@@ -1,0 +1,90 @@
+/*
+ * The parasite's ABI, shared by native/parasite.c and packages/compel/src/parasite-abi.ts (which
+ * mirrors every offset below and is checked against this header by a test).
+ *
+ * The blob is mapped MAP_SHARED from a memfd that the injector also holds, so the control area
+ * (struct parasite_ctl and the buffers after it) is written by one side and read by the other
+ * without copies. Requests and replies travel over a SOCK_SEQPACKET unix socket.
+ */
+#ifndef CRIU_TS_PARASITE_H
+#define CRIU_TS_PARASITE_H
+
+typedef unsigned long u64;
+typedef long s64;
+typedef unsigned int u32;
+typedef int s32;
+
+#define PARASITE_MAGIC 0x63726975747321ULL /* "criuts!" */
+
+struct parasite_ctl {
+  u64 magic;              /*   0 */
+  s32 sock;               /*   8: control socket fd in the task, -1 until connected */
+  s32 pad0;               /*  12 */
+  u64 blob_addr;          /*  16: start of the blob mapping in the task */
+  u64 blob_len;           /*  24 */
+  u64 scratch_addr;       /*  32: the injector's scratch mapping, unmapped on self-cure (0: none) */
+  u64 scratch_len;        /*  40 */
+  u64 chain_addr;         /*  48: where the self-cure chain goes (below the task's red zone); 0: no unmap */
+  u64 chain_len;          /*  56 */
+  u64 chain_off;          /*  64: offset from ctl of the chain bytes the injector prepared */
+  u64 gadget_syscall_ret; /*  72: address of "syscall; ret" in the task's own code */
+  u64 uc_stack_off;       /*  80: offset in the chain of the frame's uc_stack (patched at self-cure) */
+  u64 frame_in_blob;      /*  88: address of a copy of the frame inside the blob (fallback sigreturn) */
+  u64 state;              /*  96: 1 daemon running, 2 self-cure started */
+};
+
+enum parasite_cmd {
+  PARASITE_CMD_FINI = 0,
+  PARASITE_CMD_PING = 1,
+  PARASITE_CMD_VMSPLICE = 2,
+  PARASITE_CMD_DUMP_SIGACTIONS = 3,
+  PARASITE_CMD_DUMP_ITIMERS = 4,
+  PARASITE_CMD_DUMP_POSIX_TIMERS = 5,
+  PARASITE_CMD_DUMP_MISC = 6,
+  PARASITE_CMD_RECV_FDS = 7,
+  PARASITE_CMD_SEND_FDS = 8,
+  PARASITE_CMD_SYSCALL = 9,
+  PARASITE_CMD_CALL = 10,
+};
+
+struct parasite_req {  /* 56 bytes */
+  u32 cmd;
+  u32 pad;
+  u64 arg[6];
+};
+
+#define PARASITE_REPLY_MAX 8192
+struct parasite_rep_hdr { /* 16 bytes, then len bytes of data */
+  s64 ret;
+  u32 cmd;
+  u32 len;
+};
+
+/* DUMP_SIGACTIONS: 64 of these, for signals 1..64 (the kernel's struct sigaction on x86_64). */
+struct parasite_sigaction {
+  u64 handler;
+  u64 flags;
+  u64 restorer;
+  u64 mask;
+};
+
+/* DUMP_POSIX_TIMERS: one per requested id. */
+struct parasite_posix_timer {
+  s32 id;
+  s32 overrun;
+  s64 interval_sec, interval_nsec, value_sec, value_nsec;
+};
+
+/* DUMP_MISC. */
+struct parasite_misc {
+  s64 pid, tid, ppid, pgid, sid;
+  s64 umask;
+  s64 dumpable, pdeathsig, personality, no_new_privs, child_subreaper;
+  u64 altstack_sp;
+  s64 altstack_flags;
+  u64 altstack_size;
+  u64 clear_child_tid;
+  char comm[16];
+};
+
+#endif

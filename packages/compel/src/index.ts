@@ -1,0 +1,51 @@
+/**
+ * @criu-ts/compel: run code inside another process.
+ *
+ * Lifecycle: prepare (seize every thread) -> infect (load the parasite) -> remote calls ->
+ * cure (every trace removed, the task runs on or stays stopped as it was).
+ *
+ *   const victim = await inject(pid);           // prepare: seized, registers saved
+ *   await victim.syscall('getpid');              // a syscall run by the task itself
+ *   const parasite = await victim.infect();      // parasite blob loaded, RPC socket up
+ *   parasite.dumpSigactions();
+ *   await victim.cure();
+ */
+import { Injection, seizeSync, type PrepareOptions } from './injection.js';
+import { infectSync, type Blob, type Parasite } from './parasite.js';
+
+export { CompelError, type CompelErrorKind } from './errors.js';
+export { Injection, prepare, prepareSync, undoInterruptEintr, type PrepareOptions, type SeizedThread, type SavedState, type Gadgets } from './injection.js';
+export {
+  Parasite, infectSync, loadParasiteBlob, compileBlob, nativeDir, buildSigframe, restartedRegs,
+  type Blob, type LoadedBlob, type Sigaction, type Itimer, type PosixTimer, type TaskMisc,
+} from './parasite.js';
+export { CMD as PARASITE_CMD, CTL as PARASITE_CTL, SIGFRAME } from './parasite-abi.js';
+export { listThreads, taskState, readMaps, readStatus, listPosixTimers, type Vma } from './proc.js';
+
+/** A seized task, with the parasite loaded on demand. */
+export class Victim extends Injection {
+  private parasiteInstance: Parasite | null = null;
+
+  /** Loads the parasite (once) and returns it. */
+  infectSync(blob?: Blob): Parasite {
+    if (!this.parasiteInstance) this.parasiteInstance = infectSync(this, blob);
+    return this.parasiteInstance;
+  }
+
+  async infect(blob?: Blob): Promise<Parasite> {
+    return this.infectSync(blob);
+  }
+
+  get parasite(): Parasite | null {
+    return this.parasiteInstance;
+  }
+}
+
+/** prepare() returning a {@link Victim} that can also be infected: the entry point of the library. */
+export async function inject(pid: number, options: PrepareOptions = {}): Promise<Victim> {
+  return injectSync(pid, options);
+}
+
+export function injectSync(pid: number, options: PrepareOptions = {}): Victim {
+  return seizeSync(pid, options, Victim);
+}

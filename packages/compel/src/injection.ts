@@ -1,0 +1,622 @@
+/**
+ * Seizing a process and running system calls inside it.
+ *
+ * ## How a remote system call works
+ *
+ * A system call runs in the context of the task that executes a `syscall` instruction (0f 05),
+ * with the number in RAX and the arguments in RDI, RSI, RDX, R10, R8, R9 (x86_64 ABI). To make a
+ * stopped tracee call one:
+ *
+ * 1. At seize time, save its registers (PTRACE_GETREGS), XSAVE area and signal mask, and block
+ *    every signal (PTRACE_SETSIGMASK): a signal arriving during our call would otherwise be
+ *    dequeued into a signal-delivery-stop, and resuming from that stop with signal 0 would drop
+ *    it. Blocked signals stay pending and are delivered after cure, in order.
+ * 2. Find a `syscall` instruction in the task's own executable memory (the vDSO has them, libc
+ *    too) instead of writing one: nothing in the task's memory changes. Executing from any
+ *    address that holds the bytes 0f 05 runs a syscall, whatever instruction they belong to.
+ * 3. Set RIP to it, the registers to the call, and orig_rax to -1. orig_rax is the kernel's
+ *    "syscall in progress" marker: if the task was stopped inside an interrupted syscall, RAX
+ *    holds -ERESTARTSYS (or -ERESTARTNOINTR, -ERESTARTNOHAND, -ERESTART_RESTARTBLOCK) and the
+ *    kernel would rewind RIP and re-run that syscall on resume; orig_rax = -1 disables that.
+ * 4. PTRACE_SINGLESTEP: the task runs the one instruction (the whole syscall, however long it
+ *    blocks) and reports SIGTRAP. RAX holds the result, -errno on failure.
+ * 5. On cure, put the saved registers back as they were, orig_rax included: the interrupted
+ *    syscall of step 3 is then restarted by the kernel exactly as if nothing had happened (a task
+ *    blocked in read() goes back to read(); nanosleep continues through restart_syscall).
+ *
+ * A task in group-stop (SIGSTOP) can be driven the same way: under PTRACE_SEIZE the tracer may
+ * resume it, and PTRACE_DETACH puts it back into the group-stop (the kernel re-arms
+ * JOBCTL_STOP_PENDING when the group is still stopped), so it is still stopped after cure.
+ *
+ * Every ptrace call must come from the thread that seized the task (ptrace is per thread): all
+ * of this runs synchronously on the calling thread; the async methods only wrap the sync ones.
+ */
+import {
+  __WALL, asRemoteAddress, close, isSysError, O, open, pread, ptraceCont, ptraceDetach, ptraceGetRegs,
+  ptraceGetRegset, ptraceGetSigmask, ptraceInterrupt, ptraceSeize, ptraceSetRegs, ptraceSetRegset,
+  ptraceSetSigmask, ptraceSingleStep, pwrite, SIGNALS, SIGSET_ALL, SysError, syscallName, syscallNumber,
+  tgkill, wait4, NT, PTRACE_EVENT, MAP, PROT, signalName, type Fd, type Pid, type RemoteAddress,
+  type SyscallName, type UserRegs, type WaitStatus, asPid,
+} from '@criu-ts/sys';
+import { CompelError } from './errors.js';
+import { listThreads, readMaps, readStatus, taskState, type Vma } from './proc.js';
+
+/**
+ * Some blocking calls are not restarted after a ptrace stop: PTRACE_INTERRUPT sets
+ * TIF_SIGPENDING, and these return -EINTR instead of a restart code (signal(7), "Interruption
+ * of system calls and library functions by stop signals"). The task would see an EINTR it never
+ * got without us. When the call had no timeout, re-running it from the start is exactly what it
+ * would have done: return registers that execute the `syscall` instruction again.
+ * Calls with a finite timeout are left alone (re-running would extend the timeout).
+ */
+export function undoInterruptEintr(regs: UserRegs): UserRegs {
+  const nr = Number(BigInt.asIntN(64, regs.orig_rax));
+  if (nr < 0 || BigInt.asIntN(64, regs.rax) !== -4n /* -EINTR */) return regs;
+  const arg4 = regs.r10;
+  let infinite = false;
+  switch (nr) {
+    case 232: // epoll_wait(epfd, events, maxevents, int timeout)
+    case 281: // epoll_pwait(..., int timeout, sigmask, sigsetsize)
+      infinite = BigInt.asIntN(32, arg4 & 0xffff_ffffn) < 0n;
+      break;
+    case 441: // epoll_pwait2(..., const struct timespec *timeout, ...)
+    case 220: // semtimedop(semid, sops, nsops, const struct timespec *timeout)
+      infinite = arg4 === 0n;
+      break;
+    case 128: // rt_sigtimedwait(set, info, const struct timespec *uts, sigsetsize)
+      infinite = regs.rdx === 0n;
+      break;
+    case 65: // semop
+      infinite = true;
+      break;
+  }
+  return infinite ? { ...regs, rax: regs.orig_rax, rip: regs.rip - 2n } : regs;
+}
+
+/** The seized state of one thread. */
+export interface SeizedThread {
+  readonly tid: Pid;
+  /** Signal of the group-stop the thread was in when seized (SIGSTOP...), or 0. */
+  readonly groupStop: number;
+  /** Signals dequeued while we seized it, re-delivered on cure. */
+  readonly pendingSignals: number[];
+}
+
+/** What the thread that runs our code looked like before we touched it. */
+export interface SavedState {
+  readonly regs: UserRegs;
+  readonly xsave: Buffer;
+  readonly sigmask: bigint;
+}
+
+export interface PrepareOptions {
+  /** The thread that runs remote syscalls and the parasite (default: the thread group leader). */
+  tid?: number;
+  /** Limit for seizing and for each remote call, in milliseconds (default 10000). */
+  timeoutMs?: number;
+}
+
+const ORIG_RAX_NONE = 0xffff_ffff_ffff_ffffn; // -1: "not in a syscall"
+const EFLAGS_TF = 0x100n;
+const EFLAGS_DF = 0x400n;
+const sleepCell = new Int32Array(new SharedArrayBuffer(4));
+function sleepMs(ms: number): void {
+  Atomics.wait(sleepCell, 0, 0, ms);
+}
+
+/** Executable code found in the task that remote calls jump to (never written by us). */
+export interface Gadgets {
+  /** Address of bytes 0f 05 (syscall). */
+  syscall: RemoteAddress;
+  /** Address of 0f 05 c3 (syscall; ret), if any: needed by the parasite to unmap itself. */
+  syscallRet: RemoteAddress | null;
+  /** Address of 58 c3 (pop rax; ret), if any. */
+  popRaxRet: RemoteAddress | null;
+}
+
+/**
+ * A seized process: every thread stopped, one of them (the worker) ready to run syscalls.
+ * Obtain one with {@link prepare}; release it with {@link Injection.cureSync}.
+ */
+export class Injection {
+  readonly pid: Pid;
+  readonly worker: Pid;
+  readonly threads: ReadonlyMap<Pid, SeizedThread>;
+  readonly saved: SavedState;
+  readonly timeoutMs: number;
+  private memFd: Fd | null = null;
+  private gadgets: Gadgets | null = null;
+  /** Mappings we created in the task, unmapped on cure (addr -> len). */
+  private readonly ownMappings = new Map<bigint, bigint>();
+  private state: 'seized' | 'running-parasite' | 'cured' = 'seized';
+  private sigmaskBlocked = false;
+  /** Called before cure (the parasite uses it to stop itself). */
+  private readonly cureHooks: Array<() => void> = [];
+
+  /** @internal use {@link prepare} */
+  constructor(pid: Pid, worker: Pid, threads: Map<Pid, SeizedThread>, saved: SavedState, timeoutMs: number) {
+    this.pid = pid;
+    this.worker = worker;
+    this.threads = threads;
+    this.saved = saved;
+    this.timeoutMs = timeoutMs;
+  }
+
+  get cured(): boolean {
+    return this.state === 'cured';
+  }
+
+  /** True when the task was in group-stop (e.g. SIGSTOP) when seized; it is left stopped by cure. */
+  get wasStopped(): boolean {
+    return this.threads.get(this.worker)!.groupStop !== 0;
+  }
+
+  private assertSeized(what: string): void {
+    if (this.state === 'cured') throw new CompelError('state', this.pid, `${what} after cure`);
+    if (this.state === 'running-parasite') throw new CompelError('state', this.pid, `${what} while the parasite runs (use the parasite's commands)`);
+  }
+
+  /** @internal the parasite takes the worker thread over while it runs. */
+  setParasiteRunning(running: boolean): void {
+    this.state = running ? 'running-parasite' : 'seized';
+  }
+
+  /** @internal */
+  onCure(hook: () => void): void {
+    this.cureHooks.push(hook);
+  }
+
+  // ---------------------------------------------------------------- memory
+
+  private mem(): Fd {
+    if (this.memFd === null) this.memFd = open(`/proc/${this.pid}/mem`, O.RDWR);
+    return this.memFd;
+  }
+
+  /** Reads `len` bytes at `addr` of the task through /proc/PID/mem (any mapping, even PROT_NONE). */
+  readMemorySync(addr: RemoteAddress | bigint, len: number): Buffer {
+    if (this.state === 'cured') throw new CompelError('state', this.pid, 'readMemory after cure');
+    const buf = Buffer.alloc(len);
+    let done = 0;
+    for (let i = 0; done < len && i < 1000; i++) {
+      const n = pread(this.mem(), buf.subarray(done), BigInt(addr) + BigInt(done));
+      if (n === 0) throw new CompelError('state', this.pid, `short read at 0x${(BigInt(addr) + BigInt(done)).toString(16)}`);
+      done += n;
+    }
+    return buf;
+  }
+
+  /** Writes `data` at `addr` of the task (FOLL_FORCE: read-only and code pages too, copied on write). */
+  writeMemorySync(addr: RemoteAddress | bigint, data: Uint8Array): void {
+    if (this.state === 'cured') throw new CompelError('state', this.pid, 'writeMemory after cure');
+    let done = 0;
+    for (let i = 0; done < data.byteLength && i < 1000; i++) {
+      done += pwrite(this.mem(), data.subarray(done), BigInt(addr) + BigInt(done));
+    }
+  }
+
+  async readMemory(addr: RemoteAddress | bigint, len: number): Promise<Buffer> {
+    return this.readMemorySync(addr, len);
+  }
+
+  async writeMemory(addr: RemoteAddress | bigint, data: Uint8Array): Promise<void> {
+    this.writeMemorySync(addr, data);
+  }
+
+  // ---------------------------------------------------------------- remote syscalls
+
+  /** Finds the code remote calls jump to, in the vDSO first, then in every other executable mapping. */
+  findGadgets(): Gadgets {
+    if (this.gadgets) return this.gadgets;
+    const vmas = readMaps(this.pid).filter((v) => v.perms.startsWith('r-x') && v.name !== '[vsyscall]');
+    vmas.sort((a, b) => (a.name === '[vdso]' ? -1 : b.name === '[vdso]' ? 1 : 0));
+    let sc: bigint | null = null;
+    let scRet: bigint | null = null;
+    let popRax: bigint | null = null;
+    for (const vma of vmas) {
+      const len = Number(vma.end - vma.start);
+      let code: Buffer;
+      try {
+        code = this.readMemorySync(vma.start, Math.min(len, 32 << 20));
+      } catch {
+        continue;
+      }
+      if (sc === null) {
+        const i = code.indexOf(Buffer.from([0x0f, 0x05]));
+        if (i >= 0) sc = vma.start + BigInt(i);
+      }
+      if (scRet === null) {
+        const i = code.indexOf(Buffer.from([0x0f, 0x05, 0xc3]));
+        if (i >= 0) scRet = vma.start + BigInt(i);
+      }
+      if (popRax === null) {
+        const i = code.indexOf(Buffer.from([0x58, 0xc3]));
+        if (i >= 0) popRax = vma.start + BigInt(i);
+      }
+      if (sc !== null && scRet !== null && popRax !== null) break;
+    }
+    if (sc === null) {
+      const st = taskState(this.pid);
+      if (st === undefined || st === 'Z' || st === 'X') {
+        throw new CompelError('exited', this.pid, 'task died: no memory left to run syscalls in', { state: st ?? 'gone' });
+      }
+      throw new CompelError('no-gadget', this.pid, 'no syscall instruction (0f 05) in any executable mapping', {
+        mappings: vmas.map((v) => `${v.start.toString(16)}-${v.end.toString(16)} ${v.perms} ${v.name}`),
+      });
+    }
+    this.gadgets = {
+      syscall: asRemoteAddress(sc),
+      syscallRet: scRet === null ? null : asRemoteAddress(scRet),
+      popRaxRet: popRax === null ? null : asRemoteAddress(popRax),
+    };
+    return this.gadgets;
+  }
+
+  private blockSignals(): void {
+    if (this.sigmaskBlocked) return;
+    ptraceSetSigmask(this.worker, SIGSET_ALL);
+    this.sigmaskBlocked = true;
+  }
+
+  /**
+   * Precondition: the worker is in a ptrace-stop. Resumes it with `regs` (single-step or
+   * continue) and waits for the SIGTRAP stop that ends the call. Returns the registers then.
+   */
+  runWorkerSync(regs: UserRegs, how: 'step' | 'cont', what: string): UserRegs {
+    try {
+      this.blockSignals();
+      ptraceSetRegs(this.worker, regs);
+      if (how === 'step') ptraceSingleStep(this.worker);
+      else ptraceCont(this.worker);
+      this.waitTrap(what, how);
+      return ptraceGetRegs(this.worker);
+    } catch (err) {
+      throw this.explainEsrch(err, what);
+    }
+  }
+
+  /**
+   * ptrace answers ESRCH both for "no such task" and "not stopped for us": when the task is gone
+   * (or a zombie), say so with a CompelError('exited') instead.
+   */
+  private explainEsrch(err: unknown, what: string): unknown {
+    if (!isSysError(err, 'ESRCH')) return err;
+    const st = taskState(this.pid, this.worker);
+    if (st === undefined || st === 'Z' || st === 'X') {
+      this.state = 'cured';
+      for (const t of this.threads.values()) {
+        try { ptraceDetach(t.tid); } catch { /* gone */ }
+      }
+      return new CompelError('exited', this.pid, `task died before or during ${what}`, { state: st ?? 'gone' }, err as SysError);
+    }
+    return err;
+  }
+
+  /** Waits (bounded by timeoutMs) for the worker's SIGTRAP stop; anything else is an error with evidence. */
+  private waitTrap(what: string, how: 'step' | 'cont'): WaitStatus {
+    const deadline = Date.now() + this.timeoutMs;
+    for (let spins = 0; ; spins++) {
+      const st = wait4(this.worker, __WALL | 1 /* WNOHANG */);
+      if (st.kind === 'none') {
+        if (Date.now() > deadline) {
+          // Take the task back (the call is interrupted: -EINTR or a restart code in RAX).
+          try {
+            ptraceInterrupt(this.worker);
+            wait4(this.worker, __WALL);
+          } catch { /* gone */ }
+          throw new CompelError('timeout', this.pid, `${what} did not return within ${this.timeoutMs} ms`);
+        }
+        // Spin first: a remote syscall usually completes within microseconds, and a sleep costs more.
+        if (spins >= 5000) sleepMs(spins < 6000 ? 0.05 : 1);
+        continue;
+      }
+      if (st.kind === 'exited' || st.kind === 'signaled') {
+        this.state = 'cured';
+        throw new CompelError('exited', this.pid, `task died during ${what}`, { status: st });
+      }
+      if (st.kind === 'stopped' && st.signal === SIGNALS.SIGTRAP && st.event === 0) return st;
+      if (st.kind === 'stopped' && st.event === PTRACE_EVENT.STOP) {
+        // A group-stop notification (someone sent SIGSTOP meanwhile): resume the same way.
+        if (spins > 10_000) break;
+        if (how === 'step') ptraceSingleStep(this.worker);
+        else ptraceCont(this.worker);
+        continue;
+      }
+      if (st.kind === 'stopped') {
+        const regs = ptraceGetRegs(this.worker);
+        throw new CompelError('unexpected-stop', this.pid, `${what}: stopped by ${signalName(st.signal)} at rip 0x${regs.rip.toString(16)}`, {
+          status: st, rip: regs.rip, rsp: regs.rsp, rax: regs.rax,
+        });
+      }
+    }
+    throw new CompelError('unexpected-stop', this.pid, `${what}: too many group-stop notifications`);
+  }
+
+  /**
+   * Runs system call `nr` in the worker thread and returns RAX as a signed value (-errno on
+   * failure, never thrown). Precondition: seized, no parasite running.
+   */
+  syscallRawSync(nameOrNr: SyscallName | number, ...args: Array<number | bigint>): bigint {
+    this.assertSeized('syscall');
+    if (args.length > 6) throw new RangeError('a syscall takes at most 6 arguments');
+    const nr = typeof nameOrNr === 'number' ? nameOrNr : syscallNumber(nameOrNr);
+    const gadget = this.findGadgets().syscall;
+    const a = args.map((x) => BigInt.asUintN(64, BigInt(x)));
+    const regs: UserRegs = {
+      ...this.saved.regs,
+      rax: BigInt(nr), rdi: a[0] ?? 0n, rsi: a[1] ?? 0n, rdx: a[2] ?? 0n, r10: a[3] ?? 0n, r8: a[4] ?? 0n, r9: a[5] ?? 0n,
+      orig_rax: ORIG_RAX_NONE, rip: gadget, eflags: this.saved.regs.eflags & ~(EFLAGS_TF | EFLAGS_DF),
+    };
+    const name = typeof nameOrNr === 'string' ? nameOrNr : (syscallName(nr) ?? `syscall ${nr}`);
+    const after = this.runWorkerSync(regs, 'step', `remote ${name}`);
+    if (after.rip !== gadget + 2n) {
+      throw new CompelError('unexpected-stop', this.pid, `remote ${name}: stopped at 0x${after.rip.toString(16)}, expected 0x${(gadget + 2n).toString(16)}`);
+    }
+    return BigInt.asIntN(64, after.rax);
+  }
+
+  /** Like syscallRawSync, but a -errno result throws SysError (`syscall` names the remote call). */
+  syscallSync(nameOrNr: SyscallName | number, ...args: Array<number | bigint>): bigint {
+    const r = this.syscallRawSync(nameOrNr, ...args);
+    if (r < 0n && r >= -4095n) {
+      const name = typeof nameOrNr === 'string' ? nameOrNr : (syscallName(nameOrNr) ?? `syscall ${nameOrNr}`);
+      throw new SysError(name, Number(-r), `remote, in pid ${this.pid}`);
+    }
+    return r;
+  }
+
+  async syscall(nameOrNr: SyscallName | number, ...args: Array<number | bigint>): Promise<bigint> {
+    return this.syscallSync(nameOrNr, ...args);
+  }
+
+  /**
+   * Calls the function at `fn` in the task with up to 5 integer arguments, on `stackTop`, through
+   * an entry stub that ends in int3 (the parasite blob provides one). Returns RAX.
+   */
+  callSync(entryCall: RemoteAddress, fn: RemoteAddress, stackTop: RemoteAddress, args: Array<number | bigint> = []): bigint {
+    this.assertSeized('call');
+    const a = args.map((x) => BigInt.asUintN(64, BigInt(x)));
+    const regs: UserRegs = {
+      ...this.saved.regs,
+      rip: entryCall, rsp: stackTop & ~0xfn, rdi: fn, rsi: a[0] ?? 0n, rdx: a[1] ?? 0n, rcx: a[2] ?? 0n,
+      r8: a[3] ?? 0n, r9: a[4] ?? 0n, orig_rax: ORIG_RAX_NONE,
+      eflags: this.saved.regs.eflags & ~(EFLAGS_TF | EFLAGS_DF),
+    };
+    const after = this.runWorkerSync(regs, 'cont', `remote call 0x${fn.toString(16)}`);
+    return BigInt.asIntN(64, after.rax);
+  }
+
+  /**
+   * Precondition: seized. Starts the worker at `regs` and returns at once (the parasite daemon
+   * runs until it is told to stop, then traps).
+   */
+  startWorkerSync(regs: UserRegs): void {
+    this.assertSeized('start');
+    this.blockSignals();
+    ptraceSetRegs(this.worker, { ...regs, orig_rax: ORIG_RAX_NONE, eflags: regs.eflags & ~(EFLAGS_TF | EFLAGS_DF) });
+    ptraceCont(this.worker);
+    this.state = 'running-parasite';
+  }
+
+  /** Waits for the worker's int3 after a parasite stopped itself. */
+  waitWorkerTrapSync(what: string): UserRegs {
+    this.waitTrap(what, 'cont');
+    this.state = 'seized';
+    return ptraceGetRegs(this.worker);
+  }
+
+  /** Maps `len` bytes of anonymous memory in the task (removed on cure). */
+  mapSync(len: number, prot: number = PROT.READ | PROT.WRITE, flags: number = MAP.PRIVATE | MAP.ANONYMOUS, fd = -1): RemoteAddress {
+    const addr = this.syscallSync('mmap', 0, len, prot, flags, fd, 0);
+    this.ownMappings.set(addr, BigInt(len));
+    return asRemoteAddress(addr);
+  }
+
+  /** Unmaps a mapping made with mapSync. */
+  unmapSync(addr: RemoteAddress): void {
+    const len = this.ownMappings.get(addr);
+    if (len === undefined) throw new RangeError(`0x${addr.toString(16)} is not a mapping made by this injection`);
+    this.syscallSync('munmap', addr, len);
+    this.ownMappings.delete(addr);
+  }
+
+  /** @internal the parasite unmaps its own blob on self-cure; forget it then. */
+  forgetMapping(addr: bigint): void {
+    this.ownMappings.delete(addr);
+  }
+
+  /** A scratch area of `len` bytes in the task, read/write, removed on cure. */
+  async scratch(len = 4096): Promise<RemoteAddress> {
+    return this.mapSync(len);
+  }
+
+  /** The VMAs of the task as /proc shows them now. */
+  maps(): Vma[] {
+    return readMaps(this.pid);
+  }
+
+  // ---------------------------------------------------------------- cure
+
+  /**
+   * Removes every trace and lets the task go: parasite stopped and unmapped, our mappings
+   * unmapped, registers, XSAVE state and signal mask of the worker put back, pending signals
+   * re-queued, every thread detached (a task seized in group-stop goes back to it).
+   */
+  cureSync(): void {
+    if (this.state === 'cured') return;
+    const errors: unknown[] = [];
+    for (const hook of this.cureHooks.splice(0)) {
+      try { hook(); } catch (err) { errors.push(err); }
+    }
+    if (this.state === 'running-parasite') {
+      // The parasite could not be stopped politely: take the thread back.
+      try {
+        ptraceInterrupt(this.worker);
+        wait4(this.worker, __WALL);
+      } catch (err) { errors.push(err); }
+      this.state = 'seized';
+    }
+    for (const [addr, len] of [...this.ownMappings]) {
+      try {
+        this.syscallSync('munmap', addr, len);
+        this.ownMappings.delete(addr);
+      } catch (err) {
+        if (err instanceof CompelError && err.kind === 'exited') break;
+        errors.push(err);
+      }
+    }
+    const w = this.worker;
+    try {
+      ptraceSetRegs(w, undoInterruptEintr(this.saved.regs));
+      const xsave = ptraceGetRegset(w, NT.X86_XSTATE);
+      if (!xsave.equals(this.saved.xsave)) ptraceSetRegset(w, NT.X86_XSTATE, this.saved.xsave);
+      if (this.sigmaskBlocked) ptraceSetSigmask(w, this.saved.sigmask);
+    } catch (err) {
+      if (!(isSysError(err, 'ESRCH') && taskState(this.pid, w) === undefined)) errors.push(err);
+    }
+    if (this.memFd !== null) {
+      try { close(this.memFd); } catch { /* nothing to do */ }
+      this.memFd = null;
+    }
+    for (const t of this.threads.values()) {
+      try {
+        // Signals we dequeued while seizing go back: the first through PTRACE_DETACH's signal
+        // argument, the others re-queued to the thread.
+        const [first, ...rest] = t.pendingSignals;
+        for (const sig of rest) tgkill(this.pid, t.tid, sig);
+        ptraceDetach(t.tid, first ?? 0);
+      } catch (err) {
+        if (!isSysError(err, 'ESRCH')) errors.push(err);
+      }
+    }
+    this.state = 'cured';
+    if (errors.length > 0) {
+      throw new CompelError('state', this.pid, `cure finished with ${errors.length} error(s): ${errors.map(String).join('; ')}`, { errors });
+    }
+  }
+
+  async cure(): Promise<void> {
+    this.cureSync();
+  }
+}
+
+/** Waits for the first stop of a freshly seized thread; returns null if it exited meanwhile. */
+function waitSeizeStop(pid: Pid, tid: Pid, deadline: number): { groupStop: number; pending: number[] } | null {
+  const pending: number[] = [];
+  for (let spins = 0; ; spins++) {
+    const st = wait4(tid, __WALL | 1 /* WNOHANG */);
+    if (st.kind === 'none') {
+      if (Date.now() > deadline) {
+        throw new CompelError('timeout', pid, `thread ${tid} did not stop after PTRACE_INTERRUPT`, { state: taskState(pid, tid) });
+      }
+      sleepMs(spins < 100 ? 0.02 : 1);
+      continue;
+    }
+    if (st.kind === 'exited' || st.kind === 'signaled') return null;
+    if (st.kind !== 'stopped') continue;
+    if (st.event === PTRACE_EVENT.STOP) {
+      // SIGTRAP: our PTRACE_INTERRUPT. SIGSTOP/SIGTSTP/SIGTTIN/SIGTTOU: a group-stop.
+      return { groupStop: st.signal === SIGNALS.SIGTRAP ? 0 : st.signal, pending };
+    }
+    if (st.event === 0) {
+      // A signal-delivery-stop: a signal was being delivered when we attached. Keep it for
+      // later and let the thread reach the interrupt trap (with signal 0 it is not delivered now).
+      pending.push(st.signal);
+      ptraceCont(tid, 0);
+      continue;
+    }
+    ptraceCont(tid, 0);
+  }
+}
+
+/**
+ * Seizes every thread of `pid` (PTRACE_SEIZE + PTRACE_INTERRUPT), re-reading /proc/PID/task until
+ * no new thread appears (a thread that was running may have created one before it stopped), and
+ * saves the worker thread's registers, XSAVE state and signal mask.
+ *
+ * Typed failures: no-such-process, zombie, permission (with the tracer pid or Yama setting),
+ * exited, timeout.
+ */
+export function prepareSync(pidNumber: number, options: PrepareOptions = {}): Injection {
+  return seizeSync(pidNumber, options, Injection);
+}
+
+/** @internal prepareSync building a subclass of Injection. */
+export function seizeSync<T extends Injection>(
+  pidNumber: number,
+  options: PrepareOptions,
+  ctor: new (pid: Pid, worker: Pid, threads: Map<Pid, SeizedThread>, saved: SavedState, timeoutMs: number) => T,
+): T {
+  const pid = asPid(pidNumber);
+  const timeoutMs = options.timeoutMs ?? 10_000;
+  const state = taskState(pid);
+  if (state === undefined) throw new CompelError('no-such-process', pid, 'no such process (/proc/PID missing)');
+  if (state === 'Z' || state === 'X') throw new CompelError('zombie', pid, `task is ${state === 'Z' ? 'a zombie' : 'dead'}: nothing to seize`, { state });
+  const seized = new Map<Pid, SeizedThread>();
+  const deadline = Date.now() + timeoutMs;
+  try {
+    for (let round = 0; ; round++) {
+      if (round > 100 || Date.now() > deadline) {
+        throw new CompelError('timeout', pid, `thread list did not settle after ${round} rounds`, { seized: [...seized.keys()] });
+      }
+      let tids: Pid[];
+      try {
+        tids = listThreads(pid);
+      } catch {
+        throw new CompelError('exited', pid, 'process exited while being seized');
+      }
+      const fresh = tids.filter((t) => !seized.has(t));
+      if (fresh.length === 0) break;
+      for (const tid of fresh) {
+        try {
+          ptraceSeize(tid);
+        } catch (err) {
+          if (isSysError(err, 'ESRCH')) continue; // the thread exited meanwhile
+          if (isSysError(err, 'EPERM') && tid !== pid && taskState(pid, tid) === 'Z') continue;
+          if (isSysError(err, 'EPERM') || isSysError(err, 'EACCES')) {
+            let evidence: Record<string, unknown> = { state: taskState(pid, tid) };
+            try {
+              const status = readStatus(pid);
+              evidence = { ...evidence, tracerPid: Number(status.TracerPid), uid: status.Uid };
+            } catch { /* gone */ }
+            throw new CompelError('permission', pid, `ptrace(PTRACE_SEIZE) refused for thread ${tid} (${(err as SysError).code})`, evidence, err as SysError);
+          }
+          throw err;
+        }
+        try {
+          ptraceInterrupt(tid);
+        } catch (err) {
+          if (!isSysError(err, 'ESRCH')) throw err;
+        }
+        const stop = waitSeizeStop(pid, tid, deadline);
+        if (stop === null) {
+          try { ptraceDetach(tid); } catch { /* gone */ }
+          continue;
+        }
+        seized.set(tid, { tid, groupStop: stop.groupStop, pendingSignals: stop.pending });
+      }
+    }
+    const worker = options.tid === undefined ? (seized.has(pid) ? pid : [...seized.keys()][0]) : asPid(options.tid);
+    if (worker === undefined || !seized.has(worker)) {
+      throw new CompelError('exited', pid, `thread ${options.tid ?? pid} is not among the seized threads`, { seized: [...seized.keys()] });
+    }
+    const saved: SavedState = {
+      regs: ptraceGetRegs(worker),
+      xsave: ptraceGetRegset(worker, NT.X86_XSTATE),
+      sigmask: ptraceGetSigmask(worker),
+    };
+    return new ctor(pid, worker, seized, saved, timeoutMs);
+  } catch (err) {
+    for (const tid of seized.keys()) {
+      try { ptraceDetach(tid, seized.get(tid)!.pendingSignals[0] ?? 0); } catch { /* gone */ }
+    }
+    if (err instanceof CompelError) throw err;
+    if (isSysError(err, 'ESRCH')) throw new CompelError('exited', pid, 'process exited while being seized', {}, err as SysError);
+    throw err;
+  }
+}
+
+/** Async form of {@link prepareSync}. */
+export async function prepare(pid: number, options: PrepareOptions = {}): Promise<Injection> {
+  return prepareSync(pid, options);
+}

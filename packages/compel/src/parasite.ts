@@ -1,0 +1,551 @@
+/**
+ * The parasite: a blob of position-independent code (native/parasite.c) that runs inside the
+ * seized task and serves typed requests over a unix socket, so that bulk work (moving pages into
+ * pipes, collecting per-task state) costs one message instead of one ptrace round trip per call.
+ *
+ * Loading (all with remote syscalls, see injection.ts):
+ *   memfd_create in the task -> the injector opens /proc/PID/fd/N: both hold the same memfd
+ *   -> blob written through the injector's fd -> mmap(MAP_SHARED, RWX) in the task -> close in the task
+ *   -> socket(AF_UNIX, SOCK_SEQPACKET) + connect() in the task to a listening socket of ours
+ *   -> the worker thread is started at the daemon entry with all signals blocked.
+ *
+ * Memory of the blob mapping (shared with the injector, which writes the control area directly):
+ *
+ *   base                    base+ctl                          base+stack           base+size
+ *   | code .data .bss  | pad | ctl | chain | frame | buffers | stack (64 KiB) ... |
+ *
+ * Cure: FINI makes the daemon return to its int3; the injector unmaps the blob, closes the
+ * socket and restores registers and mask with ptrace. If the injector dies instead, the socket
+ * reaches EOF and the parasite restores the task itself: it copies the prepared chain below the
+ * task's red zone and jumps into the task's own "syscall; ret" code with munmap(blob), then
+ * "pop rax; ret" and "syscall; ret" again perform rt_sigreturn from a frame holding the original
+ * registers, signal mask and XSAVE state (see native/parasite.c).
+ */
+import { execFileSync } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import {
+  accept4, AF_UNIX, bind, close, F, fcntl, ftruncate, listen, O, open, pipe2, pwrite, recvmsg, sendmsg,
+  setsockopt, SO, SOCK, socket, sockaddrUn, SOL_SOCKET, splice, timeval, toSigframeFpstate, asRemoteAddress,
+  MAP, PROT, syscallNumber, SysError, ERESTARTSYS, ERESTARTNOINTR, ERESTARTNOHAND, ERESTART_RESTARTBLOCK,
+  type Fd, type RemoteAddress, type SyscallName, type UserRegs, type RemoteRange, read as readFd,
+} from '@criu-ts/sys';
+import { CompelError } from './errors.js';
+import { undoInterruptEintr, type Injection } from './injection.js';
+import {
+  CMD, CTL, MISC_FIELDS, MISC_SIZE, PARASITE_MAGIC, POSIX_TIMER_SIZE, REP_HDR_SIZE, REPLY_MAX, REQ_SIZE,
+  SIGACTION_SIZE, SIGCONTEXT_CSGSFSSS, SIGCONTEXT_FPSTATE, SIGCONTEXT_GPRS, SIGFRAME, UC_FP_XSTATE,
+  UC_SIGCONTEXT_SS, UC_STRICT_RESTORE_SS, type ParasiteCommand,
+} from './parasite-abi.js';
+import { listPosixTimers, readMaps } from './proc.js';
+
+/** A compiled blob: flat code and the offsets of its symbols. */
+export interface Blob {
+  code: Buffer;
+  symbols: Record<string, number>;
+  /** Bytes the blob occupies once loaded (code + .bss). */
+  size: number;
+}
+
+/** Where native/build lives (overridable for installed packages with CRIU_TS_NATIVE_DIR). */
+export function nativeDir(): string {
+  return process.env.CRIU_TS_NATIVE_DIR ?? fileURLToPath(new URL('../../../../native/', import.meta.url));
+}
+
+/** Loads native/build/parasite.bin and its symbol offsets (built by `npm run build`). */
+export function loadParasiteBlob(dir = nativeDir()): Blob {
+  const bin = `${dir}/build/parasite.bin`;
+  const json = `${dir}/build/parasite.json`;
+  if (!existsSync(bin) || !existsSync(json)) {
+    throw new CompelError('parasite', 0, `parasite blob not built: ${bin} missing (run npm run build; it needs a C compiler)`);
+  }
+  const raw = JSON.parse(readFileSync(json, 'utf8')) as Record<string, string>;
+  const symbols = Object.fromEntries(Object.entries(raw).map(([k, v]) => [k, Number(BigInt(v))]));
+  const code = readFileSync(bin);
+  for (const s of ['parasite_entry_daemon', 'parasite_entry_call', 'parasite_int3', '__blob_end']) {
+    if (symbols[s] === undefined) throw new CompelError('parasite', 0, `parasite.json lacks ${s}`, { symbols });
+  }
+  return { code, symbols, size: symbols.__blob_end! };
+}
+
+/**
+ * Compiles a user blob from C source with the parasite's own rules (no libc, position
+ * independent, general registers only): entry points are plain C functions taking up to 5
+ * integer arguments. Needs the system C compiler.
+ */
+export function compileBlob(source: string, outFile: string): Blob {
+  try {
+    execFileSync('make', ['-s', '-C', nativeDir(), 'blob', `SRC=${source}`, `OUT=${outFile}`], { stdio: ['ignore', 'pipe', 'pipe'] });
+  } catch (err) {
+    const e = err as { stderr?: Buffer; message: string };
+    throw new CompelError('parasite', 0, `compiling ${source} failed: ${e.stderr?.toString() || e.message}`);
+  }
+  const symbols: Record<string, number> = {};
+  for (const line of readFileSync(`${outFile}.syms`, 'utf8').split('\n')) {
+    const m = /^([0-9a-f]+) [TtDdBbRr] (\S+)$/.exec(line);
+    if (m) symbols[m[2]!] = Number.parseInt(m[1]!, 16);
+  }
+  const code = readFileSync(outFile);
+  return { code, symbols, size: Math.max(code.length, ...Object.values(symbols)) };
+}
+
+export interface Sigaction {
+  signal: number;
+  handler: bigint;
+  flags: bigint;
+  restorer: bigint;
+  mask: bigint;
+}
+
+export interface Itimer {
+  intervalSec: bigint;
+  intervalUsec: bigint;
+  valueSec: bigint;
+  valueUsec: bigint;
+}
+
+export interface PosixTimer {
+  id: number;
+  overrun: number;
+  intervalSec: bigint;
+  intervalNsec: bigint;
+  valueSec: bigint;
+  valueNsec: bigint;
+}
+
+export type TaskMisc = { [K in (typeof MISC_FIELDS)[number]]: bigint } & { comm: string };
+
+/** A user blob loaded next to the parasite; its functions run in the task on the parasite's thread. */
+export interface LoadedBlob {
+  base: RemoteAddress;
+  call(symbol: string, ...args: Array<number | bigint>): bigint;
+}
+
+const PAGE = 4096;
+const STACK_SIZE = 64 * 1024;
+const BUF_SIZE = 16 * 1024;
+const align = (v: number, a: number) => Math.ceil(v / a) * a;
+const alignB = (v: bigint, a: bigint) => ((v + a - 1n) / a) * a;
+
+/**
+ * The registers the task would have if the kernel had already restarted its interrupted syscall
+ * (arch/x86/kernel/signal.c: with no handler to run, every restart code rewinds RIP by the 2
+ * bytes of `syscall`; ERESTART_RESTARTBLOCK re-enters through restart_syscall). rt_sigreturn sets
+ * orig_rax to -1, so a frame must carry the restarted state itself.
+ */
+export function restartedRegs(regs: UserRegs): UserRegs {
+  const nr = BigInt.asIntN(64, regs.orig_rax);
+  if (nr < 0n) return regs;
+  const ret = -BigInt.asIntN(64, regs.rax);
+  if (ret === BigInt(ERESTARTSYS) || ret === BigInt(ERESTARTNOINTR) || ret === BigInt(ERESTARTNOHAND)) {
+    return { ...regs, rax: regs.orig_rax, rip: regs.rip - 2n };
+  }
+  if (ret === BigInt(ERESTART_RESTARTBLOCK)) {
+    return { ...regs, rax: BigInt(syscallNumber('restart_syscall')), rip: regs.rip - 2n };
+  }
+  return regs;
+}
+
+/**
+ * An rt_sigreturn frame at `frameAddr` restoring `regs`, `sigmask` and the XSAVE image; the
+ * fpstate goes at the next 64-byte boundary after the frame (XRSTOR needs that alignment).
+ * uc_stack is left zero (the parasite fills in the task's current sigaltstack before use).
+ */
+export function buildSigframe(regs: UserRegs, sigmask: bigint, xsave: Buffer, frameAddr: bigint, pretcode: bigint): Buffer {
+  const fp = toSigframeFpstate(xsave);
+  const fpAddr = alignB(frameAddr + BigInt(SIGFRAME.size), 64n);
+  const fpOff = Number(fpAddr - frameAddr);
+  const frame = Buffer.alloc(fpOff + fp.length);
+  frame.writeBigUInt64LE(pretcode, SIGFRAME.pretcode);
+  frame.writeBigUInt64LE(BigInt(UC_FP_XSTATE | UC_SIGCONTEXT_SS | UC_STRICT_RESTORE_SS), SIGFRAME.uc_flags);
+  const mc = SIGFRAME.mcontext;
+  SIGCONTEXT_GPRS.forEach((r, i) => frame.writeBigUInt64LE(BigInt.asUintN(64, regs[r]), mc + i * 8));
+  frame.writeUInt16LE(Number(regs.cs), mc + SIGCONTEXT_CSGSFSSS);
+  frame.writeUInt16LE(Number(regs.ss), mc + SIGCONTEXT_CSGSFSSS + 6);
+  frame.writeBigUInt64LE(fpAddr, mc + SIGCONTEXT_FPSTATE);
+  frame.writeBigUInt64LE(sigmask, SIGFRAME.uc_sigmask);
+  fp.copy(frame, fpOff);
+  return frame;
+}
+
+/** A running parasite in a seized task. Created by {@link infect}; stopped by the injection's cure. */
+export class Parasite {
+  private sock: Fd | null;
+  private readonly req = Buffer.alloc(REQ_SIZE);
+  private readonly rep = Buffer.alloc(REP_HDR_SIZE + REPLY_MAX);
+  private pipe: { r: Fd; w: Fd; remoteW: number; size: number } | null = null;
+  private stopped = false;
+
+  private constructor(
+    readonly injection: Injection,
+    /** Address of the blob mapping in the task. */
+    readonly base: RemoteAddress,
+    readonly size: number,
+    private readonly memfd: Fd,
+    private readonly ctlOff: number,
+    private readonly bufOff: number,
+    sock: Fd,
+    private readonly remoteSock: number,
+    readonly blob: Blob,
+    /** True when the parasite can unmap itself if we die (gadgets found, room below the stack). */
+    readonly selfCureUnmaps: boolean,
+  ) {
+    this.sock = sock;
+  }
+
+  /**
+   * Loads the parasite into a seized task and starts it. Precondition: `inj` is seized and has no
+   * parasite running.
+   */
+  static infectSync(inj: Injection, blob: Blob = loadParasiteBlob()): Parasite {
+    const pid = inj.pid;
+    const gadgets = inj.findGadgets();
+    const fpLen = inj.saved.xsave.length + 4;
+    const chainMax = align(24 + SIGFRAME.size + 64 + fpLen, 64);
+    const ctlOff = align(blob.size, PAGE);
+    const chainOff = 256;
+    const frameOff = chainOff + chainMax;
+    const bufOff = frameOff + chainMax;
+    const stackOff = align(ctlOff + bufOff + BUF_SIZE, PAGE);
+    const size = stackOff + STACK_SIZE;
+
+    // 1. A memfd in the task, opened by us through /proc: the same file on both sides.
+    const scratch = inj.mapSync(PAGE);
+    inj.writeMemorySync(scratch, Buffer.from('criu-ts-parasite\0'));
+    const remoteMemfd = Number(inj.syscallSync('memfd_create', scratch, 1 /* MFD_CLOEXEC */));
+    let memfd: Fd;
+    try {
+      memfd = open(`/proc/${pid}/fd/${remoteMemfd}`, O.RDWR);
+      ftruncate(memfd, size);
+      pwrite(memfd, blob.code, 0n);
+    } catch (err) {
+      inj.syscallRawSync('close', remoteMemfd);
+      throw err;
+    }
+    // 2. Map it in the task; the task's fd is not needed any more.
+    let base: RemoteAddress;
+    try {
+      base = inj.mapSync(size, PROT.READ | PROT.WRITE | PROT.EXEC, MAP.SHARED, remoteMemfd);
+    } finally {
+      inj.syscallRawSync('close', remoteMemfd);
+    }
+    // 3. The control socket: the task connects to a listening socket of ours (abstract name).
+    const name = `\0criu-ts-compel-${process.pid}-${pid}-${Date.now()}-${Math.random().toString(36).slice(2)}`;
+    const addr = sockaddrUn(name);
+    const listener = socket(AF_UNIX, SOCK.SEQPACKET);
+    let sock: Fd;
+    let remoteSock: number;
+    try {
+      bind(listener, addr);
+      listen(listener, 1);
+      inj.writeMemorySync(scratch, addr);
+      remoteSock = Number(inj.syscallSync('socket', AF_UNIX, SOCK.SEQPACKET | SOCK.CLOEXEC, 0));
+      try {
+        inj.syscallSync('connect', remoteSock, scratch, addr.length);
+      } catch (err) {
+        inj.syscallRawSync('close', remoteSock);
+        throw err;
+      }
+      sock = accept4(listener);
+    } finally {
+      close(listener);
+    }
+    setsockopt(sock, SOL_SOCKET, SO.RCVTIMEO, timeval(inj.timeoutMs));
+    setsockopt(sock, SOL_SOCKET, SO.SNDTIMEO, timeval(inj.timeoutMs));
+    inj.unmapSync(scratch);
+
+    // 4. The self-cure chain and frame, for the case where we die while the parasite runs.
+    const ctlAddr = base + BigInt(ctlOff);
+    const orig = restartedRegs(undoInterruptEintr(inj.saved.regs));
+    const ctl = Buffer.alloc(CTL.size);
+    let chainAddr = 0n;
+    let chain = Buffer.alloc(0);
+    if (gadgets.syscallRet && gadgets.popRaxRet) {
+      const below = inj.saved.regs.rsp - 128n; // the red zone belongs to the interrupted code
+      const start = (below - BigInt(chainMax)) & ~63n;
+      const stackVma = readMaps(pid).find((v) => v.start <= start && inj.saved.regs.rsp <= v.end && v.perms.startsWith('rw'));
+      if (stackVma) {
+        const frame = buildSigframe(orig, inj.saved.sigmask, inj.saved.xsave, start + 16n, gadgets.syscallRet);
+        chain = Buffer.alloc(16 + frame.length);
+        chain.writeBigUInt64LE(gadgets.popRaxRet, 0);
+        chain.writeBigUInt64LE(15n /* rt_sigreturn */, 8);
+        frame.copy(chain, 16);
+        chainAddr = start;
+      }
+    }
+    const frameInBlob = ctlAddr + BigInt(frameOff);
+    const fallback = buildSigframe(orig, inj.saved.sigmask, inj.saved.xsave, frameInBlob, 0n);
+    ctl.writeBigUInt64LE(PARASITE_MAGIC, CTL.magic);
+    ctl.writeInt32LE(remoteSock, CTL.sock);
+    ctl.writeBigUInt64LE(base, CTL.blob_addr);
+    ctl.writeBigUInt64LE(BigInt(size), CTL.blob_len);
+    ctl.writeBigUInt64LE(chainAddr, CTL.chain_addr);
+    ctl.writeBigUInt64LE(BigInt(chain.length), CTL.chain_len);
+    ctl.writeBigUInt64LE(BigInt(chainOff), CTL.chain_off);
+    ctl.writeBigUInt64LE(gadgets.syscallRet ?? 0n, CTL.gadget_syscall_ret);
+    ctl.writeBigUInt64LE(BigInt(16 + SIGFRAME.uc_stack), CTL.uc_stack_off);
+    ctl.writeBigUInt64LE(frameInBlob, CTL.frame_in_blob);
+    pwrite(memfd, ctl, BigInt(ctlOff));
+    if (chain.length > 0) pwrite(memfd, chain, BigInt(ctlOff + chainOff));
+    pwrite(memfd, fallback, BigInt(ctlOff + frameOff));
+
+    // 5. Start the daemon on the blob's stack.
+    const stackTop = base + BigInt(size) - 64n;
+    inj.startWorkerSync({ ...inj.saved.regs, rip: base + BigInt(blob.symbols.parasite_entry_daemon!), rsp: stackTop, rdi: ctlAddr });
+    const parasite = new Parasite(inj, base, size, memfd, ctlOff, bufOff, sock, remoteSock, blob, chainAddr !== 0n);
+    inj.onCure(() => parasite.stopSync());
+    const pong = parasite.command(CMD.PING);
+    if (Number(pong.ret) !== inj.worker) {
+      throw new CompelError('parasite', pid, `parasite answered PING with tid ${pong.ret}, expected ${inj.worker}`);
+    }
+    return parasite;
+  }
+
+  /** Sends one request (with fds attached if given) and returns the reply. */
+  private command(cmd: ParasiteCommand, args: Array<number | bigint> = [], fds: Fd[] = []): { ret: bigint; data: Buffer; fds: Fd[] } {
+    if (this.sock === null || this.stopped) throw new CompelError('state', this.injection.pid, 'parasite command after cure');
+    this.req.fill(0);
+    this.req.writeUInt32LE(cmd, 0);
+    args.forEach((a, i) => this.req.writeBigUInt64LE(BigInt.asUintN(64, BigInt(a)), 8 + i * 8));
+    try {
+      sendmsg(this.sock, this.req, fds);
+      const got = recvmsg(this.sock, this.rep, 8);
+      if (got.bytes < REP_HDR_SIZE) throw new CompelError('parasite', this.injection.pid, `short reply (${got.bytes} bytes) to command ${cmd}`);
+      const ret = this.rep.readBigInt64LE(0);
+      const rcmd = this.rep.readUInt32LE(8);
+      const len = this.rep.readUInt32LE(12);
+      if (rcmd !== cmd || len > got.bytes - REP_HDR_SIZE) {
+        throw new CompelError('parasite', this.injection.pid, `reply out of protocol: command ${rcmd} len ${len} to request ${cmd}`);
+      }
+      return { ret, data: Buffer.from(this.rep.subarray(REP_HDR_SIZE, REP_HDR_SIZE + len)), fds: got.fds };
+    } catch (err) {
+      if (err instanceof SysError && (err.code === 'EAGAIN' || err.code === 'EPIPE' || err.code === 'ECONNRESET')) {
+        throw new CompelError(err.code === 'EAGAIN' ? 'timeout' : 'parasite', this.injection.pid, `parasite did not answer command ${cmd} (${err.code})`, {}, err);
+      }
+      throw err;
+    }
+  }
+
+  private check(ret: bigint, what: string): bigint {
+    if (ret < 0n && ret >= -4095n) throw new SysError(what, Number(-ret), `in the parasite, pid ${this.injection.pid}`);
+    return ret;
+  }
+
+  /** The tid and pid the parasite runs as (a health check). */
+  ping(): { tid: number; pid: number } {
+    const r = this.command(CMD.PING);
+    return { tid: Number(r.ret), pid: Number(r.data.readBigInt64LE(0)) };
+  }
+
+  /** A system call made by the parasite itself: no ptrace round trip. Returns RAX (-errno on failure). */
+  syscallRaw(nameOrNr: SyscallName | number, ...args: Array<number | bigint>): bigint {
+    if (args.length > 5) throw new RangeError('the parasite passes at most 5 syscall arguments');
+    const nr = typeof nameOrNr === 'number' ? nameOrNr : syscallNumber(nameOrNr);
+    return this.command(CMD.SYSCALL, [nr, ...args]).ret;
+  }
+
+  /** rt_sigaction(sig, NULL, &old) for signals 1..64. */
+  dumpSigactions(): Sigaction[] {
+    const r = this.command(CMD.DUMP_SIGACTIONS);
+    const out: Sigaction[] = [];
+    for (let i = 0; i < Number(r.ret); i++) {
+      const o = i * SIGACTION_SIZE;
+      out.push({
+        signal: i + 1,
+        handler: r.data.readBigUInt64LE(o),
+        flags: r.data.readBigUInt64LE(o + 8),
+        restorer: r.data.readBigUInt64LE(o + 16),
+        mask: r.data.readBigUInt64LE(o + 24),
+      });
+    }
+    return out;
+  }
+
+  /** getitimer() for ITIMER_REAL, ITIMER_VIRTUAL and ITIMER_PROF. */
+  dumpItimers(): { real: Itimer; virtual: Itimer; prof: Itimer } {
+    const r = this.command(CMD.DUMP_ITIMERS);
+    this.check(r.ret, 'getitimer');
+    const it = (i: number): Itimer => ({
+      intervalSec: r.data.readBigInt64LE(i * 32), intervalUsec: r.data.readBigInt64LE(i * 32 + 8),
+      valueSec: r.data.readBigInt64LE(i * 32 + 16), valueUsec: r.data.readBigInt64LE(i * 32 + 24),
+    });
+    return { real: it(0), virtual: it(1), prof: it(2) };
+  }
+
+  /** timer_gettime() and timer_getoverrun() of POSIX timers (default: every id in /proc/PID/timers). */
+  dumpPosixTimers(ids: number[] = listPosixTimers(this.injection.pid)): PosixTimer[] {
+    if (ids.length === 0) return [];
+    if (ids.length * POSIX_TIMER_SIZE > REPLY_MAX) throw new RangeError(`too many timers in one request: ${ids.length}`);
+    const buf = Buffer.alloc(ids.length * 4);
+    ids.forEach((id, i) => buf.writeInt32LE(id, i * 4));
+    pwrite(this.memfd, buf, BigInt(this.ctlOff + this.bufOff));
+    const r = this.command(CMD.DUMP_POSIX_TIMERS, [ids.length, this.bufOff]);
+    this.check(r.ret, 'timer_gettime');
+    const out: PosixTimer[] = [];
+    for (let i = 0; i < Number(r.ret); i++) {
+      const o = i * POSIX_TIMER_SIZE;
+      out.push({
+        id: r.data.readInt32LE(o), overrun: r.data.readInt32LE(o + 4),
+        intervalSec: r.data.readBigInt64LE(o + 8), intervalNsec: r.data.readBigInt64LE(o + 16),
+        valueSec: r.data.readBigInt64LE(o + 24), valueNsec: r.data.readBigInt64LE(o + 32),
+      });
+    }
+    return out;
+  }
+
+  /** Ids, umask, prctl state, personality, sigaltstack, clear_child_tid and comm of the worker thread. */
+  dumpMisc(): TaskMisc {
+    const r = this.command(CMD.DUMP_MISC);
+    if (r.data.length < MISC_SIZE) throw new CompelError('parasite', this.injection.pid, `DUMP_MISC reply of ${r.data.length} bytes`);
+    const misc = {} as TaskMisc;
+    MISC_FIELDS.forEach((f, i) => { misc[f] = r.data.readBigInt64LE(i * 8); });
+    const comm = r.data.subarray(MISC_FIELDS.length * 8, MISC_FIELDS.length * 8 + 16);
+    misc.comm = comm.subarray(0, comm.indexOf(0) >= 0 ? comm.indexOf(0) : 16).toString('utf8');
+    return misc;
+  }
+
+  /** Installs copies of our `fds` in the task (SCM_RIGHTS); returns their numbers there (close-on-exec). */
+  sendFds(fds: Fd[]): number[] {
+    if (fds.length === 0 || fds.length > 16) throw new RangeError('send 1..16 fds at a time');
+    const r = this.command(CMD.RECV_FDS, [], fds);
+    const out: number[] = [];
+    for (let i = 0; i < Number(r.ret); i++) out.push(r.data.readInt32LE(i * 4));
+    return out;
+  }
+
+  /** Copies of the task's fds `remoteFds` (up to 5 per call), received here with SCM_RIGHTS. */
+  receiveFds(remoteFds: number[]): Fd[] {
+    if (remoteFds.length === 0 || remoteFds.length > 5) throw new RangeError('receive 1..5 fds at a time');
+    const r = this.command(CMD.SEND_FDS, [remoteFds.length, ...remoteFds]);
+    this.check(r.ret, 'sendmsg');
+    return r.fds;
+  }
+
+  private ensurePipe(): { r: Fd; w: Fd; remoteW: number; size: number } {
+    if (this.pipe) return this.pipe;
+    const [r, w] = pipe2();
+    let size = 64 * 1024;
+    try {
+      const max = Number(readFileSync('/proc/sys/fs/pipe-max-size', 'utf8'));
+      size = fcntl(w, F.SETPIPE_SZ, Math.min(max, 1 << 20));
+    } catch { /* keep the default size */ }
+    const [remoteW] = this.sendFds([w]);
+    this.pipe = { r, w, remoteW: remoteW!, size };
+    return this.pipe;
+  }
+
+  /**
+   * Moves the task's pages in `ranges` into a pipe with vmsplice (no copy: the pipe references the
+   * pages) and hands each filled pipe to `drain` (which must empty it, e.g. splice to a file),
+   * in chunks of at most the pipe's size. Returns the bytes moved.
+   * Precondition: the task stays stopped until the pipe is drained (the pages are referenced, not copied).
+   */
+  vmspliceRanges(ranges: readonly RemoteRange[], drain: (pipeRead: Fd, bytes: number) => void): number {
+    const p = this.ensurePipe();
+    const maxIov = Math.floor(BUF_SIZE / 16);
+    let total = 0;
+    let batch: Array<[bigint, number]> = [];
+    let batchBytes = 0;
+    const flush = () => {
+      if (batch.length === 0) return;
+      const iov = Buffer.alloc(batch.length * 16);
+      batch.forEach(([a, l], i) => { iov.writeBigUInt64LE(a, i * 16); iov.writeBigUInt64LE(BigInt(l), i * 16 + 8); });
+      pwrite(this.memfd, iov, BigInt(this.ctlOff + this.bufOff));
+      const r = this.command(CMD.VMSPLICE, [p.remoteW, this.bufOff, batch.length, 0]);
+      const n = Number(this.check(r.ret, 'vmsplice'));
+      if (n !== batchBytes) throw new CompelError('parasite', this.injection.pid, `vmsplice moved ${n} of ${batchBytes} bytes`);
+      drain(p.r, n);
+      total += n;
+      batch = [];
+      batchBytes = 0;
+    };
+    for (const range of ranges) {
+      let addr = BigInt(range.addr);
+      let left = range.len;
+      while (left > 0) {
+        const take = Math.min(left, p.size - batchBytes);
+        batch.push([addr, take]);
+        batchBytes += take;
+        addr += BigInt(take);
+        left -= take;
+        if (batchBytes === p.size || batch.length === maxIov) flush();
+      }
+    }
+    flush();
+    return total;
+  }
+
+  /** The bytes of `ranges`, in order, through vmsplice (for tests and small reads). */
+  readPages(ranges: readonly RemoteRange[]): Buffer {
+    const out: Buffer[] = [];
+    this.vmspliceRanges(ranges, (fd, bytes) => {
+      const buf = Buffer.alloc(bytes);
+      let got = 0;
+      for (let i = 0; got < bytes && i < 10_000; i++) got += readFd(fd, buf.subarray(got));
+      out.push(buf);
+    });
+    return Buffer.concat(out);
+  }
+
+  /** Writes the pages of `ranges` to `outFd` at its file position: vmsplice then splice, one copy. */
+  dumpPages(ranges: readonly RemoteRange[], outFd: Fd): number {
+    return this.vmspliceRanges(ranges, (fd, bytes) => {
+      let moved = 0;
+      for (let i = 0; moved < bytes && i < 10_000; i++) moved += splice(fd, null, outFd, null, bytes - moved);
+    });
+  }
+
+  /**
+   * Loads a user blob (see compileBlob) into the task, executable, and returns a handle whose
+   * `call(symbol, ...args)` runs that function on the parasite's thread. Unmapped on cure.
+   */
+  loadBlob(blob: Blob): LoadedBlob {
+    const len = align(Math.max(blob.size, blob.code.length, 1), PAGE);
+    const addr = this.check(
+      this.syscallRaw('mmap', 0, len, PROT.READ | PROT.WRITE | PROT.EXEC, MAP.PRIVATE | MAP.ANONYMOUS, -1),
+      'mmap',
+    );
+    this.userBlobs.push([addr, len]);
+    this.injection.writeMemorySync(addr, blob.code);
+    const base = asRemoteAddress(addr);
+    return {
+      base,
+      call: (symbol, ...args) => {
+        const off = blob.symbols[symbol];
+        if (off === undefined) throw new RangeError(`blob has no symbol '${symbol}'`);
+        if (args.length > 5) throw new RangeError('at most 5 arguments');
+        return this.command(CMD.CALL, [base + BigInt(off), ...args]).ret;
+      },
+    };
+  }
+
+  private readonly userBlobs: Array<[bigint, number]> = [];
+
+  /**
+   * Stops the daemon (FINI: it returns to its int3), then unmaps the blob and closes the socket
+   * in the task with remote syscalls. Called by the injection's cure.
+   */
+  stopSync(): void {
+    if (this.stopped) return;
+    const inj = this.injection;
+    try {
+      for (const [addr, len] of this.userBlobs.splice(0)) this.syscallRaw('munmap', addr, len);
+      if (this.pipe) this.syscallRaw('close', this.pipe.remoteW);
+      this.command(CMD.FINI);
+      inj.waitWorkerTrapSync('parasite FINI');
+    } finally {
+      this.stopped = true;
+      if (this.sock !== null) close(this.sock);
+      this.sock = null;
+      if (this.pipe) { close(this.pipe.r); close(this.pipe.w); this.pipe = null; }
+      close(this.memfd);
+    }
+    inj.syscallRawSync('close', this.remoteSock);
+    inj.unmapSync(this.base);
+  }
+}
+
+/** Loads and starts the parasite in a seized task. */
+export function infectSync(inj: Injection, blob?: Blob): Parasite {
+  return Parasite.infectSync(inj, blob);
+}

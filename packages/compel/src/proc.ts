@@ -1,0 +1,74 @@
+// What /proc says about a task (proc(5)). Everything here is a plain file read: no ptrace.
+import { readdirSync, readFileSync } from 'node:fs';
+import { asPid, type Pid, type RemoteAddress } from '@criu-ts/sys';
+
+/** Thread ids of a process, from /proc/PID/task (sorted, the leader first when alive). */
+export function listThreads(pid: Pid): Pid[] {
+  return readdirSync(`/proc/${pid}/task`)
+    .map((n) => asPid(Number(n)))
+    .sort((a, b) => (a === pid ? -1 : b === pid ? 1 : a - b));
+}
+
+/**
+ * The state letter of /proc/PID/stat (R running, S sleeping, D disk sleep, T stopped by a signal,
+ * t tracing stop, Z zombie, X dead) or undefined when the task is gone.
+ */
+export function taskState(pid: Pid, tid?: Pid): string | undefined {
+  try {
+    const path = tid === undefined ? `/proc/${pid}/stat` : `/proc/${pid}/task/${tid}/stat`;
+    const stat = readFileSync(path, 'utf8');
+    // comm may contain spaces and parentheses: the state follows the *last* ')'.
+    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
+  } catch {
+    return undefined;
+  }
+}
+
+/** The "Key:\tvalue" lines of /proc/PID/status. */
+export function readStatus(pid: Pid): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const line of readFileSync(`/proc/${pid}/status`, 'utf8').split('\n')) {
+    const i = line.indexOf(':');
+    if (i > 0) out[line.slice(0, i)] = line.slice(i + 1).trim();
+  }
+  return out;
+}
+
+export interface Vma {
+  start: RemoteAddress;
+  end: RemoteAddress;
+  /** 'r-xp' etc. */
+  perms: string;
+  offset: bigint;
+  inode: number;
+  /** The path, '[vdso]', '[stack]', 'memfd:name (deleted)', or '' for anonymous memory. */
+  name: string;
+}
+
+/** The VMAs of /proc/PID/maps, in address order. */
+export function readMaps(pid: Pid): Vma[] {
+  const vmas: Vma[] = [];
+  for (const line of readFileSync(`/proc/${pid}/maps`, 'utf8').split('\n')) {
+    if (!line) continue;
+    const m = /^([0-9a-f]+)-([0-9a-f]+) (\S{4}) ([0-9a-f]+) \S+ (\d+)\s*(.*)$/.exec(line);
+    if (!m) continue;
+    vmas.push({
+      start: BigInt(`0x${m[1]}`) as RemoteAddress,
+      end: BigInt(`0x${m[2]}`) as RemoteAddress,
+      perms: m[3]!,
+      offset: BigInt(`0x${m[4]}`),
+      inode: Number(m[5]),
+      name: m[6] ?? '',
+    });
+  }
+  return vmas;
+}
+
+/** POSIX timer ids of a process from /proc/PID/timers ("ID: n" lines; CONFIG_CHECKPOINT_RESTORE). */
+export function listPosixTimers(pid: Pid): number[] {
+  try {
+    return [...readFileSync(`/proc/${pid}/timers`, 'utf8').matchAll(/^ID: (-?\d+)$/gm)].map((m) => Number(m[1]));
+  } catch {
+    return [];
+  }
+}

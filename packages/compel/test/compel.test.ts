@@ -1,0 +1,425 @@
+import { expect } from 'chai';
+import { spawn } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { fileURLToPath } from 'node:url';
+import {
+  asRemoteAddress, close, memfdCreate, MAP, pipe2, pread, PROT, read, signalNumber, SysError, write,
+  ptraceGetRegs, ptraceGetRegset, NT, type Fd,
+} from '@criu-ts/sys';
+import { CompelError, compileBlob, inject, injectSync, prepareSync, readMaps, type Victim as Injected } from '@criu-ts/compel';
+import { killAllVictims, requireRootAndBinaries, Victim } from './victim.js';
+
+const mapsText = (pid: number) => readFileSync(`/proc/${pid}/maps`, 'utf8');
+const hasParasite = (pid: number) => readMaps(pid as never).some((v) => v.name.includes('criu-ts-parasite'));
+
+/** Infects, runs remote syscalls and parasite commands, checks their results, cures. */
+async function fullInfection(v: Victim): Promise<void> {
+  const victim = await inject(v.pid);
+  try {
+    expect(Number(await victim.syscall('getpid'))).to.equal(v.pid);
+    const parasite = await victim.infect();
+    expect(parasite.ping()).to.deep.equal({ tid: v.pid, pid: v.pid });
+    const page = parasite.readPages([{ addr: asRemoteAddress(v.data), len: 8192 }]);
+    expect(page.equals(v.expectedData(0, 8192))).to.equal(true);
+    expect(parasite.dumpSigactions()[signalNumber('SIGUSR1') - 1]!.handler).to.not.equal(0n);
+  } finally {
+    await victim.cure();
+  }
+  expect(hasParasite(v.pid)).to.equal(false);
+}
+
+describe('@criu-ts/compel', function () {
+  this.timeout(60_000);
+  beforeEach(function () {
+    requireRootAndBinaries(this);
+  });
+  afterEach(killAllVictims);
+
+  describe('typed errors', () => {
+    it('no-such-process for a pid that does not exist', () => {
+      expect(() => prepareSync(0x3ffffff0)).to.throw(CompelError).with.property('kind', 'no-such-process');
+    });
+
+    it('permission for a task we cannot trace (ourselves; a task already traced)', async () => {
+      expect(() => prepareSync(process.pid)).to.throw(CompelError).with.property('kind', 'permission');
+      const v = await Victim.start('busy');
+      const first = injectSync(v.pid);
+      try {
+        // ptrace allows one tracer: a second seize fails. The evidence names the tracer.
+        const child = spawn(process.execPath, ['-e', `
+          import('@criu-ts/compel').then(({ prepareSync }) => {
+            try { prepareSync(${v.pid}); console.log('seized?!'); }
+            catch (e) { console.log(JSON.stringify({ kind: e.kind, tracer: e.evidence.tracerPid })); }
+          });`], { cwd: fileURLToPath(new URL('.', import.meta.url)) });
+        let out = '';
+        child.stdout.on('data', (d) => { out += d; });
+        await new Promise((resolve) => child.on('exit', resolve));
+        expect(JSON.parse(out)).to.deep.equal({ kind: 'permission', tracer: process.pid });
+      } finally {
+        first.cureSync();
+      }
+    });
+
+    it('zombie for an exited, unreaped task', async () => {
+      const v = await Victim.start('zombie');
+      expect(v.zombie).to.be.greaterThan(0);
+      expect(() => prepareSync(v.zombie)).to.throw(CompelError).with.property('kind', 'zombie');
+      // Its parent (which has the zombie child) is infected normally.
+      await fullInfection(v);
+      process.kill(v.pid, 'SIGUSR1');
+      expect(await v.waitLine(/^(ok|bad)/)).to.match(/^ok/);
+    });
+
+    it('exited when the task dies while seized', async () => {
+      const v = await Victim.start('busy');
+      const victim = injectSync(v.pid);
+      process.kill(v.pid, 'SIGKILL');
+      let err: unknown;
+      try {
+        victim.syscallSync('getpid');
+      } catch (e) {
+        err = e;
+      }
+      expect(err).to.be.instanceOf(CompelError);
+      expect((err as CompelError).kind).to.equal('exited');
+      victim.cureSync(); // nothing left to do, and no throw
+    });
+
+    it('remote failures are SysErrors naming the remote call', async () => {
+      const v = await Victim.start('busy');
+      const victim = injectSync(v.pid);
+      try {
+        expect(() => victim.syscallSync('close', 9999)).to.throw(SysError).with.property('code', 'EBADF');
+        expect(victim.syscallRawSync('close', 9999)).to.equal(-9n);
+      } finally {
+        victim.cureSync();
+      }
+    });
+  });
+
+  describe('remote syscalls, memory and registers', () => {
+    it('getpid returns the target pid; a remote mmap shows up in /proc/PID/maps; memory r/w', async () => {
+      const v = await Victim.start('busy');
+      const victim = await inject(v.pid);
+      const before = mapsText(v.pid);
+      try {
+        expect(Number(await victim.syscall('getpid'))).to.equal(v.pid);
+        expect(Number(await victim.syscall('gettid'))).to.equal(v.pid);
+        const addr = victim.mapSync(3 * 4096, PROT.READ | PROT.WRITE, MAP.PRIVATE | MAP.ANONYMOUS);
+        // The kernel may merge it with an adjacent anonymous mapping: look for the VMA covering it.
+        expect(before).to.not.contain(`${addr.toString(16)}-`);
+        const vma = readMaps(v.pid as never).find((m) => m.start <= addr && addr + 3n * 4096n <= m.end);
+        expect(vma, 'new mapping in /proc/PID/maps').to.not.equal(undefined);
+        expect(vma!.perms).to.equal('rw-p');
+        await victim.writeMemory(addr + 100n, Buffer.from('written by the injector'));
+        expect((await victim.readMemory(addr + 100n, 23)).toString()).to.equal('written by the injector');
+        // The victim's own data, as it wrote it.
+        expect((await victim.readMemory(v.data, 4096)).equals(v.expectedData(0, 4096))).to.equal(true);
+        // The task itself can read what we wrote: a remote write(2) from that memory into our pipe.
+        const [r, w] = pipe2();
+        try {
+          const parasite = await victim.infect();
+          const [remoteW] = parasite.sendFds([w]);
+          expect(Number(parasite.syscallRaw('write', remoteW!, addr + 100n, 23))).to.equal(23);
+          const buf = Buffer.alloc(64);
+          expect(buf.subarray(0, read(r, buf)).toString()).to.equal('written by the injector');
+          parasite.syscallRaw('close', remoteW!);
+        } finally {
+          close(r); close(w);
+        }
+      } finally {
+        await victim.cure();
+      }
+      expect(mapsText(v.pid)).to.equal(before);
+      process.kill(v.pid, 'SIGUSR1');
+      expect(await v.waitLine(/^(ok|bad)/)).to.match(/^ok/);
+    });
+
+    it('after cure, maps, registers (general, fs/gs base, xsave) and signal mask are identical', async () => {
+      const v = await Victim.start('busy');
+      process.kill(v.pid, 'SIGSTOP'); // a stopped task does not move: what we see later must be what it had
+      for (let i = 0; i < 100 && v.state() !== 'T'; i++) await new Promise((r) => setTimeout(r, 10));
+      const first = injectSync(v.pid);
+      const regs = first.saved.regs;
+      const xsave = first.saved.xsave;
+      const maps = mapsText(v.pid);
+      expect(regs.fs_base).to.not.equal(0n); // glibc's TLS
+      first.syscallSync('getpid');
+      first.mapSync(4096);
+      first.infectSync().dumpMisc();
+      first.cureSync();
+      expect(v.state()).to.equal('T');
+      const second = injectSync(v.pid);
+      try {
+        expect(second.saved.regs).to.deep.equal(regs);
+        expect(second.saved.xsave.equals(xsave)).to.equal(true);
+        expect(second.saved.sigmask).to.equal(first.saved.sigmask);
+        expect(ptraceGetRegs(second.worker)).to.deep.equal(regs);
+        expect(ptraceGetRegset(second.worker, NT.X86_XSTATE).equals(xsave)).to.equal(true);
+        expect(mapsText(v.pid)).to.equal(maps);
+      } finally {
+        second.cureSync();
+      }
+      process.kill(v.pid, 'SIGCONT');
+      process.kill(v.pid, 'SIGUSR1');
+      expect(await v.waitLine(/^(ok|bad)/)).to.match(/^ok/);
+    });
+  });
+
+  describe('victims in every state see nothing', () => {
+    it('busy loop in user space', async () => {
+      const v = await Victim.start('busy');
+      await fullInfection(v);
+      process.kill(v.pid, 'SIGUSR1');
+      expect(await v.waitLine(/^(ok|bad)/)).to.match(/^ok/);
+    });
+
+    it('blocked in read(): still gets its data after cure', async () => {
+      const v = await Victim.start('read');
+      await new Promise((r) => setTimeout(r, 50));
+      await fullInfection(v);
+      v.send('after-cure');
+      expect(await v.waitLine(/^read /)).to.equal('read rc=11 errno=0 data=after-cure');
+      v.send('check');
+      expect(await v.waitLine(/data$/)).to.equal('ok data');
+    });
+
+    it('blocked in nanosleep(): sleeps its full time and returns 0 (restart_syscall)', async () => {
+      const v = await Victim.start('nanosleep');
+      await new Promise((r) => setTimeout(r, 100));
+      await fullInfection(v);
+      const line = await v.waitLine(/^slept /, 5000);
+      const m = /slept rc=(-?\d+) errno=(\d+) ms=(\d+)/.exec(line)!;
+      expect(Number(m[1]), line).to.equal(0);
+      expect(Number(m[3])).to.be.within(1490, 3000);
+    });
+
+    it('a thread blocked in FUTEX_WAIT', async () => {
+      const v = await Victim.start('futex');
+      await new Promise((r) => setTimeout(r, 50));
+      await fullInfection(v);
+      // FUTEX_WAIT was interrupted (-ERESTARTSYS) and is restarted when the thread runs again;
+      // it re-checks the futex word then, so give it a moment to be back in the wait before the
+      // wake (a wake before that makes the restarted wait return EAGAIN, as after SIGSTOP/SIGCONT).
+      await new Promise((r) => setTimeout(r, 100));
+      v.send('wake');
+      expect(await v.waitLine(/^woke /)).to.equal('woke rc=0 errno=0 word=1');
+      v.send('check');
+      expect(await v.waitLine(/data$/)).to.equal('ok data');
+    });
+
+    it('blocked in epoll_wait(): no spurious EINTR', async () => {
+      const v = await Victim.start('epoll');
+      await new Promise((r) => setTimeout(r, 50));
+      await fullInfection(v);
+      v.send('data');
+      expect(await v.waitLine(/^epoll /)).to.equal('epoll n=1 errno=0 tag=7');
+    });
+
+    it('8 computing threads: all seized, all correct afterwards', async () => {
+      const v = await Victim.start('threads');
+      await new Promise((r) => setTimeout(r, 50));
+      const victim = injectSync(v.pid);
+      try {
+        expect(victim.threads.size).to.equal(9);
+        for (const t of victim.threads.values()) expect(v.stateOf(t.tid)).to.equal('t');
+        victim.infectSync().ping();
+      } finally {
+        victim.cureSync();
+      }
+      v.send('check');
+      expect(await v.waitLine(/threads=8$/)).to.equal('ok threads=8');
+    });
+
+    it('stopped with SIGSTOP: still stopped after cure, fine after SIGCONT', async () => {
+      const v = await Victim.start('busy');
+      process.kill(v.pid, 'SIGSTOP');
+      for (let i = 0; i < 100 && v.state() !== 'T'; i++) await new Promise((r) => setTimeout(r, 10));
+      const victim = injectSync(v.pid);
+      expect(victim.wasStopped).to.equal(true);
+      await fullInfectionOf(victim, v);
+      await new Promise((r) => setTimeout(r, 100));
+      expect(v.state()).to.equal('T');
+      process.kill(v.pid, 'SIGCONT');
+      process.kill(v.pid, 'SIGUSR1');
+      expect(await v.waitLine(/^(ok|bad)/)).to.match(/^ok/);
+    });
+
+    it('1000 infect/cure cycles leave the victim healthy', async () => {
+      const v = await Victim.start('busy');
+      const maps = mapsText(v.pid);
+      for (let i = 0; i < 1000; i++) {
+        const victim = injectSync(v.pid);
+        try {
+          const parasite = victim.infectSync();
+          if (i % 100 === 0) expect(parasite.ping().pid).to.equal(v.pid);
+        } finally {
+          victim.cureSync();
+        }
+      }
+      expect(mapsText(v.pid)).to.equal(maps);
+      expect(readFileSync(`/proc/${v.pid}/status`, 'utf8')).to.match(/TracerPid:\s+0\n/);
+      process.kill(v.pid, 'SIGUSR1');
+      expect(await v.waitLine(/^(ok|bad)/)).to.match(/^ok/);
+    });
+  });
+
+  describe('parasite commands', () => {
+    it('vmsplice returns the bytes the target wrote; dumpPages splices them into a file', async () => {
+      const v = await Victim.start('busy', 4);
+      const victim = injectSync(v.pid);
+      try {
+        const parasite = victim.infectSync();
+        const ranges = [
+          { addr: asRemoteAddress(v.data), len: 2 << 20 }, // larger than the pipe: two chunks
+          { addr: asRemoteAddress(v.data + (3n << 20n)), len: 4096 },
+        ];
+        const bytes = parasite.readPages(ranges);
+        expect(bytes.length).to.equal((2 << 20) + 4096);
+        expect(bytes.subarray(0, 2 << 20).equals(v.expectedData(0, 2 << 20))).to.equal(true);
+        expect(bytes.subarray(2 << 20).equals(v.expectedData(3 << 20, 4096))).to.equal(true);
+        const file = memfdCreate('pages');
+        try {
+          expect(parasite.dumpPages(ranges, file)).to.equal((2 << 20) + 4096);
+          const back = Buffer.alloc(bytes.length);
+          expect(pread(file, back, 0n)).to.equal(bytes.length);
+          expect(back.equals(bytes)).to.equal(true);
+        } finally {
+          close(file);
+        }
+      } finally {
+        victim.cureSync();
+      }
+      process.kill(v.pid, 'SIGUSR1');
+      expect(await v.waitLine(/^(ok|bad)/)).to.match(/^ok/);
+    });
+
+    it('dump sigactions, itimers, posix timers and misc state', async () => {
+      const v = await Victim.start('busy');
+      const victim = injectSync(v.pid);
+      try {
+        const p = victim.infectSync();
+        const sa = p.dumpSigactions();
+        expect(sa).to.have.length(64);
+        expect(sa[signalNumber('SIGUSR1') - 1]!.handler > 1n, 'SIGUSR1 has a handler function').to.equal(true);
+        expect(sa[signalNumber('SIGALRM') - 1]!.handler).to.equal(1n); // SIG_IGN
+        expect(sa[signalNumber('SIGTERM') - 1]!.handler).to.equal(0n); // SIG_DFL
+        const it = p.dumpItimers();
+        expect(it.real.intervalSec).to.equal(1000n);
+        expect(it.real.valueSec > 1900n && it.real.valueSec <= 2000n).to.equal(true);
+        expect(it.virtual.valueSec).to.equal(0n);
+        const timers = p.dumpPosixTimers();
+        expect(timers).to.have.length(1);
+        expect(timers[0]!.intervalSec).to.equal(300n);
+        expect(timers[0]!.valueSec > 590n && timers[0]!.valueSec <= 600n).to.equal(true);
+        const misc = p.dumpMisc();
+        expect(Number(misc.pid)).to.equal(v.pid);
+        expect(Number(misc.tid)).to.equal(v.pid);
+        expect(misc.comm).to.equal('compel-victim');
+        const umask = Number.parseInt(/Umask:\s+(\d+)/.exec(readFileSync(`/proc/${v.pid}/status`, 'utf8'))![1]!, 8);
+        expect(misc.umask).to.equal(BigInt(umask));
+        expect(misc.altstack_flags).to.equal(2n); // SS_DISABLE
+      } finally {
+        victim.cureSync();
+      }
+    });
+
+    it('sends fds into the task and receives the task fds', async () => {
+      const v = await Victim.start('busy');
+      const victim = injectSync(v.pid);
+      const [r, w] = pipe2();
+      let stdout: Fd | undefined;
+      try {
+        const p = victim.infectSync();
+        const [remote] = p.sendFds([w]);
+        expect(readMaps(v.pid as never)).to.be.an('array');
+        expect(readFileSync(`/proc/${v.pid}/fdinfo/${remote}`, 'utf8')).to.match(/flags:\s+\d*2000001/); // O_CLOEXEC|O_WRONLY
+        expect(Number(p.syscallRaw('write', remote!, v.data, 64))).to.equal(64);
+        const buf = Buffer.alloc(64);
+        expect(read(r, buf)).to.equal(64);
+        expect(buf.equals(v.expectedData(0, 64))).to.equal(true);
+        p.syscallRaw('close', remote!);
+        [stdout] = p.receiveFds([1]);
+        expect(stdout).to.be.a('number');
+      } finally {
+        victim.cureSync();
+        close(r); close(w);
+      }
+      write(stdout!, Buffer.from('line from the injector\n'));
+      close(stdout!);
+      expect(await v.waitLine(/injector/)).to.equal('line from the injector');
+    });
+
+    it('runs functions of a user blob compiled from C', async () => {
+      const dir = mkdtempSync(`${tmpdir()}/compel-blob-`);
+      try {
+        const blob = compileBlob(fileURLToPath(new URL('../../test/fixtures/user-blob.c', import.meta.url)), `${dir}/user.bin`);
+        const v = await Victim.start('busy');
+        const victim = injectSync(v.pid);
+        try {
+          const loaded = victim.infectSync().loadBlob(blob);
+          expect(loaded.call('add3', 1, 2, 39)).to.equal(42n);
+          expect(Number(loaded.call('my_getpid'))).to.equal(v.pid);
+          const expected = [...v.expectedData(0, 1000)].reduce((a, b) => a + b, 0);
+          expect(Number(loaded.call('sum_bytes', v.data, 1000))).to.equal(expected);
+        } finally {
+          victim.cureSync();
+        }
+        expect(readMaps(v.pid as never).filter((m) => m.perms === 'rwxp')).to.have.length(0);
+        process.kill(v.pid, 'SIGUSR1');
+        expect(await v.waitLine(/^(ok|bad)/)).to.match(/^ok/);
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
+    });
+  });
+
+  describe('injector killed in the middle of a parasite call', () => {
+    for (const mode of ['busy', 'read'] as const) {
+      it(`${mode}: the victim cures itself within a second, with no blob mapping left`, async () => {
+        const v = await Victim.start(mode);
+        await new Promise((r) => setTimeout(r, 50));
+        const injector = spawn(process.execPath, [fileURLToPath(new URL('./injector-child.js', import.meta.url)), String(v.pid)], {
+          stdio: ['ignore', 'pipe', 'inherit'],
+        });
+        try {
+          const line = await new Promise<string>((resolve, reject) => {
+            const t = setTimeout(() => reject(new Error('injector did not infect within 10 s')), 10_000);
+            injector.stdout!.on('data', (d: Buffer) => { clearTimeout(t); resolve(d.toString()); });
+          });
+          expect(line).to.match(/^infected [0-9a-f]+ selfcure=true/);
+          expect(hasParasite(v.pid)).to.equal(true);
+          await new Promise((r) => setTimeout(r, 100)); // let it be mid-request
+          injector.kill('SIGKILL');
+          const t0 = Date.now();
+          while (hasParasite(v.pid) && Date.now() - t0 < 1000) await new Promise((r) => setTimeout(r, 10));
+          expect(hasParasite(v.pid), 'blob mapping still there after 1 s').to.equal(false);
+          expect(readFileSync(`/proc/${v.pid}/status`, 'utf8')).to.match(/TracerPid:\s+0\n/);
+          expect(readFileSync(`/proc/${v.pid}/status`, 'utf8')).to.match(/SigBlk:\s+0+\n/);
+        } finally {
+          injector.kill('SIGKILL');
+        }
+        if (mode === 'busy') {
+          process.kill(v.pid, 'SIGUSR1');
+          expect(await v.waitLine(/^(ok|bad)/)).to.match(/^ok/);
+        } else {
+          v.send('after-selfcure');
+          expect(await v.waitLine(/^read /)).to.equal('read rc=15 errno=0 data=after-selfcure');
+        }
+      });
+    }
+  });
+});
+
+async function fullInfectionOf(victim: Injected, v: Victim): Promise<void> {
+  try {
+    expect(Number(victim.syscallSync('getpid'))).to.equal(v.pid);
+    const parasite = victim.infectSync();
+    expect(parasite.ping().pid).to.equal(v.pid);
+    const page = parasite.readPages([{ addr: asRemoteAddress(v.data), len: 4096 }]);
+    expect(page.equals(v.expectedData(0, 4096))).to.equal(true);
+  } finally {
+    victim.cureSync();
+  }
+}
