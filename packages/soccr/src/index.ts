@@ -3,3 +3,6 @@ export * from './tcp-state.js';
 export * from './repair.js';
 export { buildSegment, sendCraftedSegment, LOCK_BYPASS_MARK } from './raw-segment.js';
 export * from './network-lock.js';
+export * from './blob.js';
+export * from './net-socket.js';
+export * from './handoff.js';

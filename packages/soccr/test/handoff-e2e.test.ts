@@ -1,0 +1,60 @@
+// End-to-end: a client streams N bytes each way through a connection whose
+// server side is handed from one process to another mid-stream.
+import { expect } from 'chai';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { NetworkLock } from '@criu-ts/soccr';
+import { startChild, isRoot } from './helpers.js';
+import { runClient } from './fixtures/stream-client.js';
+import { streamSha, SERVER_SEED, CLIENT_SEED } from './fixtures/stream-data.js';
+
+const TOTAL = 10 * 1024 * 1024;
+
+describe('soccr handoff between processes (loopback)', function () {
+  this.timeout(120_000);
+  before(function () {
+    if (!isRoot) this.skip(); // needs CAP_NET_ADMIN for TCP_REPAIR and netfilter; CI runs as root
+  });
+
+  for (const [fam, host] of [[4, '127.0.0.1'], [6, '::1']] as const) {
+    it(`IPv${fam}: 10 MiB each way, server handed over mid-stream, SHA-256 match both ways`, async () => {
+      const dir = mkdtempSync(join(tmpdir(), 'soccr-e2e-'));
+      const unixPath = join(dir, 'handoff.sock');
+      const outFile = join(dir, 'server-received.bin');
+      const b = startChild('stream-server.js', ['receive', unixPath, outFile, String(TOTAL)]);
+      const a = startChild('stream-server.js', ['serve', host, unixPath, outFile, String(TOTAL), String(4 * 1024 * 1024)]);
+      try {
+        await b.line();
+        const { port } = await a.line();
+        const client = runClient(host, port, TOTAL);
+        const handoff = await a.line(60_000);
+        const report = await client;
+        await b.line(60_000);
+        const r = handoff.results[0];
+        expect(r.outcome, JSON.stringify(handoff)).to.equal('handed-off');
+        // The point of the test: the handoff carried bytes in both queues.
+        expect(r.queued.recv, 'receive queue bytes at save').to.be.greaterThan(0);
+        expect(r.queued.send, 'send queue bytes at save').to.be.greaterThan(0);
+        expect(report.error, 'client saw an error').to.equal(undefined);
+        expect(report.received).to.equal(TOTAL);
+        expect(report.sha).to.equal(streamSha(SERVER_SEED, TOTAL));
+        const got = readFileSync(outFile);
+        expect(got.length).to.equal(TOTAL);
+        expect(createHash('sha256').update(got).digest('hex')).to.equal(streamSha(CLIENT_SEED, TOTAL));
+        console.log(`      queues at save: recv ${r.queued.recv} B, send ${r.queued.send} B (unsent ${r.queued.unsent}); handoff ${handoff.ms.toFixed(1)} ms`);
+      } finally {
+        a.proc.kill();
+        b.proc.kill();
+        rmSync(dir, { recursive: true, force: true });
+      }
+      const lock = await NetworkLock.open();
+      try {
+        expect(await lock.list(), 'lock elements left').to.deep.equal([]);
+      } finally {
+        await lock.close();
+      }
+    });
+  }
+});
