@@ -30,8 +30,11 @@ function writeAll(fd: number, bytes: Uint8Array): void {
     try {
       done += writeSync(fd, bytes, done, bytes.length - done);
     } catch (error) {
+      const code = (error as NodeJS.ErrnoException).code;
+      // The reader went away (`criu-ts show ... | head`): nothing more to say, as for any filter.
+      if (code === 'EPIPE') process.exit(0);
       // A non-blocking pipe that is full: wait for the reader instead of failing.
-      if ((error as NodeJS.ErrnoException).code !== 'EAGAIN') throw error;
+      if (code !== 'EAGAIN') throw error;
     }
   }
 }

@@ -1,0 +1,296 @@
+// dump(): checkpoint a process into a CRIU 4.2 image directory.
+//
+// The stages, in order (each failure names its stage; `rollback` is the one place that undoes):
+//
+//   check-options  the pid exists, is not us, is a single-threaded process without children
+//   prepare-dir    the images directory exists (created 0700) and is writable
+//   freeze         compel seizes every thread (PTRACE_SEIZE + INTERRUPT)
+//   infect         the parasite is loaded into the task
+//   collect        registers, signals, timers, creds, VMAs, files, cwd/root... into image entries
+//   memory         pages found through /proc/PID/pagemap, moved by vmsplice + splice to pages-N.img
+//   write-images   every image but inventory, 0600, fsync'ed
+//   finish         inventory.img last (only now does the directory look like a complete dump),
+//                  directory fsync'ed, then the task is killed, left running or left stopped
+//
+// Rollback (any failure before finish completes): the parasite is removed and the task cured, so
+// it runs on (or stays stopped) exactly as before; every file this dump wrote is removed.
+import { randomUUID } from 'node:crypto';
+import { existsSync, readFileSync, readdirSync } from 'node:fs';
+import { performance } from 'node:perf_hooks';
+import { injectSync, type Victim } from '@criu-ts/compel';
+import type { DecodedMessage } from '@criu-ts/images';
+import { asFd, asPid, kcmp, kill, close as closeFd, type Pid } from '@criu-ts/sys';
+import { DumpError, type DumpStage } from '../errors.js';
+import { readAuxv, readLink, readStat } from '../proc/task-files.js';
+import { readSmaps } from '../proc/smaps.js';
+import { FileTable, readGhostContents, UnsupportedFileError } from './files.js';
+import { ImageDir } from './image-dir.js';
+import { describeVmas, pagemapEntries, scanPages, writePages, type DumpVma } from './memory.js';
+import { buildCoreEntry, collectPtraceState, TASK_STOPPED } from './task-core.js';
+
+export interface DumpOptions {
+  /** The task to dump (criu's -t/--tree). */
+  readonly pid: number;
+  /** Where the images go (criu's -D/--images-dir); created 0700 if missing. */
+  readonly imagesDir: string;
+  /** After a successful dump: 'kill' (default), 'running' (-R), 'stopped' (-s). */
+  readonly leave?: 'kill' | 'running' | 'stopped';
+  /** Allow a task whose session or group leader is outside the dump (criu's --shell-job). */
+  readonly shellJob?: boolean;
+  /** Largest deleted-while-open file whose contents are saved (criu's --ghost-limit, default 1 MiB). */
+  readonly ghostLimit?: number;
+  /** Called with progress of the page writing. */
+  readonly onProgress?: (progress: { pagesWritten: number; pagesTotal: number }) => void;
+  /** Test hook: throw at the named point (fault injection). */
+  readonly faultAt?: string;
+}
+
+export interface DumpResult {
+  readonly pid: number;
+  readonly imagesDir: string;
+  readonly images: string[];
+  readonly pagesWritten: number;
+  /** Microseconds, as stats-dump records them. */
+  readonly freezingTime: number;
+  readonly frozenTime: number;
+  readonly memdumpTime: number;
+}
+
+const KCMP_FILE = 0;
+const DEFAULT_GHOST_LIMIT = 1 << 20;
+
+/** Namespace ids in the order CRIU numbers them. */
+const NAMESPACES = [
+  ['pid', 'pid_ns_id'], ['net', 'net_ns_id'], ['ipc', 'ipc_ns_id'], ['uts', 'uts_ns_id'], ['time', 'time_ns_id'],
+  ['mnt', 'mnt_ns_id'], ['user', 'user_ns_id'], ['cgroup', 'cgroup_ns_id'],
+] as const;
+
+function namespaceIds(pid: number): DecodedMessage {
+  const ids: DecodedMessage = {};
+  NAMESPACES.forEach(([ns, field], i) => {
+    if (existsSync(`/proc/${pid}/ns/${ns}`)) ids[field] = i + 1;
+  });
+  return ids;
+}
+
+export async function dump(options: DumpOptions): Promise<DumpResult> {
+  return dumpSync(options);
+}
+
+/** dump(), synchronously: ptrace requests must come from the thread that seized the task. */
+export function dumpSync(options: DumpOptions): DumpResult {
+  const pidNumber = options.pid;
+  let stage: DumpStage = 'check-options';
+  const fail = (message: string, cause?: unknown): never => {
+    throw new DumpError(stage, pidNumber, message, cause === undefined ? {} : { cause });
+  };
+  const fault = (point: string) => {
+    if (options.faultAt === point || process.env.CRIU_TS_FAULT === `dump:${point}`) fail(`fault injected at ${point}`);
+  };
+
+  // ---- check-options
+  if (!Number.isInteger(pidNumber) || pidNumber <= 0) fail(`not a pid: ${pidNumber}`);
+  if (pidNumber === process.pid) fail('criu-ts cannot dump itself');
+  if (!existsSync(`/proc/${pidNumber}`)) fail(`no process ${pidNumber}`);
+  const pid = asPid(pidNumber);
+  const threads = readdirSync(`/proc/${pid}/task`);
+  if (threads.length !== 1) fail(`process ${pid} has ${threads.length} threads; multi-threaded dumps are not supported yet`);
+  const children = readdirSync(`/proc/${pid}/task`).flatMap((t) => readTextSafe(`/proc/${pid}/task/${t}/children`).split(/\s+/).filter(Boolean));
+  if (children.length > 0) fail(`process ${pid} has children (${children.join(', ')}); process trees are not supported yet`);
+  const stat = readStat(pid);
+  if (stat[3] === 'Z') fail(`process ${pid} is a zombie`);
+  const pgid = Number(stat[5]);
+  const sid = Number(stat[6]);
+  if (!options.shellJob && (pgid !== pidNumber || sid !== pidNumber)) {
+    fail(`process ${pid} is not the leader of its session (${sid}) and group (${pgid}); dump it with --shell-job`);
+  }
+
+  // ---- prepare-dir
+  stage = 'prepare-dir';
+  let dir: ImageDir;
+  try {
+    dir = new ImageDir(options.imagesDir);
+  } catch (error) {
+    return fail(`cannot use images directory ${options.imagesDir}: ${(error as Error).message}`, error);
+  }
+
+  let victim: Victim | undefined;
+  const frozenAt = performance.now();
+  let cleanedUp = false;
+  const rollback = (error: unknown): never => {
+    if (!cleanedUp) {
+      cleanedUp = true;
+      let cureError: unknown;
+      try {
+        victim?.cureSync();
+      } catch (e) {
+        cureError = e;
+      }
+      dir.removeWritten();
+      if (cureError) {
+        throw new DumpError(stage, pidNumber, `${(error as Error).message}; and putting the task back failed: ${(cureError as Error).message}`, { cause: error });
+      }
+    }
+    if (error instanceof DumpError) throw error;
+    return fail(error instanceof Error ? error.message : String(error), error);
+  };
+
+  try {
+    // ---- freeze
+    stage = 'freeze';
+    const freezeStart = performance.now();
+    victim = injectSync(pid);
+    const freezingTime = Math.round((performance.now() - freezeStart) * 1000);
+    if (victim.threads.size !== 1) fail(`process ${pid} has ${victim.threads.size} threads; multi-threaded dumps are not supported yet`);
+    fault('after-freeze');
+    const stopped = victim.wasStopped;
+    // The memory map is read before the parasite adds its own mappings to it.
+    const procVmas = readSmaps(pid);
+    const ptraceState = collectPtraceState(pid);
+    // So are the descriptors: the parasite adds its socket and pipe to the table.
+    const taskFds = readdirSync(`/proc/${pid}/fd`).map(Number).sort((a, b) => a - b);
+
+    // ---- infect
+    stage = 'infect';
+    const parasite = victim.infectSync();
+    fault('after-parasite');
+
+    // ---- collect
+    stage = 'collect';
+    const files = new FileTable(options.ghostLimit ?? DEFAULT_GHOST_LIMIT);
+    const exePath = readLink(pid, 'exe').replace(/ \(deleted\)$/, '');
+    const exeId = files.mappedFile(exePath, 0, `/proc/${pid}/exe`);
+    const vmas = describeVmas(pid, procVmas, files);
+    const { core, misc } = buildCoreEntry({ pid, tid: pid, regs: victim.saved.regs, xsave: victim.saved.xsave, sigmask: victim.saved.sigmask, stopped, ptrace: ptraceState }, parasite);
+    const mm = mmEntry(pid, exeId, vmas, Number(misc.dumpable));
+
+    // ---- files
+    stage = 'files';
+    const fdEntries = dumpDescriptors(pid, taskFds, files);
+    const cwdId = files.directory(readLink(pid, 'cwd'), `/proc/${pid}/cwd`);
+    const rootId = files.directory(readLink(pid, 'root'), `/proc/${pid}/root`);
+    const fs: DecodedMessage = { cwd_id: cwdId, root_id: rootId, umask: Number(misc.umask) };
+
+    // ---- memory
+    stage = 'memory';
+    const memStart = performance.now();
+    const runs = scanPages(pid, vmas, 'private');
+    const pagesTotal = runs.reduce((n, r) => n + r.pages, 0);
+    const pagesFd = asFd(dir.openRaw('pages-1.img'));
+    let pagesWritten = 0;
+    try {
+      fault('in-pages');
+      const bytes = writePages(pid, runs, parasite, pagesFd);
+      pagesWritten = bytes / 4096;
+      options.onProgress?.({ pagesWritten, pagesTotal });
+    } finally {
+      closeFd(pagesFd);
+    }
+    const memdumpTime = Math.round((performance.now() - memStart) * 1000);
+
+    // ---- write-images
+    stage = 'write-images';
+    const ids: DecodedMessage = { vm_id: 1, files_id: 1, fs_id: 1, sighand_id: 1, ...namespaceIds(pid) };
+    dir.writeImage(`pagemap-${pid}.img`, [{ pages_id: 1 }, ...pagemapEntries(runs)]);
+    dir.writeImage(`core-${pid}.img`, [core]);
+    dir.writeImage(`mm-${pid}.img`, [mm]);
+    dir.writeImage(`fs-${pid}.img`, [fs]);
+    dir.writeImage(`ids-${pid}.img`, [ids]);
+    dir.writeImage('fdinfo-1.img', fdEntries);
+    if (files.remaps.length > 0) dir.writeImage('remap-fpath.img', files.remaps);
+    for (const ghost of files.ghosts) {
+      dir.writeImage(`ghost-file-${ghost.id.toString(16)}.img`, [{ message: ghost.entry, payload: { type: 'bytes', bytes: readGhostContents(ghost) } }]);
+    }
+    dir.writeImage('files.img', files.files);
+    dir.writeImage('pstree.img', [{ pid, ppid: 0, pgid, sid, threads: [pid] }]);
+    dir.writeImage('seccomp.img', [{}]);
+    const frozenTime = Math.round((performance.now() - frozenAt) * 1000);
+    dir.writeImage('stats-dump', [
+      {
+        dump: {
+          freezing_time: freezingTime, frozen_time: frozenTime, memdump_time: memdumpTime, memwrite_time: memdumpTime,
+          pages_scanned: BigInt(vmas.reduce((n, v) => n + Number((v.proc.end - v.proc.start) / 4096n), 0)),
+          pages_skipped_parent: 0n, pages_written: BigInt(pagesWritten), pages_lazy: 0n,
+        },
+      },
+    ]);
+    fault('before-inventory');
+
+    // ---- finish
+    stage = 'finish';
+    dir.writeImage('inventory.img', [
+      {
+        img_version: 2, fdinfo_per_id: true, root_ids: ids, ns_per_id: true, lsmtype: 0 /* NO_LSM */,
+        network_lock_method: 0, plugins_entry: {}, dump_criu_run_id: randomUUID(),
+      },
+    ]);
+    dir.syncDirectory();
+    fault('after-images');
+    const leave = options.leave ?? 'kill';
+    if (leave === 'kill') {
+      // Killed while still seized: it never runs again after its state was saved.
+      kill(pid, 9);
+      try {
+        victim.cureSync();
+      } catch {
+        /* the task is gone: what cure could not undo does not matter */
+      }
+    } else {
+      if (leave === 'stopped' && (core.tc as DecodedMessage).task_state !== TASK_STOPPED) kill(pid, 19 /* SIGSTOP, delivered at detach */);
+      victim.cureSync();
+    }
+    cleanedUp = true;
+    return {
+      pid, imagesDir: options.imagesDir, images: readdirSync(options.imagesDir).sort(), pagesWritten,
+      freezingTime, frozenTime, memdumpTime,
+    };
+  } catch (error) {
+    return rollback(error);
+  }
+}
+
+function readTextSafe(path: string): string {
+  try {
+    return readFileSync(path, 'utf8');
+  } catch {
+    return '';
+  }
+}
+
+function mmEntry(pid: Pid, exeId: number, vmas: readonly DumpVma[], dumpable: number): DecodedMessage {
+  // /proc/PID/stat fields 26-28 and 45-51 (proc(5)): code, data, stack, brk, args and environment.
+  const stat = readStat(pid);
+  const n = (i: number) => BigInt(stat[i] ?? '0');
+  return {
+    mm_start_code: n(26), mm_end_code: n(27), mm_start_data: n(45), mm_end_data: n(46), mm_start_stack: n(28),
+    mm_start_brk: n(47), mm_brk: findBrk(vmas, n(47)), mm_arg_start: n(48), mm_arg_end: n(49), mm_env_start: n(50),
+    mm_env_end: n(51), exe_file_id: exeId, mm_saved_auxv: readAuxv(pid), vmas: vmas.map((v) => v.entry),
+    dumpable, thp_disabled: false,
+  };
+}
+
+/** The current program break: the end of [heap], or its start when the heap is empty. */
+function findBrk(vmas: readonly DumpVma[], startBrk: bigint): bigint {
+  const heap = vmas.find((v) => v.proc.name === '[heap]');
+  return heap ? heap.proc.end : startBrk;
+}
+
+function dumpDescriptors(pid: Pid, fds: readonly number[], files: FileTable): DecodedMessage[] {
+  const seen: Array<{ fd: number; id: number }> = [];
+  const entries: DecodedMessage[] = [];
+  for (const fd of fds) {
+    try {
+      const entry = files.descriptor(pid, fd, (candidate) => {
+        for (const earlier of seen) if (kcmp(pid, pid, KCMP_FILE, earlier.fd, candidate) === 0) return earlier.id;
+        return undefined;
+      });
+      seen.push({ fd, id: Number(entry.id) });
+      entries.push(entry);
+    } catch (error) {
+      if (error instanceof UnsupportedFileError) throw error;
+      if ((error as NodeJS.ErrnoException).code === 'ENOENT') continue; // closed meanwhile: cannot happen while frozen, but harmless
+      throw error;
+    }
+  }
+  return entries;
+}

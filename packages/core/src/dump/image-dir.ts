@@ -1,0 +1,75 @@
+// The directory a dump writes into. Images are created 0600 (they decide what a restore runs);
+// a directory we create is 0700. Every file written is tracked, so a failed dump removes exactly
+// what it wrote and nothing else. inventory.img is written last by the dump: a directory
+// without it never looks like a complete dump.
+import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, rmSync, rmdirSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import { ImageWriter, kindForFileName, type DecodedMessage, type EntryPayload } from '@criu-ts/images';
+
+export class ImageDir {
+  private readonly written: string[] = [];
+  private readonly createdDir: boolean;
+
+  constructor(readonly path: string) {
+    this.createdDir = !existsSync(path);
+    if (this.createdDir) mkdirSync(path, { recursive: true, mode: 0o700 });
+    else if (!statSync(path).isDirectory()) throw new Error(`${path} is not a directory`);
+    // Fail now, not after the task is frozen, when the directory is not writable.
+    const probe = join(path, `.criu-ts-probe-${process.pid}`);
+    closeSync(openSync(probe, 'w', 0o600));
+    rmSync(probe);
+  }
+
+  file(name: string): string {
+    return join(this.path, name);
+  }
+
+  /** Writes an image of the kind its name says, entry by entry. */
+  writeImage(name: string, entries: Iterable<DecodedMessage | { message: DecodedMessage; payload: EntryPayload }>): void {
+    const kind = kindForFileName(name);
+    if (!kind) throw new Error(`no image kind is named like ${name}`);
+    this.track(name);
+    const writer = ImageWriter.create(this.file(name), kind);
+    try {
+      for (const entry of entries) {
+        if ('message' in entry && 'payload' in entry) writer.append(entry.message as DecodedMessage, entry.payload as EntryPayload);
+        else writer.append(entry as DecodedMessage);
+      }
+    } finally {
+      writer.finish({ sync: true });
+    }
+  }
+
+  /** Opens a raw file (pages) for writing, tracked like images. */
+  openRaw(name: string): number {
+    this.track(name);
+    return openSync(this.file(name), 'w', 0o600);
+  }
+
+  private track(name: string): void {
+    if (!this.written.includes(name)) this.written.push(name);
+  }
+
+  /** fsync of the directory: the new names are durable before the task is killed. */
+  syncDirectory(): void {
+    const fd = openSync(this.path, 'r');
+    try {
+      fsyncSync(fd);
+    } finally {
+      closeSync(fd);
+    }
+  }
+
+  /** Removes what this dump wrote (and the directory, if the dump created it). */
+  removeWritten(): void {
+    for (const name of this.written.reverse()) rmSync(this.file(name), { force: true });
+    if (this.createdDir) {
+      // Only if empty: a log file the user asked for stays, with the reason of the failure.
+      try {
+        rmdirSync(this.path);
+      } catch {
+        /* not empty: keep it */
+      }
+    }
+  }
+}

@@ -1,0 +1,233 @@
+// Memory of a task: the VMA list for mm-PID.img, and the pages for pagemap-PID.img + pages-N.img.
+//
+// Which pages are written (only pages that hold data):
+// - /proc/PID/pagemap gives, per page, present (bit 63), swapped (bit 62), file-page-or-shared
+//   (bit 61) and the PFN (bits 0-54, visible to us as root);
+// - a page not present and not swapped was never touched: nothing to save;
+// - a present page whose PFN is the kernel's zero page reads as zeros: skipped too;
+// - in a private file mapping, a page that is still the file's own page (bit 61) comes back from
+//   the file on restore: skipped; one written by the task (copied on write) is saved.
+// [vvar]/[vvar_vclock] are kernel data and [vdso] kernel text of this same kernel: restore maps
+// them afresh, so their pages are not saved. [vsyscall] is not a real mapping.
+//
+// Page contents move with the parasite: vmsplice of the task's pages into a pipe, splice from the
+// pipe into the pages file (one copy, nothing through JS buffers). Pages of VMAs the task cannot
+// read (PROT_NONE, or write-only) are read through /proc/PID/mem instead, which the kernel allows
+// to a tracer (FOLL_FORCE) for mappings that may be made readable.
+import { closeSync, openSync, readSync, writeSync } from 'node:fs';
+import type { DecodedMessage } from '@criu-ts/images';
+import type { Parasite } from '@criu-ts/compel';
+import { asRemoteAddress, mmap, munmap, processVmReadv, getpid, type Fd } from '@criu-ts/sys';
+import type { ProcVma } from '../proc/smaps.js';
+import type { FileTable } from './files.js';
+
+export const PAGE_SIZE = 4096;
+const PAGE = BigInt(PAGE_SIZE);
+
+// CRIU's VMA status bits (mm.proto users; see images' crit-format tables).
+export const VMA = {
+  REGULAR: 1 << 0, STACK: 1 << 1, VSYSCALL: 1 << 2, VDSO: 1 << 3, HEAP: 1 << 5, FILE_PRIVATE: 1 << 6,
+  FILE_SHARED: 1 << 7, ANON_SHARED: 1 << 8, ANON_PRIVATE: 1 << 9, SYSVIPC: 1 << 10, SOCKET: 1 << 11,
+  VVAR: 1 << 12, AIORING: 1 << 13, MEMFD: 1 << 14,
+} as const;
+const PROT_READ = 1;
+const PROT_WRITE = 2;
+const PROT_EXEC = 4;
+const MAP_SHARED = 0x1;
+const MAP_PRIVATE = 0x2;
+const MAP_ANONYMOUS = 0x20;
+const MAP_GROWSDOWN = 0x100;
+const MAP_NORESERVE = 0x4000;
+const O_RDWR = 2;
+
+/** VmFlags mnemonic -> madvise advice number, recorded as 1 << advice (CRIU's vma_entry.madv). */
+const MADVISE_OF_VMFLAG: Record<string, number> = { rr: 1, sr: 2, dc: 10, mg: 12, hg: 14, nh: 15, dd: 16, wf: 18 };
+
+/** Pagemap entry flags. */
+const PE_LAZY = 1 << 1;
+const PE_PRESENT = 1 << 2;
+
+export interface DumpVma {
+  readonly entry: DecodedMessage;
+  readonly proc: ProcVma;
+  /** Whether pages of this VMA are saved, and how. */
+  readonly pages: 'none' | 'private' | 'shared';
+}
+
+export function describeVmas(pid: number, vmas: readonly ProcVma[], files: FileTable): DumpVma[] {
+  const out: DumpVma[] = [];
+  for (let i = 0; i < vmas.length; i++) {
+    const v = vmas[i]!;
+    const prot = (v.read ? PROT_READ : 0) | (v.write ? PROT_WRITE : 0) | (v.exec ? PROT_EXEC : 0);
+    let madv = 0n;
+    for (const [flag, advice] of Object.entries(MADVISE_OF_VMFLAG)) if (v.vmFlags.has(flag)) madv |= 1n << BigInt(advice);
+    let flags = v.shared ? MAP_SHARED : MAP_PRIVATE;
+    if (v.vmFlags.has('gd')) flags |= MAP_GROWSDOWN;
+    if (v.vmFlags.has('nr')) flags |= MAP_NORESERVE;
+    const entry: DecodedMessage = { start: v.start, end: v.end, pgoff: 0n, shmid: 0n, prot, flags, status: 0, fd: -1n };
+    let pages: DumpVma['pages'] = 'private';
+
+    if (v.name === '[vsyscall]') {
+      entry.flags = MAP_PRIVATE | MAP_ANONYMOUS;
+      entry.status = VMA.VSYSCALL | VMA.ANON_PRIVATE;
+      pages = 'none';
+    } else if (v.name === '[vvar]' || v.name === '[vvar_vclock]') {
+      // This kernel maps [vvar] (4 pages) and [vvar_vclock] (2 pages) back to back; CRIU records
+      // the pair as one VVAR area, and restore maps the whole vDSO block from its start.
+      const previous = out.at(-1);
+      if (v.name === '[vvar_vclock]' && previous && previous.proc.name === '[vvar]' && previous.entry.end === v.start) {
+        (previous.entry as { end: bigint }).end = v.end;
+        continue;
+      }
+      entry.flags = MAP_PRIVATE | MAP_ANONYMOUS;
+      entry.status = VMA.REGULAR | VMA.ANON_PRIVATE | VMA.VVAR;
+      pages = 'none';
+    } else if (v.name === '[vdso]') {
+      entry.flags = MAP_PRIVATE | MAP_ANONYMOUS;
+      entry.status = VMA.REGULAR | VMA.VDSO | VMA.ANON_PRIVATE;
+      pages = 'none';
+    } else if (v.inode === 0 || v.name === '' || v.name === '[heap]' || v.name === '[stack]' || v.name.startsWith('[anon:')) {
+      if (v.shared) throw new Error(`shared anonymous mapping without a backing inode at 0x${v.start.toString(16)}`);
+      entry.flags = (entry.flags as number) | MAP_ANONYMOUS;
+      entry.status = VMA.REGULAR | VMA.ANON_PRIVATE | (v.name === '[heap]' ? VMA.HEAP : 0);
+    } else if (v.shared && (v.name === '/dev/zero' || v.name.startsWith('/SYSV'))) {
+      if (v.name.startsWith('/SYSV')) throw new Error(`SysV shared memory at 0x${v.start.toString(16)} is not supported yet`);
+      // MAP_SHARED|MAP_ANONYMOUS memory is a shmem file named /dev/zero (deleted); its inode
+      // identifies it across tasks.
+      entry.flags = MAP_SHARED | MAP_ANONYMOUS;
+      entry.status = VMA.REGULAR | VMA.ANON_SHARED;
+      entry.shmid = BigInt(v.inode);
+      // Its pages belong in pagemap-shmem-<shmid>.img, which needs the tree-wide shared-memory
+      // pass of the process-tree work; refusing beats losing them.
+      throw new Error(`shared anonymous memory at 0x${v.start.toString(16)} is not supported yet`);
+    } else {
+      if (v.deleted) throw new Error(`mapping of deleted file ${v.name} at 0x${v.start.toString(16)} is not supported yet`);
+      const openFlags = v.shared && v.vmFlags.has('mw') ? O_RDWR : 0;
+      entry.shmid = BigInt(files.mappedFile(v.name, openFlags, `/proc/${pid}/map_files/${v.start.toString(16)}-${v.end.toString(16)}`));
+      entry.pgoff = v.offset;
+      entry.status = VMA.REGULAR | (v.shared ? VMA.FILE_SHARED : VMA.FILE_PRIVATE);
+      entry.fdflags = openFlags;
+      // A shared file mapping's pages are in the file itself.
+      if (v.shared) pages = 'none';
+    }
+    if (madv !== 0n) entry.madv = madv;
+    out.push({ entry, proc: v, pages });
+  }
+  return out;
+}
+
+/** A run of pages to save: consecutive, same pagemap flags. */
+export interface PageRun {
+  start: bigint;
+  pages: number;
+  flags: number;
+  /** The task can read it (vmsplice works); otherwise /proc/PID/mem is used. */
+  readable: boolean;
+}
+
+let zeroPagePfn: bigint | undefined;
+
+/** PFN of the kernel's shared zero page: a private anonymous page of ours that was only read maps it. */
+function zeroPfn(): bigint {
+  if (zeroPagePfn !== undefined) return zeroPagePfn;
+  const addr = mmap(0n, PAGE_SIZE, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  try {
+    processVmReadv(getpid(), Buffer.alloc(8), [{ addr: asRemoteAddress(addr), len: 8 }]); // a read fault maps the zero page
+    const fd = openSync('/proc/self/pagemap', 'r');
+    try {
+      const entry = Buffer.alloc(8);
+      readSync(fd, entry, 0, 8, Number(addr / PAGE) * 8);
+      zeroPagePfn = entry.readBigUInt64LE(0) & ((1n << 55n) - 1n);
+    } finally {
+      closeSync(fd);
+    }
+  } finally {
+    munmap(addr, PAGE_SIZE);
+  }
+  return zeroPagePfn;
+}
+
+const PM_PRESENT = 1n << 63n;
+const PM_SWAPPED = 1n << 62n;
+const PM_FILE = 1n << 61n;
+const PFN_MASK = (1n << 55n) - 1n;
+const SCAN_CHUNK_PAGES = 1 << 16;
+
+/** The runs of pages worth saving in `vmas` (those of one kind: private or shared). */
+export function scanPages(pid: number, vmas: readonly DumpVma[], kind: 'private' | 'shared'): PageRun[] {
+  const zero = zeroPfn();
+  const runs: PageRun[] = [];
+  const fd = openSync(`/proc/${pid}/pagemap`, 'r');
+  const buffer = Buffer.alloc(SCAN_CHUNK_PAGES * 8);
+  try {
+    for (const vma of vmas) {
+      if (vma.pages !== kind) continue;
+      const anon = (Number(vma.entry.status) & VMA.ANON_PRIVATE) !== 0;
+      const flags = anon ? PE_LAZY | PE_PRESENT : PE_PRESENT;
+      const readable = vma.proc.read;
+      const total = Number((vma.proc.end - vma.proc.start) / PAGE);
+      const firstPage = Number(vma.proc.start / PAGE);
+      for (let done = 0; done < total; ) {
+        const count = Math.min(SCAN_CHUNK_PAGES, total - done);
+        const got = readSync(fd, buffer, 0, count * 8, (firstPage + done) * 8);
+        for (let i = 0; i < got / 8; i++) {
+          const e = buffer.readBigUInt64LE(i * 8);
+          const present = (e & PM_PRESENT) !== 0n;
+          if (!present && !(e & PM_SWAPPED)) continue;
+          if (present && (e & PFN_MASK) === zero && !(e & PM_FILE)) continue;
+          // A private file mapping's page that is still the file's: it comes back from the file.
+          if (kind === 'private' && !anon && (e & PM_FILE)) continue;
+          const address = vma.proc.start + BigInt(done + i) * PAGE;
+          const last = runs.at(-1);
+          if (last && last.flags === flags && last.readable === readable && last.start + BigInt(last.pages) * PAGE === address) last.pages++;
+          else runs.push({ start: address, pages: 1, flags, readable });
+        }
+        done += count;
+      }
+    }
+  } finally {
+    closeSync(fd);
+  }
+  return runs;
+}
+
+/** Writes the pages of `runs` to `out` in order; returns the bytes written. */
+export function writePages(pid: number, runs: readonly PageRun[], parasite: Parasite, out: Fd): number {
+  let written = 0;
+  let batch: Array<{ addr: ReturnType<typeof asRemoteAddress>; len: number }> = [];
+  const flush = () => {
+    if (batch.length === 0) return;
+    written += parasite.dumpPages(batch, out);
+    batch = [];
+  };
+  let mem: number | undefined;
+  try {
+    for (const run of runs) {
+      const len = run.pages * PAGE_SIZE;
+      if (run.readable) {
+        batch.push({ addr: asRemoteAddress(run.start), len });
+        continue;
+      }
+      flush();
+      mem ??= openSync(`/proc/${pid}/mem`, 'r');
+      const chunk = Buffer.alloc(Math.min(len, 1 << 20));
+      for (let off = 0; off < len; ) {
+        const n = Math.min(chunk.length, len - off);
+        const got = readSync(mem, chunk, 0, n, run.start + BigInt(off));
+        if (got !== n) throw new Error(`short read of ${n} bytes at 0x${(run.start + BigInt(off)).toString(16)} through /proc/${pid}/mem`);
+        for (let w = 0; w < n; ) w += writeSync(out, chunk, w, n - w);
+        off += n;
+        written += n;
+      }
+    }
+    flush();
+  } finally {
+    if (mem !== undefined) closeSync(mem);
+  }
+  return written;
+}
+
+/** pagemap entries for `runs` (after the head). */
+export function pagemapEntries(runs: readonly PageRun[]): DecodedMessage[] {
+  return runs.map((r) => ({ vaddr: r.start, compat_nr_pages: 0, flags: r.flags, nr_pages: BigInt(r.pages) }));
+}

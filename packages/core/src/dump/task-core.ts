@@ -1,0 +1,202 @@
+// core-PID.img for a thread: registers and FPU state, TLS, the task-wide state (signal
+// handlers, itimers, rlimits, personality, comm...) and the per-thread state (credentials,
+// sigaltstack, robust futex list, rseq, scheduling, pending signals).
+//
+// Sources: registers and the signal mask as compel saved them when it seized the thread (so they
+// are the task's own, not what our remote calls left); what only the task can tell (sigactions,
+// itimers, sigaltstack, clear_child_tid, dumpable...) from the parasite; the rest from /proc and
+// from ptrace requests that read another thread's state.
+import type { DecodedMessage } from '@criu-ts/images';
+import type { Parasite, Sigaction, TaskMisc, Itimer } from '@criu-ts/compel';
+import {
+  ptracePeekSiginfo, ptraceRaw, syscall, SIGINFO_SIZE, type Pid, type UserRegs,
+} from '@criu-ts/sys';
+import { fpregsFromXsave } from '../arch/x86-fpu.js';
+import { capabilityWords, readLimits, readStat, readStatus, readText } from '../proc/task-files.js';
+
+const PTRACE_GET_THREAD_AREA = 25;
+const PTRACE_GET_RSEQ_CONFIGURATION = 0x420f;
+/** The three GDT TLS slots x86_64 gives a thread (GDT_ENTRY_TLS_MIN..MAX). */
+const TLS_ENTRIES = [12, 13, 14];
+const SIGKILL = 9;
+const SIGSTOP = 19;
+
+export const TASK_ALIVE = 1;
+export const TASK_STOPPED = 3;
+
+export function gpregsEntry(regs: UserRegs): DecodedMessage {
+  return {
+    r15: regs.r15, r14: regs.r14, r13: regs.r13, r12: regs.r12, bp: regs.rbp, bx: regs.rbx, r11: regs.r11,
+    r10: regs.r10, r9: regs.r9, r8: regs.r8, ax: regs.rax, cx: regs.rcx, dx: regs.rdx, si: regs.rsi, di: regs.rdi,
+    orig_ax: regs.orig_rax, ip: regs.rip, cs: regs.cs, flags: regs.eflags, sp: regs.rsp, ss: regs.ss,
+    fs_base: regs.fs_base, gs_base: regs.gs_base, ds: regs.ds, es: regs.es, fs: regs.fs, gs: regs.gs,
+    mode: 1 /* NATIVE */,
+  };
+}
+
+/** The GDT TLS entries of a thread (struct user_desc through PTRACE_GET_THREAD_AREA). */
+function tlsEntries(tid: Pid): DecodedMessage[] {
+  return TLS_ENTRIES.map((index) => {
+    const desc = Buffer.alloc(16);
+    ptraceRaw(PTRACE_GET_THREAD_AREA, tid, index, desc);
+    const bits = desc.readUInt32LE(12);
+    return {
+      entry_number: desc.readUInt32LE(0),
+      base_addr: desc.readUInt32LE(4),
+      limit: desc.readUInt32LE(8),
+      seg_32bit: (bits & 1) !== 0,
+      contents_h: (bits & 4) !== 0,
+      contents_l: (bits & 2) !== 0,
+      read_exec_only: (bits & 8) !== 0,
+      limit_in_pages: (bits & 16) !== 0,
+      seg_not_present: (bits & 32) !== 0,
+      usable: (bits & 64) !== 0,
+    };
+  });
+}
+
+function rseqEntry(tid: Pid): DecodedMessage | undefined {
+  const conf = Buffer.alloc(24);
+  try {
+    ptraceRaw(PTRACE_GET_RSEQ_CONFIGURATION, tid, conf.length, conf);
+  } catch {
+    return undefined; // kernel without rseq
+  }
+  const pointer = conf.readBigUInt64LE(0);
+  if (pointer === 0n) return undefined;
+  return { rseq_abi_pointer: pointer, rseq_abi_size: conf.readUInt32LE(8), signature: conf.readUInt32LE(12) };
+}
+
+/** get_robust_list(tid): the head glibc registered for the thread's robust futexes. */
+function robustList(tid: Pid): { head: bigint; len: number } {
+  const head = Buffer.alloc(8);
+  const len = Buffer.alloc(8);
+  syscall('get_robust_list', tid, head, len);
+  return { head: head.readBigUInt64LE(0), len: Number(len.readBigUInt64LE(0)) };
+}
+
+/** Pending signals (siginfo each) of a thread's private queue or of the process's shared queue. */
+function pendingSignals(tid: Pid, shared: boolean): DecodedMessage {
+  const signals: DecodedMessage[] = [];
+  for (let offset = 0; offset < 4096; ) {
+    const batch = ptracePeekSiginfo(tid, offset, 32, shared);
+    for (const info of batch) signals.push({ siginfo: new Uint8Array(info.subarray(0, SIGINFO_SIZE)) });
+    if (batch.length < 32) break;
+    offset += batch.length;
+  }
+  return signals.length > 0 ? { signals } : {};
+}
+
+function itimer(t: Itimer): DecodedMessage {
+  return { isec: t.intervalSec, iusec: t.intervalUsec, vsec: t.valueSec, vusec: t.valueUsec };
+}
+
+function sigactionEntries(actions: readonly Sigaction[]): DecodedMessage[] {
+  return actions
+    .filter((a) => a.signal !== SIGKILL && a.signal !== SIGSTOP)
+    .map((a) => ({ sigaction: a.handler, flags: a.flags, restorer: a.restorer, mask: a.mask, compat_sigaction: false }));
+}
+
+function credsEntry(pid: number, tid: number, misc: TaskMisc, securebits: number): DecodedMessage {
+  const status = readStatus(pid, tid);
+  const ids = (key: string) => (status.get(key) ?? '0 0 0 0').split(/\s+/).map(Number);
+  const [uid, euid, suid, fsuid] = ids('Uid');
+  const [gid, egid, sgid, fsgid] = ids('Gid');
+  const groups = (status.get('Groups') ?? '').split(/\s+/).filter(Boolean).map(Number);
+  const creds: DecodedMessage = {
+    uid, gid, euid, egid, suid, sgid, fsuid, fsgid,
+    cap_inh: capabilityWords(status.get('CapInh') ?? '0'),
+    cap_prm: capabilityWords(status.get('CapPrm') ?? '0'),
+    cap_eff: capabilityWords(status.get('CapEff') ?? '0'),
+    cap_bnd: capabilityWords(status.get('CapBnd') ?? '0'),
+    secbits: securebits,
+    cap_amb: capabilityWords(status.get('CapAmb') ?? '0'),
+  };
+  if (groups.length > 0) creds.groups = groups;
+  if (misc.no_new_privs !== 0n) creds.no_new_privs = true;
+  return creds;
+}
+
+/**
+ * What only ptrace can read about a thread. Precondition: the thread is in a ptrace-stop, so this
+ * runs before the parasite starts (a thread running the parasite answers ESRCH).
+ */
+export interface PtraceState {
+  readonly tls: DecodedMessage[];
+  readonly rseq: DecodedMessage | undefined;
+  readonly privateSignals: DecodedMessage;
+  readonly sharedSignals: DecodedMessage;
+}
+
+export function collectPtraceState(tid: Pid): PtraceState {
+  return { tls: tlsEntries(tid), rseq: rseqEntry(tid), privateSignals: pendingSignals(tid, false), sharedSignals: pendingSignals(tid, true) };
+}
+
+export interface TaskSnapshot {
+  readonly pid: Pid;
+  readonly tid: Pid;
+  readonly regs: UserRegs;
+  readonly xsave: Buffer;
+  readonly sigmask: bigint;
+  readonly stopped: boolean;
+  readonly ptrace: PtraceState;
+}
+
+/** The whole core_entry of a single-threaded task (thread == task leader). */
+export function buildCoreEntry(task: TaskSnapshot, parasite: Parasite): { core: DecodedMessage; misc: TaskMisc } {
+  const { pid, tid } = task;
+  const misc = parasite.dumpMisc();
+  const sigactions = parasite.dumpSigactions();
+  const timers = parasite.dumpItimers();
+  const PR_GET_SECUREBITS = 27;
+  const securebits = Number(parasite.syscallRaw('prctl', PR_GET_SECUREBITS));
+  const stat = readStat(pid, tid);
+  const robust = robustList(tid);
+  const schedPolicy = Number(syscall('sched_getscheduler', tid));
+  const param = Buffer.alloc(4);
+  syscall('sched_getparam', tid, param);
+  // getpriority(2) returns 20 - nice (the raw syscall avoids negative return values).
+  const nice = 20 - Number(syscall('getpriority', 0 /* PRIO_PROCESS */, tid));
+  const comm = readText(pid, `task/${tid}/comm`).replace(/\n$/, '');
+  const threadCore: DecodedMessage = {
+    futex_rla: robust.head,
+    futex_rla_len: robust.len,
+    sched_nice: nice,
+    sched_policy: schedPolicy,
+    sas: { ss_sp: misc.altstack_sp, ss_size: misc.altstack_size, ss_flags: Number(misc.altstack_flags) },
+    signals_p: task.ptrace.privateSignals,
+    creds: credsEntry(pid, tid, misc, securebits),
+    comm,
+  };
+  if (schedPolicy !== 0) threadCore.sched_prio = param.readUInt32LE(0);
+  if (task.ptrace.rseq) threadCore.rseq_entry = task.ptrace.rseq;
+  if (misc.pdeathsig !== 0n) threadCore.pdeath_sig = Number(misc.pdeathsig);
+
+  const core: DecodedMessage = {
+    mtype: 1 /* X86_64 */,
+    thread_info: {
+      clear_tid_addr: misc.clear_child_tid,
+      gpregs: gpregsEntry(task.regs),
+      fpregs: fpregsFromXsave(task.xsave),
+      tls: task.ptrace.tls,
+    },
+    tc: {
+      task_state: task.stopped ? TASK_STOPPED : TASK_ALIVE,
+      exit_code: 0,
+      personality: Number(misc.personality),
+      flags: Number(stat[9]),
+      blk_sigset: task.sigmask,
+      comm,
+      timers: { real: itimer(timers.real), virt: itimer(timers.virtual), prof: itimer(timers.prof) },
+      rlimits: { rlimits: readLimits(pid) },
+      signals_s: task.ptrace.sharedSignals,
+      loginuid: Number(readText(pid, 'loginuid').trim()),
+      oom_score_adj: Number(readText(pid, 'oom_score_adj').trim()),
+      sigactions: sigactionEntries(sigactions),
+    },
+    thread_core: threadCore,
+  };
+  if (misc.child_subreaper !== 0n) (core.tc as DecodedMessage).child_subreaper = true;
+  return { core, misc };
+}
+

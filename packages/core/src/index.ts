@@ -1,0 +1,6 @@
+// @criu-ts/core: dump and restore orchestration, as library calls.
+export { dump, dumpSync } from './dump/dump.js';
+export type { DumpOptions, DumpResult } from './dump/dump.js';
+export { DumpError } from './errors.js';
+export type { DumpStage } from './errors.js';
+export { fpregsFromXsave, xsaveFromFpregs } from './arch/x86-fpu.js';
