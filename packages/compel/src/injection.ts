@@ -281,15 +281,37 @@ export class Injection {
    */
   private explainEsrch(err: unknown, what: string): unknown {
     if (!isSysError(err, 'ESRCH')) return err;
-    const st = taskState(this.pid, this.worker);
-    if (st === undefined || st === 'Z' || st === 'X') {
+    const st = this.workerGone(500);
+    if (st !== null) {
       this.state = 'cured';
       for (const t of this.threads.values()) {
         try { ptraceDetach(t.tid); } catch { /* gone */ }
       }
-      return new CompelError('exited', this.pid, `task died before or during ${what}`, { state: st ?? 'gone' }, err as SysError);
+      return new CompelError('exited', this.pid, `task died before or during ${what}`, { state: st }, err as SysError);
     }
     return err;
+  }
+
+  /**
+   * After an ESRCH: is the worker dead or dying? A task killed by SIGKILL leaves its ptrace-stop
+   * at once but takes a moment to become a zombie, so look for up to `ms` milliseconds (its exit
+   * is reported to us as tracer, and /proc shows Z or nothing). Returns what was seen, or null.
+   */
+  private workerGone(ms: number): string | null {
+    const deadline = Date.now() + ms;
+    for (let i = 0; i < 10_000; i++) {
+      try {
+        const st = wait4(this.worker, __WALL | 1 /* WNOHANG */);
+        if (st.kind === 'exited' || st.kind === 'signaled') return st.kind;
+      } catch (e) {
+        if (isSysError(e, 'ECHILD')) return 'reaped';
+      }
+      const state = taskState(this.pid, this.worker);
+      if (state === undefined || state === 'Z' || state === 'X') return state ?? 'gone';
+      if (Date.now() > deadline) return null;
+      sleepMs(1);
+    }
+    return null;
   }
 
   /** Waits (bounded by timeoutMs) for the worker's SIGTRAP stop; anything else is an error with evidence. */
@@ -472,7 +494,7 @@ export class Injection {
       if (!xsave.equals(this.saved.xsave)) ptraceSetRegset(w, NT.X86_XSTATE, this.saved.xsave);
       if (this.sigmaskBlocked) ptraceSetSigmask(w, this.saved.sigmask);
     } catch (err) {
-      if (!(isSysError(err, 'ESRCH') && taskState(this.pid, w) === undefined)) errors.push(err);
+      if (!(isSysError(err, 'ESRCH') && this.workerGone(500) !== null)) errors.push(err);
     }
     if (this.memFd !== null) {
       try { close(this.memFd); } catch { /* nothing to do */ }

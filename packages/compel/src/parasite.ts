@@ -23,6 +23,7 @@
  */
 import { execFileSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
+import { resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import {
   accept4, AF_UNIX, bind, close, F, fcntl, ftruncate, listen, O, open, pipe2, pwrite, recvmsg, sendmsg,
@@ -73,7 +74,10 @@ export function loadParasiteBlob(dir = nativeDir()): Blob {
  * independent, general registers only): entry points are plain C functions taking up to 5
  * integer arguments. Needs the system C compiler.
  */
-export function compileBlob(source: string, outFile: string): Blob {
+export function compileBlob(sourcePath: string, outPath: string): Blob {
+  // make runs in native/: relative paths would be read from there.
+  const source = resolve(sourcePath);
+  const outFile = resolve(outPath);
   try {
     execFileSync('make', ['-s', '-C', nativeDir(), 'blob', `SRC=${source}`, `OUT=${outFile}`], { stdio: ['ignore', 'pipe', 'pipe'] });
   } catch (err) {
