@@ -4,3 +4,4 @@ export type { DumpOptions, DumpResult } from './dump/dump.js';
 export { DumpError } from './errors.js';
 export type { DumpStage } from './errors.js';
 export { fpregsFromXsave, xsaveFromFpregs } from './arch/x86-fpu.js';
+export { restore, restoreSync, RestoreError, type RestoreOptions, type RestoreResult, type RestoreStage } from './restore/index.js';

@@ -1,0 +1,10 @@
+# The restore stub (native/restore-stub.c): a static program without libc that stops itself
+# and is driven by criu-ts restore. Included from native/Makefile; builds build/restore-stub.
+STUB_CFLAGS := -O2 -static -nostdlib -ffreestanding -fno-builtin -fno-stack-protector -fno-pie -no-pie \
+  -fno-asynchronous-unwind-tables -fcf-protection=none -mgeneral-regs-only -Wall -Wextra \
+  -Wl,--build-id=none -Wl,-z,noexecstack
+
+all: build/restore-stub
+
+build/restore-stub: restore-stub.c restore-stub.mk | build
+	$(CC) $(STUB_CFLAGS) -o $@ restore-stub.c

@@ -1,0 +1,63 @@
+// Files that were deleted while open (ghost files).
+//
+// The dump kept their contents (ghost-file-N.img). To give the task an open file description
+// of an unlinked file again, criu-ts recreates the file under a temporary name next to the
+// original path (same directory, so the same filesystem as the dumped one), lets the task open
+// (or mmap) it by that name, and unlinks it once every fd and mapping holds it: the task then has
+// what it had, a deleted file with the dumped contents. The temporary names are removed on
+// failure too.
+import { chmodSync, chownSync, closeSync, existsSync, ftruncateSync, openSync, unlinkSync, writeSync } from 'node:fs';
+import { basename, dirname, join } from 'node:path';
+import { RestoreError } from './errors.js';
+import type { GhostFile, ImageSet, RegFile } from './image-set.js';
+
+export class GhostFiles {
+  private readonly paths = new Map<number, string>();
+
+  /** Creates every ghost file of the image set under a temporary name. */
+  static create(set: ImageSet): GhostFiles {
+    const g = new GhostFiles();
+    const all = new Map<number, RegFile>();
+    for (const v of set.vmas) if (v.file?.ghost) all.set(v.file.id, v.file);
+    for (const f of set.fds) if (f.reg?.ghost) all.set(f.reg.id, f.reg);
+    if (set.exe.ghost) all.set(set.exe.id, set.exe);
+    try {
+      for (const f of all.values()) g.materialize(f, f.ghost!);
+    } catch (err) {
+      g.removeAll();
+      throw err instanceof RestoreError ? err : new RestoreError('files', 'recreating a file deleted while open', {}, err);
+    }
+    return g;
+  }
+
+  private materialize(f: RegFile, ghost: GhostFile): void {
+    // The original name when it is free (the task's /proc/PID/fd link then reads exactly as
+    // before: "NAME (deleted)"), else a temporary one beside it.
+    const path = existsSync(f.name) ? join(dirname(f.name), `.${basename(f.name)}.criu-ts-ghost.${ghost.id}.${process.pid}`) : f.name;
+    const fd = openSync(path, 'wx', 0o600);
+    this.paths.set(f.id, path);
+    try {
+      for (const [off, bytes] of ghost.chunks) {
+        for (let done = 0, i = 0; done < bytes.byteLength && i < 1000; i++) done += writeSync(fd, bytes, done, bytes.byteLength - done, off + done);
+      }
+      ftruncateSync(fd, ghost.size);
+    } finally {
+      closeSync(fd);
+    }
+    chownSync(path, ghost.uid, ghost.gid);
+    chmodSync(path, ghost.mode & 0o7777);
+  }
+
+  /** The name to open for `file`: its temporary name if it is a ghost, else its own path. */
+  pathOf(file: RegFile): string {
+    return this.paths.get(file.id) ?? file.name;
+  }
+
+  /** Unlinks every temporary name (after the task opened them, or on failure). */
+  removeAll(): void {
+    for (const p of this.paths.values()) {
+      try { unlinkSync(p); } catch { /* already gone */ }
+    }
+    this.paths.clear();
+  }
+}

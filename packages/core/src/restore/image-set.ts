@@ -1,0 +1,327 @@
+// Reading and validating the image set of one process before anything is created.
+//
+// Restore reads every image it needs into memory first (except page contents, which stay in
+// pages-N.img and are read straight into the restored task later), and checks what it relies
+// on: a missing, truncated or malformed image, an unsupported kind of state, or a PID that is
+// already taken is reported here, while no process exists yet.
+//
+//   inventory.img           image version, fdinfo naming
+//   pstree.img              pid, ppid, pgid, sid, threads (one entry, one thread: single process)
+//   core-PID.img            registers, xsave, sigactions, blocked mask, timers, rlimits, sas, rseq
+//   ids-PID.img             files_id: which fdinfo-N.img holds the fd table
+//   mm-PID.img              VMAs, mm fields, auxv, exe_file_id
+//   pagemap-PID.img         runs of pages; PE_PRESENT ones are in pages-N.img, back to back
+//   fs-PID.img              cwd_id, root_id (files.img ids), umask
+//   files.img               one file_entry per open-file description (REG: path, flags, pos)
+//   fdinfo-N.img            fd number -> file id, FD_CLOEXEC
+import { existsSync, readFileSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import { ImageFormatError, ImageReader, PAGE_SIZE, PagesReader, PE_LAZY, PE_PARENT, PE_PRESENT } from '@criu-ts/images';
+import { RestoreError } from './errors.js';
+
+type Msg = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
+
+/** CRIU's VMA status bits (vma_entry.status), as CRIU 4.x writes them. */
+export const VMA = {
+  REGULAR: 1 << 0, STACK: 1 << 1, VSYSCALL: 1 << 2, VDSO: 1 << 3, HEAP: 1 << 5, FILE_PRIVATE: 1 << 6,
+  FILE_SHARED: 1 << 7, ANON_SHARED: 1 << 8, ANON_PRIVATE: 1 << 9, SYSVIPC: 1 << 10, SOCKET: 1 << 11,
+  VVAR: 1 << 12, AIORING: 1 << 13, MEMFD: 1 << 14, SHSTK: 1 << 15, UPROBES: 1 << 17, UNSUPP: 2 ** 31,
+} as const;
+
+/** fd_types from fdinfo.proto. */
+export const FD_TYPE = { REG: 1, TTY: 11, MEMFD: 18, PIPE: 2 } as const;
+
+export interface VmaImage {
+  readonly start: bigint;
+  readonly end: bigint;
+  readonly pgoff: bigint;
+  readonly shmid: bigint;
+  readonly prot: number;
+  readonly flags: number;
+  readonly status: number;
+  readonly madv: bigint;
+  /** For file mappings: the reg file entry the VMA maps. */
+  readonly file?: RegFile;
+}
+
+export interface RegFile {
+  readonly id: number;
+  readonly name: string;
+  readonly flags: number;
+  readonly pos: bigint;
+  readonly size?: bigint;
+  readonly mode?: number;
+  /** Deleted while open: the contents saved in ghost-file-N.img, recreated at restore. */
+  readonly ghost?: GhostFile;
+}
+
+export interface GhostFile {
+  readonly id: number;
+  readonly mode: number;
+  readonly uid: number;
+  readonly gid: number;
+  /** [offset, bytes] pieces of the contents (one piece unless the image is chunked). */
+  readonly chunks: ReadonlyArray<readonly [number, Uint8Array]>;
+  readonly size: number;
+}
+
+export interface FdImage {
+  readonly fd: number;
+  readonly cloexec: boolean;
+  readonly type: number;
+  readonly fileId: number;
+  /** REG files: what to open. */
+  readonly reg?: RegFile;
+  /** TTY files: flags of the open file description. */
+  readonly ttyFlags?: number;
+}
+
+/** A present run of pages: `nrPages` pages for `vaddr` at `offset` in the pages file. */
+export interface PagesRun {
+  readonly vaddr: bigint;
+  readonly nrPages: number;
+  readonly offset: number;
+}
+
+export interface ImageSet {
+  readonly dir: string;
+  readonly pid: number;
+  readonly ppid: number;
+  readonly pgid: number;
+  readonly sid: number;
+  /** The decoded core_entry (thread_info, tc, thread_core). */
+  readonly core: Msg;
+  readonly mm: Msg;
+  readonly vmas: readonly VmaImage[];
+  readonly exe: RegFile;
+  readonly pagesFile: string;
+  readonly pagesSize: number;
+  readonly runs: readonly PagesRun[];
+  readonly fds: readonly FdImage[];
+  readonly cwd: RegFile;
+  readonly root: RegFile;
+  readonly umask: number | undefined;
+}
+
+function readAll(dir: string, name: string): Msg[] {
+  return readEntries(dir, name).map((e) => e.message);
+}
+
+function readEntries(dir: string, name: string): Array<{ message: Msg; bytes?: Uint8Array }> {
+  const path = join(dir, name);
+  if (!existsSync(path)) throw new RestoreError('read-images', `${path} is missing`, { file: path });
+  let reader: ImageReader | undefined;
+  try {
+    reader = ImageReader.open(path);
+    // Payload bytes are copied: the reader's buffers do not outlive close().
+    return [...reader.entries()].map((e) => ({ message: e.message as Msg, ...(e.payload?.type === 'bytes' ? { bytes: Buffer.from(e.payload.bytes) } : {}) }));
+  } catch (err) {
+    throw new RestoreError('read-images', `${path} cannot be read`, err instanceof ImageFormatError ? { file: err.file, reason: err.reason, entryIndex: err.entryIndex, offset: err.offset } : { file: path }, err);
+  } finally {
+    reader?.close();
+  }
+}
+
+function one(dir: string, name: string): Msg {
+  const entries = readAll(dir, name);
+  if (entries.length !== 1) throw new RestoreError('read-images', `${join(dir, name)} holds ${entries.length} entries, expected 1`, { file: join(dir, name) });
+  return entries[0]!;
+}
+
+function invalid(message: string, evidence: Record<string, unknown> = {}): never {
+  throw new RestoreError('validate', message, evidence);
+}
+
+function regFile(m: Msg): RegFile {
+  const r = m.reg as Msg;
+  return {
+    id: Number(r.id), name: String(r.name), flags: Number(r.flags), pos: BigInt(r.pos ?? 0n),
+    ...(r.size !== undefined ? { size: BigInt(r.size) } : {}), ...(r.mode !== undefined ? { mode: Number(r.mode) } : {}),
+  };
+}
+
+const hex = (v: bigint): string => `0x${v.toString(16)}`;
+
+/** User address space limit on x86_64 with 4-level paging (TASK_SIZE_MAX = 2^47 - one page). */
+export const TASK_SIZE = (1n << 47n) - BigInt(PAGE_SIZE);
+
+/**
+ * Reads every image of the one process in `dir` and checks it can be restored here.
+ * Throws RestoreError('read-images' | 'validate') naming the file and what is wrong.
+ */
+export function readImageSet(dir: string, options: { shellJob?: boolean } = {}): ImageSet {
+  if (!existsSync(dir) || !statSync(dir).isDirectory()) throw new RestoreError('read-images', `images directory ${dir} does not exist`, { dir });
+  const inventory = one(dir, 'inventory.img');
+  if (Number(inventory.img_version) !== 2) invalid(`inventory.img has image version ${inventory.img_version}; CRIU 4.x images have version 2`, { file: join(dir, 'inventory.img') });
+
+  const pstree = readAll(dir, 'pstree.img');
+  if (pstree.length !== 1) invalid(`pstree.img lists ${pstree.length} processes; restoring process trees is not supported yet (one process only)`, { pids: pstree.map((p) => p.pid) });
+  const task = pstree[0]!;
+  const pid = Number(task.pid);
+  const threads = (task.threads as number[]).map(Number);
+  if (threads.length !== 1 || threads[0] !== pid) invalid(`process ${pid} has ${threads.length} threads; multi-threaded restore is not supported yet`, { threads });
+  const sid = Number(task.sid);
+  const pgid = Number(task.pgid);
+  if (sid !== pid && !options.shellJob) {
+    invalid(`process ${pid} is not a session leader (sid ${sid}): it belonged to a session outside the dump; restore it with shellJob (--shell-job) to join criu-ts's session`, { pid, sid });
+  }
+
+  const core = one(dir, `core-${pid}.img`);
+  if (Number(core.mtype) !== 1 || !core.thread_info || !core.tc) invalid(`core-${pid}.img is not an x86_64 task core (mtype ${core.mtype})`, { file: join(dir, `core-${pid}.img`) });
+  const fp = core.thread_info.fpregs as Msg;
+  if ((fp.st_space as unknown[]).length !== 32 || (fp.xmm_space as unknown[]).length !== 64) invalid(`core-${pid}.img: fpregs st_space/xmm_space have ${fp.st_space.length}/${fp.xmm_space.length} words, expected 32/64`);
+  if (Number(core.thread_info.gpregs.mode ?? 1) !== 1) invalid(`core-${pid}.img: 32-bit (compat) tasks are not supported`);
+  const tc = core.tc as Msg;
+  if (Number(tc.task_state) !== 1) invalid(`process ${pid} was dumped in state ${tc.task_state} (only alive tasks, state 1, are restored)`);
+  if (tc.timers && (tc.timers.posix as unknown[]).length > 0) invalid(`process ${pid} has ${tc.timers.posix.length} POSIX timers: not supported yet`);
+  const seccompMode = Number(core.thread_core?.seccomp_mode ?? tc.old_seccomp_mode ?? 0);
+  if (seccompMode !== 0) invalid(`process ${pid} runs under seccomp (mode ${seccompMode}): not supported yet`);
+
+  const ids = one(dir, `ids-${pid}.img`);
+  const filesList = readAll(dir, 'files.img');
+  const files = new Map<number, Msg>(filesList.map((f) => [Number(f.id), f]));
+  const ghosts = readGhosts(dir);
+  const reg = (id: number, what: string): RegFile => {
+    const f = files.get(id);
+    if (!f) invalid(`${what} refers to file id ${id}, which files.img does not have`, { id });
+    if (Number(f.type) !== FD_TYPE.REG || !f.reg) invalid(`${what} refers to file id ${id} of type ${f.type}, expected a regular file`, { id, type: f.type });
+    const ghost = ghosts.get(id);
+    return { ...regFile(f), ...(ghost ? { ghost } : {}) };
+  };
+
+  const mm = one(dir, `mm-${pid}.img`);
+  const exe = reg(Number(mm.exe_file_id), `mm-${pid}.img exe_file_id`);
+  if (!exe.ghost && !existsSync(exe.name)) invalid(`the executable ${exe.name} no longer exists`, { path: exe.name });
+  const vmas: VmaImage[] = [];
+  let prevEnd = 0n;
+  for (const [i, v] of (mm.vmas as Msg[]).entries()) {
+    const start = BigInt(v.start);
+    const end = BigInt(v.end);
+    const status = Number(v.status) >>> 0;
+    const where = `mm-${pid}.img vmas[${i}] ${hex(start)}-${hex(end)}`;
+    if (status & VMA.VSYSCALL) continue; // [vsyscall] is the kernel's, at a fixed address
+    if (start % BigInt(PAGE_SIZE) !== 0n || end % BigInt(PAGE_SIZE) !== 0n || end <= start || end > TASK_SIZE) invalid(`${where}: not a page-aligned user range`);
+    if (start < prevEnd) invalid(`${where}: overlaps the previous VMA (ends ${hex(prevEnd)})`);
+    prevEnd = end;
+    if (status & VMA.UNSUPP) invalid(`${where}: CRIU marked this mapping unsupported`);
+    if (status & (VMA.MEMFD | VMA.SYSVIPC | VMA.SOCKET | VMA.AIORING | VMA.SHSTK | VMA.UPROBES)) invalid(`${where}: mapping kind (status 0x${status.toString(16)}) not supported yet`, { status });
+    if ((status & VMA.ANON_SHARED) && !(status & (VMA.FILE_SHARED | VMA.FILE_PRIVATE))) invalid(`${where}: anonymous shared memory is not supported yet`);
+    let file: RegFile | undefined;
+    if (status & (VMA.FILE_PRIVATE | VMA.FILE_SHARED)) {
+      file = reg(Number(v.shmid), where);
+      if (!file.ghost && !existsSync(file.name)) invalid(`${where} maps ${file.name}, which no longer exists`, { path: file.name });
+    }
+    vmas.push({
+      start, end, pgoff: BigInt(v.pgoff), shmid: BigInt(v.shmid), prot: Number(v.prot), flags: Number(v.flags), status,
+      madv: BigInt(v.madv ?? 0n), ...(file ? { file } : {}),
+    });
+  }
+  if (!vmas.some((v) => v.status & VMA.VDSO)) invalid(`mm-${pid}.img has no [vdso] VMA`);
+
+  // Pages: every run must lie inside one dumped VMA; the pages file must hold every present run.
+  const pagemapPath = join(dir, `pagemap-${pid}.img`);
+  if (!existsSync(pagemapPath)) throw new RestoreError('read-images', `${pagemapPath} is missing`, { file: pagemapPath });
+  let pages: PagesReader | undefined;
+  const runs: PagesRun[] = [];
+  let pagesFile: string;
+  let pagesSize: number;
+  try {
+    pages = PagesReader.open(pagemapPath);
+    pagesFile = pages.pagesFile;
+    pagesSize = pages.pagesSize;
+    for (const run of pages.runs()) {
+      // PE_LAZY alone says the pages may be served later (lazy-pages); with PE_PRESENT they are
+      // in the pages file too (CRIU 4.x marks anonymous private pages so), which is all we need.
+      if ((run.flags & PE_PARENT) || ((run.flags & PE_LAZY) && !(run.flags & PE_PRESENT))) {
+        invalid(`${pagemapPath}: run at ${hex(run.vaddr)} is in a parent image or served lazily (flags ${run.flags}): incremental and lazy restore are not supported yet`);
+      }
+      const runEnd = run.vaddr + BigInt(run.nrPages * PAGE_SIZE);
+      // A run may span adjacent VMAs (dumpers merge contiguous pages); every page must be covered.
+      let covered = run.vaddr;
+      for (const v of vmas) if (v.start <= covered && covered < v.end) covered = v.end < runEnd ? v.end : runEnd;
+      if (covered < runEnd) invalid(`${pagemapPath}: pages ${hex(run.vaddr)}-${hex(runEnd)} lie outside every dumped VMA`, { vaddr: hex(run.vaddr) });
+      if ((run.flags & PE_PRESENT) && run.pages) runs.push({ vaddr: run.vaddr, nrPages: run.nrPages, offset: run.pages.offset });
+    }
+  } catch (err) {
+    if (err instanceof RestoreError) throw err;
+    throw new RestoreError('read-images', `${pagemapPath} or its pages file cannot be read`, err instanceof ImageFormatError ? { file: err.file, reason: err.reason, offset: err.offset } : { file: pagemapPath }, err);
+  } finally {
+    pages?.close();
+  }
+
+  const fsEntry = one(dir, `fs-${pid}.img`);
+  const cwd = reg(Number(fsEntry.cwd_id), `fs-${pid}.img cwd_id`);
+  const root = reg(Number(fsEntry.root_id), `fs-${pid}.img root_id`);
+
+  // CRIU 4.x names the fd table by the files id (fdinfo_per_id); older images by the pid.
+  const fdinfoName = inventory.fdinfo_per_id ? `fdinfo-${ids.files_id}.img` : `fdinfo-${pid}.img`;
+  const fds: FdImage[] = [];
+  const seen = new Set<number>();
+  for (const e of readAll(dir, fdinfoName)) {
+    const fd = Number(e.fd);
+    const type = Number(e.type);
+    const fileId = Number(e.id);
+    if (seen.has(fd)) invalid(`${fdinfoName}: fd ${fd} appears twice`);
+    seen.add(fd);
+    const base = { fd, cloexec: (Number(e.flags) & 1) !== 0, type, fileId };
+    if (type === FD_TYPE.REG) {
+      const r = reg(fileId, `${fdinfoName} fd ${fd}`);
+      fds.push({ ...base, reg: r });
+    } else if (type === FD_TYPE.TTY) {
+      const f = files.get(fileId);
+      if (!f?.tty) invalid(`${fdinfoName} fd ${fd}: tty file id ${fileId} missing from files.img`);
+      if (!options.shellJob) invalid(`fd ${fd} of process ${pid} is a terminal; restore it with shellJob (--shell-job) to give it criu-ts's terminal`, { fd });
+      fds.push({ ...base, ttyFlags: Number(f.tty.flags) });
+    } else {
+      invalid(`${fdinfoName} fd ${fd}: file type ${type} is not supported yet (regular files and terminals only)`, { fd, type });
+    }
+  }
+
+  return {
+    dir, pid, ppid: Number(task.ppid), pgid, sid, core, mm, vmas, exe, pagesFile: pagesFile!, pagesSize: pagesSize!, runs, fds, cwd, root,
+    umask: fsEntry.umask === undefined ? undefined : Number(fsEntry.umask),
+  };
+}
+
+/**
+ * Files deleted while open: remap-fpath.img maps a files.img id to ghost-file-N.img, which holds
+ * the file's mode, owner and contents. Other remap kinds (a hard link left elsewhere, /proc
+ * paths) are not supported yet.
+ */
+function readGhosts(dir: string): Map<number, GhostFile> {
+  const ghosts = new Map<number, GhostFile>();
+  if (!existsSync(join(dir, 'remap-fpath.img'))) return ghosts;
+  for (const r of readAll(dir, 'remap-fpath.img')) {
+    const type = Number(r.remap_type ?? 0);
+    if (type !== 1) invalid(`remap-fpath.img: file id ${r.orig_id} has remap type ${type}; only ghost files (deleted while open) are supported yet`, { origId: r.orig_id, type });
+    const name = `ghost-file-${r.remap_id}.img`;
+    const entries = readEntries(dir, name);
+    const head = entries[0]?.message;
+    if (!head) throw new RestoreError('read-images', `${join(dir, name)} has no ghost_file_entry`, { file: join(dir, name) });
+    const chunks: Array<readonly [number, Uint8Array]> = [];
+    if (head.chunks) {
+      for (const e of entries.slice(1)) chunks.push([Number(e.message.off), e.bytes ?? new Uint8Array(0)]);
+    } else if (entries[0]!.bytes) {
+      chunks.push([0, entries[0]!.bytes]);
+    }
+    const size = head.size !== undefined ? Number(head.size) : chunks.reduce((a, [o, b]) => Math.max(a, o + b.byteLength), 0);
+    if ((Number(head.mode) & 0o170000) !== 0o100000) invalid(`${name}: only regular ghost files are supported (mode 0${Number(head.mode).toString(8)})`);
+    ghosts.set(Number(r.orig_id), { id: Number(r.remap_id), mode: Number(head.mode), uid: Number(head.uid), gid: Number(head.gid), chunks, size });
+  }
+  return ghosts;
+}
+
+/** The PID must be free: clone3 would fail with EEXIST, after the stub already exists. */
+export function checkPidFree(pid: number): void {
+  if (existsSync(`/proc/${pid}`)) invalid(`PID ${pid} is already in use by another process`, { pid });
+  const max = Number.parseInt(readFileText('/proc/sys/kernel/pid_max') ?? '4194304', 10);
+  if (pid >= max) invalid(`PID ${pid} is above this system's pid_max (${max})`, { pid, pidMax: max });
+}
+
+function readFileText(path: string): string | undefined {
+  try {
+    return readFileSync(path, 'utf8');
+  } catch {
+    return undefined;
+  }
+}

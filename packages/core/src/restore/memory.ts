@@ -1,0 +1,200 @@
+// The address space of the restored task: from the stub's to the dumped one.
+//
+//   1. unmap everything but the control area (the stub's code, data, stack, vDSO)
+//   2. vDSO block back at its dumped address: arch_prctl(ARCH_MAP_VDSO_64, start of [vvar])
+//      on a task without a vDSO maps [vvar], [vvar_vclock] and [vdso] back to back from there
+//      (checked on this kernel). It goes first, into an empty address space, because the kernel
+//      takes the address only as a hint (get_unmapped_area) and would move it if it were busy.
+//   3. mmap every other VMA at its address; private ones writable for now, so the pages can
+//      be filled, file mappings from the path in files.img at their file offset
+//   4. preadv from pages-N.img straight into the task: the task opens the pages file itself and
+//      reads runs of pages into place, up to 1024 runs per call (one copy, no buffer in Node)
+//   5. the dumped protections and madvise flags
+//   6. prctl(PR_SET_MM, PR_SET_MM_MAP): code/data/brk/stack/arg/env bounds, auxv, exe file.
+//      This form needs no CAP_SYS_RESOURCE (only checkpoint_restore_ns_capable for the exe);
+//      the kernel refuses to change the exe file while the old one is still mapped, which it
+//      no longer is after step 1.
+import { AT_FDCWD, MAP, O, PROT } from '@criu-ts/sys';
+import { PAGE_SIZE } from '@criu-ts/images';
+import { RestoreError } from './errors.js';
+import { TASK_SIZE, VMA, type ImageSet, type RegFile, type VmaImage } from './image-set.js';
+import { CONTROL_SIZE, type RestoreTask } from './remote-task.js';
+
+const ARCH_MAP_VDSO_64 = 0x2003;
+const PR_SET_MM = 35;
+const PR_SET_MM_MAP = 14;
+/** The kernel refuses larger reads in one call (MAX_RW_COUNT = INT_MAX rounded down to a page). */
+const MAX_READ = 1 << 30;
+
+const hex = (v: bigint): string => `0x${v.toString(16)}`;
+
+function fail(stage: ConstructorParameters<typeof RestoreError>[0], message: string, evidence: Record<string, unknown> = {}): never {
+  throw new RestoreError(stage, message, evidence);
+}
+
+/** Runs a remote syscall; a -errno result becomes a RestoreError of `stage` naming `what`. */
+export function remote(task: RestoreTask, stage: ConstructorParameters<typeof RestoreError>[0], what: string, name: Parameters<RestoreTask['syscallRawSync']>[0], ...args: Array<number | bigint>): bigint {
+  try {
+    return task.syscallSync(name, ...args);
+  } catch (err) {
+    throw new RestoreError(stage, what, {}, err);
+  }
+}
+
+/** Opens `path` inside the task and returns the fd there. */
+export function remoteOpen(task: RestoreTask, stage: ConstructorParameters<typeof RestoreError>[0], path: string, flags: number, mode = 0): number {
+  const [p] = task.scratchPut(task.cString(path));
+  return Number(remote(task, stage, `open ${path}`, 'openat', AT_FDCWD, p!, flags, mode));
+}
+
+/** Step 1. Precondition: the control area is set up. */
+export function unmapAllButControl(task: RestoreTask): void {
+  const ctrl = task.controlArea;
+  const end = ctrl + BigInt(CONTROL_SIZE);
+  remote(task, 'unmap-stub', 'munmap below the control area', 'munmap', 0, ctrl);
+  remote(task, 'unmap-stub', 'munmap above the control area', 'munmap', end, TASK_SIZE - end);
+  const left = task.currentMaps().filter((m) => m.start !== ctrl && m.name !== '[vsyscall]');
+  if (left.length > 0) fail('unmap-stub', 'mappings of the stub survived munmap', { left: left.map((m) => `${hex(m.start)}-${hex(m.end)} ${m.name}`) });
+}
+
+/** Step 2. */
+export function mapVdso(task: RestoreTask, vmas: readonly VmaImage[]): void {
+  const block = vmas.filter((v) => v.status & (VMA.VDSO | VMA.VVAR));
+  const start = block.reduce((a, v) => (v.start < a ? v.start : a), block[0]!.start);
+  remote(task, 'vdso', `arch_prctl(ARCH_MAP_VDSO_64, ${hex(start)})`, 'arch_prctl', ARCH_MAP_VDSO_64, start);
+  // The block must now be exactly where and as large as it was: glibc keeps pointers into it.
+  const now = task.currentMaps().filter((m) => m.name === '[vdso]' || m.name.startsWith('[vvar'));
+  const span = (list: ReadonlyArray<{ start: bigint; end: bigint }>) => list.map((r) => `${hex(r.start)}-${hex(r.end)}`).join(' ');
+  const dumpedVdso = block.filter((v) => v.status & VMA.VDSO);
+  const nowVdso = now.filter((m) => m.name === '[vdso]');
+  const total = (list: ReadonlyArray<{ start: bigint; end: bigint }>) => list.reduce((a, r) => a + (r.end - r.start), 0n);
+  const min = (list: ReadonlyArray<{ start: bigint }>) => list.reduce((a, r) => (r.start < a ? r.start : a), TASK_SIZE);
+  if (span(dumpedVdso) !== span(nowVdso) || total(block) !== total(now) || min(now) !== start) {
+    fail('vdso', `the vDSO block of this kernel (${span(now)}) does not match the dumped one (${span(block)}): images from another kernel are not supported yet`, { dumped: span(block), now: span(now) });
+  }
+}
+
+/** Step 3. Returns the protection each VMA was mapped with (to fix up after the pages are in). */
+export function mapVmas(task: RestoreTask, set: ImageSet, pathOf: (f: RegFile) => string = (f) => f.name): Map<VmaImage, number> {
+  const mapped = new Map<VmaImage, number>();
+  const fds = new Map<string, number>();
+  try {
+    for (const vma of set.vmas) {
+      if (vma.status & (VMA.VDSO | VMA.VVAR)) continue;
+      const shared = (vma.flags & MAP.SHARED) !== 0;
+      // Private mappings stay writable until their pages are filled; shared file mappings keep
+      // their protection (their contents are the file's, never written by restore).
+      const prot = shared ? vma.prot : vma.prot | PROT.WRITE;
+      let flags = (vma.flags & (MAP.SHARED | MAP.PRIVATE | MAP.ANONYMOUS | MAP.GROWSDOWN)) | MAP.FIXED_NOREPLACE;
+      let fd = -1;
+      if (vma.file) {
+        flags &= ~MAP.ANONYMOUS;
+        const writable = shared && (vma.prot & PROT.WRITE) !== 0;
+        const key = `${writable ? 'rw' : 'ro'}:${vma.file.id}`;
+        fd = fds.get(key) ?? -1;
+        if (fd < 0) {
+          fd = remoteOpen(task, 'map-vmas', pathOf(vma.file), (writable ? O.RDWR : O.RDONLY) | O.CLOEXEC);
+          fds.set(key, fd);
+        }
+      } else {
+        flags |= MAP.ANONYMOUS;
+      }
+      const len = vma.end - vma.start;
+      const got = remote(task, 'map-vmas', `mmap ${hex(vma.start)}-${hex(vma.end)}${vma.file ? ` ${vma.file.name}@${vma.pgoff}` : ''}`, 'mmap', vma.start, len, prot, flags, fd, vma.file ? vma.pgoff : 0n);
+      if (got !== vma.start) fail('map-vmas', `mmap ${hex(vma.start)} landed at ${hex(got)}`);
+      mapped.set(vma, prot);
+    }
+  } finally {
+    for (const fd of fds.values()) task.syscallRawSync('close', fd);
+  }
+  return mapped;
+}
+
+/** Step 4. Returns the number of bytes read into the task. */
+export function fillPages(task: RestoreTask, set: ImageSet): number {
+  // Runs inside shared mappings are not written: their contents belong to the file.
+  const sharedVma = (addr: bigint) => set.vmas.some((v) => (v.flags & MAP.SHARED) && v.start <= addr && addr < v.end);
+  const runs = set.runs.filter((r) => !sharedVma(r.vaddr));
+  if (runs.length === 0) return 0;
+  const fd = remoteOpen(task, 'fill-pages', set.pagesFile, O.RDONLY | O.CLOEXEC);
+  const maxIov = Math.min(1024, Math.floor(task.scratchSize / 16));
+  let total = 0;
+  try {
+    let i = 0;
+    while (i < runs.length) {
+      // A batch: runs that follow each other in the pages file, at most maxIov of them.
+      const segs: Array<{ addr: bigint; len: number }> = [];
+      const offset = runs[i]!.offset;
+      let bytes = 0;
+      while (i < runs.length && segs.length < maxIov && runs[i]!.offset === offset + bytes && bytes < MAX_READ) {
+        const len = runs[i]!.nrPages * PAGE_SIZE;
+        segs.push({ addr: runs[i]!.vaddr, len });
+        bytes += len;
+        i++;
+      }
+      let done = 0;
+      for (let guard = 0; done < bytes; guard++) {
+        if (guard > 10_000) fail('fill-pages', 'preadv made no progress');
+        // Skip what was read already (preadv may stop short, e.g. at MAX_RW_COUNT).
+        const iov: Buffer[] = [];
+        let skip = done;
+        let want = 0;
+        for (const s of segs) {
+          if (skip >= s.len) { skip -= s.len; continue; }
+          const b = Buffer.alloc(16);
+          b.writeBigUInt64LE(s.addr + BigInt(skip), 0);
+          b.writeBigUInt64LE(BigInt(s.len - skip), 8);
+          want += s.len - skip;
+          skip = 0;
+          iov.push(b);
+          if (want >= MAX_READ) break;
+        }
+        const [iovAddr] = task.scratchPut(Buffer.concat(iov));
+        const n = Number(remote(task, 'fill-pages', `preadv of ${want} bytes at offset ${offset + done} of ${set.pagesFile}`, 'preadv', fd, iovAddr!, iov.length, BigInt(offset + done), 0));
+        if (n === 0) fail('fill-pages', `${set.pagesFile} ended at offset ${offset + done}, expected ${bytes - done} more bytes`);
+        done += n;
+      }
+      total += bytes;
+    }
+  } finally {
+    task.syscallRawSync('close', fd);
+  }
+  return total;
+}
+
+/** madvise advice numbers CRIU records in vma_entry.madv (bit N = advice N) and that we replay. */
+const REPLAYED_MADVICE = [10 /* DONTFORK */, 12 /* MERGEABLE */, 14 /* HUGEPAGE */, 15 /* NOHUGEPAGE */, 16 /* DONTDUMP */, 18 /* WIPEONFORK */];
+
+/** Step 5. */
+export function protectVmas(task: RestoreTask, mapped: Map<VmaImage, number>): void {
+  for (const [vma, prot] of mapped) {
+    const len = vma.end - vma.start;
+    if (prot !== vma.prot) remote(task, 'protect', `mprotect ${hex(vma.start)}-${hex(vma.end)} to ${vma.prot}`, 'mprotect', vma.start, len, vma.prot);
+    for (const advice of REPLAYED_MADVICE) {
+      if (vma.madv & (1n << BigInt(advice))) remote(task, 'protect', `madvise(${hex(vma.start)}, ${advice})`, 'madvise', vma.start, len, advice);
+    }
+  }
+}
+
+/** Step 6. */
+export function setMmFields(task: RestoreTask, set: ImageSet, pathOf: (f: RegFile) => string = (f) => f.name): void {
+  const mm = set.mm;
+  const auxvWords = (mm.mm_saved_auxv as Array<bigint | number>).map((x) => BigInt(x));
+  const auxv = Buffer.alloc(auxvWords.length * 8);
+  auxvWords.forEach((w, i) => auxv.writeBigUInt64LE(BigInt.asUintN(64, w), i * 8));
+  const exeFd = remoteOpen(task, 'mm-fields', pathOf(set.exe), O.RDONLY | O.CLOEXEC);
+  try {
+    // struct prctl_mm_map (uapi/linux/prctl.h): 11 u64 bounds, u64 auxv pointer, u32 auxv_size, u32 exe_fd.
+    const map = Buffer.alloc(104);
+    const fields = ['mm_start_code', 'mm_end_code', 'mm_start_data', 'mm_end_data', 'mm_start_brk', 'mm_brk', 'mm_start_stack', 'mm_arg_start', 'mm_arg_end', 'mm_env_start', 'mm_env_end'];
+    fields.forEach((f, i) => map.writeBigUInt64LE(BigInt(mm[f]), i * 8));
+    map.writeUInt32LE(auxv.length, 96);
+    map.writeUInt32LE(exeFd, 100);
+    const [mapAddr, auxvAddr] = task.scratchPut(map, auxv);
+    map.writeBigUInt64LE(auxvAddr!, 88);
+    task.write(mapAddr!, map);
+    remote(task, 'mm-fields', 'prctl(PR_SET_MM, PR_SET_MM_MAP)', 'prctl', PR_SET_MM, PR_SET_MM_MAP, mapAddr!, 104, 0);
+  } finally {
+    task.syscallRawSync('close', exeFd);
+  }
+}
