@@ -148,8 +148,18 @@ class NftSession {
     for (const w of this.waiting.splice(0)) w.reject(new SoccrError('LOCK', `nft helper died: ${e.message}`, { command: w.cmd }, { cause: e }));
   }
 
-  /** Runs one command line (may hold several `;`-separated commands: one transaction). */
+  private serial = 0;
+
+  /**
+   * Runs one command line (may hold several `;`-separated commands: one
+   * transaction). nft only reports a commit that changed something, and
+   * adding an element that exists changes nothing, so every line also adds
+   * a fresh short-lived element to the `serial` set: each line then ends in
+   * exactly one "# new generation" (or an "Error:").
+   */
   run(cmd: string): Promise<void> {
+    this.serial = (this.serial + 1) >>> 0;
+    cmd = `${cmd}; add element inet ${LOCK_TABLE} serial { ${this.serial} timeout 5s }`;
     if (this.dead) return Promise.reject(new SoccrError('LOCK', `nft helper is gone: ${this.dead.message}`, { command: cmd }));
     return new Promise((resolve, reject) => {
       this.waiting.push({ resolve, reject, cmd });
@@ -263,7 +273,7 @@ export class NetworkLock {
 
 function nftTableScript(): string {
   const t = `inet ${LOCK_TABLE}`;
-  const lines = [`add table ${t}`];
+  const lines = [`add table ${t}`, `add set ${t} serial { type mark; flags timeout; }`];
   for (const f of [4, 6] as const) {
     const a = f === 4 ? 'ipv4_addr' : 'ipv6_addr';
     const type = `${a} . inet_service . ${a} . inet_service`;

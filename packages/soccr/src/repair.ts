@@ -104,6 +104,17 @@ export function assertTcpSocket(fd: number): 4 | 6 {
 /** Step 1 of saving: TCP_REPAIR on. The socket stops sending anything. */
 export function pause(fd: number): void {
   assertTcpSocket(fd);
+  // The kernel refuses repair mode on a listening socket with EPERM, which
+  // would read as a missing capability: check the state first.
+  const st = sysStep('TCP_INFO', { fd }, () => sock.getTcpInfo(fd)).state;
+  if (!SUPPORTED_STATES.has(st)) {
+    throw new SoccrError('UNSUPPORTED_STATE', `cannot save a connection in state ${tcpStateName(st)}`, {
+      fd,
+      state: st,
+      stateName: tcpStateName(st),
+      supported: [...SUPPORTED_STATES].map(tcpStateName),
+    });
+  }
   sysStep('TCP_REPAIR on', { fd }, () => sock.setTcpRepair(fd, 1));
 }
 
