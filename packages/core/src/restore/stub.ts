@@ -124,7 +124,9 @@ export class Stub {
     const CLONE_PARENT = 0x8000n;
     const args = Buffer.alloc(88 + 8);
     args.writeBigUInt64LE(options.parentIsCaller ? CLONE_PARENT : 0n, 0);
-    args.writeBigUInt64LE(BigInt(SIGNALS.SIGCHLD), 32);
+    // clone3 refuses an exit_signal with CLONE_PARENT (EINVAL): the child then inherits the
+    // stub's own exit signal (SIGCHLD, as Node forked it), reported to the stub's parent: us.
+    args.writeBigUInt64LE(options.parentIsCaller ? 0n : BigInt(SIGNALS.SIGCHLD), 32);
     args.writeBigUInt64LE(0n, 64); // set_tid, filled below
     args.writeBigUInt64LE(1n, 72); // set_tid_size
     args.writeInt32LE(pid, 88);
