@@ -78,13 +78,18 @@ export function mapVdso(task: RestoreTask, vmas: readonly VmaImage[]): void {
 export function mapVmas(task: RestoreTask, set: ImageSet, pathOf: (f: RegFile) => string = (f) => f.name): Map<VmaImage, number> {
   const mapped = new Map<VmaImage, number>();
   const fds = new Map<string, number>();
+  const hasPages = (v: VmaImage) => set.runs.some((r) => r.vaddr < v.end && r.vaddr + BigInt(r.nrPages * PAGE_SIZE) > v.start);
   try {
     for (const vma of set.vmas) {
       if (vma.status & (VMA.VDSO | VMA.VVAR)) continue;
       const shared = (vma.flags & MAP.SHARED) !== 0;
-      // Private mappings stay writable until their pages are filled; shared file mappings keep
-      // their protection (their contents are the file's, never written by restore).
-      const prot = shared ? vma.prot : vma.prot | PROT.WRITE;
+      // Private mappings with pages to fill stay writable until they are filled; the others get
+      // their dumped protection right away. Not making them writable matters beyond W^X: a
+      // private mapping that is or was writable is charged to the commit limit (VM_ACCOUNT), and
+      // VMAs with different flags never merge. A read-only .rodata next to its RELRO part (once
+      // writable, now read-only, holding copied pages) stays two VMAs, as in the dumped task,
+      // instead of merging into one. Shared file mappings are never written by restore.
+      const prot = shared || !hasPages(vma) ? vma.prot : vma.prot | PROT.WRITE;
       let flags = (vma.flags & (MAP.SHARED | MAP.PRIVATE | MAP.ANONYMOUS | MAP.GROWSDOWN)) | MAP.FIXED_NOREPLACE;
       let fd = -1;
       if (vma.file) {

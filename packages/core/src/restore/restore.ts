@@ -165,7 +165,10 @@ export async function waitForExit(pid: number, pollMs = 10): Promise<{ code: num
     try {
       st = wait4(asPid(pid), WNOHANG);
     } catch (err) {
-      throw new RestoreError('wait', `waiting for ${pid}`, { pid }, err);
+      const reapedElsewhere = (err as { code?: string }).code === 'ECHILD';
+      throw new RestoreError('wait', reapedElsewhere
+        ? `process ${pid} was reaped by someone else in this process (a child_process handle still holding the dumped task's PID reaps the restored one)`
+        : `waiting for ${pid}`, { pid }, err);
     }
     if (st.kind === 'exited') return { code: st.code, signal: null };
     if (st.kind === 'signaled') return { code: null, signal: st.signal };
