@@ -9,7 +9,7 @@
  *   8       1     state (kernel TCP state number)
  *   9       1     family (4 or 6)
  *   10      1     option mask (TCPI_OPT_*)
- *   11      1     flags: 1 window present, 2 nodelay, 4 cork
+ *   11      1     flags: 1 window present, 2 nodelay, 4 cork, 8 SO_REUSEADDR
  *   12      1     snd_wscale
  *   13      1     rcv_wscale
  *   14      2     reserved (0)
@@ -59,7 +59,7 @@ export function encodeState(s: TcpConnectionState): Buffer {
   b[8] = s.state;
   b[9] = s.local.family;
   b[10] = s.optionMask;
-  b[11] = (s.window ? 1 : 0) | (s.nodelay ? 2 : 0) | (s.cork ? 4 : 0);
+  b[11] = (s.window ? 1 : 0) | (s.nodelay ? 2 : 0) | (s.cork ? 4 : 0) | (s.reuseaddr ? 8 : 0);
   b[12] = s.sndWscale;
   b[13] = s.rcvWscale;
   b.writeUInt32LE(s.sendSeq >>> 0, 16);
@@ -136,6 +136,7 @@ export function decodeState(b: Buffer): TcpConnectionState {
       : {}),
     nodelay: (flags & 2) !== 0,
     cork: (flags & 4) !== 0,
+    reuseaddr: (flags & 8) !== 0,
     recvQueue: Buffer.from(b.subarray(q, q + R)),
     sendQueue: Buffer.from(b.subarray(q + R, q + R + S)),
     unsentLength: U,

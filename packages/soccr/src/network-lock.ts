@@ -42,11 +42,13 @@
  */
 import { spawn, execFile, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { promisify } from 'node:util';
+import { randomInt } from 'node:crypto';
 import { SoccrError } from './errors.js';
 import type { InetAddress } from './tcp-state.js';
 import { LOCK_BYPASS_MARK } from './raw-segment.js';
 
 const execFileP = promisify(execFile);
+const NFT_TIMEOUT_MS = 10_000;
 
 export const LOCK_TABLE = 'criu_ts_soccr';
 const COMMENT_PREFIX = 'criu-ts-soccr';
@@ -103,7 +105,7 @@ class NftSession {
   private readonly child: ChildProcessWithoutNullStreams;
   private buf = '';
   private readonly waiting: { resolve: () => void; reject: (e: Error) => void; cmd: string }[] = [];
-  private dead: Error | undefined;
+  dead: Error | undefined;
 
   constructor() {
     this.child = spawn('nft', ['-e', '-i'], { stdio: ['pipe', 'pipe', 'pipe'] });
@@ -148,7 +150,9 @@ class NftSession {
     for (const w of this.waiting.splice(0)) w.reject(new SoccrError('LOCK', `nft helper died: ${e.message}`, { command: w.cmd }, { cause: e }));
   }
 
-  private serial = 0;
+  // Unique across processes sharing the table (a serial another process
+  // added less than 5 s ago would make our add a no-op, hence no marker).
+  private serial = randomInt(0, 2 ** 32);
 
   /**
    * Runs one command line (may hold several `;`-separated commands: one
@@ -161,8 +165,29 @@ class NftSession {
     this.serial = (this.serial + 1) >>> 0;
     cmd = `${cmd}; add element inet ${LOCK_TABLE} serial { ${this.serial} timeout 5s }`;
     if (this.dead) return Promise.reject(new SoccrError('LOCK', `nft helper is gone: ${this.dead.message}`, { command: cmd }));
-    return new Promise((resolve, reject) => {
-      this.waiting.push({ resolve, reject, cmd });
+    return new Promise<void>((resolve, reject) => {
+      // Bounded: a helper that never answers must not hang a handoff.
+      const timer = setTimeout(() => {
+        const i = this.waiting.findIndex((w) => w.cmd === cmd);
+        if (i >= 0) this.waiting.splice(i, 1);
+        if (this.waiting.length === 0) this.setRef(false);
+        // Answers may now be out of step with commands: retire this helper.
+        this.fail(new Error(`no answer within ${NFT_TIMEOUT_MS} ms`));
+        this.close();
+        reject(new SoccrError('LOCK', `nft gave no answer within ${NFT_TIMEOUT_MS} ms`, { command: cmd }));
+      }, NFT_TIMEOUT_MS);
+      timer.unref();
+      this.waiting.push({
+        resolve: () => {
+          clearTimeout(timer);
+          resolve();
+        },
+        reject: (e) => {
+          clearTimeout(timer);
+          reject(e);
+        },
+        cmd,
+      });
       if (this.waiting.length === 1) this.setRef(true);
       this.child.stdin.write(cmd.replace(/\n/g, ' ') + '\n');
     });
@@ -190,11 +215,18 @@ export class NetworkLock {
   static async open(opts: NetworkLockOptions = {}): Promise<NetworkLock> {
     const backend = !opts.backend || opts.backend === 'auto' ? await detectLockBackend() : opts.backend;
     const l = new NetworkLock(backend, opts);
-    if (backend === 'nft') {
-      l.nft = new NftSession();
-      await l.nft.run(nftTableScript());
-    }
+    if (backend === 'nft') await l.session();
     return l;
+  }
+
+  /** The nft helper, (re)started with the table in place if it is not running. */
+  private async session(): Promise<NftSession> {
+    if (!this.nft || this.nft.dead) {
+      this.nft?.close();
+      this.nft = new NftSession();
+      await this.nft.run(nftTableScript());
+    }
+    return this.nft;
   }
 
   /** Drops the peer's packets of every given connection. Idempotent. */
@@ -209,7 +241,7 @@ export class NetworkLock {
         cmds.push(`add element inet ${LOCK_TABLE} released${f} { ${k} }`, `delete element inet ${LOCK_TABLE} released${f} { ${k} }`);
         cmds.push(`add element inet ${LOCK_TABLE} locked${f} { ${k} timeout ${this.lockTimeout}s comment "pid=${process.pid}" }`);
       }
-      await this.nft!.run(cmds.join('; '));
+      await (await this.session()).run(cmds.join('; '));
       return;
     }
     for (const c of conns) {
@@ -228,13 +260,14 @@ export class NetworkLock {
     if (conns.length === 0) return;
     if (this.backend === 'nft') {
       const add = conns.map((c) => `add element inet ${LOCK_TABLE} released${fam(c)} { ${keyText(c)} timeout ${this.releasedTimeout}s }`);
-      await this.nft!.run(add.join('; '));
+      const nft = await this.session();
+      await nft.run(add.join('; '));
       const del = conns.flatMap((c) => {
         const f = fam(c);
         const k = keyText(c);
         return [`add element inet ${LOCK_TABLE} locked${f} { ${k} }`, `delete element inet ${LOCK_TABLE} locked${f} { ${k} }`];
       });
-      const p = this.nft!.run(del.join('; '));
+      const p = nft.run(del.join('; '));
       p.catch(() => {
         /* reported by settle() */
       });

@@ -101,6 +101,14 @@ export function assertTcpSocket(fd: number): 4 | 6 {
   return domain === sock.AF_INET ? 4 : 6;
 }
 
+/**
+ * SO_REUSEADDR of sockets while they are in repair mode, by fd: entering
+ * repair sets sk_reuse to "force" and leaving it sets it to "off"
+ * (net/ipv4/tcp.c, TCP_REPAIR), so the owner's value is kept here between
+ * pause()/restore() and resume().
+ */
+const reuseWhileRepairing = new Map<number, boolean>();
+
 /** Step 1 of saving: TCP_REPAIR on. The socket stops sending anything. */
 export function pause(fd: number): void {
   assertTcpSocket(fd);
@@ -115,12 +123,17 @@ export function pause(fd: number): void {
       supported: [...SUPPORTED_STATES].map(tcpStateName),
     });
   }
+  const reuse = sysStep('SO_REUSEADDR', { fd }, () => sock.getsockoptInt(fd, sock.SOL_SOCKET, sock.SO_REUSEADDR));
   sysStep('TCP_REPAIR on', { fd }, () => sock.setTcpRepair(fd, 1));
+  reuseWhileRepairing.set(fd, reuse === 1);
 }
 
-/** Leaves repair mode (TCP_REPAIR = 0, with a window probe to the peer). */
+/** Leaves repair mode (TCP_REPAIR = 0, with a window probe to the peer) and puts SO_REUSEADDR back. */
 export function resume(fd: number): void {
   sysStep('TCP_REPAIR off', { fd }, () => sock.setTcpRepair(fd, 0));
+  const reuse = reuseWhileRepairing.get(fd);
+  reuseWhileRepairing.delete(fd);
+  if (reuse) sysStep('SO_REUSEADDR', { fd }, () => sock.setsockoptInt(fd, sock.SOL_SOCKET, sock.SO_REUSEADDR, 1));
 }
 
 /**
@@ -173,6 +186,7 @@ export function save(fd: number): TcpConnectionState {
     window,
     nodelay,
     cork,
+    reuseaddr: reuseWhileRepairing.get(fd) ?? false,
   };
 }
 
@@ -330,6 +344,7 @@ export function restoreOnto(fd: number, s: TcpConnectionState, opts: RestoreOpti
   }
   if (s.nodelay) sysStep('TCP_NODELAY', ev, () => sock.setsockoptInt(fd, sock.SOL_TCP, TCP_NODELAY, 1));
   if (s.cork) sysStep('TCP_CORK', ev, () => sock.setsockoptInt(fd, sock.SOL_TCP, TCP_CORK, 1));
+  reuseWhileRepairing.set(fd, s.reuseaddr ?? false);
   const got = sock.getTcpInfo(fd).state;
   if (got !== s.state) {
     throw new SoccrError('BAD_STATE', `restored socket is ${tcpStateName(got)}, expected ${tcpStateName(s.state)}`, { ...ev, got: tcpStateName(got) });

@@ -85,4 +85,11 @@ export interface TcpConnectionState {
   window?: sock.TcpRepairWindow;
   nodelay: boolean;
   cork: boolean;
+  /**
+   * SO_REUSEADDR before repair mode (repair forces it on, and leaving repair
+   * resets it to off, so it is carried here and put back by resume()).
+   * An accepted socket inherits it from its listener; without it a new
+   * listener on the same port (SO_REUSEPORT handover) fails with EADDRINUSE.
+   */
+  reuseaddr?: boolean;
 }

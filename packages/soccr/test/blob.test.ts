@@ -23,6 +23,7 @@ function sample(family: 4 | 6): TcpConnectionState {
     window: { sndWl1: 1, sndWnd: 2, maxWindow: 3, rcvWnd: 4, rcvWup: 5 },
     nodelay: true,
     cork: false,
+    reuseaddr: true,
   };
 }
 
