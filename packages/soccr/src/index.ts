@@ -6,3 +6,4 @@ export * from './network-lock.js';
 export * from './blob.js';
 export * from './net-socket.js';
 export * from './handoff.js';
+export * from './image-form.js';

@@ -11,6 +11,10 @@ import {
   TcpState,
   decodeState,
   encodeState,
+  decodeTcpStreamImage,
+  encodeTcpStreamImage,
+  fromImageForm,
+  toImageForm,
   pause,
   resume,
   restore,
@@ -111,12 +115,15 @@ async function drainServer(fd: number, want: number, ms = 5000): Promise<{ data:
 const state = (fd: number) => sock.getTcpInfo(fd).state;
 
 /** Pause + save + silent close + blob round trip + restore + unlock + resume. */
-async function moveConnection(fd: number, lock: NetworkLock, key: ConnectionKey): Promise<{ fd: number; saved: TcpConnectionState }> {
+async function moveConnection(fd: number, lock: NetworkLock, key: ConnectionKey, via: 'blob' | 'image' = 'blob'): Promise<{ fd: number; saved: TcpConnectionState }> {
   await lock.lock([key]);
   pause(fd);
   const saved = save(fd);
   sock.close(fd); // repair mode: no FIN, no RST
-  const again = decodeState(encodeState(saved));
+  const again =
+    via === 'blob'
+      ? decodeState(encodeState(saved))
+      : fromImageForm({ ...decodeTcpStreamImage(encodeTcpStreamImage(saved)), inetSk: toImageForm(saved).inetSk });
   const nfd = restore(again);
   await lock.unlock([key]);
   resume(nfd);
@@ -152,13 +159,14 @@ describe('soccr repair in one process', function () {
         await lock.unlock([p.key]);
       });
 
-      it('ESTABLISHED with data in both queues', async () => {
+      for (const via of ['blob', 'image'] as const)
+      it(`ESTABLISHED with data in both queues (through the ${via === 'blob' ? 'compact form' : 'CRIU image form'})`, async () => {
         const fromClient = createHash('sha512').update('c').digest();
         const toSend = Buffer.concat(Array.from({ length: 4096 }, () => fromClient)); // 256 KiB
         p.client.write(toSend);
         await sleep(20);
         const queued = fillFromServer(p.fd, 4 << 20);
-        const { fd, saved } = await moveConnection(p.fd, lock, p.key);
+        const { fd, saved } = await moveConnection(p.fd, lock, p.key, via);
         p.fd = fd;
         expect(saved.state).to.equal(TcpState.ESTABLISHED);
         expect(saved.recvQueue.length).to.be.greaterThan(0);
