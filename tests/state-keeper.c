@@ -87,6 +87,8 @@ int main(int argc, char **argv)
 		fprintf(stderr, "usage: %s REPORT_FILE WORK_DIR\n", argv[0]);
 		return 2;
 	}
+	/* Exactly the descriptors set up here, whatever the launcher leaked to us. */
+	close_range(3, ~0U, 0);
 	report_fd = open(argv[1], O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
 	if (report_fd < 0 || chdir(argv[2]) < 0)
 		return 3;

@@ -14,7 +14,7 @@ import { Injection, seizeSync, type PrepareOptions } from './injection.js';
 import { infectSync, type Blob, type Parasite } from './parasite.js';
 
 export { CompelError, type CompelErrorKind } from './errors.js';
-export { Injection, prepare, prepareSync, undoInterruptEintr, type PrepareOptions, type SeizedThread, type SavedState, type Gadgets } from './injection.js';
+export { Injection, prepare, prepareSync, undoInterruptEintr, type CureOptions, type PrepareOptions, type SeizedThread, type SavedState, type Gadgets } from './injection.js';
 export {
   Parasite, infectSync, loadParasiteBlob, compileBlob, nativeDir, buildSigframe, restartedRegs,
   type Blob, type LoadedBlob, type Sigaction, type Itimer, type PosixTimer, type TaskMisc,

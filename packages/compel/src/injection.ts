@@ -35,7 +35,7 @@ import {
   __WALL, asRemoteAddress, close, isSysError, O, open, pread, ptraceCont, ptraceDetach, ptraceGetRegs,
   ptraceGetRegset, ptraceGetSigmask, ptraceInterrupt, ptraceSeize, ptraceSetRegs, ptraceSetRegset,
   ptraceSetSigmask, ptraceSingleStep, pwrite, SIGNALS, SIGSET_ALL, SysError, syscallName, syscallNumber,
-  tgkill, wait4, NT, PTRACE_EVENT, MAP, PROT, signalName, type Fd, type Pid, type RemoteAddress,
+  tgkill, kill, wait4, NT, PTRACE_EVENT, MAP, PROT, signalName, type Fd, type Pid, type RemoteAddress,
   type SyscallName, type UserRegs, type WaitStatus, asPid,
 } from '@criu-ts/sys';
 import { CompelError } from './errors.js';
@@ -87,6 +87,11 @@ export interface SavedState {
   readonly regs: UserRegs;
   readonly xsave: Buffer;
   readonly sigmask: bigint;
+}
+
+export interface CureOptions {
+  /** Leave the task stopped (SIGSTOP delivered as we detach), as criu's --leave-stopped does. */
+  stop?: boolean;
 }
 
 export interface PrepareOptions {
@@ -464,7 +469,7 @@ export class Injection {
    * unmapped, registers, XSAVE state and signal mask of the worker put back, pending signals
    * re-queued, every thread detached (a task seized in group-stop goes back to it).
    */
-  cureSync(): void {
+  cureSync(options: CureOptions = {}): void {
     if (this.state === 'cured') return;
     const errors: unknown[] = [];
     for (const hook of this.cureHooks.splice(0)) {
@@ -500,6 +505,11 @@ export class Injection {
       try { close(this.memFd); } catch { /* nothing to do */ }
       this.memFd = null;
     }
+    if (options.stop) {
+      // Queued while every thread is still in a ptrace-stop and our code is gone: the group stop
+      // happens as soon as we detach, before the task runs a single instruction of its own.
+      try { kill(this.pid, SIGNALS.SIGSTOP); } catch (err) { errors.push(err); }
+    }
     for (const t of this.threads.values()) {
       try {
         // Signals we dequeued while seizing go back: the first through PTRACE_DETACH's signal
@@ -517,8 +527,8 @@ export class Injection {
     }
   }
 
-  async cure(): Promise<void> {
-    this.cureSync();
+  async cure(options: CureOptions = {}): Promise<void> {
+    this.cureSync(options);
   }
 }
 

@@ -92,10 +92,18 @@ export function xsaveFromFpregs(entry: FpregsEntry, template: Uint8Array): Buffe
   buf.writeUInt32LE(Number(entry.mxcsr_mask ?? 0), 28);
   ((entry.st_space as number[] | undefined) ?? []).slice(0, 32).forEach((w, i) => buf.writeUInt32LE(w >>> 0, 32 + i * 4));
   ((entry.xmm_space as number[] | undefined) ?? []).slice(0, 64).forEach((w, i) => buf.writeUInt32LE(w >>> 0, 160 + i * 4));
+  if (buf.length <= XSAVE_HEADER_OFFSET) return buf;
+  // x87 and SSE (bits 0, 1) are always taken from the legacy area just written: with a bit clear,
+  // XRSTOR would put the component in its init state and drop the xmm values (the template's
+  // bits only say whether the *template's* task happened to use SSE).
+  const LEGACY = 3n;
   const xsave = entry.xsave as Record<string, unknown> | undefined;
-  if (!xsave || buf.length <= XSAVE_HEADER_OFFSET) return buf;
+  if (!xsave) {
+    buf.writeBigUInt64LE(buf.readBigUInt64LE(XSAVE_HEADER_OFFSET) | LEGACY, XSAVE_HEADER_OFFSET);
+    return buf;
+  }
   const enabled = xstateXcr0(buf);
-  let bv = BigInt(xsave.xstate_bv as bigint);
+  let bv = BigInt(xsave.xstate_bv as bigint) | LEGACY;
   for (const c of COMPONENTS) {
     const words = xsave[c.field] as Array<number | bigint> | undefined;
     if (!words || c.offset + c.size > buf.length) continue;
@@ -105,7 +113,7 @@ export function xsaveFromFpregs(entry: FpregsEntry, template: Uint8Array): Buffe
     });
   }
   // Never claim components the kernel did not enable for this task: XRSTOR would fault.
-  bv &= enabled | 3n;
+  bv &= enabled | LEGACY;
   buf.writeBigUInt64LE(bv, XSAVE_HEADER_OFFSET);
   return buf;
 }

@@ -236,8 +236,8 @@ export function dumpSync(options: DumpOptions): DumpResult {
         /* the task is gone: what cure could not undo does not matter */
       }
     } else {
-      if (leave === 'stopped' && (core.tc as DecodedMessage).task_state !== TASK_STOPPED) kill(pid, 19 /* SIGSTOP, delivered at detach */);
-      victim.cureSync();
+      // A task that was stopped when seized goes back to its stop anyway.
+      victim.cureSync({ stop: leave === 'stopped' && (core.tc as DecodedMessage).task_state !== TASK_STOPPED });
     }
     cleanedUp = true;
     return {

@@ -12,7 +12,9 @@ export class ImageDir {
 
   constructor(readonly path: string) {
     this.createdDir = !existsSync(path);
-    if (this.createdDir) mkdirSync(path, { recursive: true, mode: 0o700 });
+    // Only the last component, as criu expects its parent to exist (and Node's recursive mkdir
+    // spins forever where mkdir answers ENOENT for an existing parent, as in /proc).
+    if (this.createdDir) mkdirSync(path, { mode: 0o700 });
     else if (!statSync(path).isDirectory()) throw new Error(`${path} is not a directory`);
     // Fail now, not after the task is frozen, when the directory is not writable.
     const probe = join(path, `.criu-ts-probe-${process.pid}`);

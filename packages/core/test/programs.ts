@@ -1,0 +1,85 @@
+// The small C programs from tests/ that the end-to-end tests checkpoint, and their cleanup.
+import { spawn } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { dumpSync, type DumpOptions } from '@criu-ts/core';
+import { asPid, prctl, wait4, WNOHANG } from '@criu-ts/sys';
+import { killQuietly, procState, sleepMs, waitFor } from './restore-helpers.js';
+
+const here = dirname(fileURLToPath(import.meta.url));
+export const TEST_BIN = resolve(here, '..', '..', '..', '..', 'tests', 'bin');
+const KEEPER = join(TEST_BIN, 'state-keeper');
+const PR_SET_CHILD_SUBREAPER = 36;
+
+/**
+ * Makes this process the subreaper of the programs the tests start: they are orphaned on purpose
+ * (see StateKeeper), and this machine's init does not reap, so dead ones would keep their PID.
+ */
+export function becomeSubreaper(on = true): void {
+  prctl(PR_SET_CHILD_SUBREAPER, on ? 1 : 0);
+}
+
+/** Reaps `pid` if it is a zombie child of ours. */
+export function reapIfOurs(pid: number): void {
+  try {
+    wait4(asPid(pid), WNOHANG);
+  } catch {
+    /* not ours */
+  }
+}
+
+/**
+ * A running tests/bin/state-keeper in its own session (a dump without --shell-job needs that),
+ * started through `setsid -f` so that it is not a child_process of ours: Node would otherwise
+ * keep a handle on its PID, reap ptrace stops meant for compel and, after a restore, the
+ * restored process (same PID) behind our back.
+ */
+export class StateKeeper {
+  readonly dir = mkdtempSync(join(tmpdir(), 'criu-ts-sk-'));
+  readonly report = join(this.dir, 'report');
+  readonly images = join(this.dir, 'images');
+  readonly pid: number;
+
+  constructor() {
+    if (!existsSync(KEEPER)) throw new Error(`${KEEPER} is missing: run npm run build`);
+    const child = spawn('setsid', ['-f', KEEPER, this.report, this.dir], { stdio: 'ignore', env: { ...process.env, STATE_KEEPER_ENV: 'kept' } });
+    child.unref();
+    waitFor('state-keeper to be ready', () => this.lines().some((l) => l.startsWith('ready')));
+    this.pid = Number(this.lines().find((l) => l.startsWith('ready'))!.split(' ')[1]);
+  }
+
+  lines(): string[] {
+    return existsSync(this.report) ? readFileSync(this.report, 'utf8').split('\n').filter(Boolean) : [];
+  }
+
+  /** SIGUSR1, then the program's report lines. */
+  check(): { failures: string[]; checks: string[] } {
+    const before = this.lines().length;
+    process.kill(this.pid, 'SIGUSR1');
+    waitFor('state-keeper to report', () => this.lines().slice(before).some((l) => l.startsWith('done')));
+    const lines = this.lines().slice(before);
+    return { failures: lines.filter((l) => l.startsWith('FAIL')), checks: lines.filter((l) => l.startsWith('ok')) };
+  }
+
+  /** Dumps into `images` (killing the task, as criu does by default) and waits until its PID is free. */
+  dump(options: Partial<DumpOptions> = {}): void {
+    rmSync(this.images, { recursive: true, force: true });
+    dumpSync({ pid: this.pid, imagesDir: this.images, ...options });
+    if ((options.leave ?? 'kill') !== 'kill') return;
+    waitFor('the dumped task to be gone', () => {
+      reapIfOurs(this.pid);
+      return !existsSync(`/proc/${this.pid}`);
+    });
+  }
+
+  cleanup(): void {
+    killQuietly(this.pid);
+    for (let i = 0; i < 200 && procState(this.pid) !== undefined; i++) {
+      reapIfOurs(this.pid);
+      sleepMs(5);
+    }
+    rmSync(this.dir, { recursive: true, force: true });
+  }
+}
