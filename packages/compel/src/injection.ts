@@ -319,17 +319,17 @@ export class Injection {
     return null;
   }
 
-  /** Waits (bounded by timeoutMs) for the worker's SIGTRAP stop; anything else is an error with evidence. */
-  private waitTrap(what: string, how: 'step' | 'cont'): WaitStatus {
+  /** Waits (bounded by timeoutMs) for the thread's SIGTRAP stop; anything else is an error with evidence. */
+  private waitTrap(what: string, how: 'step' | 'cont', tid: Pid = this.worker): WaitStatus {
     const deadline = Date.now() + this.timeoutMs;
     for (let spins = 0; ; spins++) {
-      const st = wait4(this.worker, __WALL | 1 /* WNOHANG */);
+      const st = wait4(tid, __WALL | 1 /* WNOHANG */);
       if (st.kind === 'none') {
         if (Date.now() > deadline) {
           // Take the task back (the call is interrupted: -EINTR or a restart code in RAX).
           try {
-            ptraceInterrupt(this.worker);
-            wait4(this.worker, __WALL);
+            ptraceInterrupt(tid);
+            wait4(tid, __WALL);
           } catch { /* gone */ }
           throw new CompelError('timeout', this.pid, `${what} did not return within ${this.timeoutMs} ms`);
         }
@@ -345,12 +345,12 @@ export class Injection {
       if (st.kind === 'stopped' && st.event === PTRACE_EVENT.STOP) {
         // A group-stop notification (someone sent SIGSTOP meanwhile): resume the same way.
         if (spins > 10_000) break;
-        if (how === 'step') ptraceSingleStep(this.worker);
-        else ptraceCont(this.worker);
+        if (how === 'step') ptraceSingleStep(tid);
+        else ptraceCont(tid);
         continue;
       }
       if (st.kind === 'stopped') {
-        const regs = ptraceGetRegs(this.worker);
+        const regs = ptraceGetRegs(tid);
         throw new CompelError('unexpected-stop', this.pid, `${what}: stopped by ${signalName(st.signal)} at rip 0x${regs.rip.toString(16)}`, {
           status: st, rip: regs.rip, rsp: regs.rsp, rax: regs.rax,
         });
@@ -380,6 +380,67 @@ export class Injection {
       throw new CompelError('unexpected-stop', this.pid, `remote ${name}: stopped at 0x${after.rip.toString(16)}, expected 0x${(gadget + 2n).toString(16)}`);
     }
     return BigInt.asIntN(64, after.rax);
+  }
+
+  /**
+   * Runs system call `nr` in seized thread `tid` (any thread of the task, the worker included)
+   * and returns RAX as a signed value (-errno on failure, never thrown). For what only the thread
+   * itself can tell or set: sigaltstack, prctl(PR_GET_TID_ADDRESS), its robust list, rseq...
+   *
+   * The thread's registers and signal mask are read before and put back after, orig_rax included,
+   * so a thread stopped inside an interrupted syscall restarts it on resume exactly as if nothing
+   * had run (see the module doc, steps 3 and 5). Every signal is blocked during the call, as for
+   * the worker. Precondition: the thread is in a ptrace-stop (for the worker: no parasite running).
+   */
+  syscallInThreadRawSync(tid: Pid, nameOrNr: SyscallName | number, ...args: Array<number | bigint>): bigint {
+    if (tid === this.worker) return this.syscallRawSync(nameOrNr, ...args);
+    if (this.state === 'cured') throw new CompelError('state', this.pid, 'syscall after cure');
+    if (!this.threads.has(tid)) throw new CompelError('state', this.pid, `thread ${tid} is not seized by this injection`);
+    if (args.length > 6) throw new RangeError('a syscall takes at most 6 arguments');
+    const nr = typeof nameOrNr === 'number' ? nameOrNr : syscallNumber(nameOrNr);
+    const name = typeof nameOrNr === 'string' ? nameOrNr : (syscallName(nr) ?? `syscall ${nr}`);
+    const gadget = this.findGadgets().syscall;
+    const a = args.map((x) => BigInt.asUintN(64, BigInt(x)));
+    const savedRegs = ptraceGetRegs(tid);
+    const savedMask = ptraceGetSigmask(tid);
+    ptraceSetSigmask(tid, SIGSET_ALL);
+    try {
+      ptraceSetRegs(tid, {
+        ...savedRegs,
+        rax: BigInt(nr), rdi: a[0] ?? 0n, rsi: a[1] ?? 0n, rdx: a[2] ?? 0n, r10: a[3] ?? 0n, r8: a[4] ?? 0n, r9: a[5] ?? 0n,
+        orig_rax: ORIG_RAX_NONE, rip: gadget, eflags: savedRegs.eflags & ~(EFLAGS_TF | EFLAGS_DF),
+      });
+      ptraceSingleStep(tid);
+      this.waitTrap(`remote ${name} in thread ${tid}`, 'step', tid);
+      const after = ptraceGetRegs(tid);
+      if (after.rip !== gadget + 2n) {
+        throw new CompelError('unexpected-stop', this.pid, `remote ${name} in thread ${tid}: stopped at 0x${after.rip.toString(16)}, expected 0x${(gadget + 2n).toString(16)}`);
+      }
+      return BigInt.asIntN(64, after.rax);
+    } finally {
+      try {
+        ptraceSetRegs(tid, savedRegs);
+        ptraceSetSigmask(tid, savedMask);
+      } catch { /* the thread died: nothing to put back */ }
+    }
+  }
+
+  /** Like syscallInThreadRawSync, but a -errno result throws SysError. */
+  syscallInThreadSync(tid: Pid, nameOrNr: SyscallName | number, ...args: Array<number | bigint>): bigint {
+    const r = this.syscallInThreadRawSync(tid, nameOrNr, ...args);
+    if (r < 0n && r >= -4095n) {
+      const name = typeof nameOrNr === 'string' ? nameOrNr : (syscallName(nameOrNr) ?? `syscall ${nameOrNr}`);
+      throw new SysError(name, Number(-r), `remote, in thread ${tid} of pid ${this.pid}`);
+    }
+    return r;
+  }
+
+  /**
+   * @internal A thread that arrived traced and stopped (PTRACE_EVENT_CLONE of a traced task):
+   * remote calls may run in it, and cure detaches it with the others.
+   */
+  adoptThread(tid: Pid): void {
+    (this.threads as Map<Pid, SeizedThread>).set(tid, { tid, groupStop: 0, pendingSignals: [] });
   }
 
   /** Like syscallRawSync, but a -errno result throws SysError (`syscall` names the remote call). */

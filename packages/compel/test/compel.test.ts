@@ -209,6 +209,29 @@ describe('@criu-ts/compel', function () {
       expect(await v.waitLine(/data$/)).to.equal('ok data');
     });
 
+    it('a remote syscall in a non-worker thread runs there; the thread blocked in FUTEX_WAIT restarts it afterwards', async () => {
+      const v = await Victim.start('futex');
+      await new Promise((r) => setTimeout(r, 50));
+      const victim = injectSync(v.pid);
+      let others: number[];
+      try {
+        expect(victim.threads.size).to.equal(2);
+        others = [...victim.threads.keys()].filter((t) => t !== v.pid);
+        for (const tid of victim.threads.keys()) {
+          // gettid answers the tid of the thread that ran it.
+          expect(Number(victim.syscallInThreadRawSync(tid, 'gettid'))).to.equal(tid);
+        }
+        const before = ptraceGetRegs(others[0]! as never);
+        expect(victim.syscallInThreadRawSync(others[0]! as never, 'close', -1)).to.equal(-9n); // -EBADF
+        expect(ptraceGetRegs(others[0]! as never)).to.deep.equal(before);
+      } finally {
+        victim.cureSync();
+      }
+      await new Promise((r) => setTimeout(r, 100));
+      v.send('wake');
+      expect(await v.waitLine(/^woke /)).to.equal('woke rc=0 errno=0 word=1');
+    });
+
     it('blocked in epoll_wait(): no spurious EINTR', async () => {
       const v = await Victim.start('epoll');
       await new Promise((r) => setTimeout(r, 50));
