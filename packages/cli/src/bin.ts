@@ -2,4 +2,4 @@
 // The `criu-ts` executable.
 import { run } from './main.js';
 
-process.exitCode = run(process.argv.slice(2));
+process.exitCode = await run(process.argv.slice(2));

@@ -1,11 +1,21 @@
 // criu-ts: the command line. Subcommands follow criu's and crit's names and options.
+import { DumpError, RestoreError } from '@criu-ts/core';
 import { ImageFormatError } from '@criu-ts/images';
 import { processIo, UsageError, type CommandIo } from './commands/command-io.js';
 import { IMAGE_TOOL_COMMANDS, runImageTool } from './commands/image-tool.js';
+import { runDump, runRestore } from './commands/checkpoint.js';
+import { runCheck } from './commands/check.js';
+import { runDemo } from './commands/demo.js';
 
 const VERSION = '0.1.0';
 
 const USAGE = `usage: criu-ts COMMAND [options]
+
+Checkpoint/restore (as criu):
+  dump      checkpoint a process into an images directory (-t PID -D DIR)
+  restore   restore a process from an images directory (-D DIR)
+  check     check that this machine has what criu-ts needs
+  demo      checkpoint and restore a counting program, start to end
 
 Image commands (as crit):
   decode    convert an image from binary to JSON
@@ -18,7 +28,7 @@ Run 'criu-ts COMMAND --help' for a command's options.
 `;
 
 /** Runs one command line; returns the exit status. Errors are reported on `io`, never thrown. */
-export function run(argv: string[], io: CommandIo = processIo): number {
+export async function run(argv: string[], io: CommandIo = processIo): Promise<number> {
   const [command, ...rest] = argv;
   try {
     if (command === undefined || command === '-h' || command === '--help') {
@@ -30,6 +40,10 @@ export function run(argv: string[], io: CommandIo = processIo): number {
       return 0;
     }
     if (IMAGE_TOOL_COMMANDS.includes(command)) return runImageTool(command, rest, io);
+    if (command === 'dump') return runDump(rest, io);
+    if (command === 'restore') return await runRestore(rest, io);
+    if (command === 'check') return runCheck(rest, io);
+    if (command === 'demo') return runDemo(rest, io);
     throw new UsageError(`unknown command '${command}'`, USAGE);
   } catch (error) {
     return report(error, io);
@@ -42,7 +56,7 @@ function report(error: unknown, io: CommandIo): number {
     io.error(`criu-ts: error: ${error.message}`);
     return 2;
   }
-  if (error instanceof ImageFormatError) {
+  if (error instanceof ImageFormatError || error instanceof DumpError || error instanceof RestoreError) {
     io.error(`Error: ${error.message}`);
     return 1;
   }

@@ -23,7 +23,7 @@
  */
 import { execFileSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
-import { resolve } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import {
   accept4, AF_UNIX, bind, close, F, fcntl, ftruncate, listen, O, open, pipe2, pwrite, recvmsg, sendmsg,
@@ -48,9 +48,21 @@ export interface Blob {
   size: number;
 }
 
-/** Where native/build lives (overridable for installed packages with CRIU_TS_NATIVE_DIR). */
+/**
+ * Where native/ (and its build/) lives: CRIU_TS_NATIVE_DIR if set, else the first native/ with a
+ * Makefile found walking up from this module. Walking up, not a fixed relative path, because the
+ * same code runs from packages/compel/dist/src and from the bundled criu-ts command.
+ */
 export function nativeDir(): string {
-  return process.env.CRIU_TS_NATIVE_DIR ?? fileURLToPath(new URL('../../../../native/', import.meta.url));
+  if (process.env.CRIU_TS_NATIVE_DIR) return process.env.CRIU_TS_NATIVE_DIR;
+  let dir = dirname(fileURLToPath(import.meta.url));
+  for (let level = 0; level < 8; level++) {
+    if (existsSync(join(dir, 'native', 'Makefile'))) return join(dir, 'native') + '/';
+    const parent = dirname(dir);
+    if (parent === dir) break;
+    dir = parent;
+  }
+  return fileURLToPath(new URL('../../../../native/', import.meta.url));
 }
 
 /** Loads native/build/parasite.bin and its symbol offsets (built by `npm run build`). */

@@ -12,6 +12,8 @@ export interface CommandIo {
   /** A line to standard error. */
   error(text: string): void;
   readStdin(): Uint8Array;
+  /** Whether standard error is a terminal (progress and summaries only go to terminals). */
+  isTty?(): boolean;
 }
 
 /** A wrong command line: reported with the command's usage, exit status 2 like argparse. */
@@ -45,4 +47,5 @@ export const processIo: CommandIo = {
   print: (text) => writeAll(1, Buffer.from(text.endsWith('\n') ? text : text + '\n')),
   error: (text) => writeAll(2, Buffer.from(text.endsWith('\n') ? text : text + '\n')),
   readStdin: () => readFileSync(0),
+  isTty: () => process.stderr.isTTY === true,
 };

@@ -1,0 +1,113 @@
+// `criu-ts dump` and `criu-ts restore`, with criu's options, exit codes and Error log lines.
+import { closeSync, existsSync, mkdirSync, writeSync } from 'node:fs';
+import { resolve } from 'node:path';
+import { DumpError, RestoreError, dumpSync, restore } from '@criu-ts/core';
+import { UsageError, type CommandIo } from './command-io.js';
+import { parseCriuOptions, parseSize, optionsHelp, type ParsedCriuOptions } from './criu-options.js';
+import { Log } from './log.js';
+
+const COMMON = ['images-dir', 'work-dir', 'log-file', 'verbosity', 'shell-job', 'timeout', 'no-default-config', 'manage-cgroups', 'help'];
+
+const DUMP_HELP = `usage: criu-ts dump -t PID [-D DIR] [options]
+
+Checkpoint the process PID into CRIU images in DIR. By default the process is killed once the
+images are complete (as criu does); -R leaves it running, -s leaves it stopped.
+
+options:
+${optionsHelp(['tree', ...COMMON, 'leave-running', 'leave-stopped', 'ghost-limit', 'tcp-established', 'ext-unix-sk', 'file-locks', 'link-remap', 'track-mem', 'prev-images-dir'])}
+`;
+
+const RESTORE_HELP = `usage: criu-ts restore [-D DIR] [options]
+
+Restore the process saved in DIR with its PID. Without -d, criu-ts waits for the restored
+process and exits with its status; with -d it returns once the process runs.
+
+options:
+${optionsHelp([...COMMON, 'restore-detached', 'pidfile', 'status-fd', 'tcp-established', 'ext-unix-sk', 'file-locks'])}
+`;
+
+function value(parsed: ParsedCriuOptions, name: string): string | undefined {
+  const v = parsed.values.get(name);
+  return v === true ? undefined : v;
+}
+
+function common(parsed: ParsedCriuOptions, io: CommandIo): { imagesDir: string; log: Log; timeoutMs: number | undefined } {
+  const imagesDir = resolve(value(parsed, 'images-dir') ?? '.');
+  const workDir = resolve(value(parsed, 'work-dir') ?? imagesDir);
+  // The log goes into the work directory, so it must exist before the dump makes the images
+  // directory: create it (only its last component, 0700) as the dump would.
+  if (!existsSync(workDir)) mkdirSync(workDir, { mode: 0o700 });
+  const timeout = value(parsed, 'timeout');
+  if (timeout !== undefined && !/^\d+$/.test(timeout)) throw new UsageError(`--timeout takes seconds, not ${JSON.stringify(timeout)}`, '');
+  return { imagesDir, log: new Log(io, parsed.verbosity, value(parsed, 'log-file'), workDir), timeoutMs: timeout === undefined ? undefined : Number(timeout) * 1000 };
+}
+
+export function runDump(argv: string[], io: CommandIo): number {
+  const parsed = parseCriuOptions('dump', argv, DUMP_HELP);
+  if (parsed.values.has('help')) return io.print(DUMP_HELP), 0;
+  if (parsed.positionals.length > 0) throw new UsageError(`dump: unexpected argument ${parsed.positionals[0]}`, DUMP_HELP);
+  const tree = value(parsed, 'tree');
+  if (tree === undefined || !/^\d+$/.test(tree)) throw new UsageError('dump: -t/--tree PID is required', DUMP_HELP);
+  if (parsed.values.has('leave-running') && parsed.values.has('leave-stopped')) throw new UsageError('dump: -R and -s exclude each other', DUMP_HELP);
+  const ghost = value(parsed, 'ghost-limit');
+  const { imagesDir, log } = common(parsed, io);
+  try {
+    log.info(`Dumping process ${tree} into ${imagesDir}`);
+    const result = dumpSync({
+      pid: Number(tree),
+      imagesDir,
+      leave: parsed.values.has('leave-running') ? 'running' : parsed.values.has('leave-stopped') ? 'stopped' : 'kill',
+      shellJob: parsed.values.has('shell-job'),
+      ...(ghost !== undefined ? { ghostLimit: parseSize(ghost, '--ghost-limit', DUMP_HELP) } : {}),
+    });
+    log.info(`Dumped ${result.pagesWritten} pages; frozen for ${(result.frozenTime / 1000).toFixed(1)} ms`);
+    log.info('Dumping finished successfully');
+    if (io.isTty?.()) io.error(`criu-ts: dumped ${tree}: ${result.images.length} images, ${(result.pagesWritten * 4096 / 1048576).toFixed(1)} MiB of pages, frozen ${(result.frozenTime / 1000).toFixed(1)} ms`);
+    return 0;
+  } catch (error) {
+    log.error(error instanceof DumpError ? error.message : `dump failed: ${(error as Error).message}`);
+    log.error('Dumping FAILED.');
+    return 1;
+  } finally {
+    log.close();
+  }
+}
+
+export async function runRestore(argv: string[], io: CommandIo): Promise<number> {
+  const parsed = parseCriuOptions('restore', argv, RESTORE_HELP);
+  if (parsed.values.has('help')) return io.print(RESTORE_HELP), 0;
+  if (parsed.positionals.length > 0) throw new UsageError(`restore: unexpected argument ${parsed.positionals[0]}`, RESTORE_HELP);
+  const statusFd = value(parsed, 'status-fd');
+  if (statusFd !== undefined && !/^\d+$/.test(statusFd)) throw new UsageError('restore: --status-fd takes a file descriptor number', RESTORE_HELP);
+  const { imagesDir, log, timeoutMs } = common(parsed, io);
+  const pidfile = value(parsed, 'pidfile');
+  try {
+    log.info(`Restoring from ${imagesDir}`);
+    const result = await restore({
+      imagesDir,
+      detached: parsed.values.has('restore-detached'),
+      shellJob: parsed.values.has('shell-job'),
+      ...(pidfile !== undefined ? { pidfile: resolve(value(parsed, 'work-dir') ?? imagesDir, pidfile) } : {}),
+      ...(timeoutMs !== undefined ? { timeoutMs } : {}),
+      onRunning: (pid) => {
+        log.info(`Restored process ${pid} runs`);
+        if (statusFd !== undefined) {
+          // criu's --status-fd: one zero byte once the restored tree runs, then the fd is closed.
+          writeSync(Number(statusFd), Buffer.from([0]));
+          closeSync(Number(statusFd));
+        }
+      },
+    });
+    for (const warning of result.warnings) log.warn(warning);
+    log.info('Restore finished successfully');
+    if (result.detached || !result.exit) return 0;
+    // Not detached: exit as the restored process did (128 + signal for a kill, as shells do).
+    return result.exit.code ?? 128 + (result.exit.signal ?? 0);
+  } catch (error) {
+    log.error(error instanceof RestoreError ? error.message : `restore failed: ${(error as Error).message}`);
+    log.error('Restoring FAILED.');
+    return 1;
+  } finally {
+    log.close();
+  }
+}

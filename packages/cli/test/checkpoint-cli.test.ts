@@ -1,0 +1,88 @@
+// criu-ts dump / restore / check / demo as commands, on real processes (root, as in CI).
+import { expect } from 'chai';
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+// The test programs of @criu-ts/core (tests/bin/state-keeper and its helpers), shared by the packages' tests.
+import { StateKeeper, becomeSubreaper, reapIfOurs } from '@criu-ts/core/testing';
+
+const here = dirname(fileURLToPath(import.meta.url));
+const BIN = resolve(here, '..', '..', 'dist', 'criu-ts.mjs');
+const isRoot = () => process.getuid?.() === 0;
+
+function criuTs(...args: string[]) {
+  return spawnSync(process.execPath, [BIN, ...args], { encoding: 'utf8', timeout: 60_000 });
+}
+
+describe('cli: dump, restore, check, demo', function () {
+  this.timeout(120_000);
+  let keeper: StateKeeper | undefined;
+  before(function () {
+    if (!isRoot()) this.skip(); // stated reason: checkpointing another process needs root here
+    becomeSubreaper();
+  });
+  after(() => {
+    if (isRoot()) becomeSubreaper(false);
+  });
+  afterEach(() => {
+    keeper?.cleanup();
+    keeper = undefined;
+  });
+
+  it('dump -t PID -D DIR -o dump.log -v4, then restore -d --pidfile: same PID, the program passes its checks', function () {
+    keeper = new StateKeeper();
+    const pid = keeper.pid;
+    const d = criuTs('dump', '-t', String(pid), '-D', keeper.images, '-o', 'dump.log', '-v4');
+    expect(d.status, d.stderr).to.equal(0);
+    expect(readFileSync(join(keeper.images, 'dump.log'), 'utf8')).to.match(/Dumping finished successfully/);
+    for (let i = 0; i < 400 && existsSync(`/proc/${pid}`); i++) {
+      reapIfOurs(pid);
+      spawnSync('sleep', ['0.01']);
+    }
+    expect(existsSync(`/proc/${pid}`), 'the dumped task is gone').to.equal(false);
+    const r = criuTs('restore', '-d', '-D', keeper.images, '--pidfile', 'restored.pid');
+    expect(r.status, r.stderr).to.equal(0);
+    expect(readFileSync(join(keeper.images, 'restored.pid'), 'utf8').trim()).to.equal(String(pid));
+    const { failures, checks } = keeper.check();
+    expect(failures).to.deep.equal([]);
+    expect(checks.length).to.be.greaterThan(15);
+  });
+
+  it('dump -R leaves the task running; errors go to stderr with Error lines and exit 1', function () {
+    keeper = new StateKeeper();
+    const ok = criuTs('dump', '--tree', String(keeper.pid), '--images-dir', keeper.images, '--leave-running');
+    expect(ok.status, ok.stderr).to.equal(0);
+    expect(keeper.check().failures).to.deep.equal([]);
+    const missing = criuTs('dump', '-t', '99999999', '-D', join(keeper.dir, 'x'));
+    expect(missing.status).to.equal(1);
+    expect(missing.stderr).to.match(/Error: dump of 99999999 failed at check-options: no process/);
+    const noImages = criuTs('restore', '-D', join(keeper.dir, 'nothing-here'));
+    expect(noImages.status).to.equal(1);
+    expect(noImages.stderr).to.match(/Error/);
+    const unsupported = criuTs('dump', '-t', String(keeper.pid), '--tcp-established');
+    expect(unsupported.status).to.equal(2);
+    expect(unsupported.stderr).to.match(/--tcp-established is not supported yet/);
+  });
+
+  it('check lists every feature; --feature exits 0 or 1', function () {
+    const all = criuTs('check');
+    expect(all.stdout).to.match(/^ok\s+ptrace/m);
+    expect(all.stdout).to.match(/mm_map/);
+    expect(criuTs('check', '--feature', 'memfd').status).to.equal(0);
+    expect(criuTs('check', '--feature', 'no-such-thing').status).to.equal(2);
+    expect(criuTs('check', '--faults').stdout).to.match(/dump:after-parasite/);
+  });
+
+  it('demo: the counting program comes back with the same PID and counts on', function () {
+    const dir = mkdtempSync(join(tmpdir(), 'criu-ts-demo-test-'));
+    try {
+      const demo = spawnSync(process.execPath, [BIN, 'demo'], { encoding: 'utf8', timeout: 90_000, env: { ...process.env, TMPDIR: dir } });
+      expect(demo.status, demo.stdout + demo.stderr).to.equal(0);
+      expect(demo.stdout).to.match(/it counted on from \d+ with the same pid and intact memory/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
