@@ -2,11 +2,14 @@
 //
 // The stages, in order (each failure names its stage; `rollback` is the one place that undoes):
 //
-//   check-options  the pid exists, is not us, is a single-threaded process without children
+//   check-options  the pid exists, is not us, is a process without children (threads are fine)
 //   prepare-dir    the images directory exists (created 0700) and is writable
-//   freeze         compel seizes every thread (PTRACE_SEIZE + INTERRUPT)
-//   infect         the parasite is loaded into the task
-//   collect        registers, signals, timers, creds, VMAs, files, cwd/root... into image entries
+//   freeze         compel seizes every thread (PTRACE_SEIZE + INTERRUPT); then, while every
+//                  thread is still in its ptrace-stop, each thread's registers, xsave, mask,
+//                  TLS, rseq and private signals (ptrace) and what only it can tell
+//                  (sigaltstack, clear_child_tid...: remote syscalls run in that thread)
+//   infect         the parasite is loaded into the task (it runs in the leader)
+//   collect        signals, timers, creds, VMAs, files, cwd/root... into image entries
 //   memory         pages found through /proc/PID/pagemap, moved by vmsplice + splice to pages-N.img
 //   write-images   every image but inventory, 0600, fsync'ed
 //   finish         inventory.img last (only now does the directory look like a complete dump),
@@ -19,14 +22,18 @@ import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
 import { injectSync, type Victim } from '@criu-ts/compel';
 import type { DecodedMessage } from '@criu-ts/images';
-import { asFd, asPid, kcmp, kill, close as closeFd, type Pid } from '@criu-ts/sys';
+import {
+  asFd, asPid, kcmp, kill, close as closeFd, ptraceGetRegs, ptraceGetRegset, ptraceGetSigmask, NT, type Pid,
+} from '@criu-ts/sys';
 import { DumpError, type DumpStage } from '../errors.js';
 import { readAuxv, readLink, readStat } from '../proc/task-files.js';
 import { readSmaps } from '../proc/smaps.js';
 import { FileTable, readGhostContents, UnsupportedFileError } from './files.js';
 import { ImageDir } from './image-dir.js';
 import { describeVmas, pagemapEntries, scanPages, writePages, type DumpVma } from './memory.js';
-import { buildCoreEntry, collectPtraceState, TASK_STOPPED } from './task-core.js';
+import {
+  buildCoreEntry, buildThreadCoreEntry, collectPtraceState, collectThreadOwnState, TASK_STOPPED, type TaskSnapshot,
+} from './task-core.js';
 
 export interface DumpOptions {
   /** The task to dump (criu's -t/--tree). */
@@ -93,8 +100,6 @@ export function dumpSync(options: DumpOptions): DumpResult {
   if (pidNumber === process.pid) fail('criu-ts cannot dump itself');
   if (!existsSync(`/proc/${pidNumber}`)) fail(`no process ${pidNumber}`);
   const pid = asPid(pidNumber);
-  const threads = readdirSync(`/proc/${pid}/task`);
-  if (threads.length !== 1) fail(`process ${pid} has ${threads.length} threads; multi-threaded dumps are not supported yet`);
   const children = readdirSync(`/proc/${pid}/task`).flatMap((t) => readTextSafe(`/proc/${pid}/task/${t}/children`).split(/\s+/).filter(Boolean));
   if (children.length > 0) fail(`process ${pid} has children (${children.join(', ')}); process trees are not supported yet`);
   const stat = readStat(pid);
@@ -141,12 +146,11 @@ export function dumpSync(options: DumpOptions): DumpResult {
     const freezeStart = performance.now();
     victim = injectSync(pid);
     const freezingTime = Math.round((performance.now() - freezeStart) * 1000);
-    if (victim.threads.size !== 1) fail(`process ${pid} has ${victim.threads.size} threads; multi-threaded dumps are not supported yet`);
     fault('after-freeze');
     const stopped = victim.wasStopped;
-    // The memory map is read before the parasite adds its own mappings to it.
+    // The memory map is read before the parasite (or our scratch page) adds mappings to it.
     const procVmas = readSmaps(pid);
-    const ptraceState = collectPtraceState(pid);
+    const threads = threadSnapshots(victim, pid, stopped);
     // So are the descriptors: the parasite adds its socket and pipe to the table.
     const taskFds = readdirSync(`/proc/${pid}/fd`).map(Number).sort((a, b) => a - b);
 
@@ -161,7 +165,8 @@ export function dumpSync(options: DumpOptions): DumpResult {
     const exePath = readLink(pid, 'exe').replace(/ \(deleted\)$/, '');
     const exeId = files.mappedFile(exePath, 0, `/proc/${pid}/exe`);
     const vmas = describeVmas(pid, procVmas, files);
-    const { core, misc } = buildCoreEntry({ pid, tid: pid, regs: victim.saved.regs, xsave: victim.saved.xsave, sigmask: victim.saved.sigmask, stopped, ptrace: ptraceState }, parasite);
+    const { core, misc } = buildCoreEntry(threads[0]!, parasite);
+    const threadCores = threads.slice(1).map((t) => ({ tid: t.tid, core: buildThreadCoreEntry(t) }));
     const mm = mmEntry(pid, exeId, vmas, Number(misc.dumpable));
 
     // ---- files
@@ -193,6 +198,7 @@ export function dumpSync(options: DumpOptions): DumpResult {
     const ids: DecodedMessage = { vm_id: 1, files_id: 1, fs_id: 1, sighand_id: 1, ...namespaceIds(pid) };
     dir.writeImage(`pagemap-${pid}.img`, [{ pages_id: 1 }, ...pagemapEntries(runs)]);
     dir.writeImage(`core-${pid}.img`, [core]);
+    for (const t of threadCores) dir.writeImage(`core-${t.tid}.img`, [t.core]);
     dir.writeImage(`mm-${pid}.img`, [mm]);
     dir.writeImage(`fs-${pid}.img`, [fs]);
     dir.writeImage(`ids-${pid}.img`, [ids]);
@@ -202,7 +208,7 @@ export function dumpSync(options: DumpOptions): DumpResult {
       dir.writeImage(`ghost-file-${ghost.id.toString(16)}.img`, [{ message: ghost.entry, payload: { type: 'bytes', bytes: readGhostContents(ghost) } }]);
     }
     dir.writeImage('files.img', files.files);
-    dir.writeImage('pstree.img', [{ pid, ppid: 0, pgid, sid, threads: [pid] }]);
+    dir.writeImage('pstree.img', [{ pid, ppid: 0, pgid, sid, threads: threads.map((t) => t.tid) }]);
     dir.writeImage('seccomp.img', [{}]);
     const frozenTime = Math.round((performance.now() - frozenAt) * 1000);
     dir.writeImage('stats-dump', [
@@ -246,6 +252,36 @@ export function dumpSync(options: DumpOptions): DumpResult {
     };
   } catch (error) {
     return rollback(error);
+  }
+}
+
+/**
+ * Every thread's state that must be read while all threads are in their ptrace-stop, before the
+ * parasite runs: registers, XSAVE area and blocked mask (PTRACE_GETREGS/GETREGSET/GETSIGMASK; the
+ * worker's as compel saved them before its first remote call), TLS, rseq and pending signals
+ * (ptrace requests that answer ESRCH while the parasite runs in that thread), and what only the
+ * thread can tell (remote syscalls run in it, with a scratch page mapped for their answers and
+ * unmapped again). The leader comes first, then the other threads by TID, as pstree lists them.
+ */
+function threadSnapshots(victim: Victim, pid: Pid, stopped: boolean): TaskSnapshot[] {
+  const tids = [...victim.threads.keys()].sort((a, b) => (a === pid ? -1 : b === pid ? 1 : a - b));
+  if (tids[0] !== pid) {
+    throw new Error(`the thread group leader ${pid} is gone (a zombie leader with live threads is not supported yet)`);
+  }
+  const scratch = victim.mapSync(4096);
+  try {
+    return tids.map((tid) => {
+      const own = collectThreadOwnState(victim, tid, scratch);
+      const worker = tid === victim.worker;
+      return {
+        pid, tid, stopped, own, ptrace: collectPtraceState(tid),
+        regs: worker ? victim.saved.regs : ptraceGetRegs(tid),
+        xsave: worker ? victim.saved.xsave : ptraceGetRegset(tid, NT.X86_XSTATE),
+        sigmask: worker ? victim.saved.sigmask : ptraceGetSigmask(tid),
+      };
+    });
+  } finally {
+    victim.unmapSync(scratch);
   }
 }
 

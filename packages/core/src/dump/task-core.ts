@@ -1,15 +1,17 @@
-// core-PID.img for a thread: registers and FPU state, TLS, the task-wide state (signal
-// handlers, itimers, rlimits, personality, comm...) and the per-thread state (credentials,
-// sigaltstack, robust futex list, rseq, scheduling, pending signals).
+// core-TID.img for every thread: registers and FPU state, TLS, and the per-thread state
+// (credentials, sigaltstack, blocked mask, robust futex list, rseq, scheduling, pending signals,
+// clear_child_tid); the leader's core-PID.img also holds the task-wide state (signal handlers,
+// itimers, rlimits, personality, shared pending signals...).
 //
-// Sources: registers and the signal mask as compel saved them when it seized the thread (so they
-// are the task's own, not what our remote calls left); what only the task can tell (sigactions,
-// itimers, sigaltstack, clear_child_tid, dumpable...) from the parasite; the rest from /proc and
-// from ptrace requests that read another thread's state.
+// Sources: registers and the signal mask as ptrace read them right after the freeze (so they are
+// the thread's own, not what our remote calls left); what only the task can tell (sigactions,
+// itimers, dumpable...) from the parasite; what only each thread can tell (sigaltstack,
+// clear_child_tid, pdeath signal, securebits) from remote syscalls run in that thread; the rest
+// from /proc and from ptrace requests that read another thread's state.
 import type { DecodedMessage } from '@criu-ts/images';
-import type { Parasite, Sigaction, TaskMisc, Itimer } from '@criu-ts/compel';
+import { undoInterruptEintr, type Injection, type Parasite, type Sigaction, type TaskMisc, type Itimer } from '@criu-ts/compel';
 import {
-  ptracePeekSiginfo, ptraceRaw, syscall, SIGINFO_SIZE, type Pid, type UserRegs,
+  ptracePeekSiginfo, ptraceRaw, syscall, SIGINFO_SIZE, type Pid, type RemoteAddress, type SyscallName, type UserRegs,
 } from '@criu-ts/sys';
 import { fpregsFromXsave } from '../arch/x86-fpu.js';
 import { capabilityWords, readLimits, readStat, readStatus, readText } from '../proc/task-files.js';
@@ -97,7 +99,7 @@ function sigactionEntries(actions: readonly Sigaction[]): DecodedMessage[] {
     .map((a) => ({ sigaction: a.handler, flags: a.flags, restorer: a.restorer, mask: a.mask, compat_sigaction: false }));
 }
 
-function credsEntry(pid: number, tid: number, misc: TaskMisc, securebits: number): DecodedMessage {
+function credsEntry(pid: number, tid: number, noNewPrivs: boolean, securebits: number): DecodedMessage {
   const status = readStatus(pid, tid);
   const ids = (key: string) => (status.get(key) ?? '0 0 0 0').split(/\s+/).map(Number);
   const [uid, euid, suid, fsuid] = ids('Uid');
@@ -113,7 +115,7 @@ function credsEntry(pid: number, tid: number, misc: TaskMisc, securebits: number
     cap_amb: capabilityWords(status.get('CapAmb') ?? '0'),
   };
   if (groups.length > 0) creds.groups = groups;
-  if (misc.no_new_privs !== 0n) creds.no_new_privs = true;
+  if (noNewPrivs) creds.no_new_privs = true;
   return creds;
 }
 
@@ -132,6 +134,51 @@ export function collectPtraceState(tid: Pid): PtraceState {
   return { tls: tlsEntries(tid), rseq: rseqEntry(tid), privateSignals: pendingSignals(tid, false), sharedSignals: pendingSignals(tid, true) };
 }
 
+/**
+ * What only the thread itself can tell (no ptrace request and no /proc file exposes it): its
+ * sigaltstack, its clear_child_tid (set_tid_address / CLONE_CHILD_CLEARTID, which pthread_join
+ * relies on), its parent-death signal, its securebits and no_new_privs (both per thread: they
+ * live in the thread's cred and task flags).
+ */
+export interface ThreadOwnState {
+  readonly altstackSp: bigint;
+  readonly altstackFlags: number;
+  readonly altstackSize: bigint;
+  readonly clearChildTid: bigint;
+  readonly pdeathSig: number;
+  readonly securebits: number;
+  readonly noNewPrivs: boolean;
+}
+
+const PR_GET_PDEATHSIG = 2;
+const PR_GET_SECUREBITS = 27;
+const PR_GET_NO_NEW_PRIVS = 39;
+const PR_GET_TID_ADDRESS = 40;
+
+/**
+ * Asks thread `tid` itself, with remote syscalls run in that thread (compel's
+ * syscallInThreadRawSync). `scratch` is 64 writable bytes in the task. Precondition: every thread
+ * in a ptrace-stop and no parasite running.
+ */
+export function collectThreadOwnState(victim: Injection, tid: Pid, scratch: RemoteAddress): ThreadOwnState {
+  const call = (what: string, name: SyscallName, ...args: Array<number | bigint>): bigint => {
+    const rc = victim.syscallInThreadRawSync(tid, name, ...args);
+    if (rc < 0n && rc >= -4095n) throw new Error(`${what} in thread ${tid} failed with errno ${-rc}`);
+    return rc;
+  };
+  // stack_t: ss_sp (8), int ss_flags (+4 padding), ss_size (8); then the tid address, the signal.
+  call('sigaltstack', 'sigaltstack', 0, scratch);
+  call('prctl(PR_GET_TID_ADDRESS)', 'prctl', PR_GET_TID_ADDRESS, scratch + 32n, 0, 0, 0);
+  call('prctl(PR_GET_PDEATHSIG)', 'prctl', PR_GET_PDEATHSIG, scratch + 40n, 0, 0, 0);
+  const securebits = Number(call('prctl(PR_GET_SECUREBITS)', 'prctl', PR_GET_SECUREBITS, 0, 0, 0, 0));
+  const noNewPrivs = call('prctl(PR_GET_NO_NEW_PRIVS)', 'prctl', PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) !== 0n;
+  const mem = victim.readMemorySync(scratch, 48);
+  return {
+    altstackSp: mem.readBigUInt64LE(0), altstackFlags: mem.readInt32LE(8), altstackSize: mem.readBigUInt64LE(16),
+    clearChildTid: mem.readBigUInt64LE(32), pdeathSig: mem.readInt32LE(40), securebits, noNewPrivs,
+  };
+}
+
 export interface TaskSnapshot {
   readonly pid: Pid;
   readonly tid: Pid;
@@ -140,17 +187,12 @@ export interface TaskSnapshot {
   readonly sigmask: bigint;
   readonly stopped: boolean;
   readonly ptrace: PtraceState;
+  readonly own: ThreadOwnState;
 }
 
-/** The whole core_entry of a single-threaded task (thread == task leader). */
-export function buildCoreEntry(task: TaskSnapshot, parasite: Parasite): { core: DecodedMessage; misc: TaskMisc } {
-  const { pid, tid } = task;
-  const misc = parasite.dumpMisc();
-  const sigactions = parasite.dumpSigactions();
-  const timers = parasite.dumpItimers();
-  const PR_GET_SECUREBITS = 27;
-  const securebits = Number(parasite.syscallRaw('prctl', PR_GET_SECUREBITS));
-  const stat = readStat(pid, tid);
+/** thread_info and thread_core of one thread (CRIU writes these for every thread, leader included). */
+function threadParts(task: TaskSnapshot): { threadInfo: DecodedMessage; threadCore: DecodedMessage } {
+  const { pid, tid, own } = task;
   const robust = robustList(tid);
   const schedPolicy = Number(syscall('sched_getscheduler', tid));
   const param = Buffer.alloc(4);
@@ -163,23 +205,48 @@ export function buildCoreEntry(task: TaskSnapshot, parasite: Parasite): { core: 
     futex_rla_len: robust.len,
     sched_nice: nice,
     sched_policy: schedPolicy,
-    sas: { ss_sp: misc.altstack_sp, ss_size: misc.altstack_size, ss_flags: Number(misc.altstack_flags) },
+    sas: { ss_sp: own.altstackSp, ss_size: own.altstackSize, ss_flags: own.altstackFlags },
     signals_p: task.ptrace.privateSignals,
-    creds: credsEntry(pid, tid, misc, securebits),
+    creds: credsEntry(pid, tid, own.noNewPrivs, own.securebits),
     comm,
   };
   if (schedPolicy !== 0) threadCore.sched_prio = param.readUInt32LE(0);
   if (task.ptrace.rseq) threadCore.rseq_entry = task.ptrace.rseq;
-  if (misc.pdeathsig !== 0n) threadCore.pdeath_sig = Number(misc.pdeathsig);
+  if (own.pdeathSig !== 0) threadCore.pdeath_sig = own.pdeathSig;
+  // compel's registers of a thread stopped in a call that PTRACE_INTERRUPT turned into EINTR
+  // (epoll_wait and friends) are those of a call to run again: the restored thread re-runs it.
+  const threadInfo: DecodedMessage = {
+    clear_tid_addr: own.clearChildTid,
+    gpregs: gpregsEntry(undoInterruptEintr(task.regs)),
+    fpregs: fpregsFromXsave(task.xsave),
+    tls: task.ptrace.tls,
+  };
+  return { threadInfo, threadCore };
+}
+
+/**
+ * core-TID.img of a thread that is not the leader: thread_info and thread_core only, the blocked
+ * mask in thread_core (CRIU 4.2's layout: the task-wide tc is in the leader's core alone).
+ */
+export function buildThreadCoreEntry(task: TaskSnapshot): DecodedMessage {
+  const { threadInfo, threadCore } = threadParts(task);
+  threadCore.blk_sigset = task.sigmask;
+  return { mtype: 1 /* X86_64 */, thread_info: threadInfo, thread_core: threadCore };
+}
+
+/** The whole core_entry of the thread group leader: its thread parts and the task-wide tc. */
+export function buildCoreEntry(task: TaskSnapshot, parasite: Parasite): { core: DecodedMessage; misc: TaskMisc } {
+  const { pid, tid } = task;
+  const misc = parasite.dumpMisc();
+  const sigactions = parasite.dumpSigactions();
+  const timers = parasite.dumpItimers();
+  const stat = readStat(pid, tid);
+  const { threadInfo, threadCore } = threadParts(task);
+  const comm = threadCore.comm;
 
   const core: DecodedMessage = {
     mtype: 1 /* X86_64 */,
-    thread_info: {
-      clear_tid_addr: misc.clear_child_tid,
-      gpregs: gpregsEntry(task.regs),
-      fpregs: fpregsFromXsave(task.xsave),
-      tls: task.ptrace.tls,
-    },
+    thread_info: threadInfo,
     tc: {
       task_state: task.stopped ? TASK_STOPPED : TASK_ALIVE,
       exit_code: 0,
@@ -199,4 +266,3 @@ export function buildCoreEntry(task: TaskSnapshot, parasite: Parasite): { core: 
   if (misc.child_subreaper !== 0n) (core.tc as DecodedMessage).child_subreaper = true;
   return { core, misc };
 }
-
