@@ -2,10 +2,11 @@
 // call or spinning, each with its own TLS, sigaltstack, mask, name, robust list, rseq,
 // clear_child_tid and pending signals) dumped, and restored with every thread's exact TID.
 import { expect } from 'chai';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { ImageReader } from '@criu-ts/images';
-import { isRoot } from './restore-helpers.js';
+import { ImageReader, ImageWriter, kindForName } from '@criu-ts/images';
+import { restoreSync, RestoreError } from '@criu-ts/core';
+import { alive, isRoot, ourStubs, sleepMs, waitFor } from './restore-helpers.js';
 import { becomeSubreaper, TEST_BIN } from './programs.js';
 import { ThreadKeeper } from './thread-keeper.js';
 
@@ -72,5 +73,52 @@ describe('core: multi-threaded processes', function () {
     const { failures, checks } = keeper.check();
     expect(failures).to.deep.equal([]);
     expect(checks.length).to.be.greaterThan(16 * 15);
+  });
+
+  it('dump, restore, dump again, restore again: every thread back with its TID, each checks its own state', function () {
+    keeper = new ThreadKeeper();
+    const { pid, tids } = keeper;
+    for (let round = 0; round < 2; round++) {
+      keeper.dump();
+      const r = restoreSync({ imagesDir: keeper.images, detached: true });
+      expect(r.pid, `round ${round}`).to.equal(pid);
+      expect(r.warnings, `round ${round}`).to.deep.equal([]);
+      expect(ourStubs()).to.deep.equal([]);
+      expect(keeper.threadsNow(), `round ${round}`).to.deep.equal([pid, ...tids]);
+      for (const [i, tid] of tids.entries()) {
+        expect(readFileSync(`/proc/${pid}/task/${tid}/comm`, 'utf8').trim(), `round ${round} T${i}`).to.equal(`thr-${String(i).padStart(2, '0')}`);
+      }
+      sleepMs(50); // let every thread get back into its call before the next freeze
+    }
+    const { failures, checks } = keeper.check();
+    expect(failures).to.deep.equal([]);
+    // 16 threads x 16 checks, and the main thread's 4.
+    expect(checks.length).to.equal(16 * 16 + 4);
+  });
+
+  it('a failure while restoring a thread kills the leader and every thread already made', function () {
+    keeper = new ThreadKeeper();
+    const { pid, tids } = keeper;
+    keeper.dump();
+    // Thread 9 gets a pending siginfo that is too short: a valid image that only the threads
+    // stage rejects, after the leader and threads 0..8 exist.
+    const path = join(keeper.images, `core-${tids[9]}.img`);
+    const core = entries(path)[0]!;
+    core.thread_core.signals_p = { signals: [{ siginfo: new Uint8Array(16) }] };
+    const w = ImageWriter.create(path, kindForName('CORE')!);
+    w.append(core);
+    w.finish();
+    let thrown: unknown;
+    try {
+      restoreSync({ imagesDir: keeper.images, detached: true });
+    } catch (err) {
+      thrown = err;
+    }
+    expect(thrown).to.be.instanceOf(RestoreError);
+    expect((thrown as RestoreError).stage).to.equal('threads');
+    expect((thrown as RestoreError).message).to.include(`thread ${tids[9]}`);
+    waitFor('the half-restored process to be gone', () => !alive(pid));
+    for (const tid of [pid, ...tids]) expect(existsSync(`/proc/${tid}`), `task ${tid}`).to.equal(false);
+    expect(ourStubs()).to.deep.equal([]);
   });
 });

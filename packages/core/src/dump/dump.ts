@@ -23,7 +23,7 @@ import { performance } from 'node:perf_hooks';
 import { injectSync, type Victim } from '@criu-ts/compel';
 import type { DecodedMessage } from '@criu-ts/images';
 import {
-  asFd, asPid, kcmp, kill, close as closeFd, ptraceGetRegs, ptraceGetRegset, ptraceGetSigmask, NT, type Pid,
+  __WALL, asFd, asPid, kcmp, kill, close as closeFd, ptraceGetRegs, wait4, WNOHANG, ptraceGetRegset, ptraceGetSigmask, NT, type Pid,
 } from '@criu-ts/sys';
 import { DumpError, type DumpStage } from '../errors.js';
 import { readAuxv, readLink, readStat } from '../proc/task-files.js';
@@ -236,6 +236,7 @@ export function dumpSync(options: DumpOptions): DumpResult {
     if (leave === 'kill') {
       // Killed while still seized: it never runs again after its state was saved.
       kill(pid, 9);
+      reapKilledThreads(victim);
       try {
         victim.cureSync();
       } catch {
@@ -283,6 +284,35 @@ function threadSnapshots(victim: Victim, pid: Pid, stopped: boolean): TaskSnapsh
   } finally {
     victim.unmapSync(scratch);
   }
+}
+
+/**
+ * After SIGKILL: waits for every thread but the leader to exit and reaps it. They are our
+ * tracees, and a traced thread that exits stays a zombie until its tracer waits for it (ptrace(2));
+ * the leader's exit is not reported before every other thread of its group is reaped (the
+ * kernel delays a group leader's death notification), so without this cure would wait for the
+ * leader in vain. Bounded: SIGKILL wakes every sleep except uninterruptible ones.
+ */
+function reapKilledThreads(victim: Victim): void {
+  const deadline = Date.now() + 5000;
+  for (const tid of victim.threads.keys()) {
+    if (tid === victim.worker) continue;
+    for (;;) {
+      let st;
+      try {
+        st = wait4(tid, __WALL | WNOHANG);
+      } catch {
+        break; // ECHILD: already reaped
+      }
+      if (st.kind === 'exited' || st.kind === 'signaled' || Date.now() > deadline) break;
+      if (st.kind === 'none') sleepMs(0.2);
+    }
+  }
+}
+
+const sleepCell = new Int32Array(new SharedArrayBuffer(4));
+function sleepMs(ms: number): void {
+  Atomics.wait(sleepCell, 0, 0, ms);
 }
 
 function readTextSafe(path: string): string {

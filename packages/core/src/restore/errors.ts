@@ -22,6 +22,7 @@ export type RestoreStage =
   | 'timers' // itimers
   | 'rlimits'
   | 'task-misc' // comm, personality, rseq, pdeath signal
+  | 'threads' // clone3 of every other thread with its TID, then its own state
   | 'registers' // general registers and XSAVE state
   | 'release' // detaching the task so it runs on
   | 'wait'; // waiting for the restored task (non-detached restore)

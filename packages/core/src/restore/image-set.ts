@@ -6,8 +6,9 @@
 // already taken is reported here, while no process exists yet.
 //
 //   inventory.img           image version, fdinfo naming
-//   pstree.img              pid, ppid, pgid, sid, threads (one entry, one thread: single process)
+//   pstree.img              pid, ppid, pgid, sid, threads (one entry: a single process, leader first)
 //   core-PID.img            registers, xsave, sigactions, blocked mask, timers, rlimits, sas, rseq
+//   core-TID.img            every other thread: registers, xsave, mask, sas, rseq, signals...
 //   ids-PID.img             files_id: which fdinfo-N.img holds the fd table
 //   mm-PID.img              VMAs, mm fields, auxv, exe_file_id
 //   pagemap-PID.img         runs of pages; PE_PRESENT ones are in pages-N.img, back to back
@@ -83,14 +84,22 @@ export interface PagesRun {
   readonly offset: number;
 }
 
+/** A thread other than the leader: its TID and its core_entry (thread_info, thread_core). */
+export interface ThreadImage {
+  readonly tid: number;
+  readonly core: Msg;
+}
+
 export interface ImageSet {
   readonly dir: string;
   readonly pid: number;
   readonly ppid: number;
   readonly pgid: number;
   readonly sid: number;
-  /** The decoded core_entry (thread_info, tc, thread_core). */
+  /** The decoded core_entry of the leader (thread_info, tc, thread_core). */
   readonly core: Msg;
+  /** The other threads, in pstree order. */
+  readonly threads: readonly ThreadImage[];
   readonly mm: Msg;
   readonly vmas: readonly VmaImage[];
   readonly exe: RegFile;
@@ -159,23 +168,23 @@ export function readImageSet(dir: string, options: { shellJob?: boolean } = {}):
   const task = pstree[0]!;
   const pid = Number(task.pid);
   const threads = (task.threads as number[]).map(Number);
-  if (threads.length !== 1 || threads[0] !== pid) invalid(`process ${pid} has ${threads.length} threads; multi-threaded restore is not supported yet`, { threads });
+  if (threads.length === 0 || threads[0] !== pid) invalid(`pstree.img: the threads of process ${pid} must start with the leader ${pid}`, { threads });
+  if (new Set(threads).size !== threads.length) invalid(`pstree.img: process ${pid} lists a thread twice`, { threads });
   const sid = Number(task.sid);
   const pgid = Number(task.pgid);
   if (sid !== pid && !options.shellJob) {
     invalid(`process ${pid} is not a session leader (sid ${sid}): it belonged to a session outside the dump; restore it with shellJob (--shell-job) to join criu-ts's session`, { pid, sid });
   }
 
-  const core = one(dir, `core-${pid}.img`);
-  if (Number(core.mtype) !== 1 || !core.thread_info || !core.tc) invalid(`core-${pid}.img is not an x86_64 task core (mtype ${core.mtype})`, { file: join(dir, `core-${pid}.img`) });
-  const fp = core.thread_info.fpregs as Msg;
-  if ((fp.st_space as unknown[]).length !== 32 || (fp.xmm_space as unknown[]).length !== 64) invalid(`core-${pid}.img: fpregs st_space/xmm_space have ${fp.st_space.length}/${fp.xmm_space.length} words, expected 32/64`);
-  if (Number(core.thread_info.gpregs.mode ?? 1) !== 1) invalid(`core-${pid}.img: 32-bit (compat) tasks are not supported`);
+  const core = threadCore(dir, pid, true);
+  const threadImages = threads.slice(1).map((tid) => ({ tid, core: threadCore(dir, tid, false) }));
   const tc = core.tc as Msg;
   if (Number(tc.task_state) !== 1) invalid(`process ${pid} was dumped in state ${tc.task_state} (only alive tasks, state 1, are restored)`);
   if (tc.timers && (tc.timers.posix as unknown[]).length > 0) invalid(`process ${pid} has ${tc.timers.posix.length} POSIX timers: not supported yet`);
-  const seccompMode = Number(core.thread_core?.seccomp_mode ?? tc.old_seccomp_mode ?? 0);
-  if (seccompMode !== 0) invalid(`process ${pid} runs under seccomp (mode ${seccompMode}): not supported yet`);
+  for (const c of [core, ...threadImages.map((t) => t.core)]) {
+    const seccompMode = Number(c.thread_core?.seccomp_mode ?? tc.old_seccomp_mode ?? 0);
+    if (seccompMode !== 0) invalid(`process ${pid} runs under seccomp (mode ${seccompMode}): not supported yet`);
+  }
 
   const ids = one(dir, `ids-${pid}.img`);
   const filesList = readAll(dir, 'files.img');
@@ -278,9 +287,24 @@ export function readImageSet(dir: string, options: { shellJob?: boolean } = {}):
   }
 
   return {
-    dir, pid, ppid: Number(task.ppid), pgid, sid, core, mm, vmas, exe, pagesFile: pagesFile!, pagesSize: pagesSize!, runs, fds, cwd, root,
+    dir, pid, ppid: Number(task.ppid), pgid, sid, core, threads: threadImages, mm, vmas, exe, pagesFile: pagesFile!, pagesSize: pagesSize!, runs, fds, cwd, root,
     umask: fsEntry.umask === undefined ? undefined : Number(fsEntry.umask),
   };
+}
+
+/**
+ * core-TID.img of one thread, checked: an x86_64 core with registers and FPU state of the sizes
+ * CRIU writes; the leader's also has the task-wide part (tc).
+ */
+function threadCore(dir: string, tid: number, leader: boolean): Msg {
+  const name = `core-${tid}.img`;
+  const core = one(dir, name);
+  if (Number(core.mtype) !== 1 || !core.thread_info || (leader && !core.tc)) invalid(`${name} is not an x86_64 ${leader ? 'task' : 'thread'} core (mtype ${core.mtype})`, { file: join(dir, name) });
+  const fp = core.thread_info.fpregs as Msg | undefined;
+  if (!fp || !core.thread_info.gpregs) invalid(`${name} has no registers`, { file: join(dir, name) });
+  if ((fp.st_space as unknown[]).length !== 32 || (fp.xmm_space as unknown[]).length !== 64) invalid(`${name}: fpregs st_space/xmm_space have ${fp.st_space.length}/${fp.xmm_space.length} words, expected 32/64`);
+  if (Number(core.thread_info.gpregs.mode ?? 1) !== 1) invalid(`${name}: 32-bit (compat) tasks are not supported`);
+  return core;
 }
 
 /**

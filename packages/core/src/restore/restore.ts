@@ -11,7 +11,10 @@
 //   files, fs, session           fds, cwd/root/umask, setsid (files.ts)
 //   rlimits, timers, task-misc,  core-PID.img state (task-state.ts)
 //   signals
-//   registers, release           control area unmapped, registers/xsave/mask set, detach
+//   threads                      every other thread cloned by the leader with its TID, then
+//                                its own state from core-TID.img (threads.ts)
+//   registers, release           control area unmapped, registers/xsave/mask of every thread
+//                                set, every thread detached (the leader last)
 //
 // This function owns the rollback: whatever fails, the stub and the new task are killed (and
 // reaped when they are ours), so a failed restore leaves no process behind.
@@ -24,7 +27,8 @@ import { restoreFiles, restoreFs, restoreSession } from './files.js';
 import { GhostFiles } from './ghost-files.js';
 import { CONTROL_SIZE, findControlAreaHole, RestoreTask } from './remote-task.js';
 import { sleepMs, Stub } from './stub.js';
-import { restoreRegisters, restoreRlimits, restoreSignals, restoreTaskMisc, restoreTimers } from './task-state.js';
+import { restoreRegisters, restoreRlimits, restoreSignals, restoreTaskMisc, restoreTimers, setThreadRegisters } from './task-state.js';
+import { restoreThreads } from './threads.js';
 
 export interface RestoreOptions {
   /** The directory with the images (criu -D). */
@@ -68,20 +72,24 @@ function mmapMinAddr(): bigint {
 
 /**
  * Kills a task we created and reaps it when we can (our child, or our tracee: the exit is
- * reported to the tracer first). Bounded: a few hundred milliseconds at most.
+ * reported to the tracer first). Its other threads are our tracees too and stay zombies until we
+ * reap them, and the leader's exit is not reported before they are gone: reap them first.
+ * Bounded: a few hundred milliseconds at most.
  */
-function killCreated(pid: Pid): void {
+function killCreated(pid: Pid, threads: readonly Pid[] = []): void {
   try { kill(pid, SIGNALS.SIGKILL); } catch { return; }
   const deadline = Date.now() + 2000;
-  for (let i = 0; Date.now() < deadline; i++) {
-    let st;
-    try {
-      st = wait4(pid, __WALL | WNOHANG);
-    } catch {
-      return; // not ours to wait for (ECHILD): init reaps it
+  for (const tid of [...threads.filter((t) => t !== pid), pid]) {
+    for (let i = 0; Date.now() < deadline; i++) {
+      let st;
+      try {
+        st = wait4(tid, __WALL | WNOHANG);
+      } catch {
+        break; // not ours to wait for (ECHILD): init reaps it
+      }
+      if (st.kind === 'exited' || st.kind === 'signaled') break;
+      sleepMs(i < 20 ? 0.5 : 5);
     }
-    if (st.kind === 'exited' || st.kind === 'signaled') return;
-    sleepMs(i < 20 ? 0.5 : 5);
   }
 }
 
@@ -92,6 +100,7 @@ export function restoreSync(options: RestoreOptions): { pid: number; warnings: s
   const timeoutMs = options.timeoutMs ?? 10_000;
   const set: ImageSet = readImageSet(options.imagesDir, { shellJob: options.shellJob === true });
   checkPidFree(set.pid);
+  for (const t of set.threads) checkPidFree(t.tid);
   const t1 = performance.now();
   const warnings: string[] = [];
   let stub: Stub | undefined;
@@ -135,13 +144,18 @@ export function restoreSync(options: RestoreOptions): { pid: number; warnings: s
     atStage('timers', 'restoring itimers', () => restoreTimers(t, set));
     atStage('task-misc', 'restoring task attributes', () => restoreTaskMisc(t, set, warnings));
     atStage('signals', 'restoring signals', () => restoreSignals(t, set));
+    const threads = atStage('threads', 'restoring threads', () => restoreThreads(t, set, warnings));
 
     // Last remote call, run from the control area itself (see remote-task.ts).
     remote(t, 'release', 'unmapping the control area', 'munmap', ctrl, CONTROL_SIZE);
+    for (const th of threads) setThreadRegisters(th.tid, th.image.core);
     restoreRegisters(t, set);
-    atStage('release', 'PTRACE_DETACH', () => ptraceDetach(t.pid, 0));
+    atStage('release', 'PTRACE_DETACH', () => {
+      for (const th of threads) ptraceDetach(th.tid, 0);
+      ptraceDetach(t.pid, 0);
+    });
   } catch (err) {
-    if (created !== undefined) killCreated(created);
+    if (created !== undefined) killCreated(created, task ? [...task.threads.keys()] : []);
     stub?.killSync();
     ghosts?.removeAll();
     if (err instanceof RestoreError) throw err;

@@ -5,7 +5,7 @@
 // area and the blocked mask, which ptrace sets on the stopped task just before it is let go
 // (the mask last: our remote calls run with every signal blocked, so nothing is delivered in
 // the middle of the restore, and pending signals queued here wait for the dumped mask).
-import { ptraceGetRegset, ptraceSetRegs, ptraceSetRegset, ptraceSetSigmask, NT, type UserRegs } from '@criu-ts/sys';
+import { ptraceGetRegset, ptraceSetRegs, ptraceSetRegset, ptraceSetSigmask, NT, type Pid, type UserRegs } from '@criu-ts/sys';
 import { RestoreError } from './errors.js';
 import type { ImageSet } from './image-set.js';
 import { remote } from './memory.js';
@@ -187,20 +187,33 @@ export function dumpedRegs(gp: Msg): UserRegs {
  * XSAVE state and blocked mask; the next resume runs the dumped code.
  */
 export function restoreRegisters(task: RestoreTask, set: ImageSet): void {
-  const ti = set.core.thread_info as Msg;
+  setThreadRegisters(task.pid, set.core, (set.core.tc as Msg).blk_sigset);
+}
+
+/**
+ * Registers, XSAVE state and blocked mask of thread `tid` from its core_entry (the mask from
+ * thread_core, else `fallbackMask`: CRIU keeps the leader's in tc). Precondition: `tid` is in a
+ * ptrace-stop and done with remote calls.
+ */
+export function setThreadRegisters(tid: Pid, core: Msg, fallbackMask?: unknown): void {
+  const ti = core.thread_info as Msg;
   try {
-    const current = ptraceGetRegset(task.pid, NT.X86_XSTATE);
-    // The same conversion dump uses (arch/x86-fpu.ts), laid over the task's own area.
-    ptraceSetRegset(task.pid, NT.X86_XSTATE, xsaveFromFpregs(ti.fpregs as Msg, current));
+    const current = ptraceGetRegset(tid, NT.X86_XSTATE);
+    // The same conversion dump uses (arch/x86-fpu.ts), laid over the thread's own area.
+    ptraceSetRegset(tid, NT.X86_XSTATE, xsaveFromFpregs(ti.fpregs as Msg, current));
   } catch (err) {
-    throw new RestoreError('registers', 'PTRACE_SETREGSET(NT_X86_XSTATE)', {}, err);
+    throw new RestoreError('registers', `PTRACE_SETREGSET(NT_X86_XSTATE) of thread ${tid}`, { tid }, err);
   }
   try {
-    ptraceSetRegs(task.pid, dumpedRegs(ti.gpregs as Msg));
+    ptraceSetRegs(tid, dumpedRegs(ti.gpregs as Msg));
   } catch (err) {
-    throw new RestoreError('registers', 'PTRACE_SETREGS', {}, err);
+    throw new RestoreError('registers', `PTRACE_SETREGS of thread ${tid}`, { tid }, err);
   }
-  const thc = set.core.thread_core as Msg | undefined;
-  const mask = BigInt(thc?.blk_sigset ?? (set.core.tc as Msg).blk_sigset ?? 0n);
-  ptraceSetSigmask(task.pid, mask);
+  const thc = core.thread_core as Msg | undefined;
+  const mask = BigInt((thc?.blk_sigset ?? fallbackMask ?? 0n) as bigint);
+  try {
+    ptraceSetSigmask(tid, mask);
+  } catch (err) {
+    throw new RestoreError('registers', `PTRACE_SETSIGMASK of thread ${tid}`, { tid }, err);
+  }
 }
