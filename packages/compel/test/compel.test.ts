@@ -8,7 +8,8 @@ import {
   ptraceGetRegs, ptraceGetRegset, NT, type Fd,
 } from '@criu-ts/sys';
 import { CompelError, compileBlob, inject, injectSync, prepareSync, readMaps, type Victim as Injected } from '@criu-ts/compel';
-import { killAllVictims, requireRootAndBinaries, Victim } from './victim.js';
+// The victim programs and their handling are shared with @criu-ts/sys's tests.
+import { killAllVictims, requireRootAndBinaries, Victim } from '@criu-ts/sys/testing';
 
 const mapsText = (pid: number) => readFileSync(`/proc/${pid}/maps`, 'utf8');
 const hasParasite = (pid: number) => readMaps(pid as never).some((v) => v.name.includes('criu-ts-parasite'));

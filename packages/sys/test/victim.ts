@@ -96,6 +96,16 @@ export class Victim {
     }
   }
 
+  /** State letter of one thread of the victim. */
+  stateOf(tid: number): string {
+    try {
+      const stat = readFileSync(`/proc/${this.pid}/task/${tid}/stat`, 'utf8');
+      return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[0]!;
+    } catch {
+      return 'gone';
+    }
+  }
+
   kill(): void {
     live.delete(this);
     for (const pid of [this.pid, this.zombie]) {
