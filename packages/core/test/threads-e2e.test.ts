@@ -2,12 +2,14 @@
 // call or spinning, each with its own TLS, sigaltstack, mask, name, robust list, rseq,
 // clear_child_tid and pending signals) dumped, and restored with every thread's exact TID.
 import { expect } from 'chai';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { ImageReader, ImageWriter, kindForName } from '@criu-ts/images';
-import { restoreSync, RestoreError } from '@criu-ts/core';
-import { alive, isRoot, ourStubs, sleepMs, waitFor } from './restore-helpers.js';
-import { becomeSubreaper, TEST_BIN } from './programs.js';
+import { spawn, execFileSync } from 'node:child_process';
+import { tmpdir } from 'node:os';
+import { dumpSync, DumpError, restoreSync, RestoreError } from '@criu-ts/core';
+import { alive, isRoot, killQuietly, ourStubs, sleepMs, waitFor } from './restore-helpers.js';
+import { becomeSubreaper, reapIfOurs, TEST_BIN } from './programs.js';
 import { ThreadKeeper } from './thread-keeper.js';
 
 type Msg = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
@@ -120,5 +122,30 @@ describe('core: multi-threaded processes', function () {
     waitFor('the half-restored process to be gone', () => !alive(pid));
     for (const tid of [pid, ...tids]) expect(existsSync(`/proc/${tid}`), `task ${tid}`).to.equal(false);
     expect(ourStubs()).to.deep.equal([]);
+  });
+
+  it('refuses a process whose leader has exited while other threads run on, and leaves it as it was', function () {
+    const child = spawn('setsid', ['-f', join(TEST_BIN, 'dead-leader')], { stdio: 'ignore' });
+    child.unref();
+    let pid = 0;
+    waitFor('dead-leader to start', () => {
+      try {
+        pid = Number(execFileSync('pgrep', ['-n', '-x', 'dead-leader'], { encoding: 'utf8' }).trim());
+      } catch {
+        return false; // pgrep exits 1 while there is none yet
+      }
+      return pid > 0 && existsSync(`/proc/${pid}/task`) && readdirSync(`/proc/${pid}/task`).length === 2 && readFileSync(`/proc/${pid}/stat`, 'utf8').includes(') Z');
+    });
+    try {
+      expect(() => dumpSync({ pid, imagesDir: join(tmpdir(), `criu-ts-dl-${pid}`) }))
+        .to.throw(DumpError, /leader .* has exited while 1 other thread\(s\) run on.*not supported yet/);
+      expect(readdirSync(`/proc/${pid}/task`).length).to.equal(2);
+    } finally {
+      killQuietly(pid);
+      waitFor('dead-leader to be gone', () => {
+        reapIfOurs(pid);
+        return !existsSync(`/proc/${pid}`);
+      });
+    }
   });
 });

@@ -103,7 +103,12 @@ export function dumpSync(options: DumpOptions): DumpResult {
   const children = readdirSync(`/proc/${pid}/task`).flatMap((t) => readTextSafe(`/proc/${pid}/task/${t}/children`).split(/\s+/).filter(Boolean));
   if (children.length > 0) fail(`process ${pid} has children (${children.join(', ')}); process trees are not supported yet`);
   const stat = readStat(pid);
-  if (stat[3] === 'Z') fail(`process ${pid} is a zombie`);
+  if (stat[3] === 'Z') {
+    // A leader that called pthread_exit() stays a zombie while its other threads run on.
+    const live = readdirSync(`/proc/${pid}/task`).filter((t) => Number(t) !== pidNumber);
+    if (live.length > 0) fail(`the thread group leader ${pid} has exited while ${live.length} other thread(s) run on; a dead leader with live threads is not supported yet`);
+    fail(`process ${pid} is a zombie`);
+  }
   const pgid = Number(stat[5]);
   const sid = Number(stat[6]);
   if (!options.shellJob && (pgid !== pidNumber || sid !== pidNumber)) {
