@@ -1,0 +1,293 @@
+#!/usr/bin/env node
+// Benchmark of single-process dump and restore (not a test): prints a markdown table of medians
+// beside the goals of issue 5. Needs root (ptrace, clone3 set_tid) and `npm run build`.
+//
+//   node bench/dump-restore.mjs [--runs N] [--sizes 64,1024] [--dir DIR] [--keep]
+//
+// For each size, N runs (default 5) of tests/bin/memhog, which fills SIZE MiB of random data
+// and waits. In each run, in this order:
+//   1. dd + sync: `dd` copies SIZE MiB from a file of random bytes (made once, in the page cache)
+//      into the benchmark directory, then `sync`.
+//   2. dump: dumpSync() of the hog into the same directory (timed alone, and with the `sync` run
+//      right after it); the frozen time is stats-dump's frozen_time, read with @criu-ts/images.
+//   3. restore: restoreSync({ detached: true }) of those images. The restored hog is then asked
+//      to checksum its memory (SIGUSR1) and must report the checksum it had before the dump, so
+//      every figure is for a real restore.
+//   4. CLI dump: `node packages/cli/dist/criu-ts.mjs dump -t PID -D DIR` of the restored hog,
+//      start-up included (skipped, with a note, while the CLI has no dump command).
+// Before each timed step everything is synced (untimed), so no step pays for another's writes.
+// Every hog is killed and reaped (this process becomes a child subreaper: the machine's init
+// does not reap orphans) and the directory is removed, also on failure.
+import { spawn, spawnSync } from 'node:child_process';
+import { closeSync, existsSync, fsyncSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, writeSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { cpus, loadavg, release, tmpdir, totalmem } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { performance } from 'node:perf_hooks';
+import { dumpSync, restoreSync } from '@criu-ts/core';
+import { ImageReader } from '@criu-ts/images';
+import { asPid, prctl, wait4, WNOHANG } from '@criu-ts/sys';
+
+const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
+const cli = join(root, 'packages', 'cli', 'dist', 'criu-ts.mjs');
+const hogBin = join(root, 'tests', 'bin', 'memhog');
+const arg = (name, fallback) => {
+  const i = process.argv.indexOf(name);
+  return i > 0 ? process.argv[i + 1] : fallback;
+};
+const RUNS = Number(arg('--runs', '5'));
+const SIZES = arg('--sizes', '64,1024').split(',').map(Number);
+const KEEP = process.argv.includes('--keep');
+
+if (process.getuid?.() !== 0) {
+  console.error('bench/dump-restore.mjs: needs root (ptrace, clone3 with set_tid, PR_SET_MM_MAP)');
+  process.exit(1);
+}
+if (!existsSync(hogBin)) {
+  console.error(`bench/dump-restore.mjs: ${hogBin} is missing: run npm run build`);
+  process.exit(1);
+}
+
+const PR_SET_CHILD_SUBREAPER = 36;
+prctl(PR_SET_CHILD_SUBREAPER, 1);
+
+const sleepCell = new Int32Array(new SharedArrayBuffer(4));
+const sleepMs = (ms) => Atomics.wait(sleepCell, 0, 0, ms);
+function waitFor(what, predicate, timeoutMs = 30_000) {
+  const deadline = Date.now() + timeoutMs;
+  while (!predicate()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    sleepMs(2);
+  }
+}
+function procState(pid) {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat[stat.lastIndexOf(')') + 2];
+  } catch {
+    return undefined;
+  }
+}
+function reap(pid) {
+  try {
+    wait4(asPid(pid), WNOHANG);
+  } catch {
+    /* not our child */
+  }
+}
+/** SIGKILL, then wait (bounded) until the PID is free, reaping it as its subreaper. */
+function killAndReap(pid) {
+  try {
+    process.kill(pid, 'SIGKILL');
+  } catch {
+    /* gone */
+  }
+  waitFor(`process ${pid} to be gone`, () => {
+    reap(pid);
+    return procState(pid) === undefined;
+  }, 10_000);
+}
+function run(cmd, args) {
+  const r = spawnSync(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'], encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} failed (${r.status ?? r.signal}): ${r.stderr}`);
+}
+function timed(fn) {
+  const t = performance.now();
+  fn();
+  return performance.now() - t;
+}
+
+/** A memhog in its own session, not a child_process of ours (Node would reap its ptrace stops). */
+class Hog {
+  constructor(mib, dir, name) {
+    this.report = join(dir, `${name}.report`);
+    const child = spawn('setsid', ['-f', hogBin, String(mib), this.report], { stdio: 'ignore' });
+    child.unref();
+    try {
+      waitFor(`memhog ${mib} MiB to fill its memory`, () => this.lines().some((l) => l.startsWith('ready')), 120_000);
+    } catch (error) {
+      // Not ready: find it by its report path (unique to this run) and kill it.
+      for (const pid of readdirSync('/proc').filter((n) => /^\d+$/.test(n))) {
+        try {
+          if (readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes(this.report)) killAndReap(Number(pid));
+        } catch { /* gone */ }
+      }
+      throw error;
+    }
+    const [, pid, sum] = this.lines().find((l) => l.startsWith('ready')).split(' ');
+    this.pid = Number(pid);
+    this.sum = sum;
+  }
+  lines() {
+    return existsSync(this.report) ? readFileSync(this.report, 'utf8').split('\n').filter(Boolean) : [];
+  }
+  /** SIGUSR1: the hog checksums its memory again; throws unless it is what it was before the dump. */
+  verify() {
+    const before = this.lines().length;
+    process.kill(this.pid, 'SIGUSR1');
+    waitFor(`memhog ${this.pid} to checksum its memory`, () => this.lines().length > before, 60_000);
+    const got = this.lines()[before];
+    if (got !== `check ${this.sum}`) throw new Error(`restored memhog ${this.pid}: '${got}', expected 'check ${this.sum}'`);
+  }
+}
+
+function frozenMs(imagesDir) {
+  const reader = ImageReader.open(join(imagesDir, 'stats-dump'));
+  try {
+    for (const entry of reader.entries()) return Number(entry.message.dump.frozen_time) / 1000;
+  } finally {
+    reader.close();
+  }
+  throw new Error(`${imagesDir}/stats-dump has no entry`);
+}
+
+function cliHasDump() {
+  if (!existsSync(cli)) return false;
+  const r = spawnSync(process.execPath, [cli, 'dump', '--help'], { stdio: ['ignore', 'pipe', 'pipe'], encoding: 'utf8' });
+  return r.status === 0 && !/unknown command/.test(r.stderr);
+}
+
+function writeRandomFile(path, mib) {
+  const fd = openSync(path, 'w', 0o600);
+  try {
+    const chunk = randomBytes(1 << 20);
+    for (let i = 0; i < mib; i++) {
+      chunk.writeUInt32LE(i, 0); // every MiB distinct
+      writeSync(fd, chunk);
+    }
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+const median = (xs) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+};
+
+const loadBefore = loadavg()[0];
+const dir = arg('--dir', undefined) ? mkdtempSync(join(resolve(arg('--dir')), 'criu-ts-bench-')) : mkdtempSync(join(tmpdir(), 'criu-ts-bench-'));
+const live = new Set();
+let exitCode = 0;
+const results = [];
+const withCli = cliHasDump();
+try {
+  for (const mib of SIZES) {
+    const source = join(dir, `random-${mib}.bin`);
+    writeRandomFile(source, mib);
+    run('cat', [source]); // into the page cache: dd then reads memory, as dump does
+    const s = { dump: [], cli: [], cliFrozen: [], frozen: [], dumpSync: [], dd: [], restore: [], memdump: [], rRead: [], rCreate: [], rMemory: [], rState: [] };
+    for (let i = 0; i < RUNS; i++) {
+      const images = join(dir, `images-${mib}-${i}`);
+      const ddOut = join(dir, `dd-${mib}-${i}.bin`);
+      const hog = new Hog(mib, dir, `hog-${mib}-${i}`);
+      live.add(hog.pid);
+      process.stderr.write(`${mib} MiB run ${i + 1}/${RUNS}: memhog ${hog.pid}\n`);
+
+      run('sync', []);
+      s.dd.push(timed(() => {
+        run('dd', [`if=${source}`, `of=${ddOut}`, 'bs=1M', `count=${mib}`, 'status=none']);
+        run('sync', []);
+      }));
+      rmSync(ddOut);
+      run('sync', []);
+
+      let dumpMs = 0;
+      s.dumpSync.push(timed(() => {
+        dumpMs = timed(() => {
+          s.memdump.push(dumpSync({ pid: hog.pid, imagesDir: images }).memdumpTime / 1000);
+        });
+        run('sync', []);
+      }));
+      s.dump.push(dumpMs);
+      s.frozen.push(frozenMs(images));
+      // Killed by the dump; the PID must be free before the restore can take it again.
+      waitFor('the dumped memhog to be gone', () => {
+        reap(hog.pid);
+        return procState(hog.pid) === undefined;
+      });
+      live.delete(hog.pid);
+
+      run('sync', []);
+      let restored;
+      s.restore.push(timed(() => {
+        restored = restoreSync({ imagesDir: images, detached: true });
+      }));
+      live.add(restored.pid);
+      s.rRead.push(restored.timings.read);
+      s.rCreate.push(restored.timings.create);
+      s.rMemory.push(restored.timings.memory);
+      s.rState.push(restored.timings.state);
+      if (restored.pid !== hog.pid) throw new Error(`restored as ${restored.pid}, dumped as ${hog.pid}`);
+      hog.verify();
+      rmSync(images, { recursive: true });
+
+      if (withCli) {
+        run('sync', []);
+        const cliImages = join(dir, `cli-images-${mib}-${i}`);
+        s.cli.push(timed(() => run(process.execPath, [cli, 'dump', '-t', String(hog.pid), '-D', cliImages])));
+        s.cliFrozen.push(frozenMs(cliImages));
+        rmSync(cliImages, { recursive: true });
+      }
+      killAndReap(hog.pid);
+      live.delete(hog.pid);
+    }
+    rmSync(source);
+    results.push({ mib, s });
+  }
+} catch (error) {
+  console.error(`bench/dump-restore.mjs: ${error.stack ?? error}`);
+  exitCode = 1;
+} finally {
+  for (const pid of live) {
+    try {
+      killAndReap(pid);
+    } catch (e) {
+      console.error(`cleanup: ${e.message}`);
+    }
+  }
+  if (KEEP) console.error(`kept ${dir}`);
+  else rmSync(dir, { recursive: true, force: true });
+  prctl(PR_SET_CHILD_SUBREAPER, 0);
+}
+
+// ---- report
+const nodeStartup = median(Array.from({ length: RUNS }, () => timed(() => run(process.execPath, ['-e', '0']))));
+const fsType = spawnSync('df', ['--output=fstype,source', KEEP ? dir : dirname(dir)], { encoding: 'utf8' }).stdout.trim().split('\n').at(-1)?.trim().replace(/\s+/, ' on ');
+const ms = (x) => (x === undefined ? '-' : x < 10 ? `${x.toFixed(2)} ms` : `${x.toFixed(1)} ms`);
+console.log(`\nMachine: ${cpus()[0]?.model ?? '?'}, ${cpus().length} cores, ${(totalmem() / 2 ** 30).toFixed(1)} GiB memory, ` +
+  `Linux ${release()}, Node.js ${process.version}, images on ${fsType}; medians of ${RUNS} runs; \`node -e 0\`: ${ms(nodeStartup)}; ` +
+  `load average (1 min) ${loadBefore.toFixed(2)} before, ${loadavg()[0].toFixed(2)} after: other work on the machine slows every column\n`);
+console.log('| size | dump (dumpSync) | `criu-ts dump` command | frozen time (dumpSync) | frozen time (`criu-ts dump`) | dump + sync | dd + sync | dump+sync / dd+sync | restore (detached) | restored memory |');
+console.log('|---|---|---|---|---|---|---|---|---|---|');
+for (const { mib, s } of results) {
+  const ratio = median(s.dumpSync.map((d, i) => d / s.dd[i]));
+  console.log(`| ${mib >= 1024 ? `${mib / 1024} GiB` : `${mib} MiB`} | ${ms(median(s.dump))} | ${withCli ? ms(median(s.cli)) : 'n/a (no dump command yet)'} | ` +
+    `${ms(median(s.frozen))} | ${withCli ? ms(median(s.cliFrozen)) : 'n/a'} | ${ms(median(s.dumpSync))} | ${ms(median(s.dd))} | ${ratio.toFixed(2)}x | ${ms(median(s.restore))} | checksum ok x${s.restore.length} |`);
+}
+console.log('\nWhere the time goes (medians; from DumpResult.memdumpTime and RestoreResult.timings):\n');
+console.log('| size | dump: pages (scan + vmsplice/splice) | dump: rest | restore: read images | restore: create | restore: memory | restore: state |');
+console.log('|---|---|---|---|---|---|---|');
+for (const { mib, s } of results) {
+  console.log(`| ${mib >= 1024 ? `${mib / 1024} GiB` : `${mib} MiB`} | ${ms(median(s.memdump))} | ${ms(median(s.dump.map((d, i) => d - s.memdump[i])))} | ` +
+    `${ms(median(s.rRead))} | ${ms(median(s.rCreate))} | ${ms(median(s.rMemory))} | ${ms(median(s.rState))} |`);
+}
+const bySize = (mib) => results.find((r) => r.mib === mib)?.s;
+const goal = (what, target, value, ok) => console.log(`| ${what} | ${target} | ${value} | ${value === '-' ? '-' : ok ? 'met' : 'NOT met'} |`);
+console.log('\nGoals (issue 5, from CRIU 4.2 on these machines):\n');
+console.log('| goal | target | measured | |');
+console.log('|---|---|---|---|');
+const g = bySize(1024);
+const r1 = g && median(g.dumpSync.map((d, i) => d / g.dd[i]));
+goal('dump + sync of 1 GiB vs dd + sync', '≤ 0.56x', r1 === undefined ? '-' : `${r1.toFixed(2)}x`, r1 <= 0.56);
+goal('restore of 1 GiB', '< 0.5 s (CRIU 0.56-0.74 s)', g ? ms(median(g.restore)) : '-', g && median(g.restore) < 500);
+const m = bySize(64);
+const c = m && withCli ? median(m.cli) : undefined;
+goal('whole `criu-ts dump` of 64 MiB, start-up included', '< 0.1 s (CRIU 0.052 s)', c === undefined ? '-' : ms(c), c < 100);
+goal('frozen time of the 64 MiB dump (dumpSync, warm process)', '< 29 ms (CRIU)', m ? ms(median(m.frozen)) : '-', m && median(m.frozen) < 29);
+const cf = m && withCli ? median(m.cliFrozen) : undefined;
+goal('frozen time of the 64 MiB dump (`criu-ts dump`, fresh process)', '< 29 ms (CRIU)', cf === undefined ? '-' : ms(cf), cf < 29);
+if (!withCli) console.log('\nThe `criu-ts dump` column is empty: packages/cli has no dump command yet (`criu-ts dump --help` fails).');
+process.exitCode = exitCode;
