@@ -173,9 +173,32 @@ static s64 dump_misc(struct parasite_misc *m) {
  * RAX = munmap(blob): the blob disappears, ret pops "pop rax; ret", which loads 15, whose ret
  * lands on "syscall; ret" again: rt_sigreturn restores everything from the frame.
  */
+/*
+ * Descriptors the injector handed to the task (RECV_FDS) and has not closed again (a SYSCALL
+ * command running close). If the injector dies, they are closed with the control socket: the
+ * task gets back exactly the descriptor table it had before the injection.
+ */
+#define MAX_OWNED_FDS 16
+static s32 owned_fds[MAX_OWNED_FDS];
+static int nr_owned_fds;
+
+static void own_fd(s32 fd) {
+  if (nr_owned_fds < MAX_OWNED_FDS) owned_fds[nr_owned_fds++] = fd;
+}
+
+static void disown_fd(s32 fd) {
+  for (int i = 0; i < nr_owned_fds; i++) {
+    if (owned_fds[i] == fd) {
+      owned_fds[i] = owned_fds[--nr_owned_fds];
+      return;
+    }
+  }
+}
+
 static void __attribute__((noreturn)) self_cure(struct parasite_ctl *ctl) {
   ctl->state = 2;
   sys1(NR_close, ctl->sock);
+  while (nr_owned_fds > 0) sys1(NR_close, owned_fds[--nr_owned_fds]);
   if (ctl->scratch_addr) sys2(NR_munmap, ctl->scratch_addr, ctl->scratch_len);
   struct stack_t ss;
   sys2(NR_sigaltstack, 0, &ss);
@@ -259,7 +282,10 @@ s64 parasite_daemon(struct parasite_ctl *ctl) {
       len = sizeof(struct parasite_misc);
       break;
     case PARASITE_CMD_RECV_FDS:
-      for (int i = 0; i < nfds; i++) ((s32 *)data)[i] = fds[i];
+      for (int i = 0; i < nfds; i++) {
+        ((s32 *)data)[i] = fds[i];
+        own_fd(fds[i]);
+      }
       ret = nfds;
       len = (u32)(4 * nfds);
       nfds = 0;
@@ -271,6 +297,7 @@ s64 parasite_daemon(struct parasite_ctl *ctl) {
       break;
     case PARASITE_CMD_SYSCALL:
       ret = sys6((s64)req.arg[0], (s64)req.arg[1], (s64)req.arg[2], (s64)req.arg[3], (s64)req.arg[4], (s64)req.arg[5], 0);
+      if (req.arg[0] == NR_close && ret == 0) disown_fd((s32)req.arg[1]);
       break;
     case PARASITE_CMD_CALL: {
       s64 (*fn)(s64, s64, s64, s64, s64) = (s64 (*)(s64, s64, s64, s64, s64))req.arg[0];

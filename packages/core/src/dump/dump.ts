@@ -48,6 +48,8 @@ export interface DumpOptions {
   readonly ghostLimit?: number;
   /** Called with progress of the page writing. */
   readonly onProgress?: (progress: { pagesWritten: number; pagesTotal: number }) => void;
+  /** Called as each stage starts (for logs, progress displays and tests that act at a stage). */
+  readonly onStage?: (stage: DumpStage) => void;
   /** Test hook: throw at the named point (fault injection). */
   readonly faultAt?: string;
 }
@@ -117,6 +119,7 @@ export function dumpSync(options: DumpOptions): DumpResult {
 
   // ---- prepare-dir
   stage = 'prepare-dir';
+  options.onStage?.(stage);
   let dir: ImageDir;
   try {
     dir = new ImageDir(options.imagesDir);
@@ -148,6 +151,7 @@ export function dumpSync(options: DumpOptions): DumpResult {
   try {
     // ---- freeze
     stage = 'freeze';
+    options.onStage?.(stage);
     const freezeStart = performance.now();
     victim = injectSync(pid);
     const freezingTime = Math.round((performance.now() - freezeStart) * 1000);
@@ -161,11 +165,13 @@ export function dumpSync(options: DumpOptions): DumpResult {
 
     // ---- infect
     stage = 'infect';
+    options.onStage?.(stage);
     const parasite = victim.infectSync();
     fault('after-parasite');
 
     // ---- collect
     stage = 'collect';
+    options.onStage?.(stage);
     const files = new FileTable(options.ghostLimit ?? DEFAULT_GHOST_LIMIT);
     const exePath = readLink(pid, 'exe').replace(/ \(deleted\)$/, '');
     const exeId = files.mappedFile(exePath, 0, `/proc/${pid}/exe`);
@@ -176,6 +182,7 @@ export function dumpSync(options: DumpOptions): DumpResult {
 
     // ---- files
     stage = 'files';
+    options.onStage?.(stage);
     const fdEntries = dumpDescriptors(pid, taskFds, files);
     const cwdId = files.directory(readLink(pid, 'cwd'), `/proc/${pid}/cwd`);
     const rootId = files.directory(readLink(pid, 'root'), `/proc/${pid}/root`);
@@ -183,6 +190,7 @@ export function dumpSync(options: DumpOptions): DumpResult {
 
     // ---- memory
     stage = 'memory';
+    options.onStage?.(stage);
     const memStart = performance.now();
     const runs = scanPages(pid, vmas, 'private');
     const pagesTotal = runs.reduce((n, r) => n + r.pages, 0);
@@ -200,6 +208,7 @@ export function dumpSync(options: DumpOptions): DumpResult {
 
     // ---- write-images
     stage = 'write-images';
+    options.onStage?.(stage);
     const ids: DecodedMessage = { vm_id: 1, files_id: 1, fs_id: 1, sighand_id: 1, ...namespaceIds(pid) };
     dir.writeImage(`pagemap-${pid}.img`, [{ pages_id: 1 }, ...pagemapEntries(runs)]);
     dir.writeImage(`core-${pid}.img`, [core]);
@@ -229,6 +238,7 @@ export function dumpSync(options: DumpOptions): DumpResult {
 
     // ---- finish
     stage = 'finish';
+    options.onStage?.(stage);
     dir.writeImage('inventory.img', [
       {
         img_version: 2, fdinfo_per_id: true, root_ids: ids, ns_per_id: true, lsmtype: 0 /* NO_LSM */,
