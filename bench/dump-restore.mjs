@@ -254,6 +254,7 @@ try {
 }
 
 // ---- report
+if (results.length === 0) process.exit(exitCode || 1);
 const nodeStartup = median(Array.from({ length: RUNS }, () => timed(() => run(process.execPath, ['-e', '0']))));
 const fsType = spawnSync('df', ['--output=fstype,source', KEEP ? dir : dirname(dir)], { encoding: 'utf8' }).stdout.trim().split('\n').at(-1)?.trim().replace(/\s+/, ' on ');
 const ms = (x) => (x === undefined ? '-' : x < 10 ? `${x.toFixed(2)} ms` : `${x.toFixed(1)} ms`);
