@@ -340,6 +340,8 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	main_pid = getpid();
+	/* Exactly the descriptors set up here, whatever the launcher leaked to us. */
+	close_range(3, ~0U, 0);
 	report_fd = open(argv[1], O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
 	if (report_fd < 0)
 		return 2;

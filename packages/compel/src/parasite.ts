@@ -324,8 +324,10 @@ export class Parasite {
     this.req.writeUInt32LE(cmd, 0);
     args.forEach((a, i) => this.req.writeBigUInt64LE(BigInt.asUintN(64, BigInt(a)), 8 + i * 8));
     try {
-      sendmsg(this.sock, this.req, fds);
-      const got = recvmsg(this.sock, this.rep, 8);
+      retryEintr(() => sendmsg(this.sock!, this.req, fds));
+      // With SO_RCVTIMEO set, a signal to us interrupts recvmsg with EINTR even when its handler
+      // asks for restarts (socket(7)); the reply is still on its way: wait again.
+      const got = retryEintr(() => recvmsg(this.sock!, this.rep, 8));
       if (got.bytes < REP_HDR_SIZE) throw new CompelError('parasite', this.injection.pid, `short reply (${got.bytes} bytes) to command ${cmd}`);
       const ret = this.rep.readBigInt64LE(0);
       const rcmd = this.rep.readUInt32LE(8);
@@ -558,6 +560,17 @@ export class Parasite {
     }
     inj.syscallRawSync('close', this.remoteSock);
     inj.unmapSync(this.base);
+  }
+}
+
+/** Runs a socket call again while it fails with EINTR (bounded: a signal storm is an error). */
+function retryEintr<T>(call: () => T): T {
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return call();
+    } catch (err) {
+      if (!(err instanceof SysError && err.code === 'EINTR') || attempt >= 1000) throw err;
+    }
   }
 }
 

@@ -5,6 +5,7 @@ import { DumpError, RestoreError, dumpSync, restore } from '@criu-ts/core';
 import { UsageError, type CommandIo } from './command-io.js';
 import { parseCriuOptions, parseSize, optionsHelp, type ParsedCriuOptions } from './criu-options.js';
 import { Log } from './log.js';
+import { ProgressBar } from './progress.js';
 
 const COMMON = ['images-dir', 'work-dir', 'log-file', 'verbosity', 'shell-job', 'timeout', 'no-default-config', 'manage-cgroups', 'help'];
 
@@ -51,20 +52,25 @@ export function runDump(argv: string[], io: CommandIo): number {
   if (parsed.values.has('leave-running') && parsed.values.has('leave-stopped')) throw new UsageError('dump: -R and -s exclude each other', DUMP_HELP);
   const ghost = value(parsed, 'ghost-limit');
   const { imagesDir, log } = common(parsed, io);
+  const progress = new ProgressBar(io, 'dump');
   try {
     log.info(`Dumping process ${tree} into ${imagesDir}`);
     const result = dumpSync({
+      onStage: (stage) => log.debug(`stage ${stage}`),
+      onProgress: ({ pagesWritten, pagesTotal }) => progress.update(pagesWritten, pagesTotal, 4096),
       pid: Number(tree),
       imagesDir,
       leave: parsed.values.has('leave-running') ? 'running' : parsed.values.has('leave-stopped') ? 'stopped' : 'kill',
       shellJob: parsed.values.has('shell-job'),
       ...(ghost !== undefined ? { ghostLimit: parseSize(ghost, '--ghost-limit', DUMP_HELP) } : {}),
     });
+    progress.finish();
     log.info(`Dumped ${result.pagesWritten} pages; frozen for ${(result.frozenTime / 1000).toFixed(1)} ms`);
     log.info('Dumping finished successfully');
     if (io.isTty?.()) io.error(`criu-ts: dumped ${tree}: ${result.images.length} images, ${(result.pagesWritten * 4096 / 1048576).toFixed(1)} MiB of pages, frozen ${(result.frozenTime / 1000).toFixed(1)} ms`);
     return 0;
   } catch (error) {
+    progress.finish();
     log.error(error instanceof DumpError ? error.message : `dump failed: ${(error as Error).message}`);
     log.error('Dumping FAILED.');
     return 1;

@@ -14,6 +14,8 @@ export interface CommandIo {
   readStdin(): Uint8Array;
   /** Whether standard error is a terminal (progress and summaries only go to terminals). */
   isTty?(): boolean;
+  /** Text to standard error as it is (no newline added): progress bars. */
+  errorRaw?(text: string): void;
 }
 
 /** A wrong command line: reported with the command's usage, exit status 2 like argparse. */
@@ -48,4 +50,5 @@ export const processIo: CommandIo = {
   error: (text) => writeAll(2, Buffer.from(text.endsWith('\n') ? text : text + '\n')),
   readStdin: () => readFileSync(0),
   isTty: () => process.stderr.isTTY === true,
+  errorRaw: (text) => writeAll(2, Buffer.from(text)),
 };

@@ -18,7 +18,7 @@
 // Rollback (any failure before finish completes): the parasite is removed and the task cured, so
 // it runs on (or stays stopped) exactly as before; every file this dump wrote is removed.
 import { randomUUID } from 'node:crypto';
-import { existsSync, readFileSync, readdirSync } from 'node:fs';
+import { existsSync, fsyncSync, readFileSync, readdirSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
 import { injectSync, type Victim } from '@criu-ts/compel';
 import type { DecodedMessage } from '@criu-ts/images';
@@ -198,9 +198,10 @@ export function dumpSync(options: DumpOptions): DumpResult {
     let pagesWritten = 0;
     try {
       fault('in-pages');
-      const bytes = writePages(pid, runs, parasite, pagesFd);
+      const bytes = writePages(pid, runs, parasite, pagesFd, (done) => options.onProgress?.({ pagesWritten: done / 4096, pagesTotal }));
       pagesWritten = bytes / 4096;
-      options.onProgress?.({ pagesWritten, pagesTotal });
+      // The pages are on disk before the task is killed, like every other image.
+      fsyncSync(pagesFd);
     } finally {
       closeFd(pagesFd);
     }

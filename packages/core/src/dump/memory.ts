@@ -192,13 +192,20 @@ export function scanPages(pid: number, vmas: readonly DumpVma[], kind: 'private'
 }
 
 /** Writes the pages of `runs` to `out` in order; returns the bytes written. */
-export function writePages(pid: number, runs: readonly PageRun[], parasite: Parasite, out: Fd): number {
+/** Bytes handed to the parasite per call: large enough to keep it busy, small enough to report progress. */
+const PROGRESS_STEP = 64 << 20;
+
+/** Writes the pages of `runs` to `out` in order; returns the bytes written. `onWritten` hears of progress. */
+export function writePages(pid: number, runs: readonly PageRun[], parasite: Parasite, out: Fd, onWritten?: (bytes: number) => void): number {
   let written = 0;
   let batch: Array<{ addr: ReturnType<typeof asRemoteAddress>; len: number }> = [];
+  let batchBytes = 0;
   const flush = () => {
     if (batch.length === 0) return;
     written += parasite.dumpPages(batch, out);
     batch = [];
+    batchBytes = 0;
+    onWritten?.(written);
   };
   let mem: number | undefined;
   try {
@@ -206,6 +213,8 @@ export function writePages(pid: number, runs: readonly PageRun[], parasite: Para
       const len = run.pages * PAGE_SIZE;
       if (run.readable) {
         batch.push({ addr: asRemoteAddress(run.start), len });
+        batchBytes += len;
+        if (batchBytes >= PROGRESS_STEP) flush();
         continue;
       }
       flush();
