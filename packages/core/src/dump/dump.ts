@@ -18,7 +18,7 @@
 // Rollback (any failure before finish completes): the parasite is removed and the task cured, so
 // it runs on (or stays stopped) exactly as before; every file this dump wrote is removed.
 import { randomUUID } from 'node:crypto';
-import { existsSync, fsyncSync, readFileSync, readdirSync } from 'node:fs';
+import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
 import { injectSync, type Victim } from '@criu-ts/compel';
 import type { DecodedMessage } from '@criu-ts/images';
@@ -200,8 +200,6 @@ export function dumpSync(options: DumpOptions): DumpResult {
       fault('in-pages');
       const bytes = writePages(pid, runs, parasite, pagesFd, (done) => options.onProgress?.({ pagesWritten: done / 4096, pagesTotal }));
       pagesWritten = bytes / 4096;
-      // The pages are on disk before the task is killed, like every other image.
-      fsyncSync(pagesFd);
     } finally {
       closeFd(pagesFd);
     }
@@ -240,15 +238,25 @@ export function dumpSync(options: DumpOptions): DumpResult {
     // ---- finish
     stage = 'finish';
     options.onStage?.(stage);
+    const leave = options.leave ?? 'kill';
+    if (leave !== 'kill') {
+      // Everything the task had to give is in the files: it runs on (or stops) while they reach
+      // the disk, so the fsyncs are not part of its frozen time.
+      // A task that was stopped when seized goes back to its stop anyway.
+      victim.cureSync({ stop: leave === 'stopped' && (core.tc as DecodedMessage).task_state !== TASK_STOPPED });
+    }
+    // Every image durable first, then inventory.img, then the directory: a crash at any point
+    // leaves a directory without inventory, which never looks like a complete dump.
+    dir.syncWritten();
     dir.writeImage('inventory.img', [
       {
         img_version: 2, fdinfo_per_id: true, root_ids: ids, ns_per_id: true, lsmtype: 0 /* NO_LSM */,
         network_lock_method: 0, plugins_entry: {}, dump_criu_run_id: randomUUID(),
       },
     ]);
+    dir.syncWritten();
     dir.syncDirectory();
     fault('after-images');
-    const leave = options.leave ?? 'kill';
     if (leave === 'kill') {
       // Killed while still seized: it never runs again after its state was saved.
       kill(pid, 9);
@@ -258,9 +266,6 @@ export function dumpSync(options: DumpOptions): DumpResult {
       } catch {
         /* the task is gone: what cure could not undo does not matter */
       }
-    } else {
-      // A task that was stopped when seized goes back to its stop anyway.
-      victim.cureSync({ stop: leave === 'stopped' && (core.tc as DecodedMessage).task_state !== TASK_STOPPED });
     }
     cleanedUp = true;
     return {

@@ -38,7 +38,20 @@ export class ImageDir {
         else writer.append(entry as DecodedMessage);
       }
     } finally {
-      writer.finish({ sync: true });
+      // Not synced here: syncWritten() does all files at once, when the task no longer waits.
+      writer.finish();
+    }
+  }
+
+  /** fsync of every file written so far (images and raw pages). */
+  syncWritten(): void {
+    for (const name of this.written) {
+      const fd = openSync(this.file(name), 'r');
+      try {
+        fsyncSync(fd);
+      } finally {
+        closeSync(fd);
+      }
     }
   }
 
