@@ -121,6 +121,7 @@ export function fillPages(task: RestoreTask, set: ImageSet): number {
   const sharedVma = (addr: bigint) => set.vmas.some((v) => (v.flags & MAP.SHARED) && v.start <= addr && addr < v.end);
   const runs = set.runs.filter((r) => !sharedVma(r.vaddr));
   if (runs.length === 0) return 0;
+  prefault(task, runs);
   const fd = remoteOpen(task, 'fill-pages', set.pagesFile, O.RDONLY | O.CLOEXEC);
   const maxIov = Math.min(1024, Math.floor(task.scratchSize / 16));
   let total = 0;
@@ -165,6 +166,31 @@ export function fillPages(task: RestoreTask, set: ImageSet): number {
     task.syscallRawSync('close', fd);
   }
   return total;
+}
+
+const MADV_POPULATE_WRITE = 23;
+/** Below this, populating ahead costs a remote call more than the faults it saves. */
+const PREFAULT_MIN = 256 * 1024;
+
+/**
+ * Allocates the pages preadv is about to fill, in large ranges, with MADV_POPULATE_WRITE
+ * (Linux 5.14): otherwise every page faults one by one inside preadv's copy, which costs about as
+ * much again as the copy (1 GiB: ~0.85 s with faults, ~0.45 s populated first, measured here).
+ * Best effort: a kernel without it answers EINVAL and the faults happen as before.
+ */
+function prefault(task: RestoreTask, runs: ReadonlyArray<{ vaddr: bigint; nrPages: number }>): void {
+  const ranges: Array<{ start: bigint; end: bigint }> = [];
+  for (const r of [...runs].sort((a, b) => (a.vaddr < b.vaddr ? -1 : a.vaddr > b.vaddr ? 1 : 0))) {
+    const end = r.vaddr + BigInt(r.nrPages * PAGE_SIZE);
+    const last = ranges.at(-1);
+    if (last && last.end === r.vaddr) last.end = end;
+    else ranges.push({ start: r.vaddr, end });
+  }
+  for (const range of ranges) {
+    if (range.end - range.start < BigInt(PREFAULT_MIN)) continue;
+    const ret = task.syscallRawSync('madvise', range.start, range.end - range.start, MADV_POPULATE_WRITE);
+    if (ret === -22n) return; // EINVAL: not supported here, nothing more to try
+  }
 }
 
 /** madvise advice numbers CRIU records in vma_entry.madv (bit N = advice N) and that we replay. */
