@@ -28,6 +28,9 @@
 #define NR_timer_gettime 224
 #define NR_timer_getoverrun 225
 #define NR_vmsplice 278
+#define NR_arch_prctl 158
+
+#define ARCH_GET_XCOMP_PERM 0x1022
 
 #define PR_GET_PDEATHSIG 2
 #define PR_GET_DUMPABLE 3
@@ -132,6 +135,26 @@ static s64 do_vmsplice(int pipe_fd, struct iovec *iov, u64 n, u64 flags) {
     if (i < n && r > 0) { iov[i].base = (char *)iov[i].base + r; iov[i].len -= (u64)r; }
   }
   return total;
+}
+
+/*
+ * The XSAVE layout as this task sees it (CPUID leaf 0xD, one subleaf per state component) and the
+ * state components it is permitted to use. Called by the injector through parasite_entry_call
+ * before the daemon starts; the self-cure frame is built from the answer.
+ */
+s64 parasite_xstate_layout(struct parasite_xstate_layout *out) {
+  memset(out, 0, sizeof(*out));
+  out->perm_ret = sys2(NR_arch_prctl, ARCH_GET_XCOMP_PERM, &out->perm);
+  u32 a, b, c, d;
+  __asm__ volatile("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(0), "c"(0));
+  if (a < 0xd) return 0;
+  for (u32 i = 2; i < 64; i++) {
+    __asm__ volatile("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(0xd), "c"(i));
+    out->comp[i][0] = a;
+    out->comp[i][1] = b;
+    out->comp[i][2] = c;
+  }
+  return 1;
 }
 
 static s64 dump_misc(struct parasite_misc *m) {

@@ -75,6 +75,17 @@ struct parasite_posix_timer {
   s64 interval_sec, interval_nsec, value_sec, value_nsec;
 };
 
+/*
+ * Filled by parasite_xstate_layout(), called once at infection before the daemon starts: the
+ * task's view of its XSAVE state, so that the self-cure frame carries exactly the extended state
+ * rt_sigreturn will accept for this task (see buildSigframe in parasite.ts). 784 bytes.
+ */
+struct parasite_xstate_layout {
+  s64 perm_ret;       /*  0: arch_prctl(ARCH_GET_XCOMP_PERM) result: 0, or -errno (kernel before 5.16) */
+  u64 perm;           /*  8: the features the task may use (ARCH_GET_XCOMP_PERM) */
+  u32 comp[64][3];    /* 16: CPUID(0xD, i) for i >= 2: size (EAX), standard-format offset (EBX), flags (ECX) */
+};
+
 /* DUMP_MISC. */
 struct parasite_misc {
   s64 pid, tid, ppid, pgid, sid;

@@ -12,6 +12,10 @@
  *   epoll      blocked in epoll_wait on stdin
  *   threads    8 threads computing, the main thread in read(0)
  *   zombie     like busy, with an unreaped (zombie) child
+ *   xstate     spinning (pause) with known values in xmm0, ymm15 and, if the CPU has AVX-512,
+ *              zmm31 and k7 (low 16 bits); prints "avx512=0|1 sigframe=XFEATURES/SIZE " (the
+ *              kernel's own signal-frame xstate header for it) before "ready"; on SIGUSR1 reports
+ *          "ok xstate ..." or "bad xstate xmm0=.. ymm15=.. zmm31=.. k7=.." (each ok/bad)
  *
  * Every mode arms ITIMER_REAL (interval 1000 s, value 2000 s) and one POSIX timer (CLOCK_MONOTONIC,
  * SIGEV_NONE, interval 300 s, value 600 s), for the timer commands.
@@ -22,6 +26,7 @@
  * printed first ("read rc=... data=...", "woke rc=...", "epoll n=...", "slept rc=... ms=...").
  */
 #define _GNU_SOURCE
+#include <cpuid.h>
 #include <errno.h>
 #include <linux/futex.h>
 #include <pthread.h>
@@ -36,6 +41,7 @@
 #include <sys/time.h>
 #include <sys/wait.h>
 #include <time.h>
+#include <ucontext.h>
 #include <unistd.h>
 
 static uint8_t *data;
@@ -75,6 +81,87 @@ static void busy(uint64_t seed) {
       printf("%s iters=%llu\n", ok ? "ok" : "bad", (unsigned long long)n);
       fflush(stdout);
     }
+  }
+}
+
+/*
+ * The xstate mode: xmm0, ymm15 (both halves), zmm31 and k7 hold values derived from the pid,
+ * written, spun on and read back inside one asm block so that no compiled code touches them in
+ * between. Anything that loses the extended state (an rt_sigreturn restoring only the FXSAVE
+ * part, say) shows up as a changed upper half.
+ */
+static int have_avx512(void) {
+  unsigned a, b, c, d;
+  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || !(b & (1u << 16))) return 0; /* AVX512F */
+  if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & (1u << 27))) return 0;          /* OSXSAVE */
+  unsigned lo, hi;
+  __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+  return (lo & 0xe6) == 0xe6;
+}
+
+/* Only called when the CPU has AVX-512; the target attribute lets the asm name zmm31 and k7. */
+static void __attribute__((noinline, target("avx512f"))) spin_avx512(const uint8_t *want, uint8_t *seen) {
+  __asm__ volatile(
+      "vmovdqu (%[w]), %%xmm0\n\t"
+      "vmovdqu 16(%[w]), %%ymm15\n\t"
+      "vmovdqu64 48(%[w]), %%zmm31\n\t"
+      "kmovw 112(%[w]), %%k7\n\t"
+      "1: pause\n\t"
+      "cmpl $0, %[flag]\n\t"
+      "je 1b\n\t"
+      "vmovdqu %%xmm0, (%[s])\n\t"
+      "vmovdqu %%ymm15, 16(%[s])\n\t"
+      "vmovdqu64 %%zmm31, 48(%[s])\n\t"
+      "kmovw %%k7, 112(%[s])\n\t"
+      "vzeroupper"
+      : [flag] "+m"(want_check)
+      : [w] "r"(want), [s] "r"(seen)
+      : "xmm0", "xmm15", "xmm31", "k7", "memory", "cc");
+}
+
+/* What the kernel writes in its own signal frames for this task (struct _fpx_sw_bytes): the
+ * extended state and size its rt_sigreturn accepts. Printed in the xstate mode's ready line. */
+static unsigned long long sw_xfeatures;
+static unsigned sw_xstate_size;
+static void on_probe(int sig, siginfo_t *si, void *uc_) {
+  ucontext_t *uc = uc_;
+  const uint8_t *fp = (const uint8_t *)uc->uc_mcontext.fpregs;
+  if (*(const uint32_t *)(fp + 464) != 0x46505853) return; /* FP_XSTATE_MAGIC1 */
+  memcpy(&sw_xfeatures, fp + 464 + 8, 8);
+  memcpy(&sw_xstate_size, fp + 464 + 16, 4);
+}
+
+static void xstate(void) {
+  int avx512 = have_avx512();
+  uint8_t want[16 + 32 + 64 + 8] __attribute__((aligned(64)));
+  uint8_t seen[sizeof want] __attribute__((aligned(64)));
+  for (size_t i = 0; i < sizeof want; i++) want[i] = (uint8_t)(0x5a ^ (i * 37) ^ (getpid() >> (i & 7)));
+  for (;;) {
+    memset(seen, 0, sizeof seen);
+    if (avx512) {
+      spin_avx512(want, seen);
+    } else {
+      __asm__ volatile(
+      "vmovdqu (%[w]), %%xmm0\n\t"
+      "vmovdqu 16(%[w]), %%ymm15\n\t"
+      "1: pause\n\t"
+      "cmpl $0, %[flag]\n\t"
+      "je 1b\n\t"
+      "vmovdqu %%xmm0, (%[s])\n\t"
+      "vmovdqu %%ymm15, 16(%[s])\n\t"
+      "vzeroupper"
+      : [flag] "+m"(want_check)
+      : [w] "r"(want), [s] "r"(seen)
+      : "xmm0", "xmm15", "memory", "cc");
+    }
+    want_check = 0;
+    int x0 = !memcmp(seen, want, 16), y15 = !memcmp(seen + 16, want + 16, 32);
+    int z31 = !avx512 || !memcmp(seen + 48, want + 48, 64), k7 = !avx512 || !memcmp(seen + 112, want + 112, 2);
+    int ok = x0 && y15 && z31 && k7 && check_data();
+    printf("%s xstate xmm0=%s ymm15=%s ymm15hi=%s zmm31=%s k7=%s avx512=%d sigframe=%llx/%u\n", ok ? "ok" : "bad",
+           x0 ? "ok" : "bad", y15 ? "ok" : "bad", !memcmp(seen + 32, want + 32, 16) ? "ok" : "bad", z31 ? "ok" : "bad",
+           k7 ? "ok" : "bad", avx512, sw_xfeatures, sw_xstate_size);
+    fflush(stdout);
   }
 }
 
@@ -141,11 +228,19 @@ int main(int argc, char **argv) {
     waitid(P_PID, child, &si, WEXITED | WNOWAIT);
     printf("zombie=%d ", child);
   }
+  if (!strcmp(mode, "xstate")) {
+    struct sigaction sa = {.sa_sigaction = on_probe, .sa_flags = SA_SIGINFO};
+    sigaction(SIGUSR2, &sa, NULL);
+    raise(SIGUSR2);
+    printf("avx512=%d sigframe=%llx/%u ", have_avx512(), sw_xfeatures, sw_xstate_size);
+  }
   printf("ready pid=%d data=%p len=%zu\n", getpid(), (void *)data, data_len);
   fflush(stdout);
 
   if (!strcmp(mode, "busy") || !strcmp(mode, "zombie")) {
     busy(42);
+  } else if (!strcmp(mode, "xstate")) {
+    xstate();
   } else if (!strcmp(mode, "read")) {
     char buf[64] = {0};
     ssize_t rc = read(0, buf, sizeof buf - 1);

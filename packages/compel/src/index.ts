@@ -17,6 +17,7 @@ export { CompelError, type CompelErrorKind } from './errors.js';
 export { Injection, prepare, prepareSync, undoInterruptEintr, type CureOptions, type PrepareOptions, type SeizedThread, type SavedState, type Gadgets } from './injection.js';
 export {
   Parasite, infectSync, loadParasiteBlob, compileBlob, nativeDir, buildSigframe, restartedRegs,
+  sigframeXstateLayout, decodeXstateLayout, type XstateLayout,
   type Blob, type LoadedBlob, type Sigaction, type Itimer, type PosixTimer, type TaskMisc,
 } from './parasite.js';
 export { CMD as PARASITE_CMD, CTL as PARASITE_CTL, SIGFRAME } from './parasite-abi.js';

@@ -16,6 +16,9 @@ export const CMD = {
 } as const;
 export type ParasiteCommand = (typeof CMD)[keyof typeof CMD];
 
+/** struct parasite_xstate_layout: perm_ret, perm, then 64 x {size, offset, flags} (u32 each). */
+export const XSTATE_LAYOUT = { perm_ret: 0, perm: 8, comp: 16, comp_size: 12, size: 16 + 64 * 12 } as const;
+
 export const REQ_SIZE = 56;
 export const REP_HDR_SIZE = 16;
 export const REPLY_MAX = 8192;

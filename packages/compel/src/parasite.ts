@@ -29,14 +29,15 @@ import {
   accept4, AF_UNIX, bind, close, F, fcntl, ftruncate, listen, O, open, pipe2, pwrite, recvmsg, sendmsg,
   setsockopt, SO, SOCK, socket, sockaddrUn, SOL_SOCKET, splice, timeval, toSigframeFpstate, asRemoteAddress,
   MAP, PROT, syscallNumber, SysError, ERESTARTSYS, ERESTARTNOINTR, ERESTARTNOHAND, ERESTART_RESTARTBLOCK,
-  type Fd, type RemoteAddress, type SyscallName, type UserRegs, type RemoteRange, read as readFd,
+  type Fd, type RemoteAddress, type SyscallName, type UserRegs, type RemoteRange, read as readFd, pread,
+  xstateBv, xstateXcr0, XSAVE_HEADER_OFFSET,
 } from '@criu-ts/sys';
 import { CompelError } from './errors.js';
 import { undoInterruptEintr, type Injection } from './injection.js';
 import {
   CMD, CTL, MISC_FIELDS, MISC_SIZE, PARASITE_MAGIC, POSIX_TIMER_SIZE, REP_HDR_SIZE, REPLY_MAX, REQ_SIZE,
   SIGACTION_SIZE, SIGCONTEXT_CSGSFSSS, SIGCONTEXT_FPSTATE, SIGCONTEXT_GPRS, SIGFRAME, UC_FP_XSTATE,
-  UC_SIGCONTEXT_SS, UC_STRICT_RESTORE_SS, type ParasiteCommand,
+  UC_SIGCONTEXT_SS, UC_STRICT_RESTORE_SS, XSTATE_LAYOUT, type ParasiteCommand,
 } from './parasite-abi.js';
 import { listPosixTimers, readMaps } from './proc.js';
 
@@ -162,13 +163,67 @@ export function restartedRegs(regs: UserRegs): UserRegs {
   return regs;
 }
 
+/** The task's XSAVE layout as the parasite found it (struct parasite_xstate_layout). */
+export interface XstateLayout {
+  /** ARCH_GET_XCOMP_PERM: the components the task may use; null if the kernel has no such call. */
+  perm: bigint | null;
+  /** CPUID(0xD, i) per component i (index 0 and 1 unused): size, standard-format offset, flags (ECX). */
+  components: Array<{ size: number; offset: number; flags: number }>;
+}
+
+export function decodeXstateLayout(buf: Buffer): XstateLayout {
+  const permRet = buf.readBigInt64LE(XSTATE_LAYOUT.perm_ret);
+  const components = Array.from({ length: 64 }, (_, i) => {
+    const o = XSTATE_LAYOUT.comp + i * XSTATE_LAYOUT.comp_size;
+    return { size: buf.readUInt32LE(o), offset: buf.readUInt32LE(o + 4), flags: buf.readUInt32LE(o + 8) };
+  });
+  return { perm: permRet === 0n ? buf.readBigUInt64LE(XSTATE_LAYOUT.perm) : null, components };
+}
+
+/** CPUID(0xD, i).ECX bit 2: the component can be armed in XFD, i.e. the kernel gives a task its buffer on first use (AMX tile data). */
+const XSTATE_COMP_XFD = 4;
+
+/**
+ * Which components a signal frame for this task may restore, and the area's length: what
+ * rt_sigreturn accepts from it. The kernel takes an extended frame only up to the task's own
+ * signal-frame size (fpstate->user_size) and XRSTORs exactly the sw_reserved xfeatures; a dynamic
+ * component (XFD-capable: AMX tile data) counts only once the task has a buffer for it, which it
+ * certainly has when XSTATE_BV shows the component in use. Elsewhere it is left out: its state is
+ * init then, which is what rt_sigreturn gives every component outside the mask anyway.
+ * Returns undefined (use the whole image) when the layout does not describe every component.
+ */
+export function sigframeXstateLayout(xsave: Buffer, layout: XstateLayout): { features: bigint; size: number } | undefined {
+  if (xsave.length <= XSAVE_HEADER_OFFSET) return undefined;
+  const bv = xstateBv(xsave);
+  let features = xstateXcr0(xsave);
+  if (layout.perm !== null) features &= layout.perm | 3n;
+  let size = XSAVE_HEADER_OFFSET + 64;
+  for (let i = 2; i < 64; i++) {
+    const bit = 1n << BigInt(i);
+    if (!(features & bit)) continue;
+    const c = layout.components[i]!;
+    if (c.flags & XSTATE_COMP_XFD && !(bv & bit)) {
+      features &= ~bit;
+      continue;
+    }
+    if (c.size === 0 || c.offset + c.size > xsave.length) return undefined;
+    size = Math.max(size, c.offset + c.size);
+  }
+  return { features, size };
+}
+
 /**
  * An rt_sigreturn frame at `frameAddr` restoring `regs`, `sigmask` and the XSAVE image; the
  * fpstate goes at the next 64-byte boundary after the frame (XRSTOR needs that alignment).
+ * `xstate` (see sigframeXstateLayout) limits the extended state to what the task's rt_sigreturn
+ * accepts; without it the whole image is offered.
  * uc_stack is left zero (the parasite fills in the task's current sigaltstack before use).
  */
-export function buildSigframe(regs: UserRegs, sigmask: bigint, xsave: Buffer, frameAddr: bigint, pretcode: bigint): Buffer {
-  const fp = toSigframeFpstate(xsave);
+export function buildSigframe(
+  regs: UserRegs, sigmask: bigint, xsave: Buffer, frameAddr: bigint, pretcode: bigint,
+  xstate?: { features: bigint; size: number },
+): Buffer {
+  const fp = toSigframeFpstate(xsave, xstate);
   const fpAddr = alignB(frameAddr + BigInt(SIGFRAME.size), 64n);
   const fpOff = Number(fpAddr - frameAddr);
   const frame = Buffer.alloc(fpOff + fp.length);
@@ -205,6 +260,8 @@ export class Parasite {
     readonly blob: Blob,
     /** True when the parasite can unmap itself if we die (gadgets found, room below the stack). */
     readonly selfCureUnmaps: boolean,
+    /** The extended state the self-cure frame restores (undefined: the whole NT_X86_XSTATE image). */
+    readonly selfCureXstate: { features: bigint; size: number } | undefined,
   ) {
     this.sock = sock;
   }
@@ -216,7 +273,7 @@ export class Parasite {
   static infectSync(inj: Injection, blob: Blob = loadParasiteBlob()): Parasite {
     const pid = inj.pid;
     const gadgets = inj.findGadgets();
-    const fpLen = inj.saved.xsave.length + 4;
+    const fpLen = inj.saved.xsave.length + 4; // the most a frame's fpstate takes (the whole image)
     const chainMax = align(24 + SIGFRAME.size + 64 + fpLen, 64);
     const ctlOff = align(blob.size, PAGE);
     const chainOff = 256;
@@ -270,8 +327,22 @@ export class Parasite {
     setsockopt(sock, SOL_SOCKET, SO.SNDTIMEO, timeval(inj.timeoutMs));
     inj.unmapSync(scratch);
 
-    // 4. The self-cure chain and frame, for the case where we die while the parasite runs.
+    // 4. The self-cure chain and frame, for the case where we die while the parasite runs. The
+    // frame's extended state is cut to what this task's rt_sigreturn accepts, from the XSAVE
+    // layout and permissions the blob reads in the task (one call before the daemon starts).
     const ctlAddr = base + BigInt(ctlOff);
+    const stackTop = base + BigInt(size) - 64n;
+    let xstate: { features: bigint; size: number } | undefined;
+    const layoutFn = blob.symbols.parasite_xstate_layout;
+    if (layoutFn !== undefined) {
+      const out = ctlAddr + BigInt(bufOff);
+      const entry = asRemoteAddress(base + BigInt(blob.symbols.parasite_entry_call!));
+      if (inj.callSync(entry, asRemoteAddress(base + BigInt(layoutFn)), asRemoteAddress(stackTop), [out]) === 1n) {
+        const raw = Buffer.alloc(XSTATE_LAYOUT.size);
+        pread(memfd, raw, BigInt(ctlOff + bufOff));
+        xstate = sigframeXstateLayout(inj.saved.xsave, decodeXstateLayout(raw));
+      }
+    }
     const orig = restartedRegs(undoInterruptEintr(inj.saved.regs));
     const ctl = Buffer.alloc(CTL.size);
     let chainAddr = 0n;
@@ -281,7 +352,7 @@ export class Parasite {
       const start = (below - BigInt(chainMax)) & ~63n;
       const stackVma = readMaps(pid).find((v) => v.start <= start && inj.saved.regs.rsp <= v.end && v.perms.startsWith('rw'));
       if (stackVma) {
-        const frame = buildSigframe(orig, inj.saved.sigmask, inj.saved.xsave, start + 16n, gadgets.syscallRet);
+        const frame = buildSigframe(orig, inj.saved.sigmask, inj.saved.xsave, start + 16n, gadgets.syscallRet, xstate);
         chain = Buffer.alloc(16 + frame.length);
         chain.writeBigUInt64LE(gadgets.popRaxRet, 0);
         chain.writeBigUInt64LE(15n /* rt_sigreturn */, 8);
@@ -290,7 +361,7 @@ export class Parasite {
       }
     }
     const frameInBlob = ctlAddr + BigInt(frameOff);
-    const fallback = buildSigframe(orig, inj.saved.sigmask, inj.saved.xsave, frameInBlob, 0n);
+    const fallback = buildSigframe(orig, inj.saved.sigmask, inj.saved.xsave, frameInBlob, 0n, xstate);
     ctl.writeBigUInt64LE(PARASITE_MAGIC, CTL.magic);
     ctl.writeInt32LE(remoteSock, CTL.sock);
     ctl.writeBigUInt64LE(base, CTL.blob_addr);
@@ -306,9 +377,8 @@ export class Parasite {
     pwrite(memfd, fallback, BigInt(ctlOff + frameOff));
 
     // 5. Start the daemon on the blob's stack.
-    const stackTop = base + BigInt(size) - 64n;
     inj.startWorkerSync({ ...inj.saved.regs, rip: base + BigInt(blob.symbols.parasite_entry_daemon!), rsp: stackTop, rdi: ctlAddr });
-    const parasite = new Parasite(inj, base, size, memfd, ctlOff, bufOff, sock, remoteSock, blob, chainAddr !== 0n);
+    const parasite = new Parasite(inj, base, size, memfd, ctlOff, bufOff, sock, remoteSock, blob, chainAddr !== 0n, xstate);
     inj.onCure(() => parasite.stopSync());
     const pong = parasite.command(CMD.PING);
     if (Number(pong.ret) !== inj.worker) {

@@ -73,19 +73,31 @@ export function xstateXcr0(xsave: Uint8Array): bigint {
  * Turns a copy of an NT_X86_XSTATE image into the fpstate of a signal frame, which rt_sigreturn
  * accepts in full only with struct _fpx_sw_bytes in sw_reserved (magic1, extended_size, xfeatures,
  * xstate_size) and FP_XSTATE_MAGIC2 right after the area; otherwise it restores the legacy
- * FXSAVE part only. Returns a new buffer of xsave.length + 4 bytes.
+ * FXSAVE part only and puts every other component in its init state.
+ *
+ * The kernel also falls back to FXSAVE-only when xstate_size exceeds the task's own signal-frame
+ * size (fpstate->user_size), and that is smaller than the NT_X86_XSTATE image whenever XCR0 holds
+ * a dynamic feature the task has no buffer for (AMX tile data: ptrace reports 11008 bytes, a task
+ * that never used AMX restores at most 2816). So `layout` names the components to restore
+ * (`features`, which also becomes XRSTOR's mask: never a component the task may not use) and the
+ * area's length (`size`, the end of the topmost of them); the image is cut there. Without it, the
+ * whole image and XCR0 are used. Returns a new buffer of size + 4 bytes.
  */
-export function toSigframeFpstate(xsave: Uint8Array): Buffer {
-  const out = Buffer.alloc(xsave.byteLength + 4);
-  out.set(xsave);
+export function toSigframeFpstate(xsave: Uint8Array, layout?: { features: bigint; size: number }): Buffer {
   const xcr0 = xstateXcr0(xsave);
+  const features = layout ? layout.features & xcr0 : xcr0;
+  const size = layout ? Math.min(Math.max(layout.size, XSAVE_HEADER_OFFSET + 64), xsave.byteLength) : xsave.byteLength;
+  const out = Buffer.alloc(size + 4);
+  out.set(xsave.subarray(0, size));
   const o = FXSAVE_SW_RESERVED_OFFSET;
   out.fill(0, o, XSAVE_HEADER_OFFSET);
   out.writeUInt32LE(FP_XSTATE_MAGIC1, o);
-  out.writeUInt32LE(xsave.byteLength + 4, o + 4);
-  out.writeBigUInt64LE(xcr0, o + 8);
-  out.writeUInt32LE(xsave.byteLength, o + 16);
-  out.writeUInt32LE(FP_XSTATE_MAGIC2, xsave.byteLength);
+  out.writeUInt32LE(size + 4, o + 4);
+  out.writeBigUInt64LE(features, o + 8);
+  out.writeUInt32LE(size, o + 16);
+  // XSTATE_BV: only components XRSTOR is asked to load (the rest are put in init state anyway).
+  if (size >= XSAVE_HEADER_OFFSET + 8) out.writeBigUInt64LE(out.readBigUInt64LE(XSAVE_HEADER_OFFSET) & features, XSAVE_HEADER_OFFSET);
+  out.writeUInt32LE(FP_XSTATE_MAGIC2, size);
   return out;
 }
 
