@@ -106,6 +106,12 @@ int main(int argc, char **argv)
 	uint8_t *holed = mmap(NULL, 3 * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	fill(holed, 3 * PAGE, 41);
 	mprotect(holed + PAGE, PAGE, PROT_NONE);
+	/* Shared anonymous memory (MAP_SHARED|MAP_ANONYMOUS): four pages written, four never touched,
+	 * and a read-only tail split off with mprotect (one object behind two VMAs). */
+	uint8_t *shared = mmap(NULL, 10 * PAGE, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	fill(shared, 4 * PAGE, 67);
+	fill(shared + 8 * PAGE, 2 * PAGE, 71);
+	mprotect(shared + 8 * PAGE, 2 * PAGE, PROT_READ);
 	/* A guard page never touched. */
 	uint8_t *guard = mmap(NULL, PAGE, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	/* A private file mapping with one page written (copied on write) and one left as the file's. */
@@ -182,6 +188,13 @@ int main(int argc, char **argv)
 		CHECK(same, "file page of a private mapping");
 	}
 	CHECK(mprotect(guard, PAGE, PROT_NONE) == 0, "guard mapping");
+	{
+		int untouched = 1;
+		for (size_t i = 4 * PAGE; i < 8 * PAGE; i++)
+			if (shared[i] != 0)
+				untouched = 0;
+		CHECK(pattern_ok(shared, 4 * PAGE, 67) && untouched && pattern_ok(shared + 8 * PAGE, 2 * PAGE, 71), "shared anonymous memory");
+	}
 
 	CHECK(lseek(data, 0, SEEK_CUR) == 42, "file offset");
 	char buf[16] = { 0 };

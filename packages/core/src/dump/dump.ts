@@ -30,7 +30,7 @@ import { readAuxv, readLink, readStat } from '../proc/task-files.js';
 import { readSmaps } from '../proc/smaps.js';
 import { FileTable, readGhostContents, UnsupportedFileError } from './files.js';
 import { ImageDir } from './image-dir.js';
-import { describeVmas, pagemapEntries, scanPages, writePages, type DumpVma } from './memory.js';
+import { describeVmas, pagemapEntries, scanPages, sharedObjects, shmemPagemapEntries, writePages, type DumpVma } from './memory.js';
 import {
   buildCoreEntry, buildThreadCoreEntry, collectPtraceState, collectThreadOwnState, TASK_STOPPED, type TaskSnapshot,
 } from './task-core.js';
@@ -203,6 +203,28 @@ export function dumpSync(options: DumpOptions): DumpResult {
     } finally {
       closeFd(pagesFd);
     }
+    // Shared anonymous memory: each object's pages once (from its first VMA that has them), in
+    // pages files of their own, as CRIU lays them out.
+    const shmemImages: Array<{ shmid: bigint; pagesId: number; entries: DecodedMessage[] }> = [];
+    for (const object of sharedObjects(vmas)) {
+      const pagesId = 2 + shmemImages.length;
+      const seen = new Set<bigint>();
+      const objectRuns = scanPages(pid, object.vmas, 'shared').filter((r) => {
+        // Two VMAs of one object may show the same page: keep the first sighting of an offset.
+        const vma = object.vmas.find((v) => v.proc.start <= r.start && r.start < v.proc.end)!;
+        const offset = r.start - vma.proc.start + vma.proc.offset;
+        if (seen.has(offset)) return false;
+        seen.add(offset);
+        return true;
+      });
+      const fd = asFd(dir.openRaw(`pages-${pagesId}.img`));
+      try {
+        pagesWritten += writePages(pid, objectRuns, parasite, fd) / 4096;
+      } finally {
+        closeFd(fd);
+      }
+      shmemImages.push({ shmid: object.shmid, pagesId, entries: shmemPagemapEntries(object, objectRuns) });
+    }
     const memdumpTime = Math.round((performance.now() - memStart) * 1000);
 
     // ---- write-images
@@ -210,6 +232,7 @@ export function dumpSync(options: DumpOptions): DumpResult {
     options.onStage?.(stage);
     const ids: DecodedMessage = { vm_id: 1, files_id: 1, fs_id: 1, sighand_id: 1, ...namespaceIds(pid) };
     dir.writeImage(`pagemap-${pid}.img`, [{ pages_id: 1 }, ...pagemapEntries(runs)]);
+    for (const shmem of shmemImages) dir.writeImage(`pagemap-shmem-${shmem.shmid}.img`, [{ pages_id: shmem.pagesId }, ...shmem.entries]);
     dir.writeImage(`core-${pid}.img`, [core]);
     for (const t of threadCores) dir.writeImage(`core-${t.tid}.img`, [t.core]);
     dir.writeImage(`mm-${pid}.img`, [mm]);

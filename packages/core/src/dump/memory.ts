@@ -97,9 +97,9 @@ export function describeVmas(pid: number, vmas: readonly ProcVma[], files: FileT
       entry.flags = MAP_SHARED | MAP_ANONYMOUS;
       entry.status = VMA.REGULAR | VMA.ANON_SHARED;
       entry.shmid = BigInt(v.inode);
-      // Its pages belong in pagemap-shmem-<shmid>.img, which needs the tree-wide shared-memory
-      // pass of the process-tree work; refusing beats losing them.
-      throw new Error(`shared anonymous memory at 0x${v.start.toString(16)} is not supported yet`);
+      // Offset of this VMA in the shared object: its pages are recorded by object offset.
+      entry.pgoff = v.offset;
+      pages = 'shared';
     } else {
       if (v.deleted) throw new Error(`mapping of deleted file ${v.name} at 0x${v.start.toString(16)} is not supported yet`);
       const openFlags = v.shared && v.vmFlags.has('mw') ? O_RDWR : 0;
@@ -234,6 +234,36 @@ export function writePages(pid: number, runs: readonly PageRun[], parasite: Para
     if (mem !== undefined) closeSync(mem);
   }
   return written;
+}
+
+/**
+ * Shared anonymous memory, one object per shmid: the VMAs mapping it and the runs of its pages,
+ * for pagemap-shmem-<shmid>.img, whose entries give offsets in the object rather than addresses.
+ */
+export interface SharedObject {
+  readonly shmid: bigint;
+  readonly vmas: DumpVma[];
+}
+
+export function sharedObjects(vmas: readonly DumpVma[]): SharedObject[] {
+  const objects = new Map<bigint, SharedObject>();
+  for (const v of vmas) {
+    if (v.pages !== 'shared') continue;
+    const shmid = BigInt(v.entry.shmid as bigint);
+    let o = objects.get(shmid);
+    if (!o) objects.set(shmid, (o = { shmid, vmas: [] }));
+    o.vmas.push(v);
+  }
+  return [...objects.values()];
+}
+
+/** pagemap-shmem entries: the runs' addresses turned into offsets in the object. */
+export function shmemPagemapEntries(object: SharedObject, runs: readonly PageRun[]): DecodedMessage[] {
+  return runs.map((r) => {
+    const vma = object.vmas.find((v) => v.proc.start <= r.start && r.start < v.proc.end)!;
+    const offset = r.start - vma.proc.start + vma.proc.offset;
+    return { vaddr: offset, compat_nr_pages: 0, flags: PE_PRESENT, nr_pages: BigInt(r.pages) };
+  });
 }
 
 /** pagemap entries for `runs` (after the head). */

@@ -106,10 +106,74 @@ export interface ImageSet {
   readonly pagesFile: string;
   readonly pagesSize: number;
   readonly runs: readonly PagesRun[];
+  /** Shared anonymous memory: one object per shmid, mapped once over its VMAs, with its pages. */
+  readonly shmem: readonly SharedMemoryImage[];
   readonly fds: readonly FdImage[];
   readonly cwd: RegFile;
   readonly root: RegFile;
   readonly umask: number | undefined;
+}
+
+export interface SharedMemoryImage {
+  readonly shmid: bigint;
+  /** The object's VMAs, address-ordered, contiguous in address and in object offset. */
+  readonly vmas: readonly VmaImage[];
+  /** pages-N.img of the object (absent when no page of it was ever written). */
+  readonly pagesFile?: string;
+  /** Runs by address in the restored mapping, with their offsets in pagesFile. */
+  readonly runs: readonly PagesRun[];
+}
+
+/**
+ * Groups the shared anonymous VMAs by object and reads pagemap-shmem-<shmid>.img. One process
+ * can map an object once and split it (mprotect), which restore reproduces by mapping the whole
+ * range once; an object mapped at two unrelated places needs one object behind two mappings,
+ * which is not supported yet.
+ */
+function readSharedMemory(dir: string, pid: number, vmas: readonly VmaImage[], invalid: (message: string, evidence?: Record<string, unknown>) => never): SharedMemoryImage[] {
+  const groups = new Map<bigint, VmaImage[]>();
+  for (const v of vmas) {
+    if (!(v.status & VMA.ANON_SHARED) || (v.status & (VMA.FILE_SHARED | VMA.FILE_PRIVATE))) continue;
+    const list = groups.get(v.shmid) ?? [];
+    list.push(v);
+    groups.set(v.shmid, list);
+  }
+  const out: SharedMemoryImage[] = [];
+  for (const [shmid, list] of groups) {
+    for (let i = 1; i < list.length; i++) {
+      const a = list[i - 1]!;
+      const b = list[i]!;
+      if (b.start !== a.end || b.pgoff !== a.pgoff + (a.end - a.start)) {
+        invalid(`mm-${pid}.img: shared memory object ${shmid} is mapped at ${hex(a.start)} and ${hex(b.start)} apart: not supported yet`, { shmid: String(shmid) });
+      }
+    }
+    const first = list[0]!;
+    const last = list.at(-1)!;
+    const objectStart = first.pgoff;
+    const objectEnd = first.pgoff + (last.end - first.start);
+    const path = join(dir, `pagemap-shmem-${shmid}.img`);
+    if (!existsSync(path)) {
+      out.push({ shmid, vmas: list, runs: [] });
+      continue;
+    }
+    let reader: PagesReader | undefined;
+    const runs: PagesRun[] = [];
+    try {
+      reader = PagesReader.open(path);
+      for (const run of reader.runs()) {
+        const end = run.vaddr + BigInt(run.nrPages * PAGE_SIZE);
+        if (run.vaddr < objectStart || end > objectEnd) invalid(`${path}: pages at offset ${hex(run.vaddr)}-${hex(end)} lie outside the mapped part of object ${shmid}`);
+        if ((run.flags & PE_PRESENT) && run.pages) runs.push({ vaddr: first.start + (run.vaddr - objectStart), nrPages: run.nrPages, offset: run.pages.offset });
+      }
+      out.push({ shmid, vmas: list, pagesFile: reader.pagesFile, runs });
+    } catch (err) {
+      if (err instanceof RestoreError) throw err;
+      throw new RestoreError('read-images', `${path} or its pages file cannot be read`, err instanceof ImageFormatError ? { file: err.file, reason: err.reason, offset: err.offset } : { file: path }, err);
+    } finally {
+      reader?.close();
+    }
+  }
+  return out;
 }
 
 function readAll(dir: string, name: string): Msg[] {
@@ -214,7 +278,7 @@ export function readImageSet(dir: string, options: { shellJob?: boolean } = {}):
     prevEnd = end;
     if (status & VMA.UNSUPP) invalid(`${where}: CRIU marked this mapping unsupported`);
     if (status & (VMA.MEMFD | VMA.SYSVIPC | VMA.SOCKET | VMA.AIORING | VMA.SHSTK | VMA.UPROBES)) invalid(`${where}: mapping kind (status 0x${status.toString(16)}) not supported yet`, { status });
-    if ((status & VMA.ANON_SHARED) && !(status & (VMA.FILE_SHARED | VMA.FILE_PRIVATE))) invalid(`${where}: anonymous shared memory is not supported yet`);
+
     let file: RegFile | undefined;
     if (status & (VMA.FILE_PRIVATE | VMA.FILE_SHARED)) {
       file = reg(Number(v.shmid), where);
@@ -287,7 +351,8 @@ export function readImageSet(dir: string, options: { shellJob?: boolean } = {}):
   }
 
   return {
-    dir, pid, ppid: Number(task.ppid), pgid, sid, core, threads: threadImages, mm, vmas, exe, pagesFile: pagesFile!, pagesSize: pagesSize!, runs, fds, cwd, root,
+    dir, pid, ppid: Number(task.ppid), pgid, sid, core, threads: threadImages, mm, vmas, exe, pagesFile: pagesFile!, pagesSize: pagesSize!, runs,
+    shmem: readSharedMemory(dir, pid, vmas, invalid), fds, cwd, root,
     umask: fsEntry.umask === undefined ? undefined : Number(fsEntry.umask),
   };
 }

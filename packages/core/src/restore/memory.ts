@@ -17,7 +17,7 @@
 import { AT_FDCWD, MAP, O, PROT } from '@criu-ts/sys';
 import { PAGE_SIZE } from '@criu-ts/images';
 import { RestoreError } from './errors.js';
-import { TASK_SIZE, VMA, type ImageSet, type RegFile, type VmaImage } from './image-set.js';
+import { TASK_SIZE, VMA, type ImageSet, type PagesRun, type RegFile, type VmaImage } from './image-set.js';
 import { CONTROL_SIZE, type RestoreTask } from './remote-task.js';
 
 const ARCH_MAP_VDSO_64 = 0x2003;
@@ -82,6 +82,21 @@ export function mapVmas(task: RestoreTask, set: ImageSet, pathOf: (f: RegFile) =
   try {
     for (const vma of set.vmas) {
       if (vma.status & (VMA.VDSO | VMA.VVAR)) continue;
+      const object = set.shmem.find((o) => o.vmas.includes(vma));
+      if (object) {
+        // Shared anonymous memory: one mapping over all the object's VMAs (one object behind
+        // them, as before), writable while its pages are filled; protect() splits it again.
+        if (object.vmas[0] !== vma) {
+          mapped.set(vma, object.runs.length > 0 ? vma.prot | PROT.WRITE | PROT.READ : vma.prot);
+          continue;
+        }
+        const prot = object.runs.length > 0 ? vma.prot | PROT.WRITE | PROT.READ : vma.prot;
+        const end = object.vmas.at(-1)!.end;
+        const got = remote(task, 'map-vmas', `mmap shared ${hex(vma.start)}-${hex(end)}`, 'mmap', vma.start, end - vma.start, prot, MAP.SHARED | MAP.ANONYMOUS | MAP.FIXED_NOREPLACE, -1, 0n);
+        if (got !== vma.start) fail('map-vmas', `mmap ${hex(vma.start)} landed at ${hex(got)}`);
+        mapped.set(vma, prot);
+        continue;
+      }
       const shared = (vma.flags & MAP.SHARED) !== 0;
       // Private mappings with pages to fill stay writable until they are filled; the others get
       // their dumped protection right away. Not making them writable matters beyond W^X: a
@@ -117,12 +132,18 @@ export function mapVmas(task: RestoreTask, set: ImageSet, pathOf: (f: RegFile) =
 
 /** Step 4. Returns the number of bytes read into the task. */
 export function fillPages(task: RestoreTask, set: ImageSet): number {
-  // Runs inside shared mappings are not written: their contents belong to the file.
+  // Runs inside shared file mappings are not written: their contents belong to the file.
   const sharedVma = (addr: bigint) => set.vmas.some((v) => (v.flags & MAP.SHARED) && v.start <= addr && addr < v.end);
-  const runs = set.runs.filter((r) => !sharedVma(r.vaddr));
+  let total = readRuns(task, set.pagesFile, set.runs.filter((r) => !sharedVma(r.vaddr)));
+  for (const object of set.shmem) if (object.pagesFile) total += readRuns(task, object.pagesFile, object.runs);
+  return total;
+}
+
+/** preadv of `runs` (address, pages, offset in pagesFile) from pagesFile into the task. */
+function readRuns(task: RestoreTask, pagesFile: string, runs: readonly PagesRun[]): number {
   if (runs.length === 0) return 0;
   prefault(task, runs);
-  const fd = remoteOpen(task, 'fill-pages', set.pagesFile, O.RDONLY | O.CLOEXEC);
+  const fd = remoteOpen(task, 'fill-pages', pagesFile, O.RDONLY | O.CLOEXEC);
   const maxIov = Math.min(1024, Math.floor(task.scratchSize / 16));
   let total = 0;
   try {
@@ -156,8 +177,8 @@ export function fillPages(task: RestoreTask, set: ImageSet): number {
           if (want >= MAX_READ) break;
         }
         const [iovAddr] = task.scratchPut(Buffer.concat(iov));
-        const n = Number(remote(task, 'fill-pages', `preadv of ${want} bytes at offset ${offset + done} of ${set.pagesFile}`, 'preadv', fd, iovAddr!, iov.length, BigInt(offset + done), 0));
-        if (n === 0) fail('fill-pages', `${set.pagesFile} ended at offset ${offset + done}, expected ${bytes - done} more bytes`);
+        const n = Number(remote(task, 'fill-pages', `preadv of ${want} bytes at offset ${offset + done} of ${pagesFile}`, 'preadv', fd, iovAddr!, iov.length, BigInt(offset + done), 0));
+        if (n === 0) fail('fill-pages', `${pagesFile} ended at offset ${offset + done}, expected ${bytes - done} more bytes`);
         done += n;
       }
       total += bytes;
