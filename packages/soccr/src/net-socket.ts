@@ -84,9 +84,20 @@ export async function prepareFreeze(socket: net.Socket, opts: FreezeOptions = {}
   h.readStart = () => 0;
   const wasFlowing = socket.readableFlowing;
   socket.pause();
+  // Readable.read() emits 'data' with what it returns: the application's
+  // listeners would get these bytes now *and* the new owner would get them
+  // again. Take them with 'data' suppressed (they travel, they are not consumed).
   const taken: Buffer[] = [];
-  for (let c: Buffer | string | null; (c = socket.read() as Buffer | string | null) !== null; ) {
-    taken.push(typeof c === 'string' ? Buffer.from(c) : c);
+  const emit = socket.emit as (this: net.Socket, ev: string | symbol, ...args: unknown[]) => boolean;
+  socket.emit = function (this: net.Socket, ev: string | symbol, ...args: unknown[]): boolean {
+    return ev === 'data' ? false : emit.call(this, ev, ...args);
+  } as typeof socket.emit;
+  try {
+    for (let c: Buffer | string | null; (c = socket.read() as Buffer | string | null) !== null; ) {
+      taken.push(typeof c === 'string' ? Buffer.from(c) : c);
+    }
+  } finally {
+    socket.emit = emit as typeof socket.emit;
   }
   const captured: Buffer[] = [];
   const s = socket as unknown as Record<string, unknown>;
@@ -159,8 +170,14 @@ export async function prepareFreeze(socket: net.Socket, opts: FreezeOptions = {}
       const extraOut = Buffer.concat([...queuedOut, ...captured]);
       if (extraIn.length) state.recvQueue = Buffer.concat([extraIn, state.recvQueue]);
       if (extraOut.length) {
+        // These bytes never had sequence numbers; they get the ones after
+        // write_seq. sendSeq must move with them: restore() places the queue
+        // at sendSeq - sendQueue.length, which has to stay snd_una. (Without
+        // this the queue started extraOut.length bytes before snd_una, and the
+        // peer discarded that many bytes of it as already received: silent loss.)
         state.sendQueue = Buffer.concat([state.sendQueue, extraOut]);
         state.unsentLength += extraOut.length;
+        state.sendSeq = (state.sendSeq + extraOut.length) >>> 0;
       }
       // The fd is in repair mode: closing it drops the connection here without FIN or RST.
       socket.destroy();

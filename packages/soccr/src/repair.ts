@@ -8,17 +8,35 @@
  *
  * ## Saving (the connection keeps its owner until `close`)
  *
- *   1. `pause(fd)`          TCP_REPAIR = 1. From here the socket sends nothing.
+ *   1. `pause(fd)`          TCP_REPAIR = 1, then TCP_REPAIR_QUEUE = send.
+ *                           TCP_REPAIR alone does NOT stop transmission:
+ *                           tcp_write_xmit() (run by the pacing timer, TSQ,
+ *                           release_sock) still puts new data on the wire
+ *                           unless the send queue is selected, in which case
+ *                           it moves the data to the retransmit queue without
+ *                           sending it. So from here no *new* data leaves
+ *                           (retransmissions and ACKs still may; they carry
+ *                           nothing past the state being saved).
  *   2. `save(fd)`           reads, in this order:
  *        TCP_INFO           state (must be ESTABLISHED or half-closed),
  *                           option bits, window scales;
- *        SIOCOUTQ/SIOCOUTQNSD/SIOCINQ   queue lengths (send queue = unacked +
- *                           unsent, minus our FIN if one is queued);
- *        TCP_MAXSEG, TCP_TIMESTAMP, TCP_REPAIR_WINDOW, TCP_NODELAY, TCP_CORK;
+ *        SIOCOUTQ/SIOCINQ   queue lengths (send queue = unacked + unsent,
+ *                           minus our FIN if one is queued);
+ *        TCP_MAXSEG, TCP_TIMESTAMP, TCP_NODELAY, TCP_CORK;
  *        for the receive then the send queue: TCP_REPAIR_QUEUE = queue,
  *                           TCP_QUEUE_SEQ (rcv_nxt / write_seq), and
  *                           recv(MSG_PEEK) of the queue's bytes;
- *        getsockname/getpeername.
+ *        SIOCOUTQNSD        the never-sent tail (write_seq - snd_nxt), read
+ *                           last, with the send queue selected again: new
+ *                           data transmitted while the receive queue was
+ *                           selected is counted as sent, and nothing new can
+ *                           be transmitted after it. (Read earlier, the peer
+ *                           could receive bytes the state calls never sent;
+ *                           the restored socket's snd_nxt would then lie
+ *                           behind the peer's ACKs, which it discards as
+ *                           "ACK of unsent data": the connection stalls.)
+ *        TCP_REPAIR_WINDOW, getsockname/getpeername.
+ *      The send queue stays selected until close or resume.
  *   3. either `close(fd)` while still in repair mode - the connection
  *      vanishes from this host without a packet - and later `restore()`
  *      elsewhere; or `resume(fd)` (TCP_REPAIR = 0) to carry on as before.
@@ -126,10 +144,22 @@ export function pause(fd: number): void {
   const reuse = sysStep('SO_REUSEADDR', { fd }, () => sock.getsockoptInt(fd, sock.SOL_SOCKET, sock.SO_REUSEADDR));
   sysStep('TCP_REPAIR on', { fd }, () => sock.setTcpRepair(fd, 1));
   reuseWhileRepairing.set(fd, reuse === 1);
+  // No new data on the wire from here (see step 1 above).
+  try {
+    sysStep('TCP_REPAIR_QUEUE send', { fd }, () => sock.setTcpRepairQueue(fd, sock.TCP_SEND_QUEUE));
+  } catch (e) {
+    try {
+      resume(fd);
+    } catch {
+      /* the first error is the one to report */
+    }
+    throw e;
+  }
 }
 
 /** Leaves repair mode (TCP_REPAIR = 0, with a window probe to the peer) and puts SO_REUSEADDR back. */
 export function resume(fd: number): void {
+  sysStep('TCP_REPAIR_QUEUE none', { fd }, () => sock.setTcpRepairQueue(fd, sock.TCP_NO_QUEUE));
   sysStep('TCP_REPAIR off', { fd }, () => sock.setTcpRepair(fd, 0));
   const reuse = reuseWhileRepairing.get(fd);
   reuseWhileRepairing.delete(fd);
@@ -138,7 +168,8 @@ export function resume(fd: number): void {
 
 /**
  * Step 2 of saving: reads the whole connection state. Precondition: `pause(fd)`.
- * Touches nothing; on error the socket is as it was (still paused).
+ * Touches nothing but the selected repair queue (left on the send queue, as
+ * pause() set it); on error the socket is still paused.
  */
 export function save(fd: number): TcpConnectionState {
   assertTcpSocket(fd);
@@ -151,22 +182,22 @@ export function save(fd: number): TcpConnectionState {
       supported: [...SUPPORTED_STATES].map(tcpStateName),
     });
   }
+  const finSent = FIN_SENT_STATES.has(info.state);
   let outqLen = sysStep('SIOCOUTQ', { fd }, () => sock.siocOutq(fd));
-  let unsentLen = sysStep('SIOCOUTQNSD', { fd }, () => sock.siocOutqNsd(fd));
   const inqLen = sysStep('SIOCINQ', { fd }, () => sock.siocInq(fd));
   // write_seq counts our FIN; the byte counts must not (it carries no data).
-  if (FIN_SENT_STATES.has(info.state)) {
-    if (outqLen > 0) outqLen--;
-    if (unsentLen > 0) unsentLen--;
-  }
+  if (finSent && outqLen > 0) outqLen--;
   const mssClamp = sysStep('TCP_MAXSEG', { fd }, () => sock.getsockoptInt(fd, sock.SOL_TCP, sock.TCP_MAXSEG));
   const timestamp = info.options & sock.TCPI_OPT_TIMESTAMPS ? sysStep('TCP_TIMESTAMP', { fd }, () => sock.getTcpTimestamp(fd)) : 0;
-  const window = sysStep('TCP_REPAIR_WINDOW', { fd }, () => sock.getTcpRepairWindow(fd));
   const nodelay = sysStep('TCP_NODELAY', { fd }, () => sock.getsockoptInt(fd, sock.SOL_TCP, TCP_NODELAY)) !== 0;
   const cork = sysStep('TCP_CORK', { fd }, () => sock.getsockoptInt(fd, sock.SOL_TCP, TCP_CORK)) !== 0;
   const recv = readQueue(fd, sock.TCP_RECV_QUEUE, inqLen);
+  // Leaves the send queue selected: from here on nothing new is transmitted,
+  // so snd_nxt (hence the never-sent count below) is final.
   const send = readQueue(fd, sock.TCP_SEND_QUEUE, outqLen);
-  sysStep('TCP_REPAIR_QUEUE none', { fd }, () => sock.setTcpRepairQueue(fd, sock.TCP_NO_QUEUE));
+  let unsentLen = sysStep('SIOCOUTQNSD', { fd }, () => sock.siocOutqNsd(fd));
+  if (finSent && unsentLen > 0) unsentLen--;
+  const window = sysStep('TCP_REPAIR_WINDOW', { fd }, () => sock.getTcpRepairWindow(fd));
   const local = sysStep('getsockname', { fd }, () => sock.getsockname(fd));
   const remote = sysStep('getpeername', { fd }, () => sock.getpeername(fd));
   return {

@@ -59,7 +59,8 @@ export interface TcpConnectionState {
   /**
    * TCP_QUEUE_SEQ of the send queue as read: write_seq, i.e. the sequence
    * number after the last queued byte (after our FIN when one is queued).
-   * CRIU's `outq_seq`.
+   * CRIU's `outq_seq`. Always sendSeq - sendQueue.length (- 1 with a FIN)
+   * = snd_una: bytes appended to sendQueue as never-sent move it too.
    */
   sendSeq: number;
   /**
