@@ -9,10 +9,16 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
-const outfile = join(root, 'packages', 'cli', 'dist', 'criu-ts.mjs');
+const outdir = join(root, 'packages', 'cli', 'dist');
+const outfile = join(outdir, 'criu-ts.mjs');
 await build({
-  entryPoints: [join(root, 'packages', 'cli', 'dist', 'src', 'bin.js')],
-  outfile,
+  // Split: the checkpoint commands (ptrace, koffi) are dynamic imports in their own chunk, so
+  // the image commands start without loading them.
+  entryPoints: { 'criu-ts': join(root, 'packages', 'cli', 'dist', 'src', 'bin.js') },
+  outdir,
+  outExtension: { '.js': '.mjs' },
+  splitting: true,
+  chunkNames: 'chunks/[name]-[hash]',
   bundle: true,
   platform: 'node',
   format: 'esm',

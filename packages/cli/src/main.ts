@@ -1,11 +1,7 @@
 // criu-ts: the command line. Subcommands follow criu's and crit's names and options.
-import { DumpError, RestoreError } from '@criu-ts/core';
 import { ImageFormatError } from '@criu-ts/images';
 import { processIo, UsageError, type CommandIo } from './commands/command-io.js';
 import { IMAGE_TOOL_COMMANDS, runImageTool } from './commands/image-tool.js';
-import { runDump, runRestore } from './commands/checkpoint.js';
-import { runCheck } from './commands/check.js';
-import { runDemo } from './commands/demo.js';
 
 const VERSION = '0.1.0';
 
@@ -40,10 +36,12 @@ export async function run(argv: string[], io: CommandIo = processIo): Promise<nu
       return 0;
     }
     if (IMAGE_TOOL_COMMANDS.includes(command)) return runImageTool(command, rest, io);
-    if (command === 'dump') return runDump(rest, io);
-    if (command === 'restore') return await runRestore(rest, io);
-    if (command === 'check') return runCheck(rest, io);
-    if (command === 'demo') return runDemo(rest, io);
+    // Loaded on demand: these pull in ptrace and koffi, which the image commands never need and
+    // whose loading would land on every `criu-ts decode`.
+    if (command === 'dump') return (await import('./commands/checkpoint.js')).runDump(rest, io);
+    if (command === 'restore') return await (await import('./commands/checkpoint.js')).runRestore(rest, io);
+    if (command === 'check') return (await import('./commands/check.js')).runCheck(rest, io);
+    if (command === 'demo') return (await import('./commands/demo.js')).runDemo(rest, io);
     throw new UsageError(`unknown command '${command}'`, USAGE);
   } catch (error) {
     return report(error, io);
@@ -56,7 +54,8 @@ function report(error: unknown, io: CommandIo): number {
     io.error(`criu-ts: error: ${error.message}`);
     return 2;
   }
-  if (error instanceof ImageFormatError || error instanceof DumpError || error instanceof RestoreError) {
+  // Domain errors (images, dump, restore) carry their evidence in the message; no stack needed.
+  if (error instanceof ImageFormatError || (error instanceof Error && (error.name === 'DumpError' || error.name === 'RestoreError'))) {
     io.error(`Error: ${error.message}`);
     return 1;
   }
