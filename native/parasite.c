@@ -250,8 +250,16 @@ s64 parasite_daemon(struct parasite_ctl *ctl) {
     u32 len = 0;
     int send_nfds = 0;
     s32 send_fds[6];
-    switch (req.cmd) {
+    /* A request that is not exactly one struct is answered with an error, never acted on. */
+    u32 cmd = n == (s64)sizeof(req) ? req.cmd : 0xffffffffU;
+    switch (cmd) {
     case PARASITE_CMD_FINI:
+      /* Leaving the loop hands the thread back to ptrace (the entry's int3): only on a request
+       * that says so in full, since an int3 without a tracer would kill the task. */
+      if (req.arg[0] != PARASITE_MAGIC) {
+        ret = -22; /* EINVAL */
+        break;
+      }
       send_rep(sock, req.cmd, 0, 0, 0, 0);
       return 0; /* back to the entry's int3: the injector takes over with ptrace */
     case PARASITE_CMD_PING:
@@ -327,6 +335,9 @@ s64 parasite_daemon(struct parasite_ctl *ctl) {
       ret = fn((s64)req.arg[1], (s64)req.arg[2], (s64)req.arg[3], (s64)req.arg[4], (s64)req.arg[5]);
       break;
     }
+    case 0xffffffffU:
+      ret = -74; /* EBADMSG: not one whole request */
+      break;
     default:
       ret = -38; /* ENOSYS */
     }

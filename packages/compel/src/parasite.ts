@@ -619,7 +619,7 @@ export class Parasite {
     try {
       for (const [addr, len] of this.userBlobs.splice(0)) this.syscallRaw('munmap', addr, len);
       if (this.pipe) this.syscallRaw('close', this.pipe.remoteW);
-      this.command(CMD.FINI);
+      this.command(CMD.FINI, [PARASITE_MAGIC]);
       inj.waitWorkerTrapSync('parasite FINI');
     } finally {
       this.stopped = true;
