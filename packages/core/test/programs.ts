@@ -30,6 +30,27 @@ export function reapIfOurs(pid: number): void {
   }
 }
 
+/** Dumps `pid` into `images` (replacing them); in kill mode, waits until the PID is free again. */
+export function dumpAndWait(pid: number, images: string, options: Partial<DumpOptions> = {}): void {
+  rmSync(images, { recursive: true, force: true });
+  dumpSync({ pid, imagesDir: images, ...options });
+  if ((options.leave ?? 'kill') !== 'kill') return;
+  waitFor('the dumped task to be gone', () => {
+    reapIfOurs(pid);
+    return !existsSync(`/proc/${pid}`);
+  });
+}
+
+/** Kills a test program, reaps it (bounded), and removes its directory. */
+export function killAndReap(pid: number, dir: string): void {
+  killQuietly(pid);
+  for (let i = 0; i < 200 && procState(pid) !== undefined; i++) {
+    reapIfOurs(pid);
+    sleepMs(5);
+  }
+  rmSync(dir, { recursive: true, force: true });
+}
+
 /**
  * A running tests/bin/state-keeper in its own session (a dump without --shell-job needs that),
  * started through `setsid -f` so that it is not a child_process of ours: Node would otherwise
@@ -65,21 +86,10 @@ export class StateKeeper {
 
   /** Dumps into `images` (killing the task, as criu does by default) and waits until its PID is free. */
   dump(options: Partial<DumpOptions> = {}): void {
-    rmSync(this.images, { recursive: true, force: true });
-    dumpSync({ pid: this.pid, imagesDir: this.images, ...options });
-    if ((options.leave ?? 'kill') !== 'kill') return;
-    waitFor('the dumped task to be gone', () => {
-      reapIfOurs(this.pid);
-      return !existsSync(`/proc/${this.pid}`);
-    });
+    dumpAndWait(this.pid, this.images, options);
   }
 
   cleanup(): void {
-    killQuietly(this.pid);
-    for (let i = 0; i < 200 && procState(this.pid) !== undefined; i++) {
-      reapIfOurs(this.pid);
-      sleepMs(5);
-    }
-    rmSync(this.dir, { recursive: true, force: true });
+    killAndReap(this.pid, this.dir);
   }
 }

@@ -1,11 +1,11 @@
 // tests/bin/thread-keeper for the end-to-end tests: 16 threads in 16 different blocking calls.
 import { spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, readdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { dumpSync, type DumpOptions } from '@criu-ts/core';
-import { killQuietly, procState, sleepMs, waitFor } from './restore-helpers.js';
-import { reapIfOurs, TEST_BIN } from './programs.js';
+import type { DumpOptions } from '@criu-ts/core';
+import { waitFor } from './restore-helpers.js';
+import { dumpAndWait, killAndReap, TEST_BIN } from './programs.js';
 
 const PROGRAM = join(TEST_BIN, 'thread-keeper');
 
@@ -49,21 +49,10 @@ export class ThreadKeeper {
   }
 
   dump(options: Partial<DumpOptions> = {}): void {
-    rmSync(this.images, { recursive: true, force: true });
-    dumpSync({ pid: this.pid, imagesDir: this.images, ...options });
-    if ((options.leave ?? 'kill') !== 'kill') return;
-    waitFor('the dumped task to be gone', () => {
-      reapIfOurs(this.pid);
-      return !existsSync(`/proc/${this.pid}`);
-    });
+    dumpAndWait(this.pid, this.images, options);
   }
 
   cleanup(): void {
-    killQuietly(this.pid);
-    for (let i = 0; i < 200 && procState(this.pid) !== undefined; i++) {
-      reapIfOurs(this.pid);
-      sleepMs(5);
-    }
-    rmSync(this.dir, { recursive: true, force: true });
+    killAndReap(this.pid, this.dir);
   }
 }
