@@ -242,7 +242,9 @@ export class Injection {
     }
     if (sc === null) {
       const st = taskState(this.pid);
-      if (st === undefined || st === 'Z' || st === 'X') {
+      // A task being killed loses its memory (exit_mm) before /proc shows it as a zombie: no
+      // mapping at all means it is on its way out, not that it lacks a syscall instruction.
+      if (st === undefined || st === 'Z' || st === 'X' || vmas.length === 0) {
         throw new CompelError('exited', this.pid, 'task died: no memory left to run syscalls in', { state: st ?? 'gone' });
       }
       throw new CompelError('no-gadget', this.pid, 'no syscall instruction (0f 05) in any executable mapping', {

@@ -28,6 +28,32 @@ describe('core: dump failures from outside', function () {
     keeper = undefined;
   });
 
+  for (const [kind, link] of [
+    ['io_uring', 'anon_inode:[io_uring]'], ['userfaultfd', 'anon_inode:[userfaultfd]'], ['perf_event', 'anon_inode:[perf_event]'],
+    ['inotify', 'anon_inode:inotify'], ['socket', 'socket:'], ['pidfd', 'anon_inode:[pidfd]'],
+  ] as const) {
+    it(`refuses a ${kind} descriptor up front, by fd and kind, and the program runs on untouched`, function () {
+      keeper = new StateKeeper('odd-fd', [kind]);
+      const fd = Number(keeper.lines().find((l) => l.startsWith('ready'))!.split(' ')[2]);
+      let error: unknown;
+      try {
+        dumpSync({ pid: keeper.pid, imagesDir: keeper.images });
+      } catch (e) {
+        error = e;
+      }
+      expect(error).to.be.instanceOf(DumpError);
+      const message = (error as Error).message;
+      expect(message).to.contain(`fd ${fd} (${link}`);
+      expect(message).to.contain(`${kind} descriptors cannot be dumped`);
+      expect((error as DumpError).stage).to.equal('check-options');
+      expect(existsSync(join(keeper.images, 'inventory.img'))).to.equal(false);
+      expect(status(keeper.pid)).to.match(/^TracerPid:\s+0$/m);
+      const { failures } = keeper.check();
+      expect(failures).to.deep.equal([]);
+      expect(keeper.lines()).to.include('done 0');
+    });
+  }
+
   it('a target killed at random moments of its dump: the dump fails cleanly or completes, never hangs', function () {
     let failed = 0;
     let completed = 0;

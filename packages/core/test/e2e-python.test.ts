@@ -12,13 +12,12 @@
 // inherited: test runners leak some, e.g. a pipe at fd 251 here); the pyenv shim, if python3 is one, is bypassed by
 // running sys.executable.
 import { expect } from 'chai';
-import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { dumpSync, restoreSync } from '@criu-ts/core';
-import { alive, isRoot, killQuietly, ourStubs, procState, sleepMs, waitFor } from './restore-helpers.js';
-import { becomeSubreaper, reapIfOurs } from './programs.js';
+import { spawnSync } from 'node:child_process';
+import { readFileSync, readdirSync } from 'node:fs';
+import { restoreSync } from '@criu-ts/core';
+import { alive, isRoot, ourStubs, sleepMs } from './restore-helpers.js';
+import { becomeSubreaper } from './programs.js';
+import { CountingProgram, expectConsecutive } from './counting-program.js';
 
 // The program: writes "ready <pid>" to REPORT, then counts every 5 ms, appending "<n>\n" to
 // PROGRESS (one unbuffered write per count, on a descriptor kept open). On SIGUSR1 it checks its
@@ -85,78 +84,10 @@ function python3(): string | undefined {
   return r.status === 0 && r.stdout.trim() ? r.stdout.trim() : undefined;
 }
 
-class PythonCounter {
-  readonly dir = mkdtempSync(join(tmpdir(), 'criu-ts-py-'));
-  readonly report = join(this.dir, 'report');
-  readonly progressFile = join(this.dir, 'progress');
-  readonly images = join(this.dir, 'images');
-  readonly pid: number;
-
-  constructor(python: string) {
-    const script = join(this.dir, 'counter.py');
-    writeFileSync(script, PROGRAM);
-    spawn('setsid', ['-f', python, '-I', '-S', '-u', script, this.report, this.progressFile], { stdio: 'ignore', cwd: this.dir }).unref();
-    waitFor('python3 to be ready', () => this.lines().some((l) => l.startsWith('ready')), 20_000);
-    this.pid = Number(this.lines().find((l) => l.startsWith('ready'))!.split(' ')[1]);
-  }
-
-  lines(): string[] {
-    return existsSync(this.report) ? readFileSync(this.report, 'utf8').split('\n').filter(Boolean) : [];
-  }
-
-  progress(): number[] {
-    return existsSync(this.progressFile) ? readFileSync(this.progressFile, 'utf8').split('\n').filter(Boolean).map(Number) : [];
-  }
-
-  last(): number {
-    return this.progress().at(-1) ?? 0;
-  }
-
-  /** Waits (bounded) until the count passes `n`. */
-  countsTo(n: number): void {
-    waitFor(`python3 to count to ${n} (at ${this.last()})`, () => this.last() >= n, 20_000);
-  }
-
-  /** Dumps (the task is killed, as by default) and waits until its PID is free. */
-  dump(): number {
-    rmSync(this.images, { recursive: true, force: true });
-    dumpSync({ pid: this.pid, imagesDir: this.images });
-    waitFor('the dumped python3 to be gone', () => {
-      reapIfOurs(this.pid);
-      return procState(this.pid) === undefined;
-    });
-    return this.last();
-  }
-
-  /** SIGUSR1, then the program's report lines. */
-  check(): { failures: string[]; checks: string[]; done: string } {
-    const before = this.lines().length;
-    process.kill(this.pid, 'SIGUSR1');
-    waitFor('python3 to report', () => this.lines().slice(before).some((l) => l.startsWith('done')), 20_000);
-    const lines = this.lines().slice(before);
-    return { failures: lines.filter((l) => l.startsWith('FAIL')), checks: lines.filter((l) => l.startsWith('ok')), done: lines.find((l) => l.startsWith('done'))! };
-  }
-
-  cleanup(): void {
-    killQuietly(this.pid);
-    for (let i = 0; i < 400 && procState(this.pid) !== undefined; i++) {
-      reapIfOurs(this.pid);
-      sleepMs(5);
-    }
-    rmSync(this.dir, { recursive: true, force: true });
-  }
-}
-
-/** 1, 2, 3, ... n: what the progress file holds when no count was lost or repeated. */
-function expectConsecutive(counts: number[]): void {
-  const bad = counts.findIndex((n, i) => n !== i + 1);
-  expect(bad, `progress ${bad >= 0 ? `breaks at line ${bad + 1}: ${counts.slice(Math.max(0, bad - 2), bad + 3).join(',')}` : ''}`).to.equal(-1);
-}
-
 describe('core: python3 dumped and restored (library API)', function () {
   this.timeout(120_000);
   let python: string | undefined;
-  let counter: PythonCounter | undefined;
+  let counter: CountingProgram | undefined;
 
   before(function () {
     // Stated reasons: ptrace, clone3 with set_tid and PR_SET_MM_MAP need root; the program is python3.
@@ -174,7 +105,7 @@ describe('core: python3 dumped and restored (library API)', function () {
   });
 
   it('comes back with the same PID and counts on from where it stopped, its dict and bytearray intact', function () {
-    counter = new PythonCounter(python!);
+    counter = new CountingProgram('python3', [python!, '-I', '-S', '-u'], 'counter.py', PROGRAM);
     expect(readdirSync(`/proc/${counter.pid}/task`), 'python3 runs one thread').to.have.length(1);
     const cmdline = readFileSync(`/proc/${counter.pid}/cmdline`);
     counter.countsTo(20);
@@ -200,7 +131,7 @@ describe('core: python3 dumped and restored (library API)', function () {
   });
 
   it('dump, restore, dump again, restore again: still counting, still intact', function () {
-    counter = new PythonCounter(python!);
+    counter = new CountingProgram('python3', [python!, '-I', '-S', '-u'], 'counter.py', PROGRAM);
     counter.countsTo(10);
     let atDump = 0;
     for (let round = 0; round < 2; round++) {

@@ -10,7 +10,6 @@ import { killQuietly, procState, sleepMs, waitFor } from './restore-helpers.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
 export const TEST_BIN = resolve(here, '..', '..', '..', '..', 'tests', 'bin');
-const KEEPER = join(TEST_BIN, 'state-keeper');
 const PR_SET_CHILD_SUBREAPER = 36;
 
 /**
@@ -52,7 +51,7 @@ export function killAndReap(pid: number, dir: string): void {
 }
 
 /**
- * A running tests/bin/state-keeper in its own session (a dump without --shell-job needs that),
+ * A running tests/bin/state-keeper (or another program with its protocol, such as fd-keeper) in its own session (a dump without --shell-job needs that),
  * started through `setsid -f` so that it is not a child_process of ours: Node would otherwise
  * keep a handle on its PID, reap ptrace stops meant for compel and, after a restore, the
  * restored process (same PID) behind our back.
@@ -63,11 +62,14 @@ export class StateKeeper {
   readonly images = join(this.dir, 'images');
   readonly pid: number;
 
-  constructor() {
-    if (!existsSync(KEEPER)) throw new Error(`${KEEPER} is missing: run npm run build`);
-    const child = spawn('setsid', ['-f', KEEPER, this.report, this.dir], { stdio: 'ignore', env: { ...process.env, STATE_KEEPER_ENV: 'kept' } });
+  constructor(program = 'state-keeper', extraArgs: readonly string[] = []) {
+    const binary = join(TEST_BIN, program);
+    if (!existsSync(binary)) throw new Error(`${binary} is missing: run npm run build`);
+    const child = spawn('setsid', ['-f', binary, this.report, this.dir, ...extraArgs], { stdio: 'ignore', env: { ...process.env, STATE_KEEPER_ENV: 'kept' } });
     child.unref();
-    waitFor('state-keeper to be ready', () => this.lines().some((l) => l.startsWith('ready')));
+    waitFor(`${program} to be ready`, () => this.lines().some((l) => l.startsWith('ready') || l.startsWith('setup failed')));
+    const setupFailure = this.lines().find((l) => l.startsWith('setup failed'));
+    if (setupFailure) throw new Error(`${program}: ${setupFailure}`);
     this.pid = Number(this.lines().find((l) => l.startsWith('ready'))!.split(' ')[1]);
   }
 

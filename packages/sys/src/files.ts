@@ -65,7 +65,7 @@ export function ioctl(fd: Fd, request: number | bigint, arg: number | bigint | U
 }
 
 /** pipe2(flags): [read end, write end]. */
-export function pipe2(flags = O.CLOEXEC): [Fd, Fd] {
+export function pipe2(flags: number = O.CLOEXEC): [Fd, Fd] {
   const fds = Buffer.alloc(8);
   sysCallNumber('pipe2', N.pipe2, [fds, flags]);
   return [asFd(fds.readInt32LE(0)), asFd(fds.readInt32LE(4))];
@@ -83,6 +83,11 @@ export function splice(fdIn: Fd, offIn: bigint | null, fdOut: Fd, offOut: bigint
   if (inOff && offIn !== null) inOff.writeBigInt64LE(offIn);
   if (outOff && offOut !== null) outOff.writeBigInt64LE(offOut);
   return sysCallNumber('splice', N.splice, [fdIn, inOff, fdOut, outOff, len, flags], `fd ${fdIn} -> fd ${fdOut}`);
+}
+
+/** tee(fdIn, fdOut, len, flags): copies up to len bytes between two pipes without consuming them. */
+export function tee(fdIn: Fd, fdOut: Fd, len: number, flags = 0): number {
+  return sysCallNumber('tee', N.tee, [fdIn, fdOut, len, flags], `fd ${fdIn} -> fd ${fdOut}`);
 }
 
 /** vmsplice(fd, iov, n, flags) with local buffers. */

@@ -51,6 +51,18 @@ export function kcmp(pid1: Pid, pid2: Pid, type: number, idx1 = 0, idx2 = 0): nu
   return sysCallNumber('kcmp', N.kcmp, [pid1, pid2, type, idx1, idx2], `pids ${pid1} ${pid2}`);
 }
 
+/**
+ * kcmp(KCMP_EPOLL_TFD): 0 when fd `fd1` of pid1 is the file that epoll instance `epfd` of pid2
+ * watches as its target `tfd` (the `toff`-th registration of that fd number).
+ */
+export function kcmpEpollTarget(pid1: Pid, fd1: number, pid2: Pid, epfd: number, tfd: number, toff = 0): number {
+  const slot = Buffer.alloc(12);
+  slot.writeUInt32LE(epfd, 0);
+  slot.writeUInt32LE(tfd, 4);
+  slot.writeUInt32LE(toff, 8);
+  return sysCallNumber('kcmp', N.kcmp, [pid1, pid2, KCMP.EPOLL_TFD, fd1, slot], `pid ${pid1} fd ${fd1} vs epoll ${epfd} target ${tfd} of ${pid2}`);
+}
+
 /** prctl(option, a2..a5) on the caller. */
 export function prctl(option: number, a2: number | bigint = 0, a3: number | bigint | Uint8Array = 0, a4: number | bigint = 0, a5: number | bigint = 0): number {
   return sysCallNumber('prctl', N.prctl, [option, a2, a3, a4, a5], `option ${option}`);

@@ -28,7 +28,7 @@ import {
 import { DumpError, type DumpStage } from '../errors.js';
 import { readAuxv, readLink, readStat } from '../proc/task-files.js';
 import { readSmaps } from '../proc/smaps.js';
-import { FileTable, readGhostContents, UnsupportedFileError } from './files.js';
+import { FileTable, findUnsupportedDescriptor, readGhostContents, UnsupportedFileError } from './files.js';
 import { ImageDir } from './image-dir.js';
 import { describeVmas, pagemapEntries, scanPages, sharedObjects, shmemPagemapEntries, writePages, type DumpVma } from './memory.js';
 import {
@@ -116,6 +116,9 @@ export function dumpSync(options: DumpOptions): DumpResult {
   if (!options.shellJob && (pgid !== pidNumber || sid !== pidNumber)) {
     fail(`process ${pid} is not the leader of its session (${sid}) and group (${pgid}); dump it with --shell-job`);
   }
+
+  const unsupported = findUnsupportedDescriptor(pidNumber);
+  if (unsupported) fail(`process ${pid} holds ${unsupported.message}`, unsupported);
 
   // ---- prepare-dir
   stage = 'prepare-dir';
@@ -244,6 +247,10 @@ export function dumpSync(options: DumpOptions): DumpResult {
       dir.writeImage(`ghost-file-${ghost.id.toString(16)}.img`, [{ message: ghost.entry, payload: { type: 'bytes', bytes: readGhostContents(ghost) } }]);
     }
     dir.writeImage('files.img', files.files);
+    const pipeDataEntries = (data: typeof files.pipeData) =>
+      [...data].map(([pipeId, c]) => ({ message: { pipe_id: pipeId, bytes: c.bytes.length, size: c.size }, payload: { type: 'bytes' as const, bytes: c.bytes } }));
+    if (files.pipeData.size > 0) dir.writeImage('pipes-data.img', pipeDataEntries(files.pipeData));
+    if (files.fifoData.size > 0) dir.writeImage('fifo-data.img', pipeDataEntries(files.fifoData));
     dir.writeImage('pstree.img', [{ pid, ppid: 0, pgid, sid, threads: threads.map((t) => t.tid) }]);
     dir.writeImage('seccomp.img', [{}]);
     const frozenTime = Math.round((performance.now() - frozenAt) * 1000);
@@ -393,7 +400,7 @@ function dumpDescriptors(pid: Pid, fds: readonly number[], files: FileTable): De
       const entry = files.descriptor(pid, fd, (candidate) => {
         for (const earlier of seen) if (kcmp(pid, pid, KCMP_FILE, earlier.fd, candidate) === 0) return earlier.id;
         return undefined;
-      });
+      }, fds);
       seen.push({ fd, id: Number(entry.id) });
       entries.push(entry);
     } catch (error) {

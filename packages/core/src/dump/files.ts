@@ -5,13 +5,19 @@
 // Regular files, directories and character devices such as /dev/null are REG entries, named by
 // path, with the open flags and position /proc/PID/fdinfo shows. A file that was unlinked while
 // open keeps its name with " (deleted)" stripped; its contents go to a ghost image so restore can
-// recreate it. Other kinds of descriptors (pipes, sockets, eventfd...) are refused with a clear
-// error until their dumpers exist.
-import { closeSync, fstatSync, openSync, readFileSync, readSync, readlinkSync, statSync, type Stats } from 'node:fs';
+// recreate it. Pipes and FIFOs (files/pipes.ts) and eventfd, epoll, signalfd and timerfd
+// (files/anon-inodes.ts) have entries of their own. Other kinds (sockets, inotify, io_uring...)
+// are refused up front with an error naming the fd and its kind.
+import { closeSync, fstatSync, openSync, readFileSync, readSync, readdirSync, readlinkSync, statSync, type Stats } from 'node:fs';
 import type { DecodedMessage } from '@criu-ts/images';
+import type { Pid } from '@criu-ts/sys';
+import { anonInodeKind, eventfdEntry, eventpollEntry, signalfdEntry, timerfdEntry } from './files/anon-inodes.js';
+import { pipeInode, readPipeContents, type PipeContents } from './files/pipes.js';
 
 /** fd_types values (fdinfo.proto). */
-export const FD_TYPE = { REG: 1, PIPE: 2, FIFO: 3, INETSK: 4, UNIXSK: 5, TTY: 11 } as const;
+export const FD_TYPE = {
+  REG: 1, PIPE: 2, FIFO: 3, INETSK: 4, UNIXSK: 5, EVENTFD: 6, EVENTPOLL: 7, INOTIFY: 8, SIGNALFD: 9, TTY: 11, TIMERFD: 17,
+} as const;
 const O_CLOEXEC = 0o2000000;
 const FD_CLOEXEC = 1;
 
@@ -19,8 +25,9 @@ export class UnsupportedFileError extends Error {
   constructor(
     readonly fd: number,
     readonly target: string,
+    readonly kind: string,
   ) {
-    super(`fd ${fd} (${target}) is of a kind criu-ts cannot dump yet`);
+    super(`fd ${fd} (${target}): ${kind} descriptors cannot be dumped yet`);
     this.name = 'UnsupportedFileError';
   }
 }
@@ -41,6 +48,11 @@ export class FileTable {
   readonly remaps: DecodedMessage[] = [];
   readonly ghosts: GhostFile[] = [];
   private readonly mappedFiles = new Map<string, number>();
+  /** Buffered bytes of every pipe and FIFO met, by pipe inode (pipes-data.img, fifo-data.img). */
+  readonly pipeData = new Map<number, PipeContents>();
+  readonly fifoData = new Map<number, PipeContents>();
+  /** fd_types of every file id, for fds that share an earlier fd's file. */
+  private readonly typeOf = new Map<number, number>();
   private nextGhostId = 1;
 
   constructor(private readonly ghostLimit: number) {}
@@ -84,28 +96,74 @@ export class FileTable {
 
   /**
    * One descriptor of task `pid`. `sameAs` finds an earlier fd sharing the open file description
-   * (dup, inherited): such fds share one file entry, as they share one offset.
+   * (dup, inherited): such fds share one file entry, as they share one offset. `taskFds` are all
+   * the task's descriptors (epoll targets are looked up among them).
    */
-  descriptor(pid: number, fd: number, sameAs: (fd: number) => number | undefined): DecodedMessage {
+  descriptor(pid: Pid, fd: number, sameAs: (fd: number) => number | undefined, taskFds: readonly number[] = []): DecodedMessage {
     const procFd = `/proc/${pid}/fd/${fd}`;
-    const info = parseFdinfo(readFileSync(`/proc/${pid}/fdinfo/${fd}`, 'utf8'));
+    const fdinfoText = readFileSync(`/proc/${pid}/fdinfo/${fd}`, 'utf8');
+    const info = parseFdinfo(fdinfoText);
     const fdinfoFlags = info.flags & O_CLOEXEC ? FD_CLOEXEC : 0;
-    const shared = sameAs(fd);
-    if (shared !== undefined) return { id: shared, flags: fdinfoFlags, type: FD_TYPE.REG, fd };
-
-    let target = readlinkSync(procFd);
-    const stats = statSync(procFd);
-    if (!stats.isFile() && !stats.isDirectory() && !stats.isCharacterDevice() && !stats.isBlockDevice()) {
-      throw new UnsupportedFileError(fd, target);
-    }
-    if (stats.isCharacterDevice() && /^\/dev\/(pts\/|tty)/.test(target)) throw new UnsupportedFileError(fd, `${target}, a terminal (use --shell-job)`);
-    const id = this.allocate();
     const flags = info.flags & ~O_CLOEXEC;
+    let target = readlinkSync(procFd);
+    const shared = sameAs(fd);
+    if (shared !== undefined) return { id: shared, flags: fdinfoFlags, type: this.typeOf.get(shared)!, fd };
+    const what = `fd ${fd} of process ${pid} (${target})`;
+
+    const add = (type: number, member: string, entry: DecodedMessage, hasOwner = true): DecodedMessage => {
+      const id = this.allocate();
+      this.files.push({ type, id, [member]: { id, ...entry, ...(hasOwner ? { fown: noOwner() } : {}) } });
+      this.typeOf.set(id, type);
+      return { id, flags: fdinfoFlags, type, fd };
+    };
+
+    const pipeId = pipeInode(target);
+    if (pipeId !== undefined) {
+      this.pipeContents(pipeId, pid, fd, this.pipeData);
+      return add(FD_TYPE.PIPE, 'pipe', { pipe_id: pipeId, flags });
+    }
+    const anon = anonInodeKind(target);
+    if (anon !== undefined) {
+      switch (anon) {
+        case 'eventfd':
+          return add(FD_TYPE.EVENTFD, 'efd', eventfdEntry(fdinfoText, flags, what));
+        case 'eventpoll':
+          return add(FD_TYPE.EVENTPOLL, 'epfd', eventpollEntry(pid, fd, fdinfoText, flags, taskFds));
+        case 'signalfd':
+          return add(FD_TYPE.SIGNALFD, 'sgfd', signalfdEntry(fdinfoText, flags, what));
+        case 'timerfd':
+          return add(FD_TYPE.TIMERFD, 'tfd', timerfdEntry(fdinfoText, flags, what));
+        default:
+          throw new UnsupportedFileError(fd, target, anon);
+      }
+    }
+    if (/^socket:\[\d+\]$/.test(target)) throw new UnsupportedFileError(fd, target, 'socket');
+
+    const stats = statSync(procFd);
+    if (stats.isFIFO()) {
+      const regId = this.allocate();
+      this.files.push({ type: FD_TYPE.REG, id: regId, reg: this.regEntry(regId, target, flags, 0n, stats, false) });
+      this.typeOf.set(regId, FD_TYPE.REG);
+      this.pipeContents(stats.ino, pid, fd, this.fifoData);
+      return add(FD_TYPE.FIFO, 'fifo', { pipe_id: stats.ino, regf_id: regId }, false);
+    }
+    if (!stats.isFile() && !stats.isDirectory() && !stats.isCharacterDevice() && !stats.isBlockDevice()) {
+      throw new UnsupportedFileError(fd, target, 'special file');
+    }
+    if (stats.isCharacterDevice() && /^\/dev\/(pts\/|tty)/.test(target)) throw new UnsupportedFileError(fd, target, 'terminal (use --shell-job)');
+    const id = this.allocate();
     const deleted = target.endsWith(' (deleted)') && stats.nlink === 0;
     if (deleted) target = target.slice(0, -' (deleted)'.length);
     this.files.push({ type: FD_TYPE.REG, id, reg: this.regEntry(id, target, flags, info.pos, stats, true) });
+    this.typeOf.set(id, FD_TYPE.REG);
     if (deleted) this.ghost(id, procFd, stats);
     return { id, flags: fdinfoFlags, type: FD_TYPE.REG, fd };
+  }
+
+  /** One pipe_data_entry per pipe (or FIFO), however many ends and fds the dump holds. */
+  private pipeContents(pipeId: number, pid: number, fd: number, into: Map<number, PipeContents>): void {
+    if (into.has(pipeId)) return;
+    into.set(pipeId, readPipeContents(pid, fd));
   }
 
   private ghost(originalId: number, procFd: string, stats: Stats): void {
@@ -121,6 +179,36 @@ export class FileTable {
     this.remaps.push({ orig_id: originalId, remap_id: ghostId, remap_type: 1 /* GHOST */ });
     this.ghosts.push({ id: ghostId, entry, source: procFd, size: stats.isFile() ? stats.size : 0 });
   }
+}
+
+/** anon_inode kinds with a dumper (files/anon-inodes.ts). */
+const SUPPORTED_ANON_INODES = new Set(['eventfd', 'eventpoll', 'signalfd', 'timerfd']);
+
+/**
+ * The first descriptor of `pid` of a kind dump cannot save (sockets, io_uring, userfaultfd,
+ * perf events, bpf objects, inotify, pidfds...), found from /proc alone: checked before the task
+ * is frozen, so that refusing it costs the task nothing. The files stage checks again (an fd may
+ * be opened in between).
+ */
+export function findUnsupportedDescriptor(pid: number): UnsupportedFileError | undefined {
+  let fds: string[];
+  try {
+    fds = readdirSync(`/proc/${pid}/fd`);
+  } catch {
+    return undefined; // gone: the freeze reports it
+  }
+  for (const name of fds.sort((a, b) => Number(a) - Number(b))) {
+    let target: string;
+    try {
+      target = readlinkSync(`/proc/${pid}/fd/${name}`);
+    } catch {
+      continue;
+    }
+    const anon = anonInodeKind(target);
+    if (anon !== undefined && !SUPPORTED_ANON_INODES.has(anon)) return new UnsupportedFileError(Number(name), target, anon);
+    if (/^socket:\[\d+\]$/.test(target)) return new UnsupportedFileError(Number(name), target, 'socket');
+  }
+  return undefined;
 }
 
 /** Reads a ghost file's contents through the task's fd link. */

@@ -1,23 +1,41 @@
 // File descriptors, fs state (cwd, root, umask) and the session of the restored task.
 //
-// Every fd is opened by the task itself (openat of the dumped path, lseek to the dumped
-// position), so the open file description is the task's own, with the dumped access mode and
-// status flags. Fds that shared one description at dump time (same files.img id, e.g. stdout
-// and stderr on one file) get one open and dups, so they share the offset again.
+// Every open file is created by the task itself (remote syscalls), so it is the task's own open
+// file description with the dumped flags. By kind:
+//   reg        openat of the dumped path (or its recreated ghost), lseek to the dumped position
+//   tty        criu-ts's own terminal, inherited by the stub (--shell-job)
+//   pipe       pipe2 once per pipe; each end used by the dump goes to its fds, the buffered bytes
+//              are written back (by criu-ts, through /proc/PID/fd) and the capacity is set again
+//   fifo       the path opened O_RDWR first (a holder, so that no open blocks and the buffered
+//              bytes have a pipe to stay in), then opened with the dumped flags
+//   eventfd    eventfd2 (semaphore mode kept), the counter written back
+//   signalfd   signalfd4 with the dumped mask
+//   eventpoll  epoll_create1; its targets are added once every fd has its final number
+//   timerfd    timerfd_create; armed last, with the remaining time and pending ticks
+// Fds that shared one description at dump time (same files.img id, e.g. stdout and stderr on one
+// file) get one open and dups, so they share the offset again.
 //
 // Numbering: the stub's own fds (0-2: /dev/null or criu-ts's terminal) are still there, and a
 // fresh open takes the lowest free number. So every source is first moved above the highest
 // dumped fd (F_DUPFD), then the stub's fds are closed, then each source is dup3'd onto its
 // dumped number (with O_CLOEXEC from fdinfo), and finally the temporaries are closed.
 import { readdirSync, readlinkSync } from 'node:fs';
-import { F, O } from '@criu-ts/sys';
-import { FD_TYPE, type ImageSet, type RegFile } from './image-set.js';
+import { close as closeLocal, F, fcntl, O, open as openLocal, write as writeLocal } from '@criu-ts/sys';
+import type { FdImage, ImageSet, RegFile } from './image-set.js';
+import type { OpenFileImage, PipeData } from './fd-images.js';
 import { remote, remoteOpen } from './memory.js';
 import type { RestoreTask } from './remote-task.js';
 
 const SEEK_SET = 0;
 /** Flags that only make sense when creating a file: never replayed. */
 const CREATE_ONLY = O.CREAT | O.EXCL | O.TRUNC | O.CLOEXEC;
+const O_DIRECT = 0o40000;
+/** The status flags F_SETFL can change (fcntl(2)): the rest of a file's flags is fixed at open. */
+const SETFL_MASK = O.APPEND | O.NONBLOCK | 0o20000 /* O_ASYNC */ | O_DIRECT | 0o1000000 /* O_NOATIME */;
+const EPOLL_CTL_ADD = 1;
+const EFD_SEMAPHORE = 1;
+/** TFD_IOC_SET_TICKS = _IOW('T', 0, u64). */
+const TFD_IOC_SET_TICKS = 0x40085400;
 
 function openFds(pid: number): number[] {
   return readdirSync(`/proc/${pid}/fd`).map(Number).filter((n) => Number.isInteger(n)).sort((a, b) => a - b);
@@ -31,38 +49,197 @@ function isTerminal(pid: number, fd: number): boolean {
   }
 }
 
+const u64 = (v: bigint): Buffer => {
+  const b = Buffer.alloc(8);
+  b.writeBigUInt64LE(BigInt.asUintN(64, v));
+  return b;
+};
+
+/** Creates the task's open files, one kind at a time, parking each above every fd number in use. */
+class FileCreator {
+  private nextTemp: number;
+  /** Pipes made so far, by pipe id: their two ends (parked fds) and which ends the dump uses. */
+  private readonly pipes = new Map<number, { read: number; write: number; used: Set<number> }>();
+  /** FIFO holders (O_RDWR opens), by pipe id. */
+  private readonly fifoHolders = new Map<number, number>();
+  /** Parked fds that are not any dumped file: closed once everything is in place. */
+  readonly extra: number[] = [];
+  /** Work for after every fd has its final number. */
+  readonly afterPlacement: Array<(finalFd: (fileId: number) => number) => void> = [];
+
+  constructor(
+    private readonly task: RestoreTask,
+    private readonly inherited: readonly number[],
+    firstTemp: number,
+    private readonly pathOf: (f: RegFile) => string,
+  ) {
+    this.nextTemp = firstTemp;
+  }
+
+  private call(what: string, name: Parameters<RestoreTask['syscallRawSync']>[0], ...args: Array<number | bigint>): number {
+    return Number(remote(this.task, 'files', what, name, ...args));
+  }
+
+  /** Moves `fd` to the next free number above every dumped and inherited fd. */
+  private park(fd: number, closeOriginal = true): number {
+    const temp = this.call(`F_DUPFD of fd ${fd}`, 'fcntl', fd, F.DUPFD, this.nextTemp);
+    this.nextTemp = temp + 1;
+    if (closeOriginal) this.call(`close ${fd}`, 'close', fd);
+    return temp;
+  }
+
+  private setStatusFlags(fd: number, flags: number, what: string): void {
+    if (flags & SETFL_MASK) this.call(`F_SETFL of ${what}`, 'fcntl', fd, F.SETFL, flags & SETFL_MASK);
+  }
+
+  /** Writes buffered bytes into a pipe of the task, from criu-ts, through /proc/PID/fd. */
+  private fillPipe(fd: number, data: PipeData | undefined, what: string): void {
+    if (!data) return;
+    const writer = openLocal(`/proc/${this.task.pid}/fd/${fd}`, O.WRONLY | O.NONBLOCK);
+    try {
+      if (data.size !== undefined && fcntl(writer, F.GETPIPE_SZ) !== data.size) fcntl(writer, F.SETPIPE_SZ, data.size);
+      for (let done = 0; done < data.bytes.byteLength; ) {
+        const n = writeLocal(writer, data.bytes.subarray(done));
+        if (n <= 0) throw new Error(`${what}: the pipe took ${done} of ${data.bytes.byteLength} bytes`);
+        done += n;
+      }
+    } finally {
+      closeLocal(writer);
+    }
+  }
+
+  /** Creates one open file and returns its parked fd. */
+  create(slot: FdImage): number {
+    const file: OpenFileImage<RegFile> = slot.file;
+    const what = `fd ${slot.fd} (file id ${slot.fileId}, ${file.kind})`;
+    switch (file.kind) {
+      case 'reg': {
+        const fd = remoteOpen(this.task, 'files', this.pathOf(file.reg), file.reg.flags & ~CREATE_ONLY);
+        if (file.reg.pos !== 0n) this.call(`lseek ${file.reg.name} to ${file.reg.pos}`, 'lseek', fd, file.reg.pos, SEEK_SET);
+        return this.park(fd);
+      }
+      case 'tty': {
+        // A terminal with --shell-job: criu-ts's own terminal, which the stub inherited.
+        const candidates = [slot.fd, 0, 1, 2].filter((n) => this.inherited.includes(n) && isTerminal(this.task.pid, n));
+        if (candidates.length === 0) throw new Error(`fd ${slot.fd} was a terminal but criu-ts has none to give (stdin/stdout/stderr are not terminals)`);
+        return this.park(candidates[0]!, false);
+      }
+      case 'pipe': {
+        let pipe = this.pipes.get(file.pipeId);
+        if (!pipe) {
+          const [ends] = this.task.scratchPut(Buffer.alloc(8));
+          this.call(`pipe2 for pipe ${file.pipeId}`, 'pipe2', ends!, file.flags & O_DIRECT);
+          const got = this.task.read(ends!, 8);
+          pipe = { read: this.park(got.readInt32LE(0)), write: this.park(got.readInt32LE(4)), used: new Set() };
+          this.pipes.set(file.pipeId, pipe);
+          this.fillPipe(pipe.write, file.data, `pipe ${file.pipeId}`);
+        }
+        const end = (file.flags & 3) === O.WRONLY ? O.WRONLY : O.RDONLY;
+        let fd = end === O.WRONLY ? pipe.write : pipe.read;
+        if (pipe.used.has(end)) {
+          // A second open file description of the same end (reopened through /proc at dump time).
+          fd = this.park(remoteOpen(this.task, 'files', `/proc/self/fd/${fd}`, end));
+        }
+        pipe.used.add(end);
+        this.setStatusFlags(fd, file.flags, what);
+        return fd;
+      }
+      case 'fifo': {
+        const path = this.pathOf(file.reg);
+        let holder = this.fifoHolders.get(file.pipeId);
+        if (holder === undefined) {
+          holder = this.park(remoteOpen(this.task, 'files', path, O.RDWR | O.NONBLOCK));
+          this.fifoHolders.set(file.pipeId, holder);
+          this.extra.push(holder);
+          this.fillPipe(holder, file.data, `FIFO ${path}`);
+        }
+        const fd = this.park(remoteOpen(this.task, 'files', path, (file.reg.flags & ~CREATE_ONLY) | O.NONBLOCK));
+        this.call(`F_SETFL of ${what}`, 'fcntl', fd, F.SETFL, file.reg.flags & SETFL_MASK);
+        return fd;
+      }
+      case 'eventfd': {
+        const fd = this.park(this.call(`eventfd2 for ${what}`, 'eventfd2', 0, file.semaphore ? EFD_SEMAPHORE : 0));
+        if (file.counter !== 0n) {
+          const [counter] = this.task.scratchPut(u64(file.counter));
+          this.call(`write the counter of ${what}`, 'write', fd, counter!, 8);
+        }
+        this.setStatusFlags(fd, file.flags, what);
+        return fd;
+      }
+      case 'signalfd': {
+        const [mask] = this.task.scratchPut(u64(file.mask));
+        const fd = this.park(this.call(`signalfd4 for ${what}`, 'signalfd4', -1, mask!, 8, 0));
+        this.setStatusFlags(fd, file.flags, what);
+        return fd;
+      }
+      case 'eventpoll': {
+        const fd = this.park(this.call(`epoll_create1 for ${what}`, 'epoll_create1', 0));
+        this.setStatusFlags(fd, file.flags, what);
+        this.afterPlacement.push((finalFd) => {
+          const epfd = finalFd(slot.fileId);
+          for (const t of file.targets) {
+            const event = Buffer.alloc(12); // struct epoll_event is packed on x86_64
+            event.writeUInt32LE(t.events, 0);
+            event.writeBigUInt64LE(BigInt.asUintN(64, t.data), 4);
+            const [ev] = this.task.scratchPut(event);
+            this.call(`epoll_ctl(ADD) of fd ${t.tfd} to epoll fd ${epfd}`, 'epoll_ctl', epfd, EPOLL_CTL_ADD, t.tfd, ev!);
+          }
+        });
+        return fd;
+      }
+      case 'timerfd': {
+        const fd = this.park(this.call(`timerfd_create for ${what}`, 'timerfd_create', file.clockid, 0));
+        this.setStatusFlags(fd, file.flags, what);
+        // Armed last so that the remaining time starts running as late as possible. The dumped
+        // value is what was left (fdinfo), so it is set relative even for an absolute timer.
+        this.afterPlacement.push((finalFd) => {
+          const tfd = finalFd(slot.fileId);
+          if (file.value[0] !== 0n || file.value[1] !== 0n) {
+            const spec = Buffer.concat([u64(file.interval[0]), u64(file.interval[1]), u64(file.value[0]), u64(file.value[1])]);
+            const [its] = this.task.scratchPut(spec);
+            this.call(`timerfd_settime of ${what}`, 'timerfd_settime', tfd, 0, its!, 0);
+          }
+          if (file.ticks !== 0n) {
+            const [ticks] = this.task.scratchPut(u64(file.ticks));
+            this.call(`TFD_IOC_SET_TICKS of ${what}`, 'ioctl', tfd, TFD_IOC_SET_TICKS, ticks!);
+          }
+        });
+        return fd;
+      }
+    }
+  }
+
+  /** Pipe ends no dumped fd uses (the other end lived outside the dump) are closed at the end. */
+  unusedPipeEnds(): number[] {
+    const unused: number[] = [];
+    for (const p of this.pipes.values()) {
+      if (!p.used.has(O.RDONLY)) unused.push(p.read);
+      if (!p.used.has(O.WRONLY)) unused.push(p.write);
+    }
+    return unused;
+  }
+}
+
 export function restoreFiles(task: RestoreTask, set: ImageSet, pathOf: (f: RegFile) => string = (f) => f.name): void {
   const pid = task.pid;
   const inherited = openFds(pid);
-  const base = Math.max(2, ...set.fds.map((f) => f.fd), ...inherited) + 1;
-  const temps = new Map<number, number>(); // file id -> temporary fd (above every dumped one)
-  for (const f of set.fds) {
-    if (temps.has(f.fileId)) continue;
-    let source: number;
-    let opened = false;
-    if (f.type === FD_TYPE.REG && f.reg) {
-      source = remoteOpen(task, 'files', pathOf(f.reg), f.reg.flags & ~CREATE_ONLY);
-      opened = true;
-      if (f.reg.pos !== 0n) remote(task, 'files', `lseek ${f.reg.name} to ${f.reg.pos}`, 'lseek', source, f.reg.pos, SEEK_SET);
-    } else {
-      // A terminal with --shell-job: criu-ts's own terminal, which the stub inherited.
-      const candidates = [f.fd, 0, 1, 2].filter((n) => inherited.includes(n) && isTerminal(pid, n));
-      if (candidates.length === 0) throw new Error(`fd ${f.fd} was a terminal but criu-ts has none to give (stdin/stdout/stderr are not terminals)`);
-      source = candidates[0]!;
-    }
-    const temp = Number(remote(task, 'files', `F_DUPFD of fd ${source}`, 'fcntl', source, F.DUPFD, base + temps.size));
-    if (opened) remote(task, 'files', `close ${source}`, 'close', source);
-    temps.set(f.fileId, temp);
+  const creator = new FileCreator(task, inherited, Math.max(2, ...set.fds.map((f) => f.fd), ...inherited) + 1, pathOf);
+  const temps = new Map<number, number>(); // file id -> parked fd (above every dumped one)
+  for (const slot of set.fds) {
+    if (!temps.has(slot.fileId)) temps.set(slot.fileId, creator.create(slot));
   }
-  const tempFds = new Set(temps.values());
+  const parked = new Set([...temps.values(), ...creator.extra, ...creator.unusedPipeEnds()]);
   for (const fd of inherited) {
-    if (!tempFds.has(fd)) remote(task, 'files', `close inherited fd ${fd}`, 'close', fd);
+    if (!parked.has(fd)) remote(task, 'files', `close inherited fd ${fd}`, 'close', fd);
   }
+  const finalFds = new Map<number, number>();
   for (const f of set.fds) {
     remote(task, 'files', `dup3 onto fd ${f.fd}`, 'dup3', temps.get(f.fileId)!, f.fd, f.cloexec ? O.CLOEXEC : 0);
+    if (!finalFds.has(f.fileId)) finalFds.set(f.fileId, f.fd);
   }
+  for (const work of creator.afterPlacement) work((fileId) => finalFds.get(fileId)!);
   const dumped = new Set(set.fds.map((f) => f.fd));
-  for (const t of tempFds) if (!dumped.has(t)) remote(task, 'files', `close temporary fd ${t}`, 'close', t);
+  for (const t of parked) if (!dumped.has(t)) remote(task, 'files', `close temporary fd ${t}`, 'close', t);
 }
 
 export function restoreFs(task: RestoreTask, set: ImageSet): void {

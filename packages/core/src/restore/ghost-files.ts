@@ -19,7 +19,7 @@ export class GhostFiles {
     const g = new GhostFiles();
     const all = new Map<number, RegFile>();
     for (const v of set.vmas) if (v.file?.ghost) all.set(v.file.id, v.file);
-    for (const f of set.fds) if (f.reg?.ghost) all.set(f.reg.id, f.reg);
+    for (const { file } of set.fds) if ((file.kind === 'reg' || file.kind === 'fifo') && file.reg.ghost) all.set(file.reg.id, file.reg);
     if (set.exe.ghost) all.set(set.exe.id, set.exe);
     try {
       for (const f of all.values()) g.materialize(f, f.ghost!);

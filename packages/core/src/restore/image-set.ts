@@ -19,6 +19,7 @@ import { existsSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { ImageFormatError, ImageReader, PAGE_SIZE, PagesReader, PE_LAZY, PE_PARENT, PE_PRESENT } from '@criu-ts/images';
 import { RestoreError } from './errors.js';
+import { FD_TYPE, readFdTable, type FdSlot } from './fd-images.js';
 
 type Msg = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
 
@@ -29,8 +30,7 @@ export const VMA = {
   VVAR: 1 << 12, AIORING: 1 << 13, MEMFD: 1 << 14, SHSTK: 1 << 15, UPROBES: 1 << 17, UNSUPP: 2 ** 31,
 } as const;
 
-/** fd_types from fdinfo.proto. */
-export const FD_TYPE = { REG: 1, TTY: 11, MEMFD: 18, PIPE: 2 } as const;
+export { FD_TYPE } from './fd-images.js';
 
 export interface VmaImage {
   readonly start: bigint;
@@ -66,16 +66,8 @@ export interface GhostFile {
   readonly size: number;
 }
 
-export interface FdImage {
-  readonly fd: number;
-  readonly cloexec: boolean;
-  readonly type: number;
-  readonly fileId: number;
-  /** REG files: what to open. */
-  readonly reg?: RegFile;
-  /** TTY files: flags of the open file description. */
-  readonly ttyFlags?: number;
-}
+/** One slot of the fd table: its number, FD_CLOEXEC, and the open file it points at. */
+export type FdImage = FdSlot<RegFile>;
 
 /** A present run of pages: `nrPages` pages for `vaddr` at `offset` in the pages file. */
 export interface PagesRun {
@@ -328,27 +320,9 @@ export function readImageSet(dir: string, options: { shellJob?: boolean } = {}):
 
   // CRIU 4.x names the fd table by the files id (fdinfo_per_id); older images by the pid.
   const fdinfoName = inventory.fdinfo_per_id ? `fdinfo-${ids.files_id}.img` : `fdinfo-${pid}.img`;
-  const fds: FdImage[] = [];
-  const seen = new Set<number>();
-  for (const e of readAll(dir, fdinfoName)) {
-    const fd = Number(e.fd);
-    const type = Number(e.type);
-    const fileId = Number(e.id);
-    if (seen.has(fd)) invalid(`${fdinfoName}: fd ${fd} appears twice`);
-    seen.add(fd);
-    const base = { fd, cloexec: (Number(e.flags) & 1) !== 0, type, fileId };
-    if (type === FD_TYPE.REG) {
-      const r = reg(fileId, `${fdinfoName} fd ${fd}`);
-      fds.push({ ...base, reg: r });
-    } else if (type === FD_TYPE.TTY) {
-      const f = files.get(fileId);
-      if (!f?.tty) invalid(`${fdinfoName} fd ${fd}: tty file id ${fileId} missing from files.img`);
-      if (!options.shellJob) invalid(`fd ${fd} of process ${pid} is a terminal; restore it with shellJob (--shell-job) to give it criu-ts's terminal`, { fd });
-      fds.push({ ...base, ttyFlags: Number(f.tty.flags) });
-    } else {
-      invalid(`${fdinfoName} fd ${fd}: file type ${type} is not supported yet (regular files and terminals only)`, { fd, type });
-    }
-  }
+  const fds: FdImage[] = readFdTable<RegFile>({
+    dir, pid, fdinfoName, fdinfo: readAll(dir, fdinfoName), files, reg, readEntries, shellJob: options.shellJob === true,
+  });
 
   return {
     dir, pid, ppid: Number(task.ppid), pgid, sid, core, threads: threadImages, mm, vmas, exe, pagesFile: pagesFile!, pagesSize: pagesSize!, runs,

@@ -1,0 +1,218 @@
+/*
+ * fd-keeper: holds one of each kind of non-regular file descriptor criu-ts restores, each in a
+ * state that shows whether it came back (data buffered, counters, watched targets, masks, armed
+ * timers), waits to be checkpointed (and restored), then checks every one and reports.
+ *
+ *   fd-keeper REPORT_FILE WORK_DIR
+ *
+ * Protocol as tests/state-keeper.c: "ready <pid>" when set up; on SIGUSR1 "ok ..." / "FAIL ..."
+ * lines, then "done <failures>", exit status = number of failures.
+ *
+ * Held: a pipe with bytes in it and a bigger capacity; a pipe whose write end sits at fd 2000
+ * (close-on-exec) and whose read end is non-blocking; an eventfd with a counter; an eventfd in
+ * semaphore mode; an epoll watching the first pipe and an eventfd through an fd number that was
+ * dup'ed and closed after it was added; a signalfd with a pending queued signal; an armed
+ * periodic timerfd; an expired timerfd with an unread tick; a FIFO with bytes in it; /dev/zero.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/signalfd.h>
+#include <sys/stat.h>
+#include <sys/timerfd.h>
+#include <time.h>
+#include <unistd.h>
+
+static volatile sig_atomic_t check_requested;
+static int report_fd = -1;
+static int failures;
+
+static void say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void say(const char *fmt, ...)
+{
+	char line[512];
+	va_list ap;
+	va_start(ap, fmt);
+	int n = vsnprintf(line, sizeof(line), fmt, ap);
+	va_end(ap);
+	if (n > 0 && write(report_fd, line, (size_t)n) < 0)
+		_exit(100);
+}
+
+#define CHECK(cond, ...)                               \
+	do {                                           \
+		char what_[256];                       \
+		snprintf(what_, sizeof(what_), __VA_ARGS__); \
+		if (cond)                              \
+			say("ok %s\n", what_);         \
+		else {                                 \
+			say("FAIL %s (errno %d)\n", what_, errno); \
+			failures++;                    \
+		}                                      \
+	} while (0)
+
+#define MUST(x)                                                        \
+	do {                                                           \
+		if ((x) < 0) {                                         \
+			dprintf(report_fd, "setup failed: %s: %s\n", #x, strerror(errno)); \
+			_exit(99);                                     \
+		}                                                      \
+	} while (0)
+
+static void on_usr1(int sig) { check_requested = 1; }
+
+static double now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+#define PIPE_TEXT "bytes left in a pipe"
+#define FIFO_TEXT "bytes left in a fifo"
+#define EPOLL_PIPE_DATA 0x1234567890abcdefULL
+#define EPOLL_EVENTFD_DATA 7ULL
+#define HIGH_FD 2000
+
+int main(int argc, char **argv)
+{
+	if (argc != 3)
+		return 2;
+	/* Close what the starter leaked, so that the fd table is ours alone. */
+	for (int fd = 3; fd < 1024; fd++)
+		close(fd);
+	report_fd = open(argv[1], O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+	if (report_fd < 0)
+		return 3;
+
+	int data_pipe[2], high_pipe[2];
+	MUST(pipe(data_pipe));
+	MUST(fcntl(data_pipe[1], F_SETPIPE_SZ, 128 << 10));
+	MUST(write(data_pipe[1], PIPE_TEXT, sizeof(PIPE_TEXT)));
+	MUST(pipe2(high_pipe, O_NONBLOCK));
+	MUST(fcntl(high_pipe[1], F_SETFL, 0)); /* only the read end stays non-blocking */
+	MUST(dup3(high_pipe[1], HIGH_FD, O_CLOEXEC));
+	close(high_pipe[1]);
+
+	int counter = eventfd(42, EFD_NONBLOCK);
+	int semaphore = eventfd(3, EFD_NONBLOCK | EFD_SEMAPHORE);
+	int watched = eventfd(5, 0);
+	MUST(counter);
+	MUST(semaphore);
+	MUST(watched);
+
+	int ep = epoll_create1(EPOLL_CLOEXEC);
+	MUST(ep);
+	struct epoll_event ev = { .events = EPOLLIN, .data.u64 = EPOLL_PIPE_DATA };
+	MUST(epoll_ctl(ep, EPOLL_CTL_ADD, data_pipe[0], &ev));
+	ev.events = EPOLLIN | EPOLLET;
+	ev.data.u64 = EPOLL_EVENTFD_DATA;
+	MUST(epoll_ctl(ep, EPOLL_CTL_ADD, watched, &ev));
+	/* The registration names fd `watched`; the file lives on only under another number. */
+	int watched_moved = dup(watched);
+	MUST(watched_moved);
+	close(watched);
+
+	sigset_t blocked;
+	sigemptyset(&blocked);
+	sigaddset(&blocked, SIGRTMIN + 2);
+	sigprocmask(SIG_BLOCK, &blocked, NULL);
+	int sfd = signalfd(-1, &blocked, SFD_NONBLOCK);
+	MUST(sfd);
+	union sigval value = { .sival_int = 99 };
+	MUST(sigqueue(getpid(), SIGRTMIN + 2, value));
+
+	int periodic = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK);
+	MUST(periodic);
+	struct itimerspec every = { .it_interval = { 0, 200 * 1000000 }, .it_value = { 30, 0 } };
+	MUST(timerfd_settime(periodic, 0, &every, NULL));
+	int expired = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK);
+	MUST(expired);
+	struct itimerspec once = { .it_value = { 0, 1000000 } };
+	MUST(timerfd_settime(expired, 0, &once, NULL));
+
+	char fifo_path[4096];
+	snprintf(fifo_path, sizeof(fifo_path), "%s/fifo", argv[2]);
+	MUST(mkfifo(fifo_path, 0600));
+	int fifo_rw = open(fifo_path, O_RDWR);
+	MUST(fifo_rw);
+	int fifo_reader = open(fifo_path, O_RDONLY | O_NONBLOCK);
+	MUST(fifo_reader);
+	MUST(write(fifo_rw, FIFO_TEXT, sizeof(FIFO_TEXT)));
+
+	int zero = open("/dev/zero", O_RDONLY);
+	MUST(zero);
+
+	signal(SIGUSR1, on_usr1);
+	usleep(20 * 1000); /* the one-shot timer has expired: one tick waits to be read */
+	say("ready %d\n", getpid());
+	while (!check_requested)
+		pause();
+
+	/* epoll first: reading the pipe or the eventfd would take their readiness away. */
+	struct epoll_event got[8];
+	int n = epoll_wait(ep, got, 8, 0);
+	int saw_pipe = 0, saw_eventfd = 0;
+	for (int i = 0; i < n; i++) {
+		if (got[i].data.u64 == EPOLL_PIPE_DATA && (got[i].events & EPOLLIN))
+			saw_pipe = 1;
+		if (got[i].data.u64 == EPOLL_EVENTFD_DATA && (got[i].events & EPOLLIN))
+			saw_eventfd = 1;
+	}
+	CHECK(n == 2 && saw_pipe && saw_eventfd, "epoll reports both targets with their data (%d events)", n);
+	CHECK(fcntl(ep, F_GETFD) == FD_CLOEXEC, "epoll fd close-on-exec");
+
+	char buf[256] = { 0 };
+	CHECK(read(data_pipe[0], buf, sizeof(buf)) == sizeof(PIPE_TEXT) && memcmp(buf, PIPE_TEXT, sizeof(PIPE_TEXT)) == 0, "pipe data");
+	CHECK(fcntl(data_pipe[0], F_GETPIPE_SZ) == 128 << 10, "pipe capacity");
+	CHECK(write(HIGH_FD, "x", 1) == 1 && read(high_pipe[0], buf, sizeof(buf)) == 1 && buf[0] == 'x', "pipe end at fd %d", HIGH_FD);
+	CHECK(fcntl(HIGH_FD, F_GETFD) == FD_CLOEXEC && !(fcntl(HIGH_FD, F_GETFL) & O_NONBLOCK), "fd %d flags", HIGH_FD);
+	CHECK((fcntl(high_pipe[0], F_GETFL) & O_NONBLOCK) && read(high_pipe[0], buf, 1) < 0 && errno == EAGAIN, "non-blocking empty pipe");
+
+	uint64_t count = 0;
+	CHECK(read(counter, &count, 8) == 8 && count == 42, "eventfd counter (%llu)", (unsigned long long)count);
+	int ones = 0;
+	for (int i = 0; i < 4; i++)
+		if (read(semaphore, &count, 8) == 8 && count == 1)
+			ones++;
+	CHECK(ones == 3, "eventfd semaphore mode (%d reads of 1)", ones);
+	CHECK(read(watched_moved, &count, 8) == 8 && count == 5, "watched eventfd counter");
+	/* Drained, the eventfd is no longer ready: epoll watches that very file, not a copy. */
+	n = epoll_wait(ep, got, 8, 0);
+	CHECK(n == 0, "epoll sees the targets drained (%d events)", n);
+
+	struct signalfd_siginfo si;
+	CHECK(read(sfd, &si, sizeof(si)) == sizeof(si) && si.ssi_signo == (uint32_t)(SIGRTMIN + 2) && si.ssi_int == 99, "signalfd delivers the queued signal");
+	CHECK(read(sfd, &si, sizeof(si)) < 0 && errno == EAGAIN, "signalfd has nothing more");
+
+	struct itimerspec left;
+	timerfd_gettime(periodic, &left);
+	CHECK(left.it_interval.tv_sec == 0 && left.it_interval.tv_nsec == 200 * 1000000 && left.it_value.tv_sec < 30 && left.it_value.tv_sec >= 20,
+	      "periodic timerfd setting (%ld s left)", (long)left.it_value.tv_sec);
+	uint64_t ticks = 0;
+	CHECK(read(expired, &ticks, 8) == 8 && ticks == 1, "expired timerfd tick (%llu)", (unsigned long long)ticks);
+	/* Still a timer that fires: re-armed from here, it ticks on its interval. */
+	struct itimerspec soon = { .it_interval = { 0, 100 * 1000000 }, .it_value = { 0, 100 * 1000000 } };
+	timerfd_settime(periodic, 0, &soon, NULL);
+	int blocking = fcntl(periodic, F_GETFL) & ~O_NONBLOCK;
+	fcntl(periodic, F_SETFL, blocking);
+	double t0 = now_ms();
+	CHECK(read(periodic, &ticks, 8) == 8 && now_ms() - t0 > 50 && now_ms() - t0 < 1000, "timerfd fires (%.0f ms)", now_ms() - t0);
+
+	memset(buf, 0, sizeof(buf));
+	CHECK(read(fifo_reader, buf, sizeof(buf)) == sizeof(FIFO_TEXT) && memcmp(buf, FIFO_TEXT, sizeof(FIFO_TEXT)) == 0, "fifo data");
+	CHECK(write(fifo_rw, "y", 1) == 1 && read(fifo_reader, buf, 1) == 1 && buf[0] == 'y', "fifo still connects its ends");
+	CHECK(read(zero, buf, 8) == 8 && buf[0] == 0 && buf[7] == 0, "/dev/zero");
+
+	unlink(fifo_path);
+	say("done %d\n", failures);
+	return failures;
+}
