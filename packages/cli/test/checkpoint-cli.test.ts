@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 // The test programs of @criu-ts/core (tests/bin/state-keeper and its helpers), shared by the packages' tests.
-import { StateKeeper, becomeSubreaper, reapIfOurs } from '@criu-ts/core/testing';
+import { StateKeeper, TEST_BIN, becomeSubreaper, reapIfOurs } from '@criu-ts/core/testing';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const BIN = resolve(here, '..', '..', 'dist', 'criu-ts.mjs');
@@ -48,6 +48,46 @@ describe('cli: dump, restore, check, demo', function () {
     const { failures, checks } = keeper.check();
     expect(failures).to.deep.equal([]);
     expect(checks.length).to.be.greaterThan(15);
+  });
+
+  it('a shell job on a terminal: dump -j, restore -j -d from another terminal, and it uses that one', function () {
+    // tests/bin/pty-run plays an interactive shell: tty-keeper is its foreground job on a pty.
+    const ptyRun = join(TEST_BIN, 'pty-run');
+    const dir = mkdtempSync(join(tmpdir(), 'criu-ts-tty-'));
+    try {
+      keeper = new StateKeeper('tty-keeper', [], [ptyRun, join(dir, 'first-terminal')]);
+      const pid = keeper.pid;
+      const refused = criuTs('dump', '-t', String(pid), '-D', keeper.images);
+      expect(refused.status).to.equal(1);
+      expect(refused.stderr).to.match(/Error: .*(--shell-job|shell-job)/);
+      const d = criuTs('dump', '-t', String(pid), '-D', keeper.images, '--shell-job');
+      expect(d.status, d.stderr).to.equal(0);
+      const info = criuTs('decode', '-i', join(keeper.images, 'tty-info.img'));
+      expect(info.status, info.stderr).to.equal(0);
+      const ttyInfo = JSON.parse(info.stdout).entries[0];
+      expect(ttyInfo.type).to.equal('PTY');
+      expect(ttyInfo.winsize.ws_col).to.equal(80);
+      for (let i = 0; i < 400 && existsSync(`/proc/${pid}`); i++) {
+        reapIfOurs(pid);
+        spawnSync('sleep', ['0.01']);
+      }
+      // Restored from a command run on a second terminal: the job joins that terminal's session.
+      spawnSync('setsid', ['-f', ptyRun, join(dir, 'second-terminal'), process.execPath, BIN, 'restore', '-D', keeper.images, '-j', '-d', '-o', 'restore.log', '--pidfile', 'restored.pid'], { stdio: 'ignore' });
+      // The pidfile is written once the task runs (the PID exists earlier, while it is rebuilt).
+      const pidfile = join(keeper.images, 'restored.pid');
+      for (let i = 0; i < 1000 && !existsSync(pidfile); i++) spawnSync('sleep', ['0.01']);
+      const log = join(keeper.images, 'restore.log');
+      expect(existsSync(pidfile), `restored (${existsSync(log) ? readFileSync(log, 'utf8') : 'no log'})`).to.equal(true);
+      expect(readFileSync(pidfile, 'utf8').trim()).to.equal(String(pid));
+      const { failures, checks } = keeper.check();
+      expect(failures).to.deep.equal([]);
+      expect(checks).to.have.length(6);
+      for (let i = 0; i < 200 && !readFileSync(join(dir, 'second-terminal'), 'utf8').includes('tty-keeper says 42'); i++) spawnSync('sleep', ['0.01']);
+      expect(readFileSync(join(dir, 'second-terminal'), 'utf8')).to.contain('tty-keeper says 42');
+      expect(readFileSync(join(dir, 'first-terminal'), 'utf8')).to.contain(`tty-keeper ${pid} started`);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('dump -R leaves the task running; errors go to stderr with Error lines and exit 1', function () {

@@ -62,10 +62,11 @@ export class StateKeeper {
   readonly images = join(this.dir, 'images');
   readonly pid: number;
 
-  constructor(program = 'state-keeper', extraArgs: readonly string[] = []) {
+  /** `launcher`: a command the program is started through (e.g. tests/bin/pty-run LOG). */
+  constructor(program = 'state-keeper', extraArgs: readonly string[] = [], launcher: readonly string[] = []) {
     const binary = join(TEST_BIN, program);
     if (!existsSync(binary)) throw new Error(`${binary} is missing: run npm run build`);
-    const child = spawn('setsid', ['-f', binary, this.report, this.dir, ...extraArgs], { stdio: 'ignore', env: { ...process.env, STATE_KEEPER_ENV: 'kept' } });
+    const child = spawn('setsid', ['-f', ...launcher, binary, this.report, this.dir, ...extraArgs], { stdio: 'ignore', env: { ...process.env, STATE_KEEPER_ENV: 'kept' } });
     child.unref();
     waitFor(`${program} to be ready`, () => this.lines().some((l) => l.startsWith('ready') || l.startsWith('setup failed')));
     const setupFailure = this.lines().find((l) => l.startsWith('setup failed'));

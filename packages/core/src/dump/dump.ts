@@ -175,7 +175,7 @@ export function dumpSync(options: DumpOptions): DumpResult {
     // ---- collect
     stage = 'collect';
     options.onStage?.(stage);
-    const files = new FileTable(options.ghostLimit ?? DEFAULT_GHOST_LIMIT);
+    const files = new FileTable(options.ghostLimit ?? DEFAULT_GHOST_LIMIT, options.shellJob === true);
     const exePath = readLink(pid, 'exe').replace(/ \(deleted\)$/, '');
     const exeId = files.mappedFile(exePath, 0, `/proc/${pid}/exe`);
     const vmas = describeVmas(pid, procVmas, files);
@@ -251,6 +251,7 @@ export function dumpSync(options: DumpOptions): DumpResult {
       [...data].map(([pipeId, c]) => ({ message: { pipe_id: pipeId, bytes: c.bytes.length, size: c.size }, payload: { type: 'bytes' as const, bytes: c.bytes } }));
     if (files.pipeData.size > 0) dir.writeImage('pipes-data.img', pipeDataEntries(files.pipeData));
     if (files.fifoData.size > 0) dir.writeImage('fifo-data.img', pipeDataEntries(files.fifoData));
+    if (files.ttyInfos.length > 0) dir.writeImage('tty-info.img', files.ttyInfos);
     dir.writeImage('pstree.img', [{ pid, ppid: 0, pgid, sid, threads: threads.map((t) => t.tid) }]);
     dir.writeImage('seccomp.img', [{}]);
     const frozenTime = Math.round((performance.now() - frozenAt) * 1000);

@@ -13,6 +13,7 @@ import type { DecodedMessage } from '@criu-ts/images';
 import type { Pid } from '@criu-ts/sys';
 import { anonInodeKind, eventfdEntry, eventpollEntry, signalfdEntry, timerfdEntry } from './files/anon-inodes.js';
 import { pipeInode, readPipeContents, type PipeContents } from './files/pipes.js';
+import { terminalKind, ttyInfoEntry, TTY_TYPE } from './files/terminals.js';
 
 /** fd_types values (fdinfo.proto). */
 export const FD_TYPE = {
@@ -55,7 +56,15 @@ export class FileTable {
   private readonly typeOf = new Map<number, number>();
   private nextGhostId = 1;
 
-  constructor(private readonly ghostLimit: number) {}
+  /** tty-info.img entries, one per terminal device (by st_rdev). */
+  readonly ttyInfos: DecodedMessage[] = [];
+  private readonly ttyInfoIds = new Map<number, number>();
+
+  /** `shellJob`: terminals are dumped (criu's --shell-job) instead of refused. */
+  constructor(
+    private readonly ghostLimit: number,
+    private readonly shellJob = false,
+  ) {}
 
   private allocate(): number {
     return this.nextId++;
@@ -150,7 +159,12 @@ export class FileTable {
     if (!stats.isFile() && !stats.isDirectory() && !stats.isCharacterDevice() && !stats.isBlockDevice()) {
       throw new UnsupportedFileError(fd, target, 'special file');
     }
-    if (stats.isCharacterDevice() && /^\/dev\/(pts\/|tty)/.test(target)) throw new UnsupportedFileError(fd, target, 'terminal (use --shell-job)');
+    const terminal = terminalKind(target, stats);
+    if (terminal) {
+      if (terminal.type === TTY_TYPE.CONSOLE) throw new UnsupportedFileError(fd, target, 'console (the machine\'s own terminal, which no restore can hand back)');
+      if (!this.shellJob) throw new UnsupportedFileError(fd, target, 'terminal (dump it with --shell-job; restore then gives it criu-ts\'s terminal)');
+      return this.terminal(pid, fd, target, flags, fdinfoFlags, stats, terminal);
+    }
     const id = this.allocate();
     const deleted = target.endsWith(' (deleted)') && stats.nlink === 0;
     if (deleted) target = target.slice(0, -' (deleted)'.length);
@@ -158,6 +172,28 @@ export class FileTable {
     this.typeOf.set(id, FD_TYPE.REG);
     if (deleted) this.ghost(id, procFd, stats);
     return { id, flags: fdinfoFlags, type: FD_TYPE.REG, fd };
+  }
+
+  /** A terminal: TTY entry, its device path as a REG entry, one tty-info entry per device. */
+  private terminal(pid: Pid, fd: number, path: string, flags: number, fdinfoFlags: number, stats: Stats, kind: { type: number; index: number }): DecodedMessage {
+    let infoId = this.ttyInfoIds.get(stats.rdev);
+    if (infoId === undefined) {
+      infoId = this.ttyInfos.length + 1;
+      // Is it the task's controlling terminal? Then it carries the session and foreground group.
+      const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      const [sid, ttyNr, tpgid] = [Number(fields[3]), Number(fields[4]), Number(fields[5])];
+      const controlling = ttyNr === stats.rdev;
+      this.ttyInfos.push(ttyInfoEntry(infoId, pid, fd, stats, kind, controlling ? { sid, pgrp: tpgid } : { sid: 0, pgrp: 0 }));
+      this.ttyInfoIds.set(stats.rdev, infoId);
+    }
+    const regId = this.allocate();
+    this.files.push({ type: FD_TYPE.REG, id: regId, reg: this.regEntry(regId, path, flags, 0n, stats, false) });
+    this.typeOf.set(regId, FD_TYPE.REG);
+    const id = this.allocate();
+    this.files.push({ type: FD_TYPE.TTY, id, tty: { id, tty_info_id: infoId, flags, fown: noOwner(), regf_id: regId } });
+    this.typeOf.set(id, FD_TYPE.TTY);
+    return { id, flags: fdinfoFlags, type: FD_TYPE.TTY, fd };
   }
 
   /** One pipe_data_entry per pipe (or FIFO), however many ends and fds the dump holds. */

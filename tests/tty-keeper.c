@@ -1,0 +1,63 @@
+/*
+ * tty-keeper: a program that runs as a shell job on a terminal (see pty-run.c), to show that a
+ * dump with --shell-job and a restore with --shell-job give it a working terminal again.
+ *
+ *   tty-keeper REPORT_FILE WORK_DIR
+ *
+ * Protocol as tests/state-keeper.c ("ready <pid>", SIGUSR1 -> ok/FAIL lines, "done N"). After
+ * SIGUSR1 it checks that 0, 1 and 2 are terminals it can use (tcgetattr, window size), that it
+ * leads its own process group inside a session it does not lead, and writes a line with a
+ * counter to the terminal.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <termios.h>
+#include <unistd.h>
+
+static volatile sig_atomic_t check_requested;
+static void on_usr1(int sig) { check_requested = 1; }
+
+int main(int argc, char **argv)
+{
+	if (argc != 3)
+		return 2;
+	for (int fd = 3; fd < 1024; fd++)
+		close(fd);
+	int report = open(argv[1], O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+	if (report < 0)
+		return 3;
+	int failures = 0;
+#define CHECK(cond, what)                                                   \
+	do {                                                                \
+		if (cond)                                                   \
+			dprintf(report, "ok %s\n", what);                   \
+		else {                                                      \
+			dprintf(report, "FAIL %s (errno %d)\n", what, errno); \
+			failures++;                                         \
+		}                                                           \
+	} while (0)
+
+	int counter = 41;
+	signal(SIGUSR1, on_usr1);
+	dprintf(1, "tty-keeper %d started on %s\r\n", getpid(), ttyname(1));
+	dprintf(report, "ready %d\n", getpid());
+	while (!check_requested)
+		pause();
+
+	struct termios t;
+	struct winsize ws;
+	CHECK(isatty(0) && isatty(1) && isatty(2), "stdin, stdout and stderr are terminals");
+	CHECK(tcgetattr(0, &t) == 0, "tcgetattr");
+	CHECK(ioctl(1, TIOCGWINSZ, &ws) == 0 && ws.ws_col > 0, "window size");
+	CHECK(getpgid(0) == getpid(), "leads its own process group");
+	CHECK(getsid(0) != getpid(), "in a session it does not lead (a shell job)");
+	counter++;
+	CHECK(dprintf(1, "tty-keeper says %d\r\n", counter) > 0, "writes to the terminal");
+	dprintf(report, "done %d\n", failures);
+	return failures;
+}
