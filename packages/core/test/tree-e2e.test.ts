@@ -1,0 +1,162 @@
+// Process trees: tests/bin/tree-keeper (10 processes on 3 levels, two sessions, five process
+// groups, a zombie, shared anonymous memory inherited across fork, copy-on-write pages) dumped
+// and restored with every PID, parent, group and session; the processes check themselves.
+import { expect } from 'chai';
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { ImageReader, ImageWriter, kindForName } from '@criu-ts/images';
+import { restoreSync, RestoreError } from '@criu-ts/core';
+import { isRoot, ourStubs } from './restore-helpers.js';
+import { becomeSubreaper, TEST_BIN, TREE_SLOTS, TREE_ZOMBIE_SLOT, TreeKeeper, type ProcLayout } from './programs.js';
+
+type Msg = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
+
+function entries(path: string): Msg[] {
+  const reader = ImageReader.open(path);
+  try {
+    return [...reader.entries()].map((e) => e.message as Msg);
+  } finally {
+    reader.close();
+  }
+}
+
+function rewrite(path: string, kind: string, list: Msg[]): void {
+  const w = ImageWriter.create(path, kindForName(kind)!);
+  for (const e of list) w.append(e);
+  w.finish();
+}
+
+/** A layout with the state reduced to "zombie or not" (sleeping and running alternate). */
+function shape(layout: ProcLayout[]) {
+  return layout.map((l) => ({ ...l, state: l.state === 'Z' ? 'zombie' : l.state === undefined ? 'gone' : 'alive' }));
+}
+
+/** Checks per process: pid, parent (not the root), group, session, own COW page, inherited page, shared slot; B also its zombie. */
+const SELF_CHECKS = 6 * 1 + 7 * 8 + 1;
+/** The root's checks of every live process's shared slots (3 each). */
+const ROOT_CHECKS = 3 * 9;
+
+describe('core: process trees', function () {
+  this.timeout(180_000);
+  let keeper: TreeKeeper | undefined;
+  before(function () {
+    if (!isRoot()) this.skip(); // stated reason: ptrace and clone3 set_tid need root
+    if (!existsSync(join(TEST_BIN, 'tree-keeper'))) throw new Error('tests/bin/tree-keeper is missing: run npm run build');
+    becomeSubreaper();
+  });
+  after(() => {
+    if (isRoot()) becomeSubreaper(false);
+  });
+  afterEach(() => {
+    keeper?.cleanup();
+    keeper = undefined;
+  });
+
+  it('the program itself: 10 processes in the layout it describes, its check passes untouched', function () {
+    keeper = new TreeKeeper();
+    const layout = keeper.layout();
+    const pid = (slot: string) => keeper!.pids[TREE_SLOTS.indexOf(slot as (typeof TREE_SLOTS)[number])]!;
+    expect(layout.map((l) => l.state === 'Z')).to.deep.equal(TREE_SLOTS.map((_, i) => i === TREE_ZOMBIE_SLOT));
+    expect(layout[TREE_SLOTS.indexOf('A2')]!.pgid).to.equal(pid('A1'));
+    expect(layout[TREE_SLOTS.indexOf('A2')]!.sid).to.equal(pid('A'));
+    expect(layout[TREE_SLOTS.indexOf('C2')]!.pgid).to.equal(pid('C1'));
+    expect(layout[TREE_SLOTS.indexOf('B2')]!.ppid).to.equal(pid('B'));
+    const { failures, checks } = keeper.check();
+    expect(failures).to.deep.equal([]);
+    expect(checks.length).to.equal(SELF_CHECKS + ROOT_CHECKS);
+  });
+
+  it('dump writes the tree as CRIU does (pstree order, zombie core, per-process images) and -R leaves it intact', function () {
+    keeper = new TreeKeeper();
+    const before = keeper.layout();
+    keeper.dump({ leave: 'running' });
+    const tree = entries(join(keeper.images, 'pstree.img'));
+    // Depth first, parents before children: the program's slot order.
+    expect(tree.map((e) => Number(e.pid))).to.deep.equal(keeper.pids);
+    for (const [i, e] of tree.entries()) {
+      expect(Number(e.ppid), `${TREE_SLOTS[i]} ppid`).to.equal(i === 0 ? 0 : before[i]!.ppid);
+      expect(Number(e.pgid), `${TREE_SLOTS[i]} pgid`).to.equal(before[i]!.pgid);
+      expect(Number(e.sid), `${TREE_SLOTS[i]} sid`).to.equal(before[i]!.sid);
+      expect(e.threads.map(Number), `${TREE_SLOTS[i]} threads`).to.deep.equal([keeper.pids[i]]);
+    }
+    const zombie = keeper.pids[TREE_ZOMBIE_SLOT]!;
+    const zcore = entries(join(keeper.images, `core-${zombie}.img`))[0]!;
+    expect(zcore.tc.task_state).to.equal(2); // TASK_DEAD
+    expect(zcore.tc.exit_code).to.equal(7 << 8); // as waitpid reports exit(7)
+    expect(zcore.thread_info).to.equal(undefined);
+    expect(existsSync(join(keeper.images, `mm-${zombie}.img`))).to.equal(false);
+    const filesIds = new Set<number>();
+    const pagesIds = new Set<number>();
+    for (const [i, pid] of keeper.pids.entries()) {
+      if (i === TREE_ZOMBIE_SLOT) continue;
+      const ids = entries(join(keeper.images, `ids-${pid}.img`))[0]!;
+      filesIds.add(Number(ids.files_id));
+      expect(existsSync(join(keeper.images, `fdinfo-${ids.files_id}.img`))).to.equal(true);
+      pagesIds.add(Number(entries(join(keeper.images, `pagemap-${pid}.img`))[0]!.pages_id));
+      for (const img of ['core', 'mm', 'fs']) expect(existsSync(join(keeper.images, `${img}-${pid}.img`)), `${img}-${pid}.img`).to.equal(true);
+    }
+    expect(filesIds.size).to.equal(9);
+    expect(pagesIds.size).to.equal(9);
+    // The report file, inherited across fork: one open file description, one files.img entry.
+    const reportIds = keeper.pids.filter((_, i) => i !== TREE_ZOMBIE_SLOT).map((pid) => {
+      const ids = entries(join(keeper!.images, `ids-${pid}.img`))[0]!;
+      return Number(entries(join(keeper!.images, `fdinfo-${ids.files_id}.img`)).find((f) => Number(f.fd) === 3)!.id);
+    });
+    expect(new Set(reportIds).size).to.equal(1);
+    expect(shape(keeper.layout())).to.deep.equal(shape(before));
+    const { failures, checks } = keeper.check();
+    expect(failures).to.deep.equal([]);
+    expect(checks.length).to.equal(SELF_CHECKS + ROOT_CHECKS);
+  });
+
+  it('dump, restore, verify, twice: every PID, parent, group, session and the zombie back; shared memory still shared, COW pages distinct', function () {
+    keeper = new TreeKeeper();
+    const before = keeper.layout();
+    for (let round = 0; round < 2; round++) {
+      keeper.dump();
+      const r = restoreSync({ imagesDir: keeper.images, detached: true });
+      expect(r.pid, `round ${round}`).to.equal(keeper.root);
+      expect(r.pids, `round ${round}`).to.deep.equal(keeper.pids);
+      expect(r.warnings, `round ${round}`).to.deep.equal([]);
+      expect(ourStubs()).to.deep.equal([]);
+      const after = keeper.layout();
+      // The root's parent is whoever reaps orphans (us, the subreaper) both times.
+      expect(shape(after), `round ${round}`).to.deep.equal(shape(before));
+      const { failures, checks } = keeper.check();
+      expect(failures, `round ${round}`).to.deep.equal([]);
+      expect(checks.length, `round ${round}`).to.equal(SELF_CHECKS + ROOT_CHECKS);
+    }
+  });
+
+  it('refuses a group whose leader is gone before creating anything; a failure in one process kills every process made', function () {
+    keeper = new TreeKeeper();
+    keeper.dump();
+    const pstreePath = join(keeper.images, 'pstree.img');
+    const pstree = entries(pstreePath);
+    // A2 said to be in a group whose leader is not in the dump.
+    const changed = pstree.map((e, i) => (i === 3 ? { ...e, pgid: 4_000_000 - 7 } : e));
+    rewrite(pstreePath, 'PSTREE', changed);
+    expect(() => restoreSync({ imagesDir: keeper!.images, detached: true })).to.throw(RestoreError, /leader .* not in the dump.*helper task/);
+    for (const pid of keeper.pids) expect(existsSync(`/proc/${pid}`), `${pid} was never created`).to.equal(false);
+    rewrite(pstreePath, 'PSTREE', pstree);
+
+    // C1 (created late, restored after seven others) gets a pending siginfo that is too short:
+    // a valid image that only the signals stage rejects, when every process exists.
+    const c1 = keeper.pids[TREE_SLOTS.indexOf('C1')]!;
+    const corePath = join(keeper.images, `core-${c1}.img`);
+    const core = entries(corePath)[0]!;
+    core.thread_core.signals_p = { signals: [{ siginfo: new Uint8Array(16) }] };
+    rewrite(corePath, 'CORE', [core]);
+    let thrown: unknown;
+    try {
+      restoreSync({ imagesDir: keeper.images, detached: true });
+    } catch (err) {
+      thrown = err;
+    }
+    expect(thrown).to.be.instanceOf(RestoreError);
+    expect((thrown as RestoreError).stage).to.equal('signals');
+    keeper.waitGone('every half-restored process to be gone');
+    expect(ourStubs()).to.deep.equal([]);
+    expect(readFileSync(keeper.report, 'utf8')).to.not.match(/FAIL/);
+  });
+});
