@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 // The test programs of @criu-ts/core (tests/bin/state-keeper and its helpers), shared by the packages' tests.
-import { StateKeeper, becomeSubreaper, reapIfOurs } from '@criu-ts/core/testing';
+import { StateKeeper, TreeKeeper, becomeSubreaper, reapIfOurs } from '@criu-ts/core/testing';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const BIN = resolve(here, '..', '..', 'dist', 'criu-ts.mjs');
@@ -48,6 +48,25 @@ describe('cli: dump, restore, check, demo', function () {
     const { failures, checks } = keeper.check();
     expect(failures).to.deep.equal([]);
     expect(checks.length).to.be.greaterThan(15);
+  });
+
+  it('dump -t ROOT of a process tree, restore -D DIR -d: the whole tree back, zombie included, its checks pass', function () {
+    const tree = new TreeKeeper();
+    try {
+      const before = tree.layout();
+      const d = criuTs('dump', '-t', String(tree.root), '-D', tree.images);
+      expect(d.status, d.stderr).to.equal(0);
+      tree.waitGone();
+      const r = criuTs('restore', '-D', tree.images, '-d');
+      expect(r.status, r.stderr).to.equal(0);
+      const after = tree.layout();
+      expect(after.map((l) => [l.pid, l.ppid, l.pgid, l.sid, l.state === 'Z'])).to.deep.equal(before.map((l) => [l.pid, l.ppid, l.pgid, l.sid, l.state === 'Z']));
+      const { failures, checks } = tree.check();
+      expect(failures).to.deep.equal([]);
+      expect(checks.length).to.equal(90);
+    } finally {
+      tree.cleanup();
+    }
   });
 
   it('dump -R leaves the task running; errors go to stderr with Error lines and exit 1', function () {
