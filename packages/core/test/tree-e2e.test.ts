@@ -5,9 +5,9 @@ import { expect } from 'chai';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { ImageReader, ImageWriter, kindForName } from '@criu-ts/images';
-import { restoreSync, RestoreError } from '@criu-ts/core';
-import { isRoot, ourStubs } from './restore-helpers.js';
-import { becomeSubreaper, TEST_BIN, TREE_SLOTS, TREE_ZOMBIE_SLOT, TreeKeeper, type ProcLayout } from './programs.js';
+import { DumpError, restoreSync, RestoreError } from '@criu-ts/core';
+import { isRoot, ourStubs, waitFor } from './restore-helpers.js';
+import { becomeSubreaper, procLayout, TEST_BIN, TREE_SLOTS, TREE_ZOMBIE_SLOT, TreeKeeper, type ProcLayout } from './programs.js';
 
 type Msg = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
 
@@ -24,6 +24,11 @@ function rewrite(path: string, kind: string, list: Msg[]): void {
   const w = ImageWriter.create(path, kindForName(kind)!);
   for (const e of list) w.append(e);
   w.finish();
+}
+
+/** TracerPid of /proc/PID/status: 0 when nobody traces the process. */
+function tracerOf(pid: number): number {
+  return Number(/^TracerPid:\s*(\d+)/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1]);
 }
 
 /** A layout with the state reduced to "zombie or not" (sleeping and running alternate). */
@@ -107,6 +112,26 @@ describe('core: process trees', function () {
     const { failures, checks } = keeper.check();
     expect(failures).to.deep.equal([]);
     expect(checks.length).to.equal(SELF_CHECKS + ROOT_CHECKS);
+  });
+
+  it('a dump failing part way cures every frozen process (none traced, all running, checks pass); -s leaves every one stopped', function () {
+    keeper = new TreeKeeper();
+    const before = keeper.layout();
+    const live = keeper.pids.filter((_, i) => i !== TREE_ZOMBIE_SLOT);
+    for (const faultAt of ['after-freeze', 'after-parasite', 'in-pages', 'before-inventory']) {
+      expect(() => keeper!.dump({ leave: 'running', faultAt }), faultAt).to.throw(DumpError, /fault injected/);
+      expect(existsSync(keeper.images), `${faultAt}: the directory it made is removed`).to.equal(false);
+      for (const pid of live) expect(tracerOf(pid), `${faultAt}: tracer of ${pid}`).to.equal(0);
+      expect(shape(keeper.layout()), faultAt).to.deep.equal(shape(before));
+    }
+    const { failures, checks } = keeper.check();
+    expect(failures).to.deep.equal([]);
+    expect(checks.length).to.equal(SELF_CHECKS + ROOT_CHECKS);
+    keeper.dump({ leave: 'stopped' });
+    waitFor('every process to be stopped', () => live.every((pid) => procLayout(pid).state === 'T'));
+    for (const pid of live) expect(tracerOf(pid), `tracer of ${pid}`).to.equal(0);
+    for (const pid of live) process.kill(pid, 'SIGCONT');
+    expect(keeper.check().failures).to.deep.equal([]);
   });
 
   it('dump, restore, verify, twice: every PID, parent, group, session and the zombie back; shared memory still shared, COW pages distinct', function () {

@@ -1,4 +1,4 @@
-// Reading and validating the image set of one process before anything is created.
+// Reading and validating the image sets of a process tree before anything is created.
 //
 // Restore reads every image it needs into memory first (except page contents, which stay in
 // pages-N.img and are read straight into the restored task later), and checks what it relies
@@ -6,7 +6,9 @@
 // already taken is reported here, while no process exists yet.
 //
 //   inventory.img           image version, fdinfo naming
-//   pstree.img              pid, ppid, pgid, sid, threads (one entry: a single process, leader first)
+//   pstree.img              one entry per process, parents first: pid, ppid, pgid, sid, threads
+//                           (leader first); per live process, the images below
+//   core-PID.img            of a zombie: tc.task_state TASK_DEAD and exit_code (waitpid status) only
 //   core-PID.img            registers, xsave, sigactions, blocked mask, timers, rlimits, sas, rseq
 //   core-TID.img            every other thread: registers, xsave, mask, sas, rseq, signals...
 //   ids-PID.img             files_id: which fdinfo-N.img holds the fd table
