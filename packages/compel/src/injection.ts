@@ -241,7 +241,10 @@ export class Injection {
       if (sc !== null && scRet !== null && popRax !== null) break;
     }
     if (sc === null) {
-      const st = taskState(this.pid);
+      // A task killed while seized tears its memory down before /proc shows it as a zombie (the
+      // maps read empty while it is still 'R'): give a dying task a moment to show it.
+      let st = taskState(this.pid);
+      for (const deadline = Date.now() + 500; st !== undefined && st !== 'Z' && st !== 'X' && Date.now() < deadline; st = taskState(this.pid)) sleepMs(1);
       if (st === undefined || st === 'Z' || st === 'X') {
         throw new CompelError('exited', this.pid, 'task died: no memory left to run syscalls in', { state: st ?? 'gone' });
       }
