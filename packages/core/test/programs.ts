@@ -127,11 +127,12 @@ export class TreeKeeper {
   readonly dir = mkdtempSync(join(tmpdir(), 'criu-ts-tree-'));
   readonly report = join(this.dir, 'report');
   readonly images = join(this.dir, 'images');
-  /** PIDs by slot (TREE_SLOTS order, which is also CRIU's pstree order). */
+  /** PIDs by slot, as the program reported them (for tree-keeper: TREE_SLOTS order, which is also CRIU's pstree order). */
   readonly pids: number[];
 
-  constructor() {
-    const program = join(TEST_BIN, 'tree-keeper');
+  /** `name`: tree-keeper, or another program with the same protocol (orphan-keeper). */
+  constructor(name = 'tree-keeper') {
+    const program = join(TEST_BIN, name);
     if (!existsSync(program)) throw new Error(`${program} is missing: run npm run build`);
     spawn('setsid', ['-f', program, this.report], { stdio: 'ignore' }).unref();
     waitFor('tree-keeper to be ready', () => this.lines().some((l) => l.startsWith('ready')));

@@ -35,7 +35,7 @@ import { CONTROL_SIZE, findControlAreaHole, RestoreTask } from './remote-task.js
 import { sleepMs, Stub } from './stub.js';
 import { restoreRlimits, restoreSignals, restoreTaskMisc, restoreTimers, setThreadRegisters } from './task-state.js';
 import { restoreThreads } from './threads.js';
-import { cloneProcess, exitAsZombie, restoreGroups, restoreSessionLeader, validateTreeLayout } from './tree.js';
+import { cloneProcess, exitAsZombie, planTree, restoreGroups, restoreSessionLeader, type Helper, type ProcessIds } from './tree.js';
 
 export interface RestoreOptions {
   /** The directory with the images (criu -D). */
@@ -105,8 +105,10 @@ function killCreated(pid: Pid, threads: readonly Pid[] = []): void {
 
 /** A process of the tree once it exists: its images and the task we drive. */
 interface MadeProcess {
-  readonly images: TreeTaskImages;
+  readonly images: ProcessIds & Partial<Pick<TreeTaskImages, 'set' | 'zombie'>>;
   readonly task: RestoreTask;
+  /** A stand-in for a dead session or group leader (tree.ts), gone again before the release. */
+  readonly helper?: Helper;
 }
 
 /**
@@ -119,17 +121,18 @@ export function restoreSync(options: RestoreOptions): { pid: number; pids: numbe
   const shellJob = options.shellJob === true;
   const timeoutMs = options.timeoutMs ?? 10_000;
   const tree = readTreeImageSet(options.imagesDir, { shellJob });
-  validateTreeLayout(tree, shellJob);
+  const plan = planTree(tree, shellJob);
   for (const t of tree.tasks) {
     checkPidFree(t.pid);
     for (const th of t.set?.threads ?? []) checkPidFree(th.tid);
   }
+  for (const h of plan.helpers) checkPidFree(h.pid);
   const root = tree.tasks[0]!;
   const t1 = performance.now();
   const warnings: string[] = [];
   let stub: Stub | undefined;
   let rootPid: Pid | undefined;
-  const made: MadeProcess[] = [];
+  let made: MadeProcess[] = [];
   let t2 = t1;
   let t3 = t1;
   let pagesBytes = 0;
@@ -150,21 +153,43 @@ export function restoreSync(options: RestoreOptions): { pid: number; pids: numbe
     const ctrl = atStage('control-area', 'placing the control area', () => findControlAreaHole(busy, mmapMinAddr(), TASK_SIZE));
     atStage('control-area', `mapping the control area at 0x${ctrl.toString(16)}`, () => rootTask.setUpControlArea(ctrl));
     const byPid = new Map<number, MadeProcess>([[root.pid, made[0]!]]);
+    const helpers = new Map(plan.helpers.map((h) => [h.pid, h]));
+    const makeHelper = (helper: Helper): MadeProcess => {
+      const known = byPid.get(helper.pid);
+      if (known) return known;
+      const task = cloneProcess(byPid.get(helper.parent)!.task, helper.pid);
+      const m: MadeProcess = { images: { pid: helper.pid, pgid: helper.pid, sid: helper.kind === 'session' ? helper.pid : helper.sid }, task, helper };
+      made.push(m);
+      byPid.set(helper.pid, m);
+      atStage('session', `setsid in helper ${helper.pid}`, () => restoreSessionLeader(task, m.images));
+      return m;
+    };
     for (const images of tree.tasks) {
       let current = byPid.get(images.pid);
       if (!current) {
-        // validate made sure the parent comes earlier in pstree order: it exists.
-        const parent = byPid.get(images.ppid)!;
-        const task = cloneProcess(parent.task, images.pid);
+        // planTree made sure the parent (or the session helper) comes first: it exists.
+        const via = plan.bornFrom.get(images.pid);
+        const task = via === undefined
+          ? cloneProcess(byPid.get(images.ppid)!.task, images.pid)
+          : cloneProcess(makeHelper(helpers.get(via)!).task, images.pid, { asSibling: true });
         current = { images, task };
         made.push(current);
         byPid.set(images.pid, current);
       }
       const m = current;
       atStage('session', `setsid in ${images.pid}`, () => restoreSessionLeader(m.task, images));
+      for (const h of plan.helpers) if (h.kind === 'group' && h.parent === images.pid) makeHelper(h);
     }
     atStage('session', 'restoring process groups', () => restoreGroups(made));
     for (const m of made) if (m.images.zombie) atStage('zombies', `making ${m.images.pid} a zombie`, () => exitAsZombie(m.task, m.images.zombie!.exitCode));
+    for (const m of made) {
+      if (!m.helper) continue;
+      const h = m.helper;
+      atStage('session', `ending helper ${h.pid}`, () => exitAsZombie(m.task, 0));
+      // Its parent reaps it, as if it had waited for a child of its own.
+      remote(byPid.get(h.parent)!.task, 'session', `wait4(${h.pid}) in ${h.parent}`, 'wait4', h.pid, 0, __WALL, 0);
+    }
+    made = made.filter((m) => !m.helper);
     t2 = performance.now();
 
     // ---- every live process's own state, as a single process is restored

@@ -18,16 +18,21 @@
 // kernel: a traced child that is not the tracer's own is released to its parent, who gets
 // SIGCHLD and can wait for it).
 //
-// Layouts this cannot rebuild are refused before anything is created: a process whose session
-// is not its parent's (and that does not lead it), or whose group leader is not in the tree;
-// CRIU restores those with helper tasks (a temporary leader that exits afterwards), which
-// criu-ts does not have yet.
+// A session or group whose leader is gone (exited, its members living on) is made again by a
+// helper, as CRIU does: a temporary process with the dead leader's PID. A session helper is
+// cloned by the parent of the session's first orphaned member, calls setsid(), and clones the
+// members whose parent is outside the session with CLONE_PARENT (so they get its parent, their
+// dumped one); a group helper is cloned by the group's first member and calls setpgid(0, 0).
+// Helpers exit once every group is in place; their parent, still driven by us, reaps them with
+// a remote wait4. Layouts this cannot rebuild are refused before anything is created (the
+// members of a dead session with different parents, a process outside the session of its
+// parent while that session's leader lives).
 import {
   __WALL, kill, PTRACE_EVENT, PTRACE_O, ptraceCont, ptraceGetEventMsg, ptraceGetRegs, ptraceSetOptions, ptraceSetRegs,
   ptraceSetSigmask, ptraceSingleStep, SIGNALS, SysError, syscallNumber, wait4, WNOHANG, asPid, type Pid,
 } from '@criu-ts/sys';
 import { RestoreError } from './errors.js';
-import type { TreeImageSet, TreeTaskImages } from './image-set.js';
+import type { TreeImageSet } from './image-set.js';
 import { remote } from './memory.js';
 import { RestoreTask } from './remote-task.js';
 import { sleepMs } from './stub.js';
@@ -35,45 +40,81 @@ import { sleepMs } from './stub.js';
 const CLONE_ARGS_SIZE_VER2 = 88;
 const ORIG_RAX_NONE = 0xffff_ffff_ffff_ffffn;
 const RLIMIT_CORE = 4;
+const CLONE_PARENT = 0x8000n;
+
+/**
+ * A temporary process standing in for a session or group leader that is gone, as CRIU does:
+ * it gets the dead leader's PID so that the session or group can be made again, and exits
+ * (reaped by its parent, remotely) once every member is in place.
+ */
+export interface Helper {
+  readonly pid: number;
+  /** 'session': setsid() in it, and the session's members whose parent is elsewhere are born
+   * from it with CLONE_PARENT (so their parent is its parent). 'group': setpgid(0, 0). */
+  readonly kind: 'session' | 'group';
+  /** The process of the tree that clones it (and reaps it at the end). */
+  readonly parent: number;
+  readonly sid: number;
+}
+
+export interface TreePlan {
+  readonly helpers: readonly Helper[];
+  /** Processes born from a session helper (CLONE_PARENT) rather than from their parent. */
+  readonly bornFrom: ReadonlyMap<number, number>;
+}
 
 /**
  * Checks that every session and group of the tree can be rebuilt by birth, setsid and setpgid
- * (see the module doc). `shellJob`: the root's session and group may be outside the dump
- * (criu-ts's own), as may those of the processes that share them.
+ * (see the module doc), with helpers for leaders that are gone; refuses what it cannot rebuild.
+ * `shellJob`: the root's session and group may be outside the dump (criu-ts's own), as may those
+ * of the processes that share them.
  */
-export function validateTreeLayout(tree: TreeImageSet, shellJob: boolean): void {
+export function planTree(tree: TreeImageSet, shellJob: boolean): TreePlan {
   const byPid = new Map(tree.tasks.map((t) => [t.pid, t]));
   const root = tree.tasks[0]!;
+  const helpers = new Map<number, Helper>();
+  const bornFrom = new Map<number, number>();
   const invalid = (message: string, evidence: Record<string, unknown>): never => {
     throw new RestoreError('validate', message, evidence);
   };
+  const outsideShellJob = (id: number, rootId: number) => shellJob && id === rootId && rootId !== root.pid;
+  /** The session a process is in once born (its parent's, or its session helper's). */
   for (const t of tree.tasks) {
     const parent = t === root ? undefined : byPid.get(t.ppid);
     if (t.sid === t.pid) {
       if (t.pgid !== t.pid) invalid(`process ${t.pid} leads session ${t.sid} but is in group ${t.pgid}: not a state Linux allows`, { pid: t.pid, pgid: t.pgid });
-    } else if (parent && parent.sid !== t.sid) {
-      const leader = byPid.get(t.sid);
-      invalid(
-        `process ${t.pid} is in session ${t.sid} but its parent ${parent.pid} is in session ${parent.sid}` +
-          (leader ? '' : ` and the session leader ${t.sid} is not in the dump (it has exited)`) +
-          `: recreating that needs a helper task, which criu-ts does not support yet`,
-        { pid: t.pid, sid: t.sid, ppid: parent.pid, parentSid: parent.sid },
-      );
-    } else if (!parent && !byPid.has(t.sid) && !shellJob) {
-      invalid(`process ${t.pid} is in session ${t.sid}, which is outside the dump; restore it with shellJob (--shell-job)`, { pid: t.pid, sid: t.sid });
-    }
-    if (t.pgid !== t.pid) {
-      const leader = byPid.get(t.pgid);
-      if (!leader) {
-        // Only the shell job's own group (the root's, outside the dump) can be joined by birth.
-        if (!(shellJob && t.pgid === root.pgid && root.pgid !== root.pid)) {
-          invalid(`the leader ${t.pgid} of the process group of ${t.pid} is not in the dump (it has exited): recreating the group needs a helper task, which criu-ts does not support yet`, { pid: t.pid, pgid: t.pgid });
-        }
-      } else if (leader.pgid !== leader.pid || leader.sid !== t.sid) {
-        invalid(`process ${t.pid} is in group ${t.pgid}, whose leader is in group ${leader.pgid} of session ${leader.sid} (the member is in session ${t.sid})`, { pid: t.pid, pgid: t.pgid });
+    } else if (!parent) {
+      if (!byPid.has(t.sid) && !shellJob) invalid(`process ${t.pid} is in session ${t.sid}, which is outside the dump; restore it with shellJob (--shell-job)`, { pid: t.pid, sid: t.sid });
+    } else if (parent.sid !== t.sid) {
+      if (byPid.has(t.sid) || outsideShellJob(t.sid, root.sid)) {
+        invalid(`process ${t.pid} is in session ${t.sid} but its parent ${parent.pid} is in session ${parent.sid}, and the session's leader is alive: not supported yet`, { pid: t.pid, sid: t.sid, ppid: parent.pid });
       }
+      // The session leader is gone: a helper with its PID makes the session again.
+      const helper = helpers.get(t.sid) ?? { pid: t.sid, kind: 'session' as const, parent: parent.pid, sid: t.sid };
+      if (helper.kind !== 'session' || helper.parent !== parent.pid) {
+        invalid(`processes of session ${t.sid}, whose leader is gone, have different parents (${helper.parent}, ${parent.pid}): not supported yet`, { pid: t.pid, sid: t.sid });
+      }
+      helpers.set(t.sid, helper);
+      bornFrom.set(t.pid, t.sid);
     }
   }
+  for (const t of tree.tasks) {
+    if (t.pgid === t.pid) continue;
+    const leader = byPid.get(t.pgid);
+    const helper = helpers.get(t.pgid);
+    if (leader) {
+      if (leader.pgid !== leader.pid || leader.sid !== t.sid) {
+        invalid(`process ${t.pid} is in group ${t.pgid}, whose leader is in group ${leader.pgid} of session ${leader.sid} (the member is in session ${t.sid})`, { pid: t.pid, pgid: t.pgid });
+      }
+    } else if (helper) {
+      if (helper.sid !== t.sid) invalid(`process ${t.pid} (session ${t.sid}) is in group ${t.pgid}, made again in session ${helper.sid}`, { pid: t.pid, pgid: t.pgid });
+    } else if (!outsideShellJob(t.pgid, root.pgid)) {
+      // The group leader is gone: a helper with its PID, born from the first member (so in its
+      // session), makes the group again.
+      helpers.set(t.pgid, { pid: t.pgid, kind: 'group', parent: t.pid, sid: t.sid });
+    }
+  }
+  return { helpers: [...helpers.values()], bornFrom };
 }
 
 /** Waits for the next stop of `pid` (bounded); death or a timeout is a RestoreError of 'clone'. */
@@ -92,13 +133,17 @@ function waitStop(pid: Pid, what: string, timeoutMs: number) {
  * Precondition: `parent` is stopped and its control area is set up. Runs clone3(set_tid = [pid])
  * in it as a fork and returns the new process, stopped and ready for remote calls.
  */
-export function cloneProcess(parent: RestoreTask, pid: number): RestoreTask {
+export function cloneProcess(parent: RestoreTask, pid: number, options: { asSibling?: boolean } = {}): RestoreTask {
   // Set explicitly: without TRACEFORK the child would run free from the control area.
   ptraceSetOptions(parent.pid, PTRACE_O.TRACEFORK | PTRACE_O.TRACECLONE | PTRACE_O.EXITKILL);
   const args = Buffer.alloc(CLONE_ARGS_SIZE_VER2 + 8);
   const [addr] = parent.scratchPut(args);
-  // flags 0 (a new process with copies of everything); exit_signal (offset 32) SIGCHLD, as fork.
-  args.writeBigUInt64LE(BigInt(SIGNALS.SIGCHLD), 32);
+  // A new process with copies of everything, exit_signal (offset 32) SIGCHLD, as fork. As a
+  // sibling (CLONE_PARENT: the caller's parent becomes its parent) exit_signal must be 0 (clone3
+  // refuses anything else); the child then inherits the caller's, and the kernel reports the
+  // clone as PTRACE_EVENT_CLONE.
+  if (options.asSibling) args.writeBigUInt64LE(CLONE_PARENT, 0);
+  else args.writeBigUInt64LE(BigInt(SIGNALS.SIGCHLD), 32);
   args.writeBigUInt64LE(addr! + BigInt(CLONE_ARGS_SIZE_VER2), 64);
   args.writeBigUInt64LE(1n, 72);
   args.writeInt32LE(pid, CLONE_ARGS_SIZE_VER2);
@@ -112,7 +157,7 @@ export function cloneProcess(parent: RestoreTask, pid: number): RestoreTask {
   });
   ptraceSingleStep(parent.pid);
   const first = waitStop(parent.pid, `clone3 of process ${pid}`, parent.timeoutMs);
-  if (first.event !== PTRACE_EVENT.FORK) {
+  if (first.event !== (options.asSibling ? PTRACE_EVENT.CLONE : PTRACE_EVENT.FORK)) {
     const rax = BigInt.asIntN(64, ptraceGetRegs(parent.pid).rax);
     if (rax < 0n && first.event === 0) {
       const e = new SysError('clone3', Number(-rax), `set_tid ${pid}, remote in ${parent.pid}`);
@@ -134,8 +179,15 @@ export function cloneProcess(parent: RestoreTask, pid: number): RestoreTask {
   return RestoreTask.adoptForked(got, parent.controlArea, parent.timeoutMs);
 }
 
+/** What the session code needs of a process or helper. */
+export interface ProcessIds {
+  readonly pid: number;
+  readonly pgid: number;
+  readonly sid: number;
+}
+
 /** setsid() in a session leader: called right after it exists, before its children are cloned. */
-export function restoreSessionLeader(task: RestoreTask, images: TreeTaskImages): void {
+export function restoreSessionLeader(task: RestoreTask, images: ProcessIds): void {
   if (images.sid === images.pid) remote(task, 'session', `setsid in ${images.pid}`, 'setsid');
 }
 
@@ -143,7 +195,7 @@ export function restoreSessionLeader(task: RestoreTask, images: TreeTaskImages):
  * Process groups, once every process exists: leaders first (setpgid(0, 0)), then members join
  * theirs. A group outside the dump (a shell job's) is the one the process was born in.
  */
-export function restoreGroups(made: ReadonlyArray<{ images: TreeTaskImages; task: RestoreTask }>): void {
+export function restoreGroups(made: ReadonlyArray<{ images: ProcessIds; task: RestoreTask }>): void {
   const inTree = new Set(made.map((m) => m.images.pid));
   for (const { images, task } of made) {
     if (images.pgid === images.pid && images.sid !== images.pid) remote(task, 'session', `setpgid(0, 0) in ${images.pid}`, 'setpgid', 0, 0);
