@@ -2,12 +2,14 @@
 // groups, a zombie, shared anonymous memory inherited across fork, copy-on-write pages) dumped
 // and restored with every PID, parent, group and session; the processes check themselves.
 import { expect } from 'chai';
-import { existsSync, readFileSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ImageReader, ImageWriter, kindForName } from '@criu-ts/images';
-import { DumpError, restoreSync, RestoreError } from '@criu-ts/core';
-import { isRoot, ourStubs, waitFor } from './restore-helpers.js';
-import { becomeSubreaper, procLayout, TEST_BIN, TREE_SLOTS, TREE_ZOMBIE_SLOT, TreeKeeper, type ProcLayout } from './programs.js';
+import { dumpSync, DumpError, restoreSync, RestoreError } from '@criu-ts/core';
+import { isRoot, killQuietly, ourStubs, waitFor } from './restore-helpers.js';
+import { becomeSubreaper, procLayout, reapIfOurs, TEST_BIN, TREE_SLOTS, TREE_ZOMBIE_SLOT, TreeKeeper, type ProcLayout } from './programs.js';
 
 type Msg = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
 
@@ -26,9 +28,32 @@ function rewrite(path: string, kind: string, list: Msg[]): void {
   w.finish();
 }
 
-/** TracerPid of /proc/PID/status: 0 when nobody traces the process. */
+/** TracerPid of /proc/PID/status: 0 when nobody traces the process (or it is gone). */
 function tracerOf(pid: number): number {
-  return Number(/^TracerPid:\s*(\d+)/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1]);
+  let status: string;
+  try {
+    status = readFileSync(`/proc/${pid}/status`, 'utf8');
+  } catch {
+    return 0;
+  }
+  return Number(/^TracerPid:\s*(\d+)/m.exec(status)?.[1]);
+}
+
+/** Children of `pid` as the kernel lists them. */
+function childrenOf(pid: number): number[] {
+  try {
+    return readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').split(/\s+/).filter(Boolean).map(Number);
+  } catch {
+    return [];
+  }
+}
+
+/** Zombies named `comm` whose parent is this process (orphans handed to us as the subreaper). */
+function zombieChildrenNamed(comm: string): number[] {
+  return childrenOf(process.pid).filter((pid) => {
+    const l = procLayout(pid);
+    return l.state === 'Z' && readFileSync(`/proc/${pid}/comm`, 'utf8').trim() === comm;
+  });
 }
 
 /** A layout with the state reduced to "zombie or not" (sleeping and running alternate). */
@@ -171,6 +196,60 @@ describe('core: process trees', function () {
       expect(failures, `round ${round}`).to.deep.equal([]);
       expect(checks.length, `round ${round}`).to.equal(4 + 5 + 5);
       expect(done).to.equal('done 0');
+    }
+  });
+
+  it('freezing a tree that forks all the time finishes within the timeout or fails cleanly, and it runs on untraced', function () {
+    const dir = mkdtempSync(join(tmpdir(), 'criu-ts-storm-'));
+    const reportPath = join(dir, 'report');
+    spawn('setsid', ['-f', join(TEST_BIN, 'fork-storm'), reportPath], { stdio: 'ignore' }).unref();
+    const lines = () => (existsSync(reportPath) ? readFileSync(reportPath, 'utf8').split('\n').filter(Boolean) : []);
+    waitFor('fork-storm to be ready', () => lines().some((l) => l.startsWith('ready')));
+    const root = Number(lines()[0]!.split(' ')[1]);
+    const forks = () => {
+      const before = lines().length;
+      process.kill(root, 'SIGUSR1');
+      waitFor('fork-storm to report', () => lines().length > before);
+      return Number(lines().at(-1)!.split(' ')[1]);
+    };
+    try {
+      let dumped = 0;
+      for (let attempt = 0; attempt < 3; attempt++) {
+        const images = join(dir, `images-${attempt}`);
+        const started = Date.now();
+        try {
+          const r = dumpSync({ pid: root, imagesDir: images, leave: 'running', timeoutMs: 5000 });
+          dumped++;
+          // Every process found is listed after its parent.
+          const tree = entries(join(images, 'pstree.img'));
+          expect(Number(tree[0]!.pid)).to.equal(root);
+          const seen = new Set<number>();
+          for (const e of tree) {
+            if (seen.size > 0) expect(seen.has(Number(e.ppid)), `parent of ${e.pid} listed first`).to.equal(true);
+            seen.add(Number(e.pid));
+          }
+          expect(r.pids.length).to.equal(tree.length);
+        } catch (err) {
+          expect(err, String(err)).to.be.instanceOf(DumpError);
+          expect((err as DumpError).stage).to.equal('freeze');
+          expect(existsSync(images)).to.equal(false);
+        }
+        expect(Date.now() - started, 'bounded by the timeout').to.be.lessThan(5000 + 2000);
+        expect(tracerOf(root)).to.equal(0);
+        for (const child of childrenOf(root)) expect(tracerOf(child), `child ${child}`).to.equal(0);
+        const a = forks();
+        waitFor('fork-storm to fork on', () => forks() > a + 5);
+      }
+      expect(dumped, 'parents are frozen before their children: the walk ends').to.be.greaterThan(0);
+    } finally {
+      killQuietly(root);
+      waitFor('fork-storm to be gone', () => {
+        reapIfOurs(root);
+        // Its orphans came to us (the subreaper): reap those, and only those.
+        for (const pid of zombieChildrenNamed('fork-storm')) reapIfOurs(pid);
+        return !existsSync(`/proc/${root}`) && zombieChildrenNamed('fork-storm').length === 0;
+      });
+      rmSync(dir, { recursive: true, force: true });
     }
   });
 
