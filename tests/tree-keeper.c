@@ -11,7 +11,7 @@
  *   |   |-- B1  5   stays in B's group
  *   |   `-- B2  6   exits at once with status 7: a zombie B never reaps
  *   `-- C   7   stays in R's group
- *       |-- C1  8   setpgid(0, 0)
+ *       |-- C1  8   setpgid(0, 0); a second thread counting in a loop
  *       `-- C2  9   setpgid(0, C1)
  *
  * Memory: one MAP_SHARED|MAP_ANONYMOUS area made by R before forking (the table below, seen by
@@ -30,6 +30,7 @@
 #define _GNU_SOURCE
 #include <dirent.h>
 #include <errno.h>
+#include <pthread.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -67,6 +68,7 @@ static unsigned char *inherit_page; /* written by R before fork only */
 static int report = -1;
 static int slot;
 static volatile sig_atomic_t check_requested;
+static volatile long c1_thread_counter; /* counted by C1's second thread */
 
 static void on_usr1(int sig)
 {
@@ -134,6 +136,11 @@ static void check_self(int round)
 	CHECK(page_is(cow_page, cow_byte(slot), 1000L * slot + me), "own copy-on-write page");
 	CHECK(page_is(inherit_page, 0x3c, 424242), "inherited private page");
 	CHECK(sh->before[slot] == 1000L * slot + me, "shared slot written before the dump");
+	if (slot == 8) {
+		long before = __atomic_load_n(&c1_thread_counter, __ATOMIC_SEQ_CST);
+		sleep_ms(50);
+		CHECK(__atomic_load_n(&c1_thread_counter, __ATOMIC_SEQ_CST) > before, "its second thread runs");
+	}
 	if (slot == 4) {
 		siginfo_t info;
 		memset(&info, 0, sizeof(info));
@@ -247,7 +254,22 @@ static void body_b(void)
 		;
 	__atomic_store_n(&sh->ready[ZOMBIE], 1, __ATOMIC_SEQ_CST);
 }
-static void body_c1(void) { setpgid(0, 0); }
+static void *c1_thread(void *arg)
+{
+	(void)arg;
+	for (;;) {
+		__atomic_add_fetch(&c1_thread_counter, 1, __ATOMIC_SEQ_CST);
+		sleep_ms(2);
+	}
+	return NULL;
+}
+static void body_c1(void)
+{
+	setpgid(0, 0);
+	pthread_t t;
+	if (pthread_create(&t, NULL, c1_thread, NULL) != 0)
+		_exit(3);
+}
 static void body_c2(void)
 {
 	wait_ready(8);

@@ -63,7 +63,7 @@ describe('cli: dump, restore, check, demo', function () {
       expect(after.map((l) => [l.pid, l.ppid, l.pgid, l.sid, l.state === 'Z'])).to.deep.equal(before.map((l) => [l.pid, l.ppid, l.pgid, l.sid, l.state === 'Z']));
       const { failures, checks } = tree.check();
       expect(failures).to.deep.equal([]);
-      expect(checks.length).to.equal(90);
+      expect(checks.length).to.equal(91);
     } finally {
       tree.cleanup();
     }

@@ -3,7 +3,7 @@
 // and restored with every PID, parent, group and session; the processes check themselves.
 import { expect } from 'chai';
 import { spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ImageReader, ImageWriter, kindForName } from '@criu-ts/images';
@@ -61,8 +61,8 @@ function shape(layout: ProcLayout[]) {
   return layout.map((l) => ({ ...l, state: l.state === 'Z' ? 'zombie' : l.state === undefined ? 'gone' : 'alive' }));
 }
 
-/** Checks per process: pid, parent (not the root), group, session, own COW page, inherited page, shared slot; B also its zombie. */
-const SELF_CHECKS = 6 * 1 + 7 * 8 + 1;
+/** Checks per process: pid, parent (not the root), group, session, own COW page, inherited page, shared slot; B also its zombie, C1 its thread. */
+const SELF_CHECKS = 6 * 1 + 7 * 8 + 1 + 1 /* C1's second thread runs */;
 /** The root's checks of every live process's shared slots (3 each). */
 const ROOT_CHECKS = 3 * 9;
 
@@ -107,7 +107,10 @@ describe('core: process trees', function () {
       expect(Number(e.ppid), `${TREE_SLOTS[i]} ppid`).to.equal(i === 0 ? 0 : before[i]!.ppid);
       expect(Number(e.pgid), `${TREE_SLOTS[i]} pgid`).to.equal(before[i]!.pgid);
       expect(Number(e.sid), `${TREE_SLOTS[i]} sid`).to.equal(before[i]!.sid);
-      expect(e.threads.map(Number), `${TREE_SLOTS[i]} threads`).to.deep.equal([keeper.pids[i]]);
+      const threads = e.threads.map(Number);
+      expect(threads[0], `${TREE_SLOTS[i]} threads`).to.equal(keeper.pids[i]);
+      // C1 has a second thread; everyone else one.
+      expect(threads.length, `${TREE_SLOTS[i]} threads`).to.equal(TREE_SLOTS[i] === 'C1' ? 2 : 1);
     }
     const zombie = keeper.pids[TREE_ZOMBIE_SLOT]!;
     const zcore = entries(join(keeper.images, `core-${zombie}.img`))[0]!;
@@ -162,12 +165,16 @@ describe('core: process trees', function () {
   it('dump, restore, verify, twice: every PID, parent, group, session and the zombie back; shared memory still shared, COW pages distinct', function () {
     keeper = new TreeKeeper();
     const before = keeper.layout();
+    const c1Threads = readdirSync(`/proc/${keeper.pids[TREE_SLOTS.indexOf('C1')]}/task`).map(Number).sort();
+    expect(c1Threads).to.have.length(2);
     for (let round = 0; round < 2; round++) {
       keeper.dump();
       const r = restoreSync({ imagesDir: keeper.images, detached: true });
       expect(r.pid, `round ${round}`).to.equal(keeper.root);
       expect(r.pids, `round ${round}`).to.deep.equal(keeper.pids);
       expect(r.warnings, `round ${round}`).to.deep.equal([]);
+      const c1 = keeper.pids[TREE_SLOTS.indexOf('C1')]!;
+      expect(readdirSync(`/proc/${c1}/task`).map(Number).sort(), `round ${round}: C1's threads with their TIDs`).to.deep.equal(c1Threads);
       expect(ourStubs()).to.deep.equal([]);
       const after = keeper.layout();
       // The root's parent is whoever reaps orphans (us, the subreaper) both times.
