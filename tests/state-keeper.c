@@ -157,16 +157,17 @@ int main(int argc, char **argv)
 	struct rlimit rl = { .rlim_cur = 777, .rlim_max = 888 };
 	setrlimit(RLIMIT_NOFILE, &rl);
 
-	/*
-	 * ymm15 holds a known value while we wait. The "ready" line is formatted first: glibc's
-	 * AVX2 string functions (picked on CPUs without AVX-512) use ymm registers up to ymm15, so
-	 * nothing but the bare write() may run between setting the register and the loop.
-	 */
+	/* ymm15 holds a known value while we wait. Nothing of libc may run after it is loaded:
+	 * glibc's AVX2 string functions (vsnprintf uses them on AVX2 machines) end with vzeroupper,
+	 * which clears the upper halves of every ymm register. So the ready line is formatted first
+	 * and written with a raw syscall. */
 	static const uint64_t magic[4] = { 0x1122334455667788ull, 0x99aabbccddeeff00ull, 0x0123456789abcdefull, 0xfedcba9876543210ull };
 	char ready[64];
 	int ready_len = snprintf(ready, sizeof(ready), "ready %d\n", getpid());
 	__asm__ volatile("vmovdqu %0, %%ymm15" : : "m"(magic) : "xmm15");
-	if (write(report_fd, ready, (size_t)ready_len) != ready_len)
+	long written;
+	__asm__ volatile("syscall" : "=a"(written) : "a"(1 /* write */), "D"(report_fd), "S"(ready), "d"((long)ready_len) : "rcx", "r11", "memory");
+	if (written != ready_len)
 		_exit(100);
 	while (!check_requested)
 		__asm__ volatile("pause");

@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 // The test programs of @criu-ts/core (tests/bin/state-keeper and its helpers), shared by the packages' tests.
-import { StateKeeper, TEST_BIN, becomeSubreaper, reapIfOurs } from '@criu-ts/core/testing';
+import { StateKeeper, TEST_BIN, TreeKeeper, becomeSubreaper, reapIfOurs } from '@criu-ts/core/testing';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const BIN = resolve(here, '..', '..', 'dist', 'criu-ts.mjs');
@@ -87,6 +87,25 @@ describe('cli: dump, restore, check, demo', function () {
       expect(readFileSync(join(dir, 'first-terminal'), 'utf8')).to.contain(`tty-keeper ${pid} started`);
     } finally {
       rmSync(dir, { recursive: true, force: true });
+      }
+    });
+
+  it('dump -t ROOT of a process tree, restore -D DIR -d: the whole tree back, zombie included, its checks pass', function () {
+    const tree = new TreeKeeper();
+    try {
+      const before = tree.layout();
+      const d = criuTs('dump', '-t', String(tree.root), '-D', tree.images);
+      expect(d.status, d.stderr).to.equal(0);
+      tree.waitGone();
+      const r = criuTs('restore', '-D', tree.images, '-d');
+      expect(r.status, r.stderr).to.equal(0);
+      const after = tree.layout();
+      expect(after.map((l) => [l.pid, l.ppid, l.pgid, l.sid, l.state === 'Z'])).to.deep.equal(before.map((l) => [l.pid, l.ppid, l.pgid, l.sid, l.state === 'Z']));
+      const { failures, checks } = tree.check();
+      expect(failures).to.deep.equal([]);
+      expect(checks.length).to.equal(91);
+    } finally {
+      tree.cleanup();
     }
   });
 

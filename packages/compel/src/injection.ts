@@ -241,9 +241,11 @@ export class Injection {
       if (sc !== null && scRet !== null && popRax !== null) break;
     }
     if (sc === null) {
-      const st = taskState(this.pid);
-      // A task being killed loses its memory (exit_mm) before /proc shows it as a zombie: no
-      // mapping at all means it is on its way out, not that it lacks a syscall instruction.
+      // A task killed while seized tears its memory down before /proc shows it as a zombie (the
+      // maps read empty while it is still 'R'): no mapping at all means it is on its way out;
+      // otherwise give a dying task a moment to show it.
+      let st = taskState(this.pid);
+      for (const deadline = Date.now() + 500; vmas.length > 0 && st !== undefined && st !== 'Z' && st !== 'X' && Date.now() < deadline; st = taskState(this.pid)) sleepMs(1);
       if (st === undefined || st === 'Z' || st === 'X' || vmas.length === 0) {
         throw new CompelError('exited', this.pid, 'task died: no memory left to run syscalls in', { state: st ?? 'gone' });
       }

@@ -96,3 +96,99 @@ export class StateKeeper {
     killAndReap(this.pid, this.dir);
   }
 }
+
+/** Where each process of tests/bin/tree-keeper sits, by slot (see tests/tree-keeper.c). */
+export const TREE_SLOTS = ['R', 'A', 'A1', 'A2', 'B', 'B1', 'B2', 'C', 'C1', 'C2'] as const;
+/** The slot of the zombie (B2: exited with status 7, never reaped by B). */
+export const TREE_ZOMBIE_SLOT = 6;
+
+/** A process as /proc/PID/stat shows it: state, parent, group, session. */
+export interface ProcLayout {
+  readonly pid: number;
+  readonly state: string | undefined;
+  readonly ppid: number;
+  readonly pgid: number;
+  readonly sid: number;
+}
+
+export function procLayout(pid: number): ProcLayout {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return { pid, state: f[0], ppid: Number(f[1]), pgid: Number(f[2]), sid: Number(f[3]) };
+  } catch {
+    return { pid, state: undefined, ppid: 0, pgid: 0, sid: 0 };
+  }
+}
+
+/**
+ * A running tests/bin/tree-keeper: 10 processes on 3 levels, two sessions, five groups, a
+ * zombie, shared anonymous and copy-on-write memory. Started through `setsid -f` (not a
+ * child_process of ours, see StateKeeper); its root is re-parented to us, the subreaper.
+ */
+export class TreeKeeper {
+  readonly dir = mkdtempSync(join(tmpdir(), 'criu-ts-tree-'));
+  readonly report = join(this.dir, 'report');
+  readonly images = join(this.dir, 'images');
+  /** PIDs by slot, as the program reported them (for tree-keeper: TREE_SLOTS order, which is also CRIU's pstree order). */
+  readonly pids: number[];
+
+  /** `name`: tree-keeper, or another program with the same protocol (orphan-keeper). */
+  constructor(name = 'tree-keeper') {
+    const program = join(TEST_BIN, name);
+    if (!existsSync(program)) throw new Error(`${program} is missing: run npm run build`);
+    spawn('setsid', ['-f', program, this.report], { stdio: 'ignore' }).unref();
+    waitFor('tree-keeper to be ready', () => this.lines().some((l) => l.startsWith('ready')));
+    this.pids = this.lines().find((l) => l.startsWith('ready'))!.split(' ').slice(1).map(Number);
+  }
+
+  get root(): number {
+    return this.pids[0]!;
+  }
+
+  lines(): string[] {
+    return existsSync(this.report) ? readFileSync(this.report, 'utf8').split('\n').filter(Boolean) : [];
+  }
+
+  /** State, parent, group and session of every process, by slot. */
+  layout(): ProcLayout[] {
+    return this.pids.map(procLayout);
+  }
+
+  /** SIGUSR1 to the root: every process checks itself, the root checks what they wrote. */
+  check(): { failures: string[]; checks: string[]; done: string } {
+    const before = this.lines().length;
+    process.kill(this.root, 'SIGUSR1');
+    waitFor('tree-keeper to report', () => this.lines().slice(before).some((l) => l.startsWith('done')), 20_000);
+    const lines = this.lines().slice(before);
+    return {
+      failures: lines.filter((l) => l.startsWith('FAIL')),
+      checks: lines.filter((l) => l.startsWith('ok')),
+      done: lines.find((l) => l.startsWith('done'))!,
+    };
+  }
+
+  /** Reaps what is ours until no process of the tree exists (zombies included). */
+  waitGone(what = 'every process of the tree to be gone'): void {
+    waitFor(what, () => {
+      for (const pid of this.pids) reapIfOurs(pid);
+      return this.pids.every((pid) => !existsSync(`/proc/${pid}`));
+    });
+  }
+
+  /** Dumps the tree into `images` (replacing them); in kill mode, waits until every PID is free. */
+  dump(options: Partial<DumpOptions> = {}): void {
+    rmSync(this.images, { recursive: true, force: true });
+    dumpSync({ pid: this.root, imagesDir: this.images, ...options });
+    if ((options.leave ?? 'kill') === 'kill') this.waitGone();
+  }
+
+  cleanup(): void {
+    for (const pid of this.pids) killQuietly(pid);
+    try {
+      this.waitGone();
+    } finally {
+      rmSync(this.dir, { recursive: true, force: true });
+    }
+  }
+}

@@ -51,7 +51,7 @@ export function runDump(argv: string[], io: CommandIo): number {
   if (tree === undefined || !/^\d+$/.test(tree)) throw new UsageError('dump: -t/--tree PID is required', DUMP_HELP);
   if (parsed.values.has('leave-running') && parsed.values.has('leave-stopped')) throw new UsageError('dump: -R and -s exclude each other', DUMP_HELP);
   const ghost = value(parsed, 'ghost-limit');
-  const { imagesDir, log } = common(parsed, io);
+  const { imagesDir, log, timeoutMs } = common(parsed, io);
   const progress = new ProgressBar(io, 'dump');
   try {
     log.info(`Dumping process ${tree} into ${imagesDir}`);
@@ -62,6 +62,7 @@ export function runDump(argv: string[], io: CommandIo): number {
       imagesDir,
       leave: parsed.values.has('leave-running') ? 'running' : parsed.values.has('leave-stopped') ? 'stopped' : 'kill',
       shellJob: parsed.values.has('shell-job'),
+      ...(timeoutMs !== undefined ? { timeoutMs } : {}),
       ...(ghost !== undefined ? { ghostLimit: parseSize(ghost, '--ghost-limit', DUMP_HELP) } : {}),
     });
     progress.finish();

@@ -1,39 +1,49 @@
-// dump(): checkpoint a process into a CRIU 4.2 image directory.
+// dump(): checkpoint a process tree into a CRIU 4.2 image directory.
 //
 // The stages, in order (each failure names its stage; `rollback` is the one place that undoes):
 //
-//   check-options  the pid exists, is not us, is a process without children (threads are fine)
+//   check-options  the pid exists, is not us, leads its session and group (or --shell-job)
 //   prepare-dir    the images directory exists (created 0700) and is writable
-//   freeze         compel seizes every thread (PTRACE_SEIZE + INTERRUPT); then, while every
-//                  thread is still in its ptrace-stop, each thread's registers, xsave, mask,
-//                  TLS, rseq and private signals (ptrace) and what only it can tell
-//                  (sigaltstack, clear_child_tid...: remote syscalls run in that thread)
-//   infect         the parasite is loaded into the task (it runs in the leader)
+//   freeze         the tree, parents before children (tree.ts): compel seizes every thread of
+//                  every process (PTRACE_SEIZE + INTERRUPT); zombies are recorded, not seized;
+//                  then, per process, while every thread is still in its ptrace-stop, each
+//                  thread's registers, xsave, mask, TLS, rseq and private signals (ptrace) and
+//                  what only it can tell (sigaltstack, clear_child_tid...: remote syscalls)
+//   infect         the parasite is loaded into every live process (it runs in the leader)
 //   collect        signals, timers, creds, VMAs, files, cwd/root... into image entries
-//   memory         pages found through /proc/PID/pagemap, moved by vmsplice + splice to pages-N.img
-//   write-images   every image but inventory, 0600, fsync'ed
+//   files          fd tables; one files.img for the tree (an open file description shared
+//                  across fork is one entry)
+//   memory         pages found through /proc/PID/pagemap, moved by vmsplice + splice to
+//                  pages-N.img (one per process, one per shared anonymous object)
+//   write-images   every image but inventory, 0600: per process core/mm/pagemap/fs/ids and
+//                  fdinfo-<files_id>; zombies get a core image only (task_state TASK_DEAD and
+//                  the exit status); pstree.img in tree order
 //   finish         inventory.img last (only now does the directory look like a complete dump),
-//                  directory fsync'ed, then the task is killed, left running or left stopped
+//                  directory fsync'ed, then every task is killed, left running or left stopped
 //
-// Rollback (any failure before finish completes): the parasite is removed and the task cured, so
-// it runs on (or stays stopped) exactly as before; every file this dump wrote is removed.
+// Rollback (any failure before finish completes): every parasite is removed and every frozen
+// task cured (children first), so the tree runs on (or stays stopped) exactly as before; every
+// file this dump wrote is removed.
 import { randomUUID } from 'node:crypto';
-import { existsSync, readFileSync, readdirSync } from 'node:fs';
+import { existsSync, readdirSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
-import { injectSync, type Victim } from '@criu-ts/compel';
+import type { Parasite, Victim } from '@criu-ts/compel';
 import type { DecodedMessage } from '@criu-ts/images';
 import {
-  __WALL, asFd, asPid, kcmp, kill, close as closeFd, ptraceGetRegs, wait4, WNOHANG, ptraceGetRegset, ptraceGetSigmask, NT, type Pid,
+  __WALL, asFd, asPid, kcmp, kill, close as closeFd, ptraceGetRegs, wait4, WNOHANG, ptraceGetRegset, ptraceGetSigmask, NT, type Fd, type Pid,
 } from '@criu-ts/sys';
 import { DumpError, type DumpStage } from '../errors.js';
 import { readAuxv, readLink, readStat } from '../proc/task-files.js';
-import { readSmaps } from '../proc/smaps.js';
+import { readSmaps, type ProcVma } from '../proc/smaps.js';
 import { FileTable, findUnsupportedDescriptor, readGhostContents, UnsupportedFileError } from './files.js';
 import { ImageDir } from './image-dir.js';
-import { describeVmas, pagemapEntries, scanPages, sharedObjects, shmemPagemapEntries, writePages, type DumpVma } from './memory.js';
+import {
+  describeVmas, pagemapEntries, scanPages, sharedObjects, shmemPagemapEntries, writePages, type DumpVma, type PageRun, type SharedObject,
+} from './memory.js';
 import {
   buildCoreEntry, buildThreadCoreEntry, collectPtraceState, collectThreadOwnState, TASK_STOPPED, type TaskSnapshot,
 } from './task-core.js';
+import { freezeTree, type TreeTask } from './tree.js';
 
 export interface DumpOptions {
   /** The task to dump (criu's -t/--tree). */
@@ -52,6 +62,8 @@ export interface DumpOptions {
   readonly onStage?: (stage: DumpStage) => void;
   /** Test hook: throw at the named point (fault injection). */
   readonly faultAt?: string;
+  /** Limit for freezing the whole tree and for each remote call, in milliseconds (criu's --timeout; default 10 s). */
+  readonly timeoutMs?: number;
 }
 
 export interface DumpResult {
@@ -63,10 +75,15 @@ export interface DumpResult {
   readonly freezingTime: number;
   readonly frozenTime: number;
   readonly memdumpTime: number;
+  /** Every process of the tree, in pstree order (the root first), zombies included. */
+  readonly pids: number[];
 }
 
 const KCMP_FILE = 0;
 const DEFAULT_GHOST_LIMIT = 1 << 20;
+const DEFAULT_TIMEOUT_MS = 10_000;
+/** core.proto task_state of a zombie (CRIU's TASK_DEAD). */
+const TASK_DEAD = 2;
 
 /** Namespace ids in the order CRIU numbers them. */
 const NAMESPACES = [
@@ -86,6 +103,35 @@ export async function dump(options: DumpOptions): Promise<DumpResult> {
   return dumpSync(options);
 }
 
+/** What each live task of the tree gives, gathered stage by stage. */
+interface TaskDump {
+  readonly task: TreeTask;
+  readonly victim: Victim;
+  /** ids-PID.img numbering: the root is 1, as inventory.img's root_ids say. */
+  readonly objectId: number;
+  readonly pagesId: number;
+  procVmas: ProcVma[];
+  threads: TaskSnapshot[];
+  taskFds: number[];
+  parasite?: Parasite;
+  vmas?: DumpVma[];
+  core?: DecodedMessage;
+  threadCores?: Array<{ tid: number; core: DecodedMessage }>;
+  mm?: DecodedMessage;
+  fdEntries?: DecodedMessage[];
+  fs?: DecodedMessage;
+  runs?: PageRun[];
+}
+
+/** One shared anonymous object of the tree: its pages file is filled from every task that maps it. */
+interface SharedDump {
+  readonly pagesId: number;
+  readonly fd: Fd;
+  /** Object offsets already written (a page seen by two tasks, or two VMAs, is written once). */
+  readonly seen: Set<bigint>;
+  readonly entries: DecodedMessage[];
+}
+
 /** dump(), synchronously: ptrace requests must come from the thread that seized the task. */
 export function dumpSync(options: DumpOptions): DumpResult {
   const pidNumber = options.pid;
@@ -102,8 +148,6 @@ export function dumpSync(options: DumpOptions): DumpResult {
   if (pidNumber === process.pid) fail('criu-ts cannot dump itself');
   if (!existsSync(`/proc/${pidNumber}`)) fail(`no process ${pidNumber}`);
   const pid = asPid(pidNumber);
-  const children = readdirSync(`/proc/${pid}/task`).flatMap((t) => readTextSafe(`/proc/${pid}/task/${t}/children`).split(/\s+/).filter(Boolean));
-  if (children.length > 0) fail(`process ${pid} has children (${children.join(', ')}); process trees are not supported yet`);
   const stat = readStat(pid);
   if (stat[3] === 'Z') {
     // A leader that called pthread_exit() stays a zombie while its other threads run on.
@@ -111,10 +155,10 @@ export function dumpSync(options: DumpOptions): DumpResult {
     if (live.length > 0) fail(`the thread group leader ${pid} has exited while ${live.length} other thread(s) run on; a dead leader with live threads is not supported yet`);
     fail(`process ${pid} is a zombie`);
   }
-  const pgid = Number(stat[5]);
-  const sid = Number(stat[6]);
-  if (!options.shellJob && (pgid !== pidNumber || sid !== pidNumber)) {
-    fail(`process ${pid} is not the leader of its session (${sid}) and group (${pgid}); dump it with --shell-job`);
+  const rootPgid = Number(stat[5]);
+  const rootSid = Number(stat[6]);
+  if (!options.shellJob && (rootPgid !== pidNumber || rootSid !== pidNumber)) {
+    fail(`process ${pid} is not the leader of its session (${rootSid}) and group (${rootPgid}); dump it with --shell-job`);
   }
 
   const unsupported = findUnsupportedDescriptor(pidNumber);
@@ -130,21 +174,34 @@ export function dumpSync(options: DumpOptions): DumpResult {
     return fail(`cannot use images directory ${options.imagesDir}: ${(error as Error).message}`, error);
   }
 
-  let victim: Victim | undefined;
+  const tree: TreeTask[] = [];
   const frozenAt = performance.now();
   let cleanedUp = false;
+  const sharedDumps = new Map<bigint, SharedDump>();
+  let sharedClosed = false;
+  const closeShared = () => {
+    if (sharedClosed) return;
+    sharedClosed = true;
+    for (const s of sharedDumps.values()) {
+      try { closeFd(s.fd); } catch { /* nothing to do */ }
+    }
+  };
   const rollback = (error: unknown): never => {
+    closeShared();
     if (!cleanedUp) {
       cleanedUp = true;
-      let cureError: unknown;
-      try {
-        victim?.cureSync();
-      } catch (e) {
-        cureError = e;
+      // Children first: every task frozen so far runs on (or stays stopped) exactly as before.
+      const cureErrors: string[] = [];
+      for (const t of [...tree].reverse()) {
+        try {
+          t.victim?.cureSync();
+        } catch (e) {
+          cureErrors.push(`${t.pid}: ${(e as Error).message}`);
+        }
       }
       dir.removeWritten();
-      if (cureError) {
-        throw new DumpError(stage, pidNumber, `${(error as Error).message}; and putting the task back failed: ${(cureError as Error).message}`, { cause: error });
+      if (cureErrors.length > 0) {
+        throw new DumpError(stage, pidNumber, `${(error as Error).message}; and putting tasks back failed: ${cureErrors.join('; ')}`, { cause: error });
       }
     }
     if (error instanceof DumpError) throw error;
@@ -156,92 +213,128 @@ export function dumpSync(options: DumpOptions): DumpResult {
     stage = 'freeze';
     options.onStage?.(stage);
     const freezeStart = performance.now();
-    victim = injectSync(pid);
+    freezeTree(pid, tree, options.timeoutMs ?? DEFAULT_TIMEOUT_MS);
     const freezingTime = Math.round((performance.now() - freezeStart) * 1000);
     fault('after-freeze');
-    const stopped = victim.wasStopped;
-    // The memory map is read before the parasite (or our scratch page) adds mappings to it.
-    const procVmas = readSmaps(pid);
-    const threads = threadSnapshots(victim, pid, stopped);
-    // So are the descriptors: the parasite adds its socket and pipe to the table.
-    const taskFds = readdirSync(`/proc/${pid}/fd`).map(Number).sort((a, b) => a - b);
+    let nextPagesId = 1;
+    const live: TaskDump[] = [];
+    for (const task of tree) {
+      if (!task.victim) continue;
+      const victim = task.victim;
+      // The memory map is read before the parasite (or our scratch page) adds mappings to it.
+      const procVmas = readSmaps(task.pid);
+      const threads = threadSnapshots(victim, task.pid, victim.wasStopped);
+      // So are the descriptors: the parasite adds its socket and pipe to the table.
+      const taskFds = readdirSync(`/proc/${task.pid}/fd`).map(Number).sort((a, b) => a - b);
+      live.push({ task, victim, objectId: live.length + 1, pagesId: nextPagesId++, procVmas, threads, taskFds });
+    }
 
     // ---- infect
     stage = 'infect';
     options.onStage?.(stage);
-    const parasite = victim.infectSync();
+    for (const t of live) t.parasite = t.victim.infectSync();
     fault('after-parasite');
 
     // ---- collect
     stage = 'collect';
     options.onStage?.(stage);
     const files = new FileTable(options.ghostLimit ?? DEFAULT_GHOST_LIMIT, options.shellJob === true);
-    const exePath = readLink(pid, 'exe').replace(/ \(deleted\)$/, '');
-    const exeId = files.mappedFile(exePath, 0, `/proc/${pid}/exe`);
-    const vmas = describeVmas(pid, procVmas, files);
-    const { core, misc } = buildCoreEntry(threads[0]!, parasite);
-    const threadCores = threads.slice(1).map((t) => ({ tid: t.tid, core: buildThreadCoreEntry(t) }));
-    const mm = mmEntry(pid, exeId, vmas, Number(misc.dumpable));
+    for (const t of live) {
+      const p = t.task.pid;
+      const exePath = readLink(p, 'exe').replace(/ \(deleted\)$/, '');
+      const exeId = files.mappedFile(exePath, 0, `/proc/${p}/exe`);
+      t.vmas = describeVmas(p, t.procVmas, files);
+      const { core, misc } = buildCoreEntry(t.threads[0]!, t.parasite!);
+      t.core = core;
+      t.threadCores = t.threads.slice(1).map((th) => ({ tid: th.tid, core: buildThreadCoreEntry(th) }));
+      t.mm = mmEntry(p, exeId, t.vmas, Number(misc.dumpable));
+      t.fs = { umask: Number(misc.umask) };
+    }
 
     // ---- files
     stage = 'files';
     options.onStage?.(stage);
-    const fdEntries = dumpDescriptors(pid, taskFds, files);
-    const cwdId = files.directory(readLink(pid, 'cwd'), `/proc/${pid}/cwd`);
-    const rootId = files.directory(readLink(pid, 'root'), `/proc/${pid}/root`);
-    const fs: DecodedMessage = { cwd_id: cwdId, root_id: rootId, umask: Number(misc.umask) };
+    // Descriptors inherited across fork share one open file description: one files.img entry.
+    const seenFds: SeenFd[] = [];
+    for (const t of live) {
+      const p = t.task.pid;
+      t.fdEntries = dumpDescriptors(p, t.taskFds, files, seenFds);
+      const cwdId = files.directory(readLink(p, 'cwd'), `/proc/${p}/cwd`);
+      const rootId = files.directory(readLink(p, 'root'), `/proc/${p}/root`);
+      t.fs = { cwd_id: cwdId, root_id: rootId, ...t.fs };
+    }
 
     // ---- memory
     stage = 'memory';
     options.onStage?.(stage);
     const memStart = performance.now();
-    const runs = scanPages(pid, vmas, 'private');
-    const pagesTotal = runs.reduce((n, r) => n + r.pages, 0);
-    const pagesFd = asFd(dir.openRaw('pages-1.img'));
     let pagesWritten = 0;
-    try {
-      fault('in-pages');
-      const bytes = writePages(pid, runs, parasite, pagesFd, (done) => options.onProgress?.({ pagesWritten: done / 4096, pagesTotal }));
-      pagesWritten = bytes / 4096;
-    } finally {
-      closeFd(pagesFd);
+    let pagesTotal = 0;
+    for (const t of live) {
+      t.runs = scanPages(t.task.pid, t.vmas!, 'private');
+      pagesTotal += t.runs.reduce((n, r) => n + r.pages, 0);
     }
-    // Shared anonymous memory: each object's pages once (from its first VMA that has them), in
-    // pages files of their own, as CRIU lays them out.
-    const shmemImages: Array<{ shmid: bigint; pagesId: number; entries: DecodedMessage[] }> = [];
-    for (const object of sharedObjects(vmas)) {
-      const pagesId = 2 + shmemImages.length;
-      const seen = new Set<bigint>();
-      const objectRuns = scanPages(pid, object.vmas, 'shared').filter((r) => {
-        // Two VMAs of one object may show the same page: keep the first sighting of an offset.
-        const vma = object.vmas.find((v) => v.proc.start <= r.start && r.start < v.proc.end)!;
-        const offset = r.start - vma.proc.start + vma.proc.offset;
-        if (seen.has(offset)) return false;
-        seen.add(offset);
-        return true;
-      });
-      const fd = asFd(dir.openRaw(`pages-${pagesId}.img`));
+    for (const t of live) {
+      const p = t.task.pid;
+      const pagesFd = asFd(dir.openRaw(`pages-${t.pagesId}.img`));
       try {
-        pagesWritten += writePages(pid, objectRuns, parasite, fd) / 4096;
+        fault('in-pages');
+        const before = pagesWritten;
+        const bytes = writePages(p, t.runs!, t.parasite!, pagesFd, (done) => options.onProgress?.({ pagesWritten: before + done / 4096, pagesTotal }));
+        pagesWritten += bytes / 4096;
       } finally {
-        closeFd(fd);
+        closeFd(pagesFd);
       }
-      shmemImages.push({ shmid: object.shmid, pagesId, entries: shmemPagemapEntries(object, objectRuns) });
+      // Shared anonymous memory: each object's pages once (from the first task and VMA that has
+      // them), in pages files of their own, as CRIU lays them out. A page only one task touched
+      // is present in that task's page tables alone, so every task that maps the object adds
+      // the pages the earlier ones did not have.
+      for (const object of sharedObjects(t.vmas!)) {
+        let shared = sharedDumps.get(object.shmid);
+        if (!shared) {
+          const pagesId = nextPagesId++;
+          shared = { pagesId, fd: asFd(dir.openRaw(`pages-${pagesId}.img`)), seen: new Set(), entries: [] };
+          sharedDumps.set(object.shmid, shared);
+        }
+        const seen = shared.seen;
+        const objectRuns = scanPages(p, object.vmas, 'shared').flatMap((r) => splitUnseen(object, r, seen));
+        pagesWritten += writePages(p, objectRuns, t.parasite!, shared.fd) / 4096;
+        shared.entries.push(...shmemPagemapEntries(object, objectRuns));
+      }
     }
+    closeShared();
     const memdumpTime = Math.round((performance.now() - memStart) * 1000);
 
     // ---- write-images
     stage = 'write-images';
     options.onStage?.(stage);
-    const ids: DecodedMessage = { vm_id: 1, files_id: 1, fs_id: 1, sighand_id: 1, ...namespaceIds(pid) };
-    dir.writeImage(`pagemap-${pid}.img`, [{ pages_id: 1 }, ...pagemapEntries(runs)]);
-    for (const shmem of shmemImages) dir.writeImage(`pagemap-shmem-${shmem.shmid}.img`, [{ pages_id: shmem.pagesId }, ...shmem.entries]);
-    dir.writeImage(`core-${pid}.img`, [core]);
-    for (const t of threadCores) dir.writeImage(`core-${t.tid}.img`, [t.core]);
-    dir.writeImage(`mm-${pid}.img`, [mm]);
-    dir.writeImage(`fs-${pid}.img`, [fs]);
-    dir.writeImage(`ids-${pid}.img`, [ids]);
-    dir.writeImage('fdinfo-1.img', fdEntries);
+    const namespaces = namespaceIds(pid);
+    let rootIds: DecodedMessage = {};
+    for (const t of live) {
+      const p = t.task.pid;
+      const id = t.objectId;
+      // One fd table, fs and signal handler table per process (none is shared with CLONE_FILES
+      // and friends here): each gets its own id, the root's being 1.
+      const ids: DecodedMessage = { vm_id: id, files_id: id, fs_id: id, sighand_id: id, ...namespaces };
+      if (t.task.pid === pid) rootIds = ids;
+      dir.writeImage(`pagemap-${p}.img`, [{ pages_id: t.pagesId }, ...pagemapEntries(t.runs!)]);
+      dir.writeImage(`core-${p}.img`, [t.core!]);
+      for (const th of t.threadCores!) dir.writeImage(`core-${th.tid}.img`, [th.core]);
+      dir.writeImage(`mm-${p}.img`, [t.mm!]);
+      dir.writeImage(`fs-${p}.img`, [t.fs!]);
+      dir.writeImage(`ids-${p}.img`, [ids]);
+      dir.writeImage(`fdinfo-${id}.img`, t.fdEntries!);
+    }
+    for (const task of tree) {
+      // A zombie has nothing but its exit status (and its name), as CRIU records it.
+      if (task.zombie) {
+        dir.writeImage(`core-${task.pid}.img`, [{
+          mtype: 1 /* X86_64 */,
+          tc: { task_state: TASK_DEAD, exit_code: task.zombie.exitCode, personality: 0, flags: 0, blk_sigset: 0n, comm: task.comm },
+        }]);
+      }
+    }
+    for (const [shmid, shared] of sharedDumps) dir.writeImage(`pagemap-shmem-${shmid}.img`, [{ pages_id: shared.pagesId }, ...shared.entries]);
     if (files.remaps.length > 0) dir.writeImage('remap-fpath.img', files.remaps);
     for (const ghost of files.ghosts) {
       dir.writeImage(`ghost-file-${ghost.id.toString(16)}.img`, [{ message: ghost.entry, payload: { type: 'bytes', bytes: readGhostContents(ghost) } }]);
@@ -252,15 +345,19 @@ export function dumpSync(options: DumpOptions): DumpResult {
     if (files.pipeData.size > 0) dir.writeImage('pipes-data.img', pipeDataEntries(files.pipeData));
     if (files.fifoData.size > 0) dir.writeImage('fifo-data.img', pipeDataEntries(files.fifoData));
     if (files.ttyInfos.length > 0) dir.writeImage('tty-info.img', files.ttyInfos);
-    dir.writeImage('pstree.img', [{ pid, ppid: 0, pgid, sid, threads: threads.map((t) => t.tid) }]);
+    const liveByPid = new Map(live.map((t) => [t.task.pid as number, t]));
+    dir.writeImage('pstree.img', tree.map((task) => ({
+      pid: task.pid, ppid: task.ppid, pgid: task.pgid, sid: task.sid,
+      threads: liveByPid.get(task.pid)?.threads.map((th) => th.tid) ?? [task.pid],
+    })));
     dir.writeImage('seccomp.img', [{}]);
     const frozenTime = Math.round((performance.now() - frozenAt) * 1000);
+    const pagesScanned = live.reduce((n, t) => n + t.vmas!.reduce((m, v) => m + Number((v.proc.end - v.proc.start) / 4096n), 0), 0);
     dir.writeImage('stats-dump', [
       {
         dump: {
           freezing_time: freezingTime, frozen_time: frozenTime, memdump_time: memdumpTime, memwrite_time: memdumpTime,
-          pages_scanned: BigInt(vmas.reduce((n, v) => n + Number((v.proc.end - v.proc.start) / 4096n), 0)),
-          pages_skipped_parent: 0n, pages_written: BigInt(pagesWritten), pages_lazy: 0n,
+          pages_scanned: BigInt(pagesScanned), pages_skipped_parent: 0n, pages_written: BigInt(pagesWritten), pages_lazy: 0n,
         },
       },
     ]);
@@ -271,17 +368,20 @@ export function dumpSync(options: DumpOptions): DumpResult {
     options.onStage?.(stage);
     const leave = options.leave ?? 'kill';
     if (leave !== 'kill') {
-      // Everything the task had to give is in the files: it runs on (or stops) while they reach
-      // the disk, so the fsyncs are not part of its frozen time.
+      // Everything the tasks had to give is in the files: they run on (or stop) while the files
+      // reach the disk, so the fsyncs are not part of their frozen time. Children first, so no
+      // parent runs while a child it might signal or wait for is still frozen by us.
       // A task that was stopped when seized goes back to its stop anyway.
-      victim.cureSync({ stop: leave === 'stopped' && (core.tc as DecodedMessage).task_state !== TASK_STOPPED });
+      for (const t of [...live].reverse()) {
+        t.victim.cureSync({ stop: leave === 'stopped' && (t.core!.tc as DecodedMessage).task_state !== TASK_STOPPED });
+      }
     }
     // Every image durable first, then inventory.img, then the directory: a crash at any point
     // leaves a directory without inventory, which never looks like a complete dump.
     dir.syncWritten();
     dir.writeImage('inventory.img', [
       {
-        img_version: 2, fdinfo_per_id: true, root_ids: ids, ns_per_id: true, lsmtype: 0 /* NO_LSM */,
+        img_version: 2, fdinfo_per_id: true, root_ids: rootIds, ns_per_id: true, lsmtype: 0 /* NO_LSM */,
         network_lock_method: 0, plugins_entry: {}, dump_criu_run_id: randomUUID(),
       },
     ]);
@@ -289,23 +389,46 @@ export function dumpSync(options: DumpOptions): DumpResult {
     dir.syncDirectory();
     fault('after-images');
     if (leave === 'kill') {
-      // Killed while still seized: it never runs again after its state was saved.
-      kill(pid, 9);
-      reapKilledThreads(victim);
-      try {
-        victim.cureSync();
-      } catch {
-        /* the task is gone: what cure could not undo does not matter */
+      // Killed while still seized: no task runs again after its state was saved. All of them
+      // first, so none sees another die and reacts.
+      for (const t of live) kill(t.task.pid, 9);
+      for (const t of live) {
+        reapKilledThreads(t.victim);
+        try {
+          t.victim.cureSync();
+        } catch {
+          /* the task is gone: what cure could not undo does not matter */
+        }
       }
     }
     cleanedUp = true;
     return {
       pid, imagesDir: options.imagesDir, images: readdirSync(options.imagesDir).sort(), pagesWritten,
-      freezingTime, frozenTime, memdumpTime,
+      freezingTime, frozenTime, memdumpTime, pids: tree.map((t) => t.pid as number),
     };
   } catch (error) {
     return rollback(error);
   }
+}
+
+/**
+ * The parts of run `r` (pages of `object` found in one task) whose object offsets are not in
+ * `seen` yet; marks them seen.
+ */
+function splitUnseen(object: SharedObject, r: PageRun, seen: Set<bigint>): PageRun[] {
+  const out: PageRun[] = [];
+  for (let i = 0; i < r.pages; i++) {
+    const address = r.start + BigInt(i) * 4096n;
+    // A run may cross from one VMA of the object into the next: look the VMA up per page.
+    const vma = object.vmas.find((v) => v.proc.start <= address && address < v.proc.end)!;
+    const offset = address - vma.proc.start + vma.proc.offset;
+    if (seen.has(offset)) continue;
+    seen.add(offset);
+    const last = out.at(-1);
+    if (last && last.start + BigInt(last.pages) * 4096n === address) last.pages++;
+    else out.push({ ...r, start: address, pages: 1 });
+  }
+  return out;
 }
 
 /**
@@ -367,14 +490,6 @@ function sleepMs(ms: number): void {
   Atomics.wait(sleepCell, 0, 0, ms);
 }
 
-function readTextSafe(path: string): string {
-  try {
-    return readFileSync(path, 'utf8');
-  } catch {
-    return '';
-  }
-}
-
 function mmEntry(pid: Pid, exeId: number, vmas: readonly DumpVma[], dumpable: number): DecodedMessage {
   // /proc/PID/stat fields 26-28 and 45-51 (proc(5)): code, data, stack, brk, args and environment.
   const stat = readStat(pid);
@@ -393,16 +508,26 @@ function findBrk(vmas: readonly DumpVma[], startBrk: bigint): bigint {
   return heap ? heap.proc.end : startBrk;
 }
 
-function dumpDescriptors(pid: Pid, fds: readonly number[], files: FileTable): DecodedMessage[] {
-  const seen: Array<{ fd: number; id: number }> = [];
+interface SeenFd {
+  readonly pid: Pid;
+  readonly fd: number;
+  readonly id: number;
+}
+
+/**
+ * The fd table of `pid`. `seen` holds every descriptor of the tree dumped so far: one sharing an
+ * open file description with any of them (dup, or inherited across fork: kcmp(2) KCMP_FILE
+ * says so) gets its files.img id, as CRIU records it.
+ */
+function dumpDescriptors(pid: Pid, fds: readonly number[], files: FileTable, seen: SeenFd[]): DecodedMessage[] {
   const entries: DecodedMessage[] = [];
   for (const fd of fds) {
     try {
       const entry = files.descriptor(pid, fd, (candidate) => {
-        for (const earlier of seen) if (kcmp(pid, pid, KCMP_FILE, earlier.fd, candidate) === 0) return earlier.id;
+        for (const earlier of seen) if (kcmp(earlier.pid, pid, KCMP_FILE, earlier.fd, candidate) === 0) return earlier.id;
         return undefined;
       }, fds);
-      seen.push({ fd, id: Number(entry.id) });
+      seen.push({ pid, fd, id: Number(entry.id) });
       entries.push(entry);
     } catch (error) {
       if (error instanceof UnsupportedFileError) throw error;

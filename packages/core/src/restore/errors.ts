@@ -18,6 +18,7 @@ export type RestoreStage =
   | 'files' // file descriptors
   | 'fs' // cwd, root, umask
   | 'session' // setsid/setpgid
+  | 'zombies' // processes that were zombies exit again with their status
   | 'signals' // sigactions, pending signals, sigaltstack
   | 'timers' // itimers
   | 'rlimits'

@@ -1,4 +1,4 @@
-// Reading and validating the image set of one process before anything is created.
+// Reading and validating the image sets of a process tree before anything is created.
 //
 // Restore reads every image it needs into memory first (except page contents, which stay in
 // pages-N.img and are read straight into the restored task later), and checks what it relies
@@ -6,7 +6,9 @@
 // already taken is reported here, while no process exists yet.
 //
 //   inventory.img           image version, fdinfo naming
-//   pstree.img              pid, ppid, pgid, sid, threads (one entry: a single process, leader first)
+//   pstree.img              one entry per process, parents first: pid, ppid, pgid, sid, threads
+//                           (leader first); per live process, the images below
+//   core-PID.img            of a zombie: tc.task_state TASK_DEAD and exit_code (waitpid status) only
 //   core-PID.img            registers, xsave, sigactions, blocked mask, timers, rlimits, sas, rseq
 //   core-TID.img            every other thread: registers, xsave, mask, sas, rseq, signals...
 //   ids-PID.img             files_id: which fdinfo-N.img holds the fd table
@@ -122,7 +124,7 @@ export interface SharedMemoryImage {
  * range once; an object mapped at two unrelated places needs one object behind two mappings,
  * which is not supported yet.
  */
-function readSharedMemory(dir: string, pid: number, vmas: readonly VmaImage[], invalid: (message: string, evidence?: Record<string, unknown>) => never): SharedMemoryImage[] {
+function readSharedMemory(dir: string, pid: number, vmas: readonly VmaImage[], invalid: (message: string, evidence?: Record<string, unknown>) => never, inTree = false): SharedMemoryImage[] {
   const groups = new Map<bigint, VmaImage[]>();
   for (const v of vmas) {
     if (!(v.status & VMA.ANON_SHARED) || (v.status & (VMA.FILE_SHARED | VMA.FILE_PRIVATE))) continue;
@@ -154,7 +156,12 @@ function readSharedMemory(dir: string, pid: number, vmas: readonly VmaImage[], i
       reader = PagesReader.open(path);
       for (const run of reader.runs()) {
         const end = run.vaddr + BigInt(run.nrPages * PAGE_SIZE);
-        if (run.vaddr < objectStart || end > objectEnd) invalid(`${path}: pages at offset ${hex(run.vaddr)}-${hex(end)} lie outside the mapped part of object ${shmid}`);
+        if (run.vaddr < objectStart || end > objectEnd) {
+          // In a tree the image is the object's, not this process's: another process may map
+          // more of it (restore then refuses unless the first mapper covers it all, see tree.ts).
+          if (inTree) continue;
+          invalid(`${path}: pages at offset ${hex(run.vaddr)}-${hex(end)} lie outside the mapped part of object ${shmid}`);
+        }
         if ((run.flags & PE_PRESENT) && run.pages) runs.push({ vaddr: first.start + (run.vaddr - objectStart), nrPages: run.nrPages, offset: run.pages.offset });
       }
       out.push({ shmid, vmas: list, pagesFile: reader.pagesFile, runs });
@@ -210,32 +217,94 @@ const hex = (v: bigint): string => `0x${v.toString(16)}`;
 /** User address space limit on x86_64 with 4-level paging (TASK_SIZE_MAX = 2^47 - one page). */
 export const TASK_SIZE = (1n << 47n) - BigInt(PAGE_SIZE);
 
+/** One process of pstree.img: a live one with its images, or a zombie with its exit status. */
+export interface TreeTaskImages {
+  readonly pid: number;
+  readonly ppid: number;
+  readonly pgid: number;
+  readonly sid: number;
+  /** The images of a live process. */
+  readonly set?: ImageSet;
+  /** A zombie (core tc.task_state TASK_DEAD): its status as waitpid(2) reports it. */
+  readonly zombie?: { readonly exitCode: number };
+}
+
+/** Every process of a dump, in pstree order (parents before children, the root first). */
+export interface TreeImageSet {
+  readonly dir: string;
+  readonly tasks: readonly TreeTaskImages[];
+}
+
+const TASK_ALIVE = 1;
+const TASK_DEAD = 2;
+
 /**
- * Reads every image of the one process in `dir` and checks it can be restored here.
+ * Reads every image of the process tree in `dir` and checks it can be restored here: the tree
+ * shape (a parent before its children, zombies without children), sessions and groups that the
+ * restore can rebuild (tree.ts), and every live process's images.
  * Throws RestoreError('read-images' | 'validate') naming the file and what is wrong.
  */
-export function readImageSet(dir: string, options: { shellJob?: boolean } = {}): ImageSet {
+export function readTreeImageSet(dir: string, options: { shellJob?: boolean } = {}): TreeImageSet {
   if (!existsSync(dir) || !statSync(dir).isDirectory()) throw new RestoreError('read-images', `images directory ${dir} does not exist`, { dir });
   const inventory = one(dir, 'inventory.img');
   if (Number(inventory.img_version) !== 2) invalid(`inventory.img has image version ${inventory.img_version}; CRIU 4.x images have version 2`, { file: join(dir, 'inventory.img') });
 
   const pstree = readAll(dir, 'pstree.img');
-  if (pstree.length !== 1) invalid(`pstree.img lists ${pstree.length} processes; restoring process trees is not supported yet (one process only)`, { pids: pstree.map((p) => p.pid) });
-  const task = pstree[0]!;
+  if (pstree.length === 0) invalid('pstree.img lists no process');
+  const filesList = readAll(dir, 'files.img');
+  const files = new Map<number, Msg>(filesList.map((f) => [Number(f.id), f]));
+  const ghosts = readGhosts(dir);
+  const inTree = pstree.length > 1;
+  const seen = new Map<number, Msg>();
+  const tasks: TreeTaskImages[] = [];
+  for (const [i, entry] of pstree.entries()) {
+    const pid = Number(entry.pid);
+    const ppid = Number(entry.ppid);
+    if (seen.has(pid)) invalid(`pstree.img lists process ${pid} twice`, { pid });
+    if (i > 0 && !seen.has(ppid)) invalid(`pstree.img: the parent ${ppid} of process ${pid} is not listed before it`, { pid, ppid });
+    seen.set(pid, entry);
+    const head = { pid, ppid, pgid: Number(entry.pgid), sid: Number(entry.sid) };
+    const core = one(dir, `core-${pid}.img`);
+    const state = Number(core.tc?.task_state ?? 0);
+    if (state === TASK_DEAD) {
+      if (i === 0) invalid(`the root process ${pid} of the dump is a zombie`, { pid });
+      tasks.push({ ...head, zombie: { exitCode: Number(core.tc.exit_code ?? 0) } });
+      continue;
+    }
+    tasks.push({ ...head, set: readProcess(dir, inventory, files, ghosts, entry, { shellJob: options.shellJob === true, root: i === 0, inTree }) });
+  }
+  for (const t of tasks) {
+    if (t.zombie && tasks.some((c) => c.ppid === t.pid)) invalid(`pstree.img: zombie ${t.pid} has children`, { pid: t.pid });
+  }
+  return { dir, tasks };
+}
+
+/**
+ * Reads every image of the process in `dir` (the root of the dump) and checks it can be
+ * restored here. Throws RestoreError('read-images' | 'validate') naming the file and what is wrong.
+ */
+export function readImageSet(dir: string, options: { shellJob?: boolean } = {}): ImageSet {
+  return readTreeImageSet(dir, options).tasks[0]!.set!;
+}
+
+function readProcess(
+  dir: string, inventory: Msg, files: ReadonlyMap<number, Msg>, ghosts: ReadonlyMap<number, GhostFile>, task: Msg,
+  options: { shellJob: boolean; root: boolean; inTree: boolean },
+): ImageSet {
   const pid = Number(task.pid);
   const threads = (task.threads as number[]).map(Number);
   if (threads.length === 0 || threads[0] !== pid) invalid(`pstree.img: the threads of process ${pid} must start with the leader ${pid}`, { threads });
   if (new Set(threads).size !== threads.length) invalid(`pstree.img: process ${pid} lists a thread twice`, { threads });
   const sid = Number(task.sid);
   const pgid = Number(task.pgid);
-  if (sid !== pid && !options.shellJob) {
+  if (options.root && sid !== pid && !options.shellJob) {
     invalid(`process ${pid} is not a session leader (sid ${sid}): it belonged to a session outside the dump; restore it with shellJob (--shell-job) to join criu-ts's session`, { pid, sid });
   }
 
   const core = threadCore(dir, pid, true);
   const threadImages = threads.slice(1).map((tid) => ({ tid, core: threadCore(dir, tid, false) }));
   const tc = core.tc as Msg;
-  if (Number(tc.task_state) !== 1) invalid(`process ${pid} was dumped in state ${tc.task_state} (only alive tasks, state 1, are restored)`);
+  if (Number(tc.task_state) !== TASK_ALIVE) invalid(`process ${pid} was dumped in state ${tc.task_state} (only alive tasks, state 1, and zombies are restored)`);
   if (tc.timers && (tc.timers.posix as unknown[]).length > 0) invalid(`process ${pid} has ${tc.timers.posix.length} POSIX timers: not supported yet`);
   for (const c of [core, ...threadImages.map((t) => t.core)]) {
     const seccompMode = Number(c.thread_core?.seccomp_mode ?? tc.old_seccomp_mode ?? 0);
@@ -243,9 +312,6 @@ export function readImageSet(dir: string, options: { shellJob?: boolean } = {}):
   }
 
   const ids = one(dir, `ids-${pid}.img`);
-  const filesList = readAll(dir, 'files.img');
-  const files = new Map<number, Msg>(filesList.map((f) => [Number(f.id), f]));
-  const ghosts = readGhosts(dir);
   const reg = (id: number, what: string): RegFile => {
     const f = files.get(id);
     if (!f) invalid(`${what} refers to file id ${id}, which files.img does not have`, { id });
@@ -326,7 +392,7 @@ export function readImageSet(dir: string, options: { shellJob?: boolean } = {}):
 
   return {
     dir, pid, ppid: Number(task.ppid), pgid, sid, core, threads: threadImages, mm, vmas, exe, pagesFile: pagesFile!, pagesSize: pagesSize!, runs,
-    shmem: readSharedMemory(dir, pid, vmas, invalid), fds, cwd, root,
+    shmem: readSharedMemory(dir, pid, vmas, invalid, options.inTree), fds, cwd, root,
     umask: fsEntry.umask === undefined ? undefined : Number(fsEntry.umask),
   };
 }

@@ -74,8 +74,26 @@ export function mapVdso(task: RestoreTask, vmas: readonly VmaImage[]): void {
   }
 }
 
-/** Step 3. Returns the protection each VMA was mapped with (to fix up after the pages are in). */
-export function mapVmas(task: RestoreTask, set: ImageSet, pathOf: (f: RegFile) => string = (f) => f.name): Map<VmaImage, number> {
+/**
+ * Where a shared anonymous object already restored in another process of the tree is found:
+ * `path` (that process's /proc/PID/map_files entry of a mapping of it) opens the very object;
+ * `dumpedStart`..`dumpedEnd` are the dumped object offsets it holds from its offset 0.
+ */
+export interface SharedMemorySource {
+  readonly path: string;
+  readonly dumpedStart: bigint;
+  readonly dumpedEnd: bigint;
+}
+
+/**
+ * Step 3. Returns the protection each VMA was mapped with (to fix up after the pages are in).
+ * `sources`: shared anonymous objects (by shmid) that an earlier process of the tree created and
+ * filled; they are mapped from there (one object behind both, as after fork) and not filled again.
+ */
+export function mapVmas(
+  task: RestoreTask, set: ImageSet, pathOf: (f: RegFile) => string = (f) => f.name,
+  sources: ReadonlyMap<bigint, SharedMemorySource> = new Map(),
+): Map<VmaImage, number> {
   const mapped = new Map<VmaImage, number>();
   const fds = new Map<string, number>();
   const hasPages = (v: VmaImage) => set.runs.some((r) => r.vaddr < v.end && r.vaddr + BigInt(r.nrPages * PAGE_SIZE) > v.start);
@@ -83,6 +101,27 @@ export function mapVmas(task: RestoreTask, set: ImageSet, pathOf: (f: RegFile) =
     for (const vma of set.vmas) {
       if (vma.status & (VMA.VDSO | VMA.VVAR)) continue;
       const object = set.shmem.find((o) => o.vmas.includes(vma));
+      const source = object ? sources.get(object.shmid) : undefined;
+      if (object && source) {
+        if (object.vmas[0] !== vma) {
+          mapped.set(vma, object.vmas[0]!.prot);
+          continue;
+        }
+        const end = object.vmas.at(-1)!.end;
+        const objectEnd = vma.pgoff + (end - vma.start);
+        if (vma.pgoff < source.dumpedStart || objectEnd > source.dumpedEnd) {
+          fail('map-vmas', `shared memory object ${object.shmid} is mapped at offsets ${hex(vma.pgoff)}-${hex(objectEnd)} here but only ${hex(source.dumpedStart)}-${hex(source.dumpedEnd)} by the process that recreated it: one object covering both is not supported yet`, { shmid: String(object.shmid) });
+        }
+        const fd = remoteOpen(task, 'map-vmas', source.path, O.RDWR | O.CLOEXEC);
+        try {
+          const got = remote(task, 'map-vmas', `mmap shared ${hex(vma.start)}-${hex(end)} from ${source.path}`, 'mmap', vma.start, end - vma.start, vma.prot, MAP.SHARED | MAP.FIXED_NOREPLACE, fd, vma.pgoff - source.dumpedStart);
+          if (got !== vma.start) fail('map-vmas', `mmap ${hex(vma.start)} landed at ${hex(got)}`);
+        } finally {
+          task.syscallRawSync('close', fd);
+        }
+        mapped.set(vma, vma.prot);
+        continue;
+      }
       if (object) {
         // Shared anonymous memory: one mapping over all the object's VMAs (one object behind
         // them, as before), writable while its pages are filled; protect() splits it again.
@@ -130,12 +169,12 @@ export function mapVmas(task: RestoreTask, set: ImageSet, pathOf: (f: RegFile) =
   return mapped;
 }
 
-/** Step 4. Returns the number of bytes read into the task. */
-export function fillPages(task: RestoreTask, set: ImageSet): number {
+/** Step 4. Returns the number of bytes read into the task. Objects in `attached` were filled by another process. */
+export function fillPages(task: RestoreTask, set: ImageSet, attached: ReadonlySet<bigint> = new Set()): number {
   // Runs inside shared file mappings are not written: their contents belong to the file.
   const sharedVma = (addr: bigint) => set.vmas.some((v) => (v.flags & MAP.SHARED) && v.start <= addr && addr < v.end);
   let total = readRuns(task, set.pagesFile, set.runs.filter((r) => !sharedVma(r.vaddr)));
-  for (const object of set.shmem) if (object.pagesFile) total += readRuns(task, object.pagesFile, object.runs);
+  for (const object of set.shmem) if (object.pagesFile && !attached.has(object.shmid)) total += readRuns(task, object.pagesFile, object.runs);
   return total;
 }
 

@@ -42,6 +42,17 @@ export class RestoreTask extends Injection {
     return task;
   }
 
+  /**
+   * A process cloned (fork-like, no CLONE_VM) from a restored task whose control area was set
+   * up: the copy of that area is at the same address in the child, gadget included, so remote
+   * calls run from it at once. Precondition: the child is traced by us and stopped.
+   */
+  static adoptForked(pidNumber: number, controlArea: RemoteAddress, timeoutMs = 10_000): RestoreTask {
+    const task = RestoreTask.adopt(pidNumber, controlArea, timeoutMs);
+    task.control = controlArea;
+    return task;
+  }
+
   /** Remote calls run from our own gadget (the task's code is going away), never from a search. */
   override findGadgets(): Gadgets {
     if (!this.ownGadget) throw new RestoreError('control-area', 'no syscall gadget set for the new task');

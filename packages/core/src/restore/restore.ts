@@ -1,34 +1,41 @@
-// restore(): one process from a CRIU 4.x image directory back to life.
+// restore(): a process tree from a CRIU 4.x image directory back to life.
 //
 // Stages, in order (RestoreError.stage names the one that failed):
 //
-//   read-images, validate        every image read and checked; no process exists yet
+//   read-images, validate        every image of every process read and checked, the tree's
+//                                sessions and groups too (tree.ts); no process exists yet
 //   spawn-stub                   native/build/restore-stub started, stopped itself, seized
-//   clone                        clone3(set_tid = dumped PID) in the stub; the stub is killed
-//   control-area                 gadget + scratch page in a hole of both layouts
-//   unmap-stub, vdso, map-vmas,  the dumped address space (memory.ts)
-//   fill-pages, protect, mm-fields
-//   files, fs, session           fds, cwd/root/umask, setsid (files.ts)
+//   clone, control-area          clone3(set_tid = root PID) in the stub; the stub is killed;
+//                                gadget + scratch page in a hole of every layout; then every
+//                                other process cloned by its restored parent (set_tid = its
+//                                PID), each session leader calling setsid before its children
+//   session, zombies             process groups (setpgid); zombies exit with their status
+//   then per live process, in pstree order:
+//   unmap-stub, vdso, map-vmas,  the dumped address space (memory.ts); a shared anonymous
+//   fill-pages, protect,         object already made by an earlier process is mapped from it
+//   mm-fields                    (/proc/PID/map_files), not made and filled again
+//   files, fs                    fds, cwd/root/umask (files.ts)
 //   rlimits, timers, task-misc,  core-PID.img state (task-state.ts)
 //   signals
 //   threads                      every other thread cloned by the leader with its TID, then
 //                                its own state from core-TID.img (threads.ts)
-//   registers, release           control area unmapped, registers/xsave/mask of every thread
-//                                set, every thread detached (the leader last)
+//   registers, release           per process, children first: control area unmapped,
+//                                registers/xsave/mask of every thread set, every thread detached
 //
-// This function owns the rollback: whatever fails, the stub and the new task are killed (and
-// reaped when they are ours), so a failed restore leaves no process behind.
+// This function owns the rollback: whatever fails, the stub and every process already created
+// are killed (and reaped when they are ours), so a failed restore leaves no process behind.
 import { readFileSync, writeFileSync } from 'node:fs';
 import { __WALL, kill, ptraceDetach, SIGNALS, wait4, WNOHANG, asPid, type Pid } from '@criu-ts/sys';
 import { atStage, RestoreError } from './errors.js';
-import { checkPidFree, readImageSet, TASK_SIZE, type ImageSet } from './image-set.js';
-import { fillPages, mapVdso, mapVmas, protectVmas, remote, setMmFields, unmapAllButControl } from './memory.js';
-import { restoreFiles, restoreFs, restoreSession } from './files.js';
+import { checkPidFree, readTreeImageSet, TASK_SIZE, type ThreadImage, type TreeTaskImages } from './image-set.js';
+import { fillPages, mapVdso, mapVmas, protectVmas, remote, setMmFields, unmapAllButControl, type SharedMemorySource } from './memory.js';
+import { restoreFiles, restoreFs } from './files.js';
 import { GhostFiles } from './ghost-files.js';
 import { CONTROL_SIZE, findControlAreaHole, RestoreTask } from './remote-task.js';
 import { sleepMs, Stub } from './stub.js';
-import { restoreRegisters, restoreRlimits, restoreSignals, restoreTaskMisc, restoreTimers, setThreadRegisters } from './task-state.js';
+import { restoreRlimits, restoreSignals, restoreTaskMisc, restoreTimers, setThreadRegisters } from './task-state.js';
 import { restoreThreads } from './threads.js';
+import { cloneProcess, exitAsZombie, planTree, restoreGroups, restoreSessionLeader, type Helper, type ProcessIds } from './tree.js';
 
 export interface RestoreOptions {
   /** The directory with the images (criu -D). */
@@ -50,7 +57,10 @@ export interface RestoreOptions {
 }
 
 export interface RestoreResult {
+  /** The root of the restored tree. */
   readonly pid: number;
+  /** Every process restored, in pstree order (zombies included). */
+  readonly pids: readonly number[];
   readonly detached: boolean;
   /** Not detached: how the restored process ended (`code` for exit, `signal` for a kill). */
   readonly exit?: { readonly code: number | null; readonly signal: number | null };
@@ -93,69 +103,159 @@ function killCreated(pid: Pid, threads: readonly Pid[] = []): void {
   }
 }
 
-/** Everything up to the running process; synchronous, because every ptrace call must come from this thread. */
-export function restoreSync(options: RestoreOptions): { pid: number; warnings: string[]; pagesBytes: number; timings: RestoreResult['timings'] } {
+/** A process of the tree once it exists: its images and the task we drive. */
+interface MadeProcess {
+  readonly images: ProcessIds & Partial<Pick<TreeTaskImages, 'set' | 'zombie'>>;
+  readonly task: RestoreTask;
+  /** A stand-in for a dead session or group leader (tree.ts), gone again before the release. */
+  readonly helper?: Helper;
+}
+
+/**
+ * Everything up to the running tree; synchronous, because every ptrace call must come from this
+ * thread. Returns the root's PID.
+ */
+export function restoreSync(options: RestoreOptions): { pid: number; pids: number[]; warnings: string[]; pagesBytes: number; timings: RestoreResult['timings'] } {
   const t0 = performance.now();
   const detached = options.detached === true;
+  const shellJob = options.shellJob === true;
   const timeoutMs = options.timeoutMs ?? 10_000;
-  const set: ImageSet = readImageSet(options.imagesDir, { shellJob: options.shellJob === true });
-  checkPidFree(set.pid);
-  for (const t of set.threads) checkPidFree(t.tid);
+  const tree = readTreeImageSet(options.imagesDir, { shellJob });
+  const plan = planTree(tree, shellJob);
+  for (const t of tree.tasks) {
+    checkPidFree(t.pid);
+    for (const th of t.set?.threads ?? []) checkPidFree(th.tid);
+  }
+  for (const h of plan.helpers) checkPidFree(h.pid);
+  const root = tree.tasks[0]!;
   const t1 = performance.now();
   const warnings: string[] = [];
   let stub: Stub | undefined;
-  let created: Pid | undefined;
-  let task: RestoreTask | undefined;
+  let rootPid: Pid | undefined;
+  let made: MadeProcess[] = [];
   let t2 = t1;
   let t3 = t1;
   let pagesBytes = 0;
   let ghosts: GhostFiles | undefined;
   try {
-    stub = Stub.startSync({ shellJob: options.shellJob === true, timeoutMs });
-    const cloned = stub.cloneWithPidSync(set.pid, { parentIsCaller: !detached, timeoutMs });
-    created = cloned.pid;
+    // ---- every process, with its PID, parent and session (tree.ts)
+    stub = Stub.startSync({ shellJob, timeoutMs });
+    const cloned = stub.cloneWithPidSync(root.pid, { parentIsCaller: !detached, timeoutMs });
+    rootPid = cloned.pid;
     // The new task is traced by us, not by the stub: the stub has done its job.
     stub.killSync();
     stub = undefined;
-    task = atStage('clone', 'adopting the new task', () => RestoreTask.adopt(cloned.pid, cloned.gadget, timeoutMs));
+    const rootTask = atStage('clone', 'adopting the new task', () => RestoreTask.adopt(cloned.pid, cloned.gadget, timeoutMs));
+    made.push({ images: root, task: rootTask });
+    // One control area for the whole tree: every process is a copy of the root until it
+    // unmaps the stub, so the area must be free in each dumped layout as well.
+    const busy = [...rootTask.currentMaps(), ...tree.tasks.flatMap((t) => t.set?.vmas ?? [])];
+    const ctrl = atStage('control-area', 'placing the control area', () => findControlAreaHole(busy, mmapMinAddr(), TASK_SIZE));
+    atStage('control-area', `mapping the control area at 0x${ctrl.toString(16)}`, () => rootTask.setUpControlArea(ctrl));
+    const byPid = new Map<number, MadeProcess>([[root.pid, made[0]!]]);
+    const helpers = new Map(plan.helpers.map((h) => [h.pid, h]));
+    const makeHelper = (helper: Helper): MadeProcess => {
+      const known = byPid.get(helper.pid);
+      if (known) return known;
+      const task = cloneProcess(byPid.get(helper.parent)!.task, helper.pid);
+      const m: MadeProcess = { images: { pid: helper.pid, pgid: helper.pid, sid: helper.kind === 'session' ? helper.pid : helper.sid }, task, helper };
+      made.push(m);
+      byPid.set(helper.pid, m);
+      atStage('session', `setsid in helper ${helper.pid}`, () => restoreSessionLeader(task, m.images));
+      return m;
+    };
+    for (const images of tree.tasks) {
+      let current = byPid.get(images.pid);
+      if (!current) {
+        // planTree made sure the parent (or the session helper) comes first: it exists.
+        const via = plan.bornFrom.get(images.pid);
+        const task = via === undefined
+          ? cloneProcess(byPid.get(images.ppid)!.task, images.pid)
+          : cloneProcess(makeHelper(helpers.get(via)!).task, images.pid, { asSibling: true });
+        current = { images, task };
+        made.push(current);
+        byPid.set(images.pid, current);
+      }
+      const m = current;
+      atStage('session', `setsid in ${images.pid}`, () => restoreSessionLeader(m.task, images));
+      for (const h of plan.helpers) if (h.kind === 'group' && h.parent === images.pid) makeHelper(h);
+    }
+    atStage('session', 'restoring process groups', () => restoreGroups(made));
+    for (const m of made) if (m.images.zombie) atStage('zombies', `making ${m.images.pid} a zombie`, () => exitAsZombie(m.task, m.images.zombie!.exitCode));
+    for (const m of made) {
+      if (!m.helper) continue;
+      const h = m.helper;
+      atStage('session', `ending helper ${h.pid}`, () => exitAsZombie(m.task, 0));
+      // Its parent reaps it, as if it had waited for a child of its own.
+      remote(byPid.get(h.parent)!.task, 'session', `wait4(${h.pid}) in ${h.parent}`, 'wait4', h.pid, 0, __WALL, 0);
+    }
+    made = made.filter((m) => !m.helper);
     t2 = performance.now();
 
-    const t = task;
-    const busy = [...t.currentMaps(), ...set.vmas];
-    const ctrl = atStage('control-area', 'placing the control area', () => findControlAreaHole(busy, mmapMinAddr(), TASK_SIZE));
-    atStage('control-area', `mapping the control area at 0x${ctrl.toString(16)}`, () => t.setUpControlArea(ctrl));
-    atStage('unmap-stub', 'unmapping the stub', () => unmapAllButControl(t));
-    ghosts = GhostFiles.create(set);
-    const g = ghosts;
-    const pathOf = (f: Parameters<GhostFiles['pathOf']>[0]) => g.pathOf(f);
-    atStage('vdso', 'mapping the vDSO', () => mapVdso(t, set.vmas));
-    const mapped = atStage('map-vmas', 'mapping VMAs', () => mapVmas(t, set, pathOf));
-    pagesBytes = atStage('fill-pages', 'reading pages', () => fillPages(t, set));
-    atStage('protect', 'setting protections', () => protectVmas(t, mapped));
-    atStage('mm-fields', 'PR_SET_MM_MAP', () => setMmFields(t, set, pathOf));
-    t3 = performance.now();
+    // ---- every live process's own state, as a single process is restored
+    const sources = new Map<bigint, SharedMemorySource>();
+    const live = made.filter((m) => m.images.set);
+    const threadsOf = new Map<MadeProcess, Array<{ tid: Pid; image: ThreadImage }>>();
+    let memoryMs = 0;
+    for (const m of live) {
+      const t = m.task;
+      const set = m.images.set!;
+      const m0 = performance.now();
+      atStage('unmap-stub', 'unmapping the stub', () => unmapAllButControl(t));
+      ghosts = GhostFiles.create(set);
+      const g = ghosts;
+      const pathOf = (f: Parameters<GhostFiles['pathOf']>[0]) => g.pathOf(f);
+      atStage('vdso', 'mapping the vDSO', () => mapVdso(t, set.vmas));
+      const attached = new Set(set.shmem.filter((o) => sources.has(o.shmid)).map((o) => o.shmid));
+      const mapped = atStage('map-vmas', 'mapping VMAs', () => mapVmas(t, set, pathOf, sources));
+      pagesBytes += atStage('fill-pages', 'reading pages', () => fillPages(t, set, attached));
+      atStage('protect', 'setting protections', () => protectVmas(t, mapped));
+      atStage('mm-fields', 'PR_SET_MM_MAP', () => setMmFields(t, set, pathOf));
+      memoryMs += performance.now() - m0;
+      // Later processes that map these objects map them from here.
+      for (const object of set.shmem) {
+        if (sources.has(object.shmid)) continue;
+        const first = object.vmas[0]!;
+        const now = t.currentMaps().find((v) => v.start <= first.start && first.start < v.end);
+        if (!now) throw new RestoreError('map-vmas', `shared memory object ${object.shmid} is not mapped in ${t.pid} after mapping it`);
+        sources.set(object.shmid, {
+          path: `/proc/${t.pid}/map_files/${now.start.toString(16)}-${now.end.toString(16)}`,
+          // The object was made afresh at first.start: its offset 0 holds dumped offset first.pgoff.
+          dumpedStart: first.pgoff,
+          dumpedEnd: first.pgoff + (object.vmas.at(-1)!.end - first.start),
+        });
+      }
 
-    atStage('files', 'restoring fds', () => restoreFiles(t, set, pathOf));
-    // Every fd and mapping holds its ghost file now: back to deleted, as dumped.
-    ghosts.removeAll();
-    atStage('fs', 'restoring cwd/root/umask', () => restoreFs(t, set));
-    atStage('session', 'restoring the session', () => restoreSession(t, set));
-    atStage('rlimits', 'restoring rlimits', () => restoreRlimits(t, set, warnings));
-    atStage('timers', 'restoring itimers', () => restoreTimers(t, set));
-    atStage('task-misc', 'restoring task attributes', () => restoreTaskMisc(t, set, warnings));
-    atStage('signals', 'restoring signals', () => restoreSignals(t, set));
-    const threads = atStage('threads', 'restoring threads', () => restoreThreads(t, set, warnings));
+      atStage('files', 'restoring fds', () => restoreFiles(t, set, pathOf));
+      // Every fd and mapping holds its ghost file now: back to deleted, as dumped.
+      ghosts.removeAll();
+      ghosts = undefined;
+      atStage('fs', 'restoring cwd/root/umask', () => restoreFs(t, set));
+      atStage('rlimits', 'restoring rlimits', () => restoreRlimits(t, set, warnings));
+      atStage('timers', 'restoring itimers', () => restoreTimers(t, set));
+      atStage('task-misc', 'restoring task attributes', () => restoreTaskMisc(t, set, warnings));
+      atStage('signals', 'restoring signals', () => restoreSignals(t, set));
+      threadsOf.set(m, atStage('threads', 'restoring threads', () => restoreThreads(t, set, warnings)));
+    }
+    t3 = t2 + memoryMs;
 
-    // Last remote call, run from the control area itself (see remote-task.ts).
-    remote(t, 'release', 'unmapping the control area', 'munmap', ctrl, CONTROL_SIZE);
-    for (const th of threads) setThreadRegisters(th.tid, th.image.core);
-    restoreRegisters(t, set);
-    atStage('release', 'PTRACE_DETACH', () => {
-      for (const th of threads) ptraceDetach(th.tid, 0);
-      ptraceDetach(t.pid, 0);
-    });
+    // ---- release: children before parents, so no parent runs while a child is still ours
+    for (const m of [...live].reverse()) {
+      const t = m.task;
+      const threads = threadsOf.get(m) ?? [];
+      // Last remote call, run from the control area itself (see remote-task.ts).
+      remote(t, 'release', 'unmapping the control area', 'munmap', ctrl, CONTROL_SIZE);
+      for (const th of threads) setThreadRegisters(th.tid, th.image.core);
+      setThreadRegisters(t.pid, m.images.set!.core, (m.images.set!.core.tc as Record<string, unknown>).blk_sigset);
+      atStage('release', 'PTRACE_DETACH', () => {
+        for (const th of threads) ptraceDetach(th.tid, 0);
+        ptraceDetach(t.pid, 0);
+      });
+    }
   } catch (err) {
-    if (created !== undefined) killCreated(created, task ? [...task.threads.keys()] : []);
+    // Whatever failed, no process of the tree is left: children first, each with its threads.
+    for (const m of [...made].reverse()) killCreated(m.task.pid, [...m.task.threads.keys()]);
+    if (rootPid !== undefined && made.length === 0) killCreated(rootPid);
     stub?.killSync();
     ghosts?.removeAll();
     if (err instanceof RestoreError) throw err;
@@ -163,13 +263,16 @@ export function restoreSync(options: RestoreOptions): { pid: number; warnings: s
   }
   if (options.pidfile) {
     try {
-      writeFileSync(options.pidfile, `${set.pid}`);
+      writeFileSync(options.pidfile, `${root.pid}`);
     } catch (err) {
       warnings.push(`cannot write pidfile ${options.pidfile}: ${(err as Error).message}`);
     }
   }
   const t4 = performance.now();
-  return { pid: set.pid, warnings, pagesBytes, timings: { read: t1 - t0, create: t2 - t1, memory: t3 - t2, state: t4 - t3 } };
+  return {
+    pid: root.pid, pids: tree.tasks.map((t) => t.pid), warnings, pagesBytes,
+    timings: { read: t1 - t0, create: t2 - t1, memory: t3 - t2, state: t4 - t3 },
+  };
 }
 
 /** Waits (without blocking the event loop) for our child `pid` to end. */
