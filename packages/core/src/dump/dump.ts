@@ -251,6 +251,9 @@ export function dumpSync(options: DumpOptions): DumpResult {
       [...data].map(([pipeId, c]) => ({ message: { pipe_id: pipeId, bytes: c.bytes.length, size: c.size }, payload: { type: 'bytes' as const, bytes: c.bytes } }));
     if (files.pipeData.size > 0) dir.writeImage('pipes-data.img', pipeDataEntries(files.pipeData));
     if (files.fifoData.size > 0) dir.writeImage('fifo-data.img', pipeDataEntries(files.fifoData));
+    if (files.socketQueues.length > 0) {
+      dir.writeImage('sk-queues.img', files.socketQueues.map((q) => ({ message: { id_for: q.idFor, length: q.bytes.length }, payload: { type: 'bytes' as const, bytes: q.bytes } })));
+    }
     dir.writeImage('pstree.img', [{ pid, ppid: 0, pgid, sid, threads: threads.map((t) => t.tid) }]);
     dir.writeImage('seccomp.img', [{}]);
     const frozenTime = Math.round((performance.now() - frozenAt) * 1000);
