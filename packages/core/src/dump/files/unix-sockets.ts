@@ -22,7 +22,9 @@ import { readFileSync, statSync } from 'node:fs';
 import { close, getsockopt, MSG, pidfdGetfd, pidfdOpen, recvmsg, SO, SOL_SOCKET, setsockopt, unixDiagDump, isSysError, type Fd, type Pid, type UnixDiagSocket } from '@criu-ts/sys';
 import type { DecodedMessage } from '@criu-ts/images';
 
+const TCP_ESTABLISHED = 1;
 const TCP_LISTEN = 10;
+const SOCK_DGRAM = 2;
 const SCM_CREDENTIALS = 2;
 /** ids-N.img numbers the task's namespaces in CRIU's order (dump.ts): net is the second. */
 const NET_NS_ID = 2;
@@ -101,11 +103,18 @@ export class UnixSocketDumper {
       refuse(`listening socket with ${sk.rqlen!.rqueue} connection(s) not accepted yet (in-flight connections are not supported yet)`);
     }
     const peer = sk.peer ?? 0;
-    if (peer !== 0 && !this.taskSockets.has(peer)) {
-      const listener = [...(this.diag?.values() ?? [])].find((l) => l.icons?.includes(peer));
-      if (listener && this.taskSockets.has(listener.ino)) {
-        refuse(`connected to a connection that listening socket:[${listener.ino}] has not accepted yet (in-flight connections are not supported yet)`);
+    if (peer === 0 && sk.state === TCP_ESTABLISHED && sk.type !== SOCK_DGRAM) {
+      // A connected stream socket whose peer has no inode: the peer is a connection still in a
+      // listener's accept queue (sock_diag lists the connecting sockets of those as the
+      // listener's ICONS), or a socket that was closed.
+      const listener = [...this.diag!.values()].find((l) => l.icons?.includes(ino));
+      if (listener) {
+        const where = this.taskSockets.has(listener.ino) ? 'of this process' : 'outside the dumped process';
+        refuse(`its connection waits in the accept queue of listening socket:[${listener.ino}] ${where} (connections not accepted yet are not supported)`);
       }
+      refuse('connected to a peer that was closed (a connection whose other end is gone is not supported yet)');
+    }
+    if (peer !== 0 && !this.taskSockets.has(peer)) {
       refuse(`its peer socket:[${peer}] is outside the dumped process (external unix sockets, criu's --ext-unix-sk, are not supported)`);
     }
 
