@@ -15,7 +15,8 @@
  * line, which the program accepts and reads; a connection accepted from the path listener, with
  * data queued both ways; a stream pair whose one end shut down writing after sending bytes; a
  * dgram socket bound to WORK_DIR/dgram.sock with a datagram queued from a dgram socket connected
- * to it; a socket with SO_PASSCRED on and an empty queue.
+ * to it; a socket with SO_PASSCRED on and an empty queue; a seqpacket listener bound to the
+ * abstract name "\0criu-ts-unix-keeper-waiting-<pid>" with a connection it has not accepted yet.
  * With "external PATH", one more socket is connected to the listener at PATH (owned by the test):
  * a peer outside the process, which dump must refuse.
  */
@@ -176,6 +177,18 @@ int main(int argc, char **argv)
 	MUST(connect(dgram_client, (struct sockaddr *)&addr, len));
 	MUST(send(dgram_client, "to the named one", 16, 0));
 
+	memset(&addr, 0, sizeof(addr));
+	addr.sun_family = AF_UNIX;
+	len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 +
+			  snprintf(addr.sun_path + 1, sizeof(addr.sun_path) - 1, "criu-ts-unix-keeper-waiting-%d", getpid()));
+	int waiting_listener = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK, 0);
+	MUST(waiting_listener);
+	MUST(bind(waiting_listener, (struct sockaddr *)&addr, len));
+	MUST(listen(waiting_listener, 2));
+	int waiting_client = socket(AF_UNIX, SOCK_SEQPACKET, 0);
+	MUST(waiting_client);
+	MUST(connect(waiting_client, (struct sockaddr *)&addr, len));
+
 	int passcred = socket(AF_UNIX, SOCK_DGRAM, 0);
 	int one = 1;
 	MUST(passcred);
@@ -265,6 +278,11 @@ int main(int argc, char **argv)
 	getsockopt(passcred, SOL_SOCKET, SO_PASSCRED, &cred, &optlen);
 	CHECK(cred == 1, "SO_PASSCRED kept");
 	(void)external;
+
+	int waiting = accept4(waiting_listener, NULL, NULL, SOCK_NONBLOCK);
+	CHECK(waiting >= 0, "the connection not accepted yet is accepted now");
+	CHECK(send(waiting_client, "late record", 11, 0) == 11 && expect_message(waiting, "late record"), "and carries records");
+	CHECK(accept4(waiting_listener, NULL, NULL, SOCK_NONBLOCK) < 0 && errno == EAGAIN, "no other connection was waiting");
 
 	say("done %d\n", failures);
 	return failures;

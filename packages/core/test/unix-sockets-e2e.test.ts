@@ -83,13 +83,16 @@ describe('core: AF_UNIX sockets end to end', function () {
     keeper.dump({ leave: 'running' });
     const files = entries(join(keeper.images, 'files.img'));
     const sockets = files.filter((f) => f.type === 5).map((f) => f.usk);
-    expect(sockets.length).to.equal(15);
-    expect(sockets.map((s) => s.type).sort()).to.deep.equal([1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 5, 5]);
+    expect(sockets.length).to.equal(17);
+    expect(sockets.map((s) => s.type).sort()).to.deep.equal([1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 5, 5, 5, 5]);
+    // A connection not accepted yet has its listener as peer, as CRIU records it.
+    const waitingListener = sockets.find((s) => s.state === 10 && s.type === 5)!;
+    expect(sockets.filter((s) => s.peer === waitingListener.ino).length).to.equal(1);
     const pathListener = sockets.find((s) => s.state === 10 && s.name[0] !== 0)!;
     expect(Buffer.from(pathListener.name).toString()).to.equal(`${join(keeper.dir, 'listen.sock')}\0`); // sun_path with its NUL, as the kernel reports it
     expect(pathListener.backlog).to.equal(7);
     expect(pathListener.file_perms.mode & 0o170000).to.equal(0o140000);
-    const abstractListener = sockets.find((s) => s.state === 10 && s.name[0] === 0)!;
+    const abstractListener = sockets.find((s) => s.state === 10 && s.type === 1 && s.name[0] === 0)!;
     expect(Buffer.from(abstractListener.name).toString()).to.equal(`\0criu-ts-unix-keeper-${keeper.pid}`);
     expect(sockets.filter((s) => s.shutdown !== undefined).map((s) => s.shutdown).sort()).to.deep.equal([1, 2]);
     expect(sockets.some((s) => s.opts.so_rcvbuf === 200000)).to.equal(true);
@@ -123,7 +126,7 @@ describe('core: AF_UNIX sockets end to end', function () {
         expect(r.status, `crit decode ${name}: ${r.stderr}`).to.equal(0);
       }
     }
-    expect(readImageSet(keeper.images).fds.filter((f) => f.file.kind === 'unixsk').length).to.equal(15);
+    expect(readImageSet(keeper.images).fds.filter((f) => f.file.kind === 'unixsk').length).to.equal(17);
     // Peeking took nothing: the running program finds every message where it was.
     const { failures, checks } = checkWithClients(keeper);
     expect(failures).to.deep.equal([]);
@@ -205,6 +208,8 @@ describe('core: unix socket images that cannot be restored are refused before an
     expect(plans.get(3)!.how).to.equal('alone');
     expect(plans.get(4)!.how).to.equal('accepted');
     expect(plans.get(5)!.how).to.equal('client');
+    const waiting = readUnixSocket(6, usk(105, 102), [], 'fd 8', invalid);
+    expect(planUnixSockets([l, waiting], invalid).get(6)!.how).to.equal('waiting');
   });
 
   it('bad types, states and queued file descriptors', () => {

@@ -13,6 +13,7 @@
 //                                     listener's name and the listener accepts: the accepted end
 //                                     gets the listener's name, as it had (no socketpair can)
 //   listener                          socket + bind + listen(backlog)
+//   connection not accepted yet       socket (+ bind) + connect to its listener's name
 //   other (bound or not)              socket (+ bind); a dgram socket connected to a named socket
 //                                     connects to that name once every socket is bound
 // A path that exists where a socket is to be bound is removed first if it is a socket (the
@@ -104,6 +105,7 @@ type Plan =
   | { readonly how: 'pair'; readonly other: UnixSocketImage }
   | { readonly how: 'accepted'; readonly listener: UnixSocketImage; readonly client: UnixSocketImage }
   | { readonly how: 'client'; readonly listener: UnixSocketImage; readonly accepted: UnixSocketImage }
+  | { readonly how: 'waiting'; readonly listener: UnixSocketImage }
   | { readonly how: 'alone' };
 
 /** Checks that the sockets of one table fit together (peers present and consistent) and plans their creation. */
@@ -125,6 +127,12 @@ export function planUnixSockets(sockets: readonly UnixSocketImage[], invalid: In
     const peer = byIno.get(s.peer) ?? invalid(`${describe(s)}: its peer socket:[${s.peer}] is not in the image (external unix sockets are not supported)`, { peer: s.peer });
     if (peer.type !== s.type) invalid(`${describe(s)}: its peer ${describe(peer)} is of another type`);
     const mutual = peer.peer === s.ino;
+    if (!mutual && s.type !== SOCK_DGRAM && peer.state === TCP_LISTEN && s.state === TCP_ESTABLISHED) {
+      // A connection the listener had not accepted yet (CRIU records the listener as its peer).
+      if (!named(peer)) invalid(`${describe(s)}: waits to be accepted by the unnamed listening ${describe(peer)}: nothing to connect to again`);
+      plans.set(s.id, { how: 'waiting', listener: peer });
+      continue;
+    }
     if (!mutual) {
       if (s.type !== SOCK_DGRAM) invalid(`${describe(s)}: connected to ${describe(peer)}, which is connected elsewhere`);
       if (!named(peer)) invalid(`${describe(s)}: connected to the unnamed ${describe(peer)}, which is not connected back: nothing to connect to again`);
@@ -222,6 +230,17 @@ export function createUnixSockets(task: TaskFiles, sockets: readonly UnixSocketI
       fds.set(client.id, clientFd);
       fds.set(accepted.id, acceptedFd);
     }
+  }
+
+  // Connections not accepted yet: connected again, in image order (the accept queue's order).
+  for (const s of sockets) {
+    const plan = plans.get(s.id)!;
+    if (plan.how !== 'waiting') continue;
+    const fd = task.park(task.call(`socket for ${describe(s)}`, 'socket', AF_UNIX, s.type, 0));
+    if (named(s)) bind(s, fd);
+    const [addr] = task.put(sockaddr(plan.listener.name));
+    task.call(`connect of ${describe(s)} to ${describe(plan.listener)} (not accepted yet)`, 'connect', fd, addr!, 2 + plan.listener.name.length);
+    fds.set(s.id, fd);
   }
 
   // Dgram sockets connected to a named socket (not back): connect now that every name is bound.

@@ -14,10 +14,13 @@
 //     (stream). SO_PEEK_OFF is put back to what it was (-1: disabled) afterwards.
 // The task sees no change: nothing is read out of its sockets.
 //
+// A connection a listener of the process has not accepted yet is recorded as CRIU does: its
+// client's peer is the listener.
+//
 // Refused, naming the fd: a peer outside the dumped process (criu's --ext-unix-sk is not
-// implemented), file descriptors (SCM_RIGHTS) or credentials in flight, connections a listener
-// has not accepted yet, names relative to a directory, sockets sock_diag does not see (another
-// network namespace).
+// implemented), file descriptors (SCM_RIGHTS) or credentials in flight, data sent on a
+// connection not accepted yet, a connection whose peer was closed, names relative to a
+// directory, sockets sock_diag does not see (another network namespace).
 import { readFileSync, statSync } from 'node:fs';
 import { close, getsockopt, MSG, pidfdGetfd, pidfdOpen, recvmsg, SO, SOL_SOCKET, setsockopt, unixDiagDump, isSysError, type Fd, type Pid, type UnixDiagSocket } from '@criu-ts/sys';
 import type { DecodedMessage } from '@criu-ts/images';
@@ -99,20 +102,28 @@ export class UnixSocketDumper {
     const abstract = name.length > 0 && name[0] === 0;
     const path = name.length > 0 && !abstract ? name.toString('utf8').replace(/\0+$/, '') : undefined;
     if (path !== undefined && !path.startsWith('/')) refuse(`bound to the relative path "${path}" (names relative to a directory are not supported yet)`);
-    if (listening && (sk.rqlen?.rqueue ?? 0) > 0) {
-      refuse(`listening socket with ${sk.rqlen!.rqueue} connection(s) not accepted yet (in-flight connections are not supported yet)`);
+    if (listening) {
+      // Connections waiting to be accepted are restored by connecting their clients again,
+      // which needs the clients: they must be sockets of the process too.
+      const outside = (sk.icons ?? []).filter((client) => !this.taskSockets.has(client));
+      if (outside.length > 0 || (sk.rqlen?.rqueue ?? 0) > (sk.icons?.length ?? 0)) {
+        refuse(`listening socket with connection(s) from outside the dumped process not accepted yet (${outside.map((c) => `socket:[${c}]`).join(', ') || 'clients unknown'})`);
+      }
     }
-    const peer = sk.peer ?? 0;
+    let peer = sk.peer ?? 0;
     if (peer === 0 && sk.state === TCP_ESTABLISHED && sk.type !== SOCK_DGRAM) {
       // A connected stream socket whose peer has no inode: the peer is a connection still in a
       // listener's accept queue (sock_diag lists the connecting sockets of those as the
-      // listener's ICONS), or a socket that was closed.
+      // listener's ICONS), or a socket that was closed. CRIU records the listener as the peer of
+      // a connection not accepted yet; restore connects it to the listener again.
       const listener = [...this.diag!.values()].find((l) => l.icons?.includes(ino));
-      if (listener) {
-        const where = this.taskSockets.has(listener.ino) ? 'of this process' : 'outside the dumped process';
-        refuse(`its connection waits in the accept queue of listening socket:[${listener.ino}] ${where} (connections not accepted yet are not supported)`);
+      if (!listener) refuse('connected to a peer that was closed (a connection whose other end is gone is not supported yet)');
+      if (!this.taskSockets.has(listener!.ino)) {
+        refuse(`its connection waits in the accept queue of listening socket:[${listener!.ino}] outside the dumped process (external unix sockets, criu's --ext-unix-sk, are not supported)`);
       }
-      refuse('connected to a peer that was closed (a connection whose other end is gone is not supported yet)');
+      // What it sent waits in a socket no fd reaches (the accepted end to be), so it cannot be read.
+      if ((sk.rqlen?.wqueue ?? 0) > 0) refuse(`its connection is not accepted yet and holds ${sk.rqlen!.wqueue} bytes of sent data (data on connections not accepted yet is not supported)`);
+      peer = listener!.ino;
     }
     if (peer !== 0 && !this.taskSockets.has(peer)) {
       refuse(`its peer socket:[${peer}] is outside the dumped process (external unix sockets, criu's --ext-unix-sk, are not supported)`);
