@@ -16,7 +16,8 @@
  * data queued both ways; a stream pair whose one end shut down writing after sending bytes; a
  * dgram socket bound to WORK_DIR/dgram.sock with a datagram queued from a dgram socket connected
  * to it; a socket with SO_PASSCRED on and an empty queue; a seqpacket listener bound to the
- * abstract name "\0criu-ts-unix-keeper-waiting-<pid>" with a connection it has not accepted yet.
+ * abstract name "\0criu-ts-unix-keeper-waiting-<pid>" with a connection it has not accepted yet;
+ * a dgram socket bound to WORK_DIR/gone.sock whose file was then removed.
  * With "external PATH", one more socket is connected to the listener at PATH (owned by the test):
  * a peer outside the process, which dump must refuse.
  */
@@ -189,6 +190,12 @@ int main(int argc, char **argv)
 	MUST(waiting_client);
 	MUST(connect(waiting_client, (struct sockaddr *)&addr, len));
 
+	len = path_addr(&addr, dir, "gone.sock");
+	int gone = socket(AF_UNIX, SOCK_DGRAM, 0);
+	MUST(gone);
+	MUST(bind(gone, (struct sockaddr *)&addr, len));
+	MUST(unlink(addr.sun_path));
+
 	int passcred = socket(AF_UNIX, SOCK_DGRAM, 0);
 	int one = 1;
 	MUST(passcred);
@@ -278,6 +285,11 @@ int main(int argc, char **argv)
 	getsockopt(passcred, SOL_SOCKET, SO_PASSCRED, &cred, &optlen);
 	CHECK(cred == 1, "SO_PASSCRED kept");
 	(void)external;
+
+	name_len = sizeof(name);
+	struct stat st;
+	CHECK(getsockname(gone, (struct sockaddr *)&name, &name_len) == 0 && strstr(name.sun_path, "gone.sock") != NULL &&
+	      stat(name.sun_path, &st) < 0 && errno == ENOENT, "socket whose file was removed keeps its name, and the file stays removed");
 
 	int waiting = accept4(waiting_listener, NULL, NULL, SOCK_NONBLOCK);
 	CHECK(waiting >= 0, "the connection not accepted yet is accepted now");

@@ -6,8 +6,9 @@
 // them, byte-identical re-encoding) and that dump refuses a peer outside the process.
 import { expect } from 'chai';
 import { spawnSync } from 'node:child_process';
-import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
-import { join } from 'node:path';
+import { existsSync, readdirSync, readFileSync, readlinkSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { dumpSync, DumpError, restoreSync } from '@criu-ts/core';
 import { AF_UNIX, bind, close, connect, listen, sendmsg, SOCK, sockaddrUn, socket, type Fd } from '@criu-ts/sys';
 import { ImageReader, imageFromCritJson, imageToCritJson } from '@criu-ts/images';
@@ -83,8 +84,8 @@ describe('core: AF_UNIX sockets end to end', function () {
     keeper.dump({ leave: 'running' });
     const files = entries(join(keeper.images, 'files.img'));
     const sockets = files.filter((f) => f.type === 5).map((f) => f.usk);
-    expect(sockets.length).to.equal(17);
-    expect(sockets.map((s) => s.type).sort()).to.deep.equal([1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 5, 5, 5, 5]);
+    expect(sockets.length).to.equal(18);
+    expect(sockets.map((s) => s.type).sort()).to.deep.equal([1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 5, 5, 5, 5]);
     // A connection not accepted yet has its listener as peer, as CRIU records it.
     const waitingListener = sockets.find((s) => s.state === 10 && s.type === 5)!;
     expect(sockets.filter((s) => s.peer === waitingListener.ino).length).to.equal(1);
@@ -96,6 +97,8 @@ describe('core: AF_UNIX sockets end to end', function () {
     expect(Buffer.from(abstractListener.name).toString()).to.equal(`\0criu-ts-unix-keeper-${keeper.pid}`);
     expect(sockets.filter((s) => s.shutdown !== undefined).map((s) => s.shutdown).sort()).to.deep.equal([1, 2]);
     expect(sockets.some((s) => s.opts.so_rcvbuf === 200000)).to.equal(true);
+    const gone = sockets.filter((s) => s.deleted === true);
+    expect(gone.map((s) => Buffer.from(s.name).toString())).to.deep.equal([`${join(keeper.dir, 'gone.sock')}\0`]);
     expect(sockets.some((s) => s.opts.so_passcred === true)).to.equal(true);
     for (const s of sockets.filter((x) => x.peer !== 0)) expect(sockets.map((x) => x.ino), `peer of ${s.ino}`).to.include(s.peer);
     expect(sockets.every((s) => s.ns_id === 2 && (s.flags === 2 || s.flags === 0o4002))).to.equal(true);
@@ -126,7 +129,7 @@ describe('core: AF_UNIX sockets end to end', function () {
         expect(r.status, `crit decode ${name}: ${r.stderr}`).to.equal(0);
       }
     }
-    expect(readImageSet(keeper.images).fds.filter((f) => f.file.kind === 'unixsk').length).to.equal(17);
+    expect(readImageSet(keeper.images).fds.filter((f) => f.file.kind === 'unixsk').length).to.equal(18);
     // Peeking took nothing: the running program finds every message where it was.
     const { failures, checks } = checkWithClients(keeper);
     expect(failures).to.deep.equal([]);
@@ -218,5 +221,44 @@ describe('core: unix socket images that cannot be restored are refused before an
     expect(() => readUnixSocket(1, usk(1, 0, { uflags: 1 }), [], 'fd 3', invalid)).to.throw(/external/);
     expect(() => readSocketQueues([{ message: { id_for: 1, length: 1, scm: [{ type: 1, rights: [3] }] }, bytes: new Uint8Array(1) }], invalid)).to.throw(/ancillary/);
     expect(() => readSocketQueues([{ message: { id_for: 1, length: 5 }, bytes: new Uint8Array(1) }], invalid)).to.throw(/length 5/);
+  });
+});
+
+describe("core: CRIU 4.2's own unix socket images pass restore's checks", () => {
+  const fixtures = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..', '..', '..', 'shared', 'criu-images');
+  const invalid = (message: string): never => {
+    throw new Error(message);
+  };
+  const socketsOf = (dir: string) => {
+    const queuesPath = join(fixtures, dir, 'sk-queues.img');
+    const queues = existsSync(queuesPath)
+      ? readSocketQueues([...(function* () {
+          const reader = ImageReader.open(queuesPath);
+          try {
+            for (const e of reader.entries()) yield { message: e.message as Record<string, any>, bytes: (e.payload as { bytes?: Uint8Array } | undefined)?.bytes ?? new Uint8Array(0) };
+          } finally {
+            reader.close();
+          }
+        })()], invalid)
+      : new Map<number, Uint8Array[]>();
+    return entries(join(fixtures, dir, 'files.img'))
+      .filter((f) => f.type === 5)
+      .map((f) => readUnixSocket(f.id, f.usk, queues.get(f.id) ?? [], `files.img id ${f.id}`, invalid));
+  };
+  before(function () {
+    if (!existsSync(fixtures)) this.skip(); // stated reason: the CRIU 4.2 fixtures (../shared/criu-images) are not beside this checkout
+  });
+
+  it('sockets00: a listener, a connection it has not accepted yet, an accepted connection', () => {
+    const plans = planUnixSockets(socketsOf('sockets00'), invalid);
+    expect(Object.fromEntries([...plans].map(([id, p]) => [id, p.how]))).to.deep.equal({ 8: 'alone', 9: 'waiting', 10: 'client', 11: 'accepted' });
+  });
+
+  it('sockets01: stream and dgram pairs with shutdown states and a queued datagram', () => {
+    const sockets = socketsOf('sockets01');
+    const plans = planUnixSockets(sockets, invalid);
+    expect([...plans.values()].every((p) => p.how === 'pair')).to.equal(true);
+    expect(sockets.find((s) => s.id === 17)!.queue.map((q) => Buffer.from(q).toString('latin1'))).to.deep.equal(['test-message\0']);
+    expect(sockets.map((s) => s.shutdown).filter(Boolean).sort()).to.deep.equal([1, 1, 2, 2, 3, 3, 3]);
   });
 });

@@ -17,7 +17,8 @@
 //   other (bound or not)              socket (+ bind); a dgram socket connected to a named socket
 //                                     connects to that name once every socket is bound
 // A path that exists where a socket is to be bound is removed first if it is a socket (the
-// stale file of the dumped socket, as CRIU does); anything else there is refused. A socket whose
+// stale file of the dumped socket, as CRIU does); anything else there, or anything at the path
+// of a socket whose file was already deleted at dump time, is refused. A socket whose
 // file was deleted at dump time is bound and its file removed again.
 //
 // Then, in this order: options (buffer sizes before data: the sender's SO_SNDBUF bounds what
@@ -192,7 +193,7 @@ export function createUnixSockets(task: TaskFiles, sockets: readonly UnixSocketI
 
   const bind = (s: UnixSocketImage, fd: number): void => {
     const path = pathOf(s);
-    if (path !== undefined) removeStaleSocketFile(path, describe(s));
+    if (path !== undefined) removeStaleSocketFile(path, describe(s), s.deleted);
     const [addr] = task.put(sockaddr(s.name));
     task.call(`bind of ${describe(s)}`, 'bind', fd, addr!, 2 + s.name.length);
     if (path !== undefined && s.filePerms && !s.deleted) {
@@ -321,13 +322,15 @@ function sysShutdown(fd: Fd, how: number, what: string): void {
 }
 
 /** A stale socket file where a socket is to be bound is removed; any other file there is refused. */
-function removeStaleSocketFile(path: string, what: string): void {
+function removeStaleSocketFile(path: string, what: string, deletedAtDump: boolean): void {
   let stats;
   try {
     stats = lstatSync(path);
   } catch {
     return;
   }
+  // The socket had no file at dump time, so whatever is there now belongs to someone else.
+  if (deletedAtDump) throw new Error(`${what}: its file was deleted at dump time and ${path} exists now; refusing to replace it`);
   if (!stats.isSocket()) throw new Error(`${what}: ${path} exists and is not a socket; refusing to replace it`);
   unlinkSync(path);
 }
