@@ -17,7 +17,8 @@
  * dgram socket bound to WORK_DIR/dgram.sock with a datagram queued from a dgram socket connected
  * to it; a socket with SO_PASSCRED on and an empty queue; a seqpacket listener bound to the
  * abstract name "\0criu-ts-unix-keeper-waiting-<pid>" with a connection it has not accepted yet;
- * a dgram socket bound to WORK_DIR/gone.sock whose file was then removed.
+ * a dgram socket bound to WORK_DIR/gone.sock whose file was then removed; a stream socket whose
+ * peer sent bytes and closed.
  * With "external PATH", one more socket is connected to the listener at PATH (owned by the test):
  * a peer outside the process, which dump must refuse.
  */
@@ -196,6 +197,11 @@ int main(int argc, char **argv)
 	MUST(bind(gone, (struct sockaddr *)&addr, len));
 	MUST(unlink(addr.sun_path));
 
+	int orphan[2];
+	MUST(socketpair(AF_UNIX, SOCK_STREAM, 0, orphan));
+	MUST(write(orphan[1], "parting words", 13));
+	close(orphan[1]);
+
 	int passcred = socket(AF_UNIX, SOCK_DGRAM, 0);
 	int one = 1;
 	MUST(passcred);
@@ -290,6 +296,11 @@ int main(int argc, char **argv)
 	struct stat st;
 	CHECK(getsockname(gone, (struct sockaddr *)&name, &name_len) == 0 && strstr(name.sun_path, "gone.sock") != NULL &&
 	      stat(name.sun_path, &st) < 0 && errno == ENOENT, "socket whose file was removed keeps its name, and the file stays removed");
+
+	n = drain(orphan[0], buf, sizeof(buf));
+	CHECK(n == 13 && memcmp(buf, "parting words", 13) == 0, "bytes from a peer that closed (%zd)", n);
+	CHECK(read(orphan[0], buf, sizeof(buf)) == 0, "then the end of the stream");
+	CHECK(send(orphan[0], "x", 1, MSG_NOSIGNAL) < 0 && errno == EPIPE, "and no one to write to");
 
 	int waiting = accept4(waiting_listener, NULL, NULL, SOCK_NONBLOCK);
 	CHECK(waiting >= 0, "the connection not accepted yet is accepted now");

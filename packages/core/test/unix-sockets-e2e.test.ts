@@ -84,8 +84,8 @@ describe('core: AF_UNIX sockets end to end', function () {
     keeper.dump({ leave: 'running' });
     const files = entries(join(keeper.images, 'files.img'));
     const sockets = files.filter((f) => f.type === 5).map((f) => f.usk);
-    expect(sockets.length).to.equal(18);
-    expect(sockets.map((s) => s.type).sort()).to.deep.equal([1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 5, 5, 5, 5]);
+    expect(sockets.length).to.equal(19);
+    expect(sockets.map((s) => s.type).sort()).to.deep.equal([1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 5, 5, 5, 5]);
     // A connection not accepted yet has its listener as peer, as CRIU records it.
     const waitingListener = sockets.find((s) => s.state === 10 && s.type === 5)!;
     expect(sockets.filter((s) => s.peer === waitingListener.ino).length).to.equal(1);
@@ -95,7 +95,8 @@ describe('core: AF_UNIX sockets end to end', function () {
     expect(pathListener.file_perms.mode & 0o170000).to.equal(0o140000);
     const abstractListener = sockets.find((s) => s.state === 10 && s.type === 1 && s.name[0] === 0)!;
     expect(Buffer.from(abstractListener.name).toString()).to.equal(`\0criu-ts-unix-keeper-${keeper.pid}`);
-    expect(sockets.filter((s) => s.shutdown !== undefined).map((s) => s.shutdown).sort()).to.deep.equal([1, 2]);
+    expect(sockets.filter((s) => s.shutdown !== undefined).map((s) => s.shutdown).sort()).to.deep.equal([1, 2, 3]); // half pair; the socket whose peer closed
+    expect(sockets.filter((s) => s.type === 1 && s.state === 1 && s.peer === 0).length, 'stream socket whose peer closed').to.equal(1);
     expect(sockets.some((s) => s.opts.so_rcvbuf === 200000)).to.equal(true);
     const gone = sockets.filter((s) => s.deleted === true);
     expect(gone.map((s) => Buffer.from(s.name).toString())).to.deep.equal([`${join(keeper.dir, 'gone.sock')}\0`]);
@@ -117,6 +118,7 @@ describe('core: AF_UNIX sockets end to end', function () {
     expect(messages).to.deep.include(['record A', 'record BB']);
     expect(messages).to.deep.include(['last words']);
     expect(messages).to.deep.include(['to the named one']);
+    expect(messages).to.deep.include(['parting words']);
 
     // Byte-identical through crit's JSON and back; Debian's crit (where installed: CI) reads them.
     const crit = !spawnSync('crit', ['-h']).error;
@@ -129,7 +131,7 @@ describe('core: AF_UNIX sockets end to end', function () {
         expect(r.status, `crit decode ${name}: ${r.stderr}`).to.equal(0);
       }
     }
-    expect(readImageSet(keeper.images).fds.filter((f) => f.file.kind === 'unixsk').length).to.equal(18);
+    expect(readImageSet(keeper.images).fds.filter((f) => f.file.kind === 'unixsk').length).to.equal(19);
     // Peeking took nothing: the running program finds every message where it was.
     const { failures, checks } = checkWithClients(keeper);
     expect(failures).to.deep.equal([]);

@@ -14,6 +14,9 @@
 //                                     gets the listener's name, as it had (no socketpair can)
 //   listener                          socket + bind + listen(backlog)
 //   connection not accepted yet       socket (+ bind) + connect to its listener's name
+//   connection whose peer was closed  socketpair(); the other end sends what was queued, then is
+//                                     closed (the kernel then marks the socket shut down both
+//                                     ways, as it was)
 //   other (bound or not)              socket (+ bind); a dgram socket connected to a named socket
 //                                     connects to that name once every socket is bound
 // A path that exists where a socket is to be bound is removed first if it is a socket (the
@@ -107,6 +110,7 @@ type Plan =
   | { readonly how: 'accepted'; readonly listener: UnixSocketImage; readonly client: UnixSocketImage }
   | { readonly how: 'client'; readonly listener: UnixSocketImage; readonly accepted: UnixSocketImage }
   | { readonly how: 'waiting'; readonly listener: UnixSocketImage }
+  | { readonly how: 'peer-closed' }
   | { readonly how: 'alone' };
 
 /** Checks that the sockets of one table fit together (peers present and consistent) and plans their creation. */
@@ -121,8 +125,8 @@ export function planUnixSockets(sockets: readonly UnixSocketImage[], invalid: In
   for (const s of sockets) {
     if (plans.has(s.id)) continue;
     if (s.peer === 0) {
-      if (s.state === TCP_ESTABLISHED && s.type !== SOCK_DGRAM) invalid(`${describe(s)}: connected, but with no peer in the image`);
-      plans.set(s.id, { how: 'alone' });
+      // A connected stream socket with no peer: its peer was closed.
+      plans.set(s.id, s.state === TCP_ESTABLISHED && s.type !== SOCK_DGRAM ? { how: 'peer-closed' } : { how: 'alone' });
       continue;
     }
     const peer = byIno.get(s.peer) ?? invalid(`${describe(s)}: its peer socket:[${s.peer}] is not in the image (external unix sockets are not supported)`, { peer: s.peer });
@@ -170,7 +174,7 @@ export function planUnixSockets(sockets: readonly UnixSocketImage[], invalid: In
 /** What the restorer needs from FileCreator: remote calls in the task and fd parking. */
 export interface TaskFiles {
   readonly pid: number;
-  call(what: string, name: 'socket' | 'socketpair' | 'bind' | 'listen' | 'connect' | 'accept4', ...args: Array<number | bigint>): number;
+  call(what: string, name: 'socket' | 'socketpair' | 'bind' | 'listen' | 'connect' | 'accept4' | 'close', ...args: Array<number | bigint>): number;
   /** Copies bytes into the task's scratch space and returns their remote addresses. */
   put(...parts: Uint8Array[]): bigint[];
   /** Reads bytes back from the task. */
@@ -189,6 +193,8 @@ function sockaddr(name: Buffer): Buffer {
 /** Creates every unix socket of a table in the task; returns the parked fd of each, by file id. */
 export function createUnixSockets(task: TaskFiles, sockets: readonly UnixSocketImage[], plans: ReadonlyMap<number, Plan>): Map<number, number> {
   const fds = new Map<number, number>();
+  /** The stand-in peers of sockets whose peer was closed, by the socket's file id (closed once the queue is in). */
+  const closedPeers = new Map<number, number>();
   const byIno = new Map(sockets.map((s) => [s.ino, s]));
 
   const bind = (s: UnixSocketImage, fd: number): void => {
@@ -213,7 +219,14 @@ export function createUnixSockets(task: TaskFiles, sockets: readonly UnixSocketI
   for (const s of sockets) {
     const plan = plans.get(s.id)!;
     if (fds.has(s.id)) continue;
-    if (plan.how === 'pair') {
+    if (plan.how === 'peer-closed') {
+      const [sv] = task.put(Buffer.alloc(8));
+      task.call(`socketpair for ${describe(s)}`, 'socketpair', AF_UNIX, s.type, 0, sv!);
+      const got = task.read(sv!, 8);
+      fds.set(s.id, task.park(got.readInt32LE(0)));
+      closedPeers.set(s.id, task.park(got.readInt32LE(4)));
+      if (named(s)) bind(s, fds.get(s.id)!);
+    } else if (plan.how === 'pair') {
       const [sv] = task.put(Buffer.alloc(8));
       task.call(`socketpair for ${describe(s)} and ${describe(plan.other)}`, 'socketpair', AF_UNIX, s.type, 0, sv!);
       const got = task.read(sv!, 8);
@@ -266,7 +279,12 @@ export function createUnixSockets(task: TaskFiles, sockets: readonly UnixSocketI
       if (s.queue.length === 0) continue;
       const peer = s.peer !== 0 ? byIno.get(s.peer) : undefined;
       let send: (bytes: Uint8Array) => number;
-      if (peer && peer.peer === s.ino) {
+      const standIn = closedPeers.get(s.id);
+      if (standIn !== undefined) {
+        const from = pidfdGetfd(pidfd, standIn);
+        dups.set(-s.id, from); // closed with the other duplicates
+        send = (bytes) => sendmsg(from, bytes, [], MSG.DONTWAIT | MSG.NOSIGNAL);
+      } else if (peer && peer.peer === s.ino) {
         const from = dupOf(peer);
         send = (bytes) => sendmsg(from, bytes, [], MSG.DONTWAIT | MSG.NOSIGNAL);
       } else {
@@ -296,6 +314,15 @@ export function createUnixSockets(task: TaskFiles, sockets: readonly UnixSocketI
         } while (done < message.byteLength);
       }
     }
+    // Our duplicates of the stand-ins first: the peer is only closed when its last fd is.
+    for (const s of sockets) {
+      const standIn = dups.get(-s.id);
+      if (standIn !== undefined) {
+        close(standIn);
+        dups.delete(-s.id);
+      }
+    }
+    for (const [id, fd] of closedPeers) task.call(`close of the stand-in peer of unix socket id ${id}`, 'close', fd);
     for (const s of sockets) {
       if (s.shutdown === 0) continue;
       // shutdown(2)'s `how` is the sk_shutdown bits minus one: SHUT_RD 0, SHUT_WR 1, SHUT_RDWR 2.

@@ -19,8 +19,8 @@
 //
 // Refused, naming the fd: a peer outside the dumped process (criu's --ext-unix-sk is not
 // implemented), file descriptors (SCM_RIGHTS) or credentials in flight, data sent on a
-// connection not accepted yet, a connection whose peer was closed, names relative to a
-// directory, sockets sock_diag does not see (another network namespace).
+// connection not accepted yet, names relative to a directory, sockets sock_diag does not see
+// (another network namespace).
 import { readFileSync, statSync } from 'node:fs';
 import { close, getsockopt, MSG, pidfdGetfd, pidfdOpen, recvmsg, SO, SOL_SOCKET, setsockopt, unixDiagDump, isSysError, type Fd, type Pid, type UnixDiagSocket } from '@criu-ts/sys';
 import type { DecodedMessage } from '@criu-ts/images';
@@ -117,13 +117,18 @@ export class UnixSocketDumper {
       // listener's ICONS), or a socket that was closed. CRIU records the listener as the peer of
       // a connection not accepted yet; restore connects it to the listener again.
       const listener = [...this.diag!.values()].find((l) => l.icons?.includes(ino));
-      if (!listener) refuse('connected to a peer that was closed (a connection whose other end is gone is not supported yet)');
-      if (!this.taskSockets.has(listener!.ino)) {
+      // Otherwise the peer was closed: peer 0, as CRIU records it; the socket still holds what
+      // the peer sent before closing, then reads the end of the stream.
+      if (!listener) {
+        /* peer stays 0 */
+      } else if (!this.taskSockets.has(listener.ino)) {
         refuse(`its connection waits in the accept queue of listening socket:[${listener!.ino}] outside the dumped process (external unix sockets, criu's --ext-unix-sk, are not supported)`);
       }
       // What it sent waits in a socket no fd reaches (the accepted end to be), so it cannot be read.
-      if ((sk.rqlen?.wqueue ?? 0) > 0) refuse(`its connection is not accepted yet and holds ${sk.rqlen!.wqueue} bytes of sent data (data on connections not accepted yet is not supported)`);
-      peer = listener!.ino;
+      else {
+        if ((sk.rqlen?.wqueue ?? 0) > 0) refuse(`its connection is not accepted yet and holds ${sk.rqlen!.wqueue} bytes of sent data (data on connections not accepted yet is not supported)`);
+        peer = listener.ino;
+      }
     }
     if (peer !== 0 && !this.taskSockets.has(peer)) {
       refuse(`its peer socket:[${peer}] is outside the dumped process (external unix sockets, criu's --ext-unix-sk, are not supported)`);
