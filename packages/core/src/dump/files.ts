@@ -59,6 +59,7 @@ export class FileTable {
   /** Queued messages of unix sockets (sk-queues.img), oldest first per socket, by the receiving socket's file id. */
   readonly socketQueues: Array<{ idFor: number; bytes: Buffer }> = [];
   private unixSockets?: UnixSocketDumper;
+  private unixInodes?: Set<number>;
 
   constructor(private readonly ghostLimit: number) {}
 
@@ -144,7 +145,9 @@ export class FileTable {
     }
     const socketIno = socketInode(target);
     if (socketIno !== undefined) {
-      if (!unixSocketInodes(pid).has(socketIno)) throw new UnsupportedFileError(fd, target, 'socket (not AF_UNIX)');
+      // Read once per dump (the task is frozen; a socket it had is not one it makes meanwhile).
+      this.unixInodes ??= unixSocketInodes(pid);
+      if (!this.unixInodes.has(socketIno)) throw new UnsupportedFileError(fd, target, 'socket (not AF_UNIX)');
       this.unixSockets ??= new UnixSocketDumper(pid, new Set(taskFds.map((n) => socketInodeOf(pid, n)).filter((n): n is number => n !== undefined)));
       const socket = this.unixSockets.dump(fd, socketIno, flags);
       const slot = add(FD_TYPE.UNIXSK, 'usk', socket.entry);
