@@ -13,6 +13,7 @@ export * from './wait.js';
 export * from './memory.js';
 export * from './files.js';
 export * from './socket.js';
+export * from './sock-diag.js';
 export * from './process.js';
 export { STRUCTS } from './layouts.js';
 /** TCP repair socket calls for @criu-ts/soccr, as a namespace so short names (bind, send) do not clash. */

@@ -8,7 +8,12 @@ export const AF_INET = 2;
 export const AF_INET6 = 10;
 export const SOCK = { STREAM: 1, DGRAM: 2, RAW: 3, SEQPACKET: 5, NONBLOCK: 0o4000, CLOEXEC: 0o2000000 } as const;
 export const SOL_SOCKET = 1;
-export const SO = { TYPE: 3, ERROR: 4, SNDBUF: 7, RCVBUF: 8, RCVTIMEO: 20, SNDTIMEO: 21, PEERCRED: 17 } as const;
+export const SO = {
+  REUSEADDR: 2, TYPE: 3, ERROR: 4, DONTROUTE: 5, BROADCAST: 6, SNDBUF: 7, RCVBUF: 8, KEEPALIVE: 9, OOBINLINE: 10,
+  NO_CHECK: 11, PRIORITY: 12, LINGER: 13, REUSEPORT: 15, PASSCRED: 16, PEERCRED: 17, RCVLOWAT: 18, RCVTIMEO: 20,
+  SNDTIMEO: 21, BINDTODEVICE: 25, SNDBUFFORCE: 32, RCVBUFFORCE: 33, PASSSEC: 34, MARK: 36, DOMAIN: 39, PEEK_OFF: 42,
+  BUF_LOCK: 72,
+} as const;
 export const SCM_RIGHTS = 1;
 export const MSG = { PEEK: 2, TRUNC: 0x20, DONTWAIT: 0x40, WAITALL: 0x100, NOSIGNAL: 0x4000, CMSG_CLOEXEC: 0x4000_0000 } as const;
 export const SHUT = { RD: 0, WR: 1, RDWR: 2 } as const;
@@ -113,6 +118,11 @@ function msghdr(data: Uint8Array, control: Uint8Array | null): { hdr: Buffer; io
   return { hdr, iov };
 }
 
+/** sendto(fd, data, flags, addr, addrlen): a datagram to `addr` (a sockaddr such as sockaddrUn's). Returns bytes sent. */
+export function sendto(fd: Fd, data: Uint8Array, addr: Uint8Array, flags: number = MSG.NOSIGNAL): number {
+  return sysCallNumber('sendto', N.sendto, [fd, data, data.byteLength, flags, addr, addr.byteLength], `fd ${fd}`);
+}
+
 /** CMSG_SPACE for `n` fds: header plus the int array rounded up to 8 bytes. */
 function cmsgSpace(nfds: number): number {
   return CMSGHDR_SIZE + Math.ceil((nfds * 4) / 8) * 8;
@@ -139,22 +149,24 @@ export function sendmsg(fd: Fd, data: Uint8Array, fds: readonly Fd[] = [], flags
 }
 
 /** recvmsg(fd) into `data`; returns the byte count and any fds received with SCM_RIGHTS (close-on-exec). */
-export function recvmsg(fd: Fd, data: Uint8Array, maxFds = 16, flags = 0): { bytes: number; fds: Fd[]; truncated: boolean } {
+export function recvmsg(fd: Fd, data: Uint8Array, maxFds = 16, flags = 0): { bytes: number; fds: Fd[]; truncated: boolean; controlTypes: number[] } {
   const control = Buffer.alloc(cmsgSpace(maxFds));
   const { hdr, iov } = msghdr(data, control);
   const bytes = sysCallNumber('recvmsg', N.recvmsg, [fd, hdr, flags | MSG.CMSG_CLOEXEC], `fd ${fd}`);
   void iov;
   const fds: Fd[] = [];
+  const controlTypes: number[] = [];
   const controlLen = Number(hdr.readBigUInt64LE(40));
   let off = 0;
   while (off + CMSGHDR_SIZE <= controlLen) {
     const len = Number(control.readBigUInt64LE(off));
     if (len < CMSGHDR_SIZE) break;
+    controlTypes.push(control.readInt32LE(off + 12));
     if (control.readInt32LE(off + 8) === SOL_SOCKET && control.readInt32LE(off + 12) === SCM_RIGHTS) {
       for (let p = off + CMSGHDR_SIZE; p + 4 <= off + len; p += 4) fds.push(asFd(control.readInt32LE(p)));
     }
     off += Math.ceil(len / 8) * 8;
   }
   const msgFlags = hdr.readInt32LE(48);
-  return { bytes, fds, truncated: (msgFlags & 0x28) !== 0 /* MSG_TRUNC | MSG_CTRUNC */ };
+  return { bytes, fds, truncated: (msgFlags & 0x28) !== 0 /* MSG_TRUNC | MSG_CTRUNC */, controlTypes };
 }

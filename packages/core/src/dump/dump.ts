@@ -345,6 +345,9 @@ export function dumpSync(options: DumpOptions): DumpResult {
     if (files.pipeData.size > 0) dir.writeImage('pipes-data.img', pipeDataEntries(files.pipeData));
     if (files.fifoData.size > 0) dir.writeImage('fifo-data.img', pipeDataEntries(files.fifoData));
     if (files.ttyInfos.length > 0) dir.writeImage('tty-info.img', files.ttyInfos);
+    if (files.socketQueues.length > 0) {
+      dir.writeImage('sk-queues.img', files.socketQueues.map((q) => ({ message: { id_for: q.idFor, length: q.bytes.length }, payload: { type: 'bytes' as const, bytes: q.bytes } })));
+    }
     const liveByPid = new Map(live.map((t) => [t.task.pid as number, t]));
     dir.writeImage('pstree.img', tree.map((task) => ({
       pid: task.pid, ppid: task.ppid, pgid: task.pgid, sid: task.sid,

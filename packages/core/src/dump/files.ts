@@ -6,14 +6,16 @@
 // path, with the open flags and position /proc/PID/fdinfo shows. A file that was unlinked while
 // open keeps its name with " (deleted)" stripped; its contents go to a ghost image so restore can
 // recreate it. Pipes and FIFOs (files/pipes.ts) and eventfd, epoll, signalfd and timerfd
-// (files/anon-inodes.ts) have entries of their own. Other kinds (sockets, inotify, io_uring...)
-// are refused up front with an error naming the fd and its kind.
+// (files/anon-inodes.ts) and AF_UNIX sockets with their queued messages (files/unix-sockets.ts)
+// have entries of their own. Other kinds (other socket families, inotify, io_uring...) are
+// refused up front with an error naming the fd and its kind.
 import { closeSync, fstatSync, openSync, readFileSync, readSync, readdirSync, readlinkSync, statSync, type Stats } from 'node:fs';
 import type { DecodedMessage } from '@criu-ts/images';
 import type { Pid } from '@criu-ts/sys';
 import { anonInodeKind, eventfdEntry, eventpollEntry, signalfdEntry, timerfdEntry } from './files/anon-inodes.js';
 import { pipeInode, readPipeContents, type PipeContents } from './files/pipes.js';
 import { terminalKind, ttyInfoEntry, TTY_TYPE } from './files/terminals.js';
+import { socketInode, UnixSocketDumper, unixSocketInodes } from './files/unix-sockets.js';
 
 /** fd_types values (fdinfo.proto). */
 export const FD_TYPE = {
@@ -55,6 +57,10 @@ export class FileTable {
   /** fd_types of every file id, for fds that share an earlier fd's file. */
   private readonly typeOf = new Map<number, number>();
   private nextGhostId = 1;
+  /** Queued messages of unix sockets (sk-queues.img), oldest first per socket, by the receiving socket's file id. */
+  readonly socketQueues: Array<{ idFor: number; bytes: Buffer }> = [];
+  private unixSockets?: UnixSocketDumper;
+  private unixInodes?: Set<number>;
 
   /** tty-info.img entries, one per terminal device (by st_rdev). */
   readonly ttyInfos: DecodedMessage[] = [];
@@ -146,7 +152,17 @@ export class FileTable {
           throw new UnsupportedFileError(fd, target, anon);
       }
     }
-    if (/^socket:\[\d+\]$/.test(target)) throw new UnsupportedFileError(fd, target, 'socket');
+    const socketIno = socketInode(target);
+    if (socketIno !== undefined) {
+      // Read once per dump (the task is frozen; a socket it had is not one it makes meanwhile).
+      this.unixInodes ??= unixSocketInodes(pid);
+      if (!this.unixInodes.has(socketIno)) throw new UnsupportedFileError(fd, target, 'socket (not AF_UNIX)');
+      this.unixSockets ??= new UnixSocketDumper(pid, new Set(taskFds.map((n) => socketInodeOf(pid, n)).filter((n): n is number => n !== undefined)));
+      const socket = this.unixSockets.dump(fd, socketIno, flags);
+      const slot = add(FD_TYPE.UNIXSK, 'usk', socket.entry);
+      for (const bytes of socket.queue) this.socketQueues.push({ idFor: Number(slot.id), bytes });
+      return slot;
+    }
 
     const stats = statSync(procFd);
     if (stats.isFIFO()) {
@@ -221,7 +237,7 @@ export class FileTable {
 const SUPPORTED_ANON_INODES = new Set(['eventfd', 'eventpoll', 'signalfd', 'timerfd']);
 
 /**
- * The first descriptor of `pid` of a kind dump cannot save (sockets, io_uring, userfaultfd,
+ * The first descriptor of `pid` of a kind dump cannot save (sockets other than AF_UNIX, io_uring, userfaultfd,
  * perf events, bpf objects, inotify, pidfds...), found from /proc alone: checked before the task
  * is frozen, so that refusing it costs the task nothing. The files stage checks again (an fd may
  * be opened in between).
@@ -233,6 +249,7 @@ export function findUnsupportedDescriptor(pid: number): UnsupportedFileError | u
   } catch {
     return undefined; // gone: the freeze reports it
   }
+  let unixInodes: Set<number> | undefined;
   for (const name of fds.sort((a, b) => Number(a) - Number(b))) {
     let target: string;
     try {
@@ -242,9 +259,21 @@ export function findUnsupportedDescriptor(pid: number): UnsupportedFileError | u
     }
     const anon = anonInodeKind(target);
     if (anon !== undefined && !SUPPORTED_ANON_INODES.has(anon)) return new UnsupportedFileError(Number(name), target, anon);
-    if (/^socket:\[\d+\]$/.test(target)) return new UnsupportedFileError(Number(name), target, 'socket');
+    const socketIno = socketInode(target);
+    if (socketIno !== undefined) {
+      unixInodes ??= unixSocketInodes(pid);
+      if (!unixInodes.has(socketIno)) return new UnsupportedFileError(Number(name), target, 'socket (not AF_UNIX)');
+    }
   }
   return undefined;
+}
+
+function socketInodeOf(pid: number, fd: number): number | undefined {
+  try {
+    return socketInode(readlinkSync(`/proc/${pid}/fd/${fd}`));
+  } catch {
+    return undefined;
+  }
 }
 
 /** Reads a ghost file's contents through the task's fd link. */

@@ -1,15 +1,17 @@
 // The fd table of a task (fdinfo-N.img) with the open files it points at (files.img and, for
-// pipes and FIFOs, their buffered bytes from pipes-data.img / fifo-data.img), checked and turned
+// pipes and FIFOs, their buffered bytes from pipes-data.img / fifo-data.img; for unix sockets,
+// their queued messages from sk-queues.img), checked and turned
 // into what restore needs to recreate each kind (see files.ts for how).
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { RestoreError } from './errors.js';
+import { planUnixSockets, readSocketQueues, readUnixSocket, type UnixSocketImage } from './unix-sockets.js';
 
 type Msg = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
 
 /** fd_types from fdinfo.proto. */
 export const FD_TYPE = {
-  REG: 1, PIPE: 2, FIFO: 3, EVENTFD: 6, EVENTPOLL: 7, SIGNALFD: 9, TTY: 11, TIMERFD: 17, MEMFD: 18,
+  REG: 1, PIPE: 2, FIFO: 3, UNIXSK: 5, EVENTFD: 6, EVENTPOLL: 7, SIGNALFD: 9, TTY: 11, TIMERFD: 17, MEMFD: 18,
 } as const;
 
 /** Bit 0 of an eventfd's flags: EFD_SEMAPHORE (criu-ts records it there; see dump/files/anon-inodes.ts). */
@@ -36,6 +38,7 @@ export type OpenFileImage<Reg> =
   | { readonly kind: 'eventfd'; readonly id: number; readonly flags: number; readonly counter: bigint; readonly semaphore: boolean }
   | { readonly kind: 'eventpoll'; readonly id: number; readonly flags: number; readonly targets: readonly EpollTarget[] }
   | { readonly kind: 'signalfd'; readonly id: number; readonly flags: number; readonly mask: bigint }
+  | { readonly kind: 'unixsk'; readonly id: number; readonly sk: UnixSocketImage }
   | {
       readonly kind: 'timerfd'; readonly id: number; readonly flags: number; readonly clockid: number; readonly ticks: bigint;
       readonly settimeFlags: number; readonly value: readonly [bigint, bigint]; readonly interval: readonly [bigint, bigint];
@@ -91,6 +94,7 @@ export function readFdTable<Reg>(input: FdTableInput<Reg>): FdSlot<Reg>[] {
   const { fdinfoName, files, pid } = input;
   const pipes = pipeDataOf(input, 'pipes-data.img');
   const fifos = pipeDataOf(input, 'fifo-data.img');
+  const socketQueues = existsSync(join(input.dir, 'sk-queues.img')) ? readSocketQueues(input.readEntries(input.dir, 'sk-queues.img'), invalid) : new Map<number, Uint8Array[]>();
   const slots: FdSlot<Reg>[] = [];
   const seen = new Set<number>();
   const byFile = new Map<number, OpenFileImage<Reg>>();
@@ -141,6 +145,9 @@ export function readFdTable<Reg>(input: FdTableInput<Reg>): FdSlot<Reg>[] {
         file = { kind: 'eventpoll', id, flags: Number(e.flags), targets };
         break;
       }
+      case FD_TYPE.UNIXSK:
+        file = { kind: 'unixsk', id, sk: readUnixSocket(id, member('usk'), socketQueues.get(id) ?? [], where, invalid) };
+        break;
       case FD_TYPE.SIGNALFD: {
         const e = member('sgfd');
         file = { kind: 'signalfd', id, flags: Number(e.flags), mask: BigInt(e.sigmask) };
@@ -179,6 +186,13 @@ export function readFdTable<Reg>(input: FdTableInput<Reg>): FdSlot<Reg>[] {
     slots.push({ fd, cloexec: (Number(e.flags) & 1) !== 0, type, fileId, file: fileOf(fileId, type, where) });
   }
 
+  // Queued messages belong to a socket the table has.
+  for (const idFor of socketQueues.keys()) {
+    if (byFile.get(idFor)?.kind !== 'unixsk') invalid(`sk-queues.img: messages for file id ${idFor}, which is no unix socket of ${fdinfoName}`, { idFor });
+  }
+  // Peers present and consistent (throws otherwise); restore plans again from the same images.
+  planUnixSockets(unixSocketsOf(slots), invalid);
+
   // Every epoll target must be an fd of the restored table: that is what gets registered.
   for (const slot of slots) {
     if (slot.file.kind !== 'eventpoll') continue;
@@ -187,4 +201,11 @@ export function readFdTable<Reg>(input: FdTableInput<Reg>): FdSlot<Reg>[] {
     }
   }
   return slots;
+}
+
+/** The unix sockets of a table, once each (fds sharing a socket share its file). */
+export function unixSocketsOf<Reg>(slots: readonly FdSlot<Reg>[]): UnixSocketImage[] {
+  const seen = new Map<number, UnixSocketImage>();
+  for (const slot of slots) if (slot.file.kind === 'unixsk' && !seen.has(slot.fileId)) seen.set(slot.fileId, slot.file.sk);
+  return [...seen.values()];
 }

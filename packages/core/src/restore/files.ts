@@ -12,6 +12,8 @@
 //   signalfd   signalfd4 with the dumped mask
 //   eventpoll  epoll_create1; its targets are added once every fd has its final number
 //   timerfd    timerfd_create; armed last, with the remaining time and pending ticks
+//   unixsk     every unix socket of the table at once (pairs, listeners and their accepted
+//              connections depend on each other): see unix-sockets.ts
 // Fds that shared one description at dump time (same files.img id, e.g. stdout and stderr on one
 // file) get one open and dups, so they share the offset again.
 //
@@ -22,7 +24,9 @@
 import { readdirSync, readlinkSync } from 'node:fs';
 import { close as closeLocal, F, fcntl, O, open as openLocal, write as writeLocal } from '@criu-ts/sys';
 import type { FdImage, ImageSet, RegFile } from './image-set.js';
-import type { OpenFileImage, PipeData } from './fd-images.js';
+import { unixSocketsOf, type OpenFileImage, type PipeData } from './fd-images.js';
+import { createUnixSockets, planUnixSockets } from './unix-sockets.js';
+import { RestoreError } from './errors.js';
 import { remote, remoteOpen } from './memory.js';
 import type { RestoreTask } from './remote-task.js';
 
@@ -64,6 +68,8 @@ class FileCreator {
   private readonly fifoHolders = new Map<number, number>();
   /** Parked fds that are not any dumped file: closed once everything is in place. */
   readonly extra: number[] = [];
+  /** Parked fds of the unix sockets, by file id (all made on the first one met). */
+  private unixSockets?: Map<number, number>;
   /** Work for after every fd has its final number. */
   readonly afterPlacement: Array<(finalFd: (fileId: number) => number) => void> = [];
 
@@ -72,6 +78,7 @@ class FileCreator {
     private readonly inherited: readonly number[],
     firstTemp: number,
     private readonly pathOf: (f: RegFile) => string,
+    private readonly allSlots: readonly FdImage[] = [],
   ) {
     this.nextTemp = firstTemp;
   }
@@ -166,6 +173,26 @@ class FileCreator {
         this.setStatusFlags(fd, file.flags, what);
         return fd;
       }
+      case 'unixsk': {
+        if (!this.unixSockets) {
+          const sockets = unixSocketsOf(this.allSlots);
+          const invalid = (message: string, evidence: Record<string, unknown> = {}): never => {
+            throw new RestoreError('validate', message, evidence);
+          };
+          this.unixSockets = createUnixSockets({
+            pid: this.task.pid,
+            call: (w, name, ...args) => this.call(w, name, ...args),
+            put: (...parts) => this.task.scratchPut(...parts),
+            read: (addr, length) => this.task.read(addr as never, length),
+            park: (fd) => this.park(fd),
+          }, sockets, planUnixSockets(sockets, invalid));
+          for (const s of sockets) {
+            const fd = this.unixSockets.get(s.id)!;
+            this.setStatusFlags(fd, s.flags, `unix socket id ${s.id}`);
+          }
+        }
+        return this.unixSockets.get(file.id)!;
+      }
       case 'signalfd': {
         const [mask] = this.task.scratchPut(u64(file.mask));
         const fd = this.park(this.call(`signalfd4 for ${what}`, 'signalfd4', -1, mask!, 8, 0));
@@ -223,7 +250,7 @@ class FileCreator {
 export function restoreFiles(task: RestoreTask, set: ImageSet, pathOf: (f: RegFile) => string = (f) => f.name): void {
   const pid = task.pid;
   const inherited = openFds(pid);
-  const creator = new FileCreator(task, inherited, Math.max(2, ...set.fds.map((f) => f.fd), ...inherited) + 1, pathOf);
+  const creator = new FileCreator(task, inherited, Math.max(2, ...set.fds.map((f) => f.fd), ...inherited) + 1, pathOf, set.fds);
   const temps = new Map<number, number>(); // file id -> parked fd (above every dumped one)
   for (const slot of set.fds) {
     if (!temps.has(slot.fileId)) temps.set(slot.fileId, creator.create(slot));

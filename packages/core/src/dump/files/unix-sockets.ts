@@ -1,0 +1,235 @@
+// AF_UNIX sockets: the unix_sk_entry CRIU writes for each (files.img, type UNIXSK) and the
+// messages waiting in its receive queue (sk-queues.img: sk_packet_entry + payload, by the id of
+// the socket whose queue holds them).
+//
+// What the socket is comes from NETLINK_SOCK_DIAG (one dump of every unix socket of the
+// namespace, see @criu-ts/sys sock-diag.ts): type, state, bound name, peer inode, shutdown bits,
+// queue lengths, pending connections of a listener. Socket options and queued data come from
+// the socket itself: criu-ts takes a duplicate of the task's fd with pidfd_getfd (the same open
+// file description, so the same socket) and
+//   - reads SOL_SOCKET options with getsockopt;
+//   - peeks every queued message without taking it out: SO_PEEK_OFF 0 makes each
+//     recvmsg(MSG_PEEK) start where the previous one ended (socket(7)), so successive peeks walk
+//     the queue; one peek returns one datagram/record (dgram, seqpacket) or a run of bytes
+//     (stream). SO_PEEK_OFF is put back to what it was (-1: disabled) afterwards.
+// The task sees no change: nothing is read out of its sockets.
+//
+// A connection a listener of the process has not accepted yet is recorded as CRIU does: its
+// client's peer is the listener.
+//
+// Refused, naming the fd: a peer outside the dumped process (criu's --ext-unix-sk is not
+// implemented), file descriptors (SCM_RIGHTS) or credentials in flight, data sent on a
+// connection not accepted yet, names relative to a directory, sockets sock_diag does not see
+// (another network namespace).
+import { readFileSync, statSync } from 'node:fs';
+import { close, getsockopt, MSG, pidfdGetfd, pidfdOpen, recvmsg, SO, SOL_SOCKET, setsockopt, unixDiagDump, isSysError, type Fd, type Pid, type UnixDiagSocket } from '@criu-ts/sys';
+import type { DecodedMessage } from '@criu-ts/images';
+
+const TCP_ESTABLISHED = 1;
+const TCP_LISTEN = 10;
+const SOCK_DGRAM = 2;
+const SCM_CREDENTIALS = 2;
+/** ids-N.img numbers the task's namespaces in CRIU's order (dump.ts): net is the second. */
+const NET_NS_ID = 2;
+/** Bigger than any datagram the kernel lets a unix socket queue (bounded by the sender's SO_SNDBUF, at most INT_MAX / 2 with SO_SNDBUFFORCE but never that in practice). */
+const PEEK_BUFFER_SIZE = 8 << 20;
+
+export class UnixSocketRefused extends Error {
+  constructor(
+    readonly fd: number,
+    readonly ino: number,
+    reason: string,
+  ) {
+    super(`fd ${fd} (socket:[${ino}]): ${reason}`);
+    this.name = 'UnixSocketRefused';
+  }
+}
+
+/** The socket inode in a /proc/PID/fd link such as `socket:[1234]`, or undefined. */
+export function socketInode(link: string): number | undefined {
+  const match = /^socket:\[(\d+)\]$/.exec(link);
+  return match ? Number(match[1]) : undefined;
+}
+
+/** Inodes of the AF_UNIX sockets of `pid`'s network namespace (/proc/PID/net/unix, unix(7)). */
+export function unixSocketInodes(pid: number): Set<number> {
+  const inodes = new Set<number>();
+  let text: string;
+  try {
+    text = readFileSync(`/proc/${pid}/net/unix`, 'utf8');
+  } catch {
+    return inodes;
+  }
+  // Num RefCount Protocol Flags Type St Inode [Path]
+  for (const line of text.split('\n').slice(1)) {
+    const cols = line.trim().split(/\s+/);
+    if (cols.length >= 7) inodes.add(Number(cols[6]));
+  }
+  return inodes;
+}
+
+export interface DumpedUnixSocket {
+  /** The usk member without id and fown (FileTable adds them). */
+  readonly entry: DecodedMessage;
+  /** Messages in the socket's receive queue, oldest first. */
+  readonly queue: readonly Buffer[];
+}
+
+/** The unix sockets of one dumped task. */
+export class UnixSocketDumper {
+  private diag?: Map<number, UnixDiagSocket>;
+  private peekBuffer?: Buffer;
+
+  /** `taskSockets`: every socket inode the task holds an fd of (a peer among them is dumped too). */
+  constructor(
+    private readonly pid: Pid,
+    private readonly taskSockets: ReadonlySet<number>,
+  ) {}
+
+  private lookup(ino: number): UnixDiagSocket | undefined {
+    this.diag ??= unixDiagDump();
+    return this.diag.get(ino);
+  }
+
+  /** The entry and queued messages of the socket behind fd `fd` (inode `ino`, file flags `flags`). */
+  dump(fd: number, ino: number, flags: number): DumpedUnixSocket {
+    const refuse = (reason: string): never => {
+      throw new UnixSocketRefused(fd, ino, reason);
+    };
+    const sk = this.lookup(ino) ?? refuse('sock_diag does not report this unix socket (in another network namespace?)');
+    const listening = sk.state === TCP_LISTEN;
+    const name = sk.name ?? Buffer.alloc(0);
+    const abstract = name.length > 0 && name[0] === 0;
+    const path = name.length > 0 && !abstract ? name.toString('utf8').replace(/\0+$/, '') : undefined;
+    if (path !== undefined && !path.startsWith('/')) refuse(`bound to the relative path "${path}" (names relative to a directory are not supported yet)`);
+    if (listening) {
+      // Connections waiting to be accepted are restored by connecting their clients again,
+      // which needs the clients: they must be sockets of the process too.
+      const outside = (sk.icons ?? []).filter((client) => !this.taskSockets.has(client));
+      if (outside.length > 0 || (sk.rqlen?.rqueue ?? 0) > (sk.icons?.length ?? 0)) {
+        refuse(`listening socket with connection(s) from outside the dumped process not accepted yet (${outside.map((c) => `socket:[${c}]`).join(', ') || 'clients unknown'})`);
+      }
+    }
+    let peer = sk.peer ?? 0;
+    if (peer === 0 && sk.state === TCP_ESTABLISHED && sk.type !== SOCK_DGRAM) {
+      // A connected stream socket whose peer has no inode: the peer is a connection still in a
+      // listener's accept queue (sock_diag lists the connecting sockets of those as the
+      // listener's ICONS), or a socket that was closed. CRIU records the listener as the peer of
+      // a connection not accepted yet; restore connects it to the listener again.
+      const listener = [...this.diag!.values()].find((l) => l.icons?.includes(ino));
+      // Otherwise the peer was closed: peer 0, as CRIU records it; the socket still holds what
+      // the peer sent before closing, then reads the end of the stream.
+      if (!listener) {
+        /* peer stays 0 */
+      } else if (!this.taskSockets.has(listener.ino)) {
+        refuse(`its connection waits in the accept queue of listening socket:[${listener!.ino}] outside the dumped process (external unix sockets, criu's --ext-unix-sk, are not supported)`);
+      }
+      // What it sent waits in a socket no fd reaches (the accepted end to be), so it cannot be read.
+      else {
+        if ((sk.rqlen?.wqueue ?? 0) > 0) refuse(`its connection is not accepted yet and holds ${sk.rqlen!.wqueue} bytes of sent data (data on connections not accepted yet is not supported)`);
+        peer = listener.ino;
+      }
+    }
+    if (peer !== 0 && !this.taskSockets.has(peer)) {
+      refuse(`its peer socket:[${peer}] is outside the dumped process (external unix sockets, criu's --ext-unix-sk, are not supported)`);
+    }
+
+    const pidfd = pidfdOpen(this.pid);
+    let sock: Fd | undefined;
+    try {
+      sock = pidfdGetfd(pidfd, fd);
+      const opts = socketOptions(sock);
+      const queue = listening ? [] : this.peekQueue(sock, refuse);
+      if (queue.length > 0 && opts.so_passcred) {
+        refuse(`${queue.length} queued message(s) carry the sender's credentials (SO_PASSCRED is on); credentials in flight are not supported`);
+      }
+      const entry: DecodedMessage = {
+        ino, type: sk.type, state: sk.state, flags, uflags: 0, backlog: sk.rqlen?.wqueue ?? 0, peer, opts, name,
+      };
+      if (sk.shutdown) entry.shutdown = sk.shutdown;
+      if (path !== undefined) {
+        let file: ReturnType<typeof statSync> | undefined;
+        try {
+          file = statSync(path);
+        } catch {
+          file = undefined;
+        }
+        // The bound file is gone, or the path now names another file: the socket keeps its name
+        // but has no file. Restore binds it and removes the file again.
+        if (!file || !file.isSocket() || (sk.vfs && file.ino !== sk.vfs.ino)) entry.deleted = true;
+        else entry.file_perms = { mode: file.mode, uid: file.uid, gid: file.gid };
+      }
+      entry.ns_id = NET_NS_ID;
+      return { entry, queue };
+    } finally {
+      if (sock !== undefined) close(sock);
+      close(pidfd);
+    }
+  }
+
+  /** Every message in the receive queue of `sock`, oldest first, left in place. */
+  private peekQueue(sock: Fd, refuse: (reason: string) => never): Buffer[] {
+    const saved = getsockopt(sock, SOL_SOCKET, SO.PEEK_OFF).readInt32LE(0);
+    const messages: Buffer[] = [];
+    this.peekBuffer ??= Buffer.allocUnsafe(PEEK_BUFFER_SIZE);
+    const buf = this.peekBuffer;
+    setsockopt(sock, SOL_SOCKET, SO.PEEK_OFF, 0);
+    try {
+      for (;;) {
+        let got: ReturnType<typeof recvmsg>;
+        try {
+          got = recvmsg(sock, buf, 16, MSG.PEEK | MSG.DONTWAIT);
+        } catch (error) {
+          if (isSysError(error, 'EAGAIN')) break; // the queue is walked
+          throw error;
+        }
+        if (got.fds.length > 0) {
+          for (const f of got.fds) close(f); // a peek installs the passed fds in our table
+          refuse(`a queued message carries ${got.fds.length} file descriptor(s) (SCM_RIGHTS); descriptors in flight are not supported`);
+        }
+        if (got.controlTypes.includes(SCM_CREDENTIALS)) refuse('a queued message carries credentials (SCM_CREDENTIALS); credentials in flight are not supported');
+        if (got.truncated) refuse(`a queued message is larger than ${buf.length} bytes`);
+        // 0: the end of a stream whose reading side is shut down. A zero-length datagram looks
+        // the same and ends the walk too (the kernel offers no way to tell them apart by peeking).
+        if (got.bytes === 0) break;
+        messages.push(Buffer.from(buf.subarray(0, got.bytes)));
+      }
+    } finally {
+      setsockopt(sock, SOL_SOCKET, SO.PEEK_OFF, saved);
+    }
+    return messages;
+  }
+}
+
+const int = (sock: Fd, name: number): number => getsockopt(sock, SOL_SOCKET, name).readInt32LE(0);
+
+function timeoutOf(sock: Fd, name: number): [bigint, bigint] {
+  const tv = getsockopt(sock, SOL_SOCKET, name, 16);
+  return [tv.readBigUInt64LE(0), tv.readBigUInt64LE(8)];
+}
+
+/** sk_opts_entry with the fields CRIU 4.2 writes for a unix socket, in its order. */
+export function socketOptions(sock: Fd): DecodedMessage {
+  const [sndSec, sndUsec] = timeoutOf(sock, SO.SNDTIMEO);
+  const [rcvSec, rcvUsec] = timeoutOf(sock, SO.RCVTIMEO);
+  const opts: DecodedMessage = {
+    so_sndbuf: int(sock, SO.SNDBUF) >>> 0,
+    so_rcvbuf: int(sock, SO.RCVBUF) >>> 0,
+    so_snd_tmo_sec: sndSec, so_snd_tmo_usec: sndUsec, so_rcv_tmo_sec: rcvSec, so_rcv_tmo_usec: rcvUsec,
+    reuseaddr: int(sock, SO.REUSEADDR) !== 0,
+    so_priority: int(sock, SO.PRIORITY) >>> 0,
+    so_rcvlowat: int(sock, SO.RCVLOWAT) >>> 0,
+  };
+  const mark = int(sock, SO.MARK) >>> 0;
+  if (mark !== 0) opts.so_mark = mark;
+  opts.so_passcred = int(sock, SO.PASSCRED) !== 0;
+  opts.so_passsec = int(sock, SO.PASSSEC) !== 0;
+  opts.so_dontroute = int(sock, SO.DONTROUTE) !== 0;
+  opts.so_no_check = int(sock, SO.NO_CHECK) !== 0;
+  opts.so_reuseport = int(sock, SO.REUSEPORT) !== 0;
+  opts.so_broadcast = int(sock, SO.BROADCAST) !== 0;
+  opts.so_keepalive = int(sock, SO.KEEPALIVE) !== 0;
+  opts.so_oobinline = int(sock, SO.OOBINLINE) >>> 0;
+  opts.so_buf_lock = int(sock, SO.BUF_LOCK) >>> 0;
+  return opts;
+}

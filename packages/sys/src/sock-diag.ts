@@ -1,0 +1,148 @@
+// NETLINK_SOCK_DIAG for AF_UNIX sockets (sock_diag(7), linux/unix_diag.h): what the kernel
+// knows of every unix socket of the caller's network namespace, keyed by inode: type, state,
+// bound name, the inode of the socket file it is bound to, its peer, queue lengths, pending
+// connections of a listener, shutdown state.
+//
+// One request, answered by a dump of nlmsghdr + unix_diag_msg + rtattr messages until
+// NLMSG_DONE:
+//
+//   request   nlmsghdr(len, SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST|NLM_F_DUMP, seq, 0)
+//             unix_diag_req { u8 family=AF_UNIX, u8 protocol=0, u16 pad, u32 states,
+//                             u32 ino, u32 show, u32 cookie[2] }                  (24 bytes)
+//   answer    nlmsghdr + unix_diag_msg { u8 family, u8 type, u8 state, u8 pad, u32 ino,
+//                                        u32 cookie[2] }                          (16 bytes)
+//             + rtattr { u16 len, u16 type } + payload, each padded to 4 bytes
+import { close, read } from './files.js';
+import { sendmsg, socket } from './socket.js';
+import { isSysError } from './errors.js';
+
+const AF_NETLINK = 16;
+const NETLINK_SOCK_DIAG = 4;
+const SOCK_RAW = 3;
+const SOCK_DIAG_BY_FAMILY = 20;
+const NLM_F_REQUEST = 1;
+const NLM_F_DUMP = 0x300;
+const NLMSG_ERROR = 2;
+const NLMSG_DONE = 3;
+const NLMSG_HDRLEN = 16;
+const AF_UNIX = 1;
+
+/** udiag_show bits (linux/unix_diag.h). */
+export const UDIAG_SHOW = { NAME: 0x01, VFS: 0x02, PEER: 0x04, ICONS: 0x08, RQLEN: 0x10, MEMINFO: 0x20, UID: 0x40 } as const;
+const UNIX_DIAG = { NAME: 0, VFS: 1, PEER: 2, ICONS: 3, RQLEN: 4, MEMINFO: 5, SHUTDOWN: 6, UID: 7 } as const;
+
+/** One unix socket as sock_diag reports it. */
+export interface UnixDiagSocket {
+  readonly ino: number;
+  /** SOCK_STREAM 1, SOCK_DGRAM 2, SOCK_SEQPACKET 5. */
+  readonly type: number;
+  /** TCP_ESTABLISHED 1, TCP_CLOSE 7, TCP_LISTEN 10 (the kernel reuses the TCP state numbers). */
+  readonly state: number;
+  /** sun_path as bound, without the family and with no NUL added or removed; undefined when unbound. */
+  readonly name?: Buffer;
+  /** The socket file a path-bound socket was bound to (kernel dev_t: major << 20 | minor). */
+  readonly vfs?: { readonly ino: number; readonly dev: number };
+  /** Inode of the peer (connected socket), absent when there is none. */
+  readonly peer?: number;
+  /** Inodes of the connections waiting in a listener's accept queue. */
+  readonly icons?: readonly number[];
+  /**
+   * For a listener: pending connections and the backlog (max_ack_backlog). Otherwise: bytes in
+   * the receive queue (stream: all of them; dgram: the first datagram) and bytes charged to the
+   * send side (sk_wmem_alloc).
+   */
+  readonly rqlen?: { readonly rqueue: number; readonly wqueue: number };
+  /** sk_shutdown bits: RCV_SHUTDOWN 1, SEND_SHUTDOWN 2. */
+  readonly shutdown?: number;
+  readonly uid?: number;
+}
+
+/**
+ * Every AF_UNIX socket of the caller's network namespace, by inode (one NLM_F_DUMP request).
+ * `show` selects the attributes (UDIAG_SHOW bits); all of them by default.
+ */
+export function unixDiagDump(show: number = 0x5f): Map<number, UnixDiagSocket> {
+  const nl = socket(AF_NETLINK, SOCK_RAW, NETLINK_SOCK_DIAG);
+  const sockets = new Map<number, UnixDiagSocket>();
+  try {
+    const request = Buffer.alloc(NLMSG_HDRLEN + 24);
+    request.writeUInt32LE(request.length, 0);
+    request.writeUInt16LE(SOCK_DIAG_BY_FAMILY, 4);
+    request.writeUInt16LE(NLM_F_REQUEST | NLM_F_DUMP, 6);
+    request.writeUInt32LE(1, 8); // seq
+    request.writeUInt8(AF_UNIX, NLMSG_HDRLEN);
+    request.writeUInt32LE(0xffffffff, NLMSG_HDRLEN + 4); // every state
+    request.writeUInt32LE(show, NLMSG_HDRLEN + 12);
+    request.writeUInt32LE(0xffffffff, NLMSG_HDRLEN + 16); // INET_DIAG_NOCOOKIE
+    request.writeUInt32LE(0xffffffff, NLMSG_HDRLEN + 20);
+    sendmsg(nl, request, [], 0);
+    // Netlink dumps come in datagrams of up to about a page each; 64 KiB never truncates one.
+    const buf = Buffer.alloc(64 << 10);
+    for (;;) {
+      let n: number;
+      try {
+        n = read(nl, buf);
+      } catch (error) {
+        if (isSysError(error, 'EINTR')) continue;
+        throw error;
+      }
+      for (let off = 0; off + NLMSG_HDRLEN <= n; ) {
+        const len = buf.readUInt32LE(off);
+        const type = buf.readUInt16LE(off + 4);
+        if (len < NLMSG_HDRLEN || off + len > n) throw new Error(`sock_diag: malformed netlink message (length ${len} at ${off} of ${n})`);
+        if (type === NLMSG_DONE) return sockets;
+        if (type === NLMSG_ERROR) {
+          const errno = -buf.readInt32LE(off + NLMSG_HDRLEN);
+          throw new Error(`sock_diag: the kernel answered the AF_UNIX dump with errno ${errno}`);
+        }
+        if (type === SOCK_DIAG_BY_FAMILY) {
+          const diag = parseUnixDiag(buf.subarray(off + NLMSG_HDRLEN, off + len));
+          sockets.set(diag.ino, diag);
+        }
+        off += (len + 3) & ~3;
+      }
+    }
+  } finally {
+    close(nl);
+  }
+}
+
+function parseUnixDiag(msg: Buffer): UnixDiagSocket {
+  const diag: {
+    -readonly [K in keyof UnixDiagSocket]: UnixDiagSocket[K];
+  } = { type: msg.readUInt8(1), state: msg.readUInt8(2), ino: msg.readUInt32LE(4) };
+  for (let off = 16; off + 4 <= msg.length; ) {
+    const len = msg.readUInt16LE(off);
+    const type = msg.readUInt16LE(off + 2);
+    if (len < 4 || off + len > msg.length) break;
+    const payload = msg.subarray(off + 4, off + len);
+    switch (type) {
+      case UNIX_DIAG.NAME:
+        diag.name = Buffer.from(payload);
+        break;
+      case UNIX_DIAG.VFS:
+        diag.vfs = { ino: payload.readUInt32LE(0), dev: payload.readUInt32LE(4) };
+        break;
+      case UNIX_DIAG.PEER:
+        diag.peer = payload.readUInt32LE(0);
+        break;
+      case UNIX_DIAG.ICONS: {
+        const icons: number[] = [];
+        for (let p = 0; p + 4 <= payload.length; p += 4) icons.push(payload.readUInt32LE(p));
+        diag.icons = icons;
+        break;
+      }
+      case UNIX_DIAG.RQLEN:
+        diag.rqlen = { rqueue: payload.readUInt32LE(0), wqueue: payload.readUInt32LE(4) };
+        break;
+      case UNIX_DIAG.SHUTDOWN:
+        diag.shutdown = payload.readUInt8(0);
+        break;
+      case UNIX_DIAG.UID:
+        diag.uid = payload.readUInt32LE(0);
+        break;
+    }
+    off += (len + 3) & ~3;
+  }
+  return diag;
+}
