@@ -8,8 +8,19 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'no
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { dumpSync, type DumpOptions } from '@criu-ts/core';
+import { ImageReader } from '@criu-ts/images';
 import { killQuietly, procState, sleepMs, waitFor } from './restore-helpers.js';
 import { reapIfOurs } from './programs.js';
+
+/** Every PID pstree.img of `images` lists. */
+function dumpedPids(images: string): number[] {
+  const reader = ImageReader.open(join(images, 'pstree.img'));
+  try {
+    return [...reader.entries()].map((e) => Number((e.message as { pid: number }).pid));
+  } finally {
+    reader.close();
+  }
+}
 
 export class CountingProgram {
   readonly dir = mkdtempSync(join(tmpdir(), 'criu-ts-counter-'));
@@ -57,9 +68,11 @@ export class CountingProgram {
     rmSync(this.images, { recursive: true, force: true });
     dumpSync({ pid: this.pid, imagesDir: this.images, ...options });
     if ((options.leave ?? 'kill') !== 'kill') return this.last();
+    // Every process the dump took (a tree: children too) must be gone before its PID is reused.
+    const pids = dumpedPids(this.images);
     waitFor(`the dumped ${this.name} to be gone`, () => {
-      reapIfOurs(this.pid);
-      return procState(this.pid) === undefined;
+      for (const pid of pids) reapIfOurs(pid);
+      return pids.every((pid) => procState(pid) === undefined);
     });
     return this.last();
   }

@@ -15,14 +15,19 @@
 //   unixsk     every unix socket of the table at once (pairs, listeners and their accepted
 //              connections depend on each other): see unix-sockets.ts
 // Fds that shared one description at dump time (same files.img id, e.g. stdout and stderr on one
-// file) get one open and dups, so they share the offset again.
+// file) get one open and dups, so they share the offset again. Across processes (a pipe between
+// two commands, a file inherited over fork): the first process that needs the file creates it,
+// criu-ts keeps a duplicate of it (pidfd_getfd), and every later process takes that very open
+// file description from criu-ts with a remote pidfd_getfd (SharedFiles below).
 //
 // Numbering: the stub's own fds (0-2: /dev/null or criu-ts's terminal) are still there, and a
 // fresh open takes the lowest free number. So every source is first moved above the highest
 // dumped fd (F_DUPFD), then the stub's fds are closed, then each source is dup3'd onto its
 // dumped number (with O_CLOEXEC from fdinfo), and finally the temporaries are closed.
 import { readdirSync, readlinkSync } from 'node:fs';
-import { close as closeLocal, F, fcntl, O, open as openLocal, write as writeLocal } from '@criu-ts/sys';
+import {
+  asPid, close as closeLocal, F, fcntl, O, open as openLocal, pidfdGetfd, pidfdOpen, write as writeLocal, type Fd,
+} from '@criu-ts/sys';
 import type { FdImage, ImageSet, RegFile } from './image-set.js';
 import { unixSocketsOf, type OpenFileImage, type PipeData } from './fd-images.js';
 import { createUnixSockets, planUnixSockets } from './unix-sockets.js';
@@ -59,6 +64,86 @@ const u64 = (v: bigint): Buffer => {
   return b;
 };
 
+/**
+ * Open files that more than one restored process holds (by files.img id), and pipes whose ends
+ * are in more than one process (by pipe id): created once, by the first process that needs them,
+ * then held by criu-ts (a pidfd_getfd duplicate: the same open file description) until every
+ * process has taken its copy. One per restore; close() when the restore ends, either way.
+ */
+export class SharedFiles {
+  private readonly files = new Map<number, Fd>();
+  private readonly pipes = new Map<number, { read: Fd; write: Fd }>();
+
+  private constructor(
+    private readonly fileIds: ReadonlySet<number>,
+    private readonly pipeIds: ReadonlySet<number>,
+  ) {}
+
+  /** Which files and pipes the processes of `sets` share (terminals excepted: each takes criu-ts's own). */
+  static plan(sets: readonly ImageSet[]): SharedFiles {
+    const fileUsers = new Map<number, Set<number>>();
+    const pipeUsers = new Map<number, Set<number>>();
+    const add = (map: Map<number, Set<number>>, key: number, pid: number) => {
+      if (!map.has(key)) map.set(key, new Set());
+      map.get(key)!.add(pid);
+    };
+    for (const set of sets) {
+      for (const slot of set.fds) {
+        if (slot.file.kind === 'tty') continue;
+        add(fileUsers, slot.fileId, set.pid);
+        if (slot.file.kind === 'pipe') add(pipeUsers, slot.file.pipeId, set.pid);
+      }
+    }
+    const shared = (map: Map<number, Set<number>>) => new Set([...map].filter(([, users]) => users.size > 1).map(([key]) => key));
+    return new SharedFiles(shared(fileUsers), shared(pipeUsers));
+  }
+
+  isShared(fileId: number): boolean {
+    return this.fileIds.has(fileId);
+  }
+
+  isSharedPipe(pipeId: number): boolean {
+    return this.pipeIds.has(pipeId);
+  }
+
+  /** criu-ts's duplicate of a shared file already created, if any. */
+  file(fileId: number): Fd | undefined {
+    return this.files.get(fileId);
+  }
+
+  pipe(pipeId: number): { read: Fd; write: Fd } | undefined {
+    return this.pipes.get(pipeId);
+  }
+
+  /** Duplicates fd `fd` of restored process `pid` into criu-ts. */
+  private static grab(pid: number, fd: number): Fd {
+    const pidfd = pidfdOpen(asPid(pid));
+    try {
+      return pidfdGetfd(pidfd, fd);
+    } finally {
+      closeLocal(pidfd);
+    }
+  }
+
+  keepFile(fileId: number, pid: number, fd: number): void {
+    if (this.fileIds.has(fileId) && !this.files.has(fileId)) this.files.set(fileId, SharedFiles.grab(pid, fd));
+  }
+
+  keepPipe(pipeId: number, pid: number, read: number, write: number): void {
+    if (this.pipeIds.has(pipeId) && !this.pipes.has(pipeId)) this.pipes.set(pipeId, { read: SharedFiles.grab(pid, read), write: SharedFiles.grab(pid, write) });
+  }
+
+  close(): void {
+    for (const fd of this.files.values()) closeLocal(fd);
+    for (const p of this.pipes.values()) {
+      closeLocal(p.read);
+      closeLocal(p.write);
+    }
+    this.files.clear();
+    this.pipes.clear();
+  }
+}
+
 /** Creates the task's open files, one kind at a time, parking each above every fd number in use. */
 class FileCreator {
   private nextTemp: number;
@@ -79,8 +164,30 @@ class FileCreator {
     firstTemp: number,
     private readonly pathOf: (f: RegFile) => string,
     private readonly allSlots: readonly FdImage[] = [],
+    private readonly shared?: SharedFiles,
   ) {
     this.nextTemp = firstTemp;
+  }
+
+  /** A pidfd of criu-ts inside the task, for taking shared files from criu-ts (parked; closed at the end). */
+  private criuPidfd: number | undefined;
+
+  /** Takes criu-ts's fd `ours` into the task (remote pidfd_getfd: the same open file description). */
+  private receive(ours: Fd, what: string): number {
+    if (this.criuPidfd === undefined) {
+      this.criuPidfd = this.park(this.call('pidfd_open of criu-ts', 'pidfd_open', process.pid, 0));
+      this.extra.push(this.criuPidfd);
+    }
+    return this.park(this.call(`pidfd_getfd of ${what} from criu-ts`, 'pidfd_getfd', this.criuPidfd, ours, 0));
+  }
+
+  /** Creates one open file (or takes it from another process that has it) and returns its parked fd. */
+  create(slot: FdImage): number {
+    const handed = slot.file.kind === 'pipe' ? undefined : this.shared?.file(slot.fileId);
+    if (handed !== undefined) return this.receive(handed, `file id ${slot.fileId}`);
+    const fd = this.createHere(slot);
+    if (slot.file.kind !== 'tty') this.shared?.keepFile(slot.fileId, this.task.pid, fd);
+    return fd;
   }
 
   private call(what: string, name: Parameters<RestoreTask['syscallRawSync']>[0], ...args: Array<number | bigint>): number {
@@ -115,8 +222,7 @@ class FileCreator {
     }
   }
 
-  /** Creates one open file and returns its parked fd. */
-  create(slot: FdImage): number {
+  private createHere(slot: FdImage): number {
     const file: OpenFileImage<RegFile> = slot.file;
     const what = `fd ${slot.fd} (file id ${slot.fileId}, ${file.kind})`;
     switch (file.kind) {
@@ -133,13 +239,19 @@ class FileCreator {
       }
       case 'pipe': {
         let pipe = this.pipes.get(file.pipeId);
-        if (!pipe) {
+        const elsewhere = pipe ? undefined : this.shared?.pipe(file.pipeId);
+        if (elsewhere) {
+          // Made by another process (its bytes are already in it): this one takes both ends.
+          pipe = { read: this.receive(elsewhere.read, `pipe ${file.pipeId}`), write: this.receive(elsewhere.write, `pipe ${file.pipeId}`), used: new Set() };
+          this.pipes.set(file.pipeId, pipe);
+        } else if (!pipe) {
           const [ends] = this.task.scratchPut(Buffer.alloc(8));
           this.call(`pipe2 for pipe ${file.pipeId}`, 'pipe2', ends!, file.flags & O_DIRECT);
           const got = this.task.read(ends!, 8);
           pipe = { read: this.park(got.readInt32LE(0)), write: this.park(got.readInt32LE(4)), used: new Set() };
           this.pipes.set(file.pipeId, pipe);
           this.fillPipe(pipe.write, file.data, `pipe ${file.pipeId}`);
+          this.shared?.keepPipe(file.pipeId, this.task.pid, pipe.read, pipe.write);
         }
         const end = (file.flags & 3) === O.WRONLY ? O.WRONLY : O.RDONLY;
         let fd = end === O.WRONLY ? pipe.write : pipe.read;
@@ -247,10 +359,10 @@ class FileCreator {
   }
 }
 
-export function restoreFiles(task: RestoreTask, set: ImageSet, pathOf: (f: RegFile) => string = (f) => f.name): void {
+export function restoreFiles(task: RestoreTask, set: ImageSet, pathOf: (f: RegFile) => string = (f) => f.name, shared?: SharedFiles): void {
   const pid = task.pid;
   const inherited = openFds(pid);
-  const creator = new FileCreator(task, inherited, Math.max(2, ...set.fds.map((f) => f.fd), ...inherited) + 1, pathOf, set.fds);
+  const creator = new FileCreator(task, inherited, Math.max(2, ...set.fds.map((f) => f.fd), ...inherited) + 1, pathOf, set.fds, shared);
   const temps = new Map<number, number>(); // file id -> parked fd (above every dumped one)
   for (const slot of set.fds) {
     if (!temps.has(slot.fileId)) temps.set(slot.fileId, creator.create(slot));

@@ -29,7 +29,7 @@ import { __WALL, kill, ptraceDetach, SIGNALS, wait4, WNOHANG, asPid, type Pid } 
 import { atStage, RestoreError } from './errors.js';
 import { checkPidFree, readTreeImageSet, TASK_SIZE, type ThreadImage, type TreeTaskImages } from './image-set.js';
 import { fillPages, mapVdso, mapVmas, protectVmas, remote, setMmFields, unmapAllButControl, type SharedMemorySource } from './memory.js';
-import { restoreFiles, restoreFs } from './files.js';
+import { restoreFiles, restoreFs, SharedFiles } from './files.js';
 import { GhostFiles } from './ghost-files.js';
 import { CONTROL_SIZE, findControlAreaHole, RestoreTask } from './remote-task.js';
 import { sleepMs, Stub } from './stub.js';
@@ -137,6 +137,7 @@ export function restoreSync(options: RestoreOptions): { pid: number; pids: numbe
   let t3 = t1;
   let pagesBytes = 0;
   let ghosts: GhostFiles | undefined;
+  let sharedFiles: SharedFiles | undefined;
   try {
     // ---- every process, with its PID, parent and session (tree.ts)
     stub = Stub.startSync({ shellJob, timeoutMs });
@@ -195,6 +196,7 @@ export function restoreSync(options: RestoreOptions): { pid: number; pids: numbe
     // ---- every live process's own state, as a single process is restored
     const sources = new Map<bigint, SharedMemorySource>();
     const live = made.filter((m) => m.images.set);
+    sharedFiles = SharedFiles.plan(live.map((m) => m.images.set!));
     const threadsOf = new Map<MadeProcess, Array<{ tid: Pid; image: ThreadImage }>>();
     let memoryMs = 0;
     for (const m of live) {
@@ -226,7 +228,7 @@ export function restoreSync(options: RestoreOptions): { pid: number; pids: numbe
         });
       }
 
-      atStage('files', 'restoring fds', () => restoreFiles(t, set, pathOf));
+      atStage('files', 'restoring fds', () => restoreFiles(t, set, pathOf, sharedFiles));
       // Every fd and mapping holds its ghost file now: back to deleted, as dumped.
       ghosts.removeAll();
       ghosts = undefined;
@@ -253,6 +255,7 @@ export function restoreSync(options: RestoreOptions): { pid: number; pids: numbe
       });
     }
   } catch (err) {
+    sharedFiles?.close();
     // Whatever failed, no process of the tree is left: children first, each with its threads.
     for (const m of [...made].reverse()) killCreated(m.task.pid, [...m.task.threads.keys()]);
     if (rootPid !== undefined && made.length === 0) killCreated(rootPid);
@@ -261,6 +264,8 @@ export function restoreSync(options: RestoreOptions): { pid: number; pids: numbe
     if (err instanceof RestoreError) throw err;
     throw new RestoreError('release', 'unexpected failure', {}, err);
   }
+  // Every process has its copy of the shared files: criu-ts's own duplicates go.
+  sharedFiles?.close();
   if (options.pidfile) {
     try {
       writeFileSync(options.pidfile, `${root.pid}`);
