@@ -12,7 +12,9 @@
  * (close-on-exec) and whose read end is non-blocking; an eventfd with a counter; an eventfd in
  * semaphore mode; an epoll watching the first pipe and an eventfd through an fd number that was
  * dup'ed and closed after it was added; a signalfd with a pending queued signal; an armed
- * periodic timerfd; an expired timerfd with an unread tick; a FIFO with bytes in it; /dev/zero.
+ * periodic timerfd; an expired timerfd with an unread tick; a FIFO with bytes in it; /dev/zero;
+ * an inotify instance with watches on a directory and two files whose watch descriptors are 1,
+ * 2 and 4 (3 was removed).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -25,6 +27,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/inotify.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
 #include <sys/timerfd.h>
@@ -151,6 +154,34 @@ int main(int argc, char **argv)
 	int zero = open("/dev/zero", O_RDONLY);
 	MUST(zero);
 
+	/* A directory of its own: the test puts the images in WORK_DIR, which would show up as events. */
+	char watched_dir[4200], watched_a[4300], watched_b[4300], watched_c[4300], created[4300];
+	snprintf(watched_dir, sizeof(watched_dir), "%s/watched", argv[2]);
+	MUST(mkdir(watched_dir, 0700));
+	snprintf(watched_a, sizeof(watched_a), "%s/watched-a", watched_dir);
+	snprintf(watched_b, sizeof(watched_b), "%s/watched-b", watched_dir);
+	snprintf(watched_c, sizeof(watched_c), "%s/watched-c", watched_dir);
+	snprintf(created, sizeof(created), "%s/created-after-restore", watched_dir);
+	MUST(close(open(watched_a, O_CREAT | O_WRONLY, 0600)));
+	MUST(close(open(watched_b, O_CREAT | O_WRONLY, 0600)));
+	MUST(close(open(watched_c, O_CREAT | O_WRONLY, 0600)));
+	int ino = inotify_init1(IN_NONBLOCK);
+	MUST(ino);
+	int wd_dir = inotify_add_watch(ino, watched_dir, IN_CREATE);
+	int wd_a = inotify_add_watch(ino, watched_a, IN_MODIFY);
+	int wd_b = inotify_add_watch(ino, watched_b, IN_MODIFY);
+	MUST(inotify_rm_watch(ino, wd_b));
+	int wd_c = inotify_add_watch(ino, watched_c, IN_MODIFY | IN_CLOSE_WRITE);
+	if (wd_dir != 1 || wd_a != 2 || wd_b != 3 || wd_c != 4) {
+		dprintf(report_fd, "setup failed: inotify wds %d %d %d %d\n", wd_dir, wd_a, wd_b, wd_c);
+		_exit(99);
+	}
+	{
+		char drain[4096];
+		while (read(ino, drain, sizeof(drain)) > 0)
+			; /* the IN_IGNORED of the removed watch */
+	}
+
 	signal(SIGUSR1, on_usr1);
 	usleep(20 * 1000); /* the one-shot timer has expired: one tick waits to be read */
 	say("ready %d\n", getpid());
@@ -211,6 +242,31 @@ int main(int argc, char **argv)
 	CHECK(read(fifo_reader, buf, sizeof(buf)) == sizeof(FIFO_TEXT) && memcmp(buf, FIFO_TEXT, sizeof(FIFO_TEXT)) == 0, "fifo data");
 	CHECK(write(fifo_rw, "y", 1) == 1 && read(fifo_reader, buf, 1) == 1 && buf[0] == 'y', "fifo still connects its ends");
 	CHECK(read(zero, buf, 8) == 8 && buf[0] == 0 && buf[7] == 0, "/dev/zero");
+
+	{
+		/* inotify: the same watch descriptors report the same kinds of events, nothing else queued. */
+		char events[4096] __attribute__((aligned(8)));
+		CHECK(read(ino, events, sizeof(events)) < 0 && errno == EAGAIN, "inotify queue empty after restore");
+		close(open(created, O_CREAT | O_WRONLY, 0600));
+		int fa = open(watched_a, O_WRONLY), fc = open(watched_c, O_WRONLY);
+		CHECK(write(fa, "a", 1) == 1 && write(fc, "c", 1) == 1, "write the watched files");
+		close(fa);
+		close(fc);
+		ssize_t len = read(ino, events, sizeof(events));
+		int got[4][2], n_events = 0, named = 0;
+		for (ssize_t off = 0; len > 0 && off < len && n_events < 4;) {
+			struct inotify_event *e = (struct inotify_event *)(events + off);
+			got[n_events][0] = e->wd;
+			got[n_events][1] = (int)e->mask;
+			if (e->wd == 1 && e->len && strcmp(e->name, "created-after-restore") == 0)
+				named = 1;
+			n_events++;
+			off += (ssize_t)(sizeof(*e) + e->len);
+		}
+		CHECK(n_events == 4 && got[0][0] == 1 && got[0][1] == IN_CREATE && named && got[1][0] == 2 && got[1][1] == IN_MODIFY &&
+			      got[2][0] == 4 && got[2][1] == IN_MODIFY && got[3][0] == 4 && got[3][1] == IN_CLOSE_WRITE,
+		      "inotify events with the dumped watch descriptors (%d events)", n_events);
+	}
 
 	unlink(fifo_path);
 	say("done %d\n", failures);

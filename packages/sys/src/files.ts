@@ -21,6 +21,19 @@ export function open(path: string, flags: number, mode = 0o600): Fd {
   return asFd(sysCallNumber('openat', N.openat, [AT_FDCWD, cstr(path), flags | O.CLOEXEC, mode], path));
 }
 
+/**
+ * open_by_handle_at(mountFd, handle, flags): opens the inode a file handle (name_to_handle_at,
+ * or the f_handle of /proc/PID/fdinfo) names, on the filesystem `mountFd` is on. Needs
+ * CAP_DAC_READ_SEARCH.
+ */
+export function openByHandleAt(mountFd: Fd, handleType: number, handle: Uint8Array, flags: number): Fd {
+  const fh = Buffer.alloc(8 + handle.byteLength);
+  fh.writeUInt32LE(handle.byteLength, 0);
+  fh.writeInt32LE(handleType, 4);
+  fh.set(handle, 8);
+  return asFd(sysCallNumber('open_by_handle_at', N.open_by_handle_at, [mountFd, fh, flags | O.CLOEXEC], `handle type ${handleType}`));
+}
+
 /** close(fd). */
 export function close(fd: Fd): void {
   sysCallNumber('close', N.close, [fd], `fd ${fd}`);

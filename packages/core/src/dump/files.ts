@@ -15,6 +15,7 @@ import type { Pid } from '@criu-ts/sys';
 import { anonInodeKind, eventfdEntry, eventpollEntry, signalfdEntry, timerfdEntry } from './files/anon-inodes.js';
 import { pipeInode, readPipeContents, type PipeContents } from './files/pipes.js';
 import { terminalKind, ttyInfoEntry, TTY_TYPE } from './files/terminals.js';
+import { inotifyEntry } from './files/inotify.js';
 import { socketInode, UnixSocketDumper, unixSocketInodes } from './files/unix-sockets.js';
 
 /** fd_types values (fdinfo.proto). */
@@ -146,6 +147,8 @@ export class FileTable {
           return add(FD_TYPE.EVENTPOLL, 'epfd', eventpollEntry(pid, fd, fdinfoText, flags, taskFds));
         case 'signalfd':
           return add(FD_TYPE.SIGNALFD, 'sgfd', signalfdEntry(fdinfoText, flags, what));
+        case 'inotify':
+          return add(FD_TYPE.INOTIFY, 'ify', inotifyEntry(fdinfoText, flags, what));
         case 'timerfd':
           return add(FD_TYPE.TIMERFD, 'tfd', timerfdEntry(fdinfoText, flags, what));
         default:
@@ -234,7 +237,7 @@ export class FileTable {
 }
 
 /** anon_inode kinds with a dumper (files/anon-inodes.ts). */
-const SUPPORTED_ANON_INODES = new Set(['eventfd', 'eventpoll', 'signalfd', 'timerfd']);
+const SUPPORTED_ANON_INODES = new Set(['eventfd', 'eventpoll', 'signalfd', 'timerfd', 'inotify']);
 
 /**
  * The first descriptor of `pid` of a kind dump cannot save (sockets other than AF_UNIX, io_uring, userfaultfd,

@@ -5,13 +5,14 @@
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { RestoreError } from './errors.js';
+import { pathOfHandle } from '../proc/file-handles.js';
 import { planUnixSockets, readSocketQueues, readUnixSocket, type UnixSocketImage } from './unix-sockets.js';
 
 type Msg = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
 
 /** fd_types from fdinfo.proto. */
 export const FD_TYPE = {
-  REG: 1, PIPE: 2, FIFO: 3, UNIXSK: 5, EVENTFD: 6, EVENTPOLL: 7, SIGNALFD: 9, TTY: 11, TIMERFD: 17, MEMFD: 18,
+  REG: 1, PIPE: 2, FIFO: 3, UNIXSK: 5, EVENTFD: 6, EVENTPOLL: 7, INOTIFY: 8, SIGNALFD: 9, TTY: 11, TIMERFD: 17, MEMFD: 18,
 } as const;
 
 /** Bit 0 of an eventfd's flags: EFD_SEMAPHORE (criu-ts records it there; see dump/files/anon-inodes.ts). */
@@ -21,6 +22,13 @@ export interface PipeData {
   readonly bytes: Uint8Array;
   /** Capacity to restore (F_SETPIPE_SZ); absent in images that did not record it. */
   readonly size?: number;
+}
+
+/** One inotify watch: the watch descriptor number to get back, its mask, the watched path. */
+export interface InotifyWatch {
+  readonly wd: number;
+  readonly mask: number;
+  readonly path: string;
 }
 
 export interface EpollTarget {
@@ -38,6 +46,7 @@ export type OpenFileImage<Reg> =
   | { readonly kind: 'eventfd'; readonly id: number; readonly flags: number; readonly counter: bigint; readonly semaphore: boolean }
   | { readonly kind: 'eventpoll'; readonly id: number; readonly flags: number; readonly targets: readonly EpollTarget[] }
   | { readonly kind: 'signalfd'; readonly id: number; readonly flags: number; readonly mask: bigint }
+  | { readonly kind: 'inotify'; readonly id: number; readonly flags: number; readonly watches: readonly InotifyWatch[] }
   | { readonly kind: 'unixsk'; readonly id: number; readonly sk: UnixSocketImage }
   | {
       readonly kind: 'timerfd'; readonly id: number; readonly flags: number; readonly clockid: number; readonly ticks: bigint;
@@ -148,6 +157,30 @@ export function readFdTable<Reg>(input: FdTableInput<Reg>): FdSlot<Reg>[] {
       case FD_TYPE.UNIXSK:
         file = { kind: 'unixsk', id, sk: readUnixSocket(id, member('usk'), socketQueues.get(id) ?? [], where, invalid) };
         break;
+      case FD_TYPE.INOTIFY: {
+        const e = member('ify');
+        const watches = ((e.wd as Msg[] | undefined) ?? []).map((w) => {
+          const wd = Number(w.wd);
+          if (!Number.isInteger(wd) || wd <= 0 || wd > 1 << 20) invalid(`${where}: inotify watch descriptor ${w.wd} is out of range`);
+          const fh = w.f_handle as Msg;
+          let path = fh.path as string | undefined;
+          if (path === undefined) {
+            // CRIU keeps only the handle for most watches: find the inode's path the same way dump does.
+            const words = (fh.handle as bigint[]).map((v) => BigInt(v));
+            const bytes = Buffer.alloc(words.length * 8);
+            words.forEach((v, i) => bytes.writeBigUInt64LE(BigInt.asUintN(64, v), i * 8));
+            try {
+              path = pathOfHandle(Number(w.s_dev), Number(fh.type), bytes.subarray(0, Number(fh.bytes)), `${where}: inotify watch ${wd}`);
+            } catch (err) {
+              invalid((err as Error).message, { wd });
+            }
+          }
+          return { wd, mask: Number(w.mask) >>> 0, path: path! };
+        });
+        if (new Set(watches.map((w) => w.wd)).size !== watches.length) invalid(`${where}: an inotify watch descriptor appears twice`);
+        file = { kind: 'inotify', id, flags: Number(e.flags), watches };
+        break;
+      }
       case FD_TYPE.SIGNALFD: {
         const e = member('sgfd');
         file = { kind: 'signalfd', id, flags: Number(e.flags), mask: BigInt(e.sigmask) };

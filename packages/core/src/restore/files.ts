@@ -29,7 +29,7 @@ import {
   asPid, close as closeLocal, F, fcntl, O, open as openLocal, pidfdGetfd, pidfdOpen, write as writeLocal, type Fd,
 } from '@criu-ts/sys';
 import type { FdImage, ImageSet, RegFile } from './image-set.js';
-import { unixSocketsOf, type OpenFileImage, type PipeData } from './fd-images.js';
+import { unixSocketsOf, type InotifyWatch, type OpenFileImage, type PipeData } from './fd-images.js';
 import { createUnixSockets, planUnixSockets } from './unix-sockets.js';
 import { RestoreError } from './errors.js';
 import { remote, remoteOpen } from './memory.js';
@@ -305,6 +305,12 @@ class FileCreator {
         }
         return this.unixSockets.get(file.id)!;
       }
+      case 'inotify': {
+        const fd = this.park(this.call(`inotify_init1 for ${what}`, 'inotify_init1', 0));
+        this.setStatusFlags(fd, file.flags, what);
+        this.addWatches(fd, file.watches, what);
+        return fd;
+      }
       case 'signalfd': {
         const [mask] = this.task.scratchPut(u64(file.mask));
         const fd = this.park(this.call(`signalfd4 for ${what}`, 'signalfd4', -1, mask!, 8, 0));
@@ -346,6 +352,38 @@ class FileCreator {
         return fd;
       }
     }
+  }
+
+  /**
+   * Adds each watch so that it gets its dumped watch descriptor. The kernel hands out wds in
+   * increasing order and does not reuse a removed one until it wraps, so watches are added in
+   * wd order and a number skipped at dump time (a watch removed since) is skipped here by
+   * adding and removing a throwaway watch. Removing queues an IN_IGNORED event the task never
+   * had: the queue is drained at the end (events queued at dump time are not kept, as in CRIU).
+   */
+  private addWatches(fd: number, watches: readonly InotifyWatch[], what: string): void {
+    let skipped = false;
+    for (const w of [...watches].sort((a, b) => a.wd - b.wd)) {
+      const [path] = this.task.scratchPut(this.task.cString(w.path));
+      for (let attempt = 0; ; attempt++) {
+        const got = this.call(`inotify_add_watch ${w.path} for ${what}`, 'inotify_add_watch', fd, path!, w.mask);
+        if (got === w.wd) break;
+        if (got > w.wd || attempt > w.wd) {
+          throw new Error(`${what}: watch ${w.path} came back as wd ${got}, not ${w.wd} (another watch of that inode, or wd numbers already used)`);
+        }
+        this.call(`inotify_rm_watch ${got} for ${what}`, 'inotify_rm_watch', fd, got);
+        skipped = true;
+      }
+    }
+    if (!skipped) return;
+    const flags = this.call(`F_GETFL of ${what}`, 'fcntl', fd, F.GETFL);
+    this.call(`F_SETFL of ${what}`, 'fcntl', fd, F.SETFL, flags | O.NONBLOCK);
+    const [buffer] = this.task.scratchPut(Buffer.alloc(1024));
+    for (let i = 0; i < 1000; i++) {
+      const n = Number(this.task.syscallRawSync('read', fd, buffer!, 1024));
+      if (n <= 0) break;
+    }
+    this.call(`F_SETFL of ${what}`, 'fcntl', fd, F.SETFL, flags);
   }
 
   /** Pipe ends no dumped fd uses (the other end lived outside the dump) are closed at the end. */
