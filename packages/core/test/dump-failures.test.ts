@@ -30,7 +30,7 @@ describe('core: dump failures from outside', function () {
 
   for (const [kind, link] of [
     ['io_uring', 'anon_inode:[io_uring]'], ['userfaultfd', 'anon_inode:[userfaultfd]'], ['perf_event', 'anon_inode:[perf_event]'],
-    ['inotify', 'anon_inode:inotify'], ['socket', 'socket:'], ['pidfd', 'anon_inode:[pidfd]'],
+['socket', 'socket:'], ['pidfd', 'anon_inode:[pidfd]'],
   ] as const) {
     it(`refuses a ${kind} descriptor up front, by fd and kind, and the program runs on untouched`, function () {
       keeper = new StateKeeper('odd-fd', [kind]);

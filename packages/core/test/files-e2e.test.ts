@@ -6,7 +6,7 @@ import { expect } from 'chai';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { restoreSync } from '@criu-ts/core';
+import { DumpError, dumpSync, restoreSync } from '@criu-ts/core';
 import { readImageSet } from '../src/restore/image-set.js';
 import { ImageReader, imageFromCritJson, imageToCritJson } from '@criu-ts/images';
 import { alive, isRoot, ourStubs, sleepMs } from './restore-helpers.js';
@@ -105,5 +105,44 @@ describe('core: pipes, FIFOs, eventfd, epoll, signalfd and timerfd end to end', 
     const { failures, checks } = keeper.check();
     expect(failures).to.deep.equal([]);
     expect(checks.length).to.be.greaterThan(15);
+  });
+});
+
+describe('core: file locks (--file-locks) end to end', function () {
+  this.timeout(120_000);
+  let keeper: StateKeeper | undefined;
+  before(function () {
+    if (!isRoot()) this.skip(); // stated reason: ptrace, clone3 set_tid and PR_SET_MM_MAP need root
+    becomeSubreaper();
+  });
+  after(() => {
+    if (isRoot()) becomeSubreaper(false);
+  });
+  afterEach(() => {
+    keeper?.cleanup();
+    keeper = undefined;
+  });
+
+  it('refuses a task holding locks without fileLocks, and the task runs on with its locks', function () {
+    keeper = new StateKeeper('lock-keeper');
+    expect(() => dumpSync({ pid: keeper!.pid, imagesDir: keeper!.images })).to.throw(DumpError, /holds a file lock.*--file-locks/);
+    const { failures, checks } = keeper.check();
+    expect(failures).to.deep.equal([]);
+    expect(checks).to.have.length(5);
+  });
+
+  it('flock, POSIX and OFD locks are taken again and still exclude another process, twice in a row', function () {
+    keeper = new StateKeeper('lock-keeper');
+    for (let round = 0; round < 2; round++) {
+      keeper.dump({ fileLocks: true });
+      const locks = entries(join(keeper.images, 'filelocks.img'));
+      expect(locks.map((l) => [l.flag, l.type, Number(l.start), Number(l.len)]), `round ${round}`).to.have.deep.members([[2, 1, 0, 0], [1, 1, 10, 20], [1024, 0, 0, 0]]);
+      if (!spawnSync('crit', ['-h']).error) expect(spawnSync('crit', ['decode', '-i', join(keeper.images, 'filelocks.img')]).status).to.equal(0);
+      const r = restoreSync({ imagesDir: keeper.images, detached: true });
+      expect(r.pid).to.equal(keeper.pid);
+    }
+    const { failures, checks } = keeper.check();
+    expect(failures).to.deep.equal([]);
+    expect(checks).to.have.length(5);
   });
 });

@@ -31,7 +31,7 @@ export const CRIU_OPTIONS: readonly OptionSpec[] = [
   { long: 'ghost-limit', kind: 'value', help: 'largest deleted-while-open file kept in the images (default 1M)' },
   { long: 'tcp-established', kind: 'flag', help: 'dump established TCP connections', unsupported: 'TCP sockets in dumps come with the network sockets work' },
   { long: 'ext-unix-sk', kind: 'flag', help: 'allow unix sockets connected outside the tree', unsupported: 'unix sockets connected outside the dumped process are not supported yet (unix sockets within it are)' },
-  { long: 'file-locks', short: 'l', kind: 'flag', help: 'dump file locks', unsupported: 'file locks are not dumped yet' },
+  { long: 'file-locks', short: 'l', kind: 'flag', help: 'dump file locks (flock, POSIX, OFD)' },
   { long: 'link-remap', kind: 'flag', help: 'allow link remaps of unlinked files', unsupported: 'link remaps are not implemented yet (ghost files are)' },
   { long: 'manage-cgroups', kind: 'optional', help: 'cgroup handling (criu-ts: none only)' },
   { long: 'track-mem', kind: 'flag', help: 'track memory for incremental dumps', unsupported: 'incremental dumps are not implemented yet' },

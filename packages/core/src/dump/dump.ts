@@ -54,6 +54,8 @@ export interface DumpOptions {
   readonly leave?: 'kill' | 'running' | 'stopped';
   /** Allow a task whose session or group leader is outside the dump (criu's --shell-job). */
   readonly shellJob?: boolean;
+  /** Save file locks (flock, POSIX, OFD) instead of refusing a task that holds one (criu's --file-locks). */
+  readonly fileLocks?: boolean;
   /** Largest deleted-while-open file whose contents are saved (criu's --ghost-limit, default 1 MiB). */
   readonly ghostLimit?: number;
   /** Called with progress of the page writing. */
@@ -238,7 +240,7 @@ export function dumpSync(options: DumpOptions): DumpResult {
     // ---- collect
     stage = 'collect';
     options.onStage?.(stage);
-    const files = new FileTable(options.ghostLimit ?? DEFAULT_GHOST_LIMIT, options.shellJob === true);
+    const files = new FileTable(options.ghostLimit ?? DEFAULT_GHOST_LIMIT, options.shellJob === true, options.fileLocks === true);
     for (const t of live) {
       const p = t.task.pid;
       const exePath = readLink(p, 'exe').replace(/ \(deleted\)$/, '');
@@ -345,6 +347,7 @@ export function dumpSync(options: DumpOptions): DumpResult {
     if (files.pipeData.size > 0) dir.writeImage('pipes-data.img', pipeDataEntries(files.pipeData));
     if (files.fifoData.size > 0) dir.writeImage('fifo-data.img', pipeDataEntries(files.fifoData));
     if (files.ttyInfos.length > 0) dir.writeImage('tty-info.img', files.ttyInfos);
+    if (files.locks.length > 0) dir.writeImage('filelocks.img', files.locks);
     if (files.socketQueues.length > 0) {
       dir.writeImage('sk-queues.img', files.socketQueues.map((q) => ({ message: { id_for: q.idFor, length: q.bytes.length }, payload: { type: 'bytes' as const, bytes: q.bytes } })));
     }

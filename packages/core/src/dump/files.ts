@@ -16,6 +16,7 @@ import { anonInodeKind, eventfdEntry, eventpollEntry, signalfdEntry, timerfdEntr
 import { pipeInode, readPipeContents, type PipeContents } from './files/pipes.js';
 import { terminalKind, ttyInfoEntry, TTY_TYPE } from './files/terminals.js';
 import { inotifyEntry } from './files/inotify.js';
+import { FILE_LOCK_FLAG, fileLocks } from './files/locks.js';
 import { socketInode, UnixSocketDumper, unixSocketInodes } from './files/unix-sockets.js';
 
 /** fd_types values (fdinfo.proto). */
@@ -67,10 +68,18 @@ export class FileTable {
   readonly ttyInfos: DecodedMessage[] = [];
   private readonly ttyInfoIds = new Map<number, number>();
 
-  /** `shellJob`: terminals are dumped (criu's --shell-job) instead of refused. */
+  /** file-lock.img entries (criu's --file-locks). */
+  readonly locks: DecodedMessage[] = [];
+  private readonly lockKeys = new Set<string>();
+
+  /**
+   * `shellJob`: terminals are dumped (criu's --shell-job) instead of refused. `fileLocksAllowed`:
+   * file locks are saved (criu's --file-locks) instead of refused.
+   */
   constructor(
     private readonly ghostLimit: number,
     private readonly shellJob = false,
+    private readonly fileLocksAllowed = false,
   ) {}
 
   private allocate(): number {
@@ -122,6 +131,7 @@ export class FileTable {
     const fdinfoFlags = info.flags & O_CLOEXEC ? FD_CLOEXEC : 0;
     const flags = info.flags & ~O_CLOEXEC;
     let target = readlinkSync(procFd);
+    this.collectLocks(pid, fd, fdinfoText, `fd ${fd} of process ${pid} (${target})`);
     const shared = sameAs(fd);
     if (shared !== undefined) return { id: shared, flags: fdinfoFlags, type: this.typeOf.get(shared)!, fd };
     const what = `fd ${fd} of process ${pid} (${target})`;
@@ -213,6 +223,24 @@ export class FileTable {
     this.files.push({ type: FD_TYPE.TTY, id, tty: { id, tty_info_id: infoId, flags, fown: noOwner(), regf_id: regId } });
     this.typeOf.set(id, FD_TYPE.TTY);
     return { id, flags: fdinfoFlags, type: FD_TYPE.TTY, fd };
+  }
+
+  /**
+   * file_lock_entry for each lock this fd shows, once per lock: flock and OFD locks belong to the
+   * open file description (every fd sharing it shows them), POSIX locks to a process (recorded
+   * on an fd of the process that holds them).
+   */
+  private collectLocks(pid: number, fd: number, fdinfoText: string, what: string): void {
+    const locks = fileLocks(fdinfoText, what);
+    if (locks.length === 0) return;
+    if (!this.fileLocksAllowed) throw new Error(`${what} holds a file lock (${locks.length} in all on it); dump with --file-locks to save it`);
+    for (const lock of locks) {
+      if (lock.flag === FILE_LOCK_FLAG.POSIX && lock.holder !== pid) continue;
+      const key = `${lock.flag}:${lock.device}:${lock.inode}:${lock.start}:${lock.len}:${lock.type}:${lock.flag === FILE_LOCK_FLAG.POSIX ? pid : ''}`;
+      if (this.lockKeys.has(key)) continue;
+      this.lockKeys.add(key);
+      this.locks.push({ flag: lock.flag, type: lock.type, pid, fd, start: lock.start, len: lock.len });
+    }
   }
 
   /** One pipe_data_entry per pipe (or FIFO), however many ends and fds the dump holds. */

@@ -242,3 +242,36 @@ export function unixSocketsOf<Reg>(slots: readonly FdSlot<Reg>[]): UnixSocketIma
   for (const slot of slots) if (slot.file.kind === 'unixsk' && !seen.has(slot.fileId)) seen.set(slot.fileId, slot.file.sk);
   return [...seen.values()];
 }
+
+/** A file lock to take again (file-lock.img): on fd `fd` of the process that held it. */
+export interface FileLockImage {
+  /** FL_POSIX 1, FL_FLOCK 2, FL_OFDLCK 1024 (the kernel's fl_flags, as CRIU stores them). */
+  readonly flag: number;
+  /** F_RDLCK 0, F_WRLCK 1. */
+  readonly type: number;
+  readonly fd: number;
+  readonly start: bigint;
+  readonly len: bigint;
+}
+
+const LOCK_FLAGS = new Set([1, 2, 1024]);
+
+/** The locks of process `pid` from filelocks.img (none when the image is absent), checked against its fd table. */
+export function readFileLocks(
+  dir: string, pid: number, slots: readonly FdSlot<unknown>[], readEntries: FdTableInput<unknown>['readEntries'],
+): FileLockImage[] {
+  if (!existsSync(join(dir, 'filelocks.img'))) return [];
+  const fds = new Set(slots.map((s) => s.fd));
+  const locks: FileLockImage[] = [];
+  for (const [i, { message: e }] of readEntries(dir, 'filelocks.img').entries()) {
+    if (Number(e.pid) !== pid) continue;
+    const where = `filelocks.img entry ${i} (process ${pid})`;
+    const lock = { flag: Number(e.flag), type: Number(e.type), fd: Number(e.fd), start: BigInt(e.start), len: BigInt(e.len) };
+    if (!LOCK_FLAGS.has(lock.flag)) invalid(`${where}: lock kind ${lock.flag} is not flock (2), POSIX (1) or OFD (1024)`, { flag: lock.flag });
+    if (lock.type !== 0 && lock.type !== 1) invalid(`${where}: lock type ${lock.type} is neither read (0) nor write (1)`, { type: lock.type });
+    if (!fds.has(lock.fd)) invalid(`${where}: fd ${lock.fd} is not in the process's fd table`, { fd: lock.fd });
+    if (lock.start < 0n || lock.len < 0n) invalid(`${where}: range ${lock.start}+${lock.len} is negative`);
+    locks.push(lock);
+  }
+  return locks;
+}

@@ -29,7 +29,7 @@ import {
   asPid, close as closeLocal, F, fcntl, O, open as openLocal, pidfdGetfd, pidfdOpen, write as writeLocal, type Fd,
 } from '@criu-ts/sys';
 import type { FdImage, ImageSet, RegFile } from './image-set.js';
-import { unixSocketsOf, type InotifyWatch, type OpenFileImage, type PipeData } from './fd-images.js';
+import { unixSocketsOf, type FileLockImage, type InotifyWatch, type OpenFileImage, type PipeData } from './fd-images.js';
 import { createUnixSockets, planUnixSockets } from './unix-sockets.js';
 import { RestoreError } from './errors.js';
 import { remote, remoteOpen } from './memory.js';
@@ -397,6 +397,32 @@ class FileCreator {
   }
 }
 
+const LOCK_SH = 1;
+const LOCK_EX = 2;
+const LOCK_NB = 4;
+const F_SETLK = 6;
+const F_OFD_SETLK = 37;
+
+/**
+ * Takes a dumped file lock again, in the task, without waiting: a lock someone else took
+ * meanwhile is a restore failure (as in criu), not a hang.
+ */
+function takeLock(task: RestoreTask, lock: FileLockImage): void {
+  const what = `${lock.type === 1 ? 'write' : 'read'} lock on fd ${lock.fd}`;
+  if (lock.flag === 2) {
+    remote(task, 'files', `flock: ${what}`, 'flock', lock.fd, (lock.type === 1 ? LOCK_EX : LOCK_SH) | LOCK_NB);
+    return;
+  }
+  // struct flock: short l_type, short l_whence, (pad), off_t l_start, off_t l_len, pid_t l_pid.
+  const flock = Buffer.alloc(32);
+  flock.writeInt16LE(lock.type, 0);
+  flock.writeInt16LE(0 /* SEEK_SET */, 2);
+  flock.writeBigInt64LE(lock.start, 8);
+  flock.writeBigInt64LE(lock.len, 16);
+  const [arg] = task.scratchPut(flock);
+  remote(task, 'files', `${lock.flag === 1 ? 'F_SETLK' : 'F_OFD_SETLK'}: ${what}`, 'fcntl', lock.fd, lock.flag === 1 ? F_SETLK : F_OFD_SETLK, arg!);
+}
+
 export function restoreFiles(task: RestoreTask, set: ImageSet, pathOf: (f: RegFile) => string = (f) => f.name, shared?: SharedFiles): void {
   const pid = task.pid;
   const inherited = openFds(pid);
@@ -417,6 +443,8 @@ export function restoreFiles(task: RestoreTask, set: ImageSet, pathOf: (f: RegFi
   for (const work of creator.afterPlacement) work((fileId) => finalFds.get(fileId)!);
   const dumped = new Set(set.fds.map((f) => f.fd));
   for (const t of parked) if (!dumped.has(t)) remote(task, 'files', `close temporary fd ${t}`, 'close', t);
+  // Locks last: closing any fd of a file drops the process's POSIX locks on it, temporaries too.
+  for (const lock of set.locks) takeLock(task, lock);
 }
 
 export function restoreFs(task: RestoreTask, set: ImageSet): void {

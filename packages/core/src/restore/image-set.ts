@@ -21,7 +21,7 @@ import { existsSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { ImageFormatError, ImageReader, PAGE_SIZE, PagesReader, PE_LAZY, PE_PARENT, PE_PRESENT } from '@criu-ts/images';
 import { RestoreError } from './errors.js';
-import { FD_TYPE, readFdTable, type FdSlot } from './fd-images.js';
+import { FD_TYPE, readFdTable, readFileLocks, type FdSlot, type FileLockImage } from './fd-images.js';
 
 type Msg = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
 
@@ -103,6 +103,8 @@ export interface ImageSet {
   /** Shared anonymous memory: one object per shmid, mapped once over its VMAs, with its pages. */
   readonly shmem: readonly SharedMemoryImage[];
   readonly fds: readonly FdImage[];
+  /** File locks this process held (--file-locks), taken again once its fds are in place. */
+  readonly locks: readonly FileLockImage[];
   readonly cwd: RegFile;
   readonly root: RegFile;
   readonly umask: number | undefined;
@@ -392,7 +394,7 @@ function readProcess(
 
   return {
     dir, pid, ppid: Number(task.ppid), pgid, sid, core, threads: threadImages, mm, vmas, exe, pagesFile: pagesFile!, pagesSize: pagesSize!, runs,
-    shmem: readSharedMemory(dir, pid, vmas, invalid, options.inTree), fds, cwd, root,
+    shmem: readSharedMemory(dir, pid, vmas, invalid, options.inTree), fds, locks: readFileLocks(dir, pid, fds, readEntries), cwd, root,
     umask: fsEntry.umask === undefined ? undefined : Number(fsEntry.umask),
   };
 }
