@@ -13,7 +13,8 @@
  * semaphore mode; an epoll watching the first pipe and an eventfd through an fd number that was
  * dup'ed and closed after it was added; a signalfd with a pending queued signal; an armed
  * periodic timerfd; an expired timerfd with an unread tick; a FIFO with bytes in it; /dev/zero;
- * an inotify instance with watches on a directory and two files whose watch descriptors are 1,
+ * two memfds (one sealed against shrinking and growing, with a hole, read at an offset; one
+ * not sealable); an inotify instance with watches on a directory and two files whose watch descriptors are 1,
  * 2 and 4 (3 was removed).
  */
 #define _GNU_SOURCE
@@ -28,6 +29,7 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/inotify.h>
+#include <sys/mman.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
 #include <sys/timerfd.h>
@@ -154,6 +156,24 @@ int main(int argc, char **argv)
 	int zero = open("/dev/zero", O_RDONLY);
 	MUST(zero);
 
+	int sealed = memfd_create("keeper-data", MFD_ALLOW_SEALING);
+	int plain = memfd_create("small", 0);
+	MUST(sealed);
+	MUST(plain);
+	{
+		char page[4096];
+		for (int p = 0; p < 3; p++) {
+			memset(page, 'a' + p, sizeof(page));
+			MUST(pwrite(sealed, page, sizeof(page), p * 4096));
+		}
+		memset(page, 'z', sizeof(page));
+		MUST(pwrite(sealed, page, sizeof(page), 1 << 20));
+		MUST(ftruncate(sealed, 2 << 20));
+		MUST(fcntl(sealed, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW));
+		MUST(lseek(sealed, 5000, SEEK_SET));
+		MUST(write(plain, "small data", 10));
+	}
+
 	/* A directory of its own: the test puts the images in WORK_DIR, which would show up as events. */
 	char watched_dir[4200], watched_a[4300], watched_b[4300], watched_c[4300], created[4300];
 	snprintf(watched_dir, sizeof(watched_dir), "%s/watched", argv[2]);
@@ -266,6 +286,27 @@ int main(int argc, char **argv)
 		CHECK(n_events == 4 && got[0][0] == 1 && got[0][1] == IN_CREATE && named && got[1][0] == 2 && got[1][1] == IN_MODIFY &&
 			      got[2][0] == 4 && got[2][1] == IN_MODIFY && got[3][0] == 4 && got[3][1] == IN_CLOSE_WRITE,
 		      "inotify events with the dumped watch descriptors (%d events)", n_events);
+	}
+
+	{
+		struct stat st;
+		char page[4096], link[64], name[256] = { 0 };
+		int pages_ok = 1;
+		for (int p = 0; p < 3; p++)
+			if (pread(sealed, page, sizeof(page), p * 4096) != sizeof(page) || page[0] != 'a' + p || page[4095] != 'a' + p)
+				pages_ok = 0;
+		if (pread(sealed, page, sizeof(page), 8192 + 4096) != sizeof(page) || page[0] != 0)
+			pages_ok = 0;
+		if (pread(sealed, page, sizeof(page), 1 << 20) != sizeof(page) || page[100] != 'z')
+			pages_ok = 0;
+		CHECK(pages_ok, "memfd contents (pages, hole, far page)");
+		CHECK(fstat(sealed, &st) == 0 && st.st_size == 2 << 20, "memfd size");
+		CHECK(fcntl(sealed, F_GET_SEALS) == (F_SEAL_SHRINK | F_SEAL_GROW) && ftruncate(sealed, 4096) < 0 && errno == EPERM, "memfd seals");
+		CHECK(lseek(sealed, 0, SEEK_CUR) == 5000, "memfd offset");
+		snprintf(link, sizeof(link), "/proc/self/fd/%d", sealed);
+		CHECK(readlink(link, name, sizeof(name) - 1) > 0 && strncmp(name, "/memfd:keeper-data", 18) == 0, "memfd name (%s)", name);
+		memset(page, 0, 16);
+		CHECK(pread(plain, page, 16, 0) == 10 && memcmp(page, "small data", 10) == 0 && fcntl(plain, F_GET_SEALS) == F_SEAL_SEAL, "unsealable memfd");
 	}
 
 	unlink(fifo_path);

@@ -1,7 +1,9 @@
 // dump() then restore() of tests/bin/fd-keeper: pipes (with buffered bytes, capacity, an fd above
 // 1024), eventfd (counter, semaphore mode), epoll (targets and their data, a target moved to
 // another fd number), signalfd (mask, queued signal), timerfd (armed, expired with a tick), a
-// FIFO with bytes in it. The program checks each one itself after the restore.
+// FIFO with bytes in it, inotify (watches and their wd numbers), memfd (contents with a hole,
+// size, seals, offset, name); and file locks. The programs check each one themselves after the
+// restore.
 import { expect } from 'chai';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
@@ -43,7 +45,7 @@ function entries(path: string): Array<Record<string, any>> {
   }
 }
 
-describe('core: pipes, FIFOs, eventfd, epoll, signalfd and timerfd end to end', function () {
+describe('core: pipes, FIFOs, eventfd, epoll, signalfd, timerfd, inotify and memfd end to end', function () {
   this.timeout(120_000);
   let keeper: StateKeeper | undefined;
   before(function () {

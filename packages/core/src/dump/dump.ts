@@ -35,6 +35,7 @@ import {
 import { DumpError, type DumpStage } from '../errors.js';
 import { readAuxv, readLink, readStat } from '../proc/task-files.js';
 import { readSmaps, type ProcVma } from '../proc/smaps.js';
+import { writeMemfdPages } from './files/memfd.js';
 import { FileTable, findUnsupportedDescriptor, readGhostContents, UnsupportedFileError } from './files.js';
 import { ImageDir } from './image-dir.js';
 import {
@@ -305,6 +306,19 @@ export function dumpSync(options: DumpOptions): DumpResult {
       }
     }
     closeShared();
+    // memfd contents, one pages file per inode (the task is still frozen: they cannot change).
+    const memfdPagemaps: Array<{ shmid: number; pagesId: number; entries: DecodedMessage[] }> = [];
+    for (const [ino, source] of files.memfdSources) {
+      const pagesId = nextPagesId++;
+      const fd = dir.openRaw(`pages-${pagesId}.img`);
+      try {
+        const written = writeMemfdPages(source.procFd, source.size, fd);
+        pagesWritten += written.pages;
+        memfdPagemaps.push({ shmid: ino, pagesId, entries: written.entries });
+      } finally {
+        closeFd(asFd(fd));
+      }
+    }
     const memdumpTime = Math.round((performance.now() - memStart) * 1000);
 
     // ---- write-images
@@ -337,6 +351,8 @@ export function dumpSync(options: DumpOptions): DumpResult {
       }
     }
     for (const [shmid, shared] of sharedDumps) dir.writeImage(`pagemap-shmem-${shmid}.img`, [{ pages_id: shared.pagesId }, ...shared.entries]);
+    for (const m of memfdPagemaps) dir.writeImage(`pagemap-shmem-${m.shmid}.img`, [{ pages_id: m.pagesId }, ...m.entries]);
+    if (files.memfdInodes.size > 0) dir.writeImage('memfd.img', [...files.memfdInodes.values()]);
     if (files.remaps.length > 0) dir.writeImage('remap-fpath.img', files.remaps);
     for (const ghost of files.ghosts) {
       dir.writeImage(`ghost-file-${ghost.id.toString(16)}.img`, [{ message: ghost.entry, payload: { type: 'bytes', bytes: readGhostContents(ghost) } }]);

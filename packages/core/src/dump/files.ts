@@ -16,12 +16,13 @@ import { anonInodeKind, eventfdEntry, eventpollEntry, signalfdEntry, timerfdEntr
 import { pipeInode, readPipeContents, type PipeContents } from './files/pipes.js';
 import { terminalKind, ttyInfoEntry, TTY_TYPE } from './files/terminals.js';
 import { inotifyEntry } from './files/inotify.js';
+import { memfdInodeEntry, memfdName } from './files/memfd.js';
 import { FILE_LOCK_FLAG, fileLocks } from './files/locks.js';
 import { socketInode, UnixSocketDumper, unixSocketInodes } from './files/unix-sockets.js';
 
 /** fd_types values (fdinfo.proto). */
 export const FD_TYPE = {
-  REG: 1, PIPE: 2, FIFO: 3, INETSK: 4, UNIXSK: 5, EVENTFD: 6, EVENTPOLL: 7, INOTIFY: 8, SIGNALFD: 9, TTY: 11, TIMERFD: 17,
+  REG: 1, PIPE: 2, FIFO: 3, INETSK: 4, UNIXSK: 5, EVENTFD: 6, EVENTPOLL: 7, INOTIFY: 8, SIGNALFD: 9, TTY: 11, TIMERFD: 17, MEMFD: 18,
 } as const;
 const O_CLOEXEC = 0o2000000;
 const FD_CLOEXEC = 1;
@@ -67,6 +68,10 @@ export class FileTable {
   /** tty-info.img entries, one per terminal device (by st_rdev). */
   readonly ttyInfos: DecodedMessage[] = [];
   private readonly ttyInfoIds = new Map<number, number>();
+
+  /** memfd.img entries, by inode number (the shmid of their contents), and where to read them. */
+  readonly memfdInodes = new Map<number, DecodedMessage>();
+  readonly memfdSources = new Map<number, { procFd: string; size: number }>();
 
   /** file-lock.img entries (criu's --file-locks). */
   readonly locks: DecodedMessage[] = [];
@@ -178,6 +183,17 @@ export class FileTable {
     }
 
     const stats = statSync(procFd);
+    const memfd = memfdName(target);
+    if (memfd !== undefined && stats.isFile() && stats.nlink === 0) {
+      const known = this.memfdInodes.get(stats.ino)?.inode_id as bigint | undefined;
+      let inodeId = known === undefined ? undefined : Number(known);
+      if (inodeId === undefined) {
+        inodeId = this.memfdInodes.size + 1;
+        this.memfdInodes.set(stats.ino, memfdInodeEntry(procFd, memfd, stats, inodeId));
+        this.memfdSources.set(stats.ino, { procFd, size: stats.size });
+      }
+      return add(FD_TYPE.MEMFD, 'memfd', { flags, pos: info.pos, inode_id: inodeId });
+    }
     if (stats.isFIFO()) {
       const regId = this.allocate();
       this.files.push({ type: FD_TYPE.REG, id: regId, reg: this.regEntry(regId, target, flags, 0n, stats, false) });

@@ -4,6 +4,7 @@
 // into what restore needs to recreate each kind (see files.ts for how).
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
+import { PagesReader, PE_PRESENT } from '@criu-ts/images';
 import { RestoreError } from './errors.js';
 import { pathOfHandle } from '../proc/file-handles.js';
 import { planUnixSockets, readSocketQueues, readUnixSocket, type UnixSocketImage } from './unix-sockets.js';
@@ -22,6 +23,20 @@ export interface PipeData {
   readonly bytes: Uint8Array;
   /** Capacity to restore (F_SETPIPE_SZ); absent in images that did not record it. */
   readonly size?: number;
+}
+
+/** A memfd inode (memfd.img) and where its contents are (pagemap-shmem-<shmid>.img + pages). */
+export interface MemfdInode {
+  readonly inodeId: number;
+  readonly name: string;
+  readonly uid: number;
+  readonly gid: number;
+  readonly mode: number;
+  readonly size: number;
+  readonly seals: number;
+  readonly pagesFile?: string;
+  /** [offset in the memfd, offset in pagesFile, bytes]. */
+  readonly runs: ReadonlyArray<readonly [number, number, number]>;
 }
 
 /** One inotify watch: the watch descriptor number to get back, its mask, the watched path. */
@@ -46,6 +61,7 @@ export type OpenFileImage<Reg> =
   | { readonly kind: 'eventfd'; readonly id: number; readonly flags: number; readonly counter: bigint; readonly semaphore: boolean }
   | { readonly kind: 'eventpoll'; readonly id: number; readonly flags: number; readonly targets: readonly EpollTarget[] }
   | { readonly kind: 'signalfd'; readonly id: number; readonly flags: number; readonly mask: bigint }
+  | { readonly kind: 'memfd'; readonly id: number; readonly flags: number; readonly pos: bigint; readonly inode: MemfdInode }
   | { readonly kind: 'inotify'; readonly id: number; readonly flags: number; readonly watches: readonly InotifyWatch[] }
   | { readonly kind: 'unixsk'; readonly id: number; readonly sk: UnixSocketImage }
   | {
@@ -98,11 +114,54 @@ function pipeDataOf(input: FdTableInput<unknown>, name: string): Map<number, Pip
   return data;
 }
 
+const MEMFD_SIZE_LIMIT = 2 ** 40;
+
+function memfdInodesOf(input: FdTableInput<unknown>): Map<number, MemfdInode> {
+  const inodes = new Map<number, MemfdInode>();
+  if (!existsSync(join(input.dir, 'memfd.img'))) return inodes;
+  for (const [i, { message: e }] of input.readEntries(input.dir, 'memfd.img').entries()) {
+    const where = `memfd.img entry ${i}`;
+    const inodeId = Number(e.inode_id);
+    const size = Number(e.size);
+    if (inodes.has(inodeId)) invalid(`${where}: inode id ${inodeId} appears twice`);
+    if (!Number.isSafeInteger(size) || size < 0 || size > MEMFD_SIZE_LIMIT) invalid(`${where}: size ${e.size} is not plausible`);
+    if (Buffer.byteLength(String(e.name)) > 249) invalid(`${where}: name is longer than memfd_create accepts (249 bytes)`);
+    if (e.hugetlb_flag) invalid(`${where}: hugetlbfs memfds are not supported yet`);
+    const runs: Array<readonly [number, number, number]> = [];
+    let pagesFile: string | undefined;
+    const pagemap = join(input.dir, `pagemap-shmem-${e.shmid}.img`);
+    if (existsSync(pagemap)) {
+      let pages: PagesReader | undefined;
+      try {
+        pages = PagesReader.open(pagemap);
+        pagesFile = pages.pagesFile;
+        for (const run of pages.runs()) {
+          if (!(run.flags & PE_PRESENT) || !run.pages) continue;
+          const offset = Number(run.vaddr);
+          if (offset + run.pages.length > size + 4095) invalid(`${pagemap}: pages at ${offset} lie beyond the memfd's size ${size}`);
+          runs.push([offset, run.pages.offset, run.pages.length]);
+        }
+      } catch (err) {
+        if (err instanceof RestoreError) throw err;
+        throw new RestoreError('read-images', `${pagemap} or its pages file cannot be read`, { file: pagemap }, err);
+      } finally {
+        pages?.close();
+      }
+    }
+    inodes.set(inodeId, {
+      inodeId, name: String(e.name), uid: Number(e.uid), gid: Number(e.gid), mode: Number(e.mode ?? 0o100600), size,
+      seals: Number(e.seals), ...(pagesFile ? { pagesFile } : {}), runs,
+    });
+  }
+  return inodes;
+}
+
 /** Reads and checks every fd slot of one task's table. */
 export function readFdTable<Reg>(input: FdTableInput<Reg>): FdSlot<Reg>[] {
   const { fdinfoName, files, pid } = input;
   const pipes = pipeDataOf(input, 'pipes-data.img');
   const fifos = pipeDataOf(input, 'fifo-data.img');
+  let memfds: Map<number, MemfdInode> | undefined;
   const socketQueues = existsSync(join(input.dir, 'sk-queues.img')) ? readSocketQueues(input.readEntries(input.dir, 'sk-queues.img'), invalid) : new Map<number, Uint8Array[]>();
   const slots: FdSlot<Reg>[] = [];
   const seen = new Set<number>();
@@ -157,6 +216,14 @@ export function readFdTable<Reg>(input: FdTableInput<Reg>): FdSlot<Reg>[] {
       case FD_TYPE.UNIXSK:
         file = { kind: 'unixsk', id, sk: readUnixSocket(id, member('usk'), socketQueues.get(id) ?? [], where, invalid) };
         break;
+      case FD_TYPE.MEMFD: {
+        const e = member('memfd');
+        memfds ??= memfdInodesOf(input);
+        const inode = memfds.get(Number(e.inode_id));
+        if (!inode) invalid(`${where}: memfd inode ${e.inode_id} is missing from memfd.img`, { inodeId: e.inode_id });
+        file = { kind: 'memfd', id, flags: Number(e.flags), pos: BigInt(e.pos), inode };
+        break;
+      }
       case FD_TYPE.INOTIFY: {
         const e = member('ify');
         const watches = ((e.wd as Msg[] | undefined) ?? []).map((w) => {

@@ -24,12 +24,12 @@
 // fresh open takes the lowest free number. So every source is first moved above the highest
 // dumped fd (F_DUPFD), then the stub's fds are closed, then each source is dup3'd onto its
 // dumped number (with O_CLOEXEC from fdinfo), and finally the temporaries are closed.
-import { readdirSync, readlinkSync } from 'node:fs';
+import { closeSync, fchmodSync, fchownSync, openSync, readdirSync, readlinkSync, readSync, writeSync } from 'node:fs';
 import {
-  asPid, close as closeLocal, F, fcntl, O, open as openLocal, pidfdGetfd, pidfdOpen, write as writeLocal, type Fd,
+  asPid, close as closeLocal, F, fcntl, ftruncate, O, open as openLocal, pidfdGetfd, pidfdOpen, write as writeLocal, type Fd,
 } from '@criu-ts/sys';
 import type { FdImage, ImageSet, RegFile } from './image-set.js';
-import { unixSocketsOf, type FileLockImage, type InotifyWatch, type OpenFileImage, type PipeData } from './fd-images.js';
+import { unixSocketsOf, type FileLockImage, type InotifyWatch, type MemfdInode, type OpenFileImage, type PipeData } from './fd-images.js';
 import { createUnixSockets, planUnixSockets } from './unix-sockets.js';
 import { RestoreError } from './errors.js';
 import { remote, remoteOpen } from './memory.js';
@@ -42,6 +42,9 @@ const O_DIRECT = 0o40000;
 /** The status flags F_SETFL can change (fcntl(2)): the rest of a file's flags is fixed at open. */
 const SETFL_MASK = O.APPEND | O.NONBLOCK | 0o20000 /* O_ASYNC */ | O_DIRECT | 0o1000000 /* O_NOATIME */;
 const EPOLL_CTL_ADD = 1;
+const MFD_ALLOW_SEALING = 2;
+const F_ADD_SEALS = 1033;
+const F_SEAL_SEAL = 1;
 const EFD_SEMAPHORE = 1;
 /** TFD_IOC_SET_TICKS = _IOW('T', 0, u64). */
 const TFD_IOC_SET_TICKS = 0x40085400;
@@ -305,6 +308,17 @@ class FileCreator {
         }
         return this.unixSockets.get(file.id)!;
       }
+      case 'memfd': {
+        let fd = this.memfdInode(file.inode, what);
+        if ((file.flags & 3) !== O.RDWR || this.memfdsUsed.has(file.inode.inodeId)) {
+          // Another open file description of the inode (reopened read-only, or a second open).
+          fd = this.park(remoteOpen(this.task, 'files', `/proc/self/fd/${fd}`, file.flags & ~CREATE_ONLY));
+        }
+        this.memfdsUsed.add(file.inode.inodeId);
+        if (file.pos !== 0n) this.call(`lseek of ${what}`, 'lseek', fd, file.pos, SEEK_SET);
+        this.setStatusFlags(fd, file.flags, what);
+        return fd;
+      }
       case 'inotify': {
         const fd = this.park(this.call(`inotify_init1 for ${what}`, 'inotify_init1', 0));
         this.setStatusFlags(fd, file.flags, what);
@@ -384,6 +398,49 @@ class FileCreator {
       if (n <= 0) break;
     }
     this.call(`F_SETFL of ${what}`, 'fcntl', fd, F.SETFL, flags);
+  }
+
+  private readonly memfds = new Map<number, number>();
+  private readonly memfdsUsed = new Set<number>();
+
+  /**
+   * The task's memfd for a dumped inode, made on first use: memfd_create in the task, then
+   * contents, size, mode, owner and seals set by criu-ts through /proc/PID/fd (they belong to
+   * the inode). A memfd whose only seal is F_SEAL_SEAL was made without MFD_ALLOW_SEALING.
+   */
+  private memfdInode(inode: MemfdInode, what: string): number {
+    const known = this.memfds.get(inode.inodeId);
+    if (known !== undefined) return known;
+    const [name] = this.task.scratchPut(this.task.cString(inode.name));
+    const sealable = inode.seals !== F_SEAL_SEAL;
+    const fd = this.park(this.call(`memfd_create ${inode.name} for ${what}`, 'memfd_create', name!, sealable ? MFD_ALLOW_SEALING : 0));
+    this.memfds.set(inode.inodeId, fd);
+    this.extra.push(fd);
+    const ours = openLocal(`/proc/${this.task.pid}/fd/${fd}`, O.RDWR);
+    try {
+      ftruncate(ours, inode.size);
+      if (inode.pagesFile && inode.runs.length > 0) {
+        const pages = openSync(inode.pagesFile, 'r');
+        try {
+          for (const [offset, at, length] of inode.runs) {
+            const bytes = Buffer.alloc(length);
+            readSync(pages, bytes, 0, length, at);
+            writeSync(ours, bytes, 0, Math.min(length, inode.size - offset), offset);
+          }
+        } finally {
+          closeSync(pages);
+        }
+      }
+      fchmodSync(ours, inode.mode & 0o7777);
+      fchownSync(ours, inode.uid, inode.gid);
+      if (sealable && inode.seals !== 0) {
+        fcntl(ours, F_ADD_SEALS, inode.seals & ~F_SEAL_SEAL);
+        if (inode.seals & F_SEAL_SEAL) fcntl(ours, F_ADD_SEALS, F_SEAL_SEAL);
+      }
+    } finally {
+      closeLocal(ours);
+    }
+    return fd;
   }
 
   /** Pipe ends no dumped fd uses (the other end lived outside the dump) are closed at the end. */
