@@ -13,6 +13,7 @@
  * semaphore mode; an epoll watching the first pipe and an eventfd through an fd number that was
  * dup'ed and closed after it was added; a signalfd with a pending queued signal; an armed
  * periodic timerfd; an expired timerfd with an unread tick; a FIFO with bytes in it; /dev/zero;
+ * a pipe in O_ASYNC mode owned by the process (F_SETOWN) with its own signal (F_SETSIG);
  * two memfds (one sealed against shrinking and growing, with a hole, read at an offset; one
  * not sealable); an inotify instance with watches on a directory and two files whose watch descriptors are 1,
  * 2 and 4 (3 was removed).
@@ -155,6 +156,16 @@ int main(int argc, char **argv)
 
 	int zero = open("/dev/zero", O_RDONLY);
 	MUST(zero);
+
+	int async_pipe[2];
+	MUST(pipe2(async_pipe, O_NONBLOCK));
+	sigset_t async_signal;
+	sigemptyset(&async_signal);
+	sigaddset(&async_signal, SIGRTMIN + 3);
+	sigprocmask(SIG_BLOCK, &async_signal, NULL);
+	MUST(fcntl(async_pipe[0], F_SETOWN, getpid()));
+	MUST(fcntl(async_pipe[0], F_SETSIG, SIGRTMIN + 3));
+	MUST(fcntl(async_pipe[0], F_SETFL, O_NONBLOCK | O_ASYNC));
 
 	int sealed = memfd_create("keeper-data", MFD_ALLOW_SEALING);
 	int plain = memfd_create("small", 0);
@@ -307,6 +318,17 @@ int main(int argc, char **argv)
 		CHECK(readlink(link, name, sizeof(name) - 1) > 0 && strncmp(name, "/memfd:keeper-data", 18) == 0, "memfd name (%s)", name);
 		memset(page, 0, 16);
 		CHECK(pread(plain, page, 16, 0) == 10 && memcmp(page, "small data", 10) == 0 && fcntl(plain, F_GET_SEALS) == F_SEAL_SEAL, "unsealable memfd");
+	}
+
+	{
+		/* The owner and signal of an O_ASYNC file: data arriving raises SIGRTMIN+3 for us. */
+		CHECK(fcntl(async_pipe[0], F_GETOWN) == getpid() && fcntl(async_pipe[0], F_GETSIG) == SIGRTMIN + 3 &&
+			      (fcntl(async_pipe[0], F_GETFL) & O_ASYNC),
+		      "F_SETOWN, F_SETSIG and O_ASYNC kept");
+		struct timespec wait = { 1, 0 };
+		siginfo_t si;
+		CHECK(write(async_pipe[1], "!", 1) == 1 && sigtimedwait(&async_signal, &si, &wait) == SIGRTMIN + 3 && si.si_fd == async_pipe[0],
+		      "data on the O_ASYNC pipe signals its owner");
 	}
 
 	unlink(fifo_path);

@@ -67,8 +67,8 @@ export function ftruncate(fd: Fd, length: number | bigint): void {
 export const F = { DUPFD: 0, GETFD: 1, SETFD: 2, GETFL: 3, SETFL: 4, DUPFD_CLOEXEC: 1030, SETPIPE_SZ: 1031, GETPIPE_SZ: 1032 } as const;
 export const FD_CLOEXEC = 1;
 
-/** fcntl(fd, cmd, arg) for integer commands. */
-export function fcntl(fd: Fd, cmd: number, arg: number | bigint = 0): number {
+/** fcntl(fd, cmd, arg): arg is an integer, or a buffer for commands that read or fill a struct. */
+export function fcntl(fd: Fd, cmd: number, arg: number | bigint | Uint8Array = 0): number {
   return sysCallNumber('fcntl', N.fcntl, [fd, cmd, arg], `fd ${fd} cmd ${cmd}`);
 }
 

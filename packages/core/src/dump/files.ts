@@ -17,6 +17,7 @@ import { pipeInode, readPipeContents, type PipeContents } from './files/pipes.js
 import { terminalKind, ttyInfoEntry, TTY_TYPE } from './files/terminals.js';
 import { inotifyEntry } from './files/inotify.js';
 import { memfdInodeEntry, memfdName } from './files/memfd.js';
+import { noOwner, ownerOf } from './files/owner.js';
 import { FILE_LOCK_FLAG, fileLocks } from './files/locks.js';
 import { socketInode, UnixSocketDumper, unixSocketInodes } from './files/unix-sockets.js';
 
@@ -46,7 +47,6 @@ export interface GhostFile {
   readonly size: number;
 }
 
-const noOwner = () => ({ uid: 0, euid: 0, signum: 0, pid_type: 0, pid: 0 });
 
 export class FileTable {
   private nextId = 1;
@@ -143,7 +143,7 @@ export class FileTable {
 
     const add = (type: number, member: string, entry: DecodedMessage, hasOwner = true): DecodedMessage => {
       const id = this.allocate();
-      this.files.push({ type, id, [member]: { id, ...entry, ...(hasOwner ? { fown: noOwner() } : {}) } });
+      this.files.push({ type, id, [member]: { id, ...entry, ...(hasOwner ? { fown: ownerOf(pid, fd) } : {}) } });
       this.typeOf.set(id, type);
       return { id, flags: fdinfoFlags, type, fd };
     };
@@ -213,7 +213,7 @@ export class FileTable {
     const id = this.allocate();
     const deleted = target.endsWith(' (deleted)') && stats.nlink === 0;
     if (deleted) target = target.slice(0, -' (deleted)'.length);
-    this.files.push({ type: FD_TYPE.REG, id, reg: this.regEntry(id, target, flags, info.pos, stats, true) });
+    this.files.push({ type: FD_TYPE.REG, id, reg: { ...this.regEntry(id, target, flags, info.pos, stats, true), fown: ownerOf(pid, fd) } });
     this.typeOf.set(id, FD_TYPE.REG);
     if (deleted) this.ghost(id, procFd, stats);
     return { id, flags: fdinfoFlags, type: FD_TYPE.REG, fd };

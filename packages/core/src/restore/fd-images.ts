@@ -69,7 +69,17 @@ export type OpenFileImage<Reg> =
       readonly settimeFlags: number; readonly value: readonly [bigint, bigint]; readonly interval: readonly [bigint, bigint];
     };
 
+/** fown_entry: who gets SIGIO/SIGURG from the file (F_SETOWN_EX) and with which signal (F_SETSIG). */
+export interface FileOwner {
+  /** F_OWNER_TID 0, F_OWNER_PID 1, F_OWNER_PGRP 2. */
+  readonly type: number;
+  readonly pid: number;
+  readonly signum: number;
+}
+
 export interface FdSlot<Reg> {
+  /** Set when the file had an owner or a signal (F_SETOWN/F_SETSIG). */
+  readonly owner?: FileOwner;
   readonly fd: number;
   readonly cloexec: boolean;
   readonly type: number;
@@ -154,6 +164,19 @@ function memfdInodesOf(input: FdTableInput<unknown>): Map<number, MemfdInode> {
     });
   }
   return inodes;
+}
+
+/** The owner recorded in a files.img entry (whatever its kind), when there is one. */
+function ownerOf(entry: Msg | undefined, where: string): FileOwner | undefined {
+  if (!entry) return undefined;
+  const member = Object.values(entry).find((v): v is Msg => typeof v === 'object' && v !== null && 'fown' in (v as object));
+  const fown = member?.fown as Msg | undefined;
+  if (!fown) return undefined;
+  const owner = { type: Number(fown.pid_type), pid: Number(fown.pid), signum: Number(fown.signum) };
+  if (owner.pid === 0 && owner.signum === 0) return undefined;
+  if (owner.type < 0 || owner.type > 2) invalid(`${where}: file owner type ${owner.type} is not a thread, process or group`);
+  if (owner.signum < 0 || owner.signum > 64) invalid(`${where}: file signal ${owner.signum} is not a signal`);
+  return owner;
 }
 
 /** Reads and checks every fd slot of one task's table. */
@@ -283,7 +306,8 @@ export function readFdTable<Reg>(input: FdTableInput<Reg>): FdSlot<Reg>[] {
     if (!Number.isInteger(fd) || fd < 0 || fd > 1 << 20) invalid(`${where}: not a valid fd number`, { fd });
     if (seen.has(fd)) invalid(`${fdinfoName}: fd ${fd} appears twice`, { fd });
     seen.add(fd);
-    slots.push({ fd, cloexec: (Number(e.flags) & 1) !== 0, type, fileId, file: fileOf(fileId, type, where) });
+    const owner = ownerOf(files.get(fileId), where);
+    slots.push({ fd, cloexec: (Number(e.flags) & 1) !== 0, type, fileId, file: fileOf(fileId, type, where), ...(owner ? { owner } : {}) });
   }
 
   // Queued messages belong to a socket the table has.

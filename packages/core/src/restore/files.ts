@@ -29,7 +29,7 @@ import {
   asPid, close as closeLocal, F, fcntl, ftruncate, O, open as openLocal, pidfdGetfd, pidfdOpen, write as writeLocal, type Fd,
 } from '@criu-ts/sys';
 import type { FdImage, ImageSet, RegFile } from './image-set.js';
-import { unixSocketsOf, type FileLockImage, type InotifyWatch, type MemfdInode, type OpenFileImage, type PipeData } from './fd-images.js';
+import { unixSocketsOf, type FileOwner, type FileLockImage, type InotifyWatch, type MemfdInode, type OpenFileImage, type PipeData } from './fd-images.js';
 import { createUnixSockets, planUnixSockets } from './unix-sockets.js';
 import { RestoreError } from './errors.js';
 import { remote, remoteOpen } from './memory.js';
@@ -40,9 +40,28 @@ const SEEK_SET = 0;
 const CREATE_ONLY = O.CREAT | O.EXCL | O.TRUNC | O.CLOEXEC;
 const O_DIRECT = 0o40000;
 /** The status flags F_SETFL can change (fcntl(2)): the rest of a file's flags is fixed at open. */
-const SETFL_MASK = O.APPEND | O.NONBLOCK | 0o20000 /* O_ASYNC */ | O_DIRECT | 0o1000000 /* O_NOATIME */;
+const O_ASYNC = 0o20000;
+/**
+ * The status flags F_SETFL can change (fcntl(2)) and that are set as each file is made. O_ASYNC
+ * is not among them: turning it on records the fd number SIGIO reports (si_fd), so it is set on
+ * the final fd once every fd is in place.
+ */
+const SETFL_MASK = O.APPEND | O.NONBLOCK | O_DIRECT | 0o1000000 /* O_NOATIME */;
+
+/** The open flags a file entry of any kind carries (terminals and sockets too), for O_ASYNC. */
+function statusFlagsOf(file: OpenFileImage<RegFile>): number {
+  switch (file.kind) {
+    case 'reg':
+    case 'fifo':
+      return file.reg.flags;
+    default:
+      return 'flags' in file ? file.flags : 0;
+  }
+}
 const EPOLL_CTL_ADD = 1;
 const MFD_ALLOW_SEALING = 2;
+const F_SETSIG = 10;
+const F_SETOWN_EX = 15;
 const F_ADD_SEALS = 1033;
 const F_SEAL_SEAL = 1;
 const EFD_SEMAPHORE = 1;
@@ -189,8 +208,21 @@ class FileCreator {
     const handed = slot.file.kind === 'pipe' ? undefined : this.shared?.file(slot.fileId);
     if (handed !== undefined) return this.receive(handed, `file id ${slot.fileId}`);
     const fd = this.createHere(slot);
+    if (slot.owner && slot.file.kind !== 'tty') this.setOwner(fd, slot.owner, `fd ${slot.fd}`);
     if (slot.file.kind !== 'tty') this.shared?.keepFile(slot.fileId, this.task.pid, fd);
     return fd;
+  }
+
+  /** F_SETOWN_EX and F_SETSIG, as the file had them (they belong to the open file description). */
+  private setOwner(fd: number, owner: FileOwner, what: string): void {
+    if (owner.pid !== 0) {
+      const ownerEx = Buffer.alloc(8);
+      ownerEx.writeInt32LE(owner.type, 0);
+      ownerEx.writeInt32LE(owner.pid, 4);
+      const [arg] = this.task.scratchPut(ownerEx);
+      this.call(`F_SETOWN_EX of ${what}`, 'fcntl', fd, F_SETOWN_EX, arg!);
+    }
+    if (owner.signum !== 0) this.call(`F_SETSIG of ${what}`, 'fcntl', fd, F_SETSIG, owner.signum);
   }
 
   private call(what: string, name: Parameters<RestoreTask['syscallRawSync']>[0], ...args: Array<number | bigint>): number {
@@ -498,6 +530,12 @@ export function restoreFiles(task: RestoreTask, set: ImageSet, pathOf: (f: RegFi
     if (!finalFds.has(f.fileId)) finalFds.set(f.fileId, f.fd);
   }
   for (const work of creator.afterPlacement) work((fileId) => finalFds.get(fileId)!);
+  for (const [fileId, fd] of finalFds) {
+    const slot = set.fds.find((f) => f.fileId === fileId)!;
+    if (!(statusFlagsOf(slot.file) & O_ASYNC)) continue;
+    const flags = Number(remote(task, 'files', `F_GETFL of fd ${fd}`, 'fcntl', fd, F.GETFL));
+    remote(task, 'files', `F_SETFL O_ASYNC of fd ${fd}`, 'fcntl', fd, F.SETFL, flags | O_ASYNC);
+  }
   const dumped = new Set(set.fds.map((f) => f.fd));
   for (const t of parked) if (!dumped.has(t)) remote(task, 'files', `close temporary fd ${t}`, 'close', t);
   // Locks last: closing any fd of a file drops the process's POSIX locks on it, temporaries too.
