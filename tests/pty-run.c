@@ -2,14 +2,15 @@
  * pty-run: runs a program as the foreground job of a shell-like session on a new pseudo-terminal,
  * the way an interactive shell runs a command, and records what the program writes to it.
  *
- *   pty-run LOG_FILE PROGRAM [ARGS...]
+ *   pty-run [--wait] LOG_FILE PROGRAM [ARGS...]
  *
  * Three processes: pty-run itself holds the pty master and copies everything written to the
  * terminal into LOG_FILE; its child plays the shell (a new session with the pty slave as its
  * controlling terminal and on 0/1/2); the shell's child runs PROGRAM in a process group of its
  * own, made the terminal's foreground group. So PROGRAM is not the leader of its session: what
  * criu calls a shell job. The shell lives on when PROGRAM dies (it may be dumped and restored
- * elsewhere), and everything ends after 10 minutes at the latest.
+ * elsewhere), and everything ends after 10 minutes at the latest. With --wait, the shell ends
+ * with its job instead, and pty-run exits with the job's status once the terminal is closed.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -17,6 +18,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/ioctl.h>
 #include <sys/wait.h>
 #include <termios.h>
@@ -25,8 +27,13 @@
 
 int main(int argc, char **argv)
 {
+	int wait_job = argc > 1 && strcmp(argv[1], "--wait") == 0;
+	if (wait_job) {
+		argv++;
+		argc--;
+	}
 	if (argc < 3) {
-		fprintf(stderr, "usage: pty-run LOG_FILE PROGRAM [ARGS...]\n");
+		fprintf(stderr, "usage: pty-run [--wait] LOG_FILE PROGRAM [ARGS...]\n");
 		return 2;
 	}
 	for (int fd = 3; fd < 1024; fd++)
@@ -60,6 +67,12 @@ int main(int argc, char **argv)
 			_exit(127);
 		}
 		setpgid(job, job);
+		if (wait_job) {
+			int status;
+			if (waitpid(job, &status, 0) < 0)
+				_exit(126);
+			_exit(WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status));
+		}
 		/* The shell outlives its job: the job may be dumped and come back somewhere else. */
 		signal(SIGHUP, SIG_IGN);
 		for (int i = 0; i < 600; i++) {
@@ -83,7 +96,9 @@ int main(int argc, char **argv)
 			break;
 		}
 	}
-	kill(shell, SIGKILL);
-	waitpid(shell, NULL, 0);
-	return 0;
+	int status = 0;
+	if (!wait_job)
+		kill(shell, SIGKILL);
+	waitpid(shell, &status, 0);
+	return wait_job && WIFEXITED(status) ? WEXITSTATUS(status) : 0;
 }

@@ -50,6 +50,32 @@ describe('cli: dump, restore, check, demo', function () {
     expect(checks.length).to.be.greaterThan(15);
   });
 
+  it('on a terminal, dump and restore draw a progress bar (pages and throughput) that reaches 100%', function () {
+    const ptyRun = join(TEST_BIN, 'pty-run');
+    const dir = mkdtempSync(join(tmpdir(), 'criu-ts-progress-'));
+    try {
+      keeper = new StateKeeper();
+      const pid = keeper.pid;
+      const onTerminal = (name: string, ...args: string[]) => {
+        // pty-run --wait returns with the command's status once the terminal has no writer left.
+        const r = spawnSync(ptyRun, ['--wait', join(dir, name), process.execPath, BIN, ...args], { stdio: 'ignore', timeout: 60_000 });
+        expect(r.status, readFileSync(join(dir, name), 'utf8')).to.equal(0);
+        return readFileSync(join(dir, name), 'utf8');
+      };
+      const dumped = onTerminal('dump-terminal', 'dump', '-t', String(pid), '-D', keeper.images);
+      expect(dumped).to.match(/dump \[#+\] 100% [\d.]+ MiB \d+ MiB\/s/);
+      for (let i = 0; i < 400 && existsSync(`/proc/${pid}`); i++) {
+        reapIfOurs(pid);
+        spawnSync('sleep', ['0.01']);
+      }
+      const restored = onTerminal('restore-terminal', 'restore', '-D', keeper.images, '-d');
+      expect(restored).to.match(/restore \[#+\] 100% [\d.]+ MiB \d+ MiB\/s/);
+      expect(keeper.check().failures).to.deep.equal([]);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it('a shell job on a terminal: dump -j, restore -j -d from another terminal, and it uses that one', function () {
     // tests/bin/pty-run plays an interactive shell: tty-keeper is its foreground job on a pty.
     const ptyRun = join(TEST_BIN, 'pty-run');

@@ -89,15 +89,18 @@ export async function runRestore(argv: string[], io: CommandIo): Promise<number>
   if (statusFd !== undefined && !/^\d+$/.test(statusFd)) throw new UsageError('restore: --status-fd takes a file descriptor number', RESTORE_HELP);
   const { imagesDir, log, timeoutMs } = common(parsed, io);
   const pidfile = value(parsed, 'pidfile');
+  const progress = new ProgressBar(io, 'restore');
   try {
     log.info(`Restoring from ${imagesDir}`);
     const result = await restore({
       imagesDir,
+      onProgress: ({ bytesRead, bytesTotal }) => progress.update(bytesRead, bytesTotal, 1),
       detached: parsed.values.has('restore-detached'),
       shellJob: parsed.values.has('shell-job'),
       ...(pidfile !== undefined ? { pidfile: resolve(value(parsed, 'work-dir') ?? imagesDir, pidfile) } : {}),
       ...(timeoutMs !== undefined ? { timeoutMs } : {}),
       onRunning: (pid) => {
+        progress.finish();
         log.info(`Restored process ${pid} runs`);
         if (statusFd !== undefined) {
           // criu's --status-fd: one zero byte once the restored tree runs, then the fd is closed.
@@ -112,6 +115,7 @@ export async function runRestore(argv: string[], io: CommandIo): Promise<number>
     // Not detached: exit as the restored process did (128 + signal for a kill, as shells do).
     return result.exit.code ?? 128 + (result.exit.signal ?? 0);
   } catch (error) {
+    progress.finish();
     log.error(error instanceof RestoreError ? error.message : `restore failed: ${(error as Error).message}`);
     log.error('Restoring FAILED.');
     return 1;

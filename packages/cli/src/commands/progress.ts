@@ -34,6 +34,7 @@ export class ProgressBar {
   }
 
   finish(): void {
-    if (this.drawn) this.io.errorRaw?.('\n');
+    if (this.drawn) this.io.errorRaw?.("\n");
+    this.drawn = false;
   }
 }

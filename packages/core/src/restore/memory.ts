@@ -170,16 +170,24 @@ export function mapVmas(
 }
 
 /** Step 4. Returns the number of bytes read into the task. Objects in `attached` were filled by another process. */
-export function fillPages(task: RestoreTask, set: ImageSet, attached: ReadonlySet<bigint> = new Set()): number {
+/** Pages bytes a process's restore reads into it (for progress: the same runs fillPages reads). */
+export function pagesBytesOf(set: ImageSet, attached: ReadonlySet<bigint> = new Set()): number {
+  const sharedVma = (addr: bigint) => set.vmas.some((v) => (v.flags & MAP.SHARED) && v.start <= addr && addr < v.end);
+  const sum = (runs: readonly PagesRun[]) => runs.reduce((n, r) => n + r.nrPages * PAGE_SIZE, 0);
+  return sum(set.runs.filter((r) => !sharedVma(r.vaddr))) + set.shmem.filter((o) => o.pagesFile && !attached.has(o.shmid)).reduce((n, o) => n + sum(o.runs), 0);
+}
+
+/** `onRead` is told the bytes of each read as it completes (progress displays). */
+export function fillPages(task: RestoreTask, set: ImageSet, attached: ReadonlySet<bigint> = new Set(), onRead?: (bytes: number) => void): number {
   // Runs inside shared file mappings are not written: their contents belong to the file.
   const sharedVma = (addr: bigint) => set.vmas.some((v) => (v.flags & MAP.SHARED) && v.start <= addr && addr < v.end);
-  let total = readRuns(task, set.pagesFile, set.runs.filter((r) => !sharedVma(r.vaddr)));
-  for (const object of set.shmem) if (object.pagesFile && !attached.has(object.shmid)) total += readRuns(task, object.pagesFile, object.runs);
+  let total = readRuns(task, set.pagesFile, set.runs.filter((r) => !sharedVma(r.vaddr)), onRead);
+  for (const object of set.shmem) if (object.pagesFile && !attached.has(object.shmid)) total += readRuns(task, object.pagesFile, object.runs, onRead);
   return total;
 }
 
 /** preadv of `runs` (address, pages, offset in pagesFile) from pagesFile into the task. */
-function readRuns(task: RestoreTask, pagesFile: string, runs: readonly PagesRun[]): number {
+function readRuns(task: RestoreTask, pagesFile: string, runs: readonly PagesRun[], onRead?: (bytes: number) => void): number {
   if (runs.length === 0) return 0;
   prefault(task, runs);
   const fd = remoteOpen(task, 'fill-pages', pagesFile, O.RDONLY | O.CLOEXEC);
@@ -219,6 +227,7 @@ function readRuns(task: RestoreTask, pagesFile: string, runs: readonly PagesRun[
         const n = Number(remote(task, 'fill-pages', `preadv of ${want} bytes at offset ${offset + done} of ${pagesFile}`, 'preadv', fd, iovAddr!, iov.length, BigInt(offset + done), 0));
         if (n === 0) fail('fill-pages', `${pagesFile} ended at offset ${offset + done}, expected ${bytes - done} more bytes`);
         done += n;
+        onRead?.(n);
       }
       total += bytes;
     }

@@ -28,7 +28,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { __WALL, kill, ptraceDetach, SIGNALS, wait4, WNOHANG, asPid, type Pid } from '@criu-ts/sys';
 import { atStage, RestoreError } from './errors.js';
 import { checkPidFree, readTreeImageSet, TASK_SIZE, type ThreadImage, type TreeTaskImages } from './image-set.js';
-import { fillPages, mapVdso, mapVmas, protectVmas, remote, setMmFields, unmapAllButControl, type SharedMemorySource } from './memory.js';
+import { fillPages, pagesBytesOf, mapVdso, mapVmas, protectVmas, remote, setMmFields, unmapAllButControl, type SharedMemorySource } from './memory.js';
 import { restoreFiles, restoreFs, SharedFiles } from './files.js';
 import { GhostFiles } from './ghost-files.js';
 import { CONTROL_SIZE, findControlAreaHole, RestoreTask } from './remote-task.js';
@@ -50,6 +50,8 @@ export interface RestoreOptions {
   pidfile?: string;
   /** The process was part of a shell job: it joins the caller's session and terminal (criu -j). */
   shellJob?: boolean;
+  /** Called as page contents are read into the processes (for progress displays). */
+  onProgress?: (progress: { bytesRead: number; bytesTotal: number }) => void;
   /** Called once the process runs (before waiting for it when not detached). */
   onRunning?: (pid: number) => void;
   /** Limit for each remote call and wait, in milliseconds (default 10000). */
@@ -196,6 +198,9 @@ export function restoreSync(options: RestoreOptions): { pid: number; pids: numbe
     // ---- every live process's own state, as a single process is restored
     const sources = new Map<bigint, SharedMemorySource>();
     const live = made.filter((m) => m.images.set);
+    // For progress displays: shared objects are counted where they are read (their first mapper).
+    const bytesTotal = live.reduce((n, m) => n + pagesBytesOf(m.images.set!), 0);
+    let bytesRead = 0;
     sharedFiles = SharedFiles.plan(live.map((m) => m.images.set!));
     const threadsOf = new Map<MadeProcess, Array<{ tid: Pid; image: ThreadImage }>>();
     let memoryMs = 0;
@@ -210,7 +215,10 @@ export function restoreSync(options: RestoreOptions): { pid: number; pids: numbe
       atStage('vdso', 'mapping the vDSO', () => mapVdso(t, set.vmas));
       const attached = new Set(set.shmem.filter((o) => sources.has(o.shmid)).map((o) => o.shmid));
       const mapped = atStage('map-vmas', 'mapping VMAs', () => mapVmas(t, set, pathOf, sources));
-      pagesBytes += atStage('fill-pages', 'reading pages', () => fillPages(t, set, attached));
+      pagesBytes += atStage('fill-pages', 'reading pages', () => fillPages(t, set, attached, (n) => {
+        bytesRead += n;
+        options.onProgress?.({ bytesRead, bytesTotal });
+      }));
       atStage('protect', 'setting protections', () => protectVmas(t, mapped));
       atStage('mm-fields', 'PR_SET_MM_MAP', () => setMmFields(t, set, pathOf));
       memoryMs += performance.now() - m0;
