@@ -14,7 +14,9 @@
  * dup'ed and closed after it was added; a signalfd with a pending queued signal; an armed
  * periodic timerfd; an expired timerfd with an unread tick; a FIFO with bytes in it; /dev/zero;
  * a pipe in O_ASYNC mode owned by the process (F_SETOWN) with its own signal (F_SETSIG);
- * two memfds (one sealed against shrinking and growing, with a hole, read at an offset; one
+ * an O_PATH fd and a directory fd read part way; a file in O_APPEND mode reopened through
+ * /proc/self/fd at its own offset; a file whose path now names another file (the one held was
+ * replaced by a rename); two memfds (one sealed against shrinking and growing, with a hole, read at an offset; one
  * not sealable); an inotify instance with watches on a directory and two files whose watch descriptors are 1,
  * 2 and 4 (3 was removed).
  */
@@ -156,6 +158,40 @@ int main(int argc, char **argv)
 
 	int zero = open("/dev/zero", O_RDONLY);
 	MUST(zero);
+
+	int opath = open(argv[2], O_PATH | O_DIRECTORY);
+	MUST(opath);
+	char subdir[4200];
+	snprintf(subdir, sizeof(subdir), "%s/listing", argv[2]);
+	MUST(mkdir(subdir, 0700));
+	for (int i = 0; i < 8; i++) {
+		char entry[4300];
+		snprintf(entry, sizeof(entry), "%s/entry-%d", subdir, i);
+		MUST(close(open(entry, O_CREAT | O_WRONLY, 0600)));
+	}
+	int dirfd = open(subdir, O_RDONLY | O_DIRECTORY);
+	MUST(dirfd);
+	char appended_path[4200];
+	snprintf(appended_path, sizeof(appended_path), "%s/appended", argv[2]);
+	int appended = open(appended_path, O_CREAT | O_WRONLY | O_APPEND, 0600);
+	MUST(appended);
+	MUST(write(appended, "0123456789", 10));
+	char self_link[64];
+	snprintf(self_link, sizeof(self_link), "/proc/self/fd/%d", appended);
+	int reopened = open(self_link, O_RDONLY);
+	MUST(reopened);
+	MUST(lseek(reopened, 4, SEEK_SET));
+	char replaced_path[4200], replacement[4200];
+	snprintf(replaced_path, sizeof(replaced_path), "%s/replaced", argv[2]);
+	snprintf(replacement, sizeof(replacement), "%s/replacement", argv[2]);
+	int held = open(replaced_path, O_CREAT | O_RDWR, 0600);
+	MUST(held);
+	MUST(write(held, "original", 8));
+	int other = open(replacement, O_CREAT | O_WRONLY, 0600);
+	MUST(other);
+	MUST(write(other, "newcomer", 8));
+	close(other);
+	MUST(rename(replacement, replaced_path)); /* the held file is unlinked; its path names the newcomer */
 
 	int async_pipe[2];
 	MUST(pipe2(async_pipe, O_NONBLOCK));
@@ -329,6 +365,15 @@ int main(int argc, char **argv)
 		siginfo_t si;
 		CHECK(write(async_pipe[1], "!", 1) == 1 && sigtimedwait(&async_signal, &si, &wait) == SIGRTMIN + 3 && si.si_fd == async_pipe[0],
 		      "data on the O_ASYNC pipe signals its owner");
+	}
+
+	{
+		struct stat st;
+		char buf2[64] = { 0 };
+		CHECK(fcntl(opath, F_GETFL) & O_PATH && fstat(opath, &st) == 0 && S_ISDIR(st.st_mode), "O_PATH fd");
+		CHECK(lseek(reopened, 0, SEEK_CUR) == 4 && read(reopened, buf2, 3) == 3 && memcmp(buf2, "456", 3) == 0, "file reopened through /proc/self/fd keeps its own offset");
+		CHECK((fcntl(appended, F_GETFL) & O_APPEND) && write(appended, "X", 1) == 1 && pread(reopened, buf2, 11, 0) == 11 && buf2[10] == 'X', "O_APPEND kept");
+		CHECK(pread(held, buf2, 8, 0) == 8 && memcmp(buf2, "original", 8) == 0 && fstat(held, &st) == 0 && st.st_nlink == 0, "file replaced at its path: the held one comes back");
 	}
 
 	unlink(fifo_path);

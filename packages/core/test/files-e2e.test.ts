@@ -23,7 +23,9 @@ function fdKinds(pid: number): string[] {
 
 function kindOf(pid: number, fd: number): string {
   const link = execFileSync('readlink', [`/proc/${pid}/fd/${fd}`], { encoding: 'utf8' }).trim();
-  return link.replace(/\[\d+\]$/, '[N]');
+  // A deleted file whose path another file took meanwhile is recreated (and deleted again) under
+  // a temporary name beside it: the one difference /proc shows.
+  return link.replace(/\[\d+\]$/, '[N]').replace(/\/\.([^/]+)\.criu-ts-ghost\.\d+\.\d+ \(deleted\)$/, '/$1 (deleted)');
 }
 
 /** crit's JSON of one image, as decode gives it (bigints and all). */

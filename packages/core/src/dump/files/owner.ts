@@ -2,7 +2,7 @@
 // the signal it sends (F_SETSIG), as CRIU's fown_entry records them. They belong to the open file
 // description, so criu-ts reads them on a duplicate of the task's fd (pidfd_getfd: the same
 // description) instead of running anything in the task.
-import { close, fcntl, pidfdGetfd, pidfdOpen, asPid, type Fd } from '@criu-ts/sys';
+import { close, fcntl, isSysError, pidfdGetfd, pidfdOpen, asPid, type Fd } from '@criu-ts/sys';
 import type { DecodedMessage } from '@criu-ts/images';
 
 const F_GETSIG = 11;
@@ -19,7 +19,13 @@ export function ownerOf(pid: number, fd: number): DecodedMessage {
     ours = pidfdGetfd(pidfd, fd);
     // struct f_owner_ex { int type; pid_t pid; } and two uid_t: filled by the kernel.
     const ownerEx = Buffer.alloc(8);
-    fcntl(ours, F_GETOWN_EX, ownerEx);
+    try {
+      fcntl(ours, F_GETOWN_EX, ownerEx);
+    } catch (error) {
+      // An O_PATH fd has no owner to ask about (fcntl answers EBADF): it cannot have one.
+      if (isSysError(error, 'EBADF')) return noOwner();
+      throw error;
+    }
     const signum = fcntl(ours, F_GETSIG);
     const owner = { type: ownerEx.readInt32LE(0), pid: ownerEx.readInt32LE(4) };
     if (owner.pid === 0 && signum === 0) return noOwner();
