@@ -33,6 +33,7 @@
 #include <sys/eventfd.h>
 #include <sys/inotify.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
 #include <sys/timerfd.h>
@@ -171,6 +172,21 @@ int main(int argc, char **argv)
 	}
 	int dirfd = open(subdir, O_RDONLY | O_DIRECTORY);
 	MUST(dirfd);
+	/* Read the directory part way: the rest must follow after restore, nothing twice. */
+	char dirbuf[4096];
+	int listed_before = 0;
+	{
+		long n = syscall(SYS_getdents64, dirfd, dirbuf, 80);
+		for (long off = 0; off < n;) {
+			unsigned short reclen = *(unsigned short *)(dirbuf + off + 16);
+			listed_before++;
+			off += reclen;
+		}
+		if (n <= 0 || listed_before >= 10) {
+			dprintf(report_fd, "setup failed: getdents64 read %d entries\n", listed_before);
+			_exit(99);
+		}
+	}
 	char appended_path[4200];
 	snprintf(appended_path, sizeof(appended_path), "%s/appended", argv[2]);
 	int appended = open(appended_path, O_CREAT | O_WRONLY | O_APPEND, 0600);
@@ -371,6 +387,17 @@ int main(int argc, char **argv)
 		struct stat st;
 		char buf2[64] = { 0 };
 		CHECK(fcntl(opath, F_GETFL) & O_PATH && fstat(opath, &st) == 0 && S_ISDIR(st.st_mode), "O_PATH fd");
+		int listed_after = 0;
+		for (int round = 0; round < 20; round++) {
+			long n = syscall(SYS_getdents64, dirfd, dirbuf, sizeof(dirbuf));
+			if (n <= 0)
+				break;
+			for (long off = 0; off < n;) {
+				listed_after++;
+				off += *(unsigned short *)(dirbuf + off + 16);
+			}
+		}
+		CHECK(listed_before + listed_after == 10, "directory read on from its position (%d + %d entries)", listed_before, listed_after);
 		CHECK(lseek(reopened, 0, SEEK_CUR) == 4 && read(reopened, buf2, 3) == 3 && memcmp(buf2, "456", 3) == 0, "file reopened through /proc/self/fd keeps its own offset");
 		CHECK((fcntl(appended, F_GETFL) & O_APPEND) && write(appended, "X", 1) == 1 && pread(reopened, buf2, 11, 0) == 11 && buf2[10] == 'X', "O_APPEND kept");
 		CHECK(pread(held, buf2, 8, 0) == 8 && memcmp(buf2, "original", 8) == 0 && fstat(held, &st) == 0 && st.st_nlink == 0, "file replaced at its path: the held one comes back");
