@@ -62,8 +62,11 @@ export class FileTable {
   private nextGhostId = 1;
   /** Queued messages of unix sockets (sk-queues.img), oldest first per socket, by the receiving socket's file id. */
   readonly socketQueues: Array<{ idFor: number; bytes: Buffer }> = [];
-  private unixSockets?: UnixSocketDumper;
+  /** One per dumped process: peers are looked up among that process's sockets. */
+  private readonly unixSockets = new Map<number, UnixSocketDumper>();
   private unixInodes?: Set<number>;
+  /** The sock_diag dump of every unix socket, shared by the processes' dumpers (taken once: the tree is frozen). */
+  private readonly diagCache: { sockets?: Map<number, import('@criu-ts/sys').UnixDiagSocket> } = {};
 
   /** tty-info.img entries, one per terminal device (by st_rdev). */
   readonly ttyInfos: DecodedMessage[] = [];
@@ -175,8 +178,12 @@ export class FileTable {
       // Read once per dump (the task is frozen; a socket it had is not one it makes meanwhile).
       this.unixInodes ??= unixSocketInodes(pid);
       if (!this.unixInodes.has(socketIno)) throw new UnsupportedFileError(fd, target, 'socket (not AF_UNIX)');
-      this.unixSockets ??= new UnixSocketDumper(pid, new Set(taskFds.map((n) => socketInodeOf(pid, n)).filter((n): n is number => n !== undefined)));
-      const socket = this.unixSockets.dump(fd, socketIno, flags);
+      let dumper = this.unixSockets.get(pid);
+      if (!dumper) {
+        dumper = new UnixSocketDumper(pid, new Set(taskFds.map((n) => socketInodeOf(pid, n)).filter((n): n is number => n !== undefined)), this.diagCache);
+        this.unixSockets.set(pid, dumper);
+      }
+      const socket = dumper.dump(fd, socketIno, flags);
       const slot = add(FD_TYPE.UNIXSK, 'usk', socket.entry);
       for (const bytes of socket.queue) this.socketQueues.push({ idFor: Number(slot.id), bytes });
       return slot;

@@ -77,17 +77,22 @@ export interface DumpedUnixSocket {
 
 /** The unix sockets of one dumped task. */
 export class UnixSocketDumper {
-  private diag?: Map<number, UnixDiagSocket>;
   private peekBuffer?: Buffer;
 
   /** `taskSockets`: every socket inode the task holds an fd of (a peer among them is dumped too). */
+  /** `diag`: a cache of the sock_diag dump, shared between the dumpers of one dump. */
   constructor(
     private readonly pid: Pid,
     private readonly taskSockets: ReadonlySet<number>,
+    private readonly diagCache: { sockets?: Map<number, UnixDiagSocket> } = {},
   ) {}
 
+  private get diag(): Map<number, UnixDiagSocket> {
+    this.diagCache.sockets ??= unixDiagDump();
+    return this.diagCache.sockets;
+  }
+
   private lookup(ino: number): UnixDiagSocket | undefined {
-    this.diag ??= unixDiagDump();
     return this.diag.get(ino);
   }
 
@@ -116,7 +121,7 @@ export class UnixSocketDumper {
       // listener's accept queue (sock_diag lists the connecting sockets of those as the
       // listener's ICONS), or a socket that was closed. CRIU records the listener as the peer of
       // a connection not accepted yet; restore connects it to the listener again.
-      const listener = [...this.diag!.values()].find((l) => l.icons?.includes(ino));
+      const listener = [...this.diag.values()].find((l) => l.icons?.includes(ino));
       // Otherwise the peer was closed: peer 0, as CRIU records it; the socket still holds what
       // the peer sent before closing, then reads the end of the stream.
       if (!listener) {
