@@ -2,12 +2,14 @@
 // out as CRIU 4.2 writes them.
 //
 //   seccomp.img    one seccomp_entry; seccomp_filters lists every thread's chain, threads by
-//                  ascending TID across the whole tree, each chain oldest filter first; a filter's
-//                  `prev` is the index of the filter installed before it (absent for the oldest);
-//                  `flags` always present (SECCOMP_FILTER_FLAG_LOG from the kernel's metadata,
-//                  SECCOMP_FILTER_FLAG_TSYNC as below)
+//                  ascending TID across the whole tree, each chain newest filter first. Despite
+//                  its name, a filter's `prev` is the index of the filter installed right after
+//                  it (the entry before it in the list; absent for the newest): restore starts
+//                  from the oldest and follows `prev`. `flags` is always present
+//                  (SECCOMP_FILTER_FLAG_LOG from the kernel's metadata, SECCOMP_FILTER_FLAG_TSYNC
+//                  as below)
 //   thread_core    seccomp_mode (1 strict, 2 filter; absent when disabled) and, in filter mode,
-//                  seccomp_filter = the index of the thread's newest filter
+//                  seccomp_filter = the index of the thread's oldest filter (installed first)
 //
 // Filters are per thread in the kernel and no interface says whether two threads share one
 // (kcmp has no seccomp mode), so, as CRIU does: when every thread of a process has the same chain
@@ -16,7 +18,7 @@
 // the kernel copies it to every thread. Restoring without TSYNC would break a later
 // TSYNC install by the program (it needs every thread's filter to be an ancestor of the caller's).
 //
-// Read with PTRACE_SECCOMP_GET_FILTER (index 0 = the newest filter) and PTRACE_SECCOMP_GET_METADATA,
+// Read with PTRACE_SECCOMP_GET_FILTER (index 0 = the oldest filter) and PTRACE_SECCOMP_GET_METADATA,
 // which need the thread in a ptrace-stop: before the parasite runs.
 import type { DecodedMessage } from '@criu-ts/images';
 import { ptraceRaw, type Pid } from '@criu-ts/sys';
@@ -49,23 +51,23 @@ export interface ThreadSeccomp {
 export function collectSeccomp(pid: Pid, tid: Pid): ThreadSeccomp {
   const mode = Number(readStatus(pid, tid).get('Seccomp') ?? '0');
   if (mode !== SECCOMP_MODE_FILTER) return { mode, filters: [] };
-  const newestFirst: SeccompFilterCopy[] = [];
+  const oldestFirst: SeccompFilterCopy[] = [];
   const buf = Buffer.alloc(BPF_MAXINSNS * SOCK_FILTER_SIZE);
   for (let index = 0; ; index++) {
     let count: number;
     try {
       count = Number(ptraceRaw(PTRACE_SECCOMP_GET_FILTER, tid, index, buf));
     } catch (err) {
-      if ((err as { code?: string }).code === 'ENOENT') break; // past the oldest filter
+      if ((err as { code?: string }).code === 'ENOENT') break; // past the newest filter
       throw new Error(`PTRACE_SECCOMP_GET_FILTER(${index}) of thread ${tid} failed: ${(err as Error).message}`, { cause: err });
     }
     const meta = Buffer.alloc(16);
     meta.writeBigUInt64LE(BigInt(index), 0);
     ptraceRaw(PTRACE_SECCOMP_GET_METADATA, tid, meta.length, meta);
-    newestFirst.push({ program: Buffer.from(buf.subarray(0, count * SOCK_FILTER_SIZE)), flags: Number(meta.readBigUInt64LE(8)) });
+    oldestFirst.push({ program: Buffer.from(buf.subarray(0, count * SOCK_FILTER_SIZE)), flags: Number(meta.readBigUInt64LE(8)) });
   }
-  if (newestFirst.length === 0) throw new Error(`thread ${tid} is in seccomp filter mode but PTRACE_SECCOMP_GET_FILTER finds no filter`);
-  return { mode, filters: newestFirst.reverse() };
+  if (oldestFirst.length === 0) throw new Error(`thread ${tid} is in seccomp filter mode but PTRACE_SECCOMP_GET_FILTER finds no filter`);
+  return { mode, filters: oldestFirst };
 }
 
 function sameChain(a: ThreadSeccomp, b: ThreadSeccomp): boolean {
@@ -100,7 +102,7 @@ export function seccompImage(processes: ReadonlyArray<ReadonlyArray<{ tid: numbe
     const { mode, filters } = effective.get(tid)!;
     const fields: DecodedMessage = {};
     if (mode !== SECCOMP_MODE_DISABLED) fields.seccomp_mode = mode;
-    filters.forEach((f, i) => {
+    [...filters].reverse().forEach((f, i) => {
       const filter: DecodedMessage = { filter: new Uint8Array(f.program) };
       if (i > 0) filter.prev = seccompFilters.length - 1;
       filter.flags = f.flags;

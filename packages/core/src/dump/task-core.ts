@@ -142,7 +142,7 @@ function credsEntry(pid: number, tid: number, noNewPrivs: boolean, securebits: n
     cap_amb: capabilityWords(status.get('CapAmb') ?? '0'),
   };
   if (groups.length > 0) creds.groups = groups;
-  if (noNewPrivs) creds.no_new_privs = true;
+  if (noNewPrivs) creds.no_new_privs = 1; // uint32 in creds.proto
   return creds;
 }
 

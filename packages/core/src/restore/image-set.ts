@@ -128,8 +128,9 @@ const SOCK_FILTER_SIZE = 8;
 const BPF_MAXINSNS = 4096;
 
 /**
- * The chain of one thread: from thread_core.seccomp_filter (its newest filter) back through
- * `prev` to the oldest, as indexes into seccomp.img. Refuses an unknown mode, an index outside
+ * The chain of one thread, in the order to install it: from thread_core.seccomp_filter (its
+ * oldest filter) through `prev` (which CRIU points at the next newer filter, see
+ * dump/seccomp.ts) to the newest, as indexes into seccomp.img. Refuses an unknown mode, an index outside
  * the image, a `prev` that does not point back (a loop), a program that is not whole sock_filter
  * instructions, and flags restore cannot honour.
  */
@@ -151,7 +152,7 @@ function resolveSeccomp(file: string, modeField: unknown, filterField: unknown, 
       invalid(`seccomp.img filter ${index}: ${program.length} bytes is not a classic BPF program (1..${BPF_MAXINSNS} instructions of ${SOCK_FILTER_SIZE} bytes)`, { index, bytes: program.length });
     }
     if (flags & ~SECCOMP_FILTER_FLAGS_KNOWN) invalid(`seccomp.img filter ${index}: flags 0x${flags.toString(16)} cannot be restored (known: TSYNC, LOG, SPEC_ALLOW)`, { index, flags });
-    chain.unshift({ program, flags });
+    chain.push({ program, flags });
     if (f.prev === undefined) break;
     from = index;
     index = Number(f.prev);
