@@ -96,6 +96,8 @@ function itimer(t: Itimer): DecodedMessage {
 
 const SIGEV_NOTIFY: Record<string, number> = { signal: 0 /* SIGEV_SIGNAL */, none: 1 /* SIGEV_NONE */, thread: 2 /* SIGEV_THREAD */ };
 const SIGEV_THREAD_ID = 4;
+/** Well below what one parasite reply carries (PARASITE_REPLY_MAX / sizeof(struct parasite_posix_timer) = 204). */
+const POSIX_TIMERS_PER_REQUEST = 128;
 
 /**
  * posix_timer_entry of every timer_create() timer, by ascending id: clock, signal, sigev value and
@@ -105,7 +107,11 @@ const SIGEV_THREAD_ID = 4;
 function posixTimerEntries(pid: Pid, parasite: Parasite): DecodedMessage[] {
   const listed = readPosixTimers(pid).sort((a, b) => a.id - b.id);
   if (listed.length === 0) return [];
-  const times = new Map(parasite.dumpPosixTimers(listed.map((t) => t.id)).map((t) => [t.id, t]));
+  // One parasite reply holds a bounded number of timers: ask in batches.
+  const times = new Map<number, ReturnType<Parasite['dumpPosixTimers']>[number]>();
+  for (let i = 0; i < listed.length; i += POSIX_TIMERS_PER_REQUEST) {
+    for (const t of parasite.dumpPosixTimers(listed.slice(i, i + POSIX_TIMERS_PER_REQUEST).map((x) => x.id))) times.set(t.id, t);
+  }
   return listed.map((t) => {
     const time = times.get(t.id);
     const notify = SIGEV_NOTIFY[t.notify];
