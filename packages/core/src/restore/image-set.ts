@@ -134,7 +134,7 @@ const BPF_MAXINSNS = 4096;
  * the image, a `prev` that does not point back (a loop), a program that is not whole sock_filter
  * instructions, and flags restore cannot honour.
  */
-function resolveSeccomp(file: string, modeField: unknown, filterField: unknown, filters: readonly Msg[]): SeccompChain | undefined {
+export function resolveSeccomp(file: string, modeField: unknown, filterField: unknown, filters: readonly Msg[]): SeccompChain | undefined {
   const mode = Number(modeField ?? 0);
   if (mode === 0) return undefined;
   if (mode === SECCOMP_MODE_STRICT) return { mode, filters: [] };
