@@ -46,6 +46,8 @@ const SECCOMP_SET_MODE_STRICT = 0;
 const SECCOMP_SET_MODE_FILTER = 1;
 const SECCOMP_FILTER_FLAG_TSYNC = 1;
 const PRIO_PROCESS = 0;
+const SCHED_DEADLINE = 6;
+const SCHED_RESET_ON_FORK = 0x4000_0000;
 const O_WRONLY = 1;
 const AT_FDCWD = -100;
 
@@ -88,7 +90,7 @@ const capNames = (mask: bigint): string => [...Array(64).keys()].filter((c) => (
 /** Steps 1-5 of the module doc for process `set`. Precondition: every thread made (`threads`), the leader's control area mapped. */
 export function restoreTaskSecurity(task: RestoreTask, set: ImageSet, threads: ReadonlyArray<{ tid: Pid; image: { core: Msg } }>, warnings: string[]): void {
   const all: ThreadCore[] = [{ tid: task.pid, core: set.core }, ...threads.map((t) => ({ tid: t.tid, core: t.image.core }))];
-  for (const t of all) restoreSched(task, t);
+  for (const t of all) restoreSched(task, t, warnings);
   restoreLoginuid(task, set, warnings);
   restoreOomScoreAdj(task, set, warnings);
 
@@ -119,9 +121,12 @@ export function restoreTaskSecurity(task: RestoreTask, set: ImageSet, threads: R
 }
 
 /** sched_setscheduler and setpriority of one thread (both per thread on Linux). */
-function restoreSched(task: RestoreTask, t: ThreadCore): void {
+function restoreSched(task: RestoreTask, t: ThreadCore, warnings: string[]): void {
   const thc = (t.core.thread_core ?? {}) as Msg;
-  if (thc.sched_policy !== undefined) {
+  if (thc.sched_policy !== undefined && (Number(thc.sched_policy) & ~SCHED_RESET_ON_FORK) === SCHED_DEADLINE) {
+    // Its runtime, deadline and period are not in CRIU's image (and sched_setscheduler refuses it).
+    warnings.push(`thread ${t.tid} ran under SCHED_DEADLINE, whose parameters the image does not hold; it runs under SCHED_OTHER`);
+  } else if (thc.sched_policy !== undefined) {
     const param = Buffer.alloc(4);
     param.writeInt32LE(Number(thc.sched_prio ?? 0), 0);
     const [addr] = task.scratchPut(param);
