@@ -21,7 +21,7 @@ export {
   type Blob, type LoadedBlob, type Sigaction, type Itimer, type PosixTimer, type TaskMisc,
 } from './parasite.js';
 export { CMD as PARASITE_CMD, CTL as PARASITE_CTL, SIGFRAME } from './parasite-abi.js';
-export { listThreads, taskState, readMaps, readStatus, listPosixTimers, type Vma } from './proc.js';
+export { listThreads, taskState, readMaps, readStatus, listPosixTimers, readPosixTimers, type ProcPosixTimer, type Vma } from './proc.js';
 
 /** A seized task, with the parasite loaded on demand. */
 export class Victim extends Injection {

@@ -31,11 +31,12 @@
  * Every ptrace call must come from the thread that seized the task (ptrace is per thread): all
  * of this runs synchronously on the calling thread; the async methods only wrap the sync ones.
  */
+import { readFileSync } from 'node:fs';
 import {
   __WALL, asRemoteAddress, close, isSysError, O, open, pread, ptraceCont, ptraceDetach, ptraceGetRegs,
   ptraceGetRegset, ptraceGetSigmask, ptraceInterrupt, ptraceSeize, ptraceSetRegs, ptraceSetRegset,
   ptraceSetSigmask, ptraceSingleStep, pwrite, SIGNALS, SIGSET_ALL, SysError, syscallName, syscallNumber,
-  tgkill, kill, wait4, NT, PTRACE_EVENT, MAP, PROT, signalName, type Fd, type Pid, type RemoteAddress,
+  tgkill, kill, wait4, NT, PTRACE_EVENT, PTRACE_O, MAP, PROT, signalName, type Fd, type Pid, type RemoteAddress,
   type SyscallName, type UserRegs, type WaitStatus, asPid,
 } from '@criu-ts/sys';
 import { CompelError } from './errors.js';
@@ -597,6 +598,22 @@ export class Injection {
   }
 }
 
+/**
+ * PTRACE_O_SUSPEND_SECCOMP for a thread under seccomp (strict mode or filters), else 0. Remote
+ * syscalls and the parasite run as the thread itself, so its seccomp state would apply to them:
+ * strict mode kills on anything but read/write/exit/sigreturn, and a filter may forbid mmap or
+ * munmap. While the option is set (it needs CAP_SYS_ADMIN and a tracer not under seccomp itself),
+ * the kernel skips every seccomp check of the tracee; detaching clears it (ptrace(2)).
+ */
+function seccompSuspension(pid: Pid, tid: Pid): number {
+  try {
+    const line = /^Seccomp:\s*(\d+)$/m.exec(readFileSync(`/proc/${pid}/task/${tid}/status`, 'utf8'));
+    return line && line[1] !== '0' ? PTRACE_O.SUSPEND_SECCOMP : 0;
+  } catch {
+    return 0; // gone: the seize that follows fails with ESRCH and says so
+  }
+}
+
 /** Waits for the first stop of a freshly seized thread; returns null if it exited meanwhile. */
 function waitSeizeStop(pid: Pid, tid: Pid, deadline: number): { groupStop: number; pending: number[] } | null {
   const pending: number[] = [];
@@ -666,7 +683,7 @@ export function seizeSync<T extends Injection>(
       if (fresh.length === 0) break;
       for (const tid of fresh) {
         try {
-          ptraceSeize(tid);
+          ptraceSeize(tid, seccompSuspension(pid, tid));
         } catch (err) {
           if (isSysError(err, 'ESRCH')) continue; // the thread exited meanwhile
           if (isSysError(err, 'EPERM') && tid !== pid && taskState(pid, tid) === 'Z') continue;

@@ -72,3 +72,42 @@ export function listPosixTimers(pid: Pid): number[] {
     return [];
   }
 }
+
+/** One timer_create() timer as /proc/PID/timers shows it (fs/proc/base.c, show_timer). */
+export interface ProcPosixTimer {
+  readonly id: number;
+  readonly signal: number;
+  /** sigev_value as a pointer (sival_int is its low half). */
+  readonly sivalPtr: bigint;
+  /** 'signal' (SIGEV_SIGNAL), 'none' (SIGEV_NONE) or 'thread' (SIGEV_THREAD). */
+  readonly notify: string;
+  /** With SIGEV_THREAD_ID: the thread the signal goes to ("tid.N"); otherwise undefined ("pid.N"). */
+  readonly threadId: number | undefined;
+  /** As the kernel keeps it: CPU-time clocks are negative (CLOCK_PROCESS_CPUTIME_ID shows -6). */
+  readonly clockId: number;
+}
+
+/**
+ * Every POSIX timer of a process, with what only /proc tells (timer_gettime does not give the
+ * clock, signal or target). Blocks of four lines per timer: "ID: n", "signal: SIG/VALUE",
+ * "notify: KIND/pid.N" or "KIND/tid.N", "ClockID: n". Empty when the process has none.
+ */
+export function readPosixTimers(pid: Pid): ProcPosixTimer[] {
+  let text: string;
+  try {
+    text = readFileSync(`/proc/${pid}/timers`, 'utf8');
+  } catch {
+    return [];
+  }
+  const timers: ProcPosixTimer[] = [];
+  for (const block of text.split(/^(?=ID: )/m)) {
+    if (!block.trim()) continue;
+    const m = /^ID: (-?\d+)\nsignal: (\d+)\/([0-9a-f]+)\nnotify: (\w+)\/(pid|tid)\.(\d+)\nClockID: (-?\d+)/.exec(block);
+    if (!m) throw new Error(`/proc/${pid}/timers: unexpected block ${JSON.stringify(block)}`);
+    timers.push({
+      id: Number(m[1]), signal: Number(m[2]), sivalPtr: BigInt(`0x${m[3]}`), notify: m[4]!,
+      threadId: m[5] === 'tid' ? Number(m[6]) : undefined, clockId: Number(m[7]),
+    });
+  }
+  return timers;
+}

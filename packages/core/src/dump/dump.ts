@@ -33,7 +33,7 @@ import {
   __WALL, asFd, asPid, kcmp, kill, close as closeFd, ptraceGetRegs, wait4, WNOHANG, ptraceGetRegset, ptraceGetSigmask, NT, type Fd, type Pid,
 } from '@criu-ts/sys';
 import { DumpError, type DumpStage } from '../errors.js';
-import { readAuxv, readLink, readStat } from '../proc/task-files.js';
+import { readAuxv, readLink, readStat, readStatus } from '../proc/task-files.js';
 import { readSmaps, type ProcVma } from '../proc/smaps.js';
 import { writeMemfdPages } from './files/memfd.js';
 import { FileTable, findUnsupportedDescriptor, readGhostContents, UnsupportedFileError } from './files.js';
@@ -44,6 +44,7 @@ import {
 import {
   buildCoreEntry, buildThreadCoreEntry, collectPtraceState, collectThreadOwnState, TASK_STOPPED, type TaskSnapshot,
 } from './task-core.js';
+import { seccompImage } from './seccomp.js';
 import { freezeTree, type TreeTask } from './tree.js';
 
 export interface DumpOptions {
@@ -254,6 +255,13 @@ export function dumpSync(options: DumpOptions): DumpResult {
       t.fs = { umask: Number(misc.umask) };
     }
 
+    // seccomp.img numbers the filters of every thread of the tree: the thread cores refer to them.
+    const seccomp = seccompImage(live.map((t) => t.threads.map((th) => ({ tid: th.tid, seccomp: th.ptrace.seccomp }))));
+    for (const t of live) {
+      Object.assign(t.core!.thread_core as DecodedMessage, seccomp.threadFields.get(t.task.pid));
+      for (const th of t.threadCores!) Object.assign(th.core.thread_core as DecodedMessage, seccomp.threadFields.get(th.tid));
+    }
+
     // ---- files
     stage = 'files';
     options.onStage?.(stage);
@@ -372,7 +380,7 @@ export function dumpSync(options: DumpOptions): DumpResult {
       pid: task.pid, ppid: task.ppid, pgid: task.pgid, sid: task.sid,
       threads: liveByPid.get(task.pid)?.threads.map((th) => th.tid) ?? [task.pid],
     })));
-    dir.writeImage('seccomp.img', [{}]);
+    dir.writeImage('seccomp.img', [seccomp.entry]);
     const frozenTime = Math.round((performance.now() - frozenAt) * 1000);
     const pagesScanned = live.reduce((n, t) => n + t.vmas!.reduce((m, v) => m + Number((v.proc.end - v.proc.start) / 4096n), 0), 0);
     dir.writeImage('stats-dump', [
@@ -472,7 +480,7 @@ function threadSnapshots(victim: Victim, pid: Pid, stopped: boolean): TaskSnapsh
       const own = collectThreadOwnState(victim, tid, scratch);
       const worker = tid === victim.worker;
       return {
-        pid, tid, stopped, own, ptrace: collectPtraceState(tid),
+        pid, tid, stopped, own, ptrace: collectPtraceState(pid, tid),
         regs: worker ? victim.saved.regs : ptraceGetRegs(tid),
         xsave: worker ? victim.saved.xsave : ptraceGetRegset(tid, NT.X86_XSTATE),
         sigmask: worker ? victim.saved.sigmask : ptraceGetSigmask(tid),
@@ -520,8 +528,16 @@ function mmEntry(pid: Pid, exeId: number, vmas: readonly DumpVma[], dumpable: nu
     mm_start_code: n(26), mm_end_code: n(27), mm_start_data: n(45), mm_end_data: n(46), mm_start_stack: n(28),
     mm_start_brk: n(47), mm_brk: findBrk(vmas, n(47)), mm_arg_start: n(48), mm_arg_end: n(49), mm_env_start: n(50),
     mm_env_end: n(51), exe_file_id: exeId, mm_saved_auxv: readAuxv(pid), vmas: vmas.map((v) => v.entry),
-    dumpable, thp_disabled: false,
+    dumpable, thp_disabled: thpDisabled(pid),
   };
+}
+
+/**
+ * prctl(PR_SET_THP_DISABLE) of the process (a flag of its mm): /proc/PID/status shows it as
+ * "THP_enabled: 0" (proc(5)); kernels without the line have no such flag to keep.
+ */
+function thpDisabled(pid: Pid): boolean {
+  return readStatus(pid).get('THP_enabled') === '0';
 }
 
 /** The current program break: the end of [heap], or its start when the heap is empty. */

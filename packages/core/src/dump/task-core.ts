@@ -9,12 +9,13 @@
 // clear_child_tid, pdeath signal, securebits) from remote syscalls run in that thread; the rest
 // from /proc and from ptrace requests that read another thread's state.
 import type { DecodedMessage } from '@criu-ts/images';
-import { undoInterruptEintr, type Injection, type Parasite, type Sigaction, type TaskMisc, type Itimer } from '@criu-ts/compel';
+import { readPosixTimers, undoInterruptEintr, type Injection, type Parasite, type Sigaction, type TaskMisc, type Itimer } from '@criu-ts/compel';
 import {
   ptracePeekSiginfo, ptraceRaw, syscall, SIGINFO_SIZE, type Pid, type RemoteAddress, type SyscallName, type UserRegs,
 } from '@criu-ts/sys';
 import { fpregsFromXsave } from '../arch/x86-fpu.js';
 import { capabilityWords, readLimits, readStat, readStatus, readText } from '../proc/task-files.js';
+import { collectSeccomp, type ThreadSeccomp } from './seccomp.js';
 
 const PTRACE_GET_THREAD_AREA = 25;
 const PTRACE_GET_RSEQ_CONFIGURATION = 0x420f;
@@ -93,6 +94,38 @@ function itimer(t: Itimer): DecodedMessage {
   return { isec: t.intervalSec, iusec: t.intervalUsec, vsec: t.valueSec, vusec: t.valueUsec };
 }
 
+const SIGEV_NOTIFY: Record<string, number> = { signal: 0 /* SIGEV_SIGNAL */, none: 1 /* SIGEV_NONE */, thread: 2 /* SIGEV_THREAD */ };
+const SIGEV_THREAD_ID = 4;
+/** Well below what one parasite reply carries (PARASITE_REPLY_MAX / sizeof(struct parasite_posix_timer) = 204). */
+const POSIX_TIMERS_PER_REQUEST = 128;
+
+/**
+ * posix_timer_entry of every timer_create() timer, by ascending id: clock, signal, sigev value and
+ * notify (with SIGEV_THREAD_ID, the target thread) from /proc/PID/timers, the remaining time,
+ * interval and overrun from timer_gettime/timer_getoverrun run by the parasite.
+ */
+function posixTimerEntries(pid: Pid, parasite: Parasite): DecodedMessage[] {
+  const listed = readPosixTimers(pid).sort((a, b) => a.id - b.id);
+  if (listed.length === 0) return [];
+  // One parasite reply holds a bounded number of timers: ask in batches.
+  const times = new Map<number, ReturnType<Parasite['dumpPosixTimers']>[number]>();
+  for (let i = 0; i < listed.length; i += POSIX_TIMERS_PER_REQUEST) {
+    for (const t of parasite.dumpPosixTimers(listed.slice(i, i + POSIX_TIMERS_PER_REQUEST).map((x) => x.id))) times.set(t.id, t);
+  }
+  return listed.map((t) => {
+    const time = times.get(t.id);
+    const notify = SIGEV_NOTIFY[t.notify];
+    if (!time || notify === undefined) throw new Error(`POSIX timer ${t.id} of ${pid}: ${!time ? 'timer_gettime gave nothing' : `unknown notify kind ${t.notify}`}`);
+    const entry: DecodedMessage = {
+      it_id: t.id, clock_id: t.clockId >>> 0, si_signo: t.signal, it_sigev_notify: notify | (t.threadId !== undefined ? SIGEV_THREAD_ID : 0),
+      sival_ptr: t.sivalPtr, overrun: time.overrun >>> 0,
+      isec: time.intervalSec, insec: time.intervalNsec, vsec: time.valueSec, vnsec: time.valueNsec,
+    };
+    if (t.threadId !== undefined) entry.notify_thread_id = t.threadId;
+    return entry;
+  });
+}
+
 function sigactionEntries(actions: readonly Sigaction[]): DecodedMessage[] {
   return actions
     .filter((a) => a.signal !== SIGKILL && a.signal !== SIGSTOP)
@@ -115,7 +148,7 @@ function credsEntry(pid: number, tid: number, noNewPrivs: boolean, securebits: n
     cap_amb: capabilityWords(status.get('CapAmb') ?? '0'),
   };
   if (groups.length > 0) creds.groups = groups;
-  if (noNewPrivs) creds.no_new_privs = true;
+  if (noNewPrivs) creds.no_new_privs = 1; // uint32 in creds.proto
   return creds;
 }
 
@@ -128,10 +161,14 @@ export interface PtraceState {
   readonly rseq: DecodedMessage | undefined;
   readonly privateSignals: DecodedMessage;
   readonly sharedSignals: DecodedMessage;
+  readonly seccomp: ThreadSeccomp;
 }
 
-export function collectPtraceState(tid: Pid): PtraceState {
-  return { tls: tlsEntries(tid), rseq: rseqEntry(tid), privateSignals: pendingSignals(tid, false), sharedSignals: pendingSignals(tid, true) };
+export function collectPtraceState(pid: Pid, tid: Pid): PtraceState {
+  return {
+    tls: tlsEntries(tid), rseq: rseqEntry(tid), privateSignals: pendingSignals(tid, false), sharedSignals: pendingSignals(tid, true),
+    seccomp: collectSeccomp(pid, tid),
+  };
 }
 
 /**
@@ -254,7 +291,7 @@ export function buildCoreEntry(task: TaskSnapshot, parasite: Parasite): { core: 
       flags: Number(stat[9]),
       blk_sigset: task.sigmask,
       comm,
-      timers: { real: itimer(timers.real), virt: itimer(timers.virtual), prof: itimer(timers.prof) },
+      timers: { real: itimer(timers.real), virt: itimer(timers.virtual), prof: itimer(timers.prof), posix: posixTimerEntries(pid, parasite) },
       rlimits: { rlimits: readLimits(pid) },
       signals_s: task.ptrace.sharedSignals,
       loginuid: Number(readText(pid, 'loginuid').trim()),

@@ -20,10 +20,12 @@ export type RestoreStage =
   | 'session' // setsid/setpgid
   | 'zombies' // processes that were zombies exit again with their status
   | 'signals' // sigactions, pending signals, sigaltstack
-  | 'timers' // itimers
+  | 'timers' // itimers, POSIX timers
   | 'rlimits'
   | 'task-misc' // comm, personality, rseq, pdeath signal
   | 'threads' // clone3 of every other thread with its TID, then its own state
+  | 'creds' // scheduling, loginuid, oom_score_adj, uids/gids/groups/capabilities/securebits, no_new_privs
+  | 'seccomp' // strict mode or filters, per thread
   | 'registers' // general registers and XSAVE state
   | 'release' // detaching the task so it runs on
   | 'wait'; // waiting for the restored task (non-detached restore)

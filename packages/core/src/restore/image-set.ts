@@ -17,6 +17,7 @@
 //   fs-PID.img              cwd_id, root_id (files.img ids), umask
 //   files.img               one file_entry per open-file description (REG: path, flags, pos)
 //   fdinfo-N.img            fd number -> file id, FD_CLOEXEC
+//   seccomp.img             every thread's seccomp filters (thread_core.seccomp_filter points in)
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { ImageFormatError, ImageReader, PAGE_SIZE, PagesReader, PE_LAZY, PE_PARENT, PE_PRESENT } from '@criu-ts/images';
@@ -108,6 +109,89 @@ export interface ImageSet {
   readonly cwd: RegFile;
   readonly root: RegFile;
   readonly umask: number | undefined;
+  /** timer_create() timers of the process, by ascending id (checked: see checkPosixTimers). */
+  readonly posixTimers: readonly Msg[];
+  /** Threads (by TID) that run under seccomp, each with its filters, oldest first. */
+  readonly seccomp: ReadonlyMap<number, SeccompChain>;
+}
+
+export interface SeccompChain {
+  /** 1 strict, 2 filter. */
+  readonly mode: number;
+  /** Filter mode: the filters in the order they were installed (oldest first). */
+  readonly filters: ReadonlyArray<{ readonly program: Buffer; readonly flags: number }>;
+}
+
+export const SECCOMP_MODE_STRICT = 1;
+export const SECCOMP_MODE_FILTER = 2;
+/** SECCOMP_FILTER_FLAG_TSYNC | LOG | SPEC_ALLOW: the flags a restored filter may carry (NEW_LISTENER would need its fd). */
+const SECCOMP_FILTER_FLAGS_KNOWN = 1 | 2 | 4;
+const SOCK_FILTER_SIZE = 8;
+const BPF_MAXINSNS = 4096;
+
+/**
+ * The chain of one thread, in the order to install it: from thread_core.seccomp_filter (its
+ * oldest filter) through `prev` (which CRIU points at the next newer filter, see
+ * dump/seccomp.ts) to the newest, as indexes into seccomp.img. Refuses an unknown mode, an index outside
+ * the image, a `prev` that does not point back (a loop), a program that is not whole sock_filter
+ * instructions, and flags restore cannot honour.
+ */
+export function resolveSeccomp(file: string, modeField: unknown, filterField: unknown, filters: readonly Msg[]): SeccompChain | undefined {
+  const mode = Number(modeField ?? 0);
+  if (mode === 0) return undefined;
+  if (mode === SECCOMP_MODE_STRICT) return { mode, filters: [] };
+  if (mode !== SECCOMP_MODE_FILTER) invalid(`${file}: unknown seccomp mode ${mode}`, { file, mode });
+  if (filterField === undefined) invalid(`${file}: seccomp filter mode without seccomp_filter`, { file });
+  const chain: Array<{ program: Buffer; flags: number }> = [];
+  for (let index = Number(filterField), from = Infinity; ; ) {
+    if (!Number.isInteger(index) || index < 0 || index >= filters.length || index >= from) {
+      invalid(`${file}: seccomp filter index ${index} is not in seccomp.img (${filters.length} filters) or does not point back`, { file, index, filters: filters.length });
+    }
+    const f = filters[index]!;
+    const program = Buffer.from(f.filter as Uint8Array);
+    const flags = Number(f.flags ?? 0);
+    if (program.length === 0 || program.length % SOCK_FILTER_SIZE !== 0 || program.length > BPF_MAXINSNS * SOCK_FILTER_SIZE) {
+      invalid(`seccomp.img filter ${index}: ${program.length} bytes is not a classic BPF program (1..${BPF_MAXINSNS} instructions of ${SOCK_FILTER_SIZE} bytes)`, { index, bytes: program.length });
+    }
+    if (flags & ~SECCOMP_FILTER_FLAGS_KNOWN) invalid(`seccomp.img filter ${index}: flags 0x${flags.toString(16)} cannot be restored (known: TSYNC, LOG, SPEC_ALLOW)`, { index, flags });
+    chain.push({ program, flags });
+    if (f.prev === undefined) break;
+    from = index;
+    index = Number(f.prev);
+  }
+  return { mode, filters: chain };
+}
+
+/** SIGEV_* values posix_timer_entry.it_sigev_notify may hold (SIGEV_THREAD_ID combined with SIGEV_SIGNAL). */
+const SIGEV_SIGNAL = 0;
+const SIGEV_NONE = 1;
+const SIGEV_THREAD = 2;
+const SIGEV_THREAD_ID = 4;
+const SIGRTMAX = 64;
+const NSEC_PER_SEC = 1_000_000_000n;
+
+/**
+ * posix_timer_entry of a process: distinct ids, a signal number the kernel accepts, a notify
+ * kind it knows, a SIGEV_THREAD_ID target among the process's threads, nanoseconds below one
+ * second. Returned by ascending id (restore creates them in that order).
+ */
+function checkPosixTimers(pid: number, threads: readonly number[], timers: readonly Msg[]): Msg[] {
+  const ids = new Set<number>();
+  for (const t of timers) {
+    const id = Number(t.it_id);
+    const where = `core-${pid}.img POSIX timer ${id}`;
+    if (ids.has(id)) invalid(`${where}: timer id listed twice`, { id });
+    ids.add(id);
+    const notify = Number(t.it_sigev_notify);
+    if (![SIGEV_SIGNAL, SIGEV_NONE, SIGEV_THREAD, SIGEV_SIGNAL | SIGEV_THREAD_ID].includes(notify)) invalid(`${where}: unknown sigev_notify ${notify}`, { id, notify });
+    const signo = Number(t.si_signo);
+    if (notify !== SIGEV_NONE && (signo <= 0 || signo > SIGRTMAX)) invalid(`${where}: signal ${signo} is not a signal number`, { id, signo });
+    if (notify & SIGEV_THREAD_ID && !threads.includes(Number(t.notify_thread_id))) {
+      invalid(`${where}: its signal goes to thread ${t.notify_thread_id}, which is not a thread of the process (${threads.join(', ')})`, { id, thread: t.notify_thread_id });
+    }
+    if (BigInt(t.insec) >= NSEC_PER_SEC || BigInt(t.vnsec) >= NSEC_PER_SEC) invalid(`${where}: nanoseconds ${t.insec}/${t.vnsec} out of range`, { id });
+  }
+  return [...timers].sort((a, b) => Number(a.it_id) - Number(b.it_id));
 }
 
 export interface SharedMemoryImage {
@@ -256,6 +340,8 @@ export function readTreeImageSet(dir: string, options: { shellJob?: boolean } = 
   const filesList = readAll(dir, 'files.img');
   const files = new Map<number, Msg>(filesList.map((f) => [Number(f.id), f]));
   const ghosts = readGhosts(dir);
+  // CRIU writes seccomp.img with every dump (an empty entry without filters); older dumps may lack it.
+  const seccompFilters = existsSync(join(dir, 'seccomp.img')) ? ((readAll(dir, 'seccomp.img')[0]?.seccomp_filters ?? []) as Msg[]) : [];
   const inTree = pstree.length > 1;
   const seen = new Map<number, Msg>();
   const tasks: TreeTaskImages[] = [];
@@ -273,7 +359,7 @@ export function readTreeImageSet(dir: string, options: { shellJob?: boolean } = 
       tasks.push({ ...head, zombie: { exitCode: Number(core.tc.exit_code ?? 0) } });
       continue;
     }
-    tasks.push({ ...head, set: readProcess(dir, inventory, files, ghosts, entry, { shellJob: options.shellJob === true, root: i === 0, inTree }) });
+    tasks.push({ ...head, set: readProcess(dir, inventory, files, ghosts, entry, { shellJob: options.shellJob === true, root: i === 0, inTree }, seccompFilters) });
   }
   for (const t of tasks) {
     if (t.zombie && tasks.some((c) => c.ppid === t.pid)) invalid(`pstree.img: zombie ${t.pid} has children`, { pid: t.pid });
@@ -291,7 +377,7 @@ export function readImageSet(dir: string, options: { shellJob?: boolean } = {}):
 
 function readProcess(
   dir: string, inventory: Msg, files: ReadonlyMap<number, Msg>, ghosts: ReadonlyMap<number, GhostFile>, task: Msg,
-  options: { shellJob: boolean; root: boolean; inTree: boolean },
+  options: { shellJob: boolean; root: boolean; inTree: boolean }, seccompFilters: readonly Msg[],
 ): ImageSet {
   const pid = Number(task.pid);
   const threads = (task.threads as number[]).map(Number);
@@ -307,10 +393,13 @@ function readProcess(
   const threadImages = threads.slice(1).map((tid) => ({ tid, core: threadCore(dir, tid, false) }));
   const tc = core.tc as Msg;
   if (Number(tc.task_state) !== TASK_ALIVE) invalid(`process ${pid} was dumped in state ${tc.task_state} (only alive tasks, state 1, and zombies are restored)`);
-  if (tc.timers && (tc.timers.posix as unknown[]).length > 0) invalid(`process ${pid} has ${tc.timers.posix.length} POSIX timers: not supported yet`);
-  for (const c of [core, ...threadImages.map((t) => t.core)]) {
-    const seccompMode = Number(c.thread_core?.seccomp_mode ?? tc.old_seccomp_mode ?? 0);
-    if (seccompMode !== 0) invalid(`process ${pid} runs under seccomp (mode ${seccompMode}): not supported yet`);
+  const posixTimers = checkPosixTimers(pid, threads, (tc.timers?.posix ?? []) as Msg[]);
+  const seccomp = new Map<number, SeccompChain>();
+  for (const [i, c] of [core, ...threadImages.map((t) => t.core)].entries()) {
+    // Images from before per-thread seccomp (tc.old_seccomp_*) describe the leader alone.
+    const chain = resolveSeccomp(`core-${threads[i]}.img`, c.thread_core?.seccomp_mode ?? (i === 0 ? tc.old_seccomp_mode : undefined),
+      c.thread_core?.seccomp_filter ?? (i === 0 ? tc.old_seccomp_filter : undefined), seccompFilters);
+    if (chain) seccomp.set(threads[i]!, chain);
   }
 
   const ids = one(dir, `ids-${pid}.img`);
@@ -395,7 +484,7 @@ function readProcess(
   return {
     dir, pid, ppid: Number(task.ppid), pgid, sid, core, threads: threadImages, mm, vmas, exe, pagesFile: pagesFile!, pagesSize: pagesSize!, runs,
     shmem: readSharedMemory(dir, pid, vmas, invalid, options.inTree), fds, locks: readFileLocks(dir, pid, fds, readEntries), cwd, root,
-    umask: fsEntry.umask === undefined ? undefined : Number(fsEntry.umask),
+    umask: fsEntry.umask === undefined ? undefined : Number(fsEntry.umask), posixTimers, seccomp,
   };
 }
 

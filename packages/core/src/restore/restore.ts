@@ -19,6 +19,8 @@
 //   signals
 //   threads                      every other thread cloned by the leader with its TID, then
 //                                its own state from core-TID.img (threads.ts)
+//   timers, creds, seccomp       POSIX timers (posix-timers.ts); scheduling, seccomp and
+//                                credentials of every thread, last (task-security.ts)
 //   registers, release           per process, children first: control area unmapped,
 //                                registers/xsave/mask of every thread set, every thread detached
 //
@@ -35,6 +37,8 @@ import { CONTROL_SIZE, findControlAreaHole, RestoreTask } from './remote-task.js
 import { sleepMs, Stub } from './stub.js';
 import { restoreRlimits, restoreSignals, restoreTaskMisc, restoreTimers, setThreadRegisters } from './task-state.js';
 import { restoreThreads } from './threads.js';
+import { restorePosixTimers } from './posix-timers.js';
+import { restoreTaskSecurity } from './task-security.js';
 import { cloneProcess, exitAsZombie, planTree, restoreGroups, restoreSessionLeader, type Helper, type ProcessIds } from './tree.js';
 
 export interface RestoreOptions {
@@ -245,7 +249,10 @@ export function restoreSync(options: RestoreOptions): { pid: number; pids: numbe
       atStage('timers', 'restoring itimers', () => restoreTimers(t, set));
       atStage('task-misc', 'restoring task attributes', () => restoreTaskMisc(t, set, warnings));
       atStage('signals', 'restoring signals', () => restoreSignals(t, set));
-      threadsOf.set(m, atStage('threads', 'restoring threads', () => restoreThreads(t, set, warnings)));
+      const threads = atStage('threads', 'restoring threads', () => restoreThreads(t, set, warnings));
+      threadsOf.set(m, threads);
+      atStage('timers', 'restoring POSIX timers', () => restorePosixTimers(t, set));
+      atStage('creds', 'restoring scheduling, credentials and seccomp', () => restoreTaskSecurity(t, set, threads, warnings));
     }
     t3 = t2 + memoryMs;
 
