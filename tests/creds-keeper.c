@@ -37,6 +37,8 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include "keeper.h"
+
 #ifndef PR_SET_THP_DISABLE
 #define PR_SET_THP_DISABLE 41
 #define PR_GET_THP_DISABLE 42
@@ -44,37 +46,7 @@
 #define SECBIT_KEEP_CAPS_BIT 0x10
 #define SECBIT_NO_CAP_AMBIENT_RAISE_BIT 0x40
 
-static int report_fd = -1;
-static int failures;
-static volatile sig_atomic_t check_requested;
-static pthread_mutex_t say_lock = PTHREAD_MUTEX_INITIALIZER;
 static int loginuid_set;
-
-static void say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void say(const char *fmt, ...)
-{
-	char line[512];
-	va_list ap;
-	va_start(ap, fmt);
-	int n = vsnprintf(line, sizeof(line), fmt, ap);
-	va_end(ap);
-	pthread_mutex_lock(&say_lock);
-	if (n > 0 && write(report_fd, line, (size_t)n) < 0)
-		_exit(100);
-	pthread_mutex_unlock(&say_lock);
-}
-
-#define CHECK(cond, ...)                           \
-	do {                                       \
-		if (cond) {                        \
-			say("ok " __VA_ARGS__);    \
-		} else {                           \
-			say("FAIL " __VA_ARGS__);  \
-			__sync_fetch_and_add(&failures, 1); \
-		}                                  \
-	} while (0)
-
-static void on_usr1(int sig) { check_requested = 1; }
 
 struct caps { unsigned long long eff, prm, inh; };
 

@@ -40,43 +40,7 @@
 #include <time.h>
 #include <unistd.h>
 
-static volatile sig_atomic_t check_requested;
-static int report_fd = -1;
-static int failures;
-
-static void say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void say(const char *fmt, ...)
-{
-	char line[512];
-	va_list ap;
-	va_start(ap, fmt);
-	int n = vsnprintf(line, sizeof(line), fmt, ap);
-	va_end(ap);
-	if (n > 0 && write(report_fd, line, (size_t)n) < 0)
-		_exit(100);
-}
-
-#define CHECK(cond, ...)                               \
-	do {                                           \
-		char what_[256];                       \
-		snprintf(what_, sizeof(what_), __VA_ARGS__); \
-		if (cond)                              \
-			say("ok %s\n", what_);         \
-		else {                                 \
-			say("FAIL %s (errno %d)\n", what_, errno); \
-			failures++;                    \
-		}                                      \
-	} while (0)
-
-#define MUST(x)                                                        \
-	do {                                                           \
-		if ((x) < 0) {                                         \
-			dprintf(report_fd, "setup failed: %s: %s\n", #x, strerror(errno)); \
-			_exit(99);                                     \
-		}                                                      \
-	} while (0)
-
-static void on_usr1(int sig) { check_requested = 1; }
+#include "keeper.h"
 
 static double now_ms(void)
 {

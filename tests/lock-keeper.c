@@ -20,8 +20,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-static volatile sig_atomic_t check_requested;
-static void on_usr1(int sig) { check_requested = 1; }
+#include "keeper.h"
+
 
 static int open_in(const char *dir, const char *name, int flags)
 {
@@ -34,11 +34,9 @@ int main(int argc, char **argv)
 {
 	if (argc != 3)
 		return 2;
-	for (int fd = 3; fd < 1024; fd++)
-		close(fd);
-	int report = open(argv[1], O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-	if (report < 0)
+	if (keeper_open_report(argv[1]) < 0)
 		return 3;
+	int report = report_fd;
 	const char *dir = argv[2];
 	int flocked = open_in(dir, "flocked", O_RDWR);
 	int ranged = open_in(dir, "ranged", O_RDWR);
@@ -86,16 +84,6 @@ int main(int argc, char **argv)
 	int flock_blocked = 0, posix_seen = 0, outside_free = 0, ofd_blocked = 0, ofd_shares = 0;
 	if (n > 0)
 		sscanf(got, "%d %d %d %d %d", &flock_blocked, &posix_seen, &outside_free, &ofd_blocked, &ofd_shares);
-	int failures = 0;
-#define CHECK(cond, what)                                          \
-	do {                                                       \
-		if (cond)                                          \
-			dprintf(report, "ok %s\n", what);          \
-		else {                                             \
-			dprintf(report, "FAIL %s\n", what);        \
-			failures++;                                \
-		}                                                  \
-	} while (0)
 	CHECK(flock_blocked, "flock(LOCK_EX) still excludes another process");
 	CHECK(posix_seen, "F_GETLK shows our POSIX write lock on bytes 10..29");
 	CHECK(outside_free, "bytes outside the POSIX range are free");

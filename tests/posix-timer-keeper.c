@@ -32,38 +32,11 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "keeper.h"
+
 #ifndef sigev_notify_thread_id
 #define sigev_notify_thread_id _sigev_un._tid
 #endif
-
-static int report_fd = -1;
-static int failures;
-static volatile sig_atomic_t check_requested;
-static pthread_mutex_t say_lock = PTHREAD_MUTEX_INITIALIZER;
-
-static void say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void say(const char *fmt, ...)
-{
-	char line[512];
-	va_list ap;
-	va_start(ap, fmt);
-	int n = vsnprintf(line, sizeof(line), fmt, ap);
-	va_end(ap);
-	pthread_mutex_lock(&say_lock);
-	if (n > 0 && write(report_fd, line, (size_t)n) < 0)
-		_exit(100);
-	pthread_mutex_unlock(&say_lock);
-}
-
-#define CHECK(cond, ...)                           \
-	do {                                       \
-		if (cond) {                        \
-			say("ok " __VA_ARGS__);    \
-		} else {                           \
-			say("FAIL " __VA_ARGS__);  \
-			failures++;                \
-		}                                  \
-	} while (0)
 
 static int cookie_a, cookie_f;
 static int id_a, id_x, id_b, id_d, id_e, id_f;
@@ -88,8 +61,6 @@ static void on_timer(int sig, siginfo_t *info, void *ctx)
 	s->tid = (pid_t)syscall(SYS_gettid);
 	s->count++;
 }
-
-static void on_usr1(int sig) { check_requested = 1; }
 
 static int make_timer(clockid_t clock, int notify, int signo, void *value, pid_t tid)
 {

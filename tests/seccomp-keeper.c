@@ -43,36 +43,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-static int report_fd = -1;
-static int failures;
-static volatile sig_atomic_t check_requested;
-static pthread_mutex_t say_lock = PTHREAD_MUTEX_INITIALIZER;
-
-static void say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void say(const char *fmt, ...)
-{
-	char line[512];
-	va_list ap;
-	va_start(ap, fmt);
-	int n = vsnprintf(line, sizeof(line), fmt, ap);
-	va_end(ap);
-	pthread_mutex_lock(&say_lock);
-	if (n > 0 && write(report_fd, line, (size_t)n) < 0)
-		_exit(100);
-	pthread_mutex_unlock(&say_lock);
-}
-
-#define CHECK(cond, ...)                           \
-	do {                                       \
-		if (cond) {                        \
-			say("ok " __VA_ARGS__);    \
-		} else {                           \
-			say("FAIL " __VA_ARGS__);  \
-			failures++;                \
-		}                                  \
-	} while (0)
-
-static void on_usr1(int sig) { check_requested = 1; }
+#include "keeper.h"
 
 #define LOAD_NR BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr))
 #define ON(nr, action) BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (nr), 0, 1), BPF_STMT(BPF_RET | BPF_K, (action))

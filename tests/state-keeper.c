@@ -30,39 +30,15 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "keeper.h"
+
 #define PAGE 4096
 #define ANON_PAGES 64
 #define HEAP_BYTES (1 << 20)
 #define STACK_BYTES (16 << 10)
 
-static volatile sig_atomic_t check_requested;
 static volatile sig_atomic_t usr2_seen;
-static int report_fd = -1;
-static int failures;
 
-static void say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void say(const char *fmt, ...)
-{
-	char line[512];
-	va_list ap;
-	va_start(ap, fmt);
-	int n = vsnprintf(line, sizeof(line), fmt, ap);
-	va_end(ap);
-	if (n > 0 && write(report_fd, line, (size_t)n) < 0)
-		_exit(100);
-}
-
-#define CHECK(cond, what)                          \
-	do {                                       \
-		if (cond)                          \
-			say("ok %s\n", what);      \
-		else {                             \
-			say("FAIL %s\n", what);    \
-			failures++;                \
-		}                                  \
-	} while (0)
-
-static void on_usr1(int sig) { check_requested = 1; }
 static void on_usr2(int sig) { usr2_seen++; }
 
 static uint8_t pattern(uintptr_t i, unsigned seed) { return (uint8_t)(i * 7 + seed); }

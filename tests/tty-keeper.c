@@ -19,28 +19,16 @@
 #include <termios.h>
 #include <unistd.h>
 
-static volatile sig_atomic_t check_requested;
-static void on_usr1(int sig) { check_requested = 1; }
+#include "keeper.h"
+
 
 int main(int argc, char **argv)
 {
 	if (argc != 3)
 		return 2;
-	for (int fd = 3; fd < 1024; fd++)
-		close(fd);
-	int report = open(argv[1], O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-	if (report < 0)
+	if (keeper_open_report(argv[1]) < 0)
 		return 3;
-	int failures = 0;
-#define CHECK(cond, what)                                                   \
-	do {                                                                \
-		if (cond)                                                   \
-			dprintf(report, "ok %s\n", what);                   \
-		else {                                                      \
-			dprintf(report, "FAIL %s (errno %d)\n", what, errno); \
-			failures++;                                         \
-		}                                                           \
-	} while (0)
+	int report = report_fd;
 
 	int counter = 41;
 	signal(SIGUSR1, on_usr1);
