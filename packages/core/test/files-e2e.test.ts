@@ -5,14 +5,15 @@
 // size, seals, offset, name); and file locks. The programs check each one themselves after the
 // restore.
 import { expect } from 'chai';
-import { execFileSync, spawnSync } from 'node:child_process';
-import { readdirSync, readFileSync } from 'node:fs';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readdirSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DumpError, dumpSync, restoreSync } from '@criu-ts/core';
 import { readImageSet } from '../src/restore/image-set.js';
 import { ImageReader, imageFromCritJson, imageToCritJson } from '@criu-ts/images';
-import { alive, isRoot, ourStubs, sleepMs } from './restore-helpers.js';
-import { becomeSubreaper, StateKeeper } from './programs.js';
+import { alive, isRoot, ourStubs, sleepMs, waitFor } from './restore-helpers.js';
+import { becomeSubreaper, killAndReap, StateKeeper, TEST_BIN } from './programs.js';
 
 function fdKinds(pid: number): string[] {
   return readdirSync(`/proc/${pid}/fd`)
@@ -148,5 +149,49 @@ describe('core: file locks (--file-locks) end to end', function () {
     const { failures, checks } = keeper.check();
     expect(failures).to.deep.equal([]);
     expect(checks).to.have.length(5);
+  });
+});
+
+describe('core: a datagram socket connected outside the dump (--ext-unix-sk)', function () {
+  this.timeout(120_000);
+  let keeper: StateKeeper | undefined;
+  let sink: number | undefined;
+  let sinkDir: string | undefined;
+  before(function () {
+    if (!isRoot()) this.skip(); // stated reason: ptrace, clone3 set_tid and PR_SET_MM_MAP need root
+    becomeSubreaper();
+  });
+  after(() => {
+    if (isRoot()) becomeSubreaper(false);
+  });
+  afterEach(() => {
+    if (sink !== undefined) killAndReap(sink, sinkDir!);
+    sink = undefined;
+    keeper?.cleanup();
+    keeper = undefined;
+  });
+
+  it('is refused without the option, then saved and connected to the same name again, twice in a row', function () {
+    // The sink plays /dev/log: a named datagram socket in a process outside the dumped one.
+    const dir = (sinkDir = mkdtempSync(join(tmpdir(), 'criu-ts-sink-')));
+    const received = join(dir, 'received');
+    spawn('setsid', ['-f', join(TEST_BIN, 'log-client'), 'sink', join(dir, 'sink'), received], { stdio: 'ignore' }).unref();
+    waitFor('the sink to bind', () => existsSync(join(dir, 'sink')));
+    sink = Number(execFileSync('pgrep', ['-f', `log-client sink ${join(dir, 'sink')}`], { encoding: 'utf8' }).trim().split('\n')[0]);
+    keeper = new StateKeeper('log-client', [join(dir, 'sink')]);
+    const pid = keeper.pid;
+    waitFor('the first datagram', () => existsSync(received) && readFileSync(received, 'utf8').includes(`before ${pid}`));
+    expect(() => dumpSync({ pid, imagesDir: keeper!.images })).to.throw(DumpError, /outside the dumped process; dump with --ext-unix-sk/);
+    for (let round = 0; round < 2; round++) {
+      keeper.dump({ extUnixSk: true });
+      const external = entries(join(keeper.images, 'files.img')).filter((f) => f.type === 5 && (f.usk.uflags & 1));
+      expect(external, `round ${round}: the sink recorded as an external socket`).to.have.length(1);
+      expect(Buffer.from(external[0]!.usk.name).toString().replace(/\0+$/, ''), 'its name, NUL-terminated as CRIU writes it').to.equal(join(dir, 'sink'));
+      restoreSync({ imagesDir: keeper.images, detached: true });
+    }
+    const { failures, checks } = keeper.check();
+    expect(failures).to.deep.equal([]);
+    expect(checks).to.have.length(2);
+    waitFor('the datagram sent after the restore', () => readFileSync(received, 'utf8').includes(`after ${pid}`));
   });
 });

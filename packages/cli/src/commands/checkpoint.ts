@@ -63,6 +63,7 @@ export function runDump(argv: string[], io: CommandIo): number {
       leave: parsed.values.has('leave-running') ? 'running' : parsed.values.has('leave-stopped') ? 'stopped' : 'kill',
       shellJob: parsed.values.has('shell-job'),
       fileLocks: parsed.values.has('file-locks'),
+      extUnixSk: parsed.values.has('ext-unix-sk'),
       ...(timeoutMs !== undefined ? { timeoutMs } : {}),
       ...(ghost !== undefined ? { ghostLimit: parseSize(ghost, '--ghost-limit', DUMP_HELP) } : {}),
     });

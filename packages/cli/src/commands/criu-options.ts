@@ -30,7 +30,7 @@ export const CRIU_OPTIONS: readonly OptionSpec[] = [
   { long: 'status-fd', kind: 'value', help: 'restore: write a zero byte to this fd once the task runs, then close it' },
   { long: 'ghost-limit', kind: 'value', help: 'largest deleted-while-open file kept in the images (default 1M)' },
   { long: 'tcp-established', kind: 'flag', help: 'dump established TCP connections', unsupported: 'TCP sockets in dumps come with the network sockets work' },
-  { long: 'ext-unix-sk', kind: 'flag', help: 'allow unix sockets connected outside the tree', unsupported: 'unix sockets connected outside the dumped process are not supported yet (unix sockets within it are)' },
+  { long: 'ext-unix-sk', kind: 'flag', help: 'allow datagram unix sockets connected to a named socket outside the tree (connected again by name)' },
   { long: 'file-locks', short: 'l', kind: 'flag', help: 'dump file locks (flock, POSIX, OFD)' },
   { long: 'link-remap', kind: 'flag', help: 'allow link remaps of unlinked files', unsupported: 'link remaps are not implemented yet (ghost files are)' },
   { long: 'manage-cgroups', kind: 'optional', help: 'cgroup handling (criu-ts: none only)' },

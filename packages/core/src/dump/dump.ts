@@ -56,6 +56,8 @@ export interface DumpOptions {
   readonly leave?: 'kill' | 'running' | 'stopped';
   /** Allow a task whose session or group leader is outside the dump (criu's --shell-job). */
   readonly shellJob?: boolean;
+  /** Save datagram unix sockets connected to a named socket outside the dump (criu's --ext-unix-sk). */
+  readonly extUnixSk?: boolean;
   /** Save file locks (flock, POSIX, OFD) instead of refusing a task that holds one (criu's --file-locks). */
   readonly fileLocks?: boolean;
   /** Largest deleted-while-open file whose contents are saved (criu's --ghost-limit, default 1 MiB). */
@@ -242,7 +244,10 @@ export function dumpSync(options: DumpOptions): DumpResult {
     // ---- collect
     stage = 'collect';
     options.onStage?.(stage);
-    const files = new FileTable(options.ghostLimit ?? DEFAULT_GHOST_LIMIT, options.shellJob === true, options.fileLocks === true);
+    const files = new FileTable({
+      ghostLimit: options.ghostLimit ?? DEFAULT_GHOST_LIMIT, shellJob: options.shellJob === true, fileLocks: options.fileLocks === true,
+      extUnixSk: options.extUnixSk === true,
+    });
     for (const t of live) {
       const p = t.task.pid;
       const exePath = readLink(p, 'exe').replace(/ \(deleted\)$/, '');

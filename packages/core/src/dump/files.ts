@@ -48,6 +48,17 @@ export interface GhostFile {
 }
 
 
+export interface FileTableOptions {
+  /** Largest deleted-while-open file whose contents are saved (criu's --ghost-limit). */
+  readonly ghostLimit: number;
+  /** Terminals are dumped (criu's --shell-job) instead of refused. */
+  readonly shellJob?: boolean;
+  /** File locks are saved (criu's --file-locks) instead of refused. */
+  readonly fileLocks?: boolean;
+  /** Datagram unix sockets connected to a named socket outside the dump are saved (criu's --ext-unix-sk). */
+  readonly extUnixSk?: boolean;
+}
+
 export class FileTable {
   private nextId = 1;
   readonly files: DecodedMessage[] = [];
@@ -62,6 +73,8 @@ export class FileTable {
   private nextGhostId = 1;
   /** Queued messages of unix sockets (sk-queues.img), oldest first per socket, by the receiving socket's file id. */
   readonly socketQueues: Array<{ idFor: number; bytes: Buffer }> = [];
+  /** Inodes of the sockets outside the dump already recorded (--ext-unix-sk). */
+  private readonly externalSockets = new Set<number>();
   /** One per dumped process: peers are looked up among that process's sockets. */
   private readonly unixSockets = new Map<number, UnixSocketDumper>();
   private unixInodes?: Set<number>;
@@ -80,15 +93,19 @@ export class FileTable {
   readonly locks: DecodedMessage[] = [];
   private readonly lockKeys = new Set<string>();
 
-  /**
-   * `shellJob`: terminals are dumped (criu's --shell-job) instead of refused. `fileLocksAllowed`:
-   * file locks are saved (criu's --file-locks) instead of refused.
-   */
-  constructor(
-    private readonly ghostLimit: number,
-    private readonly shellJob = false,
-    private readonly fileLocksAllowed = false,
-  ) {}
+  constructor(private readonly options: FileTableOptions) {}
+
+  private get ghostLimit(): number {
+    return this.options.ghostLimit;
+  }
+
+  private get shellJob(): boolean {
+    return this.options.shellJob === true;
+  }
+
+  private get fileLocksAllowed(): boolean {
+    return this.options.fileLocks === true;
+  }
 
   private allocate(): number {
     return this.nextId++;
@@ -180,11 +197,17 @@ export class FileTable {
       if (!this.unixInodes.has(socketIno)) throw new UnsupportedFileError(fd, target, 'socket (not AF_UNIX)');
       let dumper = this.unixSockets.get(pid);
       if (!dumper) {
-        dumper = new UnixSocketDumper(pid, new Set(taskFds.map((n) => socketInodeOf(pid, n)).filter((n): n is number => n !== undefined)), this.diagCache);
+        dumper = new UnixSocketDumper(pid, new Set(taskFds.map((n) => socketInodeOf(pid, n)).filter((n): n is number => n !== undefined)), this.diagCache, this.options.extUnixSk === true);
         this.unixSockets.set(pid, dumper);
       }
       const socket = dumper.dump(fd, socketIno, flags);
       const slot = add(FD_TYPE.UNIXSK, 'usk', socket.entry);
+      for (const [ino, entry] of dumper.externals) {
+        if (this.externalSockets.has(ino)) continue;
+        const id = this.allocate();
+        this.externalSockets.add(ino);
+        this.files.push({ type: FD_TYPE.UNIXSK, id, usk: { id, ...entry, fown: noOwner() } });
+      }
       for (const bytes of socket.queue) this.socketQueues.push({ idFor: Number(slot.id), bytes });
       return slot;
     }

@@ -179,6 +179,16 @@ function ownerOf(entry: Msg | undefined, where: string): FileOwner | undefined {
   return owner;
 }
 
+/** Names of the unix sockets files.img records as outside the dump (uflags USK_EXTERN), by inode. */
+function externalUnixNames(files: ReadonlyMap<number, Msg>): Map<number, Buffer> {
+  const names = new Map<number, Buffer>();
+  for (const f of files.values()) {
+    const usk = f.usk as Msg | undefined;
+    if (Number(f.type) === FD_TYPE.UNIXSK && usk && (Number(usk.uflags) & 1) !== 0) names.set(Number(usk.ino), Buffer.from(usk.name as Uint8Array));
+  }
+  return names;
+}
+
 /** Reads and checks every fd slot of one task's table. */
 export function readFdTable<Reg>(input: FdTableInput<Reg>): FdSlot<Reg>[] {
   const { fdinfoName, files, pid } = input;
@@ -237,7 +247,11 @@ export function readFdTable<Reg>(input: FdTableInput<Reg>): FdSlot<Reg>[] {
         break;
       }
       case FD_TYPE.UNIXSK:
-        file = { kind: 'unixsk', id, sk: readUnixSocket(id, member('usk'), socketQueues.get(id) ?? [], where, invalid) };
+      {
+        const sk = readUnixSocket(id, member('usk'), socketQueues.get(id) ?? [], where, invalid);
+        const externalPeer = sk.peer !== 0 ? externalUnixNames(files).get(sk.peer) : undefined;
+        file = { kind: 'unixsk', id, sk: externalPeer ? { ...sk, externalPeer } : sk };
+      }
         break;
       case FD_TYPE.MEMFD: {
         const e = member('memfd');

@@ -57,6 +57,8 @@ export interface UnixSocketImage {
   readonly filePerms?: { readonly mode: number; readonly uid: number; readonly gid: number };
   /** Messages waiting in the socket's receive queue, oldest first. */
   readonly queue: readonly Uint8Array[];
+  /** The name of its peer outside the dump (criu's --ext-unix-sk): connected to again by name. */
+  readonly externalPeer?: Buffer;
 }
 
 type Invalid = (message: string, evidence?: Record<string, unknown>) => never;
@@ -129,7 +131,13 @@ export function planUnixSockets(sockets: readonly UnixSocketImage[], invalid: In
       plans.set(s.id, s.state === TCP_ESTABLISHED && s.type !== SOCK_DGRAM ? { how: 'peer-closed' } : { how: 'alone' });
       continue;
     }
-    const peer = byIno.get(s.peer) ?? invalid(`${describe(s)}: its peer socket:[${s.peer}] is not in the image (external unix sockets are not supported)`, { peer: s.peer });
+    if (!byIno.has(s.peer) && s.externalPeer) {
+      // Connected to a named socket outside the dump (--ext-unix-sk): connected by name again.
+      if (s.type !== SOCK_DGRAM) invalid(`${describe(s)}: a ${s.type} socket connected outside the dump cannot be connected again`);
+      plans.set(s.id, { how: 'alone' });
+      continue;
+    }
+    const peer = byIno.get(s.peer) ?? invalid(`${describe(s)}: its peer socket:[${s.peer}] is not in the image (nor recorded as an external socket)`, { peer: s.peer });
     if (peer.type !== s.type) invalid(`${describe(s)}: its peer ${describe(peer)} is of another type`);
     const mutual = peer.peer === s.ino;
     if (!mutual && s.type !== SOCK_DGRAM && peer.state === TCP_LISTEN && s.state === TCP_ESTABLISHED) {
@@ -260,9 +268,10 @@ export function createUnixSockets(task: TaskFiles, sockets: readonly UnixSocketI
   // Dgram sockets connected to a named socket (not back): connect now that every name is bound.
   for (const s of sockets) {
     if (s.peer === 0 || plans.get(s.id)!.how !== 'alone') continue;
-    const peer = byIno.get(s.peer)!;
-    const [addr] = task.put(sockaddr(peer.name));
-    task.call(`connect of ${describe(s)} to ${describe(peer)}`, 'connect', fds.get(s.id)!, addr!, 2 + peer.name.length);
+    const peer = byIno.get(s.peer);
+    const name = peer?.name ?? s.externalPeer!;
+    const [addr] = task.put(sockaddr(name));
+    task.call(`connect of ${describe(s)} to ${peer ? describe(peer) : `"${name.toString('utf8').replace(/\0/g, '@')}" outside the dump`}`, 'connect', fds.get(s.id)!, addr!, 2 + name.length);
   }
 
   const pidfd = pidfdOpen(asPid(task.pid));

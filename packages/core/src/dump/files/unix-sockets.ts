@@ -17,8 +17,9 @@
 // A connection a listener of the process has not accepted yet is recorded as CRIU does: its
 // client's peer is the listener.
 //
-// Refused, naming the fd: a peer outside the dumped process (criu's --ext-unix-sk is not
-// implemented), file descriptors (SCM_RIGHTS) or credentials in flight, data sent on a
+// A datagram socket connected to a named socket outside the process is dumped with
+// --ext-unix-sk (the peer is recorded as an external entry). Refused, naming the fd: any other
+// peer outside the dumped process, file descriptors (SCM_RIGHTS) or credentials in flight, data sent on a
 // connection not accepted yet, names relative to a directory, sockets sock_diag does not see
 // (another network namespace).
 import { readFileSync, statSync } from 'node:fs';
@@ -29,6 +30,8 @@ const TCP_ESTABLISHED = 1;
 const TCP_LISTEN = 10;
 const SOCK_DGRAM = 2;
 const SCM_CREDENTIALS = 2;
+/** unix_sk_entry.uflags: the socket is outside the dumped tree (CRIU's USK_EXTERN). */
+export const USK_EXTERN = 1;
 /** ids-N.img numbers the task's namespaces in CRIU's order (dump.ts): net is the second. */
 const NET_NS_ID = 2;
 /** Bigger than any datagram the kernel lets a unix socket queue (bounded by the sender's SO_SNDBUF, at most INT_MAX / 2 with SO_SNDBUFFORCE but never that in practice). */
@@ -85,6 +88,7 @@ export class UnixSocketDumper {
     private readonly pid: Pid,
     private readonly taskSockets: ReadonlySet<number>,
     private readonly diagCache: { sockets?: Map<number, UnixDiagSocket> } = {},
+    private readonly extUnixSk = false,
   ) {}
 
   private get diag(): Map<number, UnixDiagSocket> {
@@ -135,9 +139,7 @@ export class UnixSocketDumper {
         peer = listener.ino;
       }
     }
-    if (peer !== 0 && !this.taskSockets.has(peer)) {
-      refuse(`its peer socket:[${peer}] is outside the dumped process (external unix sockets, criu's --ext-unix-sk, are not supported)`);
-    }
+    if (peer !== 0 && !this.taskSockets.has(peer)) this.external(peer, sk, refuse);
 
     const pidfd = pidfdOpen(this.pid);
     let sock: Fd | undefined;
@@ -171,6 +173,30 @@ export class UnixSocketDumper {
       close(pidfd);
     }
   }
+
+  /**
+   * A peer outside the dumped process (criu's --ext-unix-sk): recorded as a unix_sk_entry of its
+   * own with USK_EXTERN and its name, and no fd, as CRIU does; restore connects to that name
+   * again. Only a datagram socket can be reconnected so (a stream connection cannot be made
+   * again without its peer's cooperation), and only to a peer that has a name: the typical case
+   * is a logger's socket connected to /dev/log.
+   */
+  private external(peer: number, sk: UnixDiagSocket, refuse: (reason: string) => never): void {
+    if (!this.extUnixSk) refuse(`its peer socket:[${peer}] is outside the dumped process; dump with --ext-unix-sk to connect it to the peer's name again at restore`);
+    if (sk.type !== SOCK_DGRAM) refuse(`its peer socket:[${peer}] is outside the dumped process; only datagram sockets connected outside can be reconnected (--ext-unix-sk), not a stream connection`);
+    const outside = this.lookup(peer);
+    if (!outside?.name || outside.name.length === 0) refuse(`its peer socket:[${peer}] outside the dumped process has no name to connect to again`);
+    if (!this.externals.has(peer)) {
+      this.externals.set(peer, {
+        ino: peer, type: outside!.type, state: outside!.state, flags: 0, uflags: USK_EXTERN, backlog: 0, peer: 0,
+        opts: { so_sndbuf: 0, so_rcvbuf: 0, so_snd_tmo_sec: 0n, so_snd_tmo_usec: 0n, so_rcv_tmo_sec: 0n, so_rcv_tmo_usec: 0n },
+        name: outside!.name, ns_id: NET_NS_ID,
+      });
+    }
+  }
+
+  /** The peers outside the process met so far (--ext-unix-sk), by inode: unix_sk_entry without id and fown. */
+  readonly externals = new Map<number, DecodedMessage>();
 
   /** Every message in the receive queue of `sock`, oldest first, left in place. */
   private peekQueue(sock: Fd, refuse: (reason: string) => never): Buffer[] {
