@@ -7,3 +7,4 @@ export * from './blob.js';
 export * from './net-socket.js';
 export * from './handoff.js';
 export * from './image-form.js';
+export * from './network-lock-sync.js';
