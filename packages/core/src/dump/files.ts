@@ -6,9 +6,10 @@
 // path, with the open flags and position /proc/PID/fdinfo shows. A file that was unlinked while
 // open keeps its name with " (deleted)" stripped; its contents go to a ghost image so restore can
 // recreate it. Pipes and FIFOs (files/pipes.ts) and eventfd, epoll, signalfd and timerfd
-// (files/anon-inodes.ts) and AF_UNIX sockets with their queued messages (files/unix-sockets.ts)
-// have entries of their own. Other kinds (other socket families, inotify, io_uring...) are
-// refused up front with an error naming the fd and its kind.
+// (files/anon-inodes.ts), AF_UNIX sockets with their queued messages (files/unix-sockets.ts) and
+// TCP/UDP sockets over IPv4/IPv6 (files/inet-sockets.ts) have entries of their own. Other kinds
+// (raw, packet and netlink sockets, inotify, io_uring...) are refused up front with an error
+// naming the fd and its kind.
 import { closeSync, fstatSync, openSync, readFileSync, readSync, readdirSync, readlinkSync, statSync, type Stats } from 'node:fs';
 import type { DecodedMessage } from '@criu-ts/images';
 import type { Pid } from '@criu-ts/sys';
@@ -16,6 +17,8 @@ import { anonInodeKind, eventfdEntry, eventpollEntry, signalfdEntry, timerfdEntr
 import { pipeInode, readPipeContents, type PipeContents } from './files/pipes.js';
 import { terminalKind, ttyInfoEntry, TTY_TYPE } from './files/terminals.js';
 import { socketInode, UnixSocketDumper, unixSocketInodes } from './files/unix-sockets.js';
+import { grabFd, InetSocketDumper, precheckInetSocket, type InetDumpOptions, type InetSocketRefused } from './files/inet-sockets.js';
+import { close as closeFd } from '@criu-ts/sys';
 
 /** fd_types values (fdinfo.proto). */
 export const FD_TYPE = {
@@ -66,10 +69,11 @@ export class FileTable {
   readonly ttyInfos: DecodedMessage[] = [];
   private readonly ttyInfoIds = new Map<number, number>();
 
-  /** `shellJob`: terminals are dumped (criu's --shell-job) instead of refused. */
+  /** `shellJob`: terminals are dumped (criu's --shell-job) instead of refused. `inet`: the dump's TCP/UDP sockets (refused without it). */
   constructor(
     private readonly ghostLimit: number,
     private readonly shellJob = false,
+    private readonly inet?: InetSocketDumper,
   ) {}
 
   private allocate(): number {
@@ -156,7 +160,10 @@ export class FileTable {
     if (socketIno !== undefined) {
       // Read once per dump (the task is frozen; a socket it had is not one it makes meanwhile).
       this.unixInodes ??= unixSocketInodes(pid);
-      if (!this.unixInodes.has(socketIno)) throw new UnsupportedFileError(fd, target, 'socket (not AF_UNIX)');
+      if (!this.unixInodes.has(socketIno)) {
+        if (!this.inet) throw new UnsupportedFileError(fd, target, 'socket (not AF_UNIX)');
+        return add(FD_TYPE.INETSK, 'isk', this.inet.dump(pid, fd, socketIno, flags));
+      }
       this.unixSockets ??= new UnixSocketDumper(pid, new Set(taskFds.map((n) => socketInodeOf(pid, n)).filter((n): n is number => n !== undefined)));
       const socket = this.unixSockets.dump(fd, socketIno, flags);
       const slot = add(FD_TYPE.UNIXSK, 'usk', socket.entry);
@@ -237,12 +244,13 @@ export class FileTable {
 const SUPPORTED_ANON_INODES = new Set(['eventfd', 'eventpoll', 'signalfd', 'timerfd']);
 
 /**
- * The first descriptor of `pid` of a kind dump cannot save (sockets other than AF_UNIX, io_uring, userfaultfd,
+ * The first descriptor of `pid` of a kind dump cannot save (raw, packet and netlink sockets, established TCP
+ * connections without `inet.tcpEstablished`/`tcpClose`, io_uring, userfaultfd,
  * perf events, bpf objects, inotify, pidfds...), found from /proc alone: checked before the task
  * is frozen, so that refusing it costs the task nothing. The files stage checks again (an fd may
  * be opened in between).
  */
-export function findUnsupportedDescriptor(pid: number): UnsupportedFileError | undefined {
+export function findUnsupportedDescriptor(pid: number, inet: InetDumpOptions = {}): UnsupportedFileError | InetSocketRefused | undefined {
   let fds: string[];
   try {
     fds = readdirSync(`/proc/${pid}/fd`);
@@ -262,7 +270,19 @@ export function findUnsupportedDescriptor(pid: number): UnsupportedFileError | u
     const socketIno = socketInode(target);
     if (socketIno !== undefined) {
       unixInodes ??= unixSocketInodes(pid);
-      if (!unixInodes.has(socketIno)) return new UnsupportedFileError(Number(name), target, 'socket (not AF_UNIX)');
+      if (unixInodes.has(socketIno)) continue;
+      let dup;
+      try {
+        dup = grabFd(pid, Number(name));
+      } catch {
+        continue; // closed meanwhile; the files stage sees what is there then
+      }
+      try {
+        const refused = precheckInetSocket(dup, Number(name), socketIno, inet);
+        if (refused) return refused;
+      } finally {
+        closeFd(dup);
+      }
     }
   }
   return undefined;

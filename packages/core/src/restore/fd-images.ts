@@ -1,17 +1,18 @@
 // The fd table of a task (fdinfo-N.img) with the open files it points at (files.img and, for
 // pipes and FIFOs, their buffered bytes from pipes-data.img / fifo-data.img; for unix sockets,
-// their queued messages from sk-queues.img), checked and turned
+// their queued messages from sk-queues.img; for TCP connections, tcp-stream-<ino>.img), checked and turned
 // into what restore needs to recreate each kind (see files.ts for how).
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { RestoreError } from './errors.js';
 import { planUnixSockets, readSocketQueues, readUnixSocket, type UnixSocketImage } from './unix-sockets.js';
+import { readInetSocket, type InetRestoreOptions, type InetSocketImage } from './inet-sockets.js';
 
 type Msg = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
 
 /** fd_types from fdinfo.proto. */
 export const FD_TYPE = {
-  REG: 1, PIPE: 2, FIFO: 3, UNIXSK: 5, EVENTFD: 6, EVENTPOLL: 7, SIGNALFD: 9, TTY: 11, TIMERFD: 17, MEMFD: 18,
+  REG: 1, PIPE: 2, FIFO: 3, INETSK: 4, UNIXSK: 5, EVENTFD: 6, EVENTPOLL: 7, SIGNALFD: 9, TTY: 11, TIMERFD: 17, MEMFD: 18,
 } as const;
 
 /** Bit 0 of an eventfd's flags: EFD_SEMAPHORE (criu-ts records it there; see dump/files/anon-inodes.ts). */
@@ -39,6 +40,7 @@ export type OpenFileImage<Reg> =
   | { readonly kind: 'eventpoll'; readonly id: number; readonly flags: number; readonly targets: readonly EpollTarget[] }
   | { readonly kind: 'signalfd'; readonly id: number; readonly flags: number; readonly mask: bigint }
   | { readonly kind: 'unixsk'; readonly id: number; readonly sk: UnixSocketImage }
+  | { readonly kind: 'inetsk'; readonly id: number; readonly sk: InetSocketImage }
   | {
       readonly kind: 'timerfd'; readonly id: number; readonly flags: number; readonly clockid: number; readonly ticks: bigint;
       readonly settimeFlags: number; readonly value: readonly [bigint, bigint]; readonly interval: readonly [bigint, bigint];
@@ -63,6 +65,8 @@ export interface FdTableInput<Reg> {
   readonly reg: (id: number, what: string) => Reg;
   readonly readEntries: (dir: string, name: string) => Array<{ message: Msg; bytes?: Uint8Array }>;
   readonly shellJob: boolean;
+  /** How established TCP connections come back (--tcp-established / --tcp-close). */
+  readonly inet?: InetRestoreOptions;
 }
 
 const CLOCKS = new Set([0 /* REALTIME */, 1 /* MONOTONIC */, 7 /* BOOTTIME */, 8 /* REALTIME_ALARM */, 9 /* BOOTTIME_ALARM */]);
@@ -147,6 +151,9 @@ export function readFdTable<Reg>(input: FdTableInput<Reg>): FdSlot<Reg>[] {
       }
       case FD_TYPE.UNIXSK:
         file = { kind: 'unixsk', id, sk: readUnixSocket(id, member('usk'), socketQueues.get(id) ?? [], where, invalid) };
+        break;
+      case FD_TYPE.INETSK:
+        file = { kind: 'inetsk', id, sk: readInetSocket(id, member('isk'), input.dir, where, invalid, input.inet ?? {}) };
         break;
       case FD_TYPE.SIGNALFD: {
         const e = member('sgfd');
