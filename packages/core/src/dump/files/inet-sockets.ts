@@ -334,9 +334,7 @@ export function addressWords(a: InetAddress): number[] {
 
 /** sk_opts_entry of an inet socket: the SOL_SOCKET options CRIU 4.2 records (no SO_PASSCRED/PASSSEC: unix only), plus the device binding and linger. */
 function inetSocketOptions(dup: Fd): DecodedMessage {
-  const opts = socketOptions(dup);
-  delete opts.so_passcred;
-  delete opts.so_passsec;
+  const opts = socketOptions(dup, false);
   const dev = getsockopt(dup, SOL_SOCKET, SO.BINDTODEVICE, 16);
   const devName = dev.subarray(0, dev.indexOf(0) < 0 ? dev.length : dev.indexOf(0)).toString('utf8');
   if (devName) opts.so_bound_dev = devName;
