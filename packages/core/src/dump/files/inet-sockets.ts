@@ -115,9 +115,9 @@ export function describeSocketKind(k: SocketKind): string {
 export function unsupportedSocketReason(k: SocketKind): string | undefined {
   if (k.domain === AF_INET || k.domain === AF_INET6) {
     if ((k.type === SOCK_STREAM && k.protocol === IPPROTO_TCP) || (k.type === SOCK_DGRAM && k.protocol === IPPROTO_UDP)) return undefined;
-    return `${describeSocketKind(k)} sockets cannot be dumped yet (TCP and UDP can)`;
+    return 'sockets of this kind cannot be dumped yet (TCP and UDP ones can)';
   }
-  return `${describeSocketKind(k)} sockets cannot be dumped yet`;
+  return 'sockets of this kind cannot be dumped yet (unix, TCP and UDP ones can)';
 }
 
 const fmt = (a: InetAddress): string => (a.family === 6 ? `[${a.address}]:${a.port}` : `${a.address}:${a.port}`);
