@@ -10,7 +10,7 @@ import { expect } from 'chai';
 import { spawnSync } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { DumpError, restoreSync, RestoreError } from '@criu-ts/core';
+import { DUMP_FAULT_POINTS, DumpError, restoreSync, RestoreError } from '@criu-ts/core';
 import { ImageReader, imageFromCritJson, imageToCritJson } from '@criu-ts/images';
 import { listLocksSync } from '@criu-ts/soccr';
 import { pidfdGetfd, pidfdOpen, sock, close, type Pid } from '@criu-ts/sys';
@@ -132,6 +132,53 @@ describe('core: TCP and UDP sockets end to end', function () {
       ...['C1', 'C6', 'A', 'M'].map((n) => `${n}: sent ${STREAM_LEN}, received ${STREAM_LEN}, 0 bad bytes`),
       'FW: bye-from-program', 'CW: reply-cw', 'U4: udp4 pong', 'U6: udp6 hello',
     ]);
+  });
+
+  it('a dump that fails after the lock, at every fault point, and a dump left running: connections back in service, unlocked', function () {
+    keeper = new InetKeeper();
+    for (const point of DUMP_FAULT_POINTS) {
+      let error: unknown;
+      try {
+        dumpAndWait(keeper.pid, keeper.images, { tcpEstablished: true, faultAt: point });
+      } catch (e) {
+        error = e;
+      }
+      expect(error, point).to.be.instanceOf(DumpError);
+      expect(heldLocks(), `${point}: lock lifted`).to.deep.equal([]);
+      expect(alive(keeper.pid), point).to.equal(true);
+      keeper.exchange(64 << 10, 10_000);
+    }
+    dumpAndWait(keeper.pid, keeper.images, { tcpEstablished: true, leave: 'running' });
+    expect(heldLocks(), 'left running: lock lifted').to.deep.equal([]);
+    const { failures, peer } = keeper.check();
+    expect(failures).to.deep.equal([]);
+    expect(peer.slice(0, 4)).to.deep.equal(['C1', 'C6', 'A', 'M'].map((n) => `${n}: sent ${STREAM_LEN}, received ${STREAM_LEN}, 0 bad bytes`));
+  });
+
+  it('a restore that fails half-way (the UDP port taken, after every connection is made) leaves the lock for the next attempt, which works', function () {
+    keeper = new InetKeeper();
+    dumpAndWait(keeper.pid, keeper.images, { tcpEstablished: true });
+    // U4 is the program's last socket: every TCP connection exists (in repair mode) when its bind fails.
+    const squatter = sock.socket(sock.AF_INET, 2 /* SOCK_DGRAM */ | sock.SOCK_CLOEXEC, 17);
+    try {
+      sock.bind(squatter, { family: 4, address: '127.0.0.1', port: keeper.u4Port });
+      let error: unknown;
+      try {
+        restoreSync({ imagesDir: keeper.images, detached: true, tcpEstablished: true });
+      } catch (e) {
+        error = e;
+      }
+      expect(error).to.be.instanceOf(RestoreError);
+      expect((error as Error).message).to.match(new RegExp(`files: .*UDP socket id \\d+ \\(socket:\\[\\d+\\] 127\\.0\\.0\\.1:${keeper.u4Port}, CLOSE\\): bind to 127\\.0\\.0\\.1:${keeper.u4Port} failed: .*EADDRINUSE`));
+      expect(alive(keeper.pid), 'no process left by the failed restore').to.equal(false);
+      expect(heldLocks().length, 'the dump\'s lock stays').to.equal(6);
+    } finally {
+      sock.close(squatter);
+    }
+    restoreSync({ imagesDir: keeper.images, detached: true, tcpEstablished: true });
+    const { failures, peer } = keeper.check();
+    expect(failures).to.deep.equal([]);
+    expect(peer.slice(0, 4)).to.deep.equal(['C1', 'C6', 'A', 'M'].map((n) => `${n}: sent ${STREAM_LEN}, received ${STREAM_LEN}, 0 bad bytes`));
   });
 
   it('refuses a listener with a connection not accepted yet; with skipInFlight dumps and restores without it', function () {
