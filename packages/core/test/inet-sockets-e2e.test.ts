@@ -60,6 +60,7 @@ describe('core: TCP and UDP sockets end to end', function () {
     if (isRoot()) becomeSubreaper(false);
   });
   afterEach(() => {
+    delete process.env.CRIU_TS_LOCK_BACKEND;
     keeper?.cleanup();
     keeper = undefined;
     expect(heldLocks(), 'no network lock left by a dump').to.deep.equal([]);
@@ -106,33 +107,36 @@ describe('core: TCP and UDP sockets end to end', function () {
     });
   }
 
-  it('dumps and restores every socket with the streams in flight both ways, twice in a row', function () {
-    keeper = new InetKeeper();
-    for (let round = 0; round < 2; round++) {
-      const inFlightAtDump = keeper.streams.map((s) => s.sent);
-      dumpAndWait(keeper.pid, keeper.images, { tcpEstablished: true });
-      // Between dump and restore the connections stay locked for the images.
-      expect(heldLocks().length, `round ${round}: connections locked while dumped`).to.equal(6);
-      if (round === 0) checkImages(keeper.images);
-      const r = restoreSync({ imagesDir: keeper.images, detached: true, tcpEstablished: true });
-      expect(r.pid).to.equal(keeper.pid);
-      expect(heldLocks(), `round ${round}: lock lifted by the restore`).to.deep.equal([]);
-      // The restored connections carry data both ways: take 256 KiB of each stream, send more.
-      keeper.exchange(256 << 10);
-      keeper.streams.forEach((s, i) => {
-        expect(s.bad, `${s.name} round ${round}`).to.equal(0);
-        expect(s.received, `${s.name} round ${round}`).to.be.greaterThan(0);
-        expect(s.sent, `${s.name} round ${round}`).to.be.at.least(inFlightAtDump[i]!);
-      });
-    }
-    const { failures, checks, peer } = keeper.check();
-    expect(failures).to.deep.equal([]);
-    expect(checks.length).to.be.greaterThan(20);
-    expect(peer).to.deep.equal([
-      ...['C1', 'C6', 'A', 'M'].map((n) => `${n}: sent ${STREAM_LEN}, received ${STREAM_LEN}, 0 bad bytes`),
-      'FW: bye-from-program', 'CW: reply-cw', 'U4: udp4 pong', 'U6: udp6 hello',
-    ]);
-  });
+  for (const backend of ['nft', 'iptables'] as const) {
+    it(`dumps and restores every socket with the streams in flight both ways, twice in a row (${backend} lock)`, function () {
+      process.env.CRIU_TS_LOCK_BACKEND = backend;
+      keeper = new InetKeeper();
+      for (let round = 0; round < 2; round++) {
+        const inFlightAtDump = keeper.streams.map((s) => s.sent);
+        dumpAndWait(keeper.pid, keeper.images, { tcpEstablished: true });
+        // Between dump and restore the connections stay locked for the images.
+        expect(heldLocks().length, `round ${round}: connections locked while dumped`).to.equal(6);
+        if (round === 0) checkImages(keeper.images);
+        const r = restoreSync({ imagesDir: keeper.images, detached: true, tcpEstablished: true });
+        expect(r.pid).to.equal(keeper.pid);
+        expect(heldLocks(), `round ${round}: lock lifted by the restore`).to.deep.equal([]);
+        // The restored connections carry data both ways: take 256 KiB of each stream, send more.
+        keeper.exchange(256 << 10);
+        keeper.streams.forEach((s, i) => {
+          expect(s.bad, `${s.name} round ${round}`).to.equal(0);
+          expect(s.received, `${s.name} round ${round}`).to.be.greaterThan(0);
+          expect(s.sent, `${s.name} round ${round}`).to.be.at.least(inFlightAtDump[i]!);
+        });
+      }
+      const { failures, checks, peer } = keeper.check();
+      expect(failures).to.deep.equal([]);
+      expect(checks.length).to.be.greaterThan(20);
+      expect(peer).to.deep.equal([
+        ...['C1', 'C6', 'A', 'M'].map((n) => `${n}: sent ${STREAM_LEN}, received ${STREAM_LEN}, 0 bad bytes`),
+        'FW: bye-from-program', 'CW: reply-cw', 'U4: udp4 pong', 'U6: udp6 hello',
+      ]);
+    });
+  }
 
   it('a dump that fails after the lock, at every fault point, and a dump left running: connections back in service, unlocked', function () {
     keeper = new InetKeeper();

@@ -43,8 +43,13 @@ function runSync(cmd: string, args: string[], input?: string): string {
 
 let detected: LockBackend | undefined;
 
-/** nft if `nft list tables` works, else iptables if `iptables -L` works (remembered per process). */
+/**
+ * nft if `nft list tables` works, else iptables if `iptables -L` works (remembered per process).
+ * CRIU_TS_LOCK_BACKEND=nft|iptables forces one (for tests of both on one machine).
+ */
 export function detectLockBackendSync(): LockBackend {
+  const forced = process.env.CRIU_TS_LOCK_BACKEND;
+  if (forced === 'nft' || forced === 'iptables') return forced;
   if (detected) return detected;
   if (runsSync('nft', ['list', 'tables'])) return (detected = 'nft');
   if (runsSync('iptables', ['-w', '-n', '-L', 'INPUT'])) return (detected = 'iptables');
