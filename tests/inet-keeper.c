@@ -2,13 +2,13 @@
  * inet-keeper: holds TCP and UDP sockets over IPv4 and IPv6 with data in flight both ways, waits
  * to be checkpointed (and restored), then checks each one with its peer (the test).
  *
- *   inet-keeper REPORT_FILE WORK_DIR PEER4_PORT PEER6_PORT PEER_UDP6_PORT [raw|packet|netlink]
+ *   inet-keeper REPORT_FILE WORK_DIR PEER4_PORT PEER6_PORT PEER_UDP6_PORT UDP_FROM_PORT [raw|packet|netlink]
  *
  * Protocol as tests/state-keeper.c, in two steps: "listening <pid> <l4> <l6>" once its listeners
  * are up (the test then connects to each: one connection over IPv4 to l4, one over IPv4 to the
  * dual-stack l6, which makes an IPv4-mapped IPv6 socket here); "ready <pid> <c1> <c6> <cw> <fw>
- * <u4>" once everything is set up (the local ports of its connections to the test and of its UDP
- * socket); on SIGUSR1 "ok ..." / "FAIL ..." lines, then "done <failures>", exit status = number
+ * <u4> <u6>" once everything is set up (the local ports of its connections to the test and of its
+ * UDP sockets; the test then queues datagrams in both UDP sockets); on SIGUSR1 "ok ..." / "FAIL ..." lines, then "done <failures>", exit status = number
  * of failures.
  *
  * Held:
@@ -20,8 +20,9 @@
  *   M    connection accepted from L6, IPv4-mapped
  *   CW   connection to 127.0.0.1:PEER4 the test has shut down after "bye-from-peer": CLOSE_WAIT
  *   FW   connection to 127.0.0.1:PEER4 this side shut down after "bye-from-program": FIN_WAIT2
- *   U4   UDP socket bound to 127.0.0.1 (SO_RCVBUF 100000)
- *   U6   UDP socket connected to [::1]:PEER_UDP6
+ *   U4   UDP socket bound to 127.0.0.1 (SO_RCVBUF 100000), with "queued-1", 3000 bytes and
+ *        "queued-3" waiting in it (sent by the test)
+ *   U6   UDP socket connected to [::1]:PEER_UDP6, with "six-1" from that peer waiting in it
  * On C1, C6, A and M each side sends STREAM_LEN bytes of its own pseudo-random stream, as much
  * as fits before the checkpoint (non-blocking sockets, until EAGAIN), the rest after it; each
  * side checks every byte it receives. The optional last argument adds a socket dump must refuse.
@@ -49,6 +50,7 @@
 #define STREAM_LEN (3u << 20)
 
 static volatile sig_atomic_t check_requested;
+static int udp_from_port; /* the test's UDP socket that queues datagrams in U4 */
 static int report_fd = -1;
 static int failures;
 
@@ -231,7 +233,7 @@ static int peer_closed(int fd, int timeout_ms)
 
 int main(int argc, char **argv)
 {
-	if (argc != 6 && argc != 7)
+	if (argc != 7 && argc != 8)
 		return 2;
 	for (int fd = 3; fd < 1024; fd++)
 		close(fd);
@@ -239,7 +241,8 @@ int main(int argc, char **argv)
 	if (report_fd < 0)
 		return 3;
 	int peer4 = atoi(argv[3]), peer6 = atoi(argv[4]), peer_udp6 = atoi(argv[5]);
-	const char *refuse = argc == 7 ? argv[6] : "";
+	udp_from_port = atoi(argv[6]);
+	const char *refuse = argc == 8 ? argv[7] : "";
 	signal(SIGPIPE, SIG_IGN);
 	int one = 1;
 
@@ -300,7 +303,7 @@ int main(int argc, char **argv)
 		MUST(extra);
 
 	signal(SIGUSR1, on_usr1);
-	say("ready %d %d %d %d %d %d\n", getpid(), local_port(c1), local_port(c6), local_port(cw), local_port(fw), local_port(u4));
+	say("ready %d %d %d %d %d %d %d\n", getpid(), local_port(c1), local_port(c6), local_port(cw), local_port(fw), local_port(u4), local_port(u6));
 	while (!check_requested)
 		pause();
 
@@ -369,7 +372,24 @@ int main(int argc, char **argv)
 	n = n6 >= 0 ? read_exactly(n6, buf, 7, 5000) : -1;
 	CHECK(n == 7 && memcmp(buf, "hello6\n", 7) == 0, "L6 new connection's line (%zd)", n);
 
-	/* UDP: the test sent "udp4 ping" to U4; answer to where it came from. U6 talks to its peer. */
+	/* UDP: the datagrams queued before the checkpoint, in order, boundaries and sources kept. */
+	char dgram[4096];
+	struct sockaddr_in dfrom;
+	socklen_t dfromlen = sizeof(dfrom);
+	n = recvfrom(u4, dgram, sizeof(dgram), MSG_DONTWAIT, (struct sockaddr *)&dfrom, &dfromlen);
+	int from_test = dfromlen == sizeof(dfrom) && dfrom.sin_addr.s_addr == htonl(INADDR_LOOPBACK) && ntohs(dfrom.sin_port) == udp_from_port;
+	CHECK(n == 8 && memcmp(dgram, "queued-1", 8) == 0 && from_test, "U4 queued datagram 1 (%zd bytes, from port %d)", n, ntohs(dfrom.sin_port));
+	n = recv(u4, dgram, sizeof(dgram), MSG_DONTWAIT);
+	int pattern_ok = n == 3000;
+	for (int i = 0; pattern_ok && i < 3000; i++)
+		pattern_ok = dgram[i] == (char)('A' + i % 23);
+	CHECK(pattern_ok, "U4 queued datagram 2 (%zd bytes)", n);
+	n = recv(u4, dgram, sizeof(dgram), MSG_DONTWAIT);
+	CHECK(n == 8 && memcmp(dgram, "queued-3", 8) == 0, "U4 queued datagram 3 (%zd bytes)", n);
+	n = recv(u6, dgram, sizeof(dgram), MSG_DONTWAIT);
+	CHECK(n == 5 && memcmp(dgram, "six-1", 5) == 0, "U6 queued datagram from its peer (%zd bytes)", n);
+
+	/* The test sent "udp4 ping" to U4 after the restore; answer to where it came from. U6 talks to its peer. */
 	struct sockaddr_storage from;
 	socklen_t fromlen = sizeof(from);
 	struct pollfd up = {.fd = u4, .events = POLLIN};

@@ -152,8 +152,9 @@ export class InetKeeper {
     const p4 = tcpListener(4);
     const p6 = tcpListener(6);
     this.udp6 = udpSocket(6);
-    this.fds.push(p4.fd, p6.fd, this.udp6.fd);
-    const args = [binary, this.report, this.dir, String(p4.port), String(p6.port), String(this.udp6.port), ...(options.refuse ? [options.refuse] : [])];
+    const udp4 = udpSocket(4);
+    this.fds.push(p4.fd, p6.fd, this.udp6.fd, udp4.fd);
+    const args = [binary, this.report, this.dir, String(p4.port), String(p6.port), String(this.udp6.port), String(udp4.port), ...(options.refuse ? [options.refuse] : [])];
     spawn('setsid', ['-f', ...args], { stdio: 'ignore' }).unref();
     waitFor('inet-keeper to listen', () => this.lines().some((l) => l.startsWith('listening') || l.startsWith('setup failed')));
     this.failIfSetupFailed();
@@ -167,7 +168,7 @@ export class InetKeeper {
     this.fds.push(a, m);
     waitFor('inet-keeper to be ready', () => this.lines().some((l) => l.startsWith('ready') || l.startsWith('setup failed')));
     this.failIfSetupFailed();
-    const [, , c1Port, c6Port, cwPort, fwPort, u4Port] = this.lines().find((l) => l.startsWith('ready'))!.split(' ').map(Number);
+    const [, , c1Port, c6Port, cwPort, fwPort, u4Port, u6Port] = this.lines().find((l) => l.startsWith('ready'))!.split(' ').map(Number);
     this.u4Port = u4Port!;
     const from4 = acceptAll(p4.fd, 3);
     const from6 = acceptAll(p6.fd, 1);
@@ -190,6 +191,11 @@ export class InetKeeper {
     for (const s of this.streams) s.pumpSend();
     sock.send(this.cw, Buffer.from('bye-from-peer'), 0);
     sock.shutdown(this.cw, sock.SHUT_WR);
+    // Datagrams left waiting in the program's UDP sockets: three in U4 (one of 3000 bytes), one in U6 from its peer.
+    sock.sendto(udp4.fd, Buffer.from('queued-1'), 0, v4(this.u4Port));
+    sock.sendto(udp4.fd, Buffer.from(Array.from({ length: 3000 }, (_, i) => 65 + (i % 23))), 0, v4(this.u4Port));
+    sock.sendto(udp4.fd, Buffer.from('queued-3'), 0, v4(this.u4Port));
+    sock.sendto(this.udp6.fd, Buffer.from('six-1'), 0, v6(u6Port!));
     // The FINs and their ACKs cross loopback at once; give them a moment anyway.
     sleepMs(50);
   }

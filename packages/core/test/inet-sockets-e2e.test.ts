@@ -291,9 +291,14 @@ function checkImages(images: string): void {
     queued += e!.inq_len + e!.outq_len;
   }
   expect(queued, 'bytes in flight saved').to.be.greaterThan(1 << 20);
+  // Datagrams waiting in the UDP sockets, with their sources (sk_packet_entry addr, criu-ts's).
+  const udpIds = new Set(files.filter((f) => f.type === 4 && f.isk.proto === 17).map((f) => f.id));
+  const datagrams = entries(join(images, 'sk-queues.img')).filter((q) => udpIds.has(q.id_for));
+  expect(datagrams.map((q) => q.length)).to.deep.equal([8, 3000, 8, 5]);
+  expect(datagrams.every((q) => q.addr instanceof Uint8Array && (q.addr.length === 16 || q.addr.length === 28))).to.equal(true);
   const crit = !spawnSync('crit', ['-h']).error;
   if (!crit && process.env.CI) throw new Error('crit missing in CI');
-  for (const name of ['files.img', 'inventory.img', ...streams]) {
+  for (const name of ['files.img', 'inventory.img', 'sk-queues.img', ...streams]) {
     const path = join(images, name);
     const reader = ImageReader.open(path);
     let json: unknown;

@@ -392,7 +392,7 @@ export function dumpSync(options: DumpOptions): DumpResult {
     if (files.fifoData.size > 0) dir.writeImage('fifo-data.img', pipeDataEntries(files.fifoData));
     if (files.ttyInfos.length > 0) dir.writeImage('tty-info.img', files.ttyInfos);
     if (files.socketQueues.length > 0) {
-      dir.writeImage('sk-queues.img', files.socketQueues.map((q) => ({ message: { id_for: q.idFor, length: q.bytes.length }, payload: { type: 'bytes' as const, bytes: q.bytes } })));
+      dir.writeImage('sk-queues.img', files.socketQueues.map((q) => ({ message: { id_for: q.idFor, length: q.bytes.length, ...(q.addr ? { addr: q.addr } : {}) }, payload: { type: 'bytes' as const, bytes: q.bytes } })));
     }
     for (const stream of inet.tcpStreams) dir.writeImage(`tcp-stream-${stream.ino.toString(16)}.img`, [{ message: stream.entry, payload: stream.queues }]);
     const liveByPid = new Map(live.map((t) => [t.task.pid as number, t]));

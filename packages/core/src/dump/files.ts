@@ -61,7 +61,7 @@ export class FileTable {
   private readonly typeOf = new Map<number, number>();
   private nextGhostId = 1;
   /** Queued messages of unix sockets (sk-queues.img), oldest first per socket, by the receiving socket's file id. */
-  readonly socketQueues: Array<{ idFor: number; bytes: Buffer }> = [];
+  readonly socketQueues: Array<{ idFor: number; bytes: Buffer; addr?: Buffer }> = [];
   private unixSockets?: UnixSocketDumper;
   private unixInodes?: Set<number>;
 
@@ -162,7 +162,10 @@ export class FileTable {
       this.unixInodes ??= unixSocketInodes(pid);
       if (!this.unixInodes.has(socketIno)) {
         if (!this.inet) throw new UnsupportedFileError(fd, target, 'socket (not AF_UNIX)');
-        return add(FD_TYPE.INETSK, 'isk', this.inet.dump(pid, fd, socketIno, flags));
+        const inet = this.inet.dump(pid, fd, socketIno, flags);
+        const slot = add(FD_TYPE.INETSK, 'isk', inet.entry);
+        for (const d of inet.queue) this.socketQueues.push({ idFor: Number(slot.id), bytes: d.bytes, addr: d.addr });
+        return slot;
       }
       this.unixSockets ??= new UnixSocketDumper(pid, new Set(taskFds.map((n) => socketInodeOf(pid, n)).filter((n): n is number => n !== undefined)));
       const socket = this.unixSockets.dump(fd, socketIno, flags);

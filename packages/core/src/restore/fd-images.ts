@@ -6,7 +6,7 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { RestoreError } from './errors.js';
 import { planUnixSockets, readSocketQueues, readUnixSocket, type UnixSocketImage } from './unix-sockets.js';
-import { readInetSocket, type InetRestoreOptions, type InetSocketImage } from './inet-sockets.js';
+import { readDatagramQueues, readInetSocket, type InetRestoreOptions, type InetSocketImage } from './inet-sockets.js';
 
 type Msg = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
 
@@ -98,7 +98,10 @@ export function readFdTable<Reg>(input: FdTableInput<Reg>): FdSlot<Reg>[] {
   const { fdinfoName, files, pid } = input;
   const pipes = pipeDataOf(input, 'pipes-data.img');
   const fifos = pipeDataOf(input, 'fifo-data.img');
-  const socketQueues = existsSync(join(input.dir, 'sk-queues.img')) ? readSocketQueues(input.readEntries(input.dir, 'sk-queues.img'), invalid) : new Map<number, Uint8Array[]>();
+  const queueEntries = existsSync(join(input.dir, 'sk-queues.img')) ? input.readEntries(input.dir, 'sk-queues.img') : [];
+  // Unix sockets' messages have no source address; UDP datagrams carry theirs (inet-sockets.ts).
+  const socketQueues = readSocketQueues(queueEntries.filter((e) => e.message.addr === undefined), invalid);
+  const datagramQueues = readDatagramQueues(queueEntries, invalid);
   const slots: FdSlot<Reg>[] = [];
   const seen = new Set<number>();
   const byFile = new Map<number, OpenFileImage<Reg>>();
@@ -153,7 +156,7 @@ export function readFdTable<Reg>(input: FdTableInput<Reg>): FdSlot<Reg>[] {
         file = { kind: 'unixsk', id, sk: readUnixSocket(id, member('usk'), socketQueues.get(id) ?? [], where, invalid) };
         break;
       case FD_TYPE.INETSK:
-        file = { kind: 'inetsk', id, sk: readInetSocket(id, member('isk'), input.dir, where, invalid, input.inet ?? {}) };
+        file = { kind: 'inetsk', id, sk: readInetSocket(id, member('isk'), input.dir, where, invalid, input.inet ?? {}, datagramQueues.get(id) ?? []) };
         break;
       case FD_TYPE.SIGNALFD: {
         const e = member('sgfd');
@@ -194,8 +197,12 @@ export function readFdTable<Reg>(input: FdTableInput<Reg>): FdSlot<Reg>[] {
   }
 
   // Queued messages belong to a socket the table has.
+  // (sk-queues.img serves the whole tree: a socket of another process is checked with that process.)
   for (const idFor of socketQueues.keys()) {
-    if (byFile.get(idFor)?.kind !== 'unixsk') invalid(`sk-queues.img: messages for file id ${idFor}, which is no unix socket of ${fdinfoName}`, { idFor });
+    if (Number(files.get(idFor)?.type) !== FD_TYPE.UNIXSK) invalid(`sk-queues.img: messages for file id ${idFor}, which is no unix socket in files.img`, { idFor });
+  }
+  for (const idFor of datagramQueues.keys()) {
+    if (Number(files.get(idFor)?.type) !== FD_TYPE.INETSK) invalid(`sk-queues.img: datagrams for file id ${idFor}, which is no inet socket in files.img`, { idFor });
   }
   // Peers present and consistent (throws otherwise); restore plans again from the same images.
   planUnixSockets(unixSocketsOf(slots), invalid);

@@ -17,7 +17,10 @@
 //                          once they run (unlock)
 //   with --tcp-close       a fresh unconnected socket in its place (criu's --tcp-close): the
 //                          program gets errors from it and reconnects as after a network failure
-//   UDP                    socket, bind (when it was bound), connect (when it was connected)
+//   UDP                    socket, bind (when it was bound), connect (when it was connected);
+//                          the datagrams that were waiting in it (sk-queues.img, with their
+//                          source in the `addr` field criu-ts writes) sent to it again from that
+//                          source, on a raw socket (soccr sendCraftedDatagrams)
 //   other TCP (CLOSE)      socket, bind when it was bound
 //
 // Network lock: every connection of the images is locked before the first socket exists (the
@@ -28,7 +31,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { listen as listenFd, SO, SOL_SOCKET, sock, type Fd } from '@criu-ts/sys';
 import {
-  decodeTcpStreamImage, fromImageForm, listLocksSync, lockHeldSync, resume, restore as restoreConnection, SoccrError, SUPPORTED_STATES, TcpState,
+  decodeTcpStreamImage, fromImageForm, sendCraftedDatagrams, listLocksSync, lockHeldSync, resume, restore as restoreConnection, SoccrError, SUPPORTED_STATES, TcpState,
   tcpStateName, unlockHeldSync, wireKey, keyText, type ConnectionKey, type InetAddress, type LockBackend, type TcpConnectionState,
 } from '@criu-ts/soccr';
 import { applySocketOptions } from './unix-sockets.js';
@@ -81,6 +84,32 @@ export interface InetSocketImage {
   readonly how: 'listen' | 'connection' | 'closed-connection' | 'udp' | 'plain';
   /** The saved connection ('connection' only). */
   readonly connection?: TcpConnectionState;
+  /** UDP: datagrams that were waiting in it, oldest first, with their sources. */
+  readonly queue: readonly QueuedDatagram[];
+}
+
+export interface QueuedDatagram {
+  readonly bytes: Uint8Array;
+  readonly from: InetAddress;
+}
+
+/** The datagrams of sk-queues.img that carry a source address (UDP), by the id of their socket. */
+export function readDatagramQueues(entries: ReadonlyArray<{ message: Msg; bytes?: Uint8Array }>, invalid: Invalid): Map<number, QueuedDatagram[]> {
+  const queues = new Map<number, QueuedDatagram[]>();
+  for (const [i, e] of entries.entries()) {
+    if (e.message.addr === undefined) continue;
+    const idFor = Number(e.message.id_for);
+    let from: InetAddress;
+    try {
+      from = sock.decodeSockaddr(Buffer.from(e.message.addr as Uint8Array));
+    } catch (error) {
+      return invalid(`sk-queues.img entry ${i}: addr of the datagram for socket id ${idFor} is no inet address: ${(error as Error).message}`, { idFor });
+    }
+    let queue = queues.get(idFor);
+    if (!queue) queues.set(idFor, (queue = []));
+    queue.push({ bytes: e.bytes ?? new Uint8Array(0), from });
+  }
+  return queues;
 }
 
 export interface InetRestoreOptions {
@@ -106,7 +135,7 @@ function address(words: unknown, family: 4 | 6, port: number, field: string, whe
 }
 
 /** One INETSK files.img entry, checked on its own (`where` names it in errors); reads its tcp-stream image when it has one. */
-export function readInetSocket(id: number, isk: Msg, dir: string, where: string, invalid: Invalid, options: InetRestoreOptions): InetSocketImage {
+export function readInetSocket(id: number, isk: Msg, dir: string, where: string, invalid: Invalid, options: InetRestoreOptions, queue: readonly QueuedDatagram[] = []): InetSocketImage {
   const family = Number(isk.family);
   const type = Number(isk.type);
   const proto = Number(isk.proto);
@@ -123,6 +152,8 @@ export function readInetSocket(id: number, isk: Msg, dir: string, where: string,
   const local = address(isk.src_addr, fam, srcPort, 'src_addr', where, invalid);
   const connected = tcp ? state !== TcpState.LISTEN && state !== TcpState.CLOSE : state === TcpState.ESTABLISHED;
   const remote = connected ? address(isk.dst_addr, fam, dstPort, 'dst_addr', where, invalid) : undefined;
+  if (queue.length > 0 && !udp) invalid(`${where}: sk-queues.img holds datagrams for a TCP socket`);
+  for (const d of queue) if (d.from.family !== fam) invalid(`${where}: a queued datagram comes from an IPv${d.from.family} address to an IPv${fam} socket`, { from: d.from });
   let how: InetSocketImage['how'];
   let connection: TcpConnectionState | undefined;
   if (udp) {
@@ -154,7 +185,7 @@ export function readInetSocket(id: number, isk: Msg, dir: string, where: string,
     id, ino, family, type, proto, state, flags: Number(isk.flags ?? 0), backlog: Number(isk.backlog ?? 0), local,
     ...(remote ? { remote } : {}), v6only: isk.v6only === true, opts: (isk.opts as Msg | undefined) ?? {},
     ipOpts: (isk.ip_opts as Msg | undefined) ?? {}, tcpOpts: (isk.tcp_opts as Msg | undefined) ?? {}, shutdown: Number(isk.shutdown ?? 0) & 3,
-    how: how!, ...(connection ? { connection } : {}),
+    how: how!, ...(connection ? { connection } : {}), queue,
   };
 }
 
@@ -224,6 +255,7 @@ export class InetSockets {
       }
       if (s.how === 'listen') step(`listen(${s.backlog})`, () => sysListen(fd, s.backlog));
       if (s.how === 'udp' && s.remote) step(`connect to ${fmt(s.remote)}`, () => sock.connect(fd, s.remote!));
+      if (s.queue.length > 0) step(`putting back ${s.queue.length} queued datagram(s)`, () => refillDatagrams(fd, s));
       return fd;
     } catch (error) {
       sock.close(fd);
@@ -275,6 +307,21 @@ export class InetSockets {
     }
     this.addedLocks = [];
     return errors;
+  }
+}
+
+/**
+ * Sends the socket its queued datagrams again, each from its original source, to the address
+ * it is bound to (the loopback address of its family when bound to any). Loopback delivers
+ * them within the sendto; the first one is checked to have arrived (bounded wait).
+ */
+function refillDatagrams(fd: number, s: InetSocketImage): void {
+  const here = sock.getsockname(fd);
+  const to: InetAddress = /^(0\.0\.0\.0|::)$/.test(here.address) ? (here.family === 4 ? { family: 4, address: '127.0.0.1', port: here.port } : { ...here, address: '::1' }) : here;
+  sendCraftedDatagrams(s.queue.map((d) => ({ from: d.from, to, payload: d.bytes })));
+  const deadline = Date.now() + 1000;
+  while (sock.siocInq(fd) === 0 && s.queue[0]!.bytes.length > 0) {
+    if (Date.now() > deadline) throw new Error(`the datagrams sent to ${fmt(to)} did not arrive`);
   }
 }
 

@@ -20,13 +20,18 @@
 // With --tcp-close the connections are recorded without their state and without a lock (a
 // restore then gives the task closed sockets in their place, as criu does).
 //
+// Datagrams waiting in a UDP socket are peeked (SO_PEEK_OFF walks the queue, as for unix
+// sockets; nothing is taken out) with their source addresses and go to sk-queues.img, the
+// source in sk_packet_entry field 3 (`addr`, which CRIU reserves for it and leaves empty: CRIU
+// drops UDP queues). Restore puts them back with the same source.
+//
 // Refused, naming the fd: raw, packet and netlink sockets and any other family or protocol; an
 // established connection without --tcp-established or --tcp-close (with its addresses); a TCP
 // socket in a state soccr cannot save (SYN_SENT...); a listener with connections waiting in its
 // accept queue unless --skip-in-flight (they are then left behind, as criu leaves them).
 import { readlinkSync } from 'node:fs';
 import type { DecodedMessage } from '@criu-ts/images';
-import { close, getsockopt, inetDiagDump, isSysError, pidfdGetfd, pidfdOpen, SO, SOL_SOCKET, sock, SockDiagError, type Fd, type InetDiagSocket, type Pid } from '@criu-ts/sys';
+import { close, getsockopt, inetDiagDump, isSysError, MSG, pidfdGetfd, pidfdOpen, setsockopt, SO, SOL_SOCKET, sock, SockDiagError, type Fd, type InetDiagSocket, type Pid } from '@criu-ts/sys';
 import { pause, resume, save, SUPPORTED_STATES, tcpStateName, TcpState, toImageForm, wireKey, type ConnectionKey, type InetAddress } from '@criu-ts/soccr';
 import { socketOptions } from './unix-sockets.js';
 
@@ -169,6 +174,12 @@ export function grabFd(pid: number, fd: number): Fd {
   }
 }
 
+/** A datagram waiting in a UDP socket: its bytes and the sockaddr it came from. */
+export interface QueuedDatagram {
+  readonly bytes: Buffer;
+  readonly addr: Buffer;
+}
+
 /** One tcp-stream-<ino>.img to write. */
 export interface TcpStreamImage {
   readonly ino: number;
@@ -238,8 +249,11 @@ export class InetSocketDumper {
     return this.diag.get(k)?.get(ino);
   }
 
-  /** The isk member (without id and fown, which FileTable adds) of the socket behind fd `fd` of `pid`. */
-  dump(pid: number, fd: number, ino: number, flags: number): DecodedMessage {
+  /**
+   * The isk member (without id and fown, which FileTable adds) of the socket behind fd `fd` of
+   * `pid`, and the datagrams waiting in it (UDP).
+   */
+  dump(pid: number, fd: number, ino: number, flags: number): { entry: DecodedMessage; queue: QueuedDatagram[] } {
     const dup = this.dupOf(pid, fd);
     const kind = socketKindOf(dup);
     const what = describeSocketKind(kind);
@@ -295,7 +309,7 @@ export class InetSocketDumper {
     // A half-closed TCP connection carries its FINs in its state; other sockets keep the bits.
     if (shutdown !== 0 && !(tcp && isConnectedTcp(state))) entry.shutdown = shutdown;
     entry.tcp_opts = tcpOpts;
-    return entry;
+    return { entry, queue: tcp ? [] : peekDatagrams(dup, conn) };
   }
 
   /** The locked connections back in service: repair mode off (soccr resume), in dump order. */
@@ -322,6 +336,35 @@ export class InetSocketDumper {
     }
     this.dups.clear();
   }
+}
+
+/** Bigger than any UDP datagram (64 KiB minus headers). */
+const DATAGRAM_BUFFER = 1 << 16;
+
+/** Every datagram queued in UDP socket `dup`, oldest first, with its source, left in place. */
+function peekDatagrams(dup: Fd, what: string): QueuedDatagram[] {
+  const saved = getsockopt(dup, SOL_SOCKET, SO.PEEK_OFF).readInt32LE(0);
+  const out: QueuedDatagram[] = [];
+  const buf = Buffer.allocUnsafe(DATAGRAM_BUFFER);
+  setsockopt(dup, SOL_SOCKET, SO.PEEK_OFF, 0);
+  try {
+    for (;;) {
+      let got: ReturnType<typeof sock.recvFrom>;
+      try {
+        got = sock.recvFrom(dup as number, buf, MSG.PEEK | MSG.DONTWAIT);
+      } catch (error) {
+        if (isSysError(error, 'EAGAIN')) break; // the queue is walked
+        throw error;
+      }
+      // A zero-length datagram cannot be told from the end of the walk by peeking; it ends it.
+      if (got.bytes === 0) break;
+      if (!got.from) throw new Error(`${what}: a queued datagram has no source address`);
+      out.push({ bytes: Buffer.from(buf.subarray(0, got.bytes)), addr: sock.encodeSockaddr(got.from) });
+    }
+  } finally {
+    setsockopt(dup, SOL_SOCKET, SO.PEEK_OFF, saved);
+  }
+  return out;
 }
 
 /** in_addr / in6_addr bytes as little-endian u32 words, as CRIU stores addresses (127.0.0.1 is [0x0100007f]). */
