@@ -10,7 +10,7 @@ import { expect } from 'chai';
 import { spawnSync } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { DUMP_FAULT_POINTS, DumpError, restoreSync, RestoreError } from '@criu-ts/core';
+import { DUMP_FAULT_POINTS, DumpError, dumpRunId, dumpSync, listNetworkLocks, releaseNetworkLocks, restoreSync, RestoreError } from '@criu-ts/core';
 import { ImageReader, imageFromCritJson, imageToCritJson } from '@criu-ts/images';
 import { listLocksSync } from '@criu-ts/soccr';
 import { pidfdGetfd, pidfdOpen, sock, close, type Pid } from '@criu-ts/sys';
@@ -215,6 +215,22 @@ describe('core: TCP and UDP sockets end to end', function () {
     const states = tcpStatesOf(keeper.pid);
     expect(states.filter((s) => s === 10).length, 'listeners').to.equal(2);
     expect(states.filter((s) => s === 7).length, 'closed in place of the 6 connections').to.equal(6);
+  });
+
+  it('a dump never restored: releaseNetworkLocks (criu-ts cleanup -D DIR) removes the locks held for its images, and only those', async function () {
+    keeper = new InetKeeper();
+    const result = dumpSync({ pid: keeper.pid, imagesDir: keeper.images, tcpEstablished: true });
+    expect(result.connections).to.have.length(6);
+    const held = listNetworkLocks().filter((l) => l.holder === result.runId);
+    expect(held).to.have.length(6);
+    expect(dumpRunId(keeper.images)).to.equal(result.runId);
+    // Without the images named (or --all), held locks stay.
+    const cleaned = await releaseNetworkLocks();
+    expect(cleaned.filter((k) => held.some((h) => h.key.local.port === k.local.port && h.key.remote.port === k.remote.port))).to.deep.equal([]);
+    expect(heldLocks()).to.have.length(6);
+    const removed = await releaseNetworkLocks({ imagesDir: keeper.images });
+    expect(removed).to.have.length(6);
+    expect(heldLocks()).to.deep.equal([]);
   });
 
   it('restore of established connections needs tcpEstablished (or tcpClose), naming the connection', function () {
