@@ -7,8 +7,9 @@
  * Protocol as tests/state-keeper.c, in two steps: "listening <pid> <l4> <l6>" once its listeners
  * are up (the test then connects to each: one connection over IPv4 to l4, one over IPv4 to the
  * dual-stack l6, which makes an IPv4-mapped IPv6 socket here); "ready <pid> <c1> <c6> <cw> <fw>
- * <u4> <u6>" once everything is set up (the local ports of its connections to the test and of its
- * UDP sockets; the test then queues datagrams in both UDP sockets); on SIGUSR1 "ok ..." / "FAIL ..." lines, then "done <failures>", exit status = number
+ * <u4> <u6> <f1> <f1 bytes> <la bytes>" once everything is set up (the local ports of its
+ * connections to the test and of its UDP sockets, and how much F1 and LA sent before their FIN;
+ * the test then queues datagrams in both UDP sockets); on SIGUSR1 "ok ..." / "FAIL ..." lines, then "done <failures>", exit status = number
  * of failures.
  *
  * Held:
@@ -20,6 +21,9 @@
  *   M    connection accepted from L6, IPv4-mapped
  *   CW   connection to 127.0.0.1:PEER4 the test has shut down after "bye-from-peer": CLOSE_WAIT
  *   FW   connection to 127.0.0.1:PEER4 this side shut down after "bye-from-program": FIN_WAIT2
+ *   F1   connection to 127.0.0.1:PEER4 this side shut down behind a full window: FIN_WAIT1
+ *   LA   third connection accepted from L4, shut down by the test, then by this side behind a
+ *        full window: LAST_ACK (the test reads F1 and LA to their end after the restore)
  *   U4   UDP socket bound to 127.0.0.1 (SO_RCVBUF 100000), with "queued-1", 3000 bytes and
  *        "queued-3" waiting in it (sent by the test)
  *   U6   UDP socket connected to [::1]:PEER_UDP6, with "six-1" from that peer waiting in it
@@ -254,6 +258,9 @@ int main(int argc, char **argv)
 	int m = accept4(l6, NULL, NULL, 0);
 	MUST(m);
 	MUST(setsockopt(a, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)));
+	/* The test connected a third time to L4 and at once shut down its side: LA is in CLOSE_WAIT. */
+	int la = accept4(l4, NULL, NULL, 0);
+	MUST(la);
 
 	int c1 = connect_to(AF_INET, "127.0.0.1", peer4);
 	MUST(setsockopt(c1, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one)));
@@ -261,6 +268,7 @@ int main(int argc, char **argv)
 	MUST(setsockopt(c1, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle)));
 	int cw = connect_to(AF_INET, "127.0.0.1", peer4);
 	int fw = connect_to(AF_INET, "127.0.0.1", peer4);
+	int f1 = connect_to(AF_INET, "127.0.0.1", peer4);
 	int c6 = connect_to(AF_INET6, "::1", peer6);
 	int tclass = 0x20;
 	MUST(setsockopt(c6, IPPROTO_IPV6, IPV6_TCLASS, &tclass, sizeof(tclass)));
@@ -291,6 +299,15 @@ int main(int argc, char **argv)
 	}
 	MUST(send(fw, "bye-from-program", 16, 0));
 	MUST(shutdown(fw, SHUT_WR));
+	/* Our FIN behind more data than the peer's window takes: F1 stays in FIN_WAIT1 and LA (the
+	   peer's FIN already in) in LAST_ACK, each with its FIN unacknowledged. */
+	struct conn f1c = {"F1", f1, 0x1005, 0, 0, 0, 0}, lac = {"LA", la, 0x1006, 0, 0, 0, 0};
+	nonblocking(f1);
+	nonblocking(la);
+	pump_send(&f1c);
+	pump_send(&lac);
+	MUST(shutdown(f1, SHUT_WR));
+	MUST(shutdown(la, SHUT_WR));
 
 	int extra = -1;
 	if (strcmp(refuse, "raw") == 0)
@@ -303,7 +320,8 @@ int main(int argc, char **argv)
 		MUST(extra);
 
 	signal(SIGUSR1, on_usr1);
-	say("ready %d %d %d %d %d %d %d\n", getpid(), local_port(c1), local_port(c6), local_port(cw), local_port(fw), local_port(u4), local_port(u6));
+	say("ready %d %d %d %d %d %d %d %d %u %u\n", getpid(), local_port(c1), local_port(c6), local_port(cw), local_port(fw), local_port(u4), local_port(u6),
+	    local_port(f1), f1c.sent, lac.sent);
 	while (!check_requested)
 		pause();
 

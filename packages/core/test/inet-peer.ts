@@ -91,6 +91,46 @@ export class PeerStream {
   }
 }
 
+/** A connection the program shut down behind `expected` bytes of stream `seed`: read to its end. */
+export class ClosingStream {
+  received = 0;
+  bad = 0;
+  ended = false;
+  private readonly want: Buffer;
+  constructor(
+    readonly name: string,
+    readonly fd: number,
+    seed: number,
+    readonly expected: number,
+  ) {
+    this.want = streamBytes(seed, 0, expected);
+  }
+
+  pump(): number {
+    const buf = Buffer.allocUnsafe(65536);
+    let moved = 0;
+    while (!this.ended) {
+      let r: number;
+      try {
+        r = sock.recv(this.fd, buf, sock.MSG_DONTWAIT);
+      } catch (e) {
+        if (isErr(e, EAGAIN)) break;
+        throw new Error(`${this.name}: recv failed after ${this.received} bytes: ${(e as Error).message}`, { cause: e });
+      }
+      if (r === 0) {
+        this.ended = true;
+        moved++;
+        break;
+      }
+      const want = this.want.subarray(this.received, this.received + r);
+      if (want.length !== r || !want.equals(buf.subarray(0, r))) this.bad += r;
+      this.received += r;
+      moved += r;
+    }
+    return moved;
+  }
+}
+
 function tcpListener(family: 4 | 6): { fd: number; port: number } {
   const fd = sock.socket(family === 4 ? sock.AF_INET : sock.AF_INET6, sock.SOCK_STREAM | sock.SOCK_CLOEXEC, sock.IPPROTO_TCP);
   sock.bind(fd, family === 4 ? { family, address: '127.0.0.1', port: 0 } : { family, address: '::1', port: 0, flowinfo: 0, scopeId: 0 });
@@ -145,6 +185,10 @@ export class InetKeeper {
   private readonly udp6: { fd: number; port: number };
   /** An extra connection to L4 the program never accepts (inFlight). */
   readonly inFlight?: number;
+  /** Our ends of the program's FIN_WAIT1 (F1) and LAST_ACK (LA) connections. */
+  readonly f1: number;
+  readonly la: number;
+  readonly closing: ClosingStream[];
 
   constructor(options: { refuse?: 'raw' | 'packet' | 'netlink'; inFlight?: boolean } = {}) {
     const binary = join(TEST_BIN, 'inet-keeper');
@@ -165,18 +209,24 @@ export class InetKeeper {
     const a = tcpConnect(v4(this.l4Port));
     // Over IPv4 to the dual-stack listener: the program's end is IPv4-mapped IPv6.
     const m = tcpConnect(v4(this.l6Port));
-    this.fds.push(a, m);
+    // Shut down from here at once: the program's end goes to CLOSE_WAIT, then LAST_ACK.
+    this.la = tcpConnect(v4(this.l4Port));
+    sock.shutdown(this.la, sock.SHUT_WR);
+    this.fds.push(a, m, this.la);
     waitFor('inet-keeper to be ready', () => this.lines().some((l) => l.startsWith('ready') || l.startsWith('setup failed')));
     this.failIfSetupFailed();
-    const [, , c1Port, c6Port, cwPort, fwPort, u4Port, u6Port] = this.lines().find((l) => l.startsWith('ready'))!.split(' ').map(Number);
+    const [, , c1Port, c6Port, cwPort, fwPort, u4Port, u6Port, f1Port, f1Bytes, laBytes] = this.lines().find((l) => l.startsWith('ready'))!.split(' ').map(Number);
     this.u4Port = u4Port!;
-    const from4 = acceptAll(p4.fd, 3);
+    const from4 = acceptAll(p4.fd, 4);
     const from6 = acceptAll(p6.fd, 1);
     const c1 = from4.get(c1Port!)!;
     this.cw = from4.get(cwPort!)!;
     this.fw = from4.get(fwPort!)!;
     const c6 = from6.get(c6Port!)!;
-    this.fds.push(c1, this.cw, this.fw, c6);
+    this.f1 = from4.get(f1Port!)!;
+    this.fds.push(c1, this.cw, this.fw, c6, this.f1);
+    // What F1 and LA sent before their FIN: this side reads exactly that, then the end of the stream.
+    this.closing = [new ClosingStream('F1', this.f1, 0x1005, f1Bytes!), new ClosingStream('LA', this.la, 0x1006, laBytes!)];
     if (options.inFlight) {
       this.inFlight = tcpConnect(v4(this.l4Port));
       this.fds.push(this.inFlight);
@@ -238,12 +288,14 @@ export class InetKeeper {
     const before = this.lines().length;
     process.kill(this.pid, 'SIGUSR1');
     const deadline = Date.now() + 90_000;
-    while (this.streams.some((s) => !s.done) && Date.now() < deadline) {
+    while ((this.streams.some((s) => !s.done) || this.closing.some((c) => !c.ended)) && Date.now() < deadline) {
       let moved = 0;
       for (const s of this.streams) moved += s.pumpRecv() + s.pumpSend();
+      for (const c of this.closing) moved += c.pump();
       if (moved === 0) sleepMs(2);
     }
     for (const s of this.streams) peer.push(`${s.name}: sent ${s.sent}, received ${s.received}, ${s.bad} bad bytes`);
+    for (const c of this.closing) peer.push(`${c.name}: ${c.received === c.expected ? 'all' : `${c.received} of ${c.expected}`} bytes, ${c.bad} bad, ${c.ended ? 'then the end of the stream' : 'no end'}`);
     // A stalled stream: what the kernel says of every connection (ss -tni) goes to the report.
     if (this.streams.some((s) => !s.done)) peer.push(spawnSync('ss', ['-tanieom'], { encoding: 'utf8' }).stdout ?? 'ss failed');
     const fin = Buffer.alloc(64);

@@ -115,7 +115,7 @@ describe('core: TCP and UDP sockets end to end', function () {
         const inFlightAtDump = keeper.streams.map((s) => s.sent);
         dumpAndWait(keeper.pid, keeper.images, { tcpEstablished: true });
         // Between dump and restore the connections stay locked for the images.
-        expect(heldLocks().length, `round ${round}: connections locked while dumped`).to.equal(6);
+        expect(heldLocks().length, `round ${round}: connections locked while dumped`).to.equal(8);
         if (round === 0) checkImages(keeper.images);
         const r = restoreSync({ imagesDir: keeper.images, detached: true, tcpEstablished: true });
         expect(r.pid).to.equal(keeper.pid);
@@ -133,7 +133,8 @@ describe('core: TCP and UDP sockets end to end', function () {
       expect(checks.length).to.be.greaterThan(20);
       expect(peer).to.deep.equal([
         ...['C1', 'C6', 'A', 'M'].map((n) => `${n}: sent ${STREAM_LEN}, received ${STREAM_LEN}, 0 bad bytes`),
-        'FW: bye-from-program', 'CW: reply-cw', 'U4: udp4 pong', 'U6: udp6 hello',
+        'F1: all bytes, 0 bad, then the end of the stream', 'LA: all bytes, 0 bad, then the end of the stream',
+      'FW: bye-from-program', 'CW: reply-cw', 'U4: udp4 pong', 'U6: udp6 hello',
       ]);
     });
   }
@@ -175,7 +176,7 @@ describe('core: TCP and UDP sockets end to end', function () {
       expect(error).to.be.instanceOf(RestoreError);
       expect((error as Error).message).to.match(new RegExp(`files: .*UDP socket id \\d+ \\(socket:\\[\\d+\\] 127\\.0\\.0\\.1:${keeper.u4Port}, CLOSE\\): bind to 127\\.0\\.0\\.1:${keeper.u4Port} failed: .*EADDRINUSE`));
       expect(alive(keeper.pid), 'no process left by the failed restore').to.equal(false);
-      expect(heldLocks().length, 'the dump\'s lock stays').to.equal(6);
+      expect(heldLocks().length, 'the dump\'s lock stays').to.equal(8);
     } finally {
       sock.close(squatter);
     }
@@ -214,22 +215,22 @@ describe('core: TCP and UDP sockets end to end', function () {
     expect(r.pid).to.equal(keeper.pid);
     const states = tcpStatesOf(keeper.pid);
     expect(states.filter((s) => s === 10).length, 'listeners').to.equal(2);
-    expect(states.filter((s) => s === 7).length, 'closed in place of the 6 connections').to.equal(6);
+    expect(states.filter((s) => s === 7).length, 'closed in place of the 8 connections').to.equal(8);
   });
 
   it('a dump never restored: releaseNetworkLocks (criu-ts cleanup -D DIR) removes the locks held for its images, and only those', async function () {
     keeper = new InetKeeper();
     const result = dumpSync({ pid: keeper.pid, imagesDir: keeper.images, tcpEstablished: true });
-    expect(result.connections).to.have.length(6);
+    expect(result.connections).to.have.length(8);
     const held = listNetworkLocks().filter((l) => l.holder === result.runId);
-    expect(held).to.have.length(6);
+    expect(held).to.have.length(8);
     expect(dumpRunId(keeper.images)).to.equal(result.runId);
     // Without the images named (or --all), held locks stay.
     const cleaned = await releaseNetworkLocks();
     expect(cleaned.filter((k) => held.some((h) => h.key.local.port === k.local.port && h.key.remote.port === k.remote.port))).to.deep.equal([]);
-    expect(heldLocks()).to.have.length(6);
+    expect(heldLocks()).to.have.length(8);
     const removed = await releaseNetworkLocks({ imagesDir: keeper.images });
-    expect(removed).to.have.length(6);
+    expect(removed).to.have.length(8);
     expect(heldLocks()).to.deep.equal([]);
   });
 
@@ -245,7 +246,7 @@ describe('core: TCP and UDP sockets end to end', function () {
     expect(error).to.be.instanceOf(RestoreError);
     expect((error as Error).message).to.match(/validate: .*established TCP connection 127\.0\.0\.1:\d+ -> 127\.0\.0\.1:\d+, ESTABLISHED; restore it with --tcp-established/);
     // The lock stays for the images: restoring them properly still works.
-    expect(heldLocks().length).to.equal(6);
+    expect(heldLocks().length).to.equal(8);
     restoreSync({ imagesDir: keeper.images, detached: true, tcpEstablished: true });
     const { failures, peer } = keeper.check();
     expect(failures).to.deep.equal([]);
@@ -283,13 +284,13 @@ function tcpStatesOf(pid: number): number[] {
 function checkImages(images: string): void {
   const files = entries(join(images, 'files.img'));
   const isk = files.filter((f) => f.type === 4).map((f) => f.isk);
-  expect(isk.length, 'inet sockets').to.equal(10);
+  expect(isk.length, 'inet sockets').to.equal(12);
   const listeners = isk.filter((s) => s.state === 10);
   expect(listeners.map((s) => [s.family, s.backlog]).sort()).to.deep.equal([[10, 3], [2, 5]]);
   expect(listeners.find((s) => s.family === 10)!.v6only).to.equal(false);
   expect(listeners.find((s) => s.family === 2)!.opts.reuseaddr).to.equal(true);
   const tcp = isk.filter((s) => s.proto === 6 && s.state !== 10);
-  expect(tcp.map((s) => s.state).sort((a, b) => a - b)).to.deep.equal([1, 1, 1, 1, 5, 8]); // ESTABLISHED x4, FIN_WAIT2, CLOSE_WAIT
+  expect(tcp.map((s) => s.state).sort((a, b) => a - b)).to.deep.equal([1, 1, 1, 1, 4, 5, 8, 9]); // ESTABLISHED x4, FIN_WAIT1, FIN_WAIT2, CLOSE_WAIT, LAST_ACK
   for (const s of tcp) {
     expect(s.tcp_opts.keepidle, 'keepalive knobs recorded').to.be.a('number');
     expect(s.ns_id).to.equal(2);
@@ -299,7 +300,7 @@ function checkImages(images: string): void {
   const udp = isk.filter((s) => s.proto === 17);
   expect(udp.map((s) => `${s.family} ${s.state}`).sort()).to.deep.equal(['10 1', '2 7']);
   const streams = readdirSync(images).filter((n) => n.startsWith('tcp-stream-'));
-  expect(streams.length).to.equal(6);
+  expect(streams.length).to.equal(8);
   let queued = 0;
   for (const name of streams) {
     const [e] = entries(join(images, name));
