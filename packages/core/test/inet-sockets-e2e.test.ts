@@ -10,11 +10,11 @@ import { expect } from 'chai';
 import { spawnSync } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { DUMP_FAULT_POINTS, DumpError, dumpRunId, dumpSync, listNetworkLocks, releaseNetworkLocks, restoreSync, RestoreError } from '@criu-ts/core';
+import { DUMP_FAULT_POINTS, DumpError, dumpRunId, dumpSync, listNetworkLocks, releaseConnectionsOf, releaseNetworkLocks, restoreSync, RestoreError } from '@criu-ts/core';
 import { ImageReader, imageFromCritJson, imageToCritJson } from '@criu-ts/images';
 import { listLocksSync } from '@criu-ts/soccr';
 import { pidfdGetfd, pidfdOpen, sock, close, type Pid } from '@criu-ts/sys';
-import { alive, isRoot, procState, sleepMs } from './restore-helpers.js';
+import { alive, isRoot, procState, sleepMs, waitFor } from './restore-helpers.js';
 import { becomeSubreaper, dumpAndWait } from './programs.js';
 import { InetKeeper, STREAM_LEN } from './inet-peer.js';
 
@@ -232,6 +232,30 @@ describe('core: TCP and UDP sockets end to end', function () {
     const removed = await releaseNetworkLocks({ imagesDir: keeper.images });
     expect(removed).to.have.length(8);
     expect(heldLocks()).to.deep.equal([]);
+  });
+
+  it('a dumper killed mid-dump: the program runs on; releaseConnectionsOf (criu-ts cleanup -t PID) takes its connections out of repair mode and unlocks them', function () {
+    keeper = new InetKeeper();
+    const pid = keeper.pid;
+    // The dumper kills itself once every connection is paused and saved (the memory stage follows the files stage).
+    const dumperCode =
+      `import { dumpSync } from '@criu-ts/core';\n` +
+      `dumpSync({ pid: ${pid}, imagesDir: process.argv[1], tcpEstablished: true,\n` +
+      `  onStage: (stage) => { if (stage === 'memory') process.kill(process.pid, 'SIGKILL'); } });\n`;
+    const cwd = new URL('../../../../', import.meta.url).pathname;
+    const r = spawnSync(process.execPath, ['--input-type=module', '-e', dumperCode, keeper.images], { cwd, stdio: 'ignore' });
+    expect(r.signal).to.equal('SIGKILL');
+    waitFor('the program to be free of its dead dumper', () => /TracerPid:\s+0\b/.test(readFileSync(`/proc/${pid}/status`, 'utf8')));
+    expect(heldLocks().length, 'the dead dump\'s locks').to.equal(8);
+    const released = releaseConnectionsOf(pid);
+    expect(released).to.have.length(8);
+    expect(heldLocks()).to.deep.equal([]);
+    const { failures, peer } = keeper.check();
+    expect(failures).to.deep.equal([]);
+    expect(peer.slice(0, 6)).to.deep.equal([
+      ...['C1', 'C6', 'A', 'M'].map((n) => `${n}: sent ${STREAM_LEN}, received ${STREAM_LEN}, 0 bad bytes`),
+      'F1: all bytes, 0 bad, then the end of the stream', 'LA: all bytes, 0 bad, then the end of the stream',
+    ]);
   });
 
   it('restore of established connections needs tcpEstablished (or tcpClose), naming the connection', function () {

@@ -1,10 +1,10 @@
 // `criu-ts cleanup`: network locks left behind (criu has no such command; criu-ts's locks are
 // held for a dump's images until their restore, see README).
-import { listNetworkLocks, releaseNetworkLocks } from '@criu-ts/core';
+import { listNetworkLocks, releaseConnectionsOf, releaseNetworkLocks } from '@criu-ts/core';
 import { resolve } from 'node:path';
 import { UsageError, type CommandIo } from './command-io.js';
 
-const HELP = `usage: criu-ts cleanup [--list] [-D DIR | --all]
+const HELP = `usage: criu-ts cleanup [--list] [-D DIR | --all] [-t PID]
 
 Network locks (nftables set elements or iptables rules) that keep peers' packets away from
 TCP connections without an owner:
@@ -13,12 +13,15 @@ TCP connections without an owner:
   -D DIR        also remove the locks held for the dump in DIR (it can no longer be restored
                 with its connections)
   --all         remove every lock
+  -t PID        a process whose dumper was killed mid-dump: its TCP connections leave repair
+                mode and are unlocked
 `;
 
 export async function runCleanup(argv: string[], io: CommandIo): Promise<number> {
   let list = false;
   let all = false;
   let imagesDir: string | undefined;
+  let pid: number | undefined;
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!;
     if (a === '-h' || a === '--help') return io.print(HELP), 0;
@@ -26,6 +29,11 @@ export async function runCleanup(argv: string[], io: CommandIo): Promise<number>
     else if (a === '--all') all = true;
     else if (a === '-D' || a === '--images-dir') imagesDir = argv[++i] ?? '';
     else if (a.startsWith('--images-dir=')) imagesDir = a.slice('--images-dir='.length);
+    else if (a === '-t' || a === '--tree') {
+      const v = argv[++i] ?? '';
+      if (!/^\d+$/.test(v)) throw new UsageError(`cleanup: ${a} takes a PID, not ${JSON.stringify(v)}`, HELP);
+      pid = Number(v);
+    }
     else throw new UsageError(`cleanup: unknown option ${a}`, HELP);
   }
   if (imagesDir === '') throw new UsageError('cleanup: -D needs a directory', HELP);
@@ -34,6 +42,9 @@ export async function runCleanup(argv: string[], io: CommandIo): Promise<number>
   if (list) {
     for (const l of listNetworkLocks()) io.print(show(l));
     return 0;
+  }
+  if (pid !== undefined) {
+    for (const k of releaseConnectionsOf(pid)) io.print(`released ${k.local.address}:${k.local.port} <-> ${k.remote.address}:${k.remote.port} of process ${pid}`);
   }
   const removed = await releaseNetworkLocks({ all, ...(imagesDir !== undefined ? { imagesDir: resolve(imagesDir) } : {}) });
   for (const k of removed) io.print(`unlocked ${k.remote.address}:${k.remote.port} -> ${k.local.address}:${k.local.port}`);
