@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/inotify.h>
+#include <linux/netlink.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -38,7 +39,7 @@ static int open_kind(const char *kind)
 	if (!strcmp(kind, "inotify"))
 		return inotify_init1(0);
 	if (!strcmp(kind, "socket"))
-		return socket(AF_INET, SOCK_DGRAM, 0); /* AF_UNIX sockets are dumped; other families are not yet */
+		return socket(AF_NETLINK, SOCK_RAW, 0); /* unix, TCP and UDP sockets are dumped; netlink sockets are not yet */
 	if (!strcmp(kind, "pidfd"))
 		return (int)syscall(SYS_pidfd_open, getpid(), 0);
 	return -1;

@@ -12,6 +12,7 @@ Checkpoint/restore (as criu):
   restore   restore a process from an images directory (-D DIR)
   check     check that this machine has what criu-ts needs
   demo      checkpoint and restore a counting program, start to end
+  cleanup   list or remove network locks left by dumps (--list, -D DIR, --all)
 
 Image commands (as crit):
   decode    convert an image from binary to JSON
@@ -42,6 +43,7 @@ export async function run(argv: string[], io: CommandIo = processIo): Promise<nu
     if (command === 'restore') return await (await import('./commands/checkpoint.js')).runRestore(rest, io);
     if (command === 'check') return (await import('./commands/check.js')).runCheck(rest, io);
     if (command === 'demo') return (await import('./commands/demo.js')).runDemo(rest, io);
+    if (command === 'cleanup') return await (await import('./commands/cleanup.js')).runCleanup(rest, io);
     throw new UsageError(`unknown command '${command}'`, USAGE);
   } catch (error) {
     return report(error, io);

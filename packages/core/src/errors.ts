@@ -4,6 +4,7 @@ export type DumpStage =
   | 'check-options'
   | 'prepare-dir'
   | 'freeze'
+  | 'network-lock'
   | 'collect'
   | 'infect'
   | 'memory'

@@ -7,3 +7,4 @@ export { fpregsFromXsave, xsaveFromFpregs } from './arch/x86-fpu.js';
 export { restore, restoreSync, RestoreError, type RestoreOptions, type RestoreResult, type RestoreStage } from './restore/index.js';
 export { DUMP_FAULT_POINTS, type DumpFaultPoint } from './fault-points.js';
 export { stubPath as restoreStubPath } from './restore/stub.js';
+export { dumpRunId, listNetworkLocks, releaseConnectionsOf, releaseNetworkLocks, type ConnectionKey, type ListedLock } from './network-locks.js';

@@ -70,14 +70,15 @@ export interface NetworkLockOptions {
   releasedTimeoutSeconds?: number;
 }
 
-function keyText(c: ConnectionKey): string {
+/** An nft set key for the connection (internal to soccr's lock backends). */
+export function keyText(c: ConnectionKey): string {
   // Seen from the peer: its packets come from remote and go to local.
   return `${c.remote.address} . ${c.remote.port} . ${c.local.address} . ${c.local.port}`;
 }
 function keyId(c: ConnectionKey): string {
   return `${c.local.family}|${keyText(c)}`;
 }
-function fam(c: ConnectionKey): 4 | 6 {
+export function lockFamily(c: ConnectionKey): 4 | 6 {
   if (c.local.family !== c.remote.family) {
     throw new SoccrError('LOCK', 'connection has local and remote addresses of different families', { ...c });
   }
@@ -235,7 +236,7 @@ export class NetworkLock {
     if (this.backend === 'nft') {
       const cmds: string[] = [];
       for (const c of conns) {
-        const f = fam(c);
+        const f = lockFamily(c);
         const k = keyText(c);
         // "add" then "delete" in one transaction: removes a released marker if there is one, never fails if not.
         cmds.push(`add element inet ${LOCK_TABLE} released${f} { ${k} }`, `delete element inet ${LOCK_TABLE} released${f} { ${k} }`);
@@ -246,7 +247,7 @@ export class NetworkLock {
     }
     for (const c of conns) {
       const spec = iptablesSpec(c, process.pid);
-      const tool = fam(c) === 4 ? 'iptables' : 'ip6tables';
+      const tool = lockFamily(c) === 4 ? 'iptables' : 'ip6tables';
       if (!(await runs(tool, ['-w', '-C', 'INPUT', ...spec]))) await iptables(tool, ['-w', '-I', 'INPUT', ...spec]);
     }
   }
@@ -259,11 +260,11 @@ export class NetworkLock {
   async unlock(conns: readonly ConnectionKey[]): Promise<void> {
     if (conns.length === 0) return;
     if (this.backend === 'nft') {
-      const add = conns.map((c) => `add element inet ${LOCK_TABLE} released${fam(c)} { ${keyText(c)} timeout ${this.releasedTimeout}s }`);
+      const add = conns.map((c) => `add element inet ${LOCK_TABLE} released${lockFamily(c)} { ${keyText(c)} timeout ${this.releasedTimeout}s }`);
       const nft = await this.session();
       await nft.run(add.join('; '));
       const del = conns.flatMap((c) => {
-        const f = fam(c);
+        const f = lockFamily(c);
         const k = keyText(c);
         return [`add element inet ${LOCK_TABLE} locked${f} { ${k} }`, `delete element inet ${LOCK_TABLE} locked${f} { ${k} }`];
       });
@@ -304,7 +305,8 @@ export class NetworkLock {
   }
 }
 
-function nftTableScript(): string {
+/** The commands that make the lock table, its sets and its chain (idempotent; internal to soccr's lock backends). */
+export function nftTableScript(): string {
   const t = `inet ${LOCK_TABLE}`;
   const lines = [`add table ${t}`, `add set ${t} serial { type mark; flags timeout; }`];
   for (const f of [4, 6] as const) {
@@ -326,14 +328,15 @@ function nftTableScript(): string {
   return lines.join('; ');
 }
 
-function iptablesSpec(c: ConnectionKey, pid: number): string[] {
+/** The iptables rule of one lock; `tag` is `pid=N` (a live owner) or `holder=ID` (held for a dump's images). */
+export function iptablesSpec(c: ConnectionKey, tag: number | string): string[] {
   const bits = c.local.family === 4 ? 32 : 128;
   return [
     '-p', 'tcp',
     '-s', `${c.remote.address}/${bits}`, '--sport', String(c.remote.port),
     '-d', `${c.local.address}/${bits}`, '--dport', String(c.local.port),
     '-m', 'mark', '!', '--mark', `0x${LOCK_BYPASS_MARK.toString(16)}`,
-    '-m', 'comment', '--comment', `${COMMENT_PREFIX}:pid=${pid}`,
+    '-m', 'comment', '--comment', `${COMMENT_PREFIX}:${typeof tag === 'number' ? `pid=${tag}` : tag}`,
     '-j', 'DROP',
   ];
 }
@@ -347,52 +350,70 @@ async function iptables(tool: string, args: string[]): Promise<void> {
   }
 }
 
-interface ListedLock {
+export interface ListedLock {
   key: ConnectionKey;
   owner?: number;
+  /** Held for a dump's images rather than by a live process (see network-lock-sync.ts). */
+  holder?: string;
   /** How to remove it. */
   backend: LockBackend;
   rule?: { tool: string; spec: string[] };
 }
 
 async function listLocks(backend: LockBackend): Promise<ListedLock[]> {
-  const out: ListedLock[] = [];
   if (backend === 'nft') {
     let json: string;
     try {
       json = (await execFileP('nft', ['-j', 'list', 'table', 'inet', LOCK_TABLE], { timeout: 5000, maxBuffer: 64 << 20 })).stdout;
     } catch {
-      return out; // no table: nothing locked
+      return []; // no table: nothing locked
     }
-    const doc = JSON.parse(json) as { nftables: Record<string, any>[] };
-    for (const item of doc.nftables) {
-      const set = item['set'];
-      if (!set || !/^locked[46]$/.test(set.name)) continue;
-      const f: 4 | 6 = set.name.endsWith('4') ? 4 : 6;
-      for (const e of set.elem ?? []) {
-        const el = e.elem ?? { val: e };
-        const concat = el.val?.concat as [string, number, string, number] | undefined;
-        if (!concat) continue;
-        const m = /pid=(\d+)/.exec(el.comment ?? '');
-        out.push({
-          key: {
-            remote: { family: f, address: concat[0], port: concat[1] },
-            local: { family: f, address: concat[2], port: concat[3] },
-          },
-          ...(m ? { owner: Number(m[1]) } : {}),
-          backend,
-        });
-      }
-    }
-    return out;
+    return parseNftLocks(json);
   }
+  const texts: Array<[string, 4 | 6]> = [];
   for (const [tool, f] of [['iptables-save', 4], ['ip6tables-save', 6]] as const) {
-    let text: string;
     try {
-      text = (await execFileP(tool, ['-t', 'filter'], { timeout: 5000 })).stdout;
+      texts.push([(await execFileP(tool, ['-t', 'filter'], { timeout: 5000 })).stdout, f]);
     } catch {
       continue;
     }
+  }
+  return parseIptablesLocks(texts);
+}
+
+/** The locks in `nft -j list table inet criu_ts_soccr` output. */
+export function parseNftLocks(json: string): ListedLock[] {
+  const out: ListedLock[] = [];
+  const doc = JSON.parse(json) as { nftables: Record<string, any>[] };
+  for (const item of doc.nftables) {
+    const set = item['set'];
+    if (!set || !/^locked[46]$/.test(set.name)) continue;
+    const f: 4 | 6 = set.name.endsWith('4') ? 4 : 6;
+    for (const e of set.elem ?? []) {
+      const el = e.elem ?? { val: e };
+      const concat = el.val?.concat as [string, number, string, number] | undefined;
+      if (!concat) continue;
+      const m = /pid=(\d+)/.exec(el.comment ?? '');
+      const h = /holder=(\S+)/.exec(el.comment ?? '');
+      out.push({
+        key: {
+          remote: { family: f, address: concat[0], port: concat[1] },
+          local: { family: f, address: concat[2], port: concat[3] },
+        },
+        ...(m ? { owner: Number(m[1]) } : {}),
+        ...(h ? { holder: h[1]! } : {}),
+        backend: 'nft',
+      });
+    }
+  }
+  return out;
+}
+
+/** The locks in iptables-save / ip6tables-save output (each text with its family). */
+export function parseIptablesLocks(texts: ReadonlyArray<readonly [string, 4 | 6]>): ListedLock[] {
+  const out: ListedLock[] = [];
+  const backend = 'iptables' as const;
+  for (const [text, f] of texts) {
     for (const line of text.split('\n')) {
       if (!line.startsWith('-A INPUT') || !line.includes(COMMENT_PREFIX)) continue;
       const g = (re: RegExp) => re.exec(line)?.[1];
@@ -401,6 +422,7 @@ async function listLocks(backend: LockBackend): Promise<ListedLock[]> {
       const sport = g(/--sport (\d+)/);
       const dport = g(/--dport (\d+)/);
       const pid = g(/pid=(\d+)/);
+      const holder = g(/holder=([^\s"]+)/);
       if (!src || !dst || !sport || !dport) continue;
       const key: ConnectionKey = {
         remote: { family: f, address: src, port: Number(sport) },
@@ -409,8 +431,9 @@ async function listLocks(backend: LockBackend): Promise<ListedLock[]> {
       out.push({
         key,
         ...(pid ? { owner: Number(pid) } : {}),
+        ...(holder ? { holder } : {}),
         backend,
-        rule: { tool: f === 4 ? 'iptables' : 'ip6tables', spec: iptablesSpec(key, Number(pid ?? 0)) },
+        rule: { tool: f === 4 ? 'iptables' : 'ip6tables', spec: iptablesSpec(key, holder ? `holder=${holder}` : Number(pid ?? 0)) },
       });
     }
   }
@@ -427,8 +450,10 @@ function alive(pid: number): boolean {
 }
 
 export interface CleanupOptions {
-  /** Remove every lock, also those of live owners (default: only dead owners'). */
+  /** Remove every lock, also those of live owners and those held for a dump's images (default: only dead owners'). */
   all?: boolean;
+  /** Also remove the locks held for the images of this dump (criu-ts's inventory dump_criu_run_id). */
+  holder?: string;
   /** Also delete the nft table itself when nothing is left locked. */
   dropTable?: boolean;
 }
@@ -444,7 +469,8 @@ export async function cleanupNetworkLocks(opts: CleanupOptions = {}): Promise<Co
     const tool = backend === 'nft' ? 'nft' : 'iptables';
     if (!(await runs(tool, backend === 'nft' ? ['list', 'tables'] : ['-w', '-n', '-L', 'INPUT']))) continue;
     const locks = await listLocks(backend);
-    const victims = locks.filter((l) => opts.all || l.owner === undefined || !alive(l.owner));
+    // A lock held for a dump's images has no live owner by design: it waits for the restore.
+    const victims = locks.filter((l) => opts.all || (l.holder !== undefined ? l.holder === opts.holder : l.owner === undefined || !alive(l.owner)));
     if (backend === 'nft') {
       if (victims.length) {
         const cmds = victims.map((v) => `delete element inet ${LOCK_TABLE} locked${v.key.local.family} { ${keyText(v.key)} }`);

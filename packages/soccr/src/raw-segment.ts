@@ -23,6 +23,7 @@ export const TH_ACK = 0x10;
 export const LOCK_BYPASS_MARK = 0xc114;
 
 const IPPROTO_RAW = 255;
+const IPPROTO_UDP = 17;
 const SO_MARK = 36;
 
 export interface SegmentSpec {
@@ -104,5 +105,68 @@ export function sendCraftedSegment(spec: SegmentSpec): void {
     sock.sendto(fd, pkt, 0, { ...spec.to, port: 0 });
   } finally {
     sock.close(fd);
+  }
+}
+
+/**
+ * Builds the IP + UDP bytes of a datagram from `from` to `to` carrying `payload` (checksums
+ * filled: optional for IPv4, required for IPv6). Used to put queued datagrams back into a
+ * restored UDP socket with their original source address.
+ */
+export function buildDatagram(from: InetAddress, to: InetAddress, payload: Uint8Array): Buffer {
+  if (from.family !== to.family) throw new RangeError('datagram addresses of different families');
+  const udp = Buffer.alloc(8 + payload.length);
+  udp.writeUInt16BE(from.port, 0);
+  udp.writeUInt16BE(to.port, 2);
+  udp.writeUInt16BE(udp.length, 4);
+  Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength).copy(udp, 8);
+  const v4 = from.family === 4;
+  const src = v4 ? sock.parseIPv4(from.address) : sock.parseIPv6(from.address);
+  const dst = v4 ? sock.parseIPv4(to.address) : sock.parseIPv6(to.address);
+  const pseudo = Buffer.alloc(v4 ? 12 : 40);
+  src.copy(pseudo, 0);
+  dst.copy(pseudo, src.length);
+  if (v4) {
+    pseudo[9] = IPPROTO_UDP;
+    pseudo.writeUInt16BE(udp.length, 10);
+  } else {
+    pseudo.writeUInt32BE(udp.length, 32);
+    pseudo[39] = IPPROTO_UDP;
+  }
+  // A computed 0 is sent as 0xffff (RFC 768): 0 means "no checksum".
+  udp.writeUInt16BE(fold(sum16(udp, sum16(pseudo))) || 0xffff, 6);
+  if (v4) {
+    const ip = Buffer.alloc(20);
+    ip[0] = 0x45;
+    ip.writeUInt16BE(20 + udp.length, 2);
+    ip[8] = 64;
+    ip[9] = IPPROTO_UDP;
+    src.copy(ip, 12);
+    dst.copy(ip, 16);
+    ip.writeUInt16BE(fold(sum16(ip)), 10);
+    return Buffer.concat([ip, udp]);
+  }
+  const ip = Buffer.alloc(40);
+  ip.writeUInt32BE(0x60000000, 0);
+  ip.writeUInt16BE(udp.length, 4);
+  ip[6] = IPPROTO_UDP;
+  ip[7] = 64;
+  src.copy(ip, 8);
+  dst.copy(ip, 24);
+  return Buffer.concat([ip, udp]);
+}
+
+/** Sends datagrams with spoofed sources towards local addresses (loopback delivers them before sendto returns, in practice). */
+export function sendCraftedDatagrams(datagrams: ReadonlyArray<{ from: InetAddress; to: InetAddress; payload: Uint8Array }>): void {
+  const fds = new Map<number, number>();
+  try {
+    for (const d of datagrams) {
+      const family = d.to.family === 4 ? sock.AF_INET : sock.AF_INET6;
+      let fd = fds.get(family);
+      if (fd === undefined) fds.set(family, (fd = sock.socket(family, sock.SOCK_RAW | sock.SOCK_CLOEXEC, IPPROTO_RAW)));
+      sock.sendto(fd, buildDatagram(d.from, d.to, d.payload), 0, { ...d.to, port: 0 });
+    }
+  } finally {
+    for (const fd of fds.values()) sock.close(fd);
   }
 }

@@ -14,9 +14,18 @@
  *                           release_sock) still puts new data on the wire
  *                           unless the send queue is selected, in which case
  *                           it moves the data to the retransmit queue without
- *                           sending it. So from here no *new* data leaves
- *                           (retransmissions and ACKs still may; they carry
- *                           nothing past the state being saved).
+ *                           sending it. One path is not covered: the zero-window
+ *                           probe and keepalive timers call tcp_write_wakeup(),
+ *                           which transmits new data straight away whenever the
+ *                           peer's window is open (measured: a connection paused
+ *                           while pacing held back data with a 15 KiB window
+ *                           open sent it during the dump; the restored socket
+ *                           then took the peer's ACKs for "unsent" data and
+ *                           stalled for good). So pause also sets the send
+ *                           window to 0 (TCP_REPAIR_WINDOW): the timers then
+ *                           send bare probes. From here no *new* data leaves
+ *                           (retransmissions, probes and ACKs still may; they
+ *                           carry nothing past the state being saved).
  *   2. `save(fd)`           reads, in this order:
  *        TCP_INFO           state (must be ESTABLISHED or half-closed),
  *                           option bits, window scales;
@@ -126,6 +135,8 @@ export function assertTcpSocket(fd: number): 4 | 6 {
  * pause()/restore() and resume().
  */
 const reuseWhileRepairing = new Map<number, boolean>();
+/** The send window of paused sockets before pause closed it (see step 1), by fd. */
+const windowBeforePause = new Map<number, sock.TcpRepairWindow>();
 
 /** Step 1 of saving: TCP_REPAIR on. The socket stops sending anything. */
 export function pause(fd: number): void {
@@ -147,6 +158,9 @@ export function pause(fd: number): void {
   // No new data on the wire from here (see step 1 above).
   try {
     sysStep('TCP_REPAIR_QUEUE send', { fd }, () => sock.setTcpRepairQueue(fd, sock.TCP_SEND_QUEUE));
+    const w = sysStep('TCP_REPAIR_WINDOW', { fd }, () => sock.getTcpRepairWindow(fd));
+    windowBeforePause.set(fd, w);
+    sysStep('TCP_REPAIR_WINDOW (send window closed)', { fd }, () => sock.setTcpRepairWindow(fd, { ...w, sndWnd: 0 }));
   } catch (e) {
     try {
       resume(fd);
@@ -159,6 +173,13 @@ export function pause(fd: number): void {
 
 /** Leaves repair mode (TCP_REPAIR = 0, with a window probe to the peer) and puts SO_REUSEADDR back. */
 export function resume(fd: number): void {
+  const before = windowBeforePause.get(fd);
+  windowBeforePause.delete(fd);
+  if (before) {
+    // Reopen what pause closed, unless an ACK has set a window since.
+    const now = sysStep('TCP_REPAIR_WINDOW', { fd }, () => sock.getTcpRepairWindow(fd));
+    if (now.sndWnd === 0) sysStep('TCP_REPAIR_WINDOW (send window reopened)', { fd }, () => sock.setTcpRepairWindow(fd, { ...now, sndWnd: before.sndWnd, maxWindow: Math.max(now.maxWindow, before.sndWnd) }));
+  }
   sysStep('TCP_REPAIR_QUEUE none', { fd }, () => sock.setTcpRepairQueue(fd, sock.TCP_NO_QUEUE));
   sysStep('TCP_REPAIR off', { fd }, () => sock.setTcpRepair(fd, 0));
   const reuse = reuseWhileRepairing.get(fd);
@@ -197,7 +218,10 @@ export function save(fd: number): TcpConnectionState {
   const send = readQueue(fd, sock.TCP_SEND_QUEUE, outqLen);
   let unsentLen = sysStep('SIOCOUTQNSD', { fd }, () => sock.siocOutqNsd(fd));
   if (finSent && unsentLen > 0) unsentLen--;
-  const window = sysStep('TCP_REPAIR_WINDOW', { fd }, () => sock.getTcpRepairWindow(fd));
+  const read = sysStep('TCP_REPAIR_WINDOW', { fd }, () => sock.getTcpRepairWindow(fd));
+  // The peer's window as it was, not as pause closed it.
+  const paused = windowBeforePause.get(fd);
+  const window = paused && read.sndWnd === 0 ? { ...read, sndWnd: paused.sndWnd, maxWindow: Math.max(read.maxWindow, paused.sndWnd) } : read;
   const local = sysStep('getsockname', { fd }, () => sock.getsockname(fd));
   const remote = sysStep('getpeername', { fd }, () => sock.getpeername(fd));
   return {

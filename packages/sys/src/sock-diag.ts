@@ -1,4 +1,5 @@
-// NETLINK_SOCK_DIAG for AF_UNIX sockets (sock_diag(7), linux/unix_diag.h): what the kernel
+// NETLINK_SOCK_DIAG for AF_UNIX sockets (sock_diag(7), linux/unix_diag.h) and, further down,
+// AF_INET/AF_INET6 sockets (linux/inet_diag.h): what the kernel
 // knows of every unix socket of the caller's network namespace, keyed by inode: type, state,
 // bound name, the inode of the socket file it is bound to, its peer, queue lengths, pending
 // connections of a listener, shutdown state.
@@ -62,19 +63,33 @@ export interface UnixDiagSocket {
  * `show` selects the attributes (UDIAG_SHOW bits); all of them by default.
  */
 export function unixDiagDump(show: number = 0x5f): Map<number, UnixDiagSocket> {
-  const nl = socket(AF_NETLINK, SOCK_RAW, NETLINK_SOCK_DIAG);
+  const request = Buffer.alloc(24);
+  request.writeUInt8(AF_UNIX, 0);
+  request.writeUInt32LE(0xffffffff, 4); // every state
+  request.writeUInt32LE(show, 12);
+  request.writeUInt32LE(0xffffffff, 16); // INET_DIAG_NOCOOKIE
+  request.writeUInt32LE(0xffffffff, 20);
   const sockets = new Map<number, UnixDiagSocket>();
+  sockDiagDump(request, 'AF_UNIX', (msg) => {
+    const diag = parseUnixDiag(msg);
+    sockets.set(diag.ino, diag);
+  });
+  return sockets;
+}
+
+/**
+ * One NLM_F_DUMP request of SOCK_DIAG_BY_FAMILY with `body` (the family's request struct);
+ * `onMessage` gets the payload of every answer message until NLMSG_DONE.
+ */
+function sockDiagDump(body: Buffer, what: string, onMessage: (msg: Buffer) => void): void {
+  const nl = socket(AF_NETLINK, SOCK_RAW, NETLINK_SOCK_DIAG);
   try {
-    const request = Buffer.alloc(NLMSG_HDRLEN + 24);
+    const request = Buffer.alloc(NLMSG_HDRLEN + body.length);
     request.writeUInt32LE(request.length, 0);
     request.writeUInt16LE(SOCK_DIAG_BY_FAMILY, 4);
     request.writeUInt16LE(NLM_F_REQUEST | NLM_F_DUMP, 6);
     request.writeUInt32LE(1, 8); // seq
-    request.writeUInt8(AF_UNIX, NLMSG_HDRLEN);
-    request.writeUInt32LE(0xffffffff, NLMSG_HDRLEN + 4); // every state
-    request.writeUInt32LE(show, NLMSG_HDRLEN + 12);
-    request.writeUInt32LE(0xffffffff, NLMSG_HDRLEN + 16); // INET_DIAG_NOCOOKIE
-    request.writeUInt32LE(0xffffffff, NLMSG_HDRLEN + 20);
+    body.copy(request, NLMSG_HDRLEN);
     sendmsg(nl, request, [], 0);
     // Netlink dumps come in datagrams of up to about a page each; 64 KiB never truncates one.
     const buf = Buffer.alloc(64 << 10);
@@ -90,21 +105,93 @@ export function unixDiagDump(show: number = 0x5f): Map<number, UnixDiagSocket> {
         const len = buf.readUInt32LE(off);
         const type = buf.readUInt16LE(off + 4);
         if (len < NLMSG_HDRLEN || off + len > n) throw new Error(`sock_diag: malformed netlink message (length ${len} at ${off} of ${n})`);
-        if (type === NLMSG_DONE) return sockets;
+        if (type === NLMSG_DONE) return;
         if (type === NLMSG_ERROR) {
           const errno = -buf.readInt32LE(off + NLMSG_HDRLEN);
-          throw new Error(`sock_diag: the kernel answered the AF_UNIX dump with errno ${errno}`);
+          throw new SockDiagError(`sock_diag: the kernel answered the ${what} dump with errno ${errno}`, errno);
         }
-        if (type === SOCK_DIAG_BY_FAMILY) {
-          const diag = parseUnixDiag(buf.subarray(off + NLMSG_HDRLEN, off + len));
-          sockets.set(diag.ino, diag);
-        }
+        if (type === SOCK_DIAG_BY_FAMILY) onMessage(buf.subarray(off + NLMSG_HDRLEN, off + len));
         off += (len + 3) & ~3;
       }
     }
   } finally {
     close(nl);
   }
+}
+
+/** The kernel refused a sock_diag dump (ENOENT: no diag module for that protocol, e.g. udp_diag not loaded). */
+export class SockDiagError extends Error {
+  constructor(
+    message: string,
+    readonly errno: number,
+  ) {
+    super(message);
+    this.name = 'SockDiagError';
+  }
+}
+
+// ---------------------------------------------------------------- AF_INET / AF_INET6
+//
+//   request   nlmsghdr + inet_diag_req_v2 { u8 family, u8 protocol, u8 ext, u8 pad, u32 states,
+//                                           inet_diag_sockid id }                    (56 bytes)
+//   answer    nlmsghdr + inet_diag_msg { u8 family, u8 state, u8 timer, u8 retrans,
+//                                        inet_diag_sockid id, u32 expires, u32 rqueue,
+//                                        u32 wqueue, u32 uid, u32 inode }             (72 bytes)
+//             + rtattrs; INET_DIAG_SHUTDOWN (u8) and, for AF_INET6, INET_DIAG_SKV6ONLY (u8)
+//             come with every socket
+//   inet_diag_sockid { be16 sport, be16 dport, be32 src[4], be32 dst[4], u32 if, u32 cookie[2] }
+const INET_DIAG_SHUTDOWN = 8;
+const INET_DIAG_SKV6ONLY = 11;
+
+/** One AF_INET/AF_INET6 socket as sock_diag reports it. */
+export interface InetDiagSocket {
+  readonly ino: number;
+  readonly family: number;
+  /** TCP state number (UDP: TCP_ESTABLISHED 1 when connected, TCP_CLOSE 7 otherwise). */
+  readonly state: number;
+  /**
+   * Listener: connections waiting in the accept queue (rqueue) and the backlog it was given
+   * (sk_max_ack_backlog, wqueue). Others: bytes in the receive and the send queue.
+   */
+  readonly rqueue: number;
+  readonly wqueue: number;
+  /** sk_shutdown bits: RCV_SHUTDOWN 1, SEND_SHUTDOWN 2. */
+  readonly shutdown: number;
+  /** AF_INET6 only: IPV6_V6ONLY. */
+  readonly v6only?: boolean;
+  readonly uid: number;
+}
+
+/**
+ * Every socket of `family` (AF_INET 2 or AF_INET6 10) and `protocol` (IPPROTO_TCP 6,
+ * IPPROTO_UDP 17) in the caller's network namespace, by inode.
+ */
+export function inetDiagDump(family: number, protocol: number): Map<number, InetDiagSocket> {
+  const request = Buffer.alloc(56);
+  request.writeUInt8(family, 0);
+  request.writeUInt8(protocol, 1);
+  request.writeUInt32LE(0xffffffff, 4); // every state
+  request.writeUInt32LE(0xffffffff, 48); // INET_DIAG_NOCOOKIE
+  request.writeUInt32LE(0xffffffff, 52);
+  const sockets = new Map<number, InetDiagSocket>();
+  sockDiagDump(request, `AF_${family === 10 ? 'INET6' : 'INET'} protocol ${protocol}`, (msg) => {
+    let shutdown = 0;
+    let v6only: boolean | undefined;
+    for (let off = 72; off + 4 <= msg.length; ) {
+      const len = msg.readUInt16LE(off);
+      const type = msg.readUInt16LE(off + 2);
+      if (len < 4 || off + len > msg.length) break;
+      if (type === INET_DIAG_SHUTDOWN) shutdown = msg.readUInt8(off + 4);
+      if (type === INET_DIAG_SKV6ONLY) v6only = msg.readUInt8(off + 4) !== 0;
+      off += (len + 3) & ~3;
+    }
+    const ino = msg.readUInt32LE(68);
+    sockets.set(ino, {
+      ino, family: msg.readUInt8(0), state: msg.readUInt8(1), rqueue: msg.readUInt32LE(56), wqueue: msg.readUInt32LE(60),
+      uid: msg.readUInt32LE(64), shutdown, ...(v6only !== undefined ? { v6only } : {}),
+    });
+  });
+  return sockets;
 }
 
 function parseUnixDiag(msg: Buffer): UnixDiagSocket {

@@ -411,3 +411,13 @@ function u32(v: number): Buffer {
 function fmt(a: InetAddress): string {
   return a.family === 6 ? `[${a.address}]:${a.port}` : `${a.address}:${a.port}`;
 }
+
+/** recvfrom(2) that also returns the source address (datagram sockets); `from` is absent when the kernel gives none. */
+export function recvFrom(fd: number, buf: Buffer, flags: number): { bytes: number; from?: InetAddress } {
+  const sa = Buffer.alloc(128);
+  const len = u32(sa.length);
+  const bytes = sysCallNumber('recvfrom', N.recvfrom, [fd, buf, buf.length, flags, sa, len], `fd ${fd}`);
+  const n = len.readUInt32LE(0);
+  const family = n >= 2 ? sa.readUInt16LE(0) : 0;
+  return family === AF_INET || family === AF_INET6 ? { bytes, from: decodeSockaddr(sa.subarray(0, n)) } : { bytes };
+}

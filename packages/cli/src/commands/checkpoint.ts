@@ -15,7 +15,7 @@ Checkpoint the process PID into CRIU images in DIR. By default the process is ki
 images are complete (as criu does); -R leaves it running, -s leaves it stopped.
 
 options:
-${optionsHelp(['tree', ...COMMON, 'leave-running', 'leave-stopped', 'ghost-limit', 'tcp-established', 'ext-unix-sk', 'file-locks', 'link-remap', 'track-mem', 'prev-images-dir'])}
+${optionsHelp(['tree', ...COMMON, 'leave-running', 'leave-stopped', 'ghost-limit', 'tcp-established', 'tcp-close', 'skip-in-flight', 'ext-unix-sk', 'file-locks', 'link-remap', 'track-mem', 'prev-images-dir'])}
 `;
 
 const RESTORE_HELP = `usage: criu-ts restore [-D DIR] [options]
@@ -24,7 +24,7 @@ Restore the process saved in DIR with its PID. Without -d, criu-ts waits for the
 process and exits with its status; with -d it returns once the process runs.
 
 options:
-${optionsHelp([...COMMON, 'restore-detached', 'pidfile', 'status-fd', 'tcp-established', 'ext-unix-sk', 'file-locks'])}
+${optionsHelp([...COMMON, 'restore-detached', 'pidfile', 'status-fd', 'tcp-established', 'tcp-close', 'ext-unix-sk', 'file-locks'])}
 `;
 
 function value(parsed: ParsedCriuOptions, name: string): string | undefined {
@@ -64,6 +64,9 @@ export function runDump(argv: string[], io: CommandIo): number {
       shellJob: parsed.values.has('shell-job'),
       fileLocks: parsed.values.has('file-locks'),
       extUnixSk: parsed.values.has('ext-unix-sk'),
+      tcpEstablished: parsed.values.has('tcp-established'),
+      tcpClose: parsed.values.has('tcp-close'),
+      skipInFlight: parsed.values.has('skip-in-flight'),
       ...(timeoutMs !== undefined ? { timeoutMs } : {}),
       ...(ghost !== undefined ? { ghostLimit: parseSize(ghost, '--ghost-limit', DUMP_HELP) } : {}),
     });
@@ -98,6 +101,8 @@ export async function runRestore(argv: string[], io: CommandIo): Promise<number>
       onProgress: ({ bytesRead, bytesTotal }) => progress.update(bytesRead, bytesTotal, 1),
       detached: parsed.values.has('restore-detached'),
       shellJob: parsed.values.has('shell-job'),
+      tcpEstablished: parsed.values.has('tcp-established'),
+      tcpClose: parsed.values.has('tcp-close'),
       ...(pidfile !== undefined ? { pidfile: resolve(value(parsed, 'work-dir') ?? imagesDir, pidfile) } : {}),
       ...(timeoutMs !== undefined ? { timeoutMs } : {}),
       onRunning: (pid) => {

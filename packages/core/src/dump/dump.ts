@@ -9,6 +9,9 @@
 //                  then, per process, while every thread is still in its ptrace-stop, each
 //                  thread's registers, xsave, mask, TLS, rseq and private signals (ptrace) and
 //                  what only it can tell (sigaltstack, clear_child_tid...: remote syscalls)
+//   network-lock   established TCP connections to save (--tcp-established) are locked: the
+//                  peers' packets are dropped (soccr's nft/iptables lock, held for these images)
+//                  before their queues are read, and until a restore lifts the lock
 //   infect         the parasite is loaded into every live process (it runs in the leader)
 //   collect        signals, timers, creds, VMAs, files, cwd/root... into image entries
 //   files          fd tables; one files.img for the tree (an open file description shared
@@ -19,11 +22,13 @@
 //                  fdinfo-<files_id>; zombies get a core image only (task_state TASK_DEAD and
 //                  the exit status); pstree.img in tree order
 //   finish         inventory.img last (only now does the directory look like a complete dump),
-//                  directory fsync'ed, then every task is killed, left running or left stopped
+//                  directory fsync'ed, then every task is killed (its connections die silently
+//                  in repair mode and stay locked for the restore), or left running or stopped
+//                  (connections out of repair mode and unlocked first)
 //
-// Rollback (any failure before finish completes): every parasite is removed and every frozen
-// task cured (children first), so the tree runs on (or stays stopped) exactly as before; every
-// file this dump wrote is removed.
+// Rollback (any failure before finish completes): connections out of repair mode and unlocked,
+// every parasite removed and every frozen task cured (children first), so the tree runs on (or
+// stays stopped) exactly as before; every file this dump wrote is removed.
 import { randomUUID } from 'node:crypto';
 import { existsSync, readdirSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
@@ -37,6 +42,8 @@ import { readAuxv, readLink, readStat, readStatus } from '../proc/task-files.js'
 import { readSmaps, type ProcVma } from '../proc/smaps.js';
 import { writeMemfdPages } from './files/memfd.js';
 import { FileTable, findUnsupportedDescriptor, readGhostContents, UnsupportedFileError } from './files.js';
+import { InetSocketDumper } from './files/inet-sockets.js';
+import { lockHeldSync, unlockHeldSync, type ConnectionKey, type LockBackend } from '@criu-ts/soccr';
 import { ImageDir } from './image-dir.js';
 import {
   describeVmas, pagemapEntries, scanPages, sharedObjects, shmemPagemapEntries, writePages, type DumpVma, type PageRun, type SharedObject,
@@ -70,6 +77,12 @@ export interface DumpOptions {
   readonly faultAt?: string;
   /** Limit for freezing the whole tree and for each remote call, in milliseconds (criu's --timeout; default 10 s). */
   readonly timeoutMs?: number;
+  /** Save established TCP connections (criu's --tcp-established); without it (or tcpClose) they are refused. */
+  readonly tcpEstablished?: boolean;
+  /** Record established TCP connections without their state and lock; restore gives closed sockets (criu's --tcp-close). */
+  readonly tcpClose?: boolean;
+  /** Dump listeners whose accept queue holds connections; those are lost (criu's --skip-in-flight). */
+  readonly skipInFlight?: boolean;
 }
 
 export interface DumpResult {
@@ -83,6 +96,13 @@ export interface DumpResult {
   readonly memdumpTime: number;
   /** Every process of the tree, in pstree order (the root first), zombies included. */
   readonly pids: number[];
+  /**
+   * TCP connections saved through repair mode, as the network lock keys them. After a dump that
+   * killed the tasks they stay locked (held for these images) until a restore lifts the lock.
+   */
+  readonly connections: ConnectionKey[];
+  /** The dump's id (inventory dump_criu_run_id; the holder of its network locks). */
+  readonly runId: string;
 }
 
 const KCMP_FILE = 0;
@@ -167,7 +187,8 @@ export function dumpSync(options: DumpOptions): DumpResult {
     fail(`process ${pid} is not the leader of its session (${rootSid}) and group (${rootPgid}); dump it with --shell-job`);
   }
 
-  const unsupported = findUnsupportedDescriptor(pidNumber);
+  const inetOptions = { tcpEstablished: options.tcpEstablished === true, tcpClose: options.tcpClose === true, skipInFlight: options.skipInFlight === true };
+  const unsupported = findUnsupportedDescriptor(pidNumber, inetOptions);
   if (unsupported) fail(`process ${pid} holds ${unsupported.message}`, unsupported);
 
   // ---- prepare-dir
@@ -192,12 +213,28 @@ export function dumpSync(options: DumpOptions): DumpResult {
       try { closeFd(s.fd); } catch { /* nothing to do */ }
     }
   };
+  const runId = randomUUID();
+  const inet = new InetSocketDumper(inetOptions);
+  let locked: ConnectionKey[] = [];
+  let lockBackend: LockBackend | undefined;
+  /** Connections out of repair mode, then the peers' packets let through again: the tasks may run. */
+  const releaseConnections = (): string[] => {
+    const errors = inet.resumeAll();
+    try {
+      if (locked.length > 0) unlockHeldSync(locked, lockBackend ? { backend: lockBackend } : {});
+      locked = [];
+    } catch (e) {
+      errors.push(`unlocking: ${(e as Error).message}`);
+    }
+    inet.close();
+    return errors;
+  };
   const rollback = (error: unknown): never => {
     closeShared();
     if (!cleanedUp) {
       cleanedUp = true;
       // Children first: every task frozen so far runs on (or stays stopped) exactly as before.
-      const cureErrors: string[] = [];
+      const cureErrors: string[] = releaseConnections();
       for (const t of [...tree].reverse()) {
         try {
           t.victim?.cureSync();
@@ -235,6 +272,15 @@ export function dumpSync(options: DumpOptions): DumpResult {
       live.push({ task, victim, objectId: live.length + 1, pagesId: nextPagesId++, procVmas, threads, taskFds });
     }
 
+    // ---- network-lock
+    stage = 'network-lock';
+    options.onStage?.(stage);
+    const toLock = inet.connectionsToLock(live.map((t) => ({ pid: t.task.pid, fds: t.taskFds })));
+    if (toLock.length > 0) {
+      lockBackend = lockHeldSync(toLock, { holder: runId });
+      locked = toLock;
+    }
+
     // ---- infect
     stage = 'infect';
     options.onStage?.(stage);
@@ -246,7 +292,7 @@ export function dumpSync(options: DumpOptions): DumpResult {
     options.onStage?.(stage);
     const files = new FileTable({
       ghostLimit: options.ghostLimit ?? DEFAULT_GHOST_LIMIT, shellJob: options.shellJob === true, fileLocks: options.fileLocks === true,
-      extUnixSk: options.extUnixSk === true,
+      extUnixSk: options.extUnixSk === true, inet,
     });
     for (const t of live) {
       const p = t.task.pid;
@@ -378,8 +424,9 @@ export function dumpSync(options: DumpOptions): DumpResult {
     if (files.ttyInfos.length > 0) dir.writeImage('tty-info.img', files.ttyInfos);
     if (files.locks.length > 0) dir.writeImage('filelocks.img', files.locks);
     if (files.socketQueues.length > 0) {
-      dir.writeImage('sk-queues.img', files.socketQueues.map((q) => ({ message: { id_for: q.idFor, length: q.bytes.length }, payload: { type: 'bytes' as const, bytes: q.bytes } })));
+      dir.writeImage('sk-queues.img', files.socketQueues.map((q) => ({ message: { id_for: q.idFor, length: q.bytes.length, ...(q.addr ? { addr: q.addr } : {}) }, payload: { type: 'bytes' as const, bytes: q.bytes } })));
     }
+    for (const stream of inet.tcpStreams) dir.writeImage(`tcp-stream-${stream.ino.toString(16)}.img`, [{ message: stream.entry, payload: stream.queues }]);
     const liveByPid = new Map(live.map((t) => [t.task.pid as number, t]));
     dir.writeImage('pstree.img', tree.map((task) => ({
       pid: task.pid, ppid: task.ppid, pgid: task.pgid, sid: task.sid,
@@ -402,7 +449,11 @@ export function dumpSync(options: DumpOptions): DumpResult {
     stage = 'finish';
     options.onStage?.(stage);
     const leave = options.leave ?? 'kill';
+    const connections = locked;
     if (leave !== 'kill') {
+      // The tasks run on with their connections: out of repair mode and unlocked before they do.
+      const errors = releaseConnections();
+      if (errors.length > 0) fail(`putting the TCP connections back in service failed: ${errors.join('; ')}`);
       // Everything the tasks had to give is in the files: they run on (or stop) while the files
       // reach the disk, so the fsyncs are not part of their frozen time. Children first, so no
       // parent runs while a child it might signal or wait for is still frozen by us.
@@ -417,7 +468,9 @@ export function dumpSync(options: DumpOptions): DumpResult {
     dir.writeImage('inventory.img', [
       {
         img_version: 2, fdinfo_per_id: true, root_ids: rootIds, ns_per_id: true, lsmtype: 0 /* NO_LSM */,
-        network_lock_method: 0, plugins_entry: {}, dump_criu_run_id: randomUUID(),
+        ...(options.tcpClose ? { tcp_close: true } : {}),
+        // CRIU's numbering: 0 iptables, 1 nftables.
+        network_lock_method: lockBackend === 'nft' ? 1 : 0, plugins_entry: {}, dump_criu_run_id: runId,
       },
     ]);
     dir.syncWritten();
@@ -435,11 +488,14 @@ export function dumpSync(options: DumpOptions): DumpResult {
           /* the task is gone: what cure could not undo does not matter */
         }
       }
+      // Our duplicates are the last references: the sockets, still in repair mode, vanish
+      // without a packet; the lock stays for the restore.
+      inet.close();
     }
     cleanedUp = true;
     return {
       pid, imagesDir: options.imagesDir, images: readdirSync(options.imagesDir).sort(), pagesWritten,
-      freezingTime, frozenTime, memdumpTime, pids: tree.map((t) => t.pid as number),
+      freezingTime, frozenTime, memdumpTime, pids: tree.map((t) => t.pid as number), connections, runId,
     };
   } catch (error) {
     return rollback(error);

@@ -6,9 +6,10 @@
 // path, with the open flags and position /proc/PID/fdinfo shows. A file that was unlinked while
 // open keeps its name with " (deleted)" stripped; its contents go to a ghost image so restore can
 // recreate it. Pipes and FIFOs (files/pipes.ts) and eventfd, epoll, signalfd and timerfd
-// (files/anon-inodes.ts) and AF_UNIX sockets with their queued messages (files/unix-sockets.ts)
-// have entries of their own. Other kinds (other socket families, inotify, io_uring...) are
-// refused up front with an error naming the fd and its kind.
+// (files/anon-inodes.ts), AF_UNIX sockets with their queued messages (files/unix-sockets.ts) and
+// TCP/UDP sockets over IPv4/IPv6 (files/inet-sockets.ts) have entries of their own. Other kinds
+// (raw, packet and netlink sockets, inotify, io_uring...) are refused up front with an error
+// naming the fd and its kind.
 import { closeSync, fstatSync, openSync, readFileSync, readSync, readdirSync, readlinkSync, statSync, type Stats } from 'node:fs';
 import type { DecodedMessage } from '@criu-ts/images';
 import type { Pid } from '@criu-ts/sys';
@@ -20,6 +21,8 @@ import { memfdInodeEntry, memfdName } from './files/memfd.js';
 import { noOwner, ownerOf } from './files/owner.js';
 import { FILE_LOCK_FLAG, fileLocks } from './files/locks.js';
 import { socketInode, UnixSocketDumper, unixSocketInodes } from './files/unix-sockets.js';
+import { grabFd, InetSocketDumper, precheckInetSocket, type InetDumpOptions, type InetSocketRefused } from './files/inet-sockets.js';
+import { close as closeFd } from '@criu-ts/sys';
 
 /** fd_types values (fdinfo.proto). */
 export const FD_TYPE = {
@@ -57,6 +60,8 @@ export interface FileTableOptions {
   readonly fileLocks?: boolean;
   /** Datagram unix sockets connected to a named socket outside the dump are saved (criu's --ext-unix-sk). */
   readonly extUnixSk?: boolean;
+  /** The dump's TCP/UDP sockets (refused without it). */
+  readonly inet?: InetSocketDumper;
 }
 
 export class FileTable {
@@ -72,7 +77,7 @@ export class FileTable {
   private readonly typeOf = new Map<number, number>();
   private nextGhostId = 1;
   /** Queued messages of unix sockets (sk-queues.img), oldest first per socket, by the receiving socket's file id. */
-  readonly socketQueues: Array<{ idFor: number; bytes: Buffer }> = [];
+  readonly socketQueues: Array<{ idFor: number; bytes: Buffer; addr?: Buffer }> = [];
   /** Inodes of the sockets outside the dump already recorded (--ext-unix-sk). */
   private readonly externalSockets = new Set<number>();
   /** One per dumped process: peers are looked up among that process's sockets. */
@@ -105,6 +110,11 @@ export class FileTable {
 
   private get fileLocksAllowed(): boolean {
     return this.options.fileLocks === true;
+  }
+
+  /** The dump's TCP/UDP sockets (refused without it). */
+  private get inet(): InetSocketDumper | undefined {
+    return this.options.inet;
   }
 
   private allocate(): number {
@@ -194,7 +204,13 @@ export class FileTable {
     if (socketIno !== undefined) {
       // Read once per dump (the task is frozen; a socket it had is not one it makes meanwhile).
       this.unixInodes ??= unixSocketInodes(pid);
-      if (!this.unixInodes.has(socketIno)) throw new UnsupportedFileError(fd, target, 'socket (not AF_UNIX)');
+      if (!this.unixInodes.has(socketIno)) {
+        if (!this.inet) throw new UnsupportedFileError(fd, target, 'socket (not AF_UNIX)');
+        const inet = this.inet.dump(pid, fd, socketIno, flags);
+        const slot = add(FD_TYPE.INETSK, 'isk', inet.entry);
+        for (const d of inet.queue) this.socketQueues.push({ idFor: Number(slot.id), bytes: d.bytes, addr: d.addr });
+        return slot;
+      }
       let dumper = this.unixSockets.get(pid);
       if (!dumper) {
         dumper = new UnixSocketDumper(pid, new Set(taskFds.map((n) => socketInodeOf(pid, n)).filter((n): n is number => n !== undefined)), this.diagCache, this.options.extUnixSk === true);
@@ -314,12 +330,13 @@ export class FileTable {
 const SUPPORTED_ANON_INODES = new Set(['eventfd', 'eventpoll', 'signalfd', 'timerfd', 'inotify']);
 
 /**
- * The first descriptor of `pid` of a kind dump cannot save (sockets other than AF_UNIX, io_uring, userfaultfd,
+ * The first descriptor of `pid` of a kind dump cannot save (raw, packet and netlink sockets, established TCP
+ * connections without `inet.tcpEstablished`/`tcpClose`, io_uring, userfaultfd,
  * perf events, bpf objects, inotify, pidfds...), found from /proc alone: checked before the task
  * is frozen, so that refusing it costs the task nothing. The files stage checks again (an fd may
  * be opened in between).
  */
-export function findUnsupportedDescriptor(pid: number): UnsupportedFileError | undefined {
+export function findUnsupportedDescriptor(pid: number, inet: InetDumpOptions = {}): UnsupportedFileError | InetSocketRefused | undefined {
   let fds: string[];
   try {
     fds = readdirSync(`/proc/${pid}/fd`);
@@ -339,7 +356,19 @@ export function findUnsupportedDescriptor(pid: number): UnsupportedFileError | u
     const socketIno = socketInode(target);
     if (socketIno !== undefined) {
       unixInodes ??= unixSocketInodes(pid);
-      if (!unixInodes.has(socketIno)) return new UnsupportedFileError(Number(name), target, 'socket (not AF_UNIX)');
+      if (unixInodes.has(socketIno)) continue;
+      let dup;
+      try {
+        dup = grabFd(pid, Number(name));
+      } catch {
+        continue; // closed meanwhile; the files stage sees what is there then
+      }
+      try {
+        const refused = precheckInetSocket(dup, Number(name), socketIno, inet);
+        if (refused) return refused;
+      } finally {
+        closeFd(dup);
+      }
     }
   }
   return undefined;

@@ -6,6 +6,7 @@
 export type RestoreStage =
   | 'read-images' // an image is missing, truncated or malformed
   | 'validate' // images are well-formed but describe something we cannot or must not restore
+  | 'network-lock' // locking the TCP connections of the images (nft/iptables)
   | 'spawn-stub' // starting or seizing native/build/restore-stub
   | 'clone' // clone3 with set_tid for the dumped PID
   | 'control-area' // the scratch page remote calls run from in the new task

@@ -1,6 +1,6 @@
 // The fd table of a task (fdinfo-N.img) with the open files it points at (files.img and, for
 // pipes and FIFOs, their buffered bytes from pipes-data.img / fifo-data.img; for unix sockets,
-// their queued messages from sk-queues.img), checked and turned
+// their queued messages from sk-queues.img; for TCP connections, tcp-stream-<ino>.img), checked and turned
 // into what restore needs to recreate each kind (see files.ts for how).
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
@@ -8,12 +8,13 @@ import { PagesReader, PE_PRESENT } from '@criu-ts/images';
 import { RestoreError } from './errors.js';
 import { pathOfHandle } from '../proc/file-handles.js';
 import { planUnixSockets, readSocketQueues, readUnixSocket, type UnixSocketImage } from './unix-sockets.js';
+import { readDatagramQueues, readInetSocket, type InetRestoreOptions, type InetSocketImage } from './inet-sockets.js';
 
 type Msg = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
 
 /** fd_types from fdinfo.proto. */
 export const FD_TYPE = {
-  REG: 1, PIPE: 2, FIFO: 3, UNIXSK: 5, EVENTFD: 6, EVENTPOLL: 7, INOTIFY: 8, SIGNALFD: 9, TTY: 11, TIMERFD: 17, MEMFD: 18,
+  REG: 1, PIPE: 2, FIFO: 3, INETSK: 4, UNIXSK: 5, EVENTFD: 6, EVENTPOLL: 7, INOTIFY: 8, SIGNALFD: 9, TTY: 11, TIMERFD: 17, MEMFD: 18,
 } as const;
 
 /** Bit 0 of an eventfd's flags: EFD_SEMAPHORE (criu-ts records it there; see dump/files/anon-inodes.ts). */
@@ -64,6 +65,7 @@ export type OpenFileImage<Reg> =
   | { readonly kind: 'memfd'; readonly id: number; readonly flags: number; readonly pos: bigint; readonly inode: MemfdInode }
   | { readonly kind: 'inotify'; readonly id: number; readonly flags: number; readonly watches: readonly InotifyWatch[] }
   | { readonly kind: 'unixsk'; readonly id: number; readonly sk: UnixSocketImage }
+  | { readonly kind: 'inetsk'; readonly id: number; readonly sk: InetSocketImage }
   | {
       readonly kind: 'timerfd'; readonly id: number; readonly flags: number; readonly clockid: number; readonly ticks: bigint;
       readonly settimeFlags: number; readonly value: readonly [bigint, bigint]; readonly interval: readonly [bigint, bigint];
@@ -98,6 +100,8 @@ export interface FdTableInput<Reg> {
   readonly reg: (id: number, what: string) => Reg;
   readonly readEntries: (dir: string, name: string) => Array<{ message: Msg; bytes?: Uint8Array }>;
   readonly shellJob: boolean;
+  /** How established TCP connections come back (--tcp-established / --tcp-close). */
+  readonly inet?: InetRestoreOptions;
 }
 
 const CLOCKS = new Set([0 /* REALTIME */, 1 /* MONOTONIC */, 7 /* BOOTTIME */, 8 /* REALTIME_ALARM */, 9 /* BOOTTIME_ALARM */]);
@@ -195,7 +199,10 @@ export function readFdTable<Reg>(input: FdTableInput<Reg>): FdSlot<Reg>[] {
   const pipes = pipeDataOf(input, 'pipes-data.img');
   const fifos = pipeDataOf(input, 'fifo-data.img');
   let memfds: Map<number, MemfdInode> | undefined;
-  const socketQueues = existsSync(join(input.dir, 'sk-queues.img')) ? readSocketQueues(input.readEntries(input.dir, 'sk-queues.img'), invalid) : new Map<number, Uint8Array[]>();
+  const queueEntries = existsSync(join(input.dir, 'sk-queues.img')) ? input.readEntries(input.dir, 'sk-queues.img') : [];
+  // Unix sockets' messages have no source address; UDP datagrams carry theirs (inet-sockets.ts).
+  const socketQueues = readSocketQueues(queueEntries.filter((e) => e.message.addr === undefined), invalid);
+  const datagramQueues = readDatagramQueues(queueEntries, invalid);
   const slots: FdSlot<Reg>[] = [];
   const seen = new Set<number>();
   const byFile = new Map<number, OpenFileImage<Reg>>();
@@ -285,6 +292,9 @@ export function readFdTable<Reg>(input: FdTableInput<Reg>): FdSlot<Reg>[] {
         file = { kind: 'inotify', id, flags: Number(e.flags), watches };
         break;
       }
+      case FD_TYPE.INETSK:
+        file = { kind: 'inetsk', id, sk: readInetSocket(id, member('isk'), input.dir, where, invalid, input.inet ?? {}, datagramQueues.get(id) ?? []) };
+        break;
       case FD_TYPE.SIGNALFD: {
         const e = member('sgfd');
         file = { kind: 'signalfd', id, flags: Number(e.flags), mask: BigInt(e.sigmask) };
@@ -325,8 +335,12 @@ export function readFdTable<Reg>(input: FdTableInput<Reg>): FdSlot<Reg>[] {
   }
 
   // Queued messages belong to a socket the table has.
+  // (sk-queues.img serves the whole tree: a socket of another process is checked with that process.)
   for (const idFor of socketQueues.keys()) {
-    if (byFile.get(idFor)?.kind !== 'unixsk') invalid(`sk-queues.img: messages for file id ${idFor}, which is no unix socket of ${fdinfoName}`, { idFor });
+    if (Number(files.get(idFor)?.type) !== FD_TYPE.UNIXSK) invalid(`sk-queues.img: messages for file id ${idFor}, which is no unix socket in files.img`, { idFor });
+  }
+  for (const idFor of datagramQueues.keys()) {
+    if (Number(files.get(idFor)?.type) !== FD_TYPE.INETSK) invalid(`sk-queues.img: datagrams for file id ${idFor}, which is no inet socket in files.img`, { idFor });
   }
   // Peers present and consistent (throws otherwise); restore plans again from the same images.
   planUnixSockets(unixSocketsOf(slots), invalid);

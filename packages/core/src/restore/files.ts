@@ -14,6 +14,8 @@
 //   timerfd    timerfd_create; armed last, with the remaining time and pending ticks
 //   unixsk     every unix socket of the table at once (pairs, listeners and their accepted
 //              connections depend on each other): see unix-sockets.ts
+//   inetsk     made by criu-ts (TCP repair works on a local fd) and taken by the task with a
+//              remote pidfd_getfd: see inet-sockets.ts
 // Fds that shared one description at dump time (same files.img id, e.g. stdout and stderr on one
 // file) get one open and dups, so they share the offset again. Across processes (a pipe between
 // two commands, a file inherited over fork): the first process that needs the file creates it,
@@ -32,6 +34,7 @@ import type { FdImage, ImageSet, RegFile } from './image-set.js';
 import { unixSocketsOf, type FileOwner, type FileLockImage, type InotifyWatch, type MemfdInode, type OpenFileImage, type PipeData } from './fd-images.js';
 import { createUnixSockets, planUnixSockets } from './unix-sockets.js';
 import { RestoreError } from './errors.js';
+import type { InetSockets } from './inet-sockets.js';
 import { remote, remoteOpen } from './memory.js';
 import type { RestoreTask } from './remote-task.js';
 
@@ -187,6 +190,7 @@ class FileCreator {
     private readonly pathOf: (f: RegFile) => string,
     private readonly allSlots: readonly FdImage[] = [],
     private readonly shared?: SharedFiles,
+    private readonly inet?: InetSockets,
   ) {
     this.nextTemp = firstTemp;
   }
@@ -357,6 +361,17 @@ class FileCreator {
         this.addWatches(fd, file.watches, what);
         return fd;
       }
+      case 'inetsk': {
+        if (!this.inet) throw new Error(`${what}: inet sockets need the restore's InetSockets`);
+        const ours = this.inet.create(file.sk);
+        try {
+          const fd = this.receive(ours as Fd, `${what}`);
+          this.setStatusFlags(fd, file.sk.flags, what);
+          return fd;
+        } finally {
+          this.inet.handedOver(ours);
+        }
+      }
       case 'signalfd': {
         const [mask] = this.task.scratchPut(u64(file.mask));
         const fd = this.park(this.call(`signalfd4 for ${what}`, 'signalfd4', -1, mask!, 8, 0));
@@ -512,10 +527,10 @@ function takeLock(task: RestoreTask, lock: FileLockImage): void {
   remote(task, 'files', `${lock.flag === 1 ? 'F_SETLK' : 'F_OFD_SETLK'}: ${what}`, 'fcntl', lock.fd, lock.flag === 1 ? F_SETLK : F_OFD_SETLK, arg!);
 }
 
-export function restoreFiles(task: RestoreTask, set: ImageSet, pathOf: (f: RegFile) => string = (f) => f.name, shared?: SharedFiles): void {
+export function restoreFiles(task: RestoreTask, set: ImageSet, pathOf: (f: RegFile) => string = (f) => f.name, shared?: SharedFiles, inet?: InetSockets): void {
   const pid = task.pid;
   const inherited = openFds(pid);
-  const creator = new FileCreator(task, inherited, Math.max(2, ...set.fds.map((f) => f.fd), ...inherited) + 1, pathOf, set.fds, shared);
+  const creator = new FileCreator(task, inherited, Math.max(2, ...set.fds.map((f) => f.fd), ...inherited) + 1, pathOf, set.fds, shared, inet);
   const temps = new Map<number, number>(); // file id -> parked fd (above every dumped one)
   for (const slot of set.fds) {
     if (!temps.has(slot.fileId)) temps.set(slot.fileId, creator.create(slot));

@@ -330,7 +330,7 @@ const TASK_DEAD = 2;
  * restore can rebuild (tree.ts), and every live process's images.
  * Throws RestoreError('read-images' | 'validate') naming the file and what is wrong.
  */
-export function readTreeImageSet(dir: string, options: { shellJob?: boolean } = {}): TreeImageSet {
+export function readTreeImageSet(dir: string, options: { shellJob?: boolean; tcpEstablished?: boolean; tcpClose?: boolean } = {}): TreeImageSet {
   if (!existsSync(dir) || !statSync(dir).isDirectory()) throw new RestoreError('read-images', `images directory ${dir} does not exist`, { dir });
   const inventory = one(dir, 'inventory.img');
   if (Number(inventory.img_version) !== 2) invalid(`inventory.img has image version ${inventory.img_version}; CRIU 4.x images have version 2`, { file: join(dir, 'inventory.img') });
@@ -359,7 +359,9 @@ export function readTreeImageSet(dir: string, options: { shellJob?: boolean } = 
       tasks.push({ ...head, zombie: { exitCode: Number(core.tc.exit_code ?? 0) } });
       continue;
     }
-    tasks.push({ ...head, set: readProcess(dir, inventory, files, ghosts, entry, { shellJob: options.shellJob === true, root: i === 0, inTree }, seccompFilters) });
+    // A dump made with --tcp-close says so in the inventory: its connections have no state to restore.
+    const inet = { tcpEstablished: options.tcpEstablished === true, tcpClose: options.tcpClose === true || inventory.tcp_close === true };
+    tasks.push({ ...head, set: readProcess(dir, inventory, files, ghosts, entry, { shellJob: options.shellJob === true, root: i === 0, inTree, inet }, seccompFilters) });
   }
   for (const t of tasks) {
     if (t.zombie && tasks.some((c) => c.ppid === t.pid)) invalid(`pstree.img: zombie ${t.pid} has children`, { pid: t.pid });
@@ -377,7 +379,7 @@ export function readImageSet(dir: string, options: { shellJob?: boolean } = {}):
 
 function readProcess(
   dir: string, inventory: Msg, files: ReadonlyMap<number, Msg>, ghosts: ReadonlyMap<number, GhostFile>, task: Msg,
-  options: { shellJob: boolean; root: boolean; inTree: boolean }, seccompFilters: readonly Msg[],
+  options: { shellJob: boolean; root: boolean; inTree: boolean; inet?: { tcpEstablished: boolean; tcpClose: boolean } }, seccompFilters: readonly Msg[],
 ): ImageSet {
   const pid = Number(task.pid);
   const threads = (task.threads as number[]).map(Number);
@@ -479,6 +481,7 @@ function readProcess(
   const fdinfoName = inventory.fdinfo_per_id ? `fdinfo-${ids.files_id}.img` : `fdinfo-${pid}.img`;
   const fds: FdImage[] = readFdTable<RegFile>({
     dir, pid, fdinfoName, fdinfo: readAll(dir, fdinfoName), files, reg, readEntries, shellJob: options.shellJob === true,
+    ...(options.inet ? { inet: options.inet } : {}),
   });
 
   return {

@@ -4,6 +4,8 @@
 //
 //   read-images, validate        every image of every process read and checked, the tree's
 //                                sessions and groups too (tree.ts); no process exists yet
+//   network-lock                 the TCP connections of the images locked (the dump normally
+//                                left them locked; inet-sockets.ts)
 //   spawn-stub                   native/build/restore-stub started, stopped itself, seized
 //   clone, control-area          clone3(set_tid = root PID) in the stub; the stub is killed;
 //                                gadget + scratch page in a hole of every layout; then every
@@ -21,17 +23,20 @@
 //                                its own state from core-TID.img (threads.ts)
 //   timers, creds, seccomp       POSIX timers (posix-timers.ts); scheduling, seccomp and
 //                                credentials of every thread, last (task-security.ts)
-//   registers, release           per process, children first: control area unmapped,
-//                                registers/xsave/mask of every thread set, every thread detached
+//   registers, release           TCP connections out of repair mode; per process, children
+//                                first: control area unmapped, registers/xsave/mask of every
+//                                thread set, every thread detached; then the network lock lifted
 //
 // This function owns the rollback: whatever fails, the stub and every process already created
-// are killed (and reaped when they are ours), so a failed restore leaves no process behind.
+// are killed (and reaped when they are ours), so a failed restore leaves no process behind; the
+// locks it added are lifted (those the dump left stay, for another attempt).
 import { readFileSync, writeFileSync } from 'node:fs';
 import { __WALL, kill, ptraceDetach, SIGNALS, wait4, WNOHANG, asPid, type Pid } from '@criu-ts/sys';
 import { atStage, RestoreError } from './errors.js';
 import { checkPidFree, readTreeImageSet, TASK_SIZE, type ThreadImage, type TreeTaskImages } from './image-set.js';
 import { fillPages, pagesBytesOf, mapVdso, mapVmas, protectVmas, remote, setMmFields, unmapAllButControl, type SharedMemorySource } from './memory.js';
 import { restoreFiles, restoreFs, SharedFiles } from './files.js';
+import { connectionKeysOf, InetSockets } from './inet-sockets.js';
 import { GhostFiles } from './ghost-files.js';
 import { CONTROL_SIZE, findControlAreaHole, RestoreTask } from './remote-task.js';
 import { sleepMs, Stub } from './stub.js';
@@ -60,6 +65,10 @@ export interface RestoreOptions {
   onRunning?: (pid: number) => void;
   /** Limit for each remote call and wait, in milliseconds (default 10000). */
   timeoutMs?: number;
+  /** Restore established TCP connections (criu's --tcp-established); images with some are refused without it or tcpClose. */
+  tcpEstablished?: boolean;
+  /** Give the task closed sockets in place of its established TCP connections (criu's --tcp-close). */
+  tcpClose?: boolean;
 }
 
 export interface RestoreResult {
@@ -126,7 +135,7 @@ export function restoreSync(options: RestoreOptions): { pid: number; pids: numbe
   const detached = options.detached === true;
   const shellJob = options.shellJob === true;
   const timeoutMs = options.timeoutMs ?? 10_000;
-  const tree = readTreeImageSet(options.imagesDir, { shellJob });
+  const tree = readTreeImageSet(options.imagesDir, { shellJob, tcpEstablished: options.tcpEstablished === true, tcpClose: options.tcpClose === true });
   const plan = planTree(tree, shellJob);
   for (const t of tree.tasks) {
     checkPidFree(t.pid);
@@ -144,7 +153,10 @@ export function restoreSync(options: RestoreOptions): { pid: number; pids: numbe
   let pagesBytes = 0;
   let ghosts: GhostFiles | undefined;
   let sharedFiles: SharedFiles | undefined;
+  const inetImages = tree.tasks.flatMap((t) => t.set?.fds ?? []).flatMap((slot) => (slot.file.kind === 'inetsk' ? [slot.file.sk] : []));
+  const inet = new InetSockets(connectionKeysOf(inetImages), `criu-ts-restore-${process.pid}`);
   try {
+    atStage('network-lock', 'locking the TCP connections of the images', () => inet.lock());
     // ---- every process, with its PID, parent and session (tree.ts)
     stub = Stub.startSync({ shellJob, timeoutMs });
     const cloned = stub.cloneWithPidSync(root.pid, { parentIsCaller: !detached, timeoutMs });
@@ -240,7 +252,7 @@ export function restoreSync(options: RestoreOptions): { pid: number; pids: numbe
         });
       }
 
-      atStage('files', 'restoring fds', () => restoreFiles(t, set, pathOf, sharedFiles));
+      atStage('files', 'restoring fds', () => restoreFiles(t, set, pathOf, sharedFiles, inet));
       // Every fd and mapping holds its ghost file now: back to deleted, as dumped.
       ghosts.removeAll();
       ghosts = undefined;
@@ -256,7 +268,10 @@ export function restoreSync(options: RestoreOptions): { pid: number; pids: numbe
     }
     t3 = t2 + memoryMs;
 
-    // ---- release: children before parents, so no parent runs while a child is still ours
+    // ---- release: children before parents, so no parent runs while a child is still ours.
+    // Connections leave repair mode first (a task must not write to a socket in repair mode);
+    // the peers' packets stay locked out until every task runs.
+    atStage('release', 'taking the TCP connections out of repair mode', () => inet.resumeAll());
     for (const m of [...live].reverse()) {
       const t = m.task;
       const threads = threadsOf.get(m) ?? [];
@@ -269,8 +284,10 @@ export function restoreSync(options: RestoreOptions): { pid: number; pids: numbe
         ptraceDetach(t.pid, 0);
       });
     }
+    atStage('release', 'lifting the network lock', () => inet.unlock());
   } catch (err) {
     sharedFiles?.close();
+    inet.abandon();
     // Whatever failed, no process of the tree is left: children first, each with its threads.
     for (const m of [...made].reverse()) killCreated(m.task.pid, [...m.task.threads.keys()]);
     if (rootPid !== undefined && made.length === 0) killCreated(rootPid);

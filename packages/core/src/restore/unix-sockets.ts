@@ -283,7 +283,7 @@ export function createUnixSockets(task: TaskFiles, sockets: readonly UnixSocketI
   };
   let helper: Fd | undefined;
   try {
-    for (const s of sockets) applyOptions(dupOf(s), s.opts, describe(s));
+    for (const s of sockets) applySocketOptions(dupOf(s), s.opts, describe(s));
     for (const s of sockets) {
       if (s.queue.length === 0) continue;
       const peer = s.peer !== 0 ? byIno.get(s.peer) : undefined;
@@ -371,8 +371,8 @@ function removeStaleSocketFile(path: string, what: string, deletedAtDump: boolea
   unlinkSync(path);
 }
 
-/** SOL_SOCKET options of sk_opts_entry, set on criu-ts's duplicate of the socket. */
-function applyOptions(fd: Fd, opts: Msg, what: string): void {
+/** SOL_SOCKET options of sk_opts_entry, set on criu-ts's duplicate of the socket (unix and inet sockets). */
+export function applySocketOptions(fd: Fd, opts: Msg, what: string): void {
   const set = (name: number, value: number | Uint8Array, label: string) => {
     try {
       setsockopt(fd, SOL_SOCKET, name, value);

@@ -1261,6 +1261,7 @@ export const MESSAGES: Readonly<Record<string, MessageSchema>> = {
     fields: [
       {"name":"id_for","number":1,"type":"uint32","label":"required"},
       {"name":"length","number":2,"type":"uint32","label":"required"},
+      {"name":"addr","number":3,"type":"bytes","label":"optional"},
       {"name":"scm","number":4,"type":"message","label":"repeated","typeName":"scm_entry"},
     ],
   },

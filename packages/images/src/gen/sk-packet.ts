@@ -17,7 +17,14 @@ export interface scm_entry {
 /** One queued packet of socket id_for; `length` data bytes follow. */
 export interface sk_packet_entry {
   id_for?: number | undefined;
-  length?: number | undefined;
+  length?:
+    | number
+    | undefined;
+  /**
+   * criu-ts: the source address (struct sockaddr_in/sockaddr_in6) of a queued UDP datagram.
+   * CRIU reserves this number for a message address and writes none (it drops UDP queues).
+   */
+  addr?: Uint8Array | undefined;
   scm?: scm_entry[] | undefined;
 }
 
@@ -91,7 +98,7 @@ export const scm_entry: MessageFns<scm_entry> = {
 };
 
 function createBasesk_packet_entry(): sk_packet_entry {
-  return { id_for: undefined, length: undefined, scm: [] };
+  return { id_for: undefined, length: undefined, addr: undefined, scm: [] };
 }
 
 export const sk_packet_entry: MessageFns<sk_packet_entry> = {
@@ -101,6 +108,9 @@ export const sk_packet_entry: MessageFns<sk_packet_entry> = {
     }
     if (message.length !== undefined) {
       writer.uint32(16).uint32(message.length);
+    }
+    if (message.addr !== undefined) {
+      writer.uint32(26).bytes(message.addr);
     }
     if (message.scm !== undefined && message.scm.length !== 0) {
       for (const v of message.scm) {
@@ -137,6 +147,14 @@ export const sk_packet_entry: MessageFns<sk_packet_entry> = {
             }
 
             message.length = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.addr = reader.bytes();
             continue;
           }
           case 4: {

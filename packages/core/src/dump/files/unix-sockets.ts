@@ -239,8 +239,12 @@ function timeoutOf(sock: Fd, name: number): [bigint, bigint] {
   return [tv.readBigUInt64LE(0), tv.readBigUInt64LE(8)];
 }
 
-/** sk_opts_entry with the fields CRIU 4.2 writes for a unix socket, in its order. */
-export function socketOptions(sock: Fd): DecodedMessage {
+/**
+ * sk_opts_entry with the fields CRIU 4.2 writes for a unix socket, in its order; for an inet
+ * socket (`unix` false) without SO_PASSCRED/SO_PASSSEC, which CRIU records for unix sockets only
+ * and which this kernel refuses on inet sockets (EOPNOTSUPP).
+ */
+export function socketOptions(sock: Fd, unix = true): DecodedMessage {
   const [sndSec, sndUsec] = timeoutOf(sock, SO.SNDTIMEO);
   const [rcvSec, rcvUsec] = timeoutOf(sock, SO.RCVTIMEO);
   const opts: DecodedMessage = {
@@ -253,8 +257,10 @@ export function socketOptions(sock: Fd): DecodedMessage {
   };
   const mark = int(sock, SO.MARK) >>> 0;
   if (mark !== 0) opts.so_mark = mark;
-  opts.so_passcred = int(sock, SO.PASSCRED) !== 0;
-  opts.so_passsec = int(sock, SO.PASSSEC) !== 0;
+  if (unix) {
+    opts.so_passcred = int(sock, SO.PASSCRED) !== 0;
+    opts.so_passsec = int(sock, SO.PASSSEC) !== 0;
+  }
   opts.so_dontroute = int(sock, SO.DONTROUTE) !== 0;
   opts.so_no_check = int(sock, SO.NO_CHECK) !== 0;
   opts.so_reuseport = int(sock, SO.REUSEPORT) !== 0;

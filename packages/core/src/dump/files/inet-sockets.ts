@@ -1,0 +1,414 @@
+// AF_INET/AF_INET6 sockets: the inet_sk_entry CRIU writes for each (files.img, type INETSK) and,
+// for an established TCP connection dumped with --tcp-established, tcp-stream-<ino in hex>.img
+// (tcp_stream_entry + the receive and send queue bytes), through @criu-ts/soccr's repair mode.
+//
+// What the socket is comes from the socket itself: criu-ts takes a duplicate of the task's fd
+// with pidfd_getfd (the same open file description, so the same socket) and reads its kind
+// (SO_DOMAIN/SO_TYPE/SO_PROTOCOL), addresses (getsockname/getpeername), TCP state (TCP_INFO) and
+// options (getsockopt); NETLINK_SOCK_DIAG adds what no getsockopt tells: a listener's backlog and
+// the connections waiting in its accept queue, and shutdown bits.
+//
+// Established TCP connections (and the half-closed states soccr handles) are, in this order:
+//   1. locked (dump.ts, right after the freeze): the peer's packets are dropped, so that nothing
+//      the peer sends changes the queues being read, and so that the peer sees no reset while
+//      the connection has no owner (connectionsToLock below finds them);
+//   2. paused and saved (soccr pause + save: TCP_REPAIR on, sequence numbers, both queues, window,
+//      options) - options of the socket are read before, since repair mode forces SO_REUSEADDR;
+//   3. after the dump: killed with the task while still in repair mode (the kernel then drops the
+//      socket without a FIN or RST, and the lock stays until a restore lifts it), or, when the
+//      tasks resume (--leave-running, -s, a failed dump), taken out of repair mode and unlocked.
+// With --tcp-close the connections are recorded without their state and without a lock (a
+// restore then gives the task closed sockets in their place, as criu does).
+//
+// Datagrams waiting in a UDP socket are peeked (SO_PEEK_OFF walks the queue, as for unix
+// sockets; nothing is taken out) with their source addresses and go to sk-queues.img, the
+// source in sk_packet_entry field 3 (`addr`, which CRIU reserves for it and leaves empty: CRIU
+// drops UDP queues). Restore puts them back with the same source.
+//
+// Refused, naming the fd: raw, packet and netlink sockets and any other family or protocol; an
+// established connection without --tcp-established or --tcp-close (with its addresses); a TCP
+// socket in a state soccr cannot save (SYN_SENT...); a listener with connections waiting in its
+// accept queue unless --skip-in-flight (they are then left behind, as criu leaves them).
+import { readlinkSync } from 'node:fs';
+import type { DecodedMessage } from '@criu-ts/images';
+import { close, getsockopt, inetDiagDump, isSysError, MSG, pidfdGetfd, pidfdOpen, setsockopt, SO, SOL_SOCKET, sock, SockDiagError, type Fd, type InetDiagSocket, type Pid } from '@criu-ts/sys';
+import { pause, resume, save, SUPPORTED_STATES, tcpStateName, TcpState, toImageForm, wireKey, type ConnectionKey, type InetAddress } from '@criu-ts/soccr';
+import { socketOptions } from './unix-sockets.js';
+
+const AF_UNIX = 1;
+const AF_INET = 2;
+const AF_INET6 = 10;
+const AF_NETLINK = 16;
+const AF_PACKET = 17;
+const SOCK_STREAM = 1;
+const SOCK_DGRAM = 2;
+const SOCK_RAW = 3;
+const IPPROTO_TCP = 6;
+const IPPROTO_UDP = 17;
+const SOL_IP = 0;
+const SOL_IPV6 = 41;
+const SOL_TCP = 6;
+const IP_TOS = 1;
+const IP_TTL = 2;
+const IP_PKTINFO = 8;
+const IP_FREEBIND = 15;
+const IPV6_UNICAST_HOPS = 16;
+const IPV6_V6ONLY = 26;
+const IPV6_RECVPKTINFO = 49;
+const IPV6_TCLASS = 67;
+const IPV6_FREEBIND = 78;
+const TCP_NODELAY = 1;
+const TCP_CORK = 3;
+const TCP_KEEPIDLE = 4;
+const TCP_KEEPINTVL = 5;
+const TCP_KEEPCNT = 6;
+/** ids-N.img numbers the task's namespaces in CRIU's order (dump.ts): net is the second. */
+const NET_NS_ID = 2;
+
+export interface InetDumpOptions {
+  /** Save established TCP connections through repair mode (criu's --tcp-established). */
+  readonly tcpEstablished?: boolean;
+  /** Record established connections without their state; restore closes them (criu's --tcp-close). */
+  readonly tcpClose?: boolean;
+  /** Dump listeners with connections not accepted yet; those connections are lost (criu's --skip-in-flight). */
+  readonly skipInFlight?: boolean;
+}
+
+/** A socket dump refuses, with what it is and why. */
+export class InetSocketRefused extends Error {
+  constructor(
+    readonly fd: number,
+    readonly ino: number,
+    readonly kind: string,
+    reason: string,
+  ) {
+    super(`fd ${fd} (socket:[${ino}], ${kind}): ${reason}`);
+    this.name = 'InetSocketRefused';
+  }
+}
+
+/** A socket's family, type and protocol, as the kernel reports them. */
+export interface SocketKind {
+  readonly domain: number;
+  readonly type: number;
+  readonly protocol: number;
+}
+
+export function socketKindOf(fd: Fd | number): SocketKind {
+  const int = (name: number) => getsockopt(fd as Fd, SOL_SOCKET, name).readInt32LE(0);
+  return { domain: int(SO.DOMAIN), type: int(SO.TYPE), protocol: int(38 /* SO_PROTOCOL */) };
+}
+
+const FAMILY_NAMES: Record<number, string> = { [AF_UNIX]: 'AF_UNIX', [AF_INET]: 'AF_INET', [AF_INET6]: 'AF_INET6', [AF_NETLINK]: 'AF_NETLINK', [AF_PACKET]: 'AF_PACKET' };
+const TYPE_NAMES: Record<number, string> = { 1: 'SOCK_STREAM', 2: 'SOCK_DGRAM', 3: 'SOCK_RAW', 4: 'SOCK_RDM', 5: 'SOCK_SEQPACKET', 10: 'SOCK_PACKET' };
+
+/** "TCP/IPv4", "raw IPv6 socket (protocol 58)", "netlink socket (protocol 0)"... */
+export function describeSocketKind(k: SocketKind): string {
+  const ip = k.domain === AF_INET ? 'IPv4' : 'IPv6';
+  if (k.domain === AF_INET || k.domain === AF_INET6) {
+    if (k.type === SOCK_STREAM && k.protocol === IPPROTO_TCP) return `TCP/${ip}`;
+    if (k.type === SOCK_DGRAM && k.protocol === IPPROTO_UDP) return `UDP/${ip}`;
+    if (k.type === SOCK_RAW) return `raw ${ip} socket (protocol ${k.protocol})`;
+    return `${ip} ${TYPE_NAMES[k.type] ?? `type ${k.type}`} socket (protocol ${k.protocol})`;
+  }
+  if (k.domain === AF_NETLINK) return `netlink socket (protocol ${k.protocol})`;
+  if (k.domain === AF_PACKET) return `packet socket (${TYPE_NAMES[k.type] ?? `type ${k.type}`})`;
+  return `${FAMILY_NAMES[k.domain] ?? `family ${k.domain}`} socket (${TYPE_NAMES[k.type] ?? `type ${k.type}`}, protocol ${k.protocol})`;
+}
+
+/** Why a socket of this kind cannot be dumped, or undefined when it can (TCP and UDP over IPv4/IPv6). */
+export function unsupportedSocketReason(k: SocketKind): string | undefined {
+  if (k.domain === AF_INET || k.domain === AF_INET6) {
+    if ((k.type === SOCK_STREAM && k.protocol === IPPROTO_TCP) || (k.type === SOCK_DGRAM && k.protocol === IPPROTO_UDP)) return undefined;
+    return 'sockets of this kind cannot be dumped yet (TCP and UDP ones can)';
+  }
+  return 'sockets of this kind cannot be dumped yet (unix, TCP and UDP ones can)';
+}
+
+const fmt = (a: InetAddress): string => (a.family === 6 ? `[${a.address}]:${a.port}` : `${a.address}:${a.port}`);
+
+function peerOf(fd: Fd | number): InetAddress | undefined {
+  try {
+    return sock.getpeername(fd as number);
+  } catch (error) {
+    if (isSysError(error, 'ENOTCONN')) return undefined;
+    throw error;
+  }
+}
+
+/** A TCP socket's state number (TCP_INFO). */
+function tcpState(fd: Fd | number): number {
+  return sock.getTcpInfo(fd as number).state;
+}
+
+/** Connected TCP states: the ones that carry a connection to save (soccr's supported states) or to refuse. */
+const isConnectedTcp = (state: number) => state !== TcpState.LISTEN && state !== TcpState.CLOSE;
+
+/**
+ * The reason an established connection is refused before anything is frozen, or undefined.
+ * Run on a duplicate of the task's fd (`dup`); `fd`/`ino` only name it.
+ */
+export function precheckInetSocket(dup: Fd, fd: number, ino: number, opts: InetDumpOptions): InetSocketRefused | undefined {
+  const kind = socketKindOf(dup);
+  const reason = unsupportedSocketReason(kind);
+  const what = describeSocketKind(kind);
+  if (reason) return new InetSocketRefused(fd, ino, what, reason);
+  if (kind.protocol !== IPPROTO_TCP) return undefined;
+  const state = tcpState(dup);
+  if (!isConnectedTcp(state)) return undefined;
+  const local = sock.getsockname(dup as number);
+  const remote = peerOf(dup);
+  const conn = `${fmt(local)} -> ${remote ? fmt(remote) : '?'}, ${tcpStateName(state)}`;
+  if (!SUPPORTED_STATES.has(state)) return new InetSocketRefused(fd, ino, `${what} ${conn}`, `a connection in state ${tcpStateName(state)} cannot be dumped (${[...SUPPORTED_STATES].map(tcpStateName).join(', ')} can)`);
+  if (!opts.tcpEstablished && !opts.tcpClose) return new InetSocketRefused(fd, ino, `${what} ${conn}`, 'an established TCP connection; dump it with --tcp-established (tcpEstablished) to save it, or --tcp-close (tcpClose) to have restore close it');
+  return undefined;
+}
+
+/** Duplicates fd `fd` of `pid` into criu-ts (pidfd_getfd: the same socket). */
+export function grabFd(pid: number, fd: number): Fd {
+  const pidfd = pidfdOpen(pid as Pid);
+  try {
+    return pidfdGetfd(pidfd, fd);
+  } finally {
+    close(pidfd);
+  }
+}
+
+/** A datagram waiting in a UDP socket: its bytes and the sockaddr it came from. */
+export interface QueuedDatagram {
+  readonly bytes: Buffer;
+  readonly addr: Buffer;
+}
+
+/** One tcp-stream-<ino>.img to write. */
+export interface TcpStreamImage {
+  readonly ino: number;
+  readonly entry: DecodedMessage;
+  readonly queues: { type: 'tcp-queues'; inq: Uint8Array; outq: Uint8Array };
+}
+
+/** The inet sockets of one dump (every task of the tree). */
+export class InetSocketDumper {
+  private readonly diag = new Map<string, Map<number, InetDiagSocket> | undefined>();
+  /** Duplicates of the tasks' inet sockets, by "pid/fd" (closed by close()). */
+  private readonly dups = new Map<string, Fd>();
+  /** Sockets put in repair mode, with their connection: resumed or left to die with their task. */
+  private readonly repaired: Array<{ dup: Fd; key: ConnectionKey }> = [];
+  readonly tcpStreams: TcpStreamImage[] = [];
+
+  constructor(private readonly opts: InetDumpOptions) {}
+
+  private dupOf(pid: number, fd: number): Fd {
+    const k = `${pid}/${fd}`;
+    let dup = this.dups.get(k);
+    if (dup === undefined) this.dups.set(k, (dup = grabFd(pid, fd)));
+    return dup;
+  }
+
+  /**
+   * The connections the dump will save through repair mode, as the network lock keys them (an
+   * IPv4-mapped IPv6 connection by its IPv4 addresses: that is what its packets carry).
+   * Precondition: the tasks are frozen.
+   */
+  connectionsToLock(tasks: ReadonlyArray<{ readonly pid: number; readonly fds: readonly number[] }>): ConnectionKey[] {
+    if (!this.opts.tcpEstablished || this.opts.tcpClose) return [];
+    const keys = new Map<string, ConnectionKey>();
+    for (const t of tasks) {
+      for (const fd of t.fds) {
+        let link: string;
+        try {
+          link = readlinkSync(`/proc/${t.pid}/fd/${fd}`);
+        } catch {
+          continue;
+        }
+        if (!link.startsWith('socket:')) continue;
+        const dup = this.dupOf(t.pid, fd);
+        const kind = socketKindOf(dup);
+        if ((kind.domain !== AF_INET && kind.domain !== AF_INET6) || kind.protocol !== IPPROTO_TCP) continue;
+        if (!SUPPORTED_STATES.has(tcpState(dup))) continue;
+        const remote = peerOf(dup);
+        if (!remote) continue;
+        const key = wireKey({ local: sock.getsockname(dup as number), remote });
+        keys.set(`${fmt(key.local)} ${fmt(key.remote)}`, key);
+      }
+    }
+    return [...keys.values()];
+  }
+
+  private diagOf(family: number, protocol: number, ino: number): InetDiagSocket | undefined {
+    const k = `${family}/${protocol}`;
+    if (!this.diag.has(k)) {
+      try {
+        this.diag.set(k, inetDiagDump(family, protocol));
+      } catch (error) {
+        // No diag module for the protocol (udp_diag): the socket itself tells the rest.
+        if (!(error instanceof SockDiagError)) throw error;
+        this.diag.set(k, undefined);
+      }
+    }
+    return this.diag.get(k)?.get(ino);
+  }
+
+  /**
+   * The isk member (without id and fown, which FileTable adds) of the socket behind fd `fd` of
+   * `pid`, and the datagrams waiting in it (UDP).
+   */
+  dump(pid: number, fd: number, ino: number, flags: number): { entry: DecodedMessage; queue: QueuedDatagram[] } {
+    const dup = this.dupOf(pid, fd);
+    const kind = socketKindOf(dup);
+    const what = describeSocketKind(kind);
+    const refuse = (reason: string, detail = what): never => {
+      throw new InetSocketRefused(fd, ino, detail, reason);
+    };
+    const unsupported = unsupportedSocketReason(kind);
+    if (unsupported) refuse(unsupported);
+    const tcp = kind.protocol === IPPROTO_TCP;
+    const local = sock.getsockname(dup as number);
+    const remote = peerOf(dup);
+    const state = tcp ? tcpState(dup) : remote ? TcpState.ESTABLISHED : TcpState.CLOSE;
+    const diag = this.diagOf(kind.domain, kind.protocol, ino);
+    const conn = `${what} ${fmt(local)}${remote ? ` -> ${fmt(remote)}` : ''}, ${tcpStateName(state)}`;
+
+    // Read before repair mode: it forces SO_REUSEADDR on (soccr keeps the value for resume).
+    const opts = inetSocketOptions(dup);
+    const ipOpts = ipOptions(dup, kind.domain);
+    const tcpOpts: DecodedMessage = tcp ? tcpOptions(dup) : {};
+    let backlog = diag?.wqueue ?? 0;
+    if (tcp && state === TcpState.LISTEN) {
+      const waiting = diag?.rqueue ?? 0;
+      if (waiting > 0 && !this.opts.skipInFlight) {
+        refuse(`listening socket with ${waiting} connection(s) not accepted yet (in flight); dump with --skip-in-flight (skipInFlight) to leave them behind`, conn);
+      }
+    } else if (tcp && isConnectedTcp(state)) {
+      if (!SUPPORTED_STATES.has(state)) refuse(`a connection in state ${tcpStateName(state)} cannot be dumped`, conn);
+      if (!this.opts.tcpClose) {
+        if (!this.opts.tcpEstablished) refuse('an established TCP connection; dump it with --tcp-established (tcpEstablished) to save it, or --tcp-close (tcpClose) to have restore close it', conn);
+        pause(dup as number);
+        this.repaired.push({ dup, key: wireKey({ local, remote: remote! }) });
+        const saved = save(dup as number);
+        const form = toImageForm(saved);
+        this.tcpStreams.push({ ino, entry: form.tcpStream, queues: form.queues });
+        if (saved.cork) tcpOpts.cork = true;
+        if (saved.nodelay) tcpOpts.nodelay = true;
+        // What CRIU records here is the send queue as sock_diag counted it before repair.
+        backlog = diag?.wqueue ?? saved.sendQueue.length;
+      }
+    } else if (tcp && state !== TcpState.CLOSE) {
+      refuse(`TCP state ${tcpStateName(state)} cannot be dumped`, conn);
+    }
+    const entry: DecodedMessage = {
+      ino, family: kind.domain, type: kind.type, proto: kind.protocol, state,
+      src_port: local.port, dst_port: remote?.port ?? 0, flags, backlog,
+      src_addr: addressWords(local), dst_addr: remote ? addressWords(remote) : kind.domain === AF_INET ? [0] : [0, 0, 0, 0],
+      opts,
+    };
+    if (kind.domain === AF_INET6) entry.v6only = diag?.v6only ?? getsockopt(dup, SOL_IPV6, IPV6_V6ONLY).readInt32LE(0) !== 0;
+    entry.ip_opts = ipOpts;
+    entry.ns_id = NET_NS_ID;
+    const shutdown = diag?.shutdown ?? 0;
+    // A half-closed TCP connection carries its FINs in its state; other sockets keep the bits.
+    if (shutdown !== 0 && !(tcp && isConnectedTcp(state))) entry.shutdown = shutdown;
+    entry.tcp_opts = tcpOpts;
+    return { entry, queue: tcp ? [] : peekDatagrams(dup, conn) };
+  }
+
+  /** The locked connections back in service: repair mode off (soccr resume), in dump order. */
+  resumeAll(): string[] {
+    const errors: string[] = [];
+    for (const r of this.repaired.splice(0)) {
+      try {
+        resume(r.dup as number);
+      } catch (error) {
+        errors.push(`${fmt(r.key.local)} -> ${fmt(r.key.remote)}: ${(error as Error).message}`);
+      }
+    }
+    return errors;
+  }
+
+  /** Closes criu-ts's duplicates (a socket still in repair mode whose task is gone then vanishes without a packet). */
+  close(): void {
+    for (const dup of this.dups.values()) {
+      try {
+        close(dup);
+      } catch {
+        /* nothing to do */
+      }
+    }
+    this.dups.clear();
+  }
+}
+
+/** Bigger than any UDP datagram (64 KiB minus headers). */
+const DATAGRAM_BUFFER = 1 << 16;
+
+/** Every datagram queued in UDP socket `dup`, oldest first, with its source, left in place. */
+function peekDatagrams(dup: Fd, what: string): QueuedDatagram[] {
+  const saved = getsockopt(dup, SOL_SOCKET, SO.PEEK_OFF).readInt32LE(0);
+  const out: QueuedDatagram[] = [];
+  const buf = Buffer.allocUnsafe(DATAGRAM_BUFFER);
+  setsockopt(dup, SOL_SOCKET, SO.PEEK_OFF, 0);
+  try {
+    for (;;) {
+      let got: ReturnType<typeof sock.recvFrom>;
+      try {
+        got = sock.recvFrom(dup as number, buf, MSG.PEEK | MSG.DONTWAIT);
+      } catch (error) {
+        if (isSysError(error, 'EAGAIN')) break; // the queue is walked
+        throw error;
+      }
+      // A zero-length datagram cannot be told from the end of the walk by peeking; it ends it.
+      if (got.bytes === 0) break;
+      if (!got.from) throw new Error(`${what}: a queued datagram has no source address`);
+      out.push({ bytes: Buffer.from(buf.subarray(0, got.bytes)), addr: sock.encodeSockaddr(got.from) });
+    }
+  } finally {
+    setsockopt(dup, SOL_SOCKET, SO.PEEK_OFF, saved);
+  }
+  return out;
+}
+
+/** in_addr / in6_addr bytes as little-endian u32 words, as CRIU stores addresses (127.0.0.1 is [0x0100007f]). */
+export function addressWords(a: InetAddress): number[] {
+  const b = a.family === 4 ? sock.parseIPv4(a.address) : sock.parseIPv6(a.address);
+  const words: number[] = [];
+  for (let i = 0; i < b.length; i += 4) words.push(b.readUInt32LE(i));
+  return words;
+}
+
+/** sk_opts_entry of an inet socket: the SOL_SOCKET options CRIU 4.2 records (no SO_PASSCRED/PASSSEC: unix only), plus the device binding and linger. */
+function inetSocketOptions(dup: Fd): DecodedMessage {
+  const opts = socketOptions(dup, false);
+  const dev = getsockopt(dup, SOL_SOCKET, SO.BINDTODEVICE, 16);
+  const devName = dev.subarray(0, dev.indexOf(0) < 0 ? dev.length : dev.indexOf(0)).toString('utf8');
+  if (devName) opts.so_bound_dev = devName;
+  const linger = getsockopt(dup, SOL_SOCKET, SO.LINGER, 8);
+  if (linger.length >= 8 && linger.readInt32LE(0) !== 0) opts.so_linger = linger.readInt32LE(4) >>> 0;
+  return opts;
+}
+
+/** ip_opts_entry: TTL (or IPv6 hop limit) always, TOS/traffic class, FREEBIND and PKTINFO when set. */
+function ipOptions(dup: Fd, family: number): DecodedMessage {
+  const v4 = family === AF_INET;
+  const level = v4 ? SOL_IP : SOL_IPV6;
+  const int = (name: number) => getsockopt(dup, level, name).readInt32LE(0);
+  const out: DecodedMessage = {};
+  if (int(v4 ? IP_FREEBIND : IPV6_FREEBIND) !== 0) out.freebind = true;
+  if (int(v4 ? IP_PKTINFO : IPV6_RECVPKTINFO) !== 0) out.pktinfo = true;
+  const tos = int(v4 ? IP_TOS : IPV6_TCLASS);
+  if (tos > 0) out.tos = tos;
+  const ttl = int(v4 ? IP_TTL : IPV6_UNICAST_HOPS);
+  if (ttl > 0) out.ttl = ttl;
+  return out;
+}
+
+/** tcp_opts_entry: the keepalive knobs always (as CRIU 4.2 writes them), NODELAY and CORK when set. */
+function tcpOptions(dup: Fd): DecodedMessage {
+  const int = (name: number) => getsockopt(dup, SOL_TCP, name).readInt32LE(0);
+  const out: DecodedMessage = {};
+  if (int(TCP_CORK) !== 0) out.cork = true;
+  if (int(TCP_NODELAY) !== 0) out.nodelay = true;
+  out.keepcnt = int(TCP_KEEPCNT);
+  out.keepidle = int(TCP_KEEPIDLE);
+  out.keepintvl = int(TCP_KEEPINTVL);
+  return out;
+}
