@@ -146,9 +146,9 @@ describe('cli: dump, restore, check, demo', function () {
     const noImages = criuTs('restore', '-D', join(keeper.dir, 'nothing-here'));
     expect(noImages.status).to.equal(1);
     expect(noImages.stderr).to.match(/Error/);
-    const unsupported = criuTs('dump', '-t', String(keeper.pid), '--file-locks');
+    const unsupported = criuTs('dump', '-t', String(keeper.pid), '--track-mem');
     expect(unsupported.status).to.equal(2);
-    expect(unsupported.stderr).to.match(/--file-locks is not supported yet/);
+    expect(unsupported.stderr).to.match(/--track-mem is not supported yet/);
   });
 
   it('check lists every feature; --feature exits 0 or 1', function () {
