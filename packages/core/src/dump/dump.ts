@@ -33,6 +33,7 @@ import {
   __WALL, asFd, asPid, kcmp, kill, close as closeFd, ptraceGetRegs, wait4, WNOHANG, ptraceGetRegset, ptraceGetSigmask, NT, type Fd, type Pid,
 } from '@criu-ts/sys';
 import { DumpError, type DumpStage } from '../errors.js';
+import { faultRequested } from '../fault-points.js';
 import { readAuxv, readLink, readStat } from '../proc/task-files.js';
 import { readSmaps, type ProcVma } from '../proc/smaps.js';
 import { FileTable, findUnsupportedDescriptor, readGhostContents, UnsupportedFileError } from './files.js';
@@ -140,7 +141,7 @@ export function dumpSync(options: DumpOptions): DumpResult {
     throw new DumpError(stage, pidNumber, message, cause === undefined ? {} : { cause });
   };
   const fault = (point: string) => {
-    if (options.faultAt === point || process.env.CRIU_TS_FAULT === `dump:${point}`) fail(`fault injected at ${point}`);
+    if (faultRequested('dump', point, options.faultAt)) fail(`fault injected at ${point}`);
   };
 
   // ---- check-options
