@@ -25,7 +25,7 @@
 // task cured (children first), so the tree runs on (or stays stopped) exactly as before; every
 // file this dump wrote is removed.
 import { randomUUID } from 'node:crypto';
-import { existsSync, readdirSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
 import type { Parasite, Victim } from '@criu-ts/compel';
 import type { DecodedMessage } from '@criu-ts/images';
@@ -160,6 +160,14 @@ export function dumpSync(options: DumpOptions): DumpResult {
   const rootSid = Number(stat[6]);
   if (!options.shellJob && (rootPgid !== pidNumber || rootSid !== pidNumber)) {
     fail(`process ${pid} is not the leader of its session (${rootSid}) and group (${rootPgid}); dump it with --shell-job`);
+  }
+
+  // A traced task cannot be seized (ptrace(2): EPERM): another dump of it is running, or a
+  // debugger holds it. Said plainly here, before anything is touched; a dump that starts at the
+  // same moment and wins the race makes our seize fail the same way, and freeze reports it.
+  const tracer = tracerOf(pidNumber);
+  if (tracer !== 0) {
+    fail(`process ${pid} is already traced by process ${tracer} (${commOf(tracer)}): another dump of it is in progress, or a debugger is attached`);
   }
 
   const unsupported = findUnsupportedDescriptor(pidNumber);
@@ -412,6 +420,23 @@ export function dumpSync(options: DumpOptions): DumpResult {
     };
   } catch (error) {
     return rollback(error);
+  }
+}
+
+/** TracerPid of /proc/PID/status (0: not traced). */
+function tracerOf(pid: number): number {
+  try {
+    return Number(/^TracerPid:\s*(\d+)/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? 0);
+  } catch {
+    return 0;
+  }
+}
+
+function commOf(pid: number): string {
+  try {
+    return readFileSync(`/proc/${pid}/comm`, 'utf8').trim();
+  } catch {
+    return 'gone';
   }
 }
 
