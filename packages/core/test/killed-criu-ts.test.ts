@@ -86,12 +86,16 @@ function reapZombieChildren(comm: string): void {
   }
 }
 
-/** Live (not zombie) processes named restore-stub anywhere. */
+/**
+ * Live (not zombie) restore stubs that are ours: children of the killed criu-ts are re-parented
+ * to us, the subreaper. (Other sessions on this machine may run their own restores.)
+ */
 function liveStubs(): number[] {
   return readdirSync('/proc').filter((n) => /^\d+$/.test(n)).filter((n) => {
     try {
       const stat = readFileSync(`/proc/${n}/stat`, 'utf8');
-      return stat.includes('(restore-stub)') && !/\) [ZX] /.test(stat);
+      const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+      return stat.includes('(restore-stub)') && !/\) [ZX] /.test(stat) && ppid === process.pid;
     } catch {
       return false;
     }
