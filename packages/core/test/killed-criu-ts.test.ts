@@ -4,10 +4,11 @@
 // Restore: whatever the moment, no task with a restored PID or TID survives unless the restore
 // had completed (its --pidfile is written only after the release), and the PIDs are free again.
 // Dump (-R): the target runs on, untraced, with its maps, fds, threads and memory checksum as
-// before. The known exception: a kill during the few ptrace-driven remote syscalls that load the
-// parasite leaves the task with the remote call's registers at a `syscall; int3` gadget, and
-// without its tracer the int3 kills it (SIGTRAP). Such deaths are counted and reported; any
-// other outcome fails the test.
+// before. The known exception: a kill during one of the ptrace-driven remote syscalls made before
+// the parasite runs (thread state, parasite loading) leaves the task with the remote call's
+// registers and the single-step flag set (a dying tracer's detach does not clear it, unlike
+// PTRACE_DETACH): the trap after the next instruction kills it (SIGTRAP). Such deaths are counted
+// and reported; any other outcome fails the test.
 import { expect } from 'chai';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
@@ -142,16 +143,19 @@ describe('reliability: criu-ts SIGKILLed during restore and during dump (256 MiB
     const ids = [...pids, ...tids];
     expectIdsFree(ids, 'the dumped memhog');
 
-    // One whole restore, timed, and checked: the moments are spread over its length.
+    // Whole restores, timed (the fastest of three: the first reads a cold page cache), and
+    // checked: the moments are spread over that length.
     const pidfile = join(dir, 'pidfile');
-    const t0 = Date.now();
-    const full = runCli(['restore', '-D', images, '-d', '--pidfile', pidfile]);
-    expect((await full.exited).code).to.equal(0);
-    const fullMs = Date.now() - t0;
-    const restored = { pid: hog.pid, check: () => hog.check() };
-    expect(restored.check().checksum).to.equal(hog.checksum);
-    hog.kill();
-    expectIdsFree(ids, 'after the timed restore');
+    let fullMs = Infinity;
+    for (let i = 0; i < 3; i++) {
+      const t0 = Date.now();
+      const full = runCli(['restore', '-D', images, '-d', '--pidfile', pidfile]);
+      expect((await full.exited).code).to.equal(0);
+      fullMs = Math.min(fullMs, Date.now() - t0);
+      expect(hog.check().checksum).to.equal(hog.checksum);
+      hog.kill();
+      expectIdsFree(ids, 'after a timed restore');
+    }
 
     let interrupted = 0;
     let completed = 0;
@@ -186,11 +190,15 @@ describe('reliability: criu-ts SIGKILLed during restore and during dump (256 MiB
     let hog = new MemHog(dir);
     let before = { maps: mapsOf(hog.pid), fds: fdLinksOf(hog.pid) };
     const images = join(dir, 'images');
-    const t0 = Date.now();
-    const full = runCli(['dump', '-t', String(hog.pid), '-D', images, '-R']);
-    expect((await full.exited).code).to.equal(0);
-    const fullMs = Date.now() - t0;
-    expectRunningUntouched(hog.pid, 'after a whole dump', before);
+    let fullMs = Infinity;
+    for (let i = 0; i < 2; i++) {
+      rmSync(images, { recursive: true, force: true });
+      const t0 = Date.now();
+      const full = runCli(['dump', '-t', String(hog.pid), '-D', images, '-R']);
+      expect((await full.exited).code).to.equal(0);
+      fullMs = Math.min(fullMs, Date.now() - t0);
+      expectRunningUntouched(hog.pid, 'after a whole dump', before);
+    }
 
     let untouched = 0;
     let completed = 0;
