@@ -10,7 +10,8 @@
  * 1. At seize time, save its registers (PTRACE_GETREGS), XSAVE area and signal mask, and block
  *    every signal (PTRACE_SETSIGMASK): a signal arriving during our call would otherwise be
  *    dequeued into a signal-delivery-stop, and resuming from that stop with signal 0 would drop
- *    it. Blocked signals stay pending and are delivered after cure, in order.
+ *    it. Blocked signals stay pending and are delivered after cure, in order. SIGTRAP alone stays
+ *    unblocked (see SIGSET_REMOTE): the traps that end our calls must not be forced through a mask.
  * 2. Find a `syscall` instruction in the task's own executable memory (the vDSO has them, libc
  *    too) instead of writing one: nothing in the task's memory changes. Executing from any
  *    address that holds the bytes 0f 05 runs a syscall, whatever instruction they belong to.
@@ -73,7 +74,17 @@ export function undoInterruptEintr(regs: UserRegs): UserRegs {
   return infinite ? { ...regs, rax: regs.orig_rax, rip: regs.rip - 2n } : regs;
 }
 
-/** The seized state of one thread. */
+/**
+ * The mask a task runs our calls under: every signal blocked but SIGTRAP. The single-step and int3
+ * traps that end a remote call are forced signals, and forcing a blocked (or ignored) signal makes
+ * the kernel unblock it in the thread's mask and reset its disposition to SIG_DFL for the whole
+ * process (force_sig_info_to_task in kernel/signal.c): a task with a SIGTRAP handler lost it to
+ * every dump. Unblocked, the trap reaches us as a signal-delivery-stop and is never delivered.
+ * (A task that ignores SIGTRAP still gets SIG_DFL back: only calls without traps avoid that.)
+ */
+const SIGSET_REMOTE = SIGSET_ALL & ~(1n << BigInt(SIGNALS.SIGTRAP - 1));
+
+/** The seized state of one thread. *//** The seized state of one thread. */
 export interface SeizedThread {
   readonly tid: Pid;
   /** Signal of the group-stop the thread was in when seized (SIGSTOP...), or 0. */
@@ -263,7 +274,7 @@ export class Injection {
 
   private blockSignals(): void {
     if (this.sigmaskBlocked) return;
-    ptraceSetSigmask(this.worker, SIGSET_ALL);
+    ptraceSetSigmask(this.worker, SIGSET_REMOTE);
     this.sigmaskBlocked = true;
   }
 
@@ -407,7 +418,7 @@ export class Injection {
     const a = args.map((x) => BigInt.asUintN(64, BigInt(x)));
     const savedRegs = ptraceGetRegs(tid);
     const savedMask = ptraceGetSigmask(tid);
-    ptraceSetSigmask(tid, SIGSET_ALL);
+    ptraceSetSigmask(tid, SIGSET_REMOTE);
     try {
       ptraceSetRegs(tid, {
         ...savedRegs,

@@ -19,7 +19,7 @@ import { dumpSync } from '@criu-ts/core';
 import { asPid, wait4, WNOHANG } from '@criu-ts/sys';
 import { isRoot, procState, waitFor } from './restore-helpers.js';
 import { becomeSubreaper, reapIfOurs, TEST_BIN } from './programs.js';
-import { dumpedIds, expectIdsFree, expectRunningUntouched, fdLinksOf, mapsOf, tracerOf } from './reliability-helpers.js';
+import { blockedMasksOf, dumpedIds, expectIdsFree, expectRunningUntouched, fdLinksOf, mapsOf, tracerOf } from './reliability-helpers.js';
 
 const CLI = new URL('../../../cli/dist/criu-ts.mjs', import.meta.url).pathname;
 const MIB = 256;
@@ -188,7 +188,7 @@ describe('reliability: criu-ts SIGKILLed during restore and during dump (256 MiB
   it('dump -R killed at 50 moments: the target runs on untraced and intact (SIGTRAP deaths in the parasite-loading window counted)', async function () {
     const started = Date.now();
     let hog = new MemHog(dir);
-    let before = { maps: mapsOf(hog.pid), fds: fdLinksOf(hog.pid) };
+    let before = { maps: mapsOf(hog.pid), fds: fdLinksOf(hog.pid), masks: blockedMasksOf(hog.pid) };
     const images = join(dir, 'images');
     let fullMs = Infinity;
     for (let i = 0; i < 2; i++) {
@@ -227,7 +227,7 @@ describe('reliability: criu-ts SIGKILLed during restore and during dump (256 MiB
         expect(died, `${what}: how the target died`).to.equal('signal 5');
         trapDeaths.push(`${round}@${delay}ms`);
         hog = new MemHog(dir);
-        before = { maps: mapsOf(hog.pid), fds: fdLinksOf(hog.pid) };
+        before = { maps: mapsOf(hog.pid), fds: fdLinksOf(hog.pid), masks: blockedMasksOf(hog.pid) };
         continue;
       }
       expectRunningUntouched(hog.pid, what, before);

@@ -44,6 +44,14 @@ export function threadStates(pid: number): string[] {
   });
 }
 
+/** "tid SigBlk" of every thread of `pid`, sorted: the blocked masks. */
+export function blockedMasksOf(pid: number): string[] {
+  return readdirSync(`/proc/${pid}/task`).map((tid) => {
+    const status = readFileSync(`/proc/${pid}/task/${tid}/status`, 'utf8');
+    return `${tid} ${/^SigBlk:\s*([0-9a-f]+)/m.exec(status)?.[1] ?? '?'}`;
+  }).sort();
+}
+
 /** /proc/PID/maps, one normalized line per VMA. */
 export function mapsOf(pid: number): string[] {
   return readFileSync(`/proc/${pid}/maps`, 'utf8').split('\n').filter(Boolean).map((l) => l.split(/\s+/).join(' '));
@@ -64,7 +72,7 @@ export function fdLinksOf(pid: number): string[] {
  * A task after a failed or interrupted dump: alive, untraced, no thread in a ptrace or group
  * stop (it was running before), no parasite mapping, and (when given) the same maps and fds.
  */
-export function expectRunningUntouched(pid: number, what: string, before?: { maps: string[]; fds: string[] }): void {
+export function expectRunningUntouched(pid: number, what: string, before?: { maps: string[]; fds: string[]; masks?: string[] }): void {
   waitFor(`${what}: ${pid} untraced`, () => tracerOf(pid) === 0);
   const states = threadStates(pid);
   expect(states.filter((s) => s === 't' || s === 'T' || s === 'Z' || s === 'X'), `${what}: thread states ${states.join('')}`).to.deep.equal([]);
@@ -73,6 +81,7 @@ export function expectRunningUntouched(pid: number, what: string, before?: { map
   if (before) {
     expect(maps, `${what}: /proc/${pid}/maps`).to.deep.equal(before.maps);
     expect(fdLinksOf(pid), `${what}: fds`).to.deep.equal(before.fds);
+    if (before.masks) expect(blockedMasksOf(pid), `${what}: blocked signal masks`).to.deep.equal(before.masks);
   }
 }
 
