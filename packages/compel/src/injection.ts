@@ -146,6 +146,11 @@ export class Injection {
   private readonly ownMappings = new Map<bigint, bigint>();
   private state: 'seized' | 'running-parasite' | 'cured' = 'seized';
   private sigmaskBlocked = false;
+  /**
+   * After each remote call, leave the thread in an interrupt stop with its own registers and mask
+   * (see settleSync). A task we created ourselves (restore) dies with us anyway and skips it.
+   */
+  protected settleBetweenCalls = true;
   /** Called before cure (the parasite uses it to stop itself). */
   private readonly cureHooks: Array<() => void> = [];
 
@@ -296,6 +301,43 @@ export class Injection {
   }
 
   /**
+   * Precondition: `tid` is in the SIGTRAP stop that ended a remote call. Puts `regs` and `mask`
+   * back and moves the thread into an interrupt stop (PTRACE_EVENT_STOP): PTRACE_INTERRUPT marks
+   * the trap, PTRACE_CONT with no signal leaves the SIGTRAP stop, and the thread stops again
+   * inside the kernel (get_signal) before running one instruction of its own.
+   *
+   * Why: a dying tracer's detach (exit_ptrace) neither cancels the signal of a signal-delivery-stop
+   * nor clears the single-step flag, unlike PTRACE_DETACH. A thread left in the SIGTRAP stop of
+   * its last call would get that SIGTRAP, or trap after one instruction, if criu-ts were killed
+   * before cure: the task died. From an interrupt stop it resumes as it was seized, its own
+   * registers, mask and interrupted syscall's restart included. Costs one more stop per call.
+   */
+  private settleSync(tid: Pid, regs: UserRegs, mask: bigint, what: string): void {
+    ptraceSetRegs(tid, regs);
+    ptraceSetSigmask(tid, mask);
+    ptraceInterrupt(tid);
+    ptraceCont(tid, 0);
+    const deadline = Date.now() + this.timeoutMs;
+    for (let spins = 0; ; spins++) {
+      const st = wait4(tid, __WALL | 1 /* WNOHANG */);
+      if (st.kind === 'stopped' && st.event === PTRACE_EVENT.STOP) return;
+      if (st.kind === 'exited' || st.kind === 'signaled') {
+        if (tid === this.worker) this.state = 'cured';
+        throw new CompelError('exited', this.pid, `task died after ${what}`, { status: st });
+      }
+      if (st.kind === 'stopped') {
+        // Not expected (the kernel takes the trap before dequeuing any signal): a signal stop is
+        // queued again for later, never delivered now, and the thread goes on to the trap.
+        if (st.event === 0 && st.signal !== SIGNALS.SIGTRAP) tgkill(this.pid, tid, st.signal);
+        ptraceCont(tid, 0);
+        continue;
+      }
+      if (Date.now() > deadline) throw new CompelError('timeout', this.pid, `thread ${tid} did not stop again after ${what}`);
+      if (spins >= 5000) sleepMs(spins < 6000 ? 0.05 : 1);
+    }
+  }
+
+  /**
    * ptrace answers ESRCH both for "no such task" and "not stopped for us": when the task is gone
    * (or a zombie), say so with a CompelError('exited') instead.
    */
@@ -391,6 +433,10 @@ export class Injection {
     };
     const name = typeof nameOrNr === 'string' ? nameOrNr : (syscallName(nr) ?? `syscall ${nr}`);
     const after = this.runWorkerSync(regs, 'step', `remote ${name}`);
+    if (this.settleBetweenCalls) {
+      this.settleSync(this.worker, undoInterruptEintr(this.saved.regs), this.saved.sigmask, `remote ${name}`);
+      this.sigmaskBlocked = false;
+    }
     if (after.rip !== gadget + 2n) {
       throw new CompelError('unexpected-stop', this.pid, `remote ${name}: stopped at 0x${after.rip.toString(16)}, expected 0x${(gadget + 2n).toString(16)}`);
     }
@@ -431,6 +477,7 @@ export class Injection {
       if (after.rip !== gadget + 2n) {
         throw new CompelError('unexpected-stop', this.pid, `remote ${name} in thread ${tid}: stopped at 0x${after.rip.toString(16)}, expected 0x${(gadget + 2n).toString(16)}`);
       }
+      if (this.settleBetweenCalls) this.settleSync(tid, savedRegs, savedMask, `remote ${name} in thread ${tid}`);
       return BigInt.asIntN(64, after.rax);
     } finally {
       try {

@@ -27,10 +27,10 @@
 import { randomUUID } from 'node:crypto';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
-import type { Parasite, Victim } from '@criu-ts/compel';
+import { readMaps, type Parasite, type Victim } from '@criu-ts/compel';
 import type { DecodedMessage } from '@criu-ts/images';
 import {
-  __WALL, asFd, asPid, kcmp, kill, close as closeFd, ptraceGetRegs, wait4, WNOHANG, ptraceGetRegset, ptraceGetSigmask, NT, type Fd, type Pid,
+  __WALL, asFd, asPid, asRemoteAddress, kcmp, kill, close as closeFd, ptraceGetRegs, wait4, WNOHANG, ptraceGetRegset, ptraceGetSigmask, NT, type Fd, type Pid,
 } from '@criu-ts/sys';
 import { DumpError, type DumpStage } from '../errors.js';
 import { faultRequested } from '../fault-points.js';
@@ -473,7 +473,13 @@ function threadSnapshots(victim: Victim, pid: Pid, stopped: boolean): TaskSnapsh
   if (tids[0] !== pid) {
     throw new Error(`the thread group leader ${pid} is gone (a zombie leader with live threads is not supported yet)`);
   }
-  const scratch = victim.mapSync(4096);
+  // The answers need 64 writable bytes. Below the worker's red zone (128 bytes under its stack
+  // pointer, which the x86_64 ABI leaves to signal frames: nothing live is there) they cost no
+  // mapping, so a dumper killed meanwhile leaves none behind; a page is mapped only when that
+  // stack has no room.
+  const below = (victim.saved.regs.rsp - 128n - 256n) & ~63n;
+  const onStack = readMaps(pid).some((v) => v.start <= below && victim.saved.regs.rsp <= v.end && v.perms.startsWith('rw'));
+  const scratch = onStack ? asRemoteAddress(below) : victim.mapSync(4096);
   try {
     return tids.map((tid) => {
       const own = collectThreadOwnState(victim, tid, scratch);
@@ -486,7 +492,7 @@ function threadSnapshots(victim: Victim, pid: Pid, stopped: boolean): TaskSnapsh
       };
     });
   } finally {
-    victim.unmapSync(scratch);
+    if (!onStack) victim.unmapSync(scratch);
   }
 }
 
