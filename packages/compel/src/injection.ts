@@ -533,6 +533,10 @@ export class Injection {
       eflags: this.saved.regs.eflags & ~(EFLAGS_TF | EFLAGS_DF),
     };
     const after = this.runWorkerSync(regs, 'cont', `remote call 0x${fn.toString(16)}`);
+    if (this.settleBetweenCalls) {
+      this.settleSync(this.worker, undoInterruptEintr(this.saved.regs), this.saved.sigmask, `remote call 0x${fn.toString(16)}`);
+      this.sigmaskBlocked = false;
+    }
     return BigInt.asIntN(64, after.rax);
   }
 
@@ -552,7 +556,12 @@ export class Injection {
   waitWorkerTrapSync(what: string): UserRegs {
     this.waitTrap(what, 'cont');
     this.state = 'seized';
-    return ptraceGetRegs(this.worker);
+    const regs = ptraceGetRegs(this.worker);
+    if (this.settleBetweenCalls) {
+      this.settleSync(this.worker, undoInterruptEintr(this.saved.regs), this.saved.sigmask, what);
+      this.sigmaskBlocked = false;
+    }
+    return regs;
   }
 
   /** Maps `len` bytes of anonymous memory in the task (removed on cure). */
