@@ -28,6 +28,8 @@
 #define NR_timer_gettime 224
 #define NR_timer_getoverrun 225
 #define NR_vmsplice 278
+#define NR_rt_sigpending 127
+#define NR_rt_sigtimedwait 128
 #define NR_arch_prctl 158
 
 #define ARCH_GET_XCOMP_PERM 0x1022
@@ -44,6 +46,8 @@
 #define MSG_NOSIGNAL 0x4000
 #define MSG_CMSG_CLOEXEC 0x40000000
 #define MAX_FDS 16
+#define SIGPIPE 13
+#define EPIPE 32
 
 static inline s64 sys6(s64 nr, s64 a, s64 b, s64 c, s64 d, s64 e, s64 f) {
   s64 ret;
@@ -218,8 +222,32 @@ static void disown_fd(s32 fd) {
   }
 }
 
+/*
+ * A write of ours into a pipe whose reader died (the injector's end of the page pipe, when it is
+ * killed mid-dump) fails with EPIPE and raises SIGPIPE at this thread (pipe(7)). Every signal is
+ * blocked while we run, so it waits, and the frame's mask would let it in right after the
+ * self-cure: the task would die of a signal that is ours, not its own. We remember whether
+ * SIGPIPE was already pending when we started (then any SIGPIPE is the task's: a second one
+ * merges into it) and whether one of our calls got EPIPE.
+ */
+static int sigpipe_pending_at_start;
+static int raised_sigpipe;
+
+static int sigpipe_pending(void) {
+  u64 pending = 0;
+  return sys2(NR_rt_sigpending, &pending, 8) == 0 && ((pending >> (SIGPIPE - 1)) & 1);
+}
+
+static void drop_own_sigpipe(void) {
+  if (!raised_sigpipe || sigpipe_pending_at_start || !sigpipe_pending()) return;
+  u64 set = 1ULL << (SIGPIPE - 1);
+  struct { s64 sec, nsec; } zero = { 0, 0 };
+  sys4(NR_rt_sigtimedwait, &set, 0, &zero, 8);
+}
+
 static void __attribute__((noreturn)) self_cure(struct parasite_ctl *ctl) {
   ctl->state = 2;
+  drop_own_sigpipe();
   sys1(NR_close, ctl->sock);
   while (nr_owned_fds > 0) sys1(NR_close, owned_fds[--nr_owned_fds]);
   if (ctl->scratch_addr) sys2(NR_munmap, ctl->scratch_addr, ctl->scratch_len);
@@ -243,6 +271,8 @@ s64 parasite_daemon(struct parasite_ctl *ctl) {
   char *data = reply_buf + sizeof(struct parasite_rep_hdr);
   int sock = ctl->sock;
   ctl->state = 1;
+  sigpipe_pending_at_start = sigpipe_pending();
+  raised_sigpipe = 0;
   for (;;) {
     s64 n = recv_req(sock, &req, fds, &nfds);
     if (n <= 0) self_cure(ctl);
@@ -341,6 +371,7 @@ s64 parasite_daemon(struct parasite_ctl *ctl) {
     default:
       ret = -38; /* ENOSYS */
     }
+    if (ret == -EPIPE) raised_sigpipe = 1;
     /* fds that came with a request other than RECV_FDS are not wanted: do not leak them. */
     for (int i = 0; i < nfds; i++) sys1(NR_close, fds[i]);
     if (send_rep(sock, req.cmd, ret, len, send_fds, send_nfds) < 0) self_cure(ctl);

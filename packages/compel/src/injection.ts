@@ -10,7 +10,8 @@
  * 1. At seize time, save its registers (PTRACE_GETREGS), XSAVE area and signal mask, and block
  *    every signal (PTRACE_SETSIGMASK): a signal arriving during our call would otherwise be
  *    dequeued into a signal-delivery-stop, and resuming from that stop with signal 0 would drop
- *    it. Blocked signals stay pending and are delivered after cure, in order.
+ *    it. Blocked signals stay pending and are delivered after cure, in order. SIGTRAP alone stays
+ *    unblocked (see SIGSET_REMOTE): the traps that end our calls must not be forced through a mask.
  * 2. Find a `syscall` instruction in the task's own executable memory (the vDSO has them, libc
  *    too) instead of writing one: nothing in the task's memory changes. Executing from any
  *    address that holds the bytes 0f 05 runs a syscall, whatever instruction they belong to.
@@ -74,7 +75,17 @@ export function undoInterruptEintr(regs: UserRegs): UserRegs {
   return infinite ? { ...regs, rax: regs.orig_rax, rip: regs.rip - 2n } : regs;
 }
 
-/** The seized state of one thread. */
+/**
+ * The mask a task runs our calls under: every signal blocked but SIGTRAP. The single-step and int3
+ * traps that end a remote call are forced signals, and forcing a blocked (or ignored) signal makes
+ * the kernel unblock it in the thread's mask and reset its disposition to SIG_DFL for the whole
+ * process (force_sig_info_to_task in kernel/signal.c): a task with a SIGTRAP handler lost it to
+ * every dump. Unblocked, the trap reaches us as a signal-delivery-stop and is never delivered.
+ * (A task that ignores SIGTRAP still gets SIG_DFL back: only calls without traps avoid that.)
+ */
+const SIGSET_REMOTE = SIGSET_ALL & ~(1n << BigInt(SIGNALS.SIGTRAP - 1));
+
+/** The seized state of one thread. *//** The seized state of one thread. */
 export interface SeizedThread {
   readonly tid: Pid;
   /** Signal of the group-stop the thread was in when seized (SIGSTOP...), or 0. */
@@ -136,6 +147,11 @@ export class Injection {
   private readonly ownMappings = new Map<bigint, bigint>();
   private state: 'seized' | 'running-parasite' | 'cured' = 'seized';
   private sigmaskBlocked = false;
+  /**
+   * After each remote call, leave the thread in an interrupt stop with its own registers and mask
+   * (see settleSync). A task we created ourselves (restore) dies with us anyway and skips it.
+   */
+  protected settleBetweenCalls = true;
   /** Called before cure (the parasite uses it to stop itself). */
   private readonly cureHooks: Array<() => void> = [];
 
@@ -264,7 +280,7 @@ export class Injection {
 
   private blockSignals(): void {
     if (this.sigmaskBlocked) return;
-    ptraceSetSigmask(this.worker, SIGSET_ALL);
+    ptraceSetSigmask(this.worker, SIGSET_REMOTE);
     this.sigmaskBlocked = true;
   }
 
@@ -282,6 +298,43 @@ export class Injection {
       return ptraceGetRegs(this.worker);
     } catch (err) {
       throw this.explainEsrch(err, what);
+    }
+  }
+
+  /**
+   * Precondition: `tid` is in the SIGTRAP stop that ended a remote call. Puts `regs` and `mask`
+   * back and moves the thread into an interrupt stop (PTRACE_EVENT_STOP): PTRACE_INTERRUPT marks
+   * the trap, PTRACE_CONT with no signal leaves the SIGTRAP stop, and the thread stops again
+   * inside the kernel (get_signal) before running one instruction of its own.
+   *
+   * Why: a dying tracer's detach (exit_ptrace) neither cancels the signal of a signal-delivery-stop
+   * nor clears the single-step flag, unlike PTRACE_DETACH. A thread left in the SIGTRAP stop of
+   * its last call would get that SIGTRAP, or trap after one instruction, if criu-ts were killed
+   * before cure: the task died. From an interrupt stop it resumes as it was seized, its own
+   * registers, mask and interrupted syscall's restart included. Costs one more stop per call.
+   */
+  private settleSync(tid: Pid, regs: UserRegs, mask: bigint, what: string): void {
+    ptraceSetRegs(tid, regs);
+    ptraceSetSigmask(tid, mask);
+    ptraceInterrupt(tid);
+    ptraceCont(tid, 0);
+    const deadline = Date.now() + this.timeoutMs;
+    for (let spins = 0; ; spins++) {
+      const st = wait4(tid, __WALL | 1 /* WNOHANG */);
+      if (st.kind === 'stopped' && st.event === PTRACE_EVENT.STOP) return;
+      if (st.kind === 'exited' || st.kind === 'signaled') {
+        if (tid === this.worker) this.state = 'cured';
+        throw new CompelError('exited', this.pid, `task died after ${what}`, { status: st });
+      }
+      if (st.kind === 'stopped') {
+        // Not expected (the kernel takes the trap before dequeuing any signal): a signal stop is
+        // queued again for later, never delivered now, and the thread goes on to the trap.
+        if (st.event === 0 && st.signal !== SIGNALS.SIGTRAP) tgkill(this.pid, tid, st.signal);
+        ptraceCont(tid, 0);
+        continue;
+      }
+      if (Date.now() > deadline) throw new CompelError('timeout', this.pid, `thread ${tid} did not stop again after ${what}`);
+      if (spins >= 5000) sleepMs(spins < 6000 ? 0.05 : 1);
     }
   }
 
@@ -381,6 +434,10 @@ export class Injection {
     };
     const name = typeof nameOrNr === 'string' ? nameOrNr : (syscallName(nr) ?? `syscall ${nr}`);
     const after = this.runWorkerSync(regs, 'step', `remote ${name}`);
+    if (this.settleBetweenCalls) {
+      this.settleSync(this.worker, undoInterruptEintr(this.saved.regs), this.saved.sigmask, `remote ${name}`);
+      this.sigmaskBlocked = false;
+    }
     if (after.rip !== gadget + 2n) {
       throw new CompelError('unexpected-stop', this.pid, `remote ${name}: stopped at 0x${after.rip.toString(16)}, expected 0x${(gadget + 2n).toString(16)}`);
     }
@@ -408,7 +465,7 @@ export class Injection {
     const a = args.map((x) => BigInt.asUintN(64, BigInt(x)));
     const savedRegs = ptraceGetRegs(tid);
     const savedMask = ptraceGetSigmask(tid);
-    ptraceSetSigmask(tid, SIGSET_ALL);
+    ptraceSetSigmask(tid, SIGSET_REMOTE);
     try {
       ptraceSetRegs(tid, {
         ...savedRegs,
@@ -421,6 +478,7 @@ export class Injection {
       if (after.rip !== gadget + 2n) {
         throw new CompelError('unexpected-stop', this.pid, `remote ${name} in thread ${tid}: stopped at 0x${after.rip.toString(16)}, expected 0x${(gadget + 2n).toString(16)}`);
       }
+      if (this.settleBetweenCalls) this.settleSync(tid, savedRegs, savedMask, `remote ${name} in thread ${tid}`);
       return BigInt.asIntN(64, after.rax);
     } finally {
       try {
@@ -476,6 +534,10 @@ export class Injection {
       eflags: this.saved.regs.eflags & ~(EFLAGS_TF | EFLAGS_DF),
     };
     const after = this.runWorkerSync(regs, 'cont', `remote call 0x${fn.toString(16)}`);
+    if (this.settleBetweenCalls) {
+      this.settleSync(this.worker, undoInterruptEintr(this.saved.regs), this.saved.sigmask, `remote call 0x${fn.toString(16)}`);
+      this.sigmaskBlocked = false;
+    }
     return BigInt.asIntN(64, after.rax);
   }
 
@@ -495,7 +557,12 @@ export class Injection {
   waitWorkerTrapSync(what: string): UserRegs {
     this.waitTrap(what, 'cont');
     this.state = 'seized';
-    return ptraceGetRegs(this.worker);
+    const regs = ptraceGetRegs(this.worker);
+    if (this.settleBetweenCalls) {
+      this.settleSync(this.worker, undoInterruptEintr(this.saved.regs), this.saved.sigmask, what);
+      this.sigmaskBlocked = false;
+    }
+    return regs;
   }
 
   /** Maps `len` bytes of anonymous memory in the task (removed on cure). */

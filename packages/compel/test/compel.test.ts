@@ -464,6 +464,49 @@ describe('@criu-ts/compel', function () {
   });
 });
 
+describe('@criu-ts/compel: injector killed after a vmsplice met a dead reader', function () {
+  this.timeout(30_000);
+  beforeEach(function () {
+    requireRootAndBinaries(this);
+  });
+  afterEach(() => killAllVictims());
+
+  // The page pipe's reader is the injector: killed mid-dump, the parasite's vmsplice fails with
+  // EPIPE and the kernel raises SIGPIPE in the task (pipe(7)). Blocked while the parasite runs, it
+  // would be delivered the moment the self-cure restores the task's mask, and kill it.
+  it('the victim cures itself and lives, with no SIGPIPE pending', async () => {
+    const v = await Victim.start('busy');
+    await new Promise((r) => setTimeout(r, 50));
+    const injector = spawn(process.execPath, [fileURLToPath(new URL('./injector-child.js', import.meta.url)), String(v.pid), 'epipe'], {
+      stdio: ['ignore', 'pipe', 'inherit'],
+    });
+    try {
+      const line = await new Promise<string>((resolve, reject) => {
+        let out = '';
+        const t = setTimeout(() => reject(new Error(`injector did not report within 10 s: ${out}`)), 10_000);
+        injector.stdout!.on('data', (d: Buffer) => {
+          out += d.toString();
+          const m = /^epipe .*$/m.exec(out);
+          if (m) { clearTimeout(t); resolve(m[0]); }
+        });
+      });
+      expect(line).to.match(/^epipe .*EPIPE/);
+      injector.kill('SIGKILL');
+      const t0 = Date.now();
+      const status = () => readFileSync(`/proc/${v.pid}/status`, 'utf8');
+      while ((hasParasite(v.pid) || !/TracerPid:\s+0\n/.test(status())) && Date.now() - t0 < 1000) await new Promise((r) => setTimeout(r, 10));
+      await new Promise((r) => setTimeout(r, 50));
+      expect(status()).to.match(/State:\s+[RS]/);
+      expect(status()).to.match(/SigPnd:\s+0+\n/);
+      expect(status()).to.match(/ShdPnd:\s+0+\n/);
+    } finally {
+      injector.kill('SIGKILL');
+    }
+    process.kill(v.pid, 'SIGUSR1');
+    expect(await v.waitLine(/^(ok|bad)/)).to.match(/^ok/);
+  });
+});
+
 async function fullInfectionOf(victim: Injected, v: Victim): Promise<void> {
   try {
     expect(Number(victim.syscallSync('getpid'))).to.equal(v.pid);

@@ -1,5 +1,23 @@
 // Named fault points compiled into the normal code paths, for tests and for `criu-ts check
 // --faults`. A fault fires when the caller passes `faultAt: POINT` or the environment has
-// CRIU_TS_FAULT=dump:POINT; the stage then fails as a real error there would.
+// CRIU_TS_FAULT=dump:POINT (restore:POINT); the stage then fails as a real error there would,
+// through the same rollback.
 export const DUMP_FAULT_POINTS = ['after-freeze', 'after-parasite', 'in-pages', 'before-inventory', 'after-images'] as const;
 export type DumpFaultPoint = (typeof DUMP_FAULT_POINTS)[number];
+
+/**
+ * Restore, in the order they are reached:
+ *   after-stub      the stub runs, is seized, and no process of the tree exists yet
+ *   after-create    every process exists with its PID, session and group; zombies are zombies
+ *   after-memory    the first live process has its address space (ghost files exist on disk)
+ *   after-files     ... and its fds, cwd and root
+ *   after-threads   every live process has its threads and task state
+ *   before-release  every process is complete and still stopped, registers not set yet
+ */
+export const RESTORE_FAULT_POINTS = ['after-stub', 'after-create', 'after-memory', 'after-files', 'after-threads', 'before-release'] as const;
+export type RestoreFaultPoint = (typeof RESTORE_FAULT_POINTS)[number];
+
+/** Whether the fault `kind:point` is asked for, by option or by CRIU_TS_FAULT. */
+export function faultRequested(kind: 'dump' | 'restore', point: string, faultAt: string | undefined): boolean {
+  return faultAt === point || process.env.CRIU_TS_FAULT === `${kind}:${point}`;
+}

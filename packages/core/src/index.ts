@@ -5,6 +5,6 @@ export { DumpError } from './errors.js';
 export type { DumpStage } from './errors.js';
 export { fpregsFromXsave, xsaveFromFpregs } from './arch/x86-fpu.js';
 export { restore, restoreSync, RestoreError, type RestoreOptions, type RestoreResult, type RestoreStage } from './restore/index.js';
-export { DUMP_FAULT_POINTS, type DumpFaultPoint } from './fault-points.js';
+export { DUMP_FAULT_POINTS, RESTORE_FAULT_POINTS, type DumpFaultPoint, type RestoreFaultPoint } from './fault-points.js';
 export { stubPath as restoreStubPath } from './restore/stub.js';
 export { dumpRunId, listNetworkLocks, releaseConnectionsOf, releaseNetworkLocks, type ConnectionKey, type ListedLock } from './network-locks.js';

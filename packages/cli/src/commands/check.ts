@@ -5,7 +5,7 @@ import { closeSync, existsSync, openSync, readFileSync, readSync } from 'node:fs
 import { join } from 'node:path';
 import { close, memfdCreate, pipe2, prctl, sock, vmsplice, isSysError } from '@criu-ts/sys';
 import { nativeDir as compelNativeDir } from '@criu-ts/compel';
-import { DUMP_FAULT_POINTS, restoreStubPath } from '@criu-ts/core';
+import { DUMP_FAULT_POINTS, RESTORE_FAULT_POINTS, restoreStubPath } from '@criu-ts/core';
 import { UsageError, type CommandIo } from './command-io.js';
 
 interface Feature {
@@ -144,7 +144,7 @@ Check that this machine has what criu-ts needs, one line per feature.
 
 options:
   --feature NAME   check one feature; exit 0 if present, 1 if not
-  --faults         list the fault-injection points (CRIU_TS_FAULT=dump:POINT)
+  --faults         list the fault-injection points (CRIU_TS_FAULT=dump:POINT or restore:POINT)
   -h, --help       show this help
 
 features: ${FEATURES.map((f) => f.name).join(', ')}
@@ -164,6 +164,7 @@ export function runCheck(argv: string[], io: CommandIo): number {
   }
   if (faults) {
     for (const point of DUMP_FAULT_POINTS) io.write(`dump:${point}\n`);
+    for (const point of RESTORE_FAULT_POINTS) io.write(`restore:${point}\n`);
     return 0;
   }
   if (feature !== undefined) {

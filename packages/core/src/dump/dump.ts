@@ -30,14 +30,15 @@
 // every parasite removed and every frozen task cured (children first), so the tree runs on (or
 // stays stopped) exactly as before; every file this dump wrote is removed.
 import { randomUUID } from 'node:crypto';
-import { existsSync, readdirSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
-import type { Parasite, Victim } from '@criu-ts/compel';
+import { readMaps, type Parasite, type Victim } from '@criu-ts/compel';
 import type { DecodedMessage } from '@criu-ts/images';
 import {
-  __WALL, asFd, asPid, kcmp, kill, close as closeFd, ptraceGetRegs, wait4, WNOHANG, ptraceGetRegset, ptraceGetSigmask, NT, type Fd, type Pid,
+  __WALL, asFd, asPid, asRemoteAddress, kcmp, kill, close as closeFd, ptraceGetRegs, wait4, WNOHANG, ptraceGetRegset, ptraceGetSigmask, NT, type Fd, type Pid,
 } from '@criu-ts/sys';
 import { DumpError, type DumpStage } from '../errors.js';
+import { faultRequested } from '../fault-points.js';
 import { readAuxv, readLink, readStat, readStatus } from '../proc/task-files.js';
 import { readSmaps, type ProcVma } from '../proc/smaps.js';
 import { writeMemfdPages } from './files/memfd.js';
@@ -166,7 +167,7 @@ export function dumpSync(options: DumpOptions): DumpResult {
     throw new DumpError(stage, pidNumber, message, cause === undefined ? {} : { cause });
   };
   const fault = (point: string) => {
-    if (options.faultAt === point || process.env.CRIU_TS_FAULT === `dump:${point}`) fail(`fault injected at ${point}`);
+    if (faultRequested('dump', point, options.faultAt)) fail(`fault injected at ${point}`);
   };
 
   // ---- check-options
@@ -185,6 +186,14 @@ export function dumpSync(options: DumpOptions): DumpResult {
   const rootSid = Number(stat[6]);
   if (!options.shellJob && (rootPgid !== pidNumber || rootSid !== pidNumber)) {
     fail(`process ${pid} is not the leader of its session (${rootSid}) and group (${rootPgid}); dump it with --shell-job`);
+  }
+
+  // A traced task cannot be seized (ptrace(2): EPERM): another dump of it is running, or a
+  // debugger holds it. Said plainly here, before anything is touched; a dump that starts at the
+  // same moment and wins the race makes our seize fail the same way, and freeze reports it.
+  const tracer = tracerOf(pidNumber);
+  if (tracer !== 0) {
+    fail(`process ${pid} is already traced by process ${tracer} (${commOf(tracer)}): another dump of it is in progress, or a debugger is attached`);
   }
 
   const inetOptions = { tcpEstablished: options.tcpEstablished === true, tcpClose: options.tcpClose === true, skipInFlight: options.skipInFlight === true };
@@ -502,6 +511,23 @@ export function dumpSync(options: DumpOptions): DumpResult {
   }
 }
 
+/** TracerPid of /proc/PID/status (0: not traced). */
+function tracerOf(pid: number): number {
+  try {
+    return Number(/^TracerPid:\s*(\d+)/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? 0);
+  } catch {
+    return 0;
+  }
+}
+
+function commOf(pid: number): string {
+  try {
+    return readFileSync(`/proc/${pid}/comm`, 'utf8').trim();
+  } catch {
+    return 'gone';
+  }
+}
+
 /**
  * The parts of run `r` (pages of `object` found in one task) whose object offsets are not in
  * `seen` yet; marks them seen.
@@ -535,7 +561,13 @@ function threadSnapshots(victim: Victim, pid: Pid, stopped: boolean): TaskSnapsh
   if (tids[0] !== pid) {
     throw new Error(`the thread group leader ${pid} is gone (a zombie leader with live threads is not supported yet)`);
   }
-  const scratch = victim.mapSync(4096);
+  // The answers need 64 writable bytes. Below the worker's red zone (128 bytes under its stack
+  // pointer, which the x86_64 ABI leaves to signal frames: nothing live is there) they cost no
+  // mapping, so a dumper killed meanwhile leaves none behind; a page is mapped only when that
+  // stack has no room.
+  const below = (victim.saved.regs.rsp - 128n - 256n) & ~63n;
+  const onStack = readMaps(pid).some((v) => v.start <= below && victim.saved.regs.rsp <= v.end && v.perms.startsWith('rw'));
+  const scratch = onStack ? asRemoteAddress(below) : victim.mapSync(4096);
   try {
     return tids.map((tid) => {
       const own = collectThreadOwnState(victim, tid, scratch);
@@ -548,7 +580,7 @@ function threadSnapshots(victim: Victim, pid: Pid, stopped: boolean): TaskSnapsh
       };
     });
   } finally {
-    victim.unmapSync(scratch);
+    if (!onStack) victim.unmapSync(scratch);
   }
 }
 

@@ -84,6 +84,10 @@ export function freezeTree(root: Pid, tasks: TreeTask[], timeoutMs: number): voi
           return;
         }
       }
+      const tracer = error instanceof CompelError && error.kind === 'permission' ? Number(error.evidence?.tracerPid ?? 0) : 0;
+      if (tracer !== 0) {
+        throw new Error(`process ${pid} is traced by process ${tracer}: another dump of it is in progress, or a debugger is attached (${error instanceof Error ? error.message : String(error)})`, { cause: error });
+      }
       throw error;
     }
     // Frozen: its group, session and name cannot change any more.

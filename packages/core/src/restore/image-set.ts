@@ -299,6 +299,8 @@ function regFile(m: Msg): RegFile {
 }
 
 const hex = (v: bigint): string => `0x${v.toString(16)}`;
+const MAP_SHARED_FLAG = 0x1;
+const MAP_PRIVATE_FLAG = 0x2;
 
 /** User address space limit on x86_64 with 4-level paging (TASK_SIZE_MAX = 2^47 - one page). */
 export const TASK_SIZE = (1n << 47n) - BigInt(PAGE_SIZE);
@@ -345,6 +347,7 @@ export function readTreeImageSet(dir: string, options: { shellJob?: boolean; tcp
   const inTree = pstree.length > 1;
   const seen = new Map<number, Msg>();
   const tasks: TreeTaskImages[] = [];
+  const envChecks: Array<() => void> = [];
   for (const [i, entry] of pstree.entries()) {
     const pid = Number(entry.pid);
     const ppid = Number(entry.ppid);
@@ -361,11 +364,12 @@ export function readTreeImageSet(dir: string, options: { shellJob?: boolean; tcp
     }
     // A dump made with --tcp-close says so in the inventory: its connections have no state to restore.
     const inet = { tcpEstablished: options.tcpEstablished === true, tcpClose: options.tcpClose === true || inventory.tcp_close === true };
-    tasks.push({ ...head, set: readProcess(dir, inventory, files, ghosts, entry, { shellJob: options.shellJob === true, root: i === 0, inTree, inet }, seccompFilters) });
+    tasks.push({ ...head, set: readProcess(dir, inventory, files, ghosts, entry, { shellJob: options.shellJob === true, root: i === 0, inTree, inet }, seccompFilters, envChecks) });
   }
   for (const t of tasks) {
     if (t.zombie && tasks.some((c) => c.ppid === t.pid)) invalid(`pstree.img: zombie ${t.pid} has children`, { pid: t.pid });
   }
+  for (const check of envChecks) check();
   return { dir, tasks };
 }
 
@@ -380,6 +384,7 @@ export function readImageSet(dir: string, options: { shellJob?: boolean } = {}):
 function readProcess(
   dir: string, inventory: Msg, files: ReadonlyMap<number, Msg>, ghosts: ReadonlyMap<number, GhostFile>, task: Msg,
   options: { shellJob: boolean; root: boolean; inTree: boolean; inet?: { tcpEstablished: boolean; tcpClose: boolean } }, seccompFilters: readonly Msg[],
+  envChecks: Array<() => void>,
 ): ImageSet {
   const pid = Number(task.pid);
   const threads = (task.threads as number[]).map(Number);
@@ -415,7 +420,11 @@ function readProcess(
 
   const mm = one(dir, `mm-${pid}.img`);
   const exe = reg(Number(mm.exe_file_id), `mm-${pid}.img exe_file_id`);
-  if (!exe.ghost && !existsSync(exe.name)) invalid(`the executable ${exe.name} no longer exists`, { path: exe.name });
+  // Whether files still exist is this machine's business, not the images': checked once every
+  // image is known to be consistent, so that a damaged set is reported as such first.
+  if (!exe.ghost) envChecks.push(() => {
+    if (!existsSync(exe.name)) invalid(`mm-${pid}.img exe_file_id ${mm.exe_file_id}: the executable ${exe.name} no longer exists`, { file: join(dir, `mm-${pid}.img`), field: 'exe_file_id', path: exe.name });
+  });
   const vmas: VmaImage[] = [];
   let prevEnd = 0n;
   for (const [i, v] of (mm.vmas as Msg[]).entries()) {
@@ -429,11 +438,23 @@ function readProcess(
     prevEnd = end;
     if (status & VMA.UNSUPP) invalid(`${where}: CRIU marked this mapping unsupported`);
     if (status & (VMA.MEMFD | VMA.SYSVIPC | VMA.SOCKET | VMA.AIORING | VMA.SHSTK | VMA.UPROBES)) invalid(`${where}: mapping kind (status 0x${status.toString(16)}) not supported yet`, { status });
+    // Status and mmap flags must agree on sharing: a private mapping made MAP_SHARED would send
+    // the process's writes (to a library's data, say) into the file on disk.
+    const flags = Number(v.flags);
+    const sharedFlag = (flags & MAP_SHARED_FLAG) !== 0;
+    const sharedStatus = (status & (VMA.FILE_SHARED | VMA.ANON_SHARED)) !== 0;
+    const privateStatus = (status & (VMA.FILE_PRIVATE | VMA.ANON_PRIVATE)) !== 0;
+    if (sharedStatus === privateStatus || sharedFlag !== sharedStatus || ((flags & MAP_PRIVATE_FLAG) !== 0) === sharedFlag) {
+      invalid(`${where}: flags 0x${flags.toString(16)} and status 0x${status.toString(16)} disagree on whether the mapping is shared or private`, { file: join(dir, `mm-${pid}.img`), field: `vmas[${i}].flags`, flags, status });
+    }
 
     let file: RegFile | undefined;
     if (status & (VMA.FILE_PRIVATE | VMA.FILE_SHARED)) {
       file = reg(Number(v.shmid), where);
-      if (!file.ghost && !existsSync(file.name)) invalid(`${where} maps ${file.name}, which no longer exists`, { path: file.name });
+      const mappedFile = file;
+      if (!file.ghost) envChecks.push(() => {
+        if (!existsSync(mappedFile.name)) invalid(`${where} maps ${mappedFile.name}, which no longer exists`, { file: join(dir, `mm-${pid}.img`), path: mappedFile.name });
+      });
     }
     vmas.push({
       start, end, pgoff: BigInt(v.pgoff), shmid: BigInt(v.shmid), prot: Number(v.prot), flags: Number(v.flags), status,
@@ -464,6 +485,12 @@ function readProcess(
       let covered = run.vaddr;
       for (const v of vmas) if (v.start <= covered && covered < v.end) covered = v.end < runEnd ? v.end : runEnd;
       if (covered < runEnd) invalid(`${pagemapPath}: pages ${hex(run.vaddr)}-${hex(runEnd)} lie outside every dumped VMA`, { vaddr: hex(run.vaddr) });
+      // Pages of a shared file mapping belong to the file and are never written by restore; a
+      // run only partly in one would be written there (fillPages looks at where a run starts).
+      const inShared = vmas.filter((v) => (v.flags & MAP_SHARED_FLAG) && v.start < runEnd && run.vaddr < v.end);
+      if (inShared.length > 0 && !inShared.some((v) => v.start <= run.vaddr && runEnd <= v.end)) {
+        invalid(`${pagemapPath}: pages ${hex(run.vaddr)}-${hex(runEnd)} lie partly in the shared mapping at ${hex(inShared[0]!.start)}`, { file: pagemapPath, vaddr: hex(run.vaddr) });
+      }
       if ((run.flags & PE_PRESENT) && run.pages) runs.push({ vaddr: run.vaddr, nrPages: run.nrPages, offset: run.pages.offset });
     }
   } catch (err) {

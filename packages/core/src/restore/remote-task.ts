@@ -29,6 +29,8 @@ const SCRATCH_OFFSET = 64; // the gadget is 3 bytes; keep arguments 64-byte alig
  * born traced). Precondition for every method: the task is in a ptrace-stop.
  */
 export class RestoreTask extends Injection {
+  // A task we create dies with criu-ts (EXITKILL, death-guard.ts): no settling between calls.
+  protected override settleBetweenCalls = false;
   private ownGadget: Gadgets | null = null;
   private control: RemoteAddress | null = null;
 

@@ -32,7 +32,7 @@
 // locks it added are lifted (those the dump left stay, for another attempt).
 import { readFileSync, writeFileSync } from 'node:fs';
 import { __WALL, kill, ptraceDetach, SIGNALS, wait4, WNOHANG, asPid, type Pid } from '@criu-ts/sys';
-import { atStage, RestoreError } from './errors.js';
+import { atStage, RestoreError, type RestoreStage } from './errors.js';
 import { checkPidFree, readTreeImageSet, TASK_SIZE, type ThreadImage, type TreeTaskImages } from './image-set.js';
 import { fillPages, pagesBytesOf, mapVdso, mapVmas, protectVmas, remote, setMmFields, unmapAllButControl, type SharedMemorySource } from './memory.js';
 import { restoreFiles, restoreFs, SharedFiles } from './files.js';
@@ -45,6 +45,9 @@ import { restoreThreads } from './threads.js';
 import { restorePosixTimers } from './posix-timers.js';
 import { restoreTaskSecurity } from './task-security.js';
 import { cloneProcess, exitAsZombie, planTree, restoreGroups, restoreSessionLeader, type Helper, type ProcessIds } from './tree.js';
+import { armDeathGuard, restoreDumpedPdeathSignal } from './death-guard.js';
+import { imagePermissionWarnings } from './image-permissions.js';
+import { faultRequested } from '../fault-points.js';
 
 export interface RestoreOptions {
   /** The directory with the images (criu -D). */
@@ -69,6 +72,8 @@ export interface RestoreOptions {
   tcpEstablished?: boolean;
   /** Give the task closed sockets in place of its established TCP connections (criu's --tcp-close). */
   tcpClose?: boolean;
+  /** Test hook: fail at the named point (fault injection, see RESTORE_FAULT_POINTS). */
+  faultAt?: string;
 }
 
 export interface RestoreResult {
@@ -135,6 +140,10 @@ export function restoreSync(options: RestoreOptions): { pid: number; pids: numbe
   const detached = options.detached === true;
   const shellJob = options.shellJob === true;
   const timeoutMs = options.timeoutMs ?? 10_000;
+  const fault = (point: string, stage: RestoreStage) => {
+    if (faultRequested('restore', point, options.faultAt)) throw new RestoreError(stage, `fault injected at ${point}`, { fault: point });
+  };
+  const permissionWarnings = imagePermissionWarnings(options.imagesDir);
   const tree = readTreeImageSet(options.imagesDir, { shellJob, tcpEstablished: options.tcpEstablished === true, tcpClose: options.tcpClose === true });
   const plan = planTree(tree, shellJob);
   for (const t of tree.tasks) {
@@ -144,7 +153,7 @@ export function restoreSync(options: RestoreOptions): { pid: number; pids: numbe
   for (const h of plan.helpers) checkPidFree(h.pid);
   const root = tree.tasks[0]!;
   const t1 = performance.now();
-  const warnings: string[] = [];
+  const warnings: string[] = [...permissionWarnings];
   let stub: Stub | undefined;
   let rootPid: Pid | undefined;
   let made: MadeProcess[] = [];
@@ -159,6 +168,7 @@ export function restoreSync(options: RestoreOptions): { pid: number; pids: numbe
     atStage('network-lock', 'locking the TCP connections of the images', () => inet.lock());
     // ---- every process, with its PID, parent and session (tree.ts)
     stub = Stub.startSync({ shellJob, timeoutMs });
+    fault('after-stub', 'spawn-stub');
     const cloned = stub.cloneWithPidSync(root.pid, { parentIsCaller: !detached, timeoutMs });
     rootPid = cloned.pid;
     // The new task is traced by us, not by the stub: the stub has done its job.
@@ -166,6 +176,8 @@ export function restoreSync(options: RestoreOptions): { pid: number; pids: numbe
     stub = undefined;
     const rootTask = atStage('clone', 'adopting the new task', () => RestoreTask.adopt(cloned.pid, cloned.gadget, timeoutMs));
     made.push({ images: root, task: rootTask });
+    // Detached, the root's parent is the stub, killed above: only EXITKILL guards it (death-guard.ts).
+    if (!detached) armDeathGuard(rootTask);
     // One control area for the whole tree: every process is a copy of the root until it
     // unmaps the stub, so the area must be free in each dumped layout as well.
     const busy = [...rootTask.currentMaps(), ...tree.tasks.flatMap((t) => t.set?.vmas ?? [])];
@@ -177,6 +189,7 @@ export function restoreSync(options: RestoreOptions): { pid: number; pids: numbe
       const known = byPid.get(helper.pid);
       if (known) return known;
       const task = cloneProcess(byPid.get(helper.parent)!.task, helper.pid);
+      armDeathGuard(task);
       const m: MadeProcess = { images: { pid: helper.pid, pgid: helper.pid, sid: helper.kind === 'session' ? helper.pid : helper.sid }, task, helper };
       made.push(m);
       byPid.set(helper.pid, m);
@@ -191,6 +204,7 @@ export function restoreSync(options: RestoreOptions): { pid: number; pids: numbe
         const task = via === undefined
           ? cloneProcess(byPid.get(images.ppid)!.task, images.pid)
           : cloneProcess(makeHelper(helpers.get(via)!).task, images.pid, { asSibling: true });
+        armDeathGuard(task);
         current = { images, task };
         made.push(current);
         byPid.set(images.pid, current);
@@ -210,6 +224,7 @@ export function restoreSync(options: RestoreOptions): { pid: number; pids: numbe
     }
     made = made.filter((m) => !m.helper);
     t2 = performance.now();
+    fault('after-create', 'clone');
 
     // ---- every live process's own state, as a single process is restored
     const sources = new Map<bigint, SharedMemorySource>();
@@ -238,6 +253,7 @@ export function restoreSync(options: RestoreOptions): { pid: number; pids: numbe
       atStage('protect', 'setting protections', () => protectVmas(t, mapped));
       atStage('mm-fields', 'PR_SET_MM_MAP', () => setMmFields(t, set, pathOf));
       memoryMs += performance.now() - m0;
+      fault('after-memory', 'fill-pages');
       // Later processes that map these objects map them from here.
       for (const object of set.shmem) {
         if (sources.has(object.shmid)) continue;
@@ -257,6 +273,7 @@ export function restoreSync(options: RestoreOptions): { pid: number; pids: numbe
       ghosts.removeAll();
       ghosts = undefined;
       atStage('fs', 'restoring cwd/root/umask', () => restoreFs(t, set));
+      fault('after-files', 'files');
       atStage('rlimits', 'restoring rlimits', () => restoreRlimits(t, set, warnings));
       atStage('timers', 'restoring itimers', () => restoreTimers(t, set));
       atStage('task-misc', 'restoring task attributes', () => restoreTaskMisc(t, set, warnings));
@@ -265,25 +282,35 @@ export function restoreSync(options: RestoreOptions): { pid: number; pids: numbe
       threadsOf.set(m, threads);
       atStage('timers', 'restoring POSIX timers', () => restorePosixTimers(t, set));
       atStage('creds', 'restoring scheduling, credentials and seccomp', () => restoreTaskSecurity(t, set, threads, warnings));
+      // Task state may have put the dumped pdeath signal in place, and new credentials clear it.
+      if (m !== made[0] || !detached) armDeathGuard(t);
     }
     t3 = t2 + memoryMs;
+    fault('after-threads', 'threads');
 
-    // ---- release: children before parents, so no parent runs while a child is still ours.
-    // Connections leave repair mode first (a task must not write to a socket in repair mode);
-    // the peers' packets stay locked out until every task runs.
+    fault('before-release', 'release');
+    // ---- release: every process made ready while all are still stopped and ours (a failure
+    // here still kills them all), then all detached in one loop, children before parents, so no
+    // parent runs while a child is still ours. Connections leave repair mode first (a task must
+    // not write to a socket in repair mode); the peers' packets stay locked out until every task
+    // runs.
     atStage('release', 'taking the TCP connections out of repair mode', () => inet.resumeAll());
-    for (const m of [...live].reverse()) {
+    const releaseOrder = [...live].reverse();
+    for (const m of releaseOrder) {
       const t = m.task;
       const threads = threadsOf.get(m) ?? [];
+      restoreDumpedPdeathSignal(t, m.images.set!.core);
       // Last remote call, run from the control area itself (see remote-task.ts).
       remote(t, 'release', 'unmapping the control area', 'munmap', ctrl, CONTROL_SIZE);
       for (const th of threads) setThreadRegisters(th.tid, th.image.core);
       setThreadRegisters(t.pid, m.images.set!.core, (m.images.set!.core.tc as Record<string, unknown>).blk_sigset);
-      atStage('release', 'PTRACE_DETACH', () => {
-        for (const th of threads) ptraceDetach(th.tid, 0);
-        ptraceDetach(t.pid, 0);
-      });
     }
+    atStage('release', 'PTRACE_DETACH', () => {
+      for (const m of releaseOrder) {
+        for (const th of threadsOf.get(m) ?? []) ptraceDetach(th.tid, 0);
+        ptraceDetach(m.task.pid, 0);
+      }
+    });
     atStage('release', 'lifting the network lock', () => inet.unlock());
   } catch (err) {
     sharedFiles?.close();
