@@ -19,12 +19,21 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import {
   __WALL, asPid, asRemoteAddress, kill, ptraceGetEventMsg, ptraceGetRegs, ptraceSetOptions, ptraceSetRegs,
-  ptraceSingleStep, PTRACE_EVENT, PTRACE_O, SIGNALS, SysError, syscallNumber, wait4, type Pid, type RemoteAddress,
+  ptraceSingleStep, PTRACE_EVENT, PTRACE_O, SIGNALS, SysError, syscallNumber, wait4, WNOHANG, type Pid, type RemoteAddress,
 } from '@criu-ts/sys';
 import { nativeDir, prepareSync, type Injection } from '@criu-ts/compel';
 import { RestoreError } from './errors.js';
 
 const sleepCell = new Int32Array(new SharedArrayBuffer(4));
+function stubState(pid: number): string | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
+  } catch {
+    return undefined;
+  }
+}
+
 export function sleepMs(ms: number): void {
   Atomics.wait(sleepCell, 0, 0, ms);
 }
@@ -180,6 +189,20 @@ export class Stub {
     if (this.killed) return;
     this.killed = true;
     try { this.injection.cureSync(); } catch { /* being killed anyway */ }
-    try { kill(this.pid, SIGNALS.SIGKILL); } catch { /* gone */ }
+    try { kill(this.pid, SIGNALS.SIGKILL); } catch { return; /* gone */ }
+    // SIGKILL is delivered asynchronously: wait (bounded) until the stub is really dead, and
+    // reap it when it is ours, so that whoever looks right after sees no stub.
+    const deadline = Date.now() + 2000;
+    while (Date.now() < deadline) {
+      try {
+        const st = wait4(this.pid, __WALL | WNOHANG);
+        if (st.kind === 'exited' || st.kind === 'signaled') return;
+      } catch {
+        // Not ours to reap (ECHILD): dead once /proc shows it a zombie or not at all.
+        const state = stubState(this.pid);
+        if (state === undefined || state === 'Z' || state === 'X') return;
+      }
+      sleepMs(1);
+    }
   }
 }
