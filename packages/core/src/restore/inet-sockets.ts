@@ -8,7 +8,7 @@
 // is in the right one; its owner is criu-ts's user (root), as the process is at this point.
 //
 // How each shape comes back:
-//   listener               socket, IPV6_V6ONLY, SO_REUSEADDR on for the bind (connections of the
+//   listener               socket, IPV6_OPT.V6ONLY, SO_REUSEADDR on for the bind (connections of the
 //                          old process may still hold the port in TIME_WAIT), options, bind,
 //                          listen(backlog); then SO_REUSEADDR as dumped
 //   established TCP        soccr restore() in repair mode: bound, connected without a handshake,
@@ -29,7 +29,7 @@
 // locked stays locked for the next restore attempt.
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { listen as listenFd, SO, SOL_SOCKET, sock, type Fd } from '@criu-ts/sys';
+import { listen as listenFd, SO, SOL_SOCKET, sock, type Fd, IPPROTO, SOL, IP_OPT, IPV6_OPT, TCP_OPT } from '@criu-ts/sys';
 import {
   decodeTcpStreamImage, fromImageForm, sendCraftedDatagrams, listLocksSync, lockHeldSync, resume, restore as restoreConnection, SoccrError, SUPPORTED_STATES, TcpState,
   tcpStateName, unlockHeldSync, wireKey, keyText, type ConnectionKey, type InetAddress, type LockBackend, type TcpConnectionState,
@@ -43,25 +43,6 @@ const AF_INET = 2;
 const AF_INET6 = 10;
 const SOCK_STREAM = 1;
 const SOCK_DGRAM = 2;
-const IPPROTO_TCP = 6;
-const IPPROTO_UDP = 17;
-const SOL_IP = 0;
-const SOL_IPV6 = 41;
-const SOL_TCP = 6;
-const IP_TOS = 1;
-const IP_TTL = 2;
-const IP_PKTINFO = 8;
-const IP_FREEBIND = 15;
-const IPV6_UNICAST_HOPS = 16;
-const IPV6_V6ONLY = 26;
-const IPV6_RECVPKTINFO = 49;
-const IPV6_TCLASS = 67;
-const IPV6_FREEBIND = 78;
-const TCP_NODELAY = 1;
-const TCP_CORK = 3;
-const TCP_KEEPIDLE = 4;
-const TCP_KEEPINTVL = 5;
-const TCP_KEEPCNT = 6;
 
 export interface InetSocketImage {
   readonly id: number;
@@ -122,7 +103,7 @@ export interface InetRestoreOptions {
 const fmt = (a: InetAddress): string => (a.family === 6 ? `[${a.address}]:${a.port}` : `${a.address}:${a.port}`);
 
 export function describeInetSocket(s: InetSocketImage): string {
-  const proto = s.proto === IPPROTO_TCP ? 'TCP' : 'UDP';
+  const proto = s.proto === IPPROTO.TCP ? 'TCP' : 'UDP';
   return `${proto} socket id ${s.id} (socket:[${s.ino}] ${fmt(s.local)}${s.remote ? ` -> ${fmt(s.remote)}` : ''}, ${tcpStateName(s.state)})`;
 }
 
@@ -142,8 +123,8 @@ export function readInetSocket(id: number, isk: Msg, dir: string, where: string,
   const state = Number(isk.state);
   const ino = Number(isk.ino);
   if (family !== AF_INET && family !== AF_INET6) invalid(`${where}: inet socket family ${family} is neither AF_INET nor AF_INET6`, { family });
-  const tcp = type === SOCK_STREAM && proto === IPPROTO_TCP;
-  const udp = type === SOCK_DGRAM && proto === IPPROTO_UDP;
+  const tcp = type === SOCK_STREAM && proto === IPPROTO.TCP;
+  const udp = type === SOCK_DGRAM && proto === IPPROTO.UDP;
   if (!tcp && !udp) invalid(`${where}: inet socket of type ${type} and protocol ${proto} (only TCP and UDP sockets are restored)`, { type, proto });
   const fam: 4 | 6 = family === AF_INET ? 4 : 6;
   const srcPort = Number(isk.src_port);
@@ -244,7 +225,7 @@ export class InetSockets {
     const family = s.family === AF_INET ? sock.AF_INET : sock.AF_INET6;
     const fd = step('socket', () => sock.socket(family, s.type | sock.SOCK_CLOEXEC, s.proto));
     try {
-      if (s.family === AF_INET6) step('IPV6_V6ONLY', () => sock.setsockoptInt(fd, SOL_IPV6, IPV6_V6ONLY, s.v6only ? 1 : 0));
+      if (s.family === AF_INET6) step('IPV6_OPT.V6ONLY', () => sock.setsockoptInt(fd, SOL.IPV6, IPV6_OPT.V6ONLY, s.v6only ? 1 : 0));
       step('setting its options', () => setOptions(fd, s, { reuseaddr: true }));
       const bound = s.local.port !== 0 || !/^(0\.0\.0\.0|::)$/.test(s.local.address);
       if (s.how === 'listen' || (bound && s.how !== 'closed-connection')) {
@@ -352,20 +333,20 @@ function setOptions(fd: number, s: InetSocketImage, which: { reuseaddr: boolean 
   }
   const v4 = s.family === AF_INET;
   const ip = s.ipOpts;
-  const level = v4 ? SOL_IP : SOL_IPV6;
-  if (ip.freebind === true) set(level, v4 ? IP_FREEBIND : IPV6_FREEBIND, 1, 'FREEBIND');
-  if (ip.pktinfo === true) set(level, v4 ? IP_PKTINFO : IPV6_RECVPKTINFO, 1, 'PKTINFO');
-  if (Number(ip.tos ?? 0) > 0) set(level, v4 ? IP_TOS : IPV6_TCLASS, Number(ip.tos), 'TOS');
-  if (Number(ip.ttl ?? 0) > 0 && currentInt(fd, level, v4 ? IP_TTL : IPV6_UNICAST_HOPS) !== Number(ip.ttl)) set(level, v4 ? IP_TTL : IPV6_UNICAST_HOPS, Number(ip.ttl), 'TTL');
-  if (s.proto === IPPROTO_TCP) {
+  const level = v4 ? SOL.IP : SOL.IPV6;
+  if (ip.freebind === true) set(level, v4 ? IP_OPT.FREEBIND : IPV6_OPT.FREEBIND, 1, 'FREEBIND');
+  if (ip.pktinfo === true) set(level, v4 ? IP_OPT.PKTINFO : IPV6_OPT.RECVPKTINFO, 1, 'PKTINFO');
+  if (Number(ip.tos ?? 0) > 0) set(level, v4 ? IP_OPT.TOS : IPV6_OPT.TCLASS, Number(ip.tos), 'TOS');
+  if (Number(ip.ttl ?? 0) > 0 && currentInt(fd, level, v4 ? IP_OPT.TTL : IPV6_OPT.UNICAST_HOPS) !== Number(ip.ttl)) set(level, v4 ? IP_OPT.TTL : IPV6_OPT.UNICAST_HOPS, Number(ip.ttl), 'TTL');
+  if (s.proto === IPPROTO.TCP) {
     const t = s.tcpOpts;
-    if (t.keepcnt !== undefined) set(SOL_TCP, TCP_KEEPCNT, Number(t.keepcnt), 'TCP_KEEPCNT');
-    if (t.keepidle !== undefined) set(SOL_TCP, TCP_KEEPIDLE, Number(t.keepidle), 'TCP_KEEPIDLE');
-    if (t.keepintvl !== undefined) set(SOL_TCP, TCP_KEEPINTVL, Number(t.keepintvl), 'TCP_KEEPINTVL');
+    if (t.keepcnt !== undefined) set(SOL.TCP, TCP_OPT.KEEPCNT, Number(t.keepcnt), 'TCP_OPT.KEEPCNT');
+    if (t.keepidle !== undefined) set(SOL.TCP, TCP_OPT.KEEPIDLE, Number(t.keepidle), 'TCP_OPT.KEEPIDLE');
+    if (t.keepintvl !== undefined) set(SOL.TCP, TCP_OPT.KEEPINTVL, Number(t.keepintvl), 'TCP_OPT.KEEPINTVL');
     // A repaired connection has these from its saved state already.
     if (s.how !== 'connection') {
-      if (t.nodelay === true) set(SOL_TCP, TCP_NODELAY, 1, 'TCP_NODELAY');
-      if (t.cork === true) set(SOL_TCP, TCP_CORK, 1, 'TCP_CORK');
+      if (t.nodelay === true) set(SOL.TCP, TCP_OPT.NODELAY, 1, 'TCP_OPT.NODELAY');
+      if (t.cork === true) set(SOL.TCP, TCP_OPT.CORK, 1, 'TCP_OPT.CORK');
     }
   }
 }

@@ -31,7 +31,7 @@
 // accept queue unless --skip-in-flight (they are then left behind, as criu leaves them).
 import { readlinkSync } from 'node:fs';
 import type { DecodedMessage } from '@criu-ts/images';
-import { close, getsockopt, inetDiagDump, isSysError, MSG, pidfdGetfd, pidfdOpen, setsockopt, SO, SOL_SOCKET, sock, SockDiagError, type Fd, type InetDiagSocket, type Pid } from '@criu-ts/sys';
+import { close, getsockopt, inetDiagDump, isSysError, MSG, pidfdGetfd, pidfdOpen, setsockopt, SO, SOL_SOCKET, sock, SockDiagError, type Fd, type InetDiagSocket, type Pid, IPPROTO, SOL, IP_OPT, IPV6_OPT, TCP_OPT } from '@criu-ts/sys';
 import { pause, resume, save, SUPPORTED_STATES, tcpStateName, TcpState, toImageForm, wireKey, type ConnectionKey, type InetAddress } from '@criu-ts/soccr';
 import { socketOptions } from './unix-sockets.js';
 
@@ -43,25 +43,6 @@ const AF_PACKET = 17;
 const SOCK_STREAM = 1;
 const SOCK_DGRAM = 2;
 const SOCK_RAW = 3;
-const IPPROTO_TCP = 6;
-const IPPROTO_UDP = 17;
-const SOL_IP = 0;
-const SOL_IPV6 = 41;
-const SOL_TCP = 6;
-const IP_TOS = 1;
-const IP_TTL = 2;
-const IP_PKTINFO = 8;
-const IP_FREEBIND = 15;
-const IPV6_UNICAST_HOPS = 16;
-const IPV6_V6ONLY = 26;
-const IPV6_RECVPKTINFO = 49;
-const IPV6_TCLASS = 67;
-const IPV6_FREEBIND = 78;
-const TCP_NODELAY = 1;
-const TCP_CORK = 3;
-const TCP_KEEPIDLE = 4;
-const TCP_KEEPINTVL = 5;
-const TCP_KEEPCNT = 6;
 /** ids-N.img numbers the task's namespaces in CRIU's order (dump.ts): net is the second. */
 const NET_NS_ID = 2;
 
@@ -106,8 +87,8 @@ const TYPE_NAMES: Record<number, string> = { 1: 'SOCK_STREAM', 2: 'SOCK_DGRAM', 
 export function describeSocketKind(k: SocketKind): string {
   const ip = k.domain === AF_INET ? 'IPv4' : 'IPv6';
   if (k.domain === AF_INET || k.domain === AF_INET6) {
-    if (k.type === SOCK_STREAM && k.protocol === IPPROTO_TCP) return `TCP/${ip}`;
-    if (k.type === SOCK_DGRAM && k.protocol === IPPROTO_UDP) return `UDP/${ip}`;
+    if (k.type === SOCK_STREAM && k.protocol === IPPROTO.TCP) return `TCP/${ip}`;
+    if (k.type === SOCK_DGRAM && k.protocol === IPPROTO.UDP) return `UDP/${ip}`;
     if (k.type === SOCK_RAW) return `raw ${ip} socket (protocol ${k.protocol})`;
     return `${ip} ${TYPE_NAMES[k.type] ?? `type ${k.type}`} socket (protocol ${k.protocol})`;
   }
@@ -119,7 +100,7 @@ export function describeSocketKind(k: SocketKind): string {
 /** Why a socket of this kind cannot be dumped, or undefined when it can (TCP and UDP over IPv4/IPv6). */
 export function unsupportedSocketReason(k: SocketKind): string | undefined {
   if (k.domain === AF_INET || k.domain === AF_INET6) {
-    if ((k.type === SOCK_STREAM && k.protocol === IPPROTO_TCP) || (k.type === SOCK_DGRAM && k.protocol === IPPROTO_UDP)) return undefined;
+    if ((k.type === SOCK_STREAM && k.protocol === IPPROTO.TCP) || (k.type === SOCK_DGRAM && k.protocol === IPPROTO.UDP)) return undefined;
     return 'sockets of this kind cannot be dumped yet (TCP and UDP ones can)';
   }
   return 'sockets of this kind cannot be dumped yet (unix, TCP and UDP ones can)';
@@ -153,7 +134,7 @@ export function precheckInetSocket(dup: Fd, fd: number, ino: number, opts: InetD
   const reason = unsupportedSocketReason(kind);
   const what = describeSocketKind(kind);
   if (reason) return new InetSocketRefused(fd, ino, what, reason);
-  if (kind.protocol !== IPPROTO_TCP) return undefined;
+  if (kind.protocol !== IPPROTO.TCP) return undefined;
   const state = tcpState(dup);
   if (!isConnectedTcp(state)) return undefined;
   const local = sock.getsockname(dup as number);
@@ -224,7 +205,7 @@ export class InetSocketDumper {
         if (!link.startsWith('socket:')) continue;
         const dup = this.dupOf(t.pid, fd);
         const kind = socketKindOf(dup);
-        if ((kind.domain !== AF_INET && kind.domain !== AF_INET6) || kind.protocol !== IPPROTO_TCP) continue;
+        if ((kind.domain !== AF_INET && kind.domain !== AF_INET6) || kind.protocol !== IPPROTO.TCP) continue;
         if (!SUPPORTED_STATES.has(tcpState(dup))) continue;
         const remote = peerOf(dup);
         if (!remote) continue;
@@ -262,7 +243,7 @@ export class InetSocketDumper {
     };
     const unsupported = unsupportedSocketReason(kind);
     if (unsupported) refuse(unsupported);
-    const tcp = kind.protocol === IPPROTO_TCP;
+    const tcp = kind.protocol === IPPROTO.TCP;
     const local = sock.getsockname(dup as number);
     const remote = peerOf(dup);
     const state = tcp ? tcpState(dup) : remote ? TcpState.ESTABLISHED : TcpState.CLOSE;
@@ -302,7 +283,7 @@ export class InetSocketDumper {
       src_addr: addressWords(local), dst_addr: remote ? addressWords(remote) : kind.domain === AF_INET ? [0] : [0, 0, 0, 0],
       opts,
     };
-    if (kind.domain === AF_INET6) entry.v6only = diag?.v6only ?? getsockopt(dup, SOL_IPV6, IPV6_V6ONLY).readInt32LE(0) !== 0;
+    if (kind.domain === AF_INET6) entry.v6only = diag?.v6only ?? getsockopt(dup, SOL.IPV6, IPV6_OPT.V6ONLY).readInt32LE(0) !== 0;
     entry.ip_opts = ipOpts;
     entry.ns_id = NET_NS_ID;
     const shutdown = diag?.shutdown ?? 0;
@@ -389,26 +370,26 @@ function inetSocketOptions(dup: Fd): DecodedMessage {
 /** ip_opts_entry: TTL (or IPv6 hop limit) always, TOS/traffic class, FREEBIND and PKTINFO when set. */
 function ipOptions(dup: Fd, family: number): DecodedMessage {
   const v4 = family === AF_INET;
-  const level = v4 ? SOL_IP : SOL_IPV6;
+  const level = v4 ? SOL.IP : SOL.IPV6;
   const int = (name: number) => getsockopt(dup, level, name).readInt32LE(0);
   const out: DecodedMessage = {};
-  if (int(v4 ? IP_FREEBIND : IPV6_FREEBIND) !== 0) out.freebind = true;
-  if (int(v4 ? IP_PKTINFO : IPV6_RECVPKTINFO) !== 0) out.pktinfo = true;
-  const tos = int(v4 ? IP_TOS : IPV6_TCLASS);
+  if (int(v4 ? IP_OPT.FREEBIND : IPV6_OPT.FREEBIND) !== 0) out.freebind = true;
+  if (int(v4 ? IP_OPT.PKTINFO : IPV6_OPT.RECVPKTINFO) !== 0) out.pktinfo = true;
+  const tos = int(v4 ? IP_OPT.TOS : IPV6_OPT.TCLASS);
   if (tos > 0) out.tos = tos;
-  const ttl = int(v4 ? IP_TTL : IPV6_UNICAST_HOPS);
+  const ttl = int(v4 ? IP_OPT.TTL : IPV6_OPT.UNICAST_HOPS);
   if (ttl > 0) out.ttl = ttl;
   return out;
 }
 
 /** tcp_opts_entry: the keepalive knobs always (as CRIU 4.2 writes them), NODELAY and CORK when set. */
 function tcpOptions(dup: Fd): DecodedMessage {
-  const int = (name: number) => getsockopt(dup, SOL_TCP, name).readInt32LE(0);
+  const int = (name: number) => getsockopt(dup, SOL.TCP, name).readInt32LE(0);
   const out: DecodedMessage = {};
-  if (int(TCP_CORK) !== 0) out.cork = true;
-  if (int(TCP_NODELAY) !== 0) out.nodelay = true;
-  out.keepcnt = int(TCP_KEEPCNT);
-  out.keepidle = int(TCP_KEEPIDLE);
-  out.keepintvl = int(TCP_KEEPINTVL);
+  if (int(TCP_OPT.CORK) !== 0) out.cork = true;
+  if (int(TCP_OPT.NODELAY) !== 0) out.nodelay = true;
+  out.keepcnt = int(TCP_OPT.KEEPCNT);
+  out.keepidle = int(TCP_OPT.KEEPIDLE);
+  out.keepintvl = int(TCP_OPT.KEEPINTVL);
   return out;
 }
