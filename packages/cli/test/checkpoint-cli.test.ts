@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 // The test programs of @criu-ts/core (tests/bin/state-keeper and its helpers), shared by the packages' tests.
-import { StateKeeper, TEST_BIN, TreeKeeper, becomeSubreaper, reapIfOurs } from '@criu-ts/core/testing';
+import { StateKeeper, TEST_BIN, TreeKeeper, reapIfOurs, rootWithSubreaper } from '@criu-ts/core/testing';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const BIN = resolve(here, '..', '..', 'dist', 'criu-ts.mjs');
@@ -19,13 +19,7 @@ function criuTs(...args: string[]) {
 describe('cli: dump, restore, check, demo', function () {
   this.timeout(120_000);
   let keeper: StateKeeper | undefined;
-  before(function () {
-    if (!isRoot()) this.skip(); // stated reason: checkpointing another process needs root here
-    becomeSubreaper();
-  });
-  after(() => {
-    if (isRoot()) becomeSubreaper(false);
-  });
+  rootWithSubreaper();
   afterEach(() => {
     keeper?.cleanup();
     keeper = undefined;

@@ -5,8 +5,8 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { chmodSync, existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { DumpError, dumpSync, restoreSync } from '@criu-ts/core';
-import { alive, isRoot, waitFor } from './restore-helpers.js';
-import { becomeSubreaper, StateKeeper } from './programs.js';
+import { alive, waitFor } from './restore-helpers.js';
+import { StateKeeper, rootWithSubreaper } from './programs.js';
 import { expectIdsFree, expectRunningUntouched, fdLinksOf, mapsOf } from './reliability-helpers.js';
 
 const WORKSPACE = new URL('../../../../', import.meta.url).pathname;
@@ -40,13 +40,7 @@ function exitOf(child: ChildProcess): Promise<number | null> {
 describe('reliability: concurrent dumps, image permissions', function () {
   this.timeout(180_000);
   let keeper: StateKeeper | undefined;
-  before(function () {
-    if (!isRoot()) this.skip(); // stated reason: ptrace of another process needs root here
-    becomeSubreaper();
-  });
-  after(() => {
-    if (isRoot()) becomeSubreaper(false);
-  });
+  rootWithSubreaper();
   afterEach(() => {
     keeper?.cleanup();
     keeper = undefined;

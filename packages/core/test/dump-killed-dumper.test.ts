@@ -6,8 +6,8 @@ import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { dumpSync, DumpError } from '@criu-ts/core';
-import { alive, isRoot, sleepMs, waitFor } from './restore-helpers.js';
-import { becomeSubreaper, reapIfOurs, StateKeeper } from './programs.js';
+import { alive, sleepMs, waitFor } from './restore-helpers.js';
+import { reapIfOurs, StateKeeper, rootWithSubreaper } from './programs.js';
 
 function status(pid: number): string {
   return readFileSync(`/proc/${pid}/status`, 'utf8');
@@ -16,13 +16,7 @@ function status(pid: number): string {
 describe('core: dumper killed mid-dump', function () {
   this.timeout(180_000);
   let keeper: StateKeeper | undefined;
-  before(function () {
-    if (!isRoot()) this.skip(); // stated reason: ptrace of another process needs root here
-    becomeSubreaper();
-  });
-  after(() => {
-    if (isRoot()) becomeSubreaper(false);
-  });
+  rootWithSubreaper();
   afterEach(() => {
     keeper?.cleanup();
     keeper = undefined;

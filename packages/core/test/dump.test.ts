@@ -6,8 +6,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { dumpSync, DumpError } from '@criu-ts/core';
 import { ImageReader, PagesReader } from '@criu-ts/images';
-import { alive, isRoot, waitFor } from './restore-helpers.js';
-import { becomeSubreaper, reapIfOurs, StateKeeper } from './programs.js';
+import { alive, waitFor } from './restore-helpers.js';
+import { reapIfOurs, StateKeeper, rootWithSubreaper } from './programs.js';
 
 function entries(path: string) {
   const reader = ImageReader.open(path);
@@ -23,13 +23,7 @@ describe('core: dump of a single process', function () {
   let keeper: StateKeeper | undefined;
   let images: string;
 
-  before(function () {
-    if (!isRoot()) this.skip(); // stated reason: ptrace of another process needs root here
-    becomeSubreaper();
-  });
-  after(() => {
-    if (isRoot()) becomeSubreaper(false);
-  });
+  rootWithSubreaper();
   beforeEach(() => {
     images = mkdtempSync(join(tmpdir(), 'criu-ts-img-'));
     rmSync(images, { recursive: true });

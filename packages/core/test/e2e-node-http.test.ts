@@ -14,8 +14,8 @@ import http from 'node:http';
 import { join } from 'node:path';
 import { restoreSync } from '@criu-ts/core';
 import { listLocksSync } from '@criu-ts/soccr';
-import { alive, isRoot, sleepMs } from './restore-helpers.js';
-import { becomeSubreaper, TEST_BIN } from './programs.js';
+import { alive, sleepMs } from './restore-helpers.js';
+import { TEST_BIN, rootWithSubreaper } from './programs.js';
 import { CountingProgram } from './counting-program.js';
 
 const BIG = 4 << 20;
@@ -141,13 +141,7 @@ describe('core: a Node.js HTTP server with live client connections (tcpEstablish
   let server: CountingProgram | undefined;
   let load: Load | undefined;
 
-  before(function () {
-    if (!isRoot()) this.skip(); // stated reason: ptrace, TCP_REPAIR, netfilter and clone3 set_tid need root
-    becomeSubreaper();
-  });
-  after(() => {
-    if (isRoot()) becomeSubreaper(false);
-  });
+  rootWithSubreaper();
   afterEach(async () => {
     await load?.stop();
     load?.agent.destroy();

@@ -13,8 +13,8 @@ import { expect } from 'chai';
 import { readdirSync, readlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { restoreSync } from '@criu-ts/core';
-import { alive, isRoot, ourStubs, sleepMs } from './restore-helpers.js';
-import { becomeSubreaper, TEST_BIN } from './programs.js';
+import { alive, ourStubs, sleepMs } from './restore-helpers.js';
+import { TEST_BIN, rootWithSubreaper } from './programs.js';
 import { CountingProgram, expectConsecutive } from './counting-program.js';
 
 const PROGRAM = String.raw`
@@ -71,13 +71,7 @@ describe('core: a Node.js process dumped and restored (library API)', function (
   let counter: CountingProgram | undefined;
   const start = () => new CountingProgram('node', [join(TEST_BIN, 'run-clean'), process.execPath], 'counter.js', PROGRAM);
 
-  before(function () {
-    if (!isRoot()) this.skip(); // stated reason: ptrace, clone3 set_tid and PR_SET_MM_MAP need root
-    becomeSubreaper();
-  });
-  after(() => {
-    if (isRoot()) becomeSubreaper(false);
-  });
+  rootWithSubreaper();
   afterEach(() => {
     counter?.cleanup();
     counter = undefined;

@@ -7,8 +7,8 @@ import { expect } from 'chai';
 import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { restoreSync } from '@criu-ts/core';
-import { isRoot, ourStubs } from './restore-helpers.js';
-import { becomeSubreaper, TEST_BIN } from './programs.js';
+import { ourStubs } from './restore-helpers.js';
+import { TEST_BIN, rootWithSubreaper } from './programs.js';
 import { CountingProgram, expectConsecutive } from './counting-program.js';
 
 const PIPELINE = String.raw`
@@ -34,13 +34,7 @@ describe('core: a bash pipeline dumped and restored as a tree', function () {
   this.timeout(120_000);
   let pipeline: CountingProgram | undefined;
 
-  before(function () {
-    if (!isRoot()) this.skip(); // stated reason: ptrace, clone3 set_tid and PR_SET_MM_MAP need root
-    becomeSubreaper();
-  });
-  after(() => {
-    if (isRoot()) becomeSubreaper(false);
-  });
+  rootWithSubreaper();
   afterEach(() => {
     if (pipeline) for (const p of tree(pipeline.pid).map((l) => Number(l.split(' ')[0])).reverse()) try { process.kill(p, 'SIGKILL'); } catch { /* gone */ }
     pipeline?.cleanup();

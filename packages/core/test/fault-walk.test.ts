@@ -8,8 +8,8 @@ import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { DUMP_FAULT_POINTS, DumpError, dumpSync, RESTORE_FAULT_POINTS, RestoreError, restoreSync } from '@criu-ts/core';
-import { alive, isRoot, ourStubs } from './restore-helpers.js';
-import { becomeSubreaper, StateKeeper, TEST_BIN } from './programs.js';
+import { alive, ourStubs } from './restore-helpers.js';
+import { StateKeeper, TEST_BIN, rootWithSubreaper } from './programs.js';
 import { CountingProgram, expectConsecutive } from './counting-program.js';
 import {
   dumpedIds, expectIdsFree, expectNoGhostLeftovers, expectRunningUntouched, fdLinksOf, mapsOf,
@@ -51,13 +51,7 @@ function expectFault<E extends Error>(kind: new (...a: never[]) => E, point: str
 
 describe('reliability: every fault point of dump and restore', function () {
   this.timeout(240_000);
-  before(function () {
-    if (!isRoot()) this.skip(); // stated reason: ptrace, clone3 set_tid and PR_SET_MM_MAP need root
-    becomeSubreaper();
-  });
-  after(() => {
-    if (isRoot()) becomeSubreaper(false);
-  });
+  rootWithSubreaper();
 
   it('criu-ts check --faults lists every dump and restore point', function () {
     const out = spawnSync(process.execPath, [CLI, 'check', '--faults'], { encoding: 'utf8' }).stdout.split('\n').filter(Boolean);

@@ -12,8 +12,8 @@ import { join } from 'node:path';
 import { DumpError, dumpSync, restoreSync } from '@criu-ts/core';
 import { readImageSet } from '../src/restore/image-set.js';
 import { ImageReader, imageFromCritJson, imageToCritJson } from '@criu-ts/images';
-import { alive, isRoot, ourStubs, sleepMs, waitFor } from './restore-helpers.js';
-import { becomeSubreaper, killAndReap, StateKeeper, TEST_BIN } from './programs.js';
+import { alive, ourStubs, sleepMs, waitFor } from './restore-helpers.js';
+import { killAndReap, StateKeeper, TEST_BIN, rootWithSubreaper } from './programs.js';
 
 function fdKinds(pid: number): string[] {
   return readdirSync(`/proc/${pid}/fd`)
@@ -51,13 +51,7 @@ function entries(path: string): Array<Record<string, any>> {
 describe('core: pipes, FIFOs, eventfd, epoll, signalfd, timerfd, inotify and memfd end to end', function () {
   this.timeout(120_000);
   let keeper: StateKeeper | undefined;
-  before(function () {
-    if (!isRoot()) this.skip(); // stated reason: ptrace, clone3 set_tid and PR_SET_MM_MAP need root
-    becomeSubreaper();
-  });
-  after(() => {
-    if (isRoot()) becomeSubreaper(false);
-  });
+  rootWithSubreaper();
   afterEach(() => {
     keeper?.cleanup();
     keeper = undefined;
@@ -116,13 +110,7 @@ describe('core: pipes, FIFOs, eventfd, epoll, signalfd, timerfd, inotify and mem
 describe('core: file locks (--file-locks) end to end', function () {
   this.timeout(120_000);
   let keeper: StateKeeper | undefined;
-  before(function () {
-    if (!isRoot()) this.skip(); // stated reason: ptrace, clone3 set_tid and PR_SET_MM_MAP need root
-    becomeSubreaper();
-  });
-  after(() => {
-    if (isRoot()) becomeSubreaper(false);
-  });
+  rootWithSubreaper();
   afterEach(() => {
     keeper?.cleanup();
     keeper = undefined;
@@ -157,13 +145,7 @@ describe('core: a datagram socket connected outside the dump (--ext-unix-sk)', f
   let keeper: StateKeeper | undefined;
   let sink: number | undefined;
   let sinkDir: string | undefined;
-  before(function () {
-    if (!isRoot()) this.skip(); // stated reason: ptrace, clone3 set_tid and PR_SET_MM_MAP need root
-    becomeSubreaper();
-  });
-  after(() => {
-    if (isRoot()) becomeSubreaper(false);
-  });
+  rootWithSubreaper();
   afterEach(() => {
     if (sink !== undefined) killAndReap(sink, sinkDir!);
     sink = undefined;

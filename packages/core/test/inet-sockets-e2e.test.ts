@@ -14,8 +14,8 @@ import { DUMP_FAULT_POINTS, DumpError, dumpRunId, dumpSync, listNetworkLocks, re
 import { ImageReader, imageFromCritJson, imageToCritJson } from '@criu-ts/images';
 import { listLocksSync } from '@criu-ts/soccr';
 import { pidfdGetfd, pidfdOpen, sock, close, type Pid } from '@criu-ts/sys';
-import { alive, isRoot, procState, sleepMs, waitFor } from './restore-helpers.js';
-import { becomeSubreaper, dumpAndWait } from './programs.js';
+import { alive, procState, sleepMs, waitFor } from './restore-helpers.js';
+import { dumpAndWait, rootWithSubreaper } from './programs.js';
 import { InetKeeper, STREAM_LEN } from './inet-peer.js';
 
 function entries(path: string): Array<Record<string, any>> {
@@ -52,13 +52,7 @@ function iptablesLeftovers(): string[] {
 describe('core: TCP and UDP sockets end to end', function () {
   this.timeout(240_000);
   let keeper: InetKeeper | undefined;
-  before(function () {
-    if (!isRoot()) this.skip(); // stated reason: ptrace, pidfd_getfd, TCP_REPAIR and netfilter need root
-    becomeSubreaper();
-  });
-  after(() => {
-    if (isRoot()) becomeSubreaper(false);
-  });
+  rootWithSubreaper();
   afterEach(() => {
     delete process.env.CRIU_TS_LOCK_BACKEND;
     keeper?.cleanup();

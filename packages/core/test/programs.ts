@@ -20,6 +20,22 @@ export function becomeSubreaper(on = true): void {
   prctl(PR_SET_CHILD_SUBREAPER, on ? 1 : 0);
 }
 
+/**
+ * The hooks of an end-to-end suite: it needs root (ptrace of other processes, clone3 with
+ * set_tid, PR_SET_MM_MAP; CI runs as root, so it never skips there), and this process is the
+ * child subreaper of the programs it starts while the suite runs (see becomeSubreaper).
+ * Call inside describe().
+ */
+export function rootWithSubreaper(): void {
+  before(function () {
+    if (process.getuid?.() !== 0) this.skip(); // stated reason: not root (ptrace, clone3 set_tid, PR_SET_MM_MAP)
+    becomeSubreaper();
+  });
+  after(() => {
+    if (process.getuid?.() === 0) becomeSubreaper(false);
+  });
+}
+
 /** Reaps `pid` if it is a zombie child of ours. */
 export function reapIfOurs(pid: number): void {
   try {

@@ -8,8 +8,8 @@ import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { dumpSync, restoreSync } from '@criu-ts/core';
-import { isRoot, waitFor } from './restore-helpers.js';
-import { becomeSubreaper, TEST_BIN } from './programs.js';
+import { waitFor } from './restore-helpers.js';
+import { TEST_BIN, rootWithSubreaper } from './programs.js';
 import { blockedMasksOf, expectIdsFree } from './reliability-helpers.js';
 
 const SIGTRAP_BIT = 1n << 4n;
@@ -22,13 +22,7 @@ describe('reliability: a SIGTRAP handler survives dump and restore', function ()
   this.timeout(60_000);
   let dir: string;
   let pid = 0;
-  before(function () {
-    if (!isRoot()) this.skip(); // stated reason: ptrace, clone3 set_tid and PR_SET_MM_MAP need root
-    becomeSubreaper();
-  });
-  after(() => {
-    if (isRoot()) becomeSubreaper(false);
-  });
+  rootWithSubreaper();
   beforeEach(() => {
     dir = mkdtempSync(join(tmpdir(), 'criu-ts-trap-'));
   });

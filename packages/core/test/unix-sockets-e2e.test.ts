@@ -14,8 +14,8 @@ import { AF_UNIX, bind, close, connect, listen, sendmsg, SOCK, sockaddrUn, socke
 import { ImageReader, imageFromCritJson, imageToCritJson } from '@criu-ts/images';
 import { readImageSet } from '../src/restore/image-set.js';
 import { planUnixSockets, readSocketQueues, readUnixSocket } from '../src/restore/unix-sockets.js';
-import { alive, isRoot, ourStubs, sleepMs } from './restore-helpers.js';
-import { becomeSubreaper, StateKeeper } from './programs.js';
+import { alive, ourStubs, sleepMs } from './restore-helpers.js';
+import { StateKeeper, rootWithSubreaper } from './programs.js';
 
 function entries(path: string): Array<Record<string, any>> {
   const reader = ImageReader.open(path);
@@ -67,13 +67,7 @@ const textOf = (payload: any): string => Buffer.from(payload.bytes ?? payload).t
 describe('core: AF_UNIX sockets end to end', function () {
   this.timeout(120_000);
   let keeper: StateKeeper | undefined;
-  before(function () {
-    if (!isRoot()) this.skip(); // stated reason: ptrace, pidfd_getfd, clone3 set_tid and PR_SET_MM_MAP need root
-    becomeSubreaper();
-  });
-  after(() => {
-    if (isRoot()) becomeSubreaper(false);
-  });
+  rootWithSubreaper();
   afterEach(() => {
     keeper?.cleanup();
     keeper = undefined;
