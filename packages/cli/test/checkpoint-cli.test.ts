@@ -143,6 +143,13 @@ describe('cli: dump, restore, check, demo', function () {
     const unsupported = criuTs('dump', '-t', String(keeper.pid), '--track-mem');
     expect(unsupported.status).to.equal(2);
     expect(unsupported.stderr).to.match(/--track-mem is not supported yet/);
+    // --join-ns: the network namespace only (the restore e2e of a move between namespaces is core's netns-move test).
+    const otherNamespace = criuTs('restore', '-D', keeper.images, '--join-ns', 'ipc:1');
+    expect(otherNamespace.status).to.equal(2);
+    expect(otherNamespace.stderr).to.match(/--join-ns ipc: is not supported yet/);
+    const noNamespace = criuTs('restore', '-D', keeper.images, '-J', `net:${join(keeper.dir, 'no-such-netns')}`);
+    expect(noNamespace.status).to.equal(1);
+    expect(noNamespace.stderr).to.match(/Error.*cannot open the network namespace .*no-such-netns/);
   });
 
   it('check lists every feature; --feature exits 0 or 1', function () {

@@ -8,3 +8,4 @@ export { restore, restoreSync, RestoreError, type RestoreOptions, type RestoreRe
 export { DUMP_FAULT_POINTS, RESTORE_FAULT_POINTS, type DumpFaultPoint, type RestoreFaultPoint } from './fault-points.js';
 export { stubPath as restoreStubPath } from './restore/stub.js';
 export { dumpRunId, listNetworkLocks, releaseConnectionsOf, releaseNetworkLocks, type ConnectionKey, type ListedLock } from './network-locks.js';
+export { inNetworkNamespace } from './net-namespace.js';

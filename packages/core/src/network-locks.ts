@@ -1,11 +1,12 @@
 // Network locks that dumps leave for their restore (see dump.ts, stage network-lock), seen and
 // removed from outside: a dump whose images will never be restored, or a dumper killed
 // mid-dump, leaves its connections locked (soccr's nft set or iptables rules, `holder=<run id>`).
-import { readdirSync, readlinkSync } from 'node:fs';
+import { existsSync, readdirSync, readlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { ImageReader } from '@criu-ts/images';
 import { cleanupNetworkLocks, listLocksSync, unlockHeldSync, wireKey, type ConnectionKey, type ListedLock } from '@criu-ts/soccr';
 import { asPid, close as closeFd, pidfdGetfd, pidfdOpen, sock, type Fd } from '@criu-ts/sys';
+import { inNetworkNamespace } from './net-namespace.js';
 
 export type { ConnectionKey, ListedLock };
 
@@ -57,6 +58,12 @@ const TCP_REPAIR = 19;
  * before the dump died with the dumper. Returns the connections released.
  */
 export function releaseConnectionsOf(pid: number): ConnectionKey[] {
+  // The locks are in the process's network namespace (the dump made them there, net-namespace.ts).
+  const nsPath = `/proc/${pid}/ns/net`;
+  return existsSync(nsPath) ? inNetworkNamespace(nsPath, () => releaseConnectionsHere(pid)) : releaseConnectionsHere(pid);
+}
+
+function releaseConnectionsHere(pid: number): ConnectionKey[] {
   const pidfd = pidfdOpen(asPid(pid));
   const repaired: Array<{ fd: Fd; key: ConnectionKey }> = [];
   try {

@@ -27,12 +27,33 @@ function entries(path: string): Array<Record<string, any>> {
   }
 }
 
-/** Locks held for dumps' images, in every backend that runs here. */
-function heldLocks(): string[] {
+/**
+ * Local ports of this test process's TCP sockets. Every connection of inet-keeper has this
+ * process as its peer, so a lock is this file's when one end of it is one of these ports; locks
+ * of other test runs on the machine (which share its nft table and iptables chains) are not.
+ */
+function ownPorts(): Set<number> {
+  const r = spawnSync('ss', ['-Htanp'], { encoding: 'utf8', timeout: 10_000 });
+  if (r.status !== 0) throw new Error(`ss -Htanp failed: ${r.stderr}`);
+  const ports = new Set<number>();
+  for (const line of r.stdout.split('\n')) {
+    if (!line.includes(`pid=${process.pid},`)) continue;
+    const local = line.trim().split(/\s+/)[3] ?? '';
+    ports.add(Number(local.slice(local.lastIndexOf(':') + 1)));
+  }
+  return ports;
+}
+
+/** Locks held for dumps' images of this file's connections, in every backend that runs here. */
+function heldLocks(ports = ownPorts()): string[] {
   const out: string[] = [];
   for (const backend of ['nft', 'iptables'] as const) {
     try {
-      out.push(...listLocksSync(backend).filter((l) => l.holder !== undefined).map((l) => `${backend} ${l.holder} ${l.key.local.address}:${l.key.local.port}<-${l.key.remote.address}:${l.key.remote.port}`));
+      out.push(
+        ...listLocksSync(backend)
+          .filter((l) => l.holder !== undefined && (ports.has(l.key.local.port) || ports.has(l.key.remote.port)))
+          .map((l) => `${backend} ${l.holder} ${l.key.local.address}:${l.key.local.port}<-${l.key.remote.address}:${l.key.remote.port}`),
+      );
     } catch {
       /* backend not usable here */
     }
@@ -40,11 +61,13 @@ function heldLocks(): string[] {
   return out;
 }
 
-function iptablesLeftovers(): string[] {
+/** iptables rules of criu-ts for this file's connections. */
+function iptablesLeftovers(ports = ownPorts()): string[] {
   const out: string[] = [];
   for (const tool of ['iptables-save', 'ip6tables-save']) {
     const r = spawnSync(tool, ['-t', 'filter'], { encoding: 'utf8' });
-    if (r.status === 0) out.push(...r.stdout.split('\n').filter((l) => l.includes('criu-ts-soccr')));
+    if (r.status !== 0) continue;
+    out.push(...r.stdout.split('\n').filter((l) => l.includes('criu-ts-soccr') && [...l.matchAll(/--[sd]port (\d+)/g)].some((m) => ports.has(Number(m[1])))));
   }
   return out;
 }
@@ -55,10 +78,11 @@ describe('core: TCP and UDP sockets end to end', function () {
   rootWithSubreaper();
   afterEach(() => {
     delete process.env.CRIU_TS_LOCK_BACKEND;
+    const ports = ownPorts(); // before the peer's sockets close with the keeper
     keeper?.cleanup();
     keeper = undefined;
-    expect(heldLocks(), 'no network lock left by a dump').to.deep.equal([]);
-    expect(iptablesLeftovers(), 'no iptables rule left').to.deep.equal([]);
+    expect(heldLocks(ports), 'no network lock left by a dump').to.deep.equal([]);
+    expect(iptablesLeftovers(ports), 'no iptables rule left').to.deep.equal([]);
   });
 
   it('refuses established connections without tcpEstablished, naming each; the program runs on', function () {

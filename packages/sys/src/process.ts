@@ -67,3 +67,16 @@ export function kcmpEpollTarget(pid1: Pid, fd1: number, pid2: Pid, epfd: number,
 export function prctl(option: number, a2: number | bigint = 0, a3: number | bigint | Uint8Array = 0, a4: number | bigint = 0, a5: number | bigint = 0): number {
   return sysCallNumber('prctl', N.prctl, [option, a2, a3, a4, a5], `option ${option}`);
 }
+
+/** CLONE_NEWNET, the nstype of setns() for a network namespace. */
+export const CLONE_NEWNET = 0x40000000;
+
+/**
+ * setns(fd, nstype): moves the *calling thread* into the namespace `fd` refers to (an open
+ * /proc/PID/ns/net or a bind mount such as /run/netns/NAME). For a network namespace the
+ * kernel allows it in a multi-threaded process and only the caller moves: sockets it creates
+ * afterwards, and processes it forks, belong to the new namespace (setns(2)).
+ */
+export function setns(fd: Fd, nstype: number): void {
+  sysCallNumber('setns', N.setns, [fd, nstype], `fd ${fd}`);
+}

@@ -24,7 +24,7 @@ Restore the process saved in DIR with its PID. Without -d, criu-ts waits for the
 process and exits with its status; with -d it returns once the process runs.
 
 options:
-${optionsHelp([...COMMON, 'restore-detached', 'pidfile', 'status-fd', 'tcp-established', 'tcp-close', 'ext-unix-sk', 'file-locks'])}
+${optionsHelp([...COMMON, 'restore-detached', 'pidfile', 'status-fd', 'tcp-established', 'tcp-close', 'ext-unix-sk', 'file-locks', 'join-ns'])}
 `;
 
 function value(parsed: ParsedCriuOptions, name: string): string | undefined {
@@ -93,6 +93,7 @@ export async function runRestore(argv: string[], io: CommandIo): Promise<number>
   if (statusFd !== undefined && !/^\d+$/.test(statusFd)) throw new UsageError('restore: --status-fd takes a file descriptor number', RESTORE_HELP);
   const { imagesDir, log, timeoutMs } = common(parsed, io);
   const pidfile = value(parsed, 'pidfile');
+  const netns = joinedNetworkNamespace(value(parsed, 'join-ns'));
   const progress = new ProgressBar(io, 'restore');
   try {
     log.info(`Restoring from ${imagesDir}`);
@@ -103,6 +104,7 @@ export async function runRestore(argv: string[], io: CommandIo): Promise<number>
       shellJob: parsed.values.has('shell-job'),
       tcpEstablished: parsed.values.has('tcp-established'),
       tcpClose: parsed.values.has('tcp-close'),
+      ...(netns !== undefined ? { netns } : {}),
       ...(pidfile !== undefined ? { pidfile: resolve(value(parsed, 'work-dir') ?? imagesDir, pidfile) } : {}),
       ...(timeoutMs !== undefined ? { timeoutMs } : {}),
       onRunning: (pid) => {
@@ -128,4 +130,17 @@ export async function runRestore(argv: string[], io: CommandIo): Promise<number>
   } finally {
     log.close();
   }
+}
+
+/**
+ * criu's --join-ns NS:{PID|FILE}[,OPTIONS], for the one namespace criu-ts restores into: the
+ * network namespace (restore's `netns`). Other namespaces and extra options are refused by name.
+ */
+export function joinedNetworkNamespace(spec: string | undefined): string | undefined {
+  if (spec === undefined) return undefined;
+  const m = /^([a-z]+):([^,]+)(,.*)?$/.exec(spec);
+  if (!m) throw new UsageError(`restore: --join-ns takes NS:PID or NS:FILE, not ${JSON.stringify(spec)}`, RESTORE_HELP);
+  if (m[1] !== 'net') throw new UsageError(`restore: --join-ns ${m[1]}: is not supported yet: criu-ts joins network namespaces only (net:PATH or net:PID)`, RESTORE_HELP);
+  if (m[3] !== undefined) throw new UsageError(`restore: --join-ns net: takes no extra options (${m[3].slice(1)})`, RESTORE_HELP);
+  return /^\d+$/.test(m[2]!) ? `/proc/${m[2]}/ns/net` : resolve(m[2]!);
 }

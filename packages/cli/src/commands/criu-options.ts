@@ -38,6 +38,7 @@ export const CRIU_OPTIONS: readonly OptionSpec[] = [
   { long: 'manage-cgroups', kind: 'optional', help: 'cgroup handling (criu-ts: none only)' },
   { long: 'track-mem', kind: 'flag', help: 'track memory for incremental dumps', unsupported: 'incremental dumps are not implemented yet' },
   { long: 'prev-images-dir', kind: 'value', help: 'images of a previous dump, for incremental dumps', unsupported: 'incremental dumps are not implemented yet' },
+  { long: 'join-ns', short: 'J', kind: 'value', help: 'restore: net:PATH or net:PID, the network namespace to restore in (a file such as /run/netns/NAME, or that of a process)' },
   { long: 'help', short: 'h', kind: 'flag', help: 'show this help' },
 ];
 

@@ -39,6 +39,7 @@ import {
 } from '@criu-ts/sys';
 import { DumpError, type DumpStage } from '../errors.js';
 import { faultRequested } from '../fault-points.js';
+import { inNetworkNamespace } from '../net-namespace.js';
 import { readAuxv, readLink, readStat, readStatus } from '../proc/task-files.js';
 import { readSmaps, type ProcVma } from '../proc/smaps.js';
 import { writeMemfdPages } from './files/memfd.js';
@@ -159,8 +160,24 @@ interface SharedDump {
   readonly entries: DecodedMessage[];
 }
 
-/** dump(), synchronously: ptrace requests must come from the thread that seized the task. */
+/**
+ * dump(), synchronously: ptrace requests must come from the thread that seized the task. Runs in
+ * the network namespace of the task (see net-namespace.ts): its sockets are queried and its
+ * connections locked there, wherever the task lives.
+ */
 export function dumpSync(options: DumpOptions): DumpResult {
+  const nsPath = `/proc/${options.pid}/ns/net`;
+  // Not a pid, or no such process: the checks of the dump itself say so.
+  if (!Number.isInteger(options.pid) || options.pid <= 0 || options.pid === process.pid || !existsSync(nsPath)) return dumpTree(options);
+  try {
+    return inNetworkNamespace(nsPath, () => dumpTree(options));
+  } catch (error) {
+    if (error instanceof DumpError) throw error;
+    throw new DumpError('check-options', options.pid, (error as Error).message, { cause: error });
+  }
+}
+
+function dumpTree(options: DumpOptions): DumpResult {
   const pidNumber = options.pid;
   let stage: DumpStage = 'check-options';
   const fail = (message: string, cause?: unknown): never => {

@@ -48,6 +48,7 @@ import { cloneProcess, exitAsZombie, planTree, restoreGroups, restoreSessionLead
 import { armDeathGuard, restoreDumpedPdeathSignal } from './death-guard.js';
 import { imagePermissionWarnings } from './image-permissions.js';
 import { faultRequested } from '../fault-points.js';
+import { inNetworkNamespace } from '../net-namespace.js';
 
 export interface RestoreOptions {
   /** The directory with the images (criu -D). */
@@ -72,6 +73,13 @@ export interface RestoreOptions {
   tcpEstablished?: boolean;
   /** Give the task closed sockets in place of its established TCP connections (criu's --tcp-close). */
   tcpClose?: boolean;
+  /**
+   * The network namespace the tree is restored in: a namespace file such as /run/netns/NAME or
+   * /proc/PID/ns/net (criu's --join-ns net:PATH). The restore runs there (net-namespace.ts): the
+   * tasks live there, their sockets are made and their connections locked there. Default: the
+   * caller's. This is how a service moves to another "host" with the same addresses.
+   */
+  netns?: string;
   /** Test hook: fail at the named point (fault injection, see RESTORE_FAULT_POINTS). */
   faultAt?: string;
 }
@@ -135,7 +143,20 @@ interface MadeProcess {
  * Everything up to the running tree; synchronous, because every ptrace call must come from this
  * thread. Returns the root's PID.
  */
-export function restoreSync(options: RestoreOptions): { pid: number; pids: number[]; warnings: string[]; pagesBytes: number; timings: RestoreResult['timings'] } {
+export function restoreSync(options: RestoreOptions): RestoredTree {
+  if (options.netns === undefined) return restoreTree(options);
+  const nsPath = options.netns;
+  try {
+    return inNetworkNamespace(nsPath, () => restoreTree(options));
+  } catch (error) {
+    if (error instanceof RestoreError) throw error;
+    throw new RestoreError('validate', (error as Error).message, { netns: nsPath }, error);
+  }
+}
+
+type RestoredTree = { pid: number; pids: number[]; warnings: string[]; pagesBytes: number; timings: RestoreResult['timings'] };
+
+function restoreTree(options: RestoreOptions): RestoredTree {
   const t0 = performance.now();
   const detached = options.detached === true;
   const shellJob = options.shellJob === true;
