@@ -101,11 +101,15 @@ export function describeVmas(pid: number, vmas: readonly ProcVma[], files: FileT
       entry.pgoff = v.offset;
       pages = 'shared';
     } else {
-      if (v.deleted) throw new Error(`mapping of deleted file ${v.name} at 0x${v.start.toString(16)} is not supported yet`);
       const openFlags = v.shared && v.vmFlags.has('mw') ? O_RDWR : 0;
-      entry.shmid = BigInt(files.mappedFile(v.name, openFlags, `/proc/${pid}/map_files/${v.start.toString(16)}-${v.end.toString(16)}`));
+      const mapFile = `/proc/${pid}/map_files/${v.start.toString(16)}-${v.end.toString(16)}`;
+      // A memfd is a file of the kernel's internal shmem mount, always shown as deleted. As in
+      // CRIU: shmid names a MEMFD file (its inode in memfd.img, contents in pagemap-shmem-<ino>),
+      // status has VMA_AREA_MEMFD; private pages the task wrote are saved like any file's.
+      const memfd = v.deleted && v.name.startsWith('/memfd:');
+      entry.shmid = BigInt(memfd ? files.mappedMemfd(v.name.slice('/memfd:'.length), mapFile) : files.mappedFile(v.name, openFlags, mapFile, v.deleted));
       entry.pgoff = v.offset;
-      entry.status = VMA.REGULAR | (v.shared ? VMA.FILE_SHARED : VMA.FILE_PRIVATE);
+      entry.status = VMA.REGULAR | (v.shared ? VMA.FILE_SHARED : VMA.FILE_PRIVATE) | (memfd ? VMA.MEMFD : 0);
       entry.fdflags = openFlags;
       // A shared file mapping's pages are in the file itself.
       if (v.shared) pages = 'none';

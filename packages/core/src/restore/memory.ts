@@ -19,6 +19,7 @@ import { PAGE_SIZE } from '@criu-ts/images';
 import { RestoreError } from './errors.js';
 import { TASK_SIZE, VMA, type ImageSet, type PagesRun, type RegFile, type VmaImage } from './image-set.js';
 import { CONTROL_SIZE, type RestoreTask } from './remote-task.js';
+import type { MemfdInodes } from './memfd.js';
 
 const ARCH_MAP_VDSO_64 = 0x2003;
 const PR_SET_MM = 35;
@@ -92,7 +93,7 @@ export interface SharedMemorySource {
  */
 export function mapVmas(
   task: RestoreTask, set: ImageSet, pathOf: (f: RegFile) => string = (f) => f.name,
-  sources: ReadonlyMap<bigint, SharedMemorySource> = new Map(),
+  sources: ReadonlyMap<bigint, SharedMemorySource> = new Map(), memfds?: MemfdInodes,
 ): Map<VmaImage, number> {
   const mapped = new Map<VmaImage, number>();
   const fds = new Map<string, number>();
@@ -146,20 +147,23 @@ export function mapVmas(
       const prot = shared || !hasPages(vma) ? vma.prot : vma.prot | PROT.WRITE;
       let flags = (vma.flags & (MAP.SHARED | MAP.PRIVATE | MAP.ANONYMOUS | MAP.GROWSDOWN)) | MAP.FIXED_NOREPLACE;
       let fd = -1;
-      if (vma.file) {
+      if (vma.file || vma.memfd) {
         flags &= ~MAP.ANONYMOUS;
         const writable = shared && (vma.prot & PROT.WRITE) !== 0;
-        const key = `${writable ? 'rw' : 'ro'}:${vma.file.id}`;
+        const key = `${writable ? 'rw' : 'ro'}:${vma.file ? vma.file.id : `memfd ${vma.memfd!.inodeId}`}`;
         fd = fds.get(key) ?? -1;
         if (fd < 0) {
-          fd = remoteOpen(task, 'map-vmas', pathOf(vma.file), (writable ? O.RDWR : O.RDONLY) | O.CLOEXEC);
+          if (vma.memfd && !memfds) fail('map-vmas', `${hex(vma.start)} maps memfd ${vma.memfd.name}, and no memfd inodes were given`);
+          const path = vma.file ? pathOf(vma.file) : memfds!.pathOf(vma.memfd!, `the mapping at ${hex(vma.start)}`);
+          fd = remoteOpen(task, 'map-vmas', path, (writable ? O.RDWR : O.RDONLY) | O.CLOEXEC);
           fds.set(key, fd);
         }
       } else {
         flags |= MAP.ANONYMOUS;
       }
       const len = vma.end - vma.start;
-      const got = remote(task, 'map-vmas', `mmap ${hex(vma.start)}-${hex(vma.end)}${vma.file ? ` ${vma.file.name}@${vma.pgoff}` : ''}`, 'mmap', vma.start, len, prot, flags, fd, vma.file ? vma.pgoff : 0n);
+      const what = vma.file ? ` ${vma.file.name}@${vma.pgoff}` : vma.memfd ? ` memfd:${vma.memfd.name}@${vma.pgoff}` : '';
+      const got = remote(task, 'map-vmas', `mmap ${hex(vma.start)}-${hex(vma.end)}${what}`, 'mmap', vma.start, len, prot, flags, fd, fd >= 0 ? vma.pgoff : 0n);
       if (got !== vma.start) fail('map-vmas', `mmap ${hex(vma.start)} landed at ${hex(got)}`);
       mapped.set(vma, prot);
     }
