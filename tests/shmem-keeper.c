@@ -85,14 +85,14 @@ static void child_loop(uint8_t *a_echo, uint8_t *c_echo, uint8_t *f_echo)
 	}
 }
 
-/* Writes a fresh token with `put`, then waits (up to 5 s) for the child to mirror it (`get`). */
+/* Writes a fresh token with `put`, then waits (up to 2 s) for the child to mirror it (`get`). */
 static int echoed(const char *what, void (*put)(const char *), void (*get)(char *))
 {
 	static int serial;
 	char token[ECHO] = { 0 }, back[ECHO] = { 0 };
 	snprintf(token, sizeof(token), "%s-%d-%ld", what, ++serial, (long)time(NULL));
 	put(token);
-	for (int i = 0; i < 5000; i++) {
+	for (int i = 0; i < 2000; i++) {
 		get(back);
 		if (memcmp(back, token, ECHO) == 0)
 			return 1;
