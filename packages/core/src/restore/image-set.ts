@@ -440,7 +440,8 @@ function readProcess(
     if (start < prevEnd) invalid(`${where}: overlaps the previous VMA (ends ${hex(prevEnd)})`);
     prevEnd = end;
     if (status & VMA.UNSUPP) invalid(`${where}: CRIU marked this mapping unsupported`);
-    if (status & (VMA.SYSVIPC | VMA.SOCKET | VMA.AIORING | VMA.SHSTK | VMA.UPROBES)) invalid(`${where}: mapping kind (status 0x${status.toString(16)}) not supported yet`, { status });
+    if (status & VMA.SYSVIPC) invalid(`${where}: SysV shared memory segment id ${v.shmid} (VMA_AREA_SYSVIPC) is not supported yet`, { file: join(dir, `mm-${pid}.img`), status, shmid: String(v.shmid) });
+    if (status & (VMA.SOCKET | VMA.AIORING | VMA.SHSTK | VMA.UPROBES)) invalid(`${where}: mapping kind (status 0x${status.toString(16)}) not supported yet`, { status });
     // Status and mmap flags must agree on sharing: a private mapping made MAP_SHARED would send
     // the process's writes (to a library's data, say) into the file on disk.
     const flags = Number(v.flags);
