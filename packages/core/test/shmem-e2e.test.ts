@@ -4,9 +4,10 @@
 // mirrors writes. The program checks that each comes back as one object (fd and mapping, parent
 // and child), with its contents, twice in a row.
 import { expect } from 'chai';
-import { existsSync, rmSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { existsSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { ImageReader } from '@criu-ts/images';
+import { ImageReader, imageFromCritJson, imageToCritJson } from '@criu-ts/images';
 import { DumpError, dumpSync, restoreSync } from '@criu-ts/core';
 import { alive, isRoot, killQuietly, ourStubs, sleepMs, waitFor } from './restore-helpers.js';
 import { becomeSubreaper, reapIfOurs, StateKeeper } from './programs.js';
@@ -77,6 +78,24 @@ describe('core: memfd and /dev/shm mappings end to end', function () {
     for (const i of inodes) if (i.name !== 'future-sealed') expect(existsSync(join(keeper.images, `pagemap-shmem-${i.shmid}.img`)), `contents of ${i.name}`).to.equal(true);
     // The file deleted while mapped has its contents saved as a ghost file.
     expect(entries(join(keeper.images, 'remap-fpath.img')).length).to.be.greaterThan(0);
+    // Byte-identical through crit's JSON and back; Debian's crit (where installed: CI) reads them.
+    const crit = !spawnSync('crit', ['-h']).error;
+    if (!crit && process.env.CI) throw new Error('crit missing in CI');
+    for (const name of readdirSync(keeper.images).filter((n) => !n.startsWith('pages-'))) {
+      const path = join(keeper.images, name);
+      const reader = ImageReader.open(path);
+      let json: unknown;
+      try {
+        json = imageToCritJson(reader);
+      } finally {
+        reader.close();
+      }
+      expect(Buffer.from(imageFromCritJson(json, path)).equals(readFileSync(path)), `${name} re-encodes byte-identically`).to.equal(true);
+      if (crit) {
+        const r = spawnSync('crit', ['decode', '-i', path]);
+        expect(r.status, `crit decode ${name}: ${r.stderr}`).to.equal(0);
+      }
+    }
     const { failures } = keeper.check();
     expect(failures).to.deep.equal([]);
   });

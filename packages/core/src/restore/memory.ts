@@ -6,7 +6,8 @@
 //      (checked on this kernel). It goes first, into an empty address space, because the kernel
 //      takes the address only as a hint (get_unmapped_area) and would move it if it were busy.
 //   3. mmap every other VMA at its address; private ones writable for now, so the pages can
-//      be filled, file mappings from the path in files.img at their file offset
+//      be filled, file mappings from the path in files.img at their file offset, memfd
+//      mappings from the restore's one memfd per inode (memfd.ts)
 //   4. preadv from pages-N.img straight into the task: the task opens the pages file itself and
 //      reads runs of pages into place, up to 1024 runs per call (one copy, no buffer in Node)
 //   5. the dumped protections and madvise flags
