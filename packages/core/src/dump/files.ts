@@ -130,21 +130,59 @@ export class FileTable {
     return reg;
   }
 
-  /** The file of a file-backed mapping (one id per file, whatever the number of VMAs). */
-  mappedFile(path: string, openFlags: number, statSource: string): number {
-    const key = `${path}\0${openFlags}`;
+  /**
+   * The file of a file-backed mapping (one id per file, whatever the number of VMAs). A file
+   * deleted while mapped (`deleted`, as /proc/PID/maps says) gets its contents saved as a ghost
+   * file, as an fd of a deleted file does: `statSource` (its /proc/PID/map_files entry) still
+   * opens it. Deleted files are told apart by inode, since another file may take the same name.
+   */
+  mappedFile(path: string, openFlags: number, statSource: string, deleted = false): number {
+    let stats: Stats | undefined;
+    if (deleted) stats = statSync(statSource);
+    const key = `${path}\0${openFlags}\0${stats?.ino ?? ''}`;
     const known = this.mappedFiles.get(key);
     if (known !== undefined) return known;
     const id = this.allocate();
-    let stats: Stats | undefined;
-    try {
-      stats = statSync(statSource);
-    } catch {
-      stats = undefined;
+    if (!stats) {
+      try {
+        stats = statSync(statSource);
+      } catch {
+        stats = undefined;
+      }
     }
     this.files.push({ type: FD_TYPE.REG, id, reg: this.regEntry(id, path, openFlags, 0n, stats, true) });
     this.mappedFiles.set(key, id);
+    if (deleted && stats!.nlink === 0) this.ghost(id, statSource, stats!);
     return id;
+  }
+
+  /**
+   * The MEMFD file a mapping of a memfd refers to (vma shmid), as CRIU records it: a file entry
+   * no fd uses, pointing at the memfd's inode (memfd.img), which an fd of the same memfd shares.
+   * `source` (the mapping's /proc/PID/map_files entry) opens the memfd for its contents.
+   */
+  mappedMemfd(name: string, source: string): number {
+    const stats = statSync(source);
+    const key = `memfd\0${stats.ino}`;
+    const known = this.mappedFiles.get(key);
+    if (known !== undefined) return known;
+    const inodeId = this.memfdInodeId(source, name, stats);
+    const id = this.allocate();
+    // CRIU records the mapping's file with no flags; the VMA's fdflags say how it was opened.
+    this.files.push({ type: FD_TYPE.MEMFD, id, memfd: { id, flags: 0, pos: 0n, fown: noOwner(), inode_id: inodeId } });
+    this.typeOf.set(id, FD_TYPE.MEMFD);
+    this.mappedFiles.set(key, id);
+    return id;
+  }
+
+  /** The memfd.img inode id of the memfd `procFd` opens, recorded on first sight. */
+  private memfdInodeId(procFd: string, name: string, stats: Stats): number {
+    const known = this.memfdInodes.get(stats.ino)?.inode_id as bigint | undefined;
+    if (known !== undefined) return Number(known);
+    const inodeId = this.memfdInodes.size + 1;
+    this.memfdInodes.set(stats.ino, memfdInodeEntry(procFd, name, stats, inodeId));
+    this.memfdSources.set(stats.ino, { procFd, size: stats.size });
+    return inodeId;
   }
 
   /** A directory given by path (cwd, root): CRIU records these with no open flags. */
@@ -231,14 +269,7 @@ export class FileTable {
     const stats = statSync(procFd);
     const memfd = memfdName(target);
     if (memfd !== undefined && stats.isFile() && stats.nlink === 0) {
-      const known = this.memfdInodes.get(stats.ino)?.inode_id as bigint | undefined;
-      let inodeId = known === undefined ? undefined : Number(known);
-      if (inodeId === undefined) {
-        inodeId = this.memfdInodes.size + 1;
-        this.memfdInodes.set(stats.ino, memfdInodeEntry(procFd, memfd, stats, inodeId));
-        this.memfdSources.set(stats.ino, { procFd, size: stats.size });
-      }
-      return add(FD_TYPE.MEMFD, 'memfd', { flags, pos: info.pos, inode_id: inodeId });
+      return add(FD_TYPE.MEMFD, 'memfd', { flags, pos: info.pos, inode_id: this.memfdInodeId(procFd, memfd, stats) });
     }
     if (stats.isFIFO()) {
       const regId = this.allocate();

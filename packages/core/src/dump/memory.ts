@@ -14,7 +14,7 @@
 // pipe into the pages file (one copy, nothing through JS buffers). Pages of VMAs the task cannot
 // read (PROT_NONE, or write-only) are read through /proc/PID/mem instead, which the kernel allows
 // to a tracer (FOLL_FORCE) for mappings that may be made readable.
-import { closeSync, openSync, readSync, writeSync } from 'node:fs';
+import { closeSync, openSync, readFileSync, readSync, writeSync } from 'node:fs';
 import type { DecodedMessage } from '@criu-ts/images';
 import type { Parasite } from '@criu-ts/compel';
 import { asRemoteAddress, mmap, munmap, processVmReadv, getpid, type Fd } from '@criu-ts/sys';
@@ -86,12 +86,14 @@ export function describeVmas(pid: number, vmas: readonly ProcVma[], files: FileT
       entry.flags = MAP_PRIVATE | MAP_ANONYMOUS;
       entry.status = VMA.REGULAR | VMA.VDSO | VMA.ANON_PRIVATE;
       pages = 'none';
+    } else if (v.name.startsWith('/SYSV')) {
+      // Before the anonymous case: a segment's id is its inode number, and id 0 is a real one.
+      throw new Error(sysvRefusal(v));
     } else if (v.inode === 0 || v.name === '' || v.name === '[heap]' || v.name === '[stack]' || v.name.startsWith('[anon:')) {
       if (v.shared) throw new Error(`shared anonymous mapping without a backing inode at 0x${v.start.toString(16)}`);
       entry.flags = (entry.flags as number) | MAP_ANONYMOUS;
       entry.status = VMA.REGULAR | VMA.ANON_PRIVATE | (v.name === '[heap]' ? VMA.HEAP : 0);
-    } else if (v.shared && (v.name === '/dev/zero' || v.name.startsWith('/SYSV'))) {
-      if (v.name.startsWith('/SYSV')) throw new Error(`SysV shared memory at 0x${v.start.toString(16)} is not supported yet`);
+    } else if (v.shared && v.name === '/dev/zero') {
       // MAP_SHARED|MAP_ANONYMOUS memory is a shmem file named /dev/zero (deleted); its inode
       // identifies it across tasks.
       entry.flags = MAP_SHARED | MAP_ANONYMOUS;
@@ -101,11 +103,15 @@ export function describeVmas(pid: number, vmas: readonly ProcVma[], files: FileT
       entry.pgoff = v.offset;
       pages = 'shared';
     } else {
-      if (v.deleted) throw new Error(`mapping of deleted file ${v.name} at 0x${v.start.toString(16)} is not supported yet`);
       const openFlags = v.shared && v.vmFlags.has('mw') ? O_RDWR : 0;
-      entry.shmid = BigInt(files.mappedFile(v.name, openFlags, `/proc/${pid}/map_files/${v.start.toString(16)}-${v.end.toString(16)}`));
+      const mapFile = `/proc/${pid}/map_files/${v.start.toString(16)}-${v.end.toString(16)}`;
+      // A memfd is a file of the kernel's internal shmem mount, always shown as deleted. As in
+      // CRIU: shmid names a MEMFD file (its inode in memfd.img, contents in pagemap-shmem-<ino>),
+      // status has VMA_AREA_MEMFD; private pages the task wrote are saved like any file's.
+      const memfd = v.deleted && v.name.startsWith('/memfd:');
+      entry.shmid = BigInt(memfd ? files.mappedMemfd(v.name.slice('/memfd:'.length), mapFile) : files.mappedFile(v.name, openFlags, mapFile, v.deleted));
       entry.pgoff = v.offset;
-      entry.status = VMA.REGULAR | (v.shared ? VMA.FILE_SHARED : VMA.FILE_PRIVATE);
+      entry.status = VMA.REGULAR | (v.shared ? VMA.FILE_SHARED : VMA.FILE_PRIVATE) | (memfd ? VMA.MEMFD : 0);
       entry.fdflags = openFlags;
       // A shared file mapping's pages are in the file itself.
       if (v.shared) pages = 'none';
@@ -114,6 +120,30 @@ export function describeVmas(pid: number, vmas: readonly ProcVma[], files: FileT
     out.push({ entry, proc: v, pages });
   }
   return out;
+}
+
+/**
+ * Why a SysV shared memory attachment (shmget/shmat) is refused, naming the segment: its id is
+ * the mapping's inode number, its key the hex in the name /SYSV<key>; /proc/sysvipc/shm adds
+ * its size and attach count. Restoring one properly means recreating it with the same key and
+ * id (ipcns-shm images, as CRIU does with the IPC namespace), which criu-ts does not do yet.
+ */
+function sysvRefusal(v: ProcVma): string {
+  const id = v.inode;
+  const key = `0x${v.name.slice('/SYSV'.length)}`;
+  let details = '';
+  try {
+    const row = readFileSync('/proc/sysvipc/shm', 'utf8').split('\n').slice(1).map((l) => l.trim().split(/\s+/)).find((f) => Number(f[1]) === id);
+    if (row) {
+      // perms is octal with the kernel's SHM_DEST (01000) bit: IPC_RMID was called on it.
+      const perms = parseInt(row[2]!, 8);
+      details = `, ${row[3]} bytes, mode ${(perms & 0o777).toString(8)}, ${row[6]} attachment(s)${perms & 0o1000 ? ', marked for removal (IPC_RMID)' : ''}`;
+    }
+  } catch {
+    /* no /proc/sysvipc: the name and id say enough */
+  }
+  return `SysV shared memory segment id ${id} (key ${key}${details}) attached at 0x${v.start.toString(16)}-0x${v.end.toString(16)}: `
+    + 'SysV shared memory is not supported yet (detach it with shmdt, or use a memfd or shm_open)';
 }
 
 /** A run of pages to save: consecutive, same pagemap flags. */

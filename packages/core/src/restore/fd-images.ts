@@ -102,6 +102,8 @@ export interface FdTableInput<Reg> {
   readonly shellJob: boolean;
   /** How established TCP connections come back (--tcp-established / --tcp-close). */
   readonly inet?: InetRestoreOptions;
+  /** memfd.img, when the caller read it already (mappings of memfds): the same inode objects. */
+  readonly memfds?: Map<number, MemfdInode>;
 }
 
 const CLOCKS = new Set([0 /* REALTIME */, 1 /* MONOTONIC */, 7 /* BOOTTIME */, 8 /* REALTIME_ALARM */, 9 /* BOOTTIME_ALARM */]);
@@ -130,7 +132,8 @@ function pipeDataOf(input: FdTableInput<unknown>, name: string): Map<number, Pip
 
 const MEMFD_SIZE_LIMIT = 2 ** 40;
 
-function memfdInodesOf(input: FdTableInput<unknown>): Map<number, MemfdInode> {
+/** memfd.img, checked, with where each inode's contents are; by inode id. */
+export function memfdInodesOf(input: Pick<FdTableInput<unknown>, 'dir' | 'readEntries'>): Map<number, MemfdInode> {
   const inodes = new Map<number, MemfdInode>();
   if (!existsSync(join(input.dir, 'memfd.img'))) return inodes;
   for (const [i, { message: e }] of input.readEntries(input.dir, 'memfd.img').entries()) {
@@ -198,7 +201,7 @@ export function readFdTable<Reg>(input: FdTableInput<Reg>): FdSlot<Reg>[] {
   const { fdinfoName, files, pid } = input;
   const pipes = pipeDataOf(input, 'pipes-data.img');
   const fifos = pipeDataOf(input, 'fifo-data.img');
-  let memfds: Map<number, MemfdInode> | undefined;
+  let memfds: Map<number, MemfdInode> | undefined = input.memfds;
   const queueEntries = existsSync(join(input.dir, 'sk-queues.img')) ? input.readEntries(input.dir, 'sk-queues.img') : [];
   // Unix sockets' messages have no source address; UDP datagrams carry theirs (inet-sockets.ts).
   const socketQueues = readSocketQueues(queueEntries.filter((e) => e.message.addr === undefined), invalid);
@@ -283,7 +286,9 @@ export function readFdTable<Reg>(input: FdTableInput<Reg>): FdSlot<Reg>[] {
             try {
               path = pathOfHandle(Number(w.s_dev), Number(fh.type), bytes.subarray(0, Number(fh.bytes)), `${where}: inotify watch ${wd}`);
             } catch (err) {
-              invalid((err as Error).message, { wd });
+              // A failed syscall's message names the call only: say which image entry it was for.
+              const message = (err as Error).message;
+              invalid(message.startsWith(where) ? message : `${where}: inotify watch ${wd}: ${message}`, { wd });
             }
           }
           return { wd, mask: Number(w.mask) >>> 0, path: path! };
@@ -343,7 +348,7 @@ export function readFdTable<Reg>(input: FdTableInput<Reg>): FdSlot<Reg>[] {
     if (Number(files.get(idFor)?.type) !== FD_TYPE.INETSK) invalid(`sk-queues.img: datagrams for file id ${idFor}, which is no inet socket in files.img`, { idFor });
   }
   // Peers present and consistent (throws otherwise); restore plans again from the same images.
-  planUnixSockets(unixSocketsOf(slots), invalid);
+  planUnixSockets(unixSocketsOf(slots), (message, evidence = {}) => invalid(`files.img (fd table ${fdinfoName} of process ${pid}): ${message}`, { file: join(input.dir, 'files.img'), ...evidence }));
 
   // Every epoll target must be an fd of the restored table: that is what gets registered.
   for (const slot of slots) {

@@ -26,16 +26,17 @@
 // fresh open takes the lowest free number. So every source is first moved above the highest
 // dumped fd (F_DUPFD), then the stub's fds are closed, then each source is dup3'd onto its
 // dumped number (with O_CLOEXEC from fdinfo), and finally the temporaries are closed.
-import { closeSync, fchmodSync, fchownSync, openSync, readdirSync, readlinkSync, readSync, writeSync } from 'node:fs';
+import { readdirSync, readlinkSync } from 'node:fs';
 import {
-  asPid, close as closeLocal, F, fcntl, ftruncate, O, open as openLocal, pidfdGetfd, pidfdOpen, write as writeLocal, type Fd,
+  asPid, close as closeLocal, F, fcntl, O, open as openLocal, pidfdGetfd, pidfdOpen, write as writeLocal, type Fd,
 } from '@criu-ts/sys';
 import type { FdImage, ImageSet, RegFile } from './image-set.js';
-import { unixSocketsOf, type FileOwner, type FileLockImage, type InotifyWatch, type MemfdInode, type OpenFileImage, type PipeData } from './fd-images.js';
+import { unixSocketsOf, type FileOwner, type FileLockImage, type InotifyWatch, type OpenFileImage, type PipeData } from './fd-images.js';
 import { createUnixSockets, planUnixSockets } from './unix-sockets.js';
 import { RestoreError } from './errors.js';
 import type { InetSockets } from './inet-sockets.js';
 import { remote, remoteOpen } from './memory.js';
+import { MemfdInodes } from './memfd.js';
 import type { RestoreTask } from './remote-task.js';
 
 const SEEK_SET = 0;
@@ -62,11 +63,8 @@ function statusFlagsOf(file: OpenFileImage<RegFile>): number {
   }
 }
 const EPOLL_CTL_ADD = 1;
-const MFD_ALLOW_SEALING = 2;
 const F_SETSIG = 10;
 const F_SETOWN_EX = 15;
-const F_ADD_SEALS = 1033;
-const F_SEAL_SEAL = 1;
 const EFD_SEMAPHORE = 1;
 /** TFD_IOC_SET_TICKS = _IOW('T', 0, u64). */
 const TFD_IOC_SET_TICKS = 0x40085400;
@@ -189,8 +187,9 @@ class FileCreator {
     firstTemp: number,
     private readonly pathOf: (f: RegFile) => string,
     private readonly allSlots: readonly FdImage[] = [],
-    private readonly shared?: SharedFiles,
-    private readonly inet?: InetSockets,
+    private readonly shared: SharedFiles | undefined,
+    private readonly inet: InetSockets | undefined,
+    private readonly memfds: MemfdInodes,
   ) {
     this.nextTemp = firstTemp;
   }
@@ -345,12 +344,9 @@ class FileCreator {
         return this.unixSockets.get(file.id)!;
       }
       case 'memfd': {
-        let fd = this.memfdInode(file.inode, what);
-        if ((file.flags & 3) !== O.RDWR || this.memfdsUsed.has(file.inode.inodeId)) {
-          // Another open file description of the inode (reopened read-only, or a second open).
-          fd = this.park(remoteOpen(this.task, 'files', `/proc/self/fd/${fd}`, file.flags & ~CREATE_ONLY));
-        }
-        this.memfdsUsed.add(file.inode.inodeId);
+        // Each file entry is an open file description of the inode, which criu-ts made once for
+        // the whole restore (mappings of it and other processes' fds open the same one).
+        const fd = this.park(remoteOpen(this.task, 'files', this.memfds.pathOf(file.inode, what), file.flags & ~CREATE_ONLY));
         if (file.pos !== 0n) this.call(`lseek of ${what}`, 'lseek', fd, file.pos, SEEK_SET);
         this.setStatusFlags(fd, file.flags, what);
         return fd;
@@ -447,49 +443,6 @@ class FileCreator {
     this.call(`F_SETFL of ${what}`, 'fcntl', fd, F.SETFL, flags);
   }
 
-  private readonly memfds = new Map<number, number>();
-  private readonly memfdsUsed = new Set<number>();
-
-  /**
-   * The task's memfd for a dumped inode, made on first use: memfd_create in the task, then
-   * contents, size, mode, owner and seals set by criu-ts through /proc/PID/fd (they belong to
-   * the inode). A memfd whose only seal is F_SEAL_SEAL was made without MFD_ALLOW_SEALING.
-   */
-  private memfdInode(inode: MemfdInode, what: string): number {
-    const known = this.memfds.get(inode.inodeId);
-    if (known !== undefined) return known;
-    const [name] = this.task.scratchPut(this.task.cString(inode.name));
-    const sealable = inode.seals !== F_SEAL_SEAL;
-    const fd = this.park(this.call(`memfd_create ${inode.name} for ${what}`, 'memfd_create', name!, sealable ? MFD_ALLOW_SEALING : 0));
-    this.memfds.set(inode.inodeId, fd);
-    this.extra.push(fd);
-    const ours = openLocal(`/proc/${this.task.pid}/fd/${fd}`, O.RDWR);
-    try {
-      ftruncate(ours, inode.size);
-      if (inode.pagesFile && inode.runs.length > 0) {
-        const pages = openSync(inode.pagesFile, 'r');
-        try {
-          for (const [offset, at, length] of inode.runs) {
-            const bytes = Buffer.alloc(length);
-            readSync(pages, bytes, 0, length, at);
-            writeSync(ours, bytes, 0, Math.min(length, inode.size - offset), offset);
-          }
-        } finally {
-          closeSync(pages);
-        }
-      }
-      fchmodSync(ours, inode.mode & 0o7777);
-      fchownSync(ours, inode.uid, inode.gid);
-      if (sealable && inode.seals !== 0) {
-        fcntl(ours, F_ADD_SEALS, inode.seals & ~F_SEAL_SEAL);
-        if (inode.seals & F_SEAL_SEAL) fcntl(ours, F_ADD_SEALS, F_SEAL_SEAL);
-      }
-    } finally {
-      closeLocal(ours);
-    }
-    return fd;
-  }
-
   /** Pipe ends no dumped fd uses (the other end lived outside the dump) are closed at the end. */
   unusedPipeEnds(): number[] {
     const unused: number[] = [];
@@ -527,10 +480,26 @@ function takeLock(task: RestoreTask, lock: FileLockImage): void {
   remote(task, 'files', `${lock.flag === 1 ? 'F_SETLK' : 'F_OFD_SETLK'}: ${what}`, 'fcntl', lock.fd, lock.flag === 1 ? F_SETLK : F_OFD_SETLK, arg!);
 }
 
-export function restoreFiles(task: RestoreTask, set: ImageSet, pathOf: (f: RegFile) => string = (f) => f.name, shared?: SharedFiles, inet?: InetSockets): void {
+/**
+ * `memfds`: the restore's memfd inodes (made for mappings already, or on first use here); when
+ * not given, this call makes, seals and closes its own.
+ */
+export function restoreFiles(
+  task: RestoreTask, set: ImageSet, pathOf: (f: RegFile) => string = (f) => f.name, shared?: SharedFiles, inet?: InetSockets, memfds?: MemfdInodes,
+): void {
+  if (!memfds) {
+    const own = new MemfdInodes();
+    try {
+      restoreFiles(task, set, pathOf, shared, inet, own);
+      own.sealAll();
+    } finally {
+      own.closeAll();
+    }
+    return;
+  }
   const pid = task.pid;
   const inherited = openFds(pid);
-  const creator = new FileCreator(task, inherited, Math.max(2, ...set.fds.map((f) => f.fd), ...inherited) + 1, pathOf, set.fds, shared, inet);
+  const creator = new FileCreator(task, inherited, Math.max(2, ...set.fds.map((f) => f.fd), ...inherited) + 1, pathOf, set.fds, shared, inet, memfds);
   const temps = new Map<number, number>(); // file id -> parked fd (above every dumped one)
   for (const slot of set.fds) {
     if (!temps.has(slot.fileId)) temps.set(slot.fileId, creator.create(slot));

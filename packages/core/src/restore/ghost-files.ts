@@ -17,17 +17,26 @@ export class GhostFiles {
   /** Creates every ghost file of the image set under a temporary name. */
   static create(set: ImageSet): GhostFiles {
     const g = new GhostFiles();
+    g.add(set);
+    return g;
+  }
+
+  /**
+   * Creates the ghost files of one more image set of the tree, except those made already: file
+   * ids are the tree's, and processes that share a deleted file (a shared mapping inherited
+   * across fork) must open the one file recreated for it, not one each.
+   */
+  add(set: ImageSet): void {
     const all = new Map<number, RegFile>();
     for (const v of set.vmas) if (v.file?.ghost) all.set(v.file.id, v.file);
     for (const { file } of set.fds) if ((file.kind === 'reg' || file.kind === 'fifo') && file.reg.ghost) all.set(file.reg.id, file.reg);
     if (set.exe.ghost) all.set(set.exe.id, set.exe);
     try {
-      for (const f of all.values()) g.materialize(f, f.ghost!);
+      for (const f of all.values()) if (!this.paths.has(f.id)) this.materialize(f, f.ghost!);
     } catch (err) {
-      g.removeAll();
+      this.removeAll();
       throw err instanceof RestoreError ? err : new RestoreError('files', 'recreating a file deleted while open', {}, err);
     }
-    return g;
   }
 
   private materialize(f: RegFile, ghost: GhostFile): void {

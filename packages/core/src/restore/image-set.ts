@@ -22,7 +22,7 @@ import { existsSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { ImageFormatError, ImageReader, PAGE_SIZE, PagesReader, PE_LAZY, PE_PARENT, PE_PRESENT } from '@criu-ts/images';
 import { RestoreError } from './errors.js';
-import { FD_TYPE, readFdTable, readFileLocks, type FdSlot, type FileLockImage } from './fd-images.js';
+import { FD_TYPE, memfdInodesOf, readFdTable, readFileLocks, type FdSlot, type FileLockImage, type MemfdInode } from './fd-images.js';
 
 type Msg = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
 
@@ -46,6 +46,8 @@ export interface VmaImage {
   readonly madv: bigint;
   /** For file mappings: the reg file entry the VMA maps. */
   readonly file?: RegFile;
+  /** For mappings of a memfd (VMA_AREA_MEMFD): its inode, shared with the fds of the same memfd. */
+  readonly memfd?: MemfdInode;
 }
 
 export interface RegFile {
@@ -426,6 +428,7 @@ function readProcess(
     if (!existsSync(exe.name)) invalid(`mm-${pid}.img exe_file_id ${mm.exe_file_id}: the executable ${exe.name} no longer exists`, { file: join(dir, `mm-${pid}.img`), field: 'exe_file_id', path: exe.name });
   });
   const vmas: VmaImage[] = [];
+  let memfds: Map<number, MemfdInode> | undefined;
   let prevEnd = 0n;
   for (const [i, v] of (mm.vmas as Msg[]).entries()) {
     const start = BigInt(v.start);
@@ -437,7 +440,8 @@ function readProcess(
     if (start < prevEnd) invalid(`${where}: overlaps the previous VMA (ends ${hex(prevEnd)})`);
     prevEnd = end;
     if (status & VMA.UNSUPP) invalid(`${where}: CRIU marked this mapping unsupported`);
-    if (status & (VMA.MEMFD | VMA.SYSVIPC | VMA.SOCKET | VMA.AIORING | VMA.SHSTK | VMA.UPROBES)) invalid(`${where}: mapping kind (status 0x${status.toString(16)}) not supported yet`, { status });
+    if (status & VMA.SYSVIPC) invalid(`${where}: SysV shared memory segment id ${v.shmid} (VMA_AREA_SYSVIPC) is not supported yet`, { file: join(dir, `mm-${pid}.img`), status, shmid: String(v.shmid) });
+    if (status & (VMA.SOCKET | VMA.AIORING | VMA.SHSTK | VMA.UPROBES)) invalid(`${where}: mapping kind (status 0x${status.toString(16)}) not supported yet`, { status });
     // Status and mmap flags must agree on sharing: a private mapping made MAP_SHARED would send
     // the process's writes (to a library's data, say) into the file on disk.
     const flags = Number(v.flags);
@@ -449,7 +453,16 @@ function readProcess(
     }
 
     let file: RegFile | undefined;
-    if (status & (VMA.FILE_PRIVATE | VMA.FILE_SHARED)) {
+    let memfd: MemfdInode | undefined;
+    if (status & VMA.MEMFD) {
+      // shmid names the MEMFD file (files.img) whose inode (memfd.img) the VMA maps.
+      if (!(status & (VMA.FILE_PRIVATE | VMA.FILE_SHARED))) invalid(`${where}: a memfd mapping (status 0x${status.toString(16)}) that is not a file mapping`, { status });
+      const f = files.get(Number(v.shmid));
+      if (!f || Number(f.type) !== FD_TYPE.MEMFD || !f.memfd) invalid(`${where} refers to file id ${v.shmid}, which files.img does not have as a memfd`, { id: String(v.shmid), type: f?.type });
+      memfds ??= memfdInodesOf({ dir, readEntries });
+      memfd = memfds.get(Number(f.memfd.inode_id));
+      if (!memfd) invalid(`${where}: memfd inode ${f.memfd.inode_id} (file id ${v.shmid}) is missing from memfd.img`, { inodeId: String(f.memfd.inode_id) });
+    } else if (status & (VMA.FILE_PRIVATE | VMA.FILE_SHARED)) {
       file = reg(Number(v.shmid), where);
       const mappedFile = file;
       if (!file.ghost) envChecks.push(() => {
@@ -458,7 +471,7 @@ function readProcess(
     }
     vmas.push({
       start, end, pgoff: BigInt(v.pgoff), shmid: BigInt(v.shmid), prot: Number(v.prot), flags: Number(v.flags), status,
-      madv: BigInt(v.madv ?? 0n), ...(file ? { file } : {}),
+      madv: BigInt(v.madv ?? 0n), ...(file ? { file } : {}), ...(memfd ? { memfd } : {}),
     });
   }
   if (!vmas.some((v) => v.status & VMA.VDSO)) invalid(`mm-${pid}.img has no [vdso] VMA`);
@@ -508,7 +521,7 @@ function readProcess(
   const fdinfoName = inventory.fdinfo_per_id ? `fdinfo-${ids.files_id}.img` : `fdinfo-${pid}.img`;
   const fds: FdImage[] = readFdTable<RegFile>({
     dir, pid, fdinfoName, fdinfo: readAll(dir, fdinfoName), files, reg, readEntries, shellJob: options.shellJob === true,
-    ...(options.inet ? { inet: options.inet } : {}),
+    ...(options.inet ? { inet: options.inet } : {}), ...(memfds ? { memfds } : {}),
   });
 
   return {

@@ -6,7 +6,8 @@
 //      (checked on this kernel). It goes first, into an empty address space, because the kernel
 //      takes the address only as a hint (get_unmapped_area) and would move it if it were busy.
 //   3. mmap every other VMA at its address; private ones writable for now, so the pages can
-//      be filled, file mappings from the path in files.img at their file offset
+//      be filled, file mappings from the path in files.img at their file offset, memfd
+//      mappings from the restore's one memfd per inode (memfd.ts)
 //   4. preadv from pages-N.img straight into the task: the task opens the pages file itself and
 //      reads runs of pages into place, up to 1024 runs per call (one copy, no buffer in Node)
 //   5. the dumped protections and madvise flags
@@ -19,6 +20,7 @@ import { PAGE_SIZE } from '@criu-ts/images';
 import { RestoreError } from './errors.js';
 import { TASK_SIZE, VMA, type ImageSet, type PagesRun, type RegFile, type VmaImage } from './image-set.js';
 import { CONTROL_SIZE, type RestoreTask } from './remote-task.js';
+import type { MemfdInodes } from './memfd.js';
 
 const ARCH_MAP_VDSO_64 = 0x2003;
 const PR_SET_MM = 35;
@@ -92,7 +94,7 @@ export interface SharedMemorySource {
  */
 export function mapVmas(
   task: RestoreTask, set: ImageSet, pathOf: (f: RegFile) => string = (f) => f.name,
-  sources: ReadonlyMap<bigint, SharedMemorySource> = new Map(),
+  sources: ReadonlyMap<bigint, SharedMemorySource> = new Map(), memfds?: MemfdInodes,
 ): Map<VmaImage, number> {
   const mapped = new Map<VmaImage, number>();
   const fds = new Map<string, number>();
@@ -146,20 +148,23 @@ export function mapVmas(
       const prot = shared || !hasPages(vma) ? vma.prot : vma.prot | PROT.WRITE;
       let flags = (vma.flags & (MAP.SHARED | MAP.PRIVATE | MAP.ANONYMOUS | MAP.GROWSDOWN)) | MAP.FIXED_NOREPLACE;
       let fd = -1;
-      if (vma.file) {
+      if (vma.file || vma.memfd) {
         flags &= ~MAP.ANONYMOUS;
         const writable = shared && (vma.prot & PROT.WRITE) !== 0;
-        const key = `${writable ? 'rw' : 'ro'}:${vma.file.id}`;
+        const key = `${writable ? 'rw' : 'ro'}:${vma.file ? vma.file.id : `memfd ${vma.memfd!.inodeId}`}`;
         fd = fds.get(key) ?? -1;
         if (fd < 0) {
-          fd = remoteOpen(task, 'map-vmas', pathOf(vma.file), (writable ? O.RDWR : O.RDONLY) | O.CLOEXEC);
+          if (vma.memfd && !memfds) fail('map-vmas', `${hex(vma.start)} maps memfd ${vma.memfd.name}, and no memfd inodes were given`);
+          const path = vma.file ? pathOf(vma.file) : memfds!.pathOf(vma.memfd!, `the mapping at ${hex(vma.start)}`);
+          fd = remoteOpen(task, 'map-vmas', path, (writable ? O.RDWR : O.RDONLY) | O.CLOEXEC);
           fds.set(key, fd);
         }
       } else {
         flags |= MAP.ANONYMOUS;
       }
       const len = vma.end - vma.start;
-      const got = remote(task, 'map-vmas', `mmap ${hex(vma.start)}-${hex(vma.end)}${vma.file ? ` ${vma.file.name}@${vma.pgoff}` : ''}`, 'mmap', vma.start, len, prot, flags, fd, vma.file ? vma.pgoff : 0n);
+      const what = vma.file ? ` ${vma.file.name}@${vma.pgoff}` : vma.memfd ? ` memfd:${vma.memfd.name}@${vma.pgoff}` : '';
+      const got = remote(task, 'map-vmas', `mmap ${hex(vma.start)}-${hex(vma.end)}${what}`, 'mmap', vma.start, len, prot, flags, fd, fd >= 0 ? vma.pgoff : 0n);
       if (got !== vma.start) fail('map-vmas', `mmap ${hex(vma.start)} landed at ${hex(got)}`);
       mapped.set(vma, prot);
     }

@@ -36,6 +36,7 @@ import { atStage, RestoreError, type RestoreStage } from './errors.js';
 import { checkPidFree, readTreeImageSet, TASK_SIZE, type ThreadImage, type TreeTaskImages } from './image-set.js';
 import { fillPages, pagesBytesOf, mapVdso, mapVmas, protectVmas, remote, setMmFields, unmapAllButControl, type SharedMemorySource } from './memory.js';
 import { restoreFiles, restoreFs, SharedFiles } from './files.js';
+import { MemfdInodes } from './memfd.js';
 import { connectionKeysOf, InetSockets } from './inet-sockets.js';
 import { GhostFiles } from './ghost-files.js';
 import { CONTROL_SIZE, findControlAreaHole, RestoreTask } from './remote-task.js';
@@ -183,6 +184,8 @@ function restoreTree(options: RestoreOptions): RestoredTree {
   let pagesBytes = 0;
   let ghosts: GhostFiles | undefined;
   let sharedFiles: SharedFiles | undefined;
+  // memfds of the whole tree, made by criu-ts: mappings and fds in any process open the same inode.
+  const memfds = new MemfdInodes();
   const inetImages = tree.tasks.flatMap((t) => t.set?.fds ?? []).flatMap((slot) => (slot.file.kind === 'inetsk' ? [slot.file.sk] : []));
   const inet = new InetSockets(connectionKeysOf(inetImages), `criu-ts-restore-${process.pid}`);
   try {
@@ -261,12 +264,14 @@ function restoreTree(options: RestoreOptions): RestoredTree {
       const set = m.images.set!;
       const m0 = performance.now();
       atStage('unmap-stub', 'unmapping the stub', () => unmapAllButControl(t));
-      ghosts = GhostFiles.create(set);
+      // One set of ghost files for the tree (see GhostFiles.add), deleted again once all hold theirs.
+      if (ghosts) ghosts.add(set);
+      else ghosts = GhostFiles.create(set);
       const g = ghosts;
       const pathOf = (f: Parameters<GhostFiles['pathOf']>[0]) => g.pathOf(f);
       atStage('vdso', 'mapping the vDSO', () => mapVdso(t, set.vmas));
       const attached = new Set(set.shmem.filter((o) => sources.has(o.shmid)).map((o) => o.shmid));
-      const mapped = atStage('map-vmas', 'mapping VMAs', () => mapVmas(t, set, pathOf, sources));
+      const mapped = atStage('map-vmas', 'mapping VMAs', () => mapVmas(t, set, pathOf, sources, memfds));
       pagesBytes += atStage('fill-pages', 'reading pages', () => fillPages(t, set, attached, (n) => {
         bytesRead += n;
         options.onProgress?.({ bytesRead, bytesTotal });
@@ -289,10 +294,7 @@ function restoreTree(options: RestoreOptions): RestoredTree {
         });
       }
 
-      atStage('files', 'restoring fds', () => restoreFiles(t, set, pathOf, sharedFiles, inet));
-      // Every fd and mapping holds its ghost file now: back to deleted, as dumped.
-      ghosts.removeAll();
-      ghosts = undefined;
+      atStage('files', 'restoring fds', () => restoreFiles(t, set, pathOf, sharedFiles, inet, memfds));
       atStage('fs', 'restoring cwd/root/umask', () => restoreFs(t, set));
       fault('after-files', 'files');
       atStage('rlimits', 'restoring rlimits', () => restoreRlimits(t, set, warnings));
@@ -307,6 +309,10 @@ function restoreTree(options: RestoreOptions): RestoredTree {
       if (m !== made[0] || !detached) armDeathGuard(t);
     }
     t3 = t2 + memoryMs;
+    // Every fd and mapping of the tree holds its ghost file now: back to deleted, as dumped.
+    ghosts?.removeAll();
+    ghosts = undefined;
+    atStage('files', 'sealing memfds', () => memfds.sealAll());
     fault('after-threads', 'threads');
 
     fault('before-release', 'release');
@@ -335,6 +341,7 @@ function restoreTree(options: RestoreOptions): RestoredTree {
     atStage('release', 'lifting the network lock', () => inet.unlock());
   } catch (err) {
     sharedFiles?.close();
+    memfds.closeAll();
     inet.abandon();
     // Whatever failed, no process of the tree is left: children first, each with its threads.
     for (const m of [...made].reverse()) killCreated(m.task.pid, [...m.task.threads.keys()]);
@@ -346,6 +353,7 @@ function restoreTree(options: RestoreOptions): RestoredTree {
   }
   // Every process has its copy of the shared files: criu-ts's own duplicates go.
   sharedFiles?.close();
+  memfds.closeAll();
   if (options.pidfile) {
     try {
       writeFileSync(options.pidfile, `${root.pid}`);
