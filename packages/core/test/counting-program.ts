@@ -10,17 +10,8 @@ import { join } from 'node:path';
 import { dumpSync, type DumpOptions } from '@criu-ts/core';
 import { ImageReader } from '@criu-ts/images';
 import { killQuietly, procState, sleepMs, waitFor } from './restore-helpers.js';
-import { reapIfOurs } from './programs.js';
+import { reapIfOurs, dumpedPids } from './programs.js';
 
-/** Every PID pstree.img of `images` lists. */
-function dumpedPids(images: string): number[] {
-  const reader = ImageReader.open(join(images, 'pstree.img'));
-  try {
-    return [...reader.entries()].map((e) => Number((e.message as { pid: number }).pid));
-  } finally {
-    reader.close();
-  }
-}
 
 export class CountingProgram {
   readonly dir = mkdtempSync(join(tmpdir(), 'criu-ts-counter-'));

@@ -7,16 +7,8 @@ import { join } from 'node:path';
 import { dumpSync, DumpError } from '@criu-ts/core';
 import { ImageReader, PagesReader } from '@criu-ts/images';
 import { alive, waitFor } from './restore-helpers.js';
-import { reapIfOurs, StateKeeper, rootWithSubreaper } from './programs.js';
+import { reapIfOurs, StateKeeper, rootWithSubreaper, imageEntries as entries } from './programs.js';
 
-function entries(path: string) {
-  const reader = ImageReader.open(path);
-  try {
-    return [...reader.entries()].map((e) => e.message);
-  } finally {
-    reader.close();
-  }
-}
 
 describe('core: dump of a single process', function () {
   this.timeout(60_000);

@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { dumpSync, restoreSync } from '@criu-ts/core';
 import { ImageReader } from '@criu-ts/images';
 import { isRoot, procState, sleepMs, waitFor } from './restore-helpers.js';
-import { becomeSubreaper, killAndReap, reapIfOurs, TEST_BIN } from './programs.js';
+import { becomeSubreaper, killAndReap, reapIfOurs, TEST_BIN, dumpedPids } from './programs.js';
 
 /** One RESP client on a kept-open connection: inline commands, one reply line each. */
 class RedisClient {
@@ -77,14 +77,6 @@ function freePort(): Promise<number> {
   });
 }
 
-function dumpedPids(images: string): number[] {
-  const reader = ImageReader.open(join(images, 'pstree.img'));
-  try {
-    return [...reader.entries()].map((e) => Number((e.message as { pid: number }).pid));
-  } finally {
-    reader.close();
-  }
-}
 
 describe('core: redis-server with a client connection kept open, dumped and restored', function () {
   this.timeout(120_000);

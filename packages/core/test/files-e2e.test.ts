@@ -13,7 +13,7 @@ import { DumpError, dumpSync, restoreSync } from '@criu-ts/core';
 import { readImageSet } from '../src/restore/image-set.js';
 import { ImageReader, imageFromCritJson, imageToCritJson } from '@criu-ts/images';
 import { alive, ourStubs, sleepMs, waitFor } from './restore-helpers.js';
-import { killAndReap, StateKeeper, TEST_BIN, rootWithSubreaper } from './programs.js';
+import { killAndReap, StateKeeper, TEST_BIN, rootWithSubreaper, imageEntries as entries } from './programs.js';
 
 function fdKinds(pid: number): string[] {
   return readdirSync(`/proc/${pid}/fd`)
@@ -39,14 +39,6 @@ function imageToCritJsonRaw(path: string): unknown {
   }
 }
 
-function entries(path: string): Array<Record<string, any>> {
-  const reader = ImageReader.open(path);
-  try {
-    return [...reader.entries()].map((e) => e.message as Record<string, any>);
-  } finally {
-    reader.close();
-  }
-}
 
 describe('core: pipes, FIFOs, eventfd, epoll, signalfd, timerfd, inotify and memfd end to end', function () {
   this.timeout(120_000);

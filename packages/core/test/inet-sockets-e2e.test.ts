@@ -15,17 +15,9 @@ import { ImageReader, imageFromCritJson, imageToCritJson } from '@criu-ts/images
 import { listLocksSync } from '@criu-ts/soccr';
 import { pidfdGetfd, pidfdOpen, sock, close, type Pid } from '@criu-ts/sys';
 import { alive, procState, sleepMs, waitFor } from './restore-helpers.js';
-import { dumpAndWait, rootWithSubreaper } from './programs.js';
+import { dumpAndWait, rootWithSubreaper, imageEntries as entries } from './programs.js';
 import { InetKeeper, STREAM_LEN } from './inet-peer.js';
 
-function entries(path: string): Array<Record<string, any>> {
-  const reader = ImageReader.open(path);
-  try {
-    return [...reader.entries()].map((e) => ({ ...(e.message as Record<string, any>), payload: e.payload }));
-  } finally {
-    reader.close();
-  }
-}
 
 /**
  * Local ports of this test process's TCP sockets. Every connection of inet-keeper has this

@@ -7,6 +7,7 @@ import { fileURLToPath } from 'node:url';
 import { dumpSync, type DumpOptions } from '@criu-ts/core';
 import { asPid, prctl, wait4, WNOHANG } from '@criu-ts/sys';
 import { killQuietly, procState, sleepMs, waitFor } from './restore-helpers.js';
+import { ImageReader } from '@criu-ts/images';
 
 const here = dirname(fileURLToPath(import.meta.url));
 export const TEST_BIN = resolve(here, '..', '..', '..', '..', 'tests', 'bin');
@@ -34,6 +35,21 @@ export function rootWithSubreaper(): void {
   after(() => {
     if (process.getuid?.() === 0) becomeSubreaper(false);
   });
+}
+
+/** Every message of one image file, in order (payloads left out). */
+export function imageEntries(path: string): Array<Record<string, any>> { // eslint-disable-line @typescript-eslint/no-explicit-any
+  const reader = ImageReader.open(path);
+  try {
+    return [...reader.entries()].map((e) => e.message as Record<string, any>); // eslint-disable-line @typescript-eslint/no-explicit-any
+  } finally {
+    reader.close();
+  }
+}
+
+/** Every PID pstree.img of `images` lists. */
+export function dumpedPids(images: string): number[] {
+  return imageEntries(join(images, 'pstree.img')).map((e) => Number(e.pid));
 }
 
 /** Reaps `pid` if it is a zombie child of ours. */

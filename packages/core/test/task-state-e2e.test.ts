@@ -9,20 +9,12 @@ import { join, resolve } from 'node:path';
 import { ImageReader, ImageWriter, kindForName } from '@criu-ts/images';
 import { dumpSync, restoreSync, RestoreError } from '@criu-ts/core';
 import { isRoot, ourStubs, sleepMs, waitFor } from './restore-helpers.js';
-import { becomeSubreaper, reapIfOurs, StateKeeper, TEST_BIN } from './programs.js';
+import { becomeSubreaper, reapIfOurs, StateKeeper, TEST_BIN, imageEntries as entries } from './programs.js';
 
 type Msg = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
 
 const CLI = resolve(TEST_BIN, '..', '..', 'packages', 'cli', 'dist', 'criu-ts.mjs');
 
-function entries(path: string): Msg[] {
-  const reader = ImageReader.open(path);
-  try {
-    return [...reader.entries()].map((e) => e.message as Msg);
-  } finally {
-    reader.close();
-  }
-}
 
 function rewrite(path: string, kind: string, messages: Msg[]): void {
   const w = ImageWriter.create(path, kindForName(kind)!);

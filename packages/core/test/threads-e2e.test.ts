@@ -9,19 +9,11 @@ import { spawn, execFileSync } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { dumpSync, DumpError, restoreSync, RestoreError } from '@criu-ts/core';
 import { alive, isRoot, killQuietly, ourStubs, sleepMs, waitFor } from './restore-helpers.js';
-import { becomeSubreaper, reapIfOurs, TEST_BIN } from './programs.js';
+import { becomeSubreaper, reapIfOurs, TEST_BIN, imageEntries as entries } from './programs.js';
 import { ThreadKeeper } from './thread-keeper.js';
 
 type Msg = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
 
-function entries(path: string): Msg[] {
-  const reader = ImageReader.open(path);
-  try {
-    return [...reader.entries()].map((e) => e.message as Msg);
-  } finally {
-    reader.close();
-  }
-}
 
 const bit = (sig: number) => 1n << BigInt(sig - 1);
 const SIGUSR1 = 10;

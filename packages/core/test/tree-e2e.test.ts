@@ -9,18 +9,10 @@ import { join } from 'node:path';
 import { ImageReader, ImageWriter, kindForName } from '@criu-ts/images';
 import { dumpSync, DumpError, restoreSync, RestoreError } from '@criu-ts/core';
 import { isRoot, killQuietly, ourStubs, waitFor } from './restore-helpers.js';
-import { becomeSubreaper, procLayout, reapIfOurs, TEST_BIN, TREE_SLOTS, TREE_ZOMBIE_SLOT, TreeKeeper, type ProcLayout } from './programs.js';
+import { becomeSubreaper, procLayout, reapIfOurs, TEST_BIN, TREE_SLOTS, TREE_ZOMBIE_SLOT, TreeKeeper, type ProcLayout, imageEntries as entries } from './programs.js';
 
 type Msg = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
 
-function entries(path: string): Msg[] {
-  const reader = ImageReader.open(path);
-  try {
-    return [...reader.entries()].map((e) => e.message as Msg);
-  } finally {
-    reader.close();
-  }
-}
 
 function rewrite(path: string, kind: string, list: Msg[]): void {
   const w = ImageWriter.create(path, kindForName(kind)!);
