@@ -232,8 +232,8 @@ int main(int argc, char **argv)
 	signal(SIGUSR1, on_usr1);
 	usleep(20 * 1000); /* the one-shot timer has expired: one tick waits to be read */
 	say("ready %d\n", getpid());
-	while (!check_requested)
-		pause();
+	while (!check_requested) /* polled: a restored task re-enters pause() after a signal that came just before */
+		usleep(1000);
 
 	/* epoll first: reading the pipe or the eventfd would take their readiness away. */
 	struct epoll_event got[8];

@@ -56,8 +56,10 @@ int main(int argc, char **argv)
 	while (!worker_tid)
 		usleep(1000);
 	dprintf(fd, "ready %d %d\n", getpid(), (int)worker_tid);
+	/* Poll, not pause(): a restored task re-enters the syscall it was dumped in, and a SIGUSR1
+	 * that lands just before it re-enters pause() would run the handler and then sleep forever. */
 	for (;;) {
-		pause();
+		usleep(1000);
 		if (usr1) {
 			usr1 = 0;
 			raise(SIGTRAP);

@@ -150,6 +150,9 @@ describe('@criu-ts/compel', function () {
       first.mapSync(4096);
       first.infectSync().dumpMisc();
       first.cureSync();
+      // Detaching kicks a task that has a group stop pending so it re-enters the stop from the
+      // kernel: for a moment /proc shows it running (never in user space). It must settle in 'T'.
+      for (let i = 0; i < 100 && v.state() !== 'T'; i++) await new Promise((r) => setTimeout(r, 10));
       expect(v.state()).to.equal('T');
       const second = injectSync(v.pid);
       try {
