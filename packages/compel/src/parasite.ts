@@ -575,12 +575,42 @@ export class Parasite {
     return Buffer.concat(out);
   }
 
-  /** Writes the pages of `ranges` to `outFd` at its file position: vmsplice then splice, one copy. */
-  dumpPages(ranges: readonly RemoteRange[], outFd: Fd): number {
-    return this.vmspliceRanges(ranges, (fd, bytes) => {
-      let moved = 0;
-      for (let i = 0; moved < bytes && i < 10_000; i++) moved += splice(fd, null, outFd, null, bytes - moved);
-    });
+  /**
+   * Writes the pages of `ranges` to `outFd` at its file position: vmsplice then splice, one copy.
+   *
+   * By default the injector drains the pipe: one request per pipeful (1 MiB at most). With
+   * `inTask`, the parasite gets the file and the pipe's read end and does the whole loop itself,
+   * one request per 1024 ranges. The writes are then the task's: they count against its
+   * RLIMIT_FSIZE (a larger file would raise SIGXFSZ in it) and its memory cgroup's page cache,
+   * so the caller decides when that is harmless. `writebackStep` (bytes, in-task only) starts
+   * disk writeback of each such step as soon as it is in the file.
+   */
+  dumpPages(ranges: readonly RemoteRange[], outFd: Fd, options: { inTask?: boolean; writebackStep?: number } = {}): number {
+    if (!options.inTask) {
+      return this.vmspliceRanges(ranges, (fd, bytes) => {
+        let moved = 0;
+        for (let i = 0; moved < bytes && i < 10_000; i++) moved += splice(fd, null, outFd, null, bytes - moved);
+      });
+    }
+    const p = this.ensurePipe();
+    const maxIov = Math.floor(BUF_SIZE / 16);
+    let total = 0;
+    for (let first = 0; first < ranges.length; first += maxIov) {
+      const batch = ranges.slice(first, first + maxIov);
+      const iov = Buffer.alloc(batch.length * 16);
+      let want = 0;
+      batch.forEach((r, i) => {
+        iov.writeBigUInt64LE(BigInt(r.addr), i * 16);
+        iov.writeBigUInt64LE(BigInt(r.len), i * 16 + 8);
+        want += r.len;
+      });
+      pwrite(this.memfd, iov, BigInt(this.ctlOff + this.bufOff));
+      const r = this.command(CMD.DUMP_PAGES, [p.remoteW, this.bufOff, batch.length, options.writebackStep ?? 0], [outFd, p.r]);
+      const n = Number(this.check(r.ret, 'dump pages'));
+      if (n !== want) throw new CompelError('parasite', this.injection.pid, `the parasite wrote ${n} of ${want} bytes of pages`);
+      total += n;
+    }
+    return total;
   }
 
   /**

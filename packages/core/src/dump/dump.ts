@@ -48,10 +48,10 @@ import { InetSocketDumper } from './files/inet-sockets.js';
 import { lockHeldSync, unlockHeldSync, type ConnectionKey, type LockBackend } from '@criu-ts/soccr';
 import { ImageDir } from './image-dir.js';
 import {
-  describeVmas, pagemapEntries, scanPages, sharedObjects, shmemPagemapEntries, writePages, type DumpVma, type PageRun, type SharedObject,
+  describeVmas, pagemapEntries, pagesCopyInTaskAllowed, scanPages, sharedObjects, shmemPagemapEntries, writePages, type DumpVma, type PageRun, type SharedObject,
 } from './memory.js';
 import {
-  buildCoreEntry, buildThreadCoreEntry, collectPtraceState, collectThreadOwnState, TASK_STOPPED, type TaskSnapshot,
+  buildCoreEntry, buildThreadCoreEntry, collectPtraceState, collectThreadOwnState, threadOwnStateFromMisc, TASK_STOPPED, type TaskSnapshot,
 } from './task-core.js';
 import { seccompImage } from './seccomp.js';
 import { freezeTree, type TreeTask } from './tree.js';
@@ -110,6 +110,8 @@ export interface DumpResult {
 const KCMP_FILE = 0;
 const DEFAULT_GHOST_LIMIT = 1 << 20;
 const DEFAULT_TIMEOUT_MS = 10_000;
+/** Disk writeback is started for every this many bytes of pages written (kill mode). */
+const WRITEBACK_STEP = 16 << 20;
 /** core.proto task_state of a zombie (CRIU's TASK_DEAD). */
 const TASK_DEAD = 2;
 
@@ -325,7 +327,9 @@ function dumpTree(options: DumpOptions): DumpResult {
       const exePath = readLink(p, 'exe').replace(/ \(deleted\)$/, '');
       const exeId = files.mappedFile(exePath, 0, `/proc/${p}/exe`);
       t.vmas = describeVmas(p, t.procVmas, files);
-      const { core, misc } = buildCoreEntry(t.threads[0]!, t.parasite!);
+      const misc = t.parasite!.dumpMisc();
+      for (const th of t.threads) if (th.own === null) th.own = threadOwnStateFromMisc(misc);
+      const { core } = buildCoreEntry(t.threads[0]!, t.parasite!, misc);
       t.core = core;
       t.threadCores = t.threads.slice(1).map((th) => ({ tid: th.tid, core: buildThreadCoreEntry(th) }));
       t.mm = mmEntry(p, exeId, t.vmas, Number(misc.dumpable));
@@ -362,13 +366,18 @@ function dumpTree(options: DumpOptions): DumpResult {
       t.runs = scanPages(t.task.pid, t.vmas!, 'private');
       pagesTotal += t.runs.reduce((n, r) => n + r.pages, 0);
     }
+    // When the tasks are killed after the dump, their images must be on disk first: start the
+    // writeback while copying, so the fsync before the kill has little left to wait for. With
+    // -R/-s the fsync comes after they run again, and the disk would only compete with the copy.
+    const writebackStep = (options.leave ?? 'kill') === 'kill' ? WRITEBACK_STEP : 0;
     for (const t of live) {
       const p = t.task.pid;
+      const copyMode = { inTask: pagesCopyInTaskAllowed(p), writebackStep };
       const pagesFd = asFd(dir.openRaw(`pages-${t.pagesId}.img`));
       try {
         fault('in-pages');
         const before = pagesWritten;
-        const bytes = writePages(p, t.runs!, t.parasite!, pagesFd, (done) => options.onProgress?.({ pagesWritten: before + done / 4096, pagesTotal }));
+        const bytes = writePages(p, t.runs!, t.parasite!, pagesFd, (done) => options.onProgress?.({ pagesWritten: before + done / 4096, pagesTotal }), copyMode);
         pagesWritten += bytes / 4096;
       } finally {
         closeFd(pagesFd);
@@ -386,7 +395,7 @@ function dumpTree(options: DumpOptions): DumpResult {
         }
         const seen = shared.seen;
         const objectRuns = scanPages(p, object.vmas, 'shared').flatMap((r) => splitUnseen(object, r, seen));
-        pagesWritten += writePages(p, objectRuns, t.parasite!, shared.fd) / 4096;
+        pagesWritten += writePages(p, objectRuns, t.parasite!, shared.fd, undefined, copyMode) / 4096;
         shared.entries.push(...shmemPagemapEntries(object, objectRuns));
       }
     }
@@ -578,17 +587,19 @@ function threadSnapshots(victim: Victim, pid: Pid, stopped: boolean): TaskSnapsh
   if (tids[0] !== pid) {
     throw new Error(`the thread group leader ${pid} is gone (a zombie leader with live threads is not supported yet)`);
   }
-  // The answers need 64 writable bytes. Below the worker's red zone (128 bytes under its stack
-  // pointer, which the x86_64 ABI leaves to signal frames: nothing live is there) they cost no
-  // mapping, so a dumper killed meanwhile leaves none behind; a page is mapped only when that
-  // stack has no room.
+  // The parasite's own thread reports its state itself (threadOwnStateFromMisc, after infection);
+  // the others answer remote calls. The answers need 64 writable bytes. Below the worker's red
+  // zone (128 bytes under its stack pointer, which the x86_64 ABI leaves to signal frames:
+  // nothing live is there) they cost no mapping, so a dumper killed meanwhile leaves none behind;
+  // a page is mapped only when that stack has no room.
+  const others = tids.some((tid) => tid !== victim.worker);
   const below = (victim.saved.regs.rsp - 128n - 256n) & ~63n;
-  const onStack = readMaps(pid).some((v) => v.start <= below && victim.saved.regs.rsp <= v.end && v.perms.startsWith('rw'));
+  const onStack = !others || readMaps(pid).some((v) => v.start <= below && victim.saved.regs.rsp <= v.end && v.perms.startsWith('rw'));
   const scratch = onStack ? asRemoteAddress(below) : victim.mapSync(4096);
   try {
     return tids.map((tid) => {
-      const own = collectThreadOwnState(victim, tid, scratch);
       const worker = tid === victim.worker;
+      const own = worker ? null : collectThreadOwnState(victim, tid, scratch);
       return {
         pid, tid, stopped, own, ptrace: collectPtraceState(pid, tid),
         regs: worker ? victim.saved.regs : ptraceGetRegs(tid),

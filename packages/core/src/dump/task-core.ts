@@ -216,6 +216,19 @@ export function collectThreadOwnState(victim: Injection, tid: Pid, scratch: Remo
   };
 }
 
+/**
+ * The same state of the parasite's own thread, from its DUMP_MISC answer: it runs the calls in
+ * the task itself, which saves the five ptrace round trips (and settles) collectThreadOwnState
+ * needs per thread.
+ */
+export function threadOwnStateFromMisc(misc: TaskMisc): ThreadOwnState {
+  return {
+    altstackSp: BigInt.asUintN(64, misc.altstack_sp), altstackFlags: Number(misc.altstack_flags), altstackSize: BigInt.asUintN(64, misc.altstack_size),
+    clearChildTid: BigInt.asUintN(64, misc.clear_child_tid), pdeathSig: Number(misc.pdeathsig), securebits: Number(misc.securebits),
+    noNewPrivs: misc.no_new_privs !== 0n,
+  };
+}
+
 export interface TaskSnapshot {
   readonly pid: Pid;
   readonly tid: Pid;
@@ -224,12 +237,15 @@ export interface TaskSnapshot {
   readonly sigmask: bigint;
   readonly stopped: boolean;
   readonly ptrace: PtraceState;
-  readonly own: ThreadOwnState;
+  /** null for the parasite's thread until the parasite reports it (threadOwnStateFromMisc). */
+  own: ThreadOwnState | null;
 }
 
 /** thread_info and thread_core of one thread (CRIU writes these for every thread, leader included). */
 function threadParts(task: TaskSnapshot): { threadInfo: DecodedMessage; threadCore: DecodedMessage } {
-  const { pid, tid, own } = task;
+  const { pid, tid } = task;
+  const own = task.own;
+  if (own === null) throw new Error(`thread ${tid}: its own state (sigaltstack, tid address...) was not collected`);
   const robust = robustList(tid);
   const schedPolicy = Number(syscall('sched_getscheduler', tid));
   const param = Buffer.alloc(4);
@@ -272,9 +288,8 @@ export function buildThreadCoreEntry(task: TaskSnapshot): DecodedMessage {
 }
 
 /** The whole core_entry of the thread group leader: its thread parts and the task-wide tc. */
-export function buildCoreEntry(task: TaskSnapshot, parasite: Parasite): { core: DecodedMessage; misc: TaskMisc } {
+export function buildCoreEntry(task: TaskSnapshot, parasite: Parasite, misc: TaskMisc): { core: DecodedMessage; misc: TaskMisc } {
   const { pid, tid } = task;
-  const misc = parasite.dumpMisc();
   const sigactions = parasite.dumpSigactions();
   const timers = parasite.dumpItimers();
   const stat = readStat(pid, tid);
