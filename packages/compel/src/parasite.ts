@@ -262,6 +262,8 @@ export class Parasite {
     readonly selfCureUnmaps: boolean,
     /** The extended state the self-cure frame restores (undefined: the whole NT_X86_XSTATE image). */
     readonly selfCureXstate: { features: bigint; size: number } | undefined,
+    /** The CPU's XSAVE layout and the task's permissions, as the blob read them in the task (null: not read). */
+    readonly xstateLayout: XstateLayout | null,
   ) {
     this.sock = sock;
   }
@@ -333,6 +335,7 @@ export class Parasite {
     const ctlAddr = base + BigInt(ctlOff);
     const stackTop = base + BigInt(size) - 64n;
     let xstate: { features: bigint; size: number } | undefined;
+    let cpuLayout: XstateLayout | null = null;
     const layoutFn = blob.symbols.parasite_xstate_layout;
     if (layoutFn !== undefined) {
       const out = ctlAddr + BigInt(bufOff);
@@ -340,7 +343,8 @@ export class Parasite {
       if (inj.callSync(entry, asRemoteAddress(base + BigInt(layoutFn)), asRemoteAddress(stackTop), [out]) === 1n) {
         const raw = Buffer.alloc(XSTATE_LAYOUT.size);
         pread(memfd, raw, BigInt(ctlOff + bufOff));
-        xstate = sigframeXstateLayout(inj.saved.xsave, decodeXstateLayout(raw));
+        cpuLayout = decodeXstateLayout(raw);
+        xstate = sigframeXstateLayout(inj.saved.xsave, cpuLayout);
       }
     }
     const orig = restartedRegs(undoInterruptEintr(inj.saved.regs));
@@ -378,7 +382,7 @@ export class Parasite {
 
     // 5. Start the daemon on the blob's stack.
     inj.startWorkerSync({ ...inj.saved.regs, rip: base + BigInt(blob.symbols.parasite_entry_daemon!), rsp: stackTop, rdi: ctlAddr });
-    const parasite = new Parasite(inj, base, size, memfd, ctlOff, bufOff, sock, remoteSock, blob, chainAddr !== 0n, xstate);
+    const parasite = new Parasite(inj, base, size, memfd, ctlOff, bufOff, sock, remoteSock, blob, chainAddr !== 0n, xstate, cpuLayout);
     inj.onCure(() => parasite.stopSync());
     const pong = parasite.command(CMD.PING);
     if (Number(pong.ret) !== inj.worker) {

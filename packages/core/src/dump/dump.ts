@@ -43,6 +43,8 @@ import { inNetworkNamespace } from '../net-namespace.js';
 import { readAuxv, readLink, readStat, readStatus } from '../proc/task-files.js';
 import { readSmaps, type ProcVma } from '../proc/smaps.js';
 import { writeMemfdPages } from './files/memfd.js';
+import { xsaveOffsetsFromCpuid } from '../arch/x86-fpu.js';
+import { xstateLayout } from '../restore/stub.js';
 import { FileTable, findUnsupportedDescriptor, readGhostContents, UnsupportedFileError } from './files.js';
 import { InetSocketDumper } from './files/inet-sockets.js';
 import { lockHeldSync, unlockHeldSync, type ConnectionKey, type LockBackend } from '@criu-ts/soccr';
@@ -329,9 +331,12 @@ function dumpTree(options: DumpOptions): DumpResult {
       t.vmas = describeVmas(p, t.procVmas, files);
       const misc = t.parasite!.dumpMisc();
       for (const th of t.threads) if (th.own === null) th.own = threadOwnStateFromMisc(misc);
-      const { core } = buildCoreEntry(t.threads[0]!, t.parasite!, misc);
+      // The XSAVE layout is the CPU's (CPUID), read by the parasite in the task.
+      const cpuLayout = t.parasite!.xstateLayout;
+      const xsaveOffsets = xsaveOffsetsFromCpuid(cpuLayout ? cpuLayout.components : xstateLayout().components);
+      const { core } = buildCoreEntry(t.threads[0]!, t.parasite!, misc, xsaveOffsets);
       t.core = core;
-      t.threadCores = t.threads.slice(1).map((th) => ({ tid: th.tid, core: buildThreadCoreEntry(th) }));
+      t.threadCores = t.threads.slice(1).map((th) => ({ tid: th.tid, core: buildThreadCoreEntry(th, xsaveOffsets) }));
       t.mm = mmEntry(p, exeId, t.vmas, Number(misc.dumpable));
       t.fs = { umask: Number(misc.umask) };
     }

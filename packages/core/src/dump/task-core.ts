@@ -13,7 +13,7 @@ import { readPosixTimers, undoInterruptEintr, type Injection, type Parasite, typ
 import {
   ptracePeekSiginfo, ptraceRaw, syscall, SIGINFO_SIZE, type Pid, type RemoteAddress, type SyscallName, type UserRegs,
 } from '@criu-ts/sys';
-import { fpregsFromXsave } from '../arch/x86-fpu.js';
+import { fpregsFromXsave, type XsaveOffsets } from '../arch/x86-fpu.js';
 import { capabilityWords, readLimits, readStat, readStatus, readText } from '../proc/task-files.js';
 import { collectSeccomp, type ThreadSeccomp } from './seccomp.js';
 
@@ -242,7 +242,7 @@ export interface TaskSnapshot {
 }
 
 /** thread_info and thread_core of one thread (CRIU writes these for every thread, leader included). */
-function threadParts(task: TaskSnapshot): { threadInfo: DecodedMessage; threadCore: DecodedMessage } {
+function threadParts(task: TaskSnapshot, xsaveOffsets: XsaveOffsets): { threadInfo: DecodedMessage; threadCore: DecodedMessage } {
   const { pid, tid } = task;
   const own = task.own;
   if (own === null) throw new Error(`thread ${tid}: its own state (sigaltstack, tid address...) was not collected`);
@@ -271,7 +271,7 @@ function threadParts(task: TaskSnapshot): { threadInfo: DecodedMessage; threadCo
   const threadInfo: DecodedMessage = {
     clear_tid_addr: own.clearChildTid,
     gpregs: gpregsEntry(undoInterruptEintr(task.regs)),
-    fpregs: fpregsFromXsave(task.xsave),
+    fpregs: fpregsFromXsave(task.xsave, xsaveOffsets),
     tls: task.ptrace.tls,
   };
   return { threadInfo, threadCore };
@@ -281,19 +281,19 @@ function threadParts(task: TaskSnapshot): { threadInfo: DecodedMessage; threadCo
  * core-TID.img of a thread that is not the leader: thread_info and thread_core only, the blocked
  * mask in thread_core (CRIU 4.2's layout: the task-wide tc is in the leader's core alone).
  */
-export function buildThreadCoreEntry(task: TaskSnapshot): DecodedMessage {
-  const { threadInfo, threadCore } = threadParts(task);
+export function buildThreadCoreEntry(task: TaskSnapshot, xsaveOffsets: XsaveOffsets): DecodedMessage {
+  const { threadInfo, threadCore } = threadParts(task, xsaveOffsets);
   threadCore.blk_sigset = task.sigmask;
   return { mtype: 1 /* X86_64 */, thread_info: threadInfo, thread_core: threadCore };
 }
 
 /** The whole core_entry of the thread group leader: its thread parts and the task-wide tc. */
-export function buildCoreEntry(task: TaskSnapshot, parasite: Parasite, misc: TaskMisc): { core: DecodedMessage; misc: TaskMisc } {
+export function buildCoreEntry(task: TaskSnapshot, parasite: Parasite, misc: TaskMisc, xsaveOffsets: XsaveOffsets): { core: DecodedMessage; misc: TaskMisc } {
   const { pid, tid } = task;
   const sigactions = parasite.dumpSigactions();
   const timers = parasite.dumpItimers();
   const stat = readStat(pid, tid);
-  const { threadInfo, threadCore } = threadParts(task);
+  const { threadInfo, threadCore } = threadParts(task, xsaveOffsets);
   const comm = threadCore.comm;
 
   const core: DecodedMessage = {
