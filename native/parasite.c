@@ -251,6 +251,15 @@ static s64 dump_misc(struct parasite_misc *m) {
 }
 
 /*
+ * DUMP_MISC for a thread other than the daemon's: the injector runs this in that thread (through
+ * parasite_entry_call, on the blob's second stack) while the daemon waits for requests, since
+ * sigaltstack, the tid address, the pdeath signal, securebits and no_new_privs are per thread.
+ */
+s64 parasite_dump_misc(struct parasite_misc *m) {
+  return dump_misc(m);
+}
+
+/*
  * The injector is gone (EOF or error on the control socket) and the task is no longer traced:
  * put it back by itself. The injector prepared, in the control area, a chain and an rt_sigreturn
  * frame holding the task's registers and signal mask as they were before infection. We copy

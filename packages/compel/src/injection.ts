@@ -546,6 +546,39 @@ export class Injection {
   }
 
   /**
+   * Like callSync, in seized thread `tid` (another thread than the worker): its registers and
+   * mask are read before and put back after, and it is settled in an interrupt stop as after
+   * syscallInThreadRawSync. Every signal is blocked during the call. Returns RAX.
+   */
+  callInThreadSync(tid: Pid, entryCall: RemoteAddress, fn: RemoteAddress, stackTop: RemoteAddress, args: Array<number | bigint> = []): bigint {
+    if (tid === this.worker) return this.callSync(entryCall, fn, stackTop, args);
+    if (this.state === 'cured') throw new CompelError('state', this.pid, 'call after cure');
+    if (!this.threads.has(tid)) throw new CompelError('state', this.pid, `thread ${tid} is not seized by this injection`);
+    const a = args.map((x) => BigInt.asUintN(64, BigInt(x)));
+    const what = `remote call 0x${fn.toString(16)} in thread ${tid}`;
+    const savedRegs = ptraceGetRegs(tid);
+    const savedMask = ptraceGetSigmask(tid);
+    ptraceSetSigmask(tid, SIGSET_REMOTE);
+    try {
+      ptraceSetRegs(tid, {
+        ...savedRegs,
+        rip: entryCall, rsp: stackTop & ~0xfn, rdi: fn, rsi: a[0] ?? 0n, rdx: a[1] ?? 0n, rcx: a[2] ?? 0n,
+        r8: a[3] ?? 0n, r9: a[4] ?? 0n, orig_rax: ORIG_RAX_NONE, eflags: savedRegs.eflags & ~(EFLAGS_TF | EFLAGS_DF),
+      });
+      ptraceCont(tid);
+      this.waitTrap(what, 'cont', tid);
+      const after = ptraceGetRegs(tid);
+      if (this.settleBetweenCalls) this.settleSync(tid, savedRegs, savedMask, what);
+      return BigInt.asIntN(64, after.rax);
+    } finally {
+      try {
+        ptraceSetRegs(tid, savedRegs);
+        ptraceSetSigmask(tid, savedMask);
+      } catch { /* the thread died: nothing to put back */ }
+    }
+  }
+
+  /**
    * Precondition: seized. Starts the worker at `regs` and returns at once (the parasite daemon
    * runs until it is told to stop, then traps).
    */

@@ -29,7 +29,7 @@ import {
   accept4, AF_UNIX, bind, close, F, fcntl, ftruncate, listen, O, open, pipe2, pwrite, recvmsg, sendmsg,
   setsockopt, SO, SOCK, socket, sockaddrUn, SOL_SOCKET, splice, timeval, toSigframeFpstate, asRemoteAddress,
   MAP, PROT, syscallNumber, SysError, ERESTARTSYS, ERESTARTNOINTR, ERESTARTNOHAND, ERESTART_RESTARTBLOCK,
-  type Fd, type RemoteAddress, type SyscallName, type UserRegs, type RemoteRange, read as readFd, pread,
+  type Fd, type Pid, type RemoteAddress, type SyscallName, type UserRegs, type RemoteRange, read as readFd, pread,
   xstateBv, xstateXcr0, XSAVE_HEADER_OFFSET,
 } from '@criu-ts/sys';
 import { CompelError } from './errors.js';
@@ -140,6 +140,8 @@ export interface LoadedBlob {
 
 const PAGE = 4096;
 const STACK_SIZE = 64 * 1024;
+/** A stack for calls in the task's other threads (one at a time), after the daemon's. */
+const THREAD_STACK_SIZE = 16 * 1024;
 const BUF_SIZE = 16 * 1024;
 const align = (v: number, a: number) => Math.ceil(v / a) * a;
 const alignB = (v: bigint, a: bigint) => ((v + a - 1n) / a) * a;
@@ -169,6 +171,15 @@ export interface XstateLayout {
   perm: bigint | null;
   /** CPUID(0xD, i) per component i (index 0 and 1 unused): size, standard-format offset, flags (ECX). */
   components: Array<{ size: number; offset: number; flags: number }>;
+}
+
+/** struct parasite_misc, as DUMP_MISC and parasite_dump_misc write it. */
+function decodeMisc(raw: Buffer): TaskMisc {
+  const misc = {} as TaskMisc;
+  MISC_FIELDS.forEach((f, i) => { misc[f] = raw.readBigInt64LE(i * 8); });
+  const comm = raw.subarray(MISC_FIELDS.length * 8, MISC_FIELDS.length * 8 + 16);
+  misc.comm = comm.subarray(0, comm.indexOf(0) >= 0 ? comm.indexOf(0) : 16).toString('utf8');
+  return misc;
 }
 
 export function decodeXstateLayout(buf: Buffer): XstateLayout {
@@ -282,7 +293,7 @@ export class Parasite {
     const frameOff = chainOff + chainMax;
     const bufOff = frameOff + chainMax;
     const stackOff = align(ctlOff + bufOff + BUF_SIZE, PAGE);
-    const size = stackOff + STACK_SIZE;
+    const size = stackOff + STACK_SIZE + THREAD_STACK_SIZE;
 
     // 1. A memfd in the task, opened by us through /proc: the same file on both sides.
     const scratch = inj.mapSync(PAGE);
@@ -333,7 +344,7 @@ export class Parasite {
     // frame's extended state is cut to what this task's rt_sigreturn accepts, from the XSAVE
     // layout and permissions the blob reads in the task (one call before the daemon starts).
     const ctlAddr = base + BigInt(ctlOff);
-    const stackTop = base + BigInt(size) - 64n;
+    const stackTop = base + BigInt(stackOff + STACK_SIZE) - 64n;
     let xstate: { features: bigint; size: number } | undefined;
     let cpuLayout: XstateLayout | null = null;
     const layoutFn = blob.symbols.parasite_xstate_layout;
@@ -489,11 +500,26 @@ export class Parasite {
   dumpMisc(): TaskMisc {
     const r = this.command(CMD.DUMP_MISC);
     if (r.data.length < MISC_SIZE) throw new CompelError('parasite', this.injection.pid, `DUMP_MISC reply of ${r.data.length} bytes`);
-    const misc = {} as TaskMisc;
-    MISC_FIELDS.forEach((f, i) => { misc[f] = r.data.readBigInt64LE(i * 8); });
-    const comm = r.data.subarray(MISC_FIELDS.length * 8, MISC_FIELDS.length * 8 + 16);
-    misc.comm = comm.subarray(0, comm.indexOf(0) >= 0 ? comm.indexOf(0) : 16).toString('utf8');
-    return misc;
+    return decodeMisc(r.data);
+  }
+
+  /**
+   * The DUMP_MISC answer of another thread of the task (sigaltstack, tid address, pdeath signal,
+   * securebits and no_new_privs are per thread): the thread runs the parasite's dump_misc itself,
+   * on a stack of its own in the blob, while the daemon waits for requests. One ptrace round trip
+   * instead of one per question. Precondition: `tid` is a seized thread other than the worker.
+   */
+  threadMisc(tid: Pid): TaskMisc {
+    const fn = this.blob.symbols.parasite_dump_misc;
+    const entry = this.blob.symbols.parasite_entry_call;
+    if (fn === undefined || entry === undefined) throw new CompelError('parasite', this.injection.pid, 'the parasite blob has no parasite_dump_misc');
+    if (tid === this.injection.worker) return this.dumpMisc();
+    const out = this.base + BigInt(this.ctlOff + this.bufOff);
+    const stackTop = this.base + BigInt(this.size) - 64n;
+    this.injection.callInThreadSync(tid, asRemoteAddress(this.base + BigInt(entry)), asRemoteAddress(this.base + BigInt(fn)), asRemoteAddress(stackTop), [out]);
+    const raw = Buffer.alloc(MISC_SIZE);
+    pread(this.memfd, raw, BigInt(this.ctlOff + this.bufOff));
+    return decodeMisc(raw);
   }
 
   /** Installs copies of our `fds` in the task (SCM_RIGHTS); returns their numbers there (close-on-exec). */

@@ -32,10 +32,10 @@
 import { randomUUID } from 'node:crypto';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
-import { readMaps, type Parasite, type Victim } from '@criu-ts/compel';
+import type { Parasite, Victim } from '@criu-ts/compel';
 import type { DecodedMessage } from '@criu-ts/images';
 import {
-  __WALL, asFd, asPid, asRemoteAddress, kcmp, kill, close as closeFd, ptraceGetRegs, wait4, WNOHANG, ptraceGetRegset, ptraceGetSigmask, NT, type Fd, type Pid,
+  __WALL, asFd, asPid, kcmp, kill, close as closeFd, ptraceGetRegs, wait4, WNOHANG, ptraceGetRegset, ptraceGetSigmask, NT, type Fd, type Pid,
 } from '@criu-ts/sys';
 import { DumpError, type DumpStage } from '../errors.js';
 import { faultRequested } from '../fault-points.js';
@@ -53,7 +53,7 @@ import {
   describeVmas, pagemapEntries, pagesCopyInTaskAllowed, scanPages, sharedObjects, shmemPagemapEntries, writePages, type DumpVma, type PageRun, type SharedObject,
 } from './memory.js';
 import {
-  buildCoreEntry, buildThreadCoreEntry, collectPtraceState, collectThreadOwnState, threadOwnStateFromMisc, TASK_STOPPED, type TaskSnapshot,
+  buildCoreEntry, buildThreadCoreEntry, collectPtraceState, threadOwnStateFromMisc, TASK_STOPPED, type TaskSnapshot,
 } from './task-core.js';
 import { seccompImage } from './seccomp.js';
 import { freezeTree, type TreeTask } from './tree.js';
@@ -329,8 +329,10 @@ function dumpTree(options: DumpOptions): DumpResult {
       const exePath = readLink(p, 'exe').replace(/ \(deleted\)$/, '');
       const exeId = files.mappedFile(exePath, 0, `/proc/${p}/exe`);
       t.vmas = describeVmas(p, t.procVmas, files);
+      // Every thread's own state from the parasite: the worker's in its DUMP_MISC answer, each
+      // other thread's by running the same code in that thread (one ptrace round trip each).
       const misc = t.parasite!.dumpMisc();
-      for (const th of t.threads) if (th.own === null) th.own = threadOwnStateFromMisc(misc);
+      for (const th of t.threads) th.own = threadOwnStateFromMisc(th.tid === t.victim.worker ? misc : t.parasite!.threadMisc(th.tid));
       // The XSAVE layout is the CPU's (CPUID), read by the parasite in the task.
       const cpuLayout = t.parasite!.xstateLayout;
       const xsaveOffsets = xsaveOffsetsFromCpuid(cpuLayout ? cpuLayout.components : xstateLayout().components);
@@ -592,29 +594,17 @@ function threadSnapshots(victim: Victim, pid: Pid, stopped: boolean): TaskSnapsh
   if (tids[0] !== pid) {
     throw new Error(`the thread group leader ${pid} is gone (a zombie leader with live threads is not supported yet)`);
   }
-  // The parasite's own thread reports its state itself (threadOwnStateFromMisc, after infection);
-  // the others answer remote calls. The answers need 64 writable bytes. Below the worker's red
-  // zone (128 bytes under its stack pointer, which the x86_64 ABI leaves to signal frames:
-  // nothing live is there) they cost no mapping, so a dumper killed meanwhile leaves none behind;
-  // a page is mapped only when that stack has no room.
-  const others = tids.some((tid) => tid !== victim.worker);
-  const below = (victim.saved.regs.rsp - 128n - 256n) & ~63n;
-  const onStack = !others || readMaps(pid).some((v) => v.start <= below && victim.saved.regs.rsp <= v.end && v.perms.startsWith('rw'));
-  const scratch = onStack ? asRemoteAddress(below) : victim.mapSync(4096);
-  try {
-    return tids.map((tid) => {
-      const worker = tid === victim.worker;
-      const own = worker ? null : collectThreadOwnState(victim, tid, scratch);
-      return {
-        pid, tid, stopped, own, ptrace: collectPtraceState(pid, tid),
-        regs: worker ? victim.saved.regs : ptraceGetRegs(tid),
-        xsave: worker ? victim.saved.xsave : ptraceGetRegset(tid, NT.X86_XSTATE),
-        sigmask: worker ? victim.saved.sigmask : ptraceGetSigmask(tid),
-      };
-    });
-  } finally {
-    if (!onStack) victim.unmapSync(scratch);
-  }
+  // What only the thread itself can tell (sigaltstack, tid address, pdeath signal, securebits,
+  // no_new_privs) is asked once the parasite is in (collect stage: Parasite.threadMisc).
+  return tids.map((tid) => {
+    const worker = tid === victim.worker;
+    return {
+      pid, tid, stopped, own: null, ptrace: collectPtraceState(pid, tid),
+      regs: worker ? victim.saved.regs : ptraceGetRegs(tid),
+      xsave: worker ? victim.saved.xsave : ptraceGetRegset(tid, NT.X86_XSTATE),
+      sigmask: worker ? victim.saved.sigmask : ptraceGetSigmask(tid),
+    };
+  });
 }
 
 /**

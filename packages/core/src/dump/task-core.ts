@@ -6,12 +6,12 @@
 // Sources: registers and the signal mask as ptrace read them right after the freeze (so they are
 // the thread's own, not what our remote calls left); what only the task can tell (sigactions,
 // itimers, dumpable...) from the parasite; what only each thread can tell (sigaltstack,
-// clear_child_tid, pdeath signal, securebits) from remote syscalls run in that thread; the rest
+// clear_child_tid, pdeath signal, securebits) from the parasite's code run in that thread; the rest
 // from /proc and from ptrace requests that read another thread's state.
 import type { DecodedMessage } from '@criu-ts/images';
-import { readPosixTimers, undoInterruptEintr, type Injection, type Parasite, type Sigaction, type TaskMisc, type Itimer } from '@criu-ts/compel';
+import { readPosixTimers, undoInterruptEintr, type Parasite, type Sigaction, type TaskMisc, type Itimer } from '@criu-ts/compel';
 import {
-  ptracePeekSiginfo, ptraceRaw, syscall, SIGINFO_SIZE, type Pid, type RemoteAddress, type SyscallName, type UserRegs,
+  ptracePeekSiginfo, ptraceRaw, syscall, SIGINFO_SIZE, type Pid, type UserRegs,
 } from '@criu-ts/sys';
 import { fpregsFromXsave, type XsaveOffsets } from '../arch/x86-fpu.js';
 import { capabilityWords, readLimits, readStat, readStatus, readText } from '../proc/task-files.js';
@@ -187,39 +187,10 @@ export interface ThreadOwnState {
   readonly noNewPrivs: boolean;
 }
 
-const PR_GET_PDEATHSIG = 2;
-const PR_GET_SECUREBITS = 27;
-const PR_GET_NO_NEW_PRIVS = 39;
-const PR_GET_TID_ADDRESS = 40;
-
 /**
- * Asks thread `tid` itself, with remote syscalls run in that thread (compel's
- * syscallInThreadRawSync). `scratch` is 64 writable bytes in the task. Precondition: every thread
- * in a ptrace-stop and no parasite running.
- */
-export function collectThreadOwnState(victim: Injection, tid: Pid, scratch: RemoteAddress): ThreadOwnState {
-  const call = (what: string, name: SyscallName, ...args: Array<number | bigint>): bigint => {
-    const rc = victim.syscallInThreadRawSync(tid, name, ...args);
-    if (rc < 0n && rc >= -4095n) throw new Error(`${what} in thread ${tid} failed with errno ${-rc}`);
-    return rc;
-  };
-  // stack_t: ss_sp (8), int ss_flags (+4 padding), ss_size (8); then the tid address, the signal.
-  call('sigaltstack', 'sigaltstack', 0, scratch);
-  call('prctl(PR_GET_TID_ADDRESS)', 'prctl', PR_GET_TID_ADDRESS, scratch + 32n, 0, 0, 0);
-  call('prctl(PR_GET_PDEATHSIG)', 'prctl', PR_GET_PDEATHSIG, scratch + 40n, 0, 0, 0);
-  const securebits = Number(call('prctl(PR_GET_SECUREBITS)', 'prctl', PR_GET_SECUREBITS, 0, 0, 0, 0));
-  const noNewPrivs = call('prctl(PR_GET_NO_NEW_PRIVS)', 'prctl', PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) !== 0n;
-  const mem = victim.readMemorySync(scratch, 48);
-  return {
-    altstackSp: mem.readBigUInt64LE(0), altstackFlags: mem.readInt32LE(8), altstackSize: mem.readBigUInt64LE(16),
-    clearChildTid: mem.readBigUInt64LE(32), pdeathSig: mem.readInt32LE(40), securebits, noNewPrivs,
-  };
-}
-
-/**
- * The same state of the parasite's own thread, from its DUMP_MISC answer: it runs the calls in
- * the task itself, which saves the five ptrace round trips (and settles) collectThreadOwnState
- * needs per thread.
+ * A thread's own state from the parasite's DUMP_MISC answer (the worker's) or parasite_dump_misc
+ * run in that thread (Parasite.threadMisc): the calls run in the thread itself, one ptrace round
+ * trip per thread rather than one per question.
  */
 export function threadOwnStateFromMisc(misc: TaskMisc): ThreadOwnState {
   return {
