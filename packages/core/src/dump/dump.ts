@@ -320,7 +320,7 @@ function dumpTree(options: DumpOptions): DumpResult {
     options.onStage?.(stage);
     const files = new FileTable({
       ghostLimit: options.ghostLimit ?? DEFAULT_GHOST_LIMIT, shellJob: options.shellJob === true, fileLocks: options.fileLocks === true,
-      extUnixSk: options.extUnixSk === true, inet,
+      extUnixSk: options.extUnixSk === true, inet, treePids: live.map((t) => t.task.pid),
     });
     for (const t of live) {
       const p = t.task.pid;
@@ -355,6 +355,7 @@ function dumpTree(options: DumpOptions): DumpResult {
       const rootId = files.directory(readLink(p, 'root'), `/proc/${p}/root`);
       t.fs = { cwd_id: cwdId, root_id: rootId, ...t.fs };
     }
+    files.finishTerminals();
 
     // ---- memory
     stage = 'memory';
@@ -457,6 +458,7 @@ function dumpTree(options: DumpOptions): DumpResult {
     if (files.pipeData.size > 0) dir.writeImage('pipes-data.img', pipeDataEntries(files.pipeData));
     if (files.fifoData.size > 0) dir.writeImage('fifo-data.img', pipeDataEntries(files.fifoData));
     if (files.ttyInfos.length > 0) dir.writeImage('tty-info.img', files.ttyInfos);
+    if (files.ttyData.length > 0) dir.writeImage('tty-data.img', files.ttyData);
     if (files.locks.length > 0) dir.writeImage('filelocks.img', files.locks);
     if (files.socketQueues.length > 0) {
       dir.writeImage('sk-queues.img', files.socketQueues.map((q) => ({ message: { id_for: q.idFor, length: q.bytes.length, ...(q.addr ? { addr: q.addr } : {}) }, payload: { type: 'bytes' as const, bytes: q.bytes } })));

@@ -11,7 +11,10 @@
 //                                gadget + scratch page in a hole of every layout; then every
 //                                other process cloned by its restored parent (set_tid = its
 //                                PID), each session leader calling setsid before its children
-//   session, zombies             process groups (setpgid); zombies exit with their status
+//   files (ptys)                 the ptys of the tree, made by criu-ts with their indexes (ptys.ts)
+//   session, zombies             process groups (setpgid), controlling ptys (TIOCSCTTY right
+//                                after a leader's setsid, TIOCSPGRP once groups exist);
+//                                zombies exit with their status
 //   then per live process, in pstree order:
 //   unmap-stub, vdso, map-vmas,  the dumped address space (memory.ts); a shared anonymous
 //   fill-pages, protect,         object already made by an earlier process is mapped from it
@@ -37,6 +40,7 @@ import { checkPidFree, readTreeImageSet, TASK_SIZE, type ThreadImage, type TreeT
 import { fillPages, pagesBytesOf, mapVdso, mapVmas, protectVmas, remote, setMmFields, unmapAllButControl, type SharedMemorySource } from './memory.js';
 import { restoreFiles, restoreFs, SharedFiles } from './files.js';
 import { MemfdInodes } from './memfd.js';
+import { Ptys } from './ptys.js';
 import { connectionKeysOf, InetSockets } from './inet-sockets.js';
 import { GhostFiles } from './ghost-files.js';
 import { CONTROL_SIZE, findControlAreaHole, RestoreTask } from './remote-task.js';
@@ -173,6 +177,8 @@ function restoreTree(options: RestoreOptions): RestoredTree {
     for (const th of t.set?.threads ?? []) checkPidFree(th.tid);
   }
   for (const h of plan.helpers) checkPidFree(h.pid);
+  const ptys = Ptys.plan(tree.tasks.map((t) => ({ pid: t.pid, sid: t.sid, live: t.set !== undefined, files: t.set?.fds ?? [] })));
+  const ctty = ptys.controllingTerminals();
   const root = tree.tasks[0]!;
   const t1 = performance.now();
   const warnings: string[] = [...permissionWarnings];
@@ -190,6 +196,8 @@ function restoreTree(options: RestoreOptions): RestoredTree {
   const inet = new InetSockets(connectionKeysOf(inetImages), `criu-ts-restore-${process.pid}`);
   try {
     atStage('network-lock', 'locking the TCP connections of the images', () => inet.lock());
+    // Before any task exists: a session leader takes its pty as controlling terminal right after its setsid.
+    if (ptys.size > 0) atStage('files', 'making the ptys of the tree', () => ptys.create());
     // ---- every process, with its PID, parent and session (tree.ts)
     stub = Stub.startSync({ shellJob, timeoutMs });
     fault('after-stub', 'spawn-stub');
@@ -235,9 +243,12 @@ function restoreTree(options: RestoreOptions): RestoredTree {
       }
       const m = current;
       atStage('session', `setsid in ${images.pid}`, () => restoreSessionLeader(m.task, images));
+      // Its children, cloned next, inherit the controlling terminal.
+      for (const c of ctty) if (c.sid === images.pid) ptys.takeAsControllingTerminal(m.task, c.index);
       for (const h of plan.helpers) if (h.kind === 'group' && h.parent === images.pid) makeHelper(h);
     }
     atStage('session', 'restoring process groups', () => restoreGroups(made));
+    for (const c of ctty) ptys.setForegroundGroup(byPid.get(c.sid)!.task, c.index, c.pgrp);
     for (const m of made) if (m.images.zombie) atStage('zombies', `making ${m.images.pid} a zombie`, () => exitAsZombie(m.task, m.images.zombie!.exitCode));
     for (const m of made) {
       if (!m.helper) continue;
@@ -294,7 +305,7 @@ function restoreTree(options: RestoreOptions): RestoredTree {
         });
       }
 
-      atStage('files', 'restoring fds', () => restoreFiles(t, set, pathOf, sharedFiles, inet, memfds));
+      atStage('files', 'restoring fds', () => restoreFiles(t, set, pathOf, sharedFiles, inet, memfds, ptys));
       atStage('fs', 'restoring cwd/root/umask', () => restoreFs(t, set));
       fault('after-files', 'files');
       atStage('rlimits', 'restoring rlimits', () => restoreRlimits(t, set, warnings));
@@ -342,6 +353,7 @@ function restoreTree(options: RestoreOptions): RestoredTree {
   } catch (err) {
     sharedFiles?.close();
     memfds.closeAll();
+    ptys.closeAll();
     inet.abandon();
     // Whatever failed, no process of the tree is left: children first, each with its threads.
     for (const m of [...made].reverse()) killCreated(m.task.pid, [...m.task.threads.keys()]);
@@ -354,6 +366,7 @@ function restoreTree(options: RestoreOptions): RestoredTree {
   // Every process has its copy of the shared files: criu-ts's own duplicates go.
   sharedFiles?.close();
   memfds.closeAll();
+  ptys.closeAll();
   if (options.pidfile) {
     try {
       writeFileSync(options.pidfile, `${root.pid}`);

@@ -1,0 +1,175 @@
+// dump() then restore() of tests/bin/pty-keeper (ptys of the tree: indexes, termios, window size,
+// queued bytes both ways, packet/exclusive/locked modes, a child's controlling terminal and
+// foreground group) and tests/bin/fanotify-keeper (a fanotify group with a mount mark, an inode
+// mark with an ignore mask, an inode mark elsewhere). The programs check each one themselves
+// after the restore; the images are checked against what CRIU 4.2 writes.
+import { expect } from 'chai';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { readdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { DumpError, dumpSync, restoreSync } from '@criu-ts/core';
+import { ImageReader, imageFromCritJson, imageToCritJson } from '@criu-ts/images';
+import { alive, ourStubs } from './restore-helpers.js';
+import { StateKeeper, rootWithSubreaper, imageEntries as entries, dumpedPids } from './programs.js';
+
+/** Every image re-encodes byte-identically through crit's JSON, and Debian's crit (where installed: CI) decodes it. */
+function expectImagesRoundTrip(images: string): void {
+  const crit = !spawnSync('crit', ['-h']).error;
+  if (!crit && process.env.CI) throw new Error('crit missing in CI');
+  for (const name of readdirSync(images).filter((n) => !n.startsWith('pages-'))) {
+    const path = join(images, name);
+    const reader = ImageReader.open(path);
+    let json: unknown;
+    try {
+      json = imageToCritJson(reader);
+    } finally {
+      reader.close();
+    }
+    expect(Buffer.from(imageFromCritJson(json, path)).equals(readFileSync(path)), `${name} re-encodes byte-identically`).to.equal(true);
+    if (crit) {
+      const r = spawnSync('crit', ['decode', '-i', path]);
+      expect(r.status, `crit decode ${name}: ${r.stderr}`).to.equal(0);
+    }
+  }
+}
+
+/** The 19 control characters of a termios_entry as CRIU packs them (four per word). */
+function controlChars(termios: Record<string, any>): number[] { // eslint-disable-line @typescript-eslint/no-explicit-any
+  const bytes = Buffer.alloc(19 * 4);
+  (termios.c_cc as number[]).forEach((w, i) => bytes.writeUInt32LE(Number(w) >>> 0, i * 4));
+  return [...bytes.subarray(0, 19)];
+}
+
+describe('core: ptys of the dumped tree end to end', function () {
+  this.timeout(120_000);
+  let keeper: StateKeeper | undefined;
+  rootWithSubreaper();
+  afterEach(() => {
+    keeper?.cleanup();
+    keeper = undefined;
+  });
+
+  it('writes the images CRIU 4.2 writes for them, queued bytes included, and leaves the tree unharmed', function () {
+    keeper = new StateKeeper('pty-keeper');
+    keeper.dump({ leave: 'running' });
+    expect(dumpedPids(keeper.images)).to.have.length(2);
+    const files = entries(join(keeper.images, 'files.img'));
+    const ttys = files.filter((f) => f.type === 11);
+    expect(ttys, 'three masters and two slaves').to.have.length(5);
+    for (const t of ttys) {
+      // As CRIU 4.2: the REG entry with the path comes first in files.img, with the next id.
+      const reg = files.find((f) => f.id === t.tty.regf_id)!;
+      expect(reg.type).to.equal(1);
+      expect(reg.id).to.equal(t.id + 1);
+      expect(files.indexOf(reg)).to.equal(files.indexOf(t) - 1);
+    }
+    const infos = entries(join(keeper.images, 'tty-info.img'));
+    const byId = new Map(infos.map((i) => [Number(i.id), i]));
+    for (const t of ttys) {
+      const info = byId.get(t.tty.tty_info_id)!;
+      const master = files.find((f) => f.id === t.tty.regf_id)!.reg.name === '/dev/ptmx';
+      expect(info.id, 'tty-info ids as CRIU numbers them').to.equal(info.pty.index * 2 + (master ? 1 : 0));
+    }
+    const masters = infos.filter((i) => i.id % 2 === 1).sort((a, b) => a.pty.index - b.pty.index);
+    const [a, b, c] = masters;
+    expect(a!.winsize).to.deep.equal({ ws_row: 33, ws_col: 111, ws_xpixel: 7, ws_ypixel: 9 });
+    expect(controlChars(a!.termios)[0], 'VINTR, packed as CRIU packs c_cc').to.equal(0x05);
+    expect(controlChars(a!.termios)[2], 'VERASE').to.equal(0x08);
+    expect(a!.termios_locked, 'locked termios recorded').to.not.equal(undefined);
+    expect([a!.locked, b!.locked, c!.locked]).to.deep.equal([false, false, true]);
+    expect([a!.packet_mode, b!.packet_mode, c!.packet_mode]).to.deep.equal([false, true, false]);
+    const child = dumpedPids(keeper.images)[1]!;
+    expect([b!.sid, b!.pgrp], 'pty B: the session it controls and its foreground group').to.deep.equal([child, child]);
+    expect(byId.get(b!.pty.index * 2)!.exclusive, "pty B's slave is exclusive").to.equal(true);
+    expect([a!.sid, c!.sid]).to.deep.equal([0, 0]);
+    const data = entries(join(keeper.images, 'tty-data.img'));
+    expect(data.map((d) => [d.tty_id, Buffer.from(d.data).toString()])).to.have.deep.members([
+      [a!.pty.index * 2, 'typed ahead\n'],
+      [a!.pty.index * 2 + 1, 'printed\r\n'],
+    ]);
+    expectImagesRoundTrip(keeper.images);
+    // The queued bytes were put back: the program still finds them, once.
+    const { failures, checks } = keeper.check();
+    expect(failures).to.deep.equal([]);
+    expect(checks.length).to.be.greaterThan(20);
+  });
+
+  it('restores every pty with its index, settings, queued bytes and controlling terminal, twice in a row', function () {
+    keeper = new StateKeeper('pty-keeper');
+    for (let round = 0; round < 2; round++) {
+      keeper.dump();
+      const r = restoreSync({ imagesDir: keeper.images, detached: true });
+      expect(r.pid).to.equal(keeper.pid);
+      expect(alive(r.pid)).to.equal(true);
+      expect(ourStubs()).to.deep.equal([]);
+      const links = readdirSync(`/proc/${r.pid}/fd`).map((fd) => `${fd} ${execFileSync('readlink', [`/proc/${r.pid}/fd/${fd}`], { encoding: 'utf8' }).trim()}`);
+      expect(links, `round ${round}`).to.include.members(['10 /dev/ptmx', '12 /dev/ptmx', '14 /dev/ptmx']);
+    }
+    const { failures, checks } = keeper.check();
+    expect(failures).to.deep.equal([]);
+    expect(checks).to.have.length(27);
+  });
+});
+
+describe('core: fanotify groups end to end', function () {
+  this.timeout(120_000);
+  let keeper: StateKeeper | undefined;
+  let mount: string | undefined;
+  rootWithSubreaper();
+  afterEach(() => {
+    // Lazily: the program may still hold marks in it until cleanup kills it.
+    if (mount) spawnSync('umount', ['-l', mount]);
+    mount = undefined;
+    keeper?.cleanup();
+    keeper = undefined;
+  });
+
+  /** fanotify-keeper with its mount mark on a tmpfs of its own (no other program's files in it). */
+  function startKeeper(extra: string[] = []): StateKeeper {
+    const k = new StateKeeper('fanotify-keeper', extra, ['sh', '-c', 'mkdir -p "$3/mnt" && mount -t tmpfs criu-ts-fanotify "$3/mnt" && exec "$1" "$2" "$3" "$3/mnt" ${4:+"$4"}', 'sh']);
+    mount = join(k.dir, 'mnt');
+    return k;
+  }
+
+  it('writes fanotify_file_entry as CRIU 4.2 does (inode and mount marks, masks, flags)', function () {
+    keeper = startKeeper();
+    keeper.dump({ leave: 'running' });
+    const group = entries(join(keeper.images, 'files.img')).find((f) => f.type === 12)!;
+    expect(group, 'a FANOTIFY file').to.not.equal(undefined);
+    expect(group.ffy.faflags & 0x3, 'FAN_CLOEXEC | FAN_NONBLOCK').to.equal(0x3);
+    expect(group.ffy.evflags & 0o100000, 'O_LARGEFILE in event-flags').to.equal(0o100000);
+    const marks = group.ffy.mark as Array<Record<string, any>>; // eslint-disable-line @typescript-eslint/no-explicit-any
+    const mountMark = marks.find((m) => m.type === 2)!;
+    expect(mountMark.me.path).to.equal(mount);
+    expect([mountMark.mask, mountMark.ignored_mask]).to.deep.equal([0x28, 0]);
+    const quiet = marks.find((m) => m.type === 1 && m.ie.f_handle.path === join(mount!, 'quiet'))!;
+    expect([quiet.mask, quiet.ignored_mask, quiet.mflags]).to.deep.equal([0, 0x28, 0x40]);
+    const watched = marks.find((m) => m.type === 1 && m.ie.f_handle.path === join(keeper!.dir, 'watched'))!;
+    expect([watched.mask, watched.ignored_mask]).to.deep.equal([0x0a, 0]);
+    expectImagesRoundTrip(keeper.images);
+    const { failures } = keeper.check();
+    expect(failures).to.deep.equal([]);
+  });
+
+  it('restores the group so that marked files give events and ignored ones do not, twice in a row', function () {
+    keeper = startKeeper();
+    for (let round = 0; round < 2; round++) {
+      keeper.dump();
+      const r = restoreSync({ imagesDir: keeper.images, detached: true });
+      expect(r.pid).to.equal(keeper.pid);
+      expect(readFileSync(`/proc/${r.pid}/fdinfo/7`, 'utf8'), `round ${round}`).to.match(/fanotify mnt_id:/);
+    }
+    const { failures, checks } = keeper.check();
+    expect(failures).to.deep.equal([]);
+    expect(checks).to.have.length(8);
+  });
+
+  it('refuses a group with permission events up front, naming the fd, and the program runs on', function () {
+    keeper = startKeeper(['perm']);
+    expect(() => dumpSync({ pid: keeper!.pid, imagesDir: keeper!.images }))
+      .to.throw(DumpError, /fd 7 \(anon_inode:\[fanotify\]\): fanotify group cannot be dumped: .*permission events/);
+    const { failures, checks } = keeper.check();
+    expect(failures).to.deep.equal([]);
+    expect(checks).to.have.length(1);
+  });
+});
