@@ -7,7 +7,8 @@
  *          written on the master and not read on the slave, "printed\n" written on the slave
  *          and not read on the master (which reads it as "printed\r\n");
  *   pty B  master (fd 12, packet mode) in the parent, slave (fd 13, exclusive) in a child that
- *          leads its own session with pty B as controlling terminal and is its foreground group;
+ *          leads its own session with pty B as controlling terminal and is its foreground group,
+ *          with /dev/tty open as fd 15;
  *   pty C  master only (fd 14, non-blocking), never unlocked (locked).
  *
  *   pty-keeper REPORT_FILE WORK_DIR
@@ -36,6 +37,7 @@
 #define MB 12
 #define SB 13
 #define MC 14
+#define TT 15
 
 /* Reads exactly strlen(want) bytes (waiting up to 2 s) and tells whether they are `want`. */
 static int read_expect(int fd, const char *want, const char *what)
@@ -110,6 +112,10 @@ static void child_main(int index_b)
 	MUST(ioctl(SB, TIOCSCTTY, 0));
 	MUST(tcsetpgrp(SB, getpid()));
 	MUST(ioctl(SB, TIOCEXCL));
+	int tt = open("/dev/tty", O_RDWR);
+	MUST(tt);
+	MUST(dup2(tt, TT));
+	close(tt);
 	struct termios t;
 	MUST(tcgetattr(SB, &t));
 	t.c_lflag &= ~(tcflag_t)ECHO;
@@ -128,6 +134,11 @@ static void child_main(int index_b)
 	int excl = 0;
 	CHECK(ioctl(SB, TIOCGEXCL, &excl) == 0 && excl == 1, "child: pty B's slave is still exclusive");
 	CHECK(links_to_pts(SB, index_b), "child: fd %d is /dev/pts/%d again", SB, index_b);
+	char link[64] = "";
+	ssize_t l = readlink("/proc/self/fd/15", link, sizeof(link) - 1);
+	if (l > 0)
+		link[l] = '\0';
+	CHECK(strcmp(link, "/dev/tty") == 0 && tcgetsid(TT) == getpid(), "child: fd %d is /dev/tty, its controlling terminal (%s)", TT, link);
 	CHECK(write(SB, "from child\n", 11) == 11, "child: writes to pty B");
 	read_expect(SB, "to child\n", "child: reads what the parent wrote on pty B's master");
 	_exit(failures);

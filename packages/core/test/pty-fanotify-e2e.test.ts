@@ -54,9 +54,9 @@ describe('core: ptys of the dumped tree end to end', function () {
     keeper.dump({ leave: 'running' });
     expect(dumpedPids(keeper.images)).to.have.length(2);
     const files = entries(join(keeper.images, 'files.img'));
-    const ttys = files.filter((f) => f.type === 11);
-    expect(ttys, 'three masters and two slaves').to.have.length(5);
-    for (const t of ttys) {
+    const all = files.filter((f) => f.type === 11);
+    expect(all, "three masters, two slaves and the child's /dev/tty").to.have.length(6);
+    for (const t of all) {
       // As CRIU 4.2: the REG entry with the path comes first in files.img, with the next id.
       const reg = files.find((f) => f.id === t.tty.regf_id)!;
       expect(reg.type).to.equal(1);
@@ -65,12 +65,15 @@ describe('core: ptys of the dumped tree end to end', function () {
     }
     const infos = entries(join(keeper.images, 'tty-info.img'));
     const byId = new Map(infos.map((i) => [Number(i.id), i]));
+    const ctty = all.filter((t) => t.tty.tty_info_id === 2012);
+    expect(ctty, '/dev/tty as CRIU records it (CTTY, tty-info id 2012)').to.have.length(1);
+    const ttys = all.filter((t) => t !== ctty[0]);
     for (const t of ttys) {
       const info = byId.get(t.tty.tty_info_id)!;
       const master = files.find((f) => f.id === t.tty.regf_id)!.reg.name === '/dev/ptmx';
       expect(info.id, 'tty-info ids as CRIU numbers them').to.equal(info.pty.index * 2 + (master ? 1 : 0));
     }
-    const masters = infos.filter((i) => i.id % 2 === 1).sort((a, b) => a.pty.index - b.pty.index);
+    const masters = infos.filter((i) => i.id % 2 === 1 && i.pty).sort((a, b) => a.pty.index - b.pty.index);
     const [a, b, c] = masters;
     expect(a!.winsize).to.deep.equal({ ws_row: 33, ws_col: 111, ws_xpixel: 7, ws_ypixel: 9 });
     expect(controlChars(a!.termios)[0], 'VINTR, packed as CRIU packs c_cc').to.equal(0x05);
@@ -80,6 +83,7 @@ describe('core: ptys of the dumped tree end to end', function () {
     expect([a!.packet_mode, b!.packet_mode, c!.packet_mode]).to.deep.equal([false, true, false]);
     const child = dumpedPids(keeper.images)[1]!;
     expect([b!.sid, b!.pgrp], 'pty B: the session it controls and its foreground group').to.deep.equal([child, child]);
+    expect([byId.get(2012)!.type, byId.get(2012)!.sid], "/dev/tty: the child's session").to.deep.equal([4, child]);
     expect(byId.get(b!.pty.index * 2)!.exclusive, "pty B's slave is exclusive").to.equal(true);
     expect([a!.sid, c!.sid]).to.deep.equal([0, 0]);
     const data = entries(join(keeper.images, 'tty-data.img'));
@@ -92,6 +96,16 @@ describe('core: ptys of the dumped tree end to end', function () {
     const { failures, checks } = keeper.check();
     expect(failures).to.deep.equal([]);
     expect(checks.length).to.be.greaterThan(20);
+  });
+
+  it('refuses a process holding a pty slave whose master is outside the dump, before freezing it, naming the fd; the tree runs on', function () {
+    keeper = new StateKeeper('pty-keeper');
+    const child = Number(readFileSync(`/proc/${keeper.pid}/task/${keeper.pid}/children`, 'utf8').trim().split(' ')[0]);
+    expect(() => dumpSync({ pid: child, imagesDir: keeper!.images }))
+      .to.throw(DumpError, /check-options.*fd 13 \(\/dev\/pts\/\d+\): terminal of process \d+ cannot be dumped alone: the master of pty \d+ is outside the dump/);
+    const { failures, checks } = keeper.check();
+    expect(failures).to.deep.equal([]);
+    expect(checks).to.have.length(28);
   });
 
   it('restores every pty with its index, settings, queued bytes and controlling terminal, twice in a row', function () {
@@ -107,7 +121,7 @@ describe('core: ptys of the dumped tree end to end', function () {
     }
     const { failures, checks } = keeper.check();
     expect(failures).to.deep.equal([]);
-    expect(checks).to.have.length(27);
+    expect(checks).to.have.length(28);
   });
 });
 

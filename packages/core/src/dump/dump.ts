@@ -43,7 +43,7 @@ import { inNetworkNamespace } from '../net-namespace.js';
 import { readAuxv, readLink, readStat, readStatus } from '../proc/task-files.js';
 import { readSmaps, type ProcVma } from '../proc/smaps.js';
 import { writeMemfdPages } from './files/memfd.js';
-import { FileTable, findUnsupportedDescriptor, readGhostContents, UnsupportedFileError } from './files.js';
+import { FileTable, findOutsideTerminal, findUnsupportedDescriptor, readGhostContents, UnsupportedFileError } from './files.js';
 import { InetSocketDumper } from './files/inet-sockets.js';
 import { lockHeldSync, unlockHeldSync, type ConnectionKey, type LockBackend } from '@criu-ts/soccr';
 import { ImageDir } from './image-dir.js';
@@ -218,6 +218,8 @@ function dumpTree(options: DumpOptions): DumpResult {
   const inetOptions = { tcpEstablished: options.tcpEstablished === true, tcpClose: options.tcpClose === true, skipInFlight: options.skipInFlight === true };
   const unsupported = findUnsupportedDescriptor(pidNumber, inetOptions);
   if (unsupported) fail(`process ${pid} holds ${unsupported.message}`, unsupported);
+  const unpaired = options.shellJob ? undefined : findOutsideTerminal(pidNumber);
+  if (unpaired) fail(`the tree of process ${pid} holds ${unpaired.message}`, unpaired);
 
   // ---- prepare-dir
   stage = 'prepare-dir';

@@ -17,7 +17,7 @@ import type { Pid } from '@criu-ts/sys';
 import { anonInodeKind, eventfdEntry, eventpollEntry, signalfdEntry, timerfdEntry } from './files/anon-inodes.js';
 import { pipeInode, readPipeContents, type PipeContents } from './files/pipes.js';
 import {
-  masterSessionId, ptyMasterIndex, ptySlaveRdev, sessionOf, terminalKind, ttyInfoEntry, ttyInfoId, TTY_TYPE, type TerminalKind,
+  controllingTerminalOf, deviceNumbers, masterSessionId, ptyMasterIndex, ptySlaveRdev, sessionOf, terminalKind, ttyInfoEntry, ttyInfoId, TTY_TYPE, type TerminalKind,
 } from './files/terminals.js';
 import { drainTty, refillPty } from '../pty-queues.js';
 import { inotifyEntry } from './files/inotify.js';
@@ -109,6 +109,8 @@ export class FileTable {
   private readonly ttyInfoIds = new Map<number, number>();
   /** The ptys met, by index: their master (one open file at most: each open of /dev/ptmx is a new pty) and slaves. */
   private readonly ptys = new Map<number, { master?: PtyEnd; slaves: PtyEnd[] }>();
+  /** /dev/tty files met: decided in finishTerminals (their process's controlling terminal must be a pty of the dump). */
+  private readonly cttyEnds: Array<{ pid: number; fd: number; path: string }> = [];
   /** tty-data.img entries: bytes queued in the ptys of the dump (see finishTerminals). */
   readonly ttyData: DecodedMessage[] = [];
 
@@ -309,7 +311,8 @@ export class FileTable {
     if (terminal) {
       if (terminal.type === TTY_TYPE.CONSOLE) throw new UnsupportedFileError(fd, target, 'console (the machine\'s own terminal, which no restore can hand back)');
       // A pty slave is decided once every process is seen (finishTerminals): its master may be in the dump.
-      if (!this.shellJob && terminal.type !== TTY_TYPE.PTY) throw new UnsupportedFileError(fd, target, 'terminal (dump it with --shell-job; restore then gives it criu-ts\'s terminal)');
+      // So is /dev/tty: it is the task's controlling terminal, which may be a pty of the dump.
+      if (!this.shellJob && terminal.type !== TTY_TYPE.PTY && terminal.type !== TTY_TYPE.CTTY) throw new UnsupportedFileError(fd, target, 'terminal (dump it with --shell-job; restore then gives it criu-ts\'s terminal)');
       return this.terminal(pid, fd, target, flags, fdinfoFlags, stats, terminal);
     }
     const id = this.allocate();
@@ -333,18 +336,20 @@ export class FileTable {
       const knownRdev = this.ttyInfoIds.get(infoId);
       if (knownRdev === undefined) {
         const treePids = this.options.treePids ?? [pid];
-        const session = sessionOf(kind.type === TTY_TYPE.PTY ? ptySlaveRdev(kind.index) : stats.rdev, treePids);
+        // /dev/tty stands for the task's controlling terminal: its session is the task's.
+        const session = kind.type === TTY_TYPE.CTTY ? controllingTerminalOf(pid) : sessionOf(kind.type === TTY_TYPE.PTY ? ptySlaveRdev(kind.index) : stats.rdev, treePids);
         if (kind.master && session.sid === 0) {
           const outside = masterSessionId(dup);
           if (outside !== 0) {
             throw new UnsupportedFileError(fd, path, `pty master (index ${kind.index})`, `cannot be dumped: its slave is the controlling terminal of session ${outside}, whose processes are outside the dump`);
           }
         }
-        this.ttyInfos.push(ttyInfoEntry(infoId, dup, stats, kind, session));
+        this.ttyInfos.push(ttyInfoEntry(infoId, dup, stats, kind, { sid: session.sid, pgrp: session.pgrp }));
         this.ttyInfoIds.set(infoId, stats.rdev);
       } else if (knownRdev !== stats.rdev && !kind.master) {
         throw new UnsupportedFileError(fd, path, 'terminal', `cannot be dumped: it would share tty-info id ${infoId} with another device (rdev ${knownRdev}), as CRIU numbers them`);
       }
+      if (kind.type === TTY_TYPE.CTTY) this.cttyEnds.push({ pid, fd, path });
       if (kind.type === TTY_TYPE.PTY) {
         let pty = this.ptys.get(kind.index);
         if (!pty) this.ptys.set(kind.index, (pty = { slaves: [] }));
@@ -372,11 +377,16 @@ export class FileTable {
    * tasks find them there whether they are killed or run on.
    */
   finishTerminals(): void {
+    for (const end of this.cttyEnds) {
+      const ctty = controllingTerminalOf(end.pid);
+      if (ctty.ptyIndex !== undefined && this.ptys.get(ctty.ptyIndex)?.master) continue; // restore opens /dev/tty again once the pty is its terminal
+      if (!this.shellJob) throw outsideCttyError(end.pid, end.fd, end.path, ctty.rdev);
+    }
     for (const [index, pty] of this.ptys) {
       if (!pty.master) {
         if (!this.shellJob) {
           const first = pty.slaves[0]!;
-          throw new UnsupportedFileError(first.fd, first.path, `terminal of process ${first.pid}`, `cannot be dumped alone: the master of pty ${index} is outside the dump (dump with --shell-job, and restore gives it criu-ts's terminal; or dump the process holding the master too)`);
+          throw unpairedSlaveError(first.pid, first.fd, first.path, index);
         }
         continue;
       }
@@ -493,6 +503,95 @@ export function findUnsupportedDescriptor(pid: number, inet: InetDumpOptions = {
     }
   }
   return undefined;
+}
+
+/** `pid` and its descendants, from /proc/PID/task/TID/children (the tree as it is now, not frozen). */
+function treeOf(pid: number): number[] {
+  const out: number[] = [];
+  const queue = [pid];
+  while (queue.length > 0) {
+    const p = queue.shift()!;
+    out.push(p);
+    let tids: string[] = [];
+    try {
+      tids = readdirSync(`/proc/${p}/task`);
+    } catch {
+      continue;
+    }
+    for (const tid of tids) {
+      try {
+        for (const c of readFileSync(`/proc/${p}/task/${tid}/children`, 'utf8').split(' ').filter(Boolean)) queue.push(Number(c));
+      } catch {
+        /* gone */
+      }
+    }
+  }
+  return out;
+}
+
+/**
+ * A terminal from outside open in the tree of `pid` (a pty slave whose master is not in the
+ * tree, /dev/tty of a process whose controlling terminal is not such a pty, a VT or serial
+ * line: only --shell-job dumps them; the console never), found before the freeze so that
+ * refusing it costs nothing. The files stage decides again on the frozen tree (finishTerminals).
+ */
+export function findOutsideTerminal(pid: number): UnsupportedFileError | undefined {
+  const masters = new Set<number>();
+  const slaves: Array<{ pid: number; fd: number; path: string; index: number }> = [];
+  const cttys: Array<{ pid: number; fd: number; path: string }> = [];
+  for (const p of treeOf(pid)) {
+    let fds: string[];
+    try {
+      fds = readdirSync(`/proc/${p}/fd`);
+    } catch {
+      continue;
+    }
+    for (const name of fds) {
+      try {
+        const path = readlinkSync(`/proc/${p}/fd/${name}`);
+        const kind = terminalKind(path, statSync(`/proc/${p}/fd/${name}`));
+        if (kind === undefined) continue;
+        if (kind.type === TTY_TYPE.CTTY) cttys.push({ pid: p, fd: Number(name), path });
+        if (kind.type !== TTY_TYPE.PTY && kind.type !== TTY_TYPE.CTTY) {
+          return new UnsupportedFileError(Number(name), path, `terminal of process ${p}`, kind.type === TTY_TYPE.CONSOLE ? 'is the machine\'s console, which no restore can hand back' : 'is from outside the dump (dump it with --shell-job; restore then gives it criu-ts\'s terminal)');
+        }
+        if (kind.type !== TTY_TYPE.PTY) continue;
+        if (!kind.master) {
+          slaves.push({ pid: p, fd: Number(name), path, index: kind.index });
+          continue;
+        }
+        const dup = grabFd(p, Number(name));
+        try {
+          masters.add(ptyMasterIndex(dup));
+        } finally {
+          closeFd(dup);
+        }
+      } catch {
+        continue; // closed meanwhile: the files stage sees what is there then
+      }
+    }
+  }
+  const alone = slaves.sort((a, b) => a.pid - b.pid || a.fd - b.fd).find((s) => !masters.has(s.index));
+  if (alone) return unpairedSlaveError(alone.pid, alone.fd, alone.path, alone.index);
+  for (const c of cttys) {
+    let ctty;
+    try {
+      ctty = controllingTerminalOf(c.pid);
+    } catch {
+      continue;
+    }
+    if (ctty.ptyIndex === undefined || !masters.has(ctty.ptyIndex)) return outsideCttyError(c.pid, c.fd, c.path, ctty.rdev);
+  }
+  return undefined;
+}
+
+function outsideCttyError(pid: number, fd: number, path: string, rdev: number): UnsupportedFileError {
+  const terminal = rdev === 0 ? 'it has none' : `device ${deviceNumbers(rdev).major}:${deviceNumbers(rdev).minor}`;
+  return new UnsupportedFileError(fd, path, `controlling terminal of process ${pid}`, `cannot be dumped: it is not a pty of the dump (${terminal}; dump with --shell-job, and restore gives it criu-ts's terminal)`);
+}
+
+function unpairedSlaveError(pid: number, fd: number, path: string, index: number): UnsupportedFileError {
+  return new UnsupportedFileError(fd, path, `terminal of process ${pid}`, `cannot be dumped alone: the master of pty ${index} is outside the dump (dump with --shell-job, and restore gives it criu-ts's terminal; or dump the process holding the master too)`);
 }
 
 function socketInodeOf(pid: number, fd: number): number | undefined {

@@ -27,12 +27,15 @@ interface TtyImages {
   readonly infos: Map<number, Msg>;
   readonly data: Map<number, Uint8Array>;
   readonly masterIndexes: Set<number>;
+  /** Sessions whose controlling terminal is one of those ptys (their /dev/tty opens it again). */
+  readonly ptySessions: Set<number>;
 }
 
 function ttyImagesOf(input: FdTableInput<unknown>): TtyImages {
   const infos = new Map<number, Msg>();
   const data = new Map<number, Uint8Array>();
   const masterIndexes = new Set<number>();
+  const ptySessions = new Set<number>();
   if (existsSync(join(input.dir, 'tty-info.img'))) {
     for (const [i, { message: e }] of input.readEntries(input.dir, 'tty-info.img').entries()) {
       if (infos.has(Number(e.id))) invalid(`tty-info.img entry ${i}: id ${e.id} appears twice`, { id: e.id });
@@ -50,9 +53,12 @@ function ttyImagesOf(input: FdTableInput<unknown>): TtyImages {
   for (const f of input.files.values()) {
     if (Number(f.type) !== FD_TYPE.TTY || !f.tty) continue;
     const info = infos.get(Number((f.tty as Msg).tty_info_id));
-    if (info && Number(info.type) === 1 && info.pty && isPtyMasterRdev(Number(info.rdev))) masterIndexes.add(Number((info.pty as Msg).index));
+    if (info && Number(info.type) === 1 && info.pty && isPtyMasterRdev(Number(info.rdev))) {
+      masterIndexes.add(Number((info.pty as Msg).index));
+      if (Number(info.sid) !== 0) ptySessions.add(Number(info.sid));
+    }
   }
-  return { infos, data, masterIndexes };
+  return { infos, data, masterIndexes, ptySessions };
 }
 
 /** Bit 0 of an eventfd's flags: EFD_SEMAPHORE (criu-ts records it there; see dump/files/anon-inodes.ts). */
@@ -95,6 +101,7 @@ export interface EpollTarget {
 export type OpenFileImage<Reg> =
   | { readonly kind: 'reg'; readonly id: number; readonly reg: Reg }
   | { readonly kind: 'tty'; readonly id: number; readonly flags: number }
+  | { readonly kind: 'ctty'; readonly id: number; readonly flags: number }
   | PtyFileImage
   | FanotifyImage
   | { readonly kind: 'pipe'; readonly id: number; readonly pipeId: number; readonly flags: number; readonly data?: PipeData }
@@ -277,6 +284,11 @@ export function readFdTable<Reg>(input: FdTableInput<Reg>): FdSlot<Reg>[] {
           const info = readPtyInfo(tie, `${where} (tty-info.img)`, invalid);
           const queued = ttys.data.get(info.infoId);
           file = { kind: 'pty', id, flags: Number(tfe.flags), info, ...(queued && queued.byteLength > 0 ? { queued } : {}) };
+          break;
+        }
+        if (Number(tie.type) === 4 /* CTTY */ && ttys.ptySessions.has(Number(tie.sid))) {
+          // /dev/tty of a session whose controlling terminal is a pty of the tree: opened again once it is.
+          file = { kind: 'ctty', id, flags: Number(tfe.flags) };
           break;
         }
         if (!input.shellJob) invalid(`${where} is a terminal from outside the dump; restore it with shellJob (--shell-job) to give it criu-ts's terminal`);

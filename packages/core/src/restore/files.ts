@@ -18,6 +18,7 @@
 //              remote pidfd_getfd: see inet-sockets.ts
 //   pty        a pty of the tree (master or slave): made by criu-ts with its index, termios and
 //              queued bytes (ptys.ts), taken by the task with a remote pidfd_getfd
+//   ctty       /dev/tty opened again, once the task has its pty as controlling terminal
 //   fanotify   fanotify_init with the dumped flags, then every mark again (fanotify.ts)
 // Fds that shared one description at dump time (same files.img id, e.g. stdout and stderr on one
 // file) get one open and dups, so they share the offset again. Across processes (a pipe between
@@ -363,6 +364,12 @@ class FileCreator {
         if (!this.ptys) throw new Error(`${what}: ptys need the restore's Ptys`);
         // criu-ts's open file, status flags already as dumped (ptys.ts).
         return this.receive(this.ptys.fileFor(file.id, what), `${what} (pty ${file.info.index})`);
+      }
+      case 'ctty': {
+        // /dev/tty: the task's controlling terminal, a pty of the tree it has had since its clone.
+        const fd = this.park(remoteOpen(this.task, 'files', '/dev/tty', (file.flags & ~CREATE_ONLY) | O.NOCTTY));
+        this.setStatusFlags(fd, file.flags, what);
+        return fd;
       }
       case 'fanotify': {
         const fd = this.park(this.call(`fanotify_init for ${what}`, 'fanotify_init', file.initFlags, file.eventFlags));

@@ -125,6 +125,19 @@ export function sessionOf(rdev: number, pids: readonly number[]): TerminalSessio
 }
 
 /**
+ * The controlling terminal of `pid` (/proc/PID/stat tty_nr, 0 for none) with its session and
+ * foreground group, and the pty index when it is a pty slave.
+ */
+export function controllingTerminalOf(pid: number): TerminalSession & { rdev: number; ptyIndex?: number } {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  const [sid, ttyNr, tpgid] = [Number(fields[3]), Number(fields[4]), Number(fields[5])];
+  if (ttyNr === 0) return { sid: 0, pgrp: 0, rdev: 0 };
+  const { major, minor } = deviceNumbers(ttyNr);
+  return { sid, pgrp: tpgid > 0 ? tpgid : 0, rdev: ttyNr, ...(major >= 136 && major <= 143 ? { ptyIndex: (major - 136) * 256 + minor } : {}) };
+}
+
+/**
  * The session a pty master's slave controls as the kernel tells it through the master (from
  * any process), or 0. Used to refuse a pty whose session lives outside the dump.
  */
