@@ -5,6 +5,7 @@
 // FAN_MARK_EVICTABLE as the mark had them. Inode marks name their inode by path (or by file
 // handle, for images that keep no path, as for inotify); mount marks by the mount point path
 // CRIU records beside the mount id.
+import { close, F, fcntl, isSysError, O, read, asFd, type Fd } from '@criu-ts/sys';
 import { pathOfHandle } from '../proc/file-handles.js';
 
 type Msg = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
@@ -87,4 +88,42 @@ export function fanotifyMarkCalls(marks: readonly FanotifyMark[]): Array<{ flags
     }
   }
   return calls;
+}
+
+/**
+ * Empties the event queue of a restored group (`group`: criu-ts's duplicate of the task's fd,
+ * the same open file). Between its marks and the release, criu-ts itself opens and reads files
+ * (images, /proc): a mount mark on a busy mount queues events for those, which the task never
+ * had. Events are read and their event fds closed (they are opened with FMODE_NONOTIFY: reading
+ * makes no new event). Run last before the release, when criu-ts touches no more files.
+ */
+export function drainFanotifyGroup(group: Fd): number {
+  const flags = fcntl(group, F.GETFL);
+  if (!(flags & O.NONBLOCK)) fcntl(group, F.SETFL, flags | O.NONBLOCK);
+  let events = 0;
+  try {
+    const buf = Buffer.alloc(16384);
+    for (;;) {
+      let n: number;
+      try {
+        n = read(group, buf);
+      } catch (error) {
+        if (isSysError(error, 'EAGAIN')) break;
+        throw error;
+      }
+      if (n <= 0) break;
+      // struct fanotify_event_metadata: u32 event_len, u8 vers, u8 reserved, u16 metadata_len, u64 mask, s32 fd, s32 pid.
+      for (let off = 0; off + 24 <= n; ) {
+        const len = buf.readUInt32LE(off);
+        const fd = buf.readInt32LE(off + 16);
+        if (fd >= 0) close(asFd(fd));
+        events++;
+        if (len < 24) break;
+        off += len;
+      }
+    }
+  } finally {
+    if (!(flags & O.NONBLOCK)) fcntl(group, F.SETFL, flags);
+  }
+  return events;
 }

@@ -34,13 +34,14 @@
 // are killed (and reaped when they are ours), so a failed restore leaves no process behind; the
 // locks it added are lifted (those the dump left stay, for another attempt).
 import { readFileSync, writeFileSync } from 'node:fs';
-import { __WALL, kill, ptraceDetach, SIGNALS, wait4, WNOHANG, asPid, type Pid } from '@criu-ts/sys';
+import { __WALL, close as closeFd, kill, pidfdGetfd, pidfdOpen, ptraceDetach, SIGNALS, wait4, WNOHANG, asPid, type Fd, type Pid } from '@criu-ts/sys';
 import { atStage, RestoreError, type RestoreStage } from './errors.js';
 import { checkPidFree, readTreeImageSet, TASK_SIZE, type ThreadImage, type TreeTaskImages } from './image-set.js';
 import { fillPages, pagesBytesOf, mapVdso, mapVmas, protectVmas, remote, setMmFields, unmapAllButControl, type SharedMemorySource } from './memory.js';
 import { restoreFiles, restoreFs, SharedFiles } from './files.js';
 import { MemfdInodes } from './memfd.js';
 import { Ptys } from './ptys.js';
+import { drainFanotifyGroup } from './fanotify.js';
 import { connectionKeysOf, InetSockets } from './inet-sockets.js';
 import { GhostFiles } from './ghost-files.js';
 import { CONTROL_SIZE, findControlAreaHole, RestoreTask } from './remote-task.js';
@@ -326,6 +327,22 @@ function restoreTree(options: RestoreOptions): RestoredTree {
     atStage('files', 'sealing memfds', () => memfds.sealAll());
     fault('after-threads', 'threads');
 
+    // Events criu-ts's own file accesses queued in restored fanotify groups since their marks.
+    atStage('files', 'emptying the event queues of fanotify groups', () => {
+      for (const m of live) {
+        const seen = new Set<number>();
+        for (const slot of m.images.set!.fds) {
+          if (slot.file.kind !== 'fanotify' || seen.has(slot.fileId)) continue;
+          seen.add(slot.fileId);
+          const group = grabFd(m.task.pid, slot.fd);
+          try {
+            drainFanotifyGroup(group);
+          } finally {
+            closeFd(group);
+          }
+        }
+      }
+    });
     fault('before-release', 'release');
     // ---- release: every process made ready while all are still stopped and ours (a failure
     // here still kills them all), then all detached in one loop, children before parents, so no
@@ -379,6 +396,16 @@ function restoreTree(options: RestoreOptions): RestoredTree {
     pid: root.pid, pids: tree.tasks.map((t) => t.pid), warnings, pagesBytes,
     timings: { read: t1 - t0, create: t2 - t1, memory: t3 - t2, state: t4 - t3 },
   };
+}
+
+/** A duplicate of fd `fd` of `pid` (pidfd_getfd: the same open file). */
+function grabFd(pid: number, fd: number): Fd {
+  const pidfd = pidfdOpen(asPid(pid));
+  try {
+    return pidfdGetfd(pidfd, fd);
+  } finally {
+    closeFd(pidfd);
+  }
 }
 
 /** Waits (without blocking the event loop) for our child `pid` to end. */
