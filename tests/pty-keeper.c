@@ -3,8 +3,8 @@
  * with their indexes, settings, queued bytes and sessions:
  *
  *   pty A  master (fd 10) and slave (fd 11) in the parent: its own termios (no echo, VINTR
- *          moved, ONLCR kept) and window size, with bytes queued both ways: "typed ahead\n"
- *          written on the master and not read on the slave, "printed\n" written on the slave
+ *          moved, ONLCR kept) and window size, with bytes queued both ways: "typed ahead\n" and
+ *          an unfinished "half" written on the master and not read on the slave, "printed\n" written on the slave
  *          and not read on the master (which reads it as "printed\r\n");
  *   pty B  master (fd 12, packet mode) in the parent, slave (fd 13, exclusive) in a child that
  *          leads its own session with pty B as controlling terminal and is its foreground group,
@@ -170,7 +170,7 @@ int main(int argc, char **argv)
 	MUST(tcgetattr(SA, &want));
 	struct winsize ws = { .ws_row = 33, .ws_col = 111, .ws_xpixel = 7, .ws_ypixel = 9 };
 	MUST(ioctl(MA, TIOCSWINSZ, &ws));
-	MUST(write(MA, "typed ahead\n", 12));
+	MUST(write(MA, "typed ahead\nhalf", 16)); /* a line, then a line not finished yet */
 	MUST(write(SA, "printed\n", 8));
 
 	/* pty B: master here (packet mode), slave in the child. */
@@ -221,7 +221,7 @@ int main(int argc, char **argv)
 	read_expect(SA, "typed ahead\n", "pty A: the line queued for the slave is still there");
 	read_expect(MA, "printed\r\n", "pty A: the output queued for the master is still there, once");
 	CHECK(write(MA, "ping\n", 5) == 5, "pty A: master writes");
-	read_expect(SA, "ping\n", "pty A: slave reads what the master wrote");
+	read_expect(SA, "halfping\n", "pty A: slave reads what the master wrote, after the unfinished line");
 	CHECK(write(SA, "pong\n", 5) == 5, "pty A: slave writes");
 	read_expect(MA, "pong\r\n", "pty A: master reads what the slave wrote");
 

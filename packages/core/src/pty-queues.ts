@@ -3,35 +3,38 @@
 //
 // A pty pair has two queues a program can read:
 //   - output: what the slave side wrote and the master has not read yet (read on the master);
-//   - input: what the master wrote and the slave has not read yet (read on the slave, after the
-//     slave's line discipline processed it: in canonical mode only complete lines are readable).
+//   - input: what the master wrote and the slave has not read yet, as the slave's line
+//     discipline stored it (after its input processing). In canonical mode a read returns
+//     complete lines only, so the slave's canonical mode is turned off for the length of the
+//     read: the kernel then hands out every stored byte, the partial line being typed included
+//     (n_tty makes the whole buffer readable when ICANON goes off).
 // The kernel has no way to peek at them, so they are read out and written back through the
 // other end: output by a write to the slave, input by a write to the master. Both writes go
 // through the slave's line discipline again, which would add to them (ONLCR turns the "\r\n"
 // already there into "\r\r\n", ECHO sends input back to the master, ISIG turns ^C into a
 // signal, ERASE eats the byte before it), so the slave's termios is changed for the length of
-// the write and put back after: OPOST off for output; for input echo, signals, IEXTEN and the
-// input translations off, and the canonical editing characters moved to byte values the data
-// does not contain, so every byte is taken literally and each "\n" still ends a line.
+// the write and put back after: OPOST off for output; for input echo, signals and the input
+// translations off, and the editing characters (ERASE, KILL, EOF, WERASE, LNEXT, REPRINT) moved
+// to byte values the data does not contain, so every byte is stored as it was read, "\n", EOL
+// and EOL2 end lines again and a trailing partial line stays partial, still editable.
 //
-// What cannot be read or put back: a partial line in canonical mode (not readable until it is
-// complete; it is lost), where a line ended by VEOF ended (the read gives the line without the
-// character; it comes back joined to the next one), and the status byte of packet mode (it is
-// stripped, not kept). A pty is not a transport with delivery guarantees (CRIU says as much),
-// but the common case (lines, raw bytes) comes back byte for byte.
+// What cannot be kept: where a line ended by VEOF ended (n_tty stores a NUL in its place, which
+// comes back as a literal NUL), and the status byte of packet mode (stripped, not kept). A pty is
+// not a transport with delivery guarantees (CRIU says as much), but lines, partial lines and raw
+// bytes come back byte for byte.
 import { F, fcntl, isSysError, O, read, tcgets, tcsets, tiocinq, write, type Fd, type KernelTermios } from '@criu-ts/sys';
 
 /** termios bits (asm-generic/termbits.h). */
 const OPOST = 0o1;
 const IFLAGS_TRANSLATING = 0o1 /* IGNBRK */ | 0o10 /* PARMRK */ | 0o20 /* INPCK */ | 0o40 /* ISTRIP */ | 0o100 /* INLCR */
   | 0o200 /* IGNCR */ | 0o400 /* ICRNL */ | 0o1000 /* IUCLC */ | 0o2000 /* IXON */ | 0o10000 /* IXOFF */ | 0o20000 /* IMAXBEL */;
-const LFLAGS_REACTING = 0o1 /* ISIG */ | 0o10 /* ECHO */ | 0o20 /* ECHOE */ | 0o40 /* ECHOK */ | 0o100 /* ECHONL */ | 0o100000 /* IEXTEN */;
-/** Control character indexes that are special in canonical mode without IEXTEN. */
-const VERASE = 2;
-const VKILL = 3;
-const VEOF = 4;
-const VEOL = 11;
+const LFLAGS_REACTING = 0o1 /* ISIG */ | 0o10 /* ECHO */ | 0o20 /* ECHOE */ | 0o40 /* ECHOK */ | 0o100 /* ECHONL */;
 const ICANON = 0o2;
+const IEXTEN = 0o100000;
+/** Control characters (asm-generic/termbits.h indexes) that edit a line in canonical mode: moved out of the data's way. */
+const EDITING = [2 /* VERASE */, 3 /* VKILL */, 4 /* VEOF */, 12 /* VREPRINT */, 14 /* VWERASE */, 15 /* VLNEXT */];
+const VEOL = 11;
+const VEOL2 = 16;
 /** Largest queue read (the kernel buffers at most a few pages per direction). */
 const QUEUE_LIMIT = 1 << 20;
 
@@ -79,7 +82,22 @@ function writeAll(fd: Fd, bytes: Uint8Array, what: string): void {
   }
 }
 
-/** Byte values that do not occur in `bytes` (and are not "\n"), lowest first. */
+/**
+ * The slave's input queue, every stored byte (canonical mode off for the length of the read,
+ * through `master`: the termios is the pair's), read from `slave`.
+ */
+export function drainPtyInput(master: Fd, slave: Fd): Buffer {
+  const original = tcgets(master);
+  if (!(original.lflag & ICANON)) return drainTty(slave);
+  tcsets(master, { ...original, lflag: original.lflag & ~ICANON });
+  try {
+    return drainTty(slave);
+  } finally {
+    tcsets(master, original);
+  }
+}
+
+/** Byte values that do not occur in `bytes` (and are not "\n"), highest first. */
 function unusedBytes(bytes: Uint8Array, count: number): number[] {
   const used = new Set<number>(bytes);
   used.add(0x0a);
@@ -123,15 +141,19 @@ export function refillPty(master: Fd, slave: Fd, queues: { output?: Uint8Array; 
       waitReadable(master, before + queues.output.byteLength, `${what} (master's queued output)`);
     }
     if (queues.input && queues.input.byteLength > 0) {
+      const input = queues.input;
       const cc = [...original.cc];
-      const spare = unusedBytes(queues.input, 4);
-      if (spare.length === 4) [cc[VERASE], cc[VKILL], cc[VEOF], cc[VEOL]] = spare;
+      const spare = unusedBytes(input, EDITING.length);
+      if (spare.length === EDITING.length) EDITING.forEach((index, i) => (cc[index] = spare[i]!));
       const before = tiocinq(slave);
       tcsets(master, { ...original, iflag: original.iflag & ~IFLAGS_TRANSLATING, lflag: original.lflag & ~LFLAGS_REACTING, cc });
-      writeAll(master, queues.input, `${what} (slave's queued input)`);
-      // In canonical mode only complete lines count as readable.
-      const canonical = (original.lflag & ICANON) !== 0;
-      const readable = canonical ? queues.input.lastIndexOf(0x0a) + 1 : queues.input.byteLength;
+      writeAll(master, input, `${what} (slave's queued input)`);
+      // In canonical mode only complete lines count as readable: up to the last line end.
+      let readable = input.byteLength;
+      if (original.lflag & ICANON) {
+        const ends = [0x0a, original.cc[VEOL]!, ...(original.lflag & IEXTEN ? [original.cc[VEOL2]!] : [])].filter((c) => c !== 0);
+        readable = Math.max(...ends.map((c) => input.lastIndexOf(c))) + 1;
+      }
       waitReadable(slave, before + readable, `${what} (slave's queued input)`);
     }
   } finally {

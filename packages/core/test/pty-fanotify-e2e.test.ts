@@ -88,7 +88,7 @@ describe('core: ptys of the dumped tree end to end', function () {
     expect([a!.sid, c!.sid]).to.deep.equal([0, 0]);
     const data = entries(join(keeper.images, 'tty-data.img'));
     expect(data.map((d) => [d.tty_id, Buffer.from(d.data).toString()])).to.have.deep.members([
-      [a!.pty.index * 2, 'typed ahead\n'],
+      [a!.pty.index * 2, 'typed ahead\nhalf'],
       [a!.pty.index * 2 + 1, 'printed\r\n'],
     ]);
     expectImagesRoundTrip(keeper.images);

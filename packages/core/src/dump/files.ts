@@ -19,7 +19,7 @@ import { pipeInode, readPipeContents, type PipeContents } from './files/pipes.js
 import {
   controllingTerminalOf, deviceNumbers, masterSessionId, ptyMasterIndex, ptySlaveRdev, sessionOf, terminalKind, ttyInfoEntry, ttyInfoId, TTY_TYPE, type TerminalKind,
 } from './files/terminals.js';
-import { drainTty, refillPty } from '../pty-queues.js';
+import { drainPtyInput, drainTty, refillPty } from '../pty-queues.js';
 import { inotifyEntry } from './files/inotify.js';
 import { fanotifyEntry, fanotifyRefusal, parseFanotifyFdinfo } from './files/fanotify.js';
 import { memfdInodeEntry, memfdName } from './files/memfd.js';
@@ -398,7 +398,7 @@ export class FileTable {
         slaveDup = grabFd(slave.pid, slave.fd);
         const packet = this.ttyInfos.find((e) => e.id === pty.master!.infoId)?.packet_mode === true;
         const output = drainTty(master, packet);
-        const input = drainTty(slaveDup);
+        const input = drainPtyInput(master, slaveDup);
         if (output.length > 0 || input.length > 0) refillPty(master, slaveDup, { output, input }, `pty ${index}`);
         if (output.length > 0) this.ttyData.push({ tty_id: pty.master.infoId, data: output });
         if (input.length > 0) this.ttyData.push({ tty_id: slave.infoId, data: input });
