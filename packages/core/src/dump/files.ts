@@ -21,7 +21,7 @@ import {
 } from './files/terminals.js';
 import { drainPtyInput, drainTty, refillPty } from '../pty-queues.js';
 import { inotifyEntry } from './files/inotify.js';
-import { fanotifyEntry, fanotifyRefusal, parseFanotifyFdinfo } from './files/fanotify.js';
+import { fanotifyEntry } from './files/fanotify.js';
 import { memfdInodeEntry, memfdName } from './files/memfd.js';
 import { noOwner, ownerOf } from './files/owner.js';
 import { FILE_LOCK_FLAG, fileLocks } from './files/locks.js';
@@ -476,13 +476,20 @@ export function findUnsupportedDescriptor(pid: number, inet: InetDumpOptions = {
     const anon = anonInodeKind(target);
     if (anon !== undefined && !SUPPORTED_ANON_INODES.has(anon)) return new UnsupportedFileError(Number(name), target, anon);
     if (anon === 'fanotify') {
-      let refusal: string | undefined;
+      // Everything the files stage will need (marks of known kinds, no permission events, the
+      // marked inodes and mounts found again) checked now, while refusing costs nothing.
+      let fdinfo: string;
       try {
-        refusal = fanotifyRefusal(parseFanotifyFdinfo(readFileSync(`/proc/${pid}/fdinfo/${name}`, 'utf8'), `fd ${name}`));
+        fdinfo = readFileSync(`/proc/${pid}/fdinfo/${name}`, 'utf8');
       } catch {
-        continue; // closed meanwhile, or unreadable: the files stage says what it finds then
+        continue; // closed meanwhile: the files stage sees what is there then
       }
-      if (refusal) return new UnsupportedFileError(Number(name), target, 'fanotify group', `cannot be dumped: ${refusal}`);
+      try {
+        fanotifyEntry(pid, fdinfo, 0, `fd ${name}`);
+      } catch (error) {
+        const why = (error as Error).message.replace(/^fd \d+: (fanotify group cannot be dumped: )?/, '');
+        return new UnsupportedFileError(Number(name), target, 'fanotify group', `cannot be dumped: ${why}`);
+      }
     }
     const socketIno = socketInode(target);
     if (socketIno !== undefined) {
@@ -539,7 +546,8 @@ export function findOutsideTerminal(pid: number): UnsupportedFileError | undefin
   const masters = new Set<number>();
   const slaves: Array<{ pid: number; fd: number; path: string; index: number }> = [];
   const cttys: Array<{ pid: number; fd: number; path: string }> = [];
-  for (const p of treeOf(pid)) {
+  const tree = treeOf(pid);
+  for (const p of tree) {
     let fds: string[];
     try {
       fds = readdirSync(`/proc/${p}/fd`);
@@ -563,6 +571,10 @@ export function findOutsideTerminal(pid: number): UnsupportedFileError | undefin
         const dup = grabFd(p, Number(name));
         try {
           masters.add(ptyMasterIndex(dup));
+          const sid = masterSessionId(dup);
+          if (sid !== 0 && !tree.includes(sid)) {
+            return new UnsupportedFileError(Number(name), path, `pty master (index ${ptyMasterIndex(dup)}) of process ${p}`, `cannot be dumped: its slave is the controlling terminal of session ${sid}, whose leader is outside the dump`);
+          }
         } finally {
           closeFd(dup);
         }
