@@ -10,6 +10,9 @@ import { join } from 'node:path';
 import { DumpError, dumpSync, restoreSync } from '@criu-ts/core';
 import { ImageReader, imageFromCritJson, imageToCritJson } from '@criu-ts/images';
 import { alive, ourStubs } from './restore-helpers.js';
+import { termiosEntry } from '../src/dump/files/terminals.js';
+import { readPtyInfo } from '../src/restore/ptys.js';
+import { readFanotify } from '../src/restore/fanotify.js';
 import { StateKeeper, rootWithSubreaper, imageEntries as entries, dumpedPids, dumpAndWait } from './programs.js';
 
 /** Every image re-encodes byte-identically through crit's JSON, and Debian's crit (where installed: CI) decodes it. */
@@ -39,6 +42,34 @@ function controlChars(termios: Record<string, any>): number[] { // eslint-disabl
   (termios.c_cc as number[]).forEach((w, i) => bytes.writeUInt32LE(Number(w) >>> 0, i * 4));
   return [...bytes.subarray(0, 19)];
 }
+
+describe('core: terminal and fanotify records of a CRIU 4.2 dump (no privileges)', function () {
+  const fixtures = join('/work/shared/criu-images');
+  const invalid = (message: string): never => {
+    throw new Error(message);
+  };
+
+  it("reads pty00's termios as CRIU packs c_cc (four characters a word) and packs them back the same way", function () {
+    const infos = entries(join(fixtures, 'pty00', 'tty-info.img'));
+    const master = readPtyInfo(infos.find((i) => i.id === 1)!, 'pty00 master', invalid);
+    expect(master.master).to.equal(true);
+    expect(master.termios!.cc.slice(0, 4), 'VINTR ^C, VQUIT ^\\, VERASE DEL, VKILL ^U').to.deep.equal([3, 28, 127, 21]);
+    // The first five words hold the 19 characters; CRIU leaves the rest as its buffer had them.
+    expect((termiosEntry(master.termios!).c_cc as number[]).slice(0, 5)).to.deep.equal(infos.find((i) => i.id === 1)!.termios.c_cc.slice(0, 5));
+    expect(readPtyInfo(infos.find((i) => i.id === 0)!, 'pty00 slave', invalid).master).to.equal(false);
+    expect(() => readPtyInfo({ ...infos.find((i) => i.id === 1)!, id: 3 }, 'bad', invalid)).to.throw(/does not match pty 0's master/);
+  });
+
+  it("reads fanotify00's group: a mount mark with its path and an inode mark with its handle's path", function () {
+    const group = entries(join(fixtures, 'fanotify00', 'files.img')).find((f) => f.type === 12)!;
+    const image = readFanotify(group.id, group.ffy, 'fanotify00', invalid);
+    expect([image.initFlags, image.eventFlags]).to.deep.equal([0x12, 0x8000]);
+    expect(image.marks.map((m) => [m.type, m.path, m.mflags, m.mask, m.ignoredMask])).to.deep.equal([
+      ['mount', '/', 0x40, 0x40000038, 0x3],
+      ['inode', '/tmp/criu-src/criu/test/zdtm/static/fanotify-del-after-cr', 0, 0x3b, 0],
+    ]);
+  });
+});
 
 describe('core: ptys of the dumped tree end to end', function () {
   this.timeout(120_000);
