@@ -557,6 +557,7 @@ export function findOutsideTerminal(pid: number): UnsupportedFileError | undefin
     for (const name of fds) {
       try {
         const path = readlinkSync(`/proc/${p}/fd/${name}`);
+        if (!path.startsWith('/dev/')) continue; // terminals are device nodes: no stat for the rest
         const kind = terminalKind(path, statSync(`/proc/${p}/fd/${name}`));
         if (kind === undefined) continue;
         if (kind.type === TTY_TYPE.CTTY) cttys.push({ pid: p, fd: Number(name), path });
