@@ -13,6 +13,8 @@ import { alive, ourStubs } from './restore-helpers.js';
 import { termiosEntry } from '../src/dump/files/terminals.js';
 import { readPtyInfo } from '../src/restore/ptys.js';
 import { readFanotify } from '../src/restore/fanotify.js';
+import { drainPtyInput, drainTty, refillPty } from '../src/pty-queues.js';
+import { close, O, open, tcgets, tiocgptpeer, tiocsptlck } from '@criu-ts/sys';
 import { StateKeeper, rootWithSubreaper, imageEntries as entries, dumpedPids, dumpAndWait } from './programs.js';
 
 /** Every image re-encodes byte-identically through crit's JSON, and Debian's crit (where installed: CI) decodes it. */
@@ -68,6 +70,28 @@ describe('core: terminal and fanotify records of a CRIU 4.2 dump (no privileges)
       ['mount', '/', 0x40, 0x40000038, 0x3],
       ['inode', '/tmp/criu-src/criu/test/zdtm/static/fanotify-del-after-cr', 0, 0x3b, 0],
     ]);
+  });
+});
+
+describe('core: bytes queued in a pty, taken out and put back (no privileges)', function () {
+  it('puts input back literally (editing, signal and CR bytes included, the unfinished line still unfinished) and output without a second ONLCR, with no echo', function () {
+    const master = open('/dev/ptmx', O.RDWR | O.NOCTTY);
+    tiocsptlck(master, false);
+    const slave = tiocgptpeer(master, O.RDWR | O.NOCTTY | O.CLOEXEC);
+    try {
+      const before = tcgets(master);
+      // Default termios: ICANON, ECHO, ISIG, ICRNL on; ONLCR on output.
+      const input = Buffer.from('a\x7fb\x15c\x03d\x00e\rf\nsecond line\nhalf');
+      const output = Buffer.from('out\r\nmore\r\n');
+      refillPty(master, slave, { input, output }, 'test pty');
+      expect(tcgets(master), 'termios as before').to.deep.equal(before);
+      expect(drainTty(master).toString('latin1'), 'output once, no echo of the input').to.equal(output.toString('latin1'));
+      expect(drainPtyInput(master, slave).toString('latin1'), 'input byte for byte').to.equal(input.toString('latin1'));
+      expect(tcgets(master), 'termios as before after reading').to.deep.equal(before);
+    } finally {
+      close(slave);
+      close(master);
+    }
   });
 });
 
