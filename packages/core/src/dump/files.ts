@@ -353,6 +353,10 @@ export class FileTable {
       if (kind.type === TTY_TYPE.PTY) {
         let pty = this.ptys.get(kind.index);
         if (!pty) this.ptys.set(kind.index, (pty = { slaves: [] }));
+        if (!kind.master && !this.shellJob) {
+          const foreign = foreignDevpts(stats, fd, path, pid);
+          if (foreign) throw foreign;
+        }
         const end = { pid, fd, path, infoId };
         if (kind.master) pty.master = end;
         else pty.slaves.push(end);
@@ -566,6 +570,8 @@ export function findOutsideTerminal(pid: number): UnsupportedFileError | undefin
         }
         if (kind.type !== TTY_TYPE.PTY) continue;
         if (!kind.master) {
+          const foreign = foreignDevpts(statSync(`/proc/${p}/fd/${name}`), Number(name), path, p);
+          if (foreign) return foreign;
           slaves.push({ pid: p, fd: Number(name), path, index: kind.index });
           continue;
         }
@@ -601,6 +607,21 @@ export function findOutsideTerminal(pid: number): UnsupportedFileError | undefin
 function outsideCttyError(pid: number, fd: number, path: string, rdev: number): UnsupportedFileError {
   const terminal = rdev === 0 ? 'it has none' : `device ${deviceNumbers(rdev).major}:${deviceNumbers(rdev).minor}`;
   return new UnsupportedFileError(fd, path, `controlling terminal of process ${pid}`, `cannot be dumped: it is not a pty of the dump (${terminal}; dump with --shell-job, and restore gives it criu-ts's terminal)`);
+}
+
+/**
+ * A pty slave of another devpts instance than criu-ts's /dev/pts (a container's own, mounted
+ * with newinstance): restore opens criu-ts's /dev/ptmx, whose indexes are another set.
+ */
+function foreignDevpts(slave: Stats, fd: number, path: string, pid: number): UnsupportedFileError | undefined {
+  let ours: number;
+  try {
+    ours = statSync('/dev/pts/ptmx').dev;
+  } catch {
+    return undefined; // no devpts here to compare with: restore says what it finds
+  }
+  if (slave.dev === ours) return undefined;
+  return new UnsupportedFileError(fd, path, `pty slave of process ${pid}`, `cannot be dumped: it belongs to another devpts instance (device ${slave.dev}, criu-ts's /dev/pts is ${ours}), whose ptys criu-ts cannot make again`);
 }
 
 function unpairedSlaveError(pid: number, fd: number, path: string, index: number): UnsupportedFileError {

@@ -122,7 +122,6 @@ interface PlannedPty {
 /** The ptys of a tree, made by criu-ts (see the module doc). One per restore; closeAll() when it ends, either way. */
 export class Ptys {
   private readonly ours = new Map<number, Fd>();
-  private readonly masters = new Map<number, Fd>();
   /** A slave of each pty criu-ts holds for making it a controlling terminal (one of `ours` or a spare). */
   private readonly anySlave = new Map<number, Fd>();
   private readonly spares: Fd[] = [];
@@ -183,7 +182,6 @@ export class Ptys {
     const master = pty.master!;
     const what = `pty ${pty.index}`;
     const masterFd = openPtmxWithIndex(pty.index, (master.flags & 3) | O.NOCTTY, held);
-    this.masters.set(pty.index, masterFd);
     this.ours.set(master.id, masterFd);
     tiocsptlck(masterFd, false);
     let firstSlave: Fd | undefined;
@@ -275,7 +273,6 @@ export class Ptys {
       }
     }
     this.ours.clear();
-    this.masters.clear();
     this.anySlave.clear();
     this.spares.length = 0;
   }
