@@ -2,20 +2,22 @@
 // queued bytes both ways, packet/exclusive/locked modes, a child's controlling terminal and
 // foreground group) and tests/bin/fanotify-keeper (a fanotify group with a mount mark, an inode
 // mark with an ignore mask, an inode mark elsewhere). The programs check each one themselves
-// after the restore; the images are checked against what CRIU 4.2 writes.
+// after the restore; the images are checked against what CRIU 4.2 writes. Without privileges:
+// CRIU 4.2's own pty00/fanotify00 records read back, and a pty's queued bytes taken out and put
+// back byte for byte.
 import { expect } from 'chai';
 import { execFileSync, spawnSync } from 'node:child_process';
-import { readdirSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { DumpError, dumpSync, restoreSync } from '@criu-ts/core';
+import { DumpError, dumpSync, RESTORE_FAULT_POINTS, RestoreError, restoreSync } from '@criu-ts/core';
 import { ImageReader, imageFromCritJson, imageToCritJson } from '@criu-ts/images';
-import { alive, ourStubs } from './restore-helpers.js';
+import { alive, ourStubs, waitFor } from './restore-helpers.js';
 import { termiosEntry } from '../src/dump/files/terminals.js';
 import { readPtyInfo } from '../src/restore/ptys.js';
 import { readFanotify } from '../src/restore/fanotify.js';
 import { drainPtyInput, drainTty, refillPty } from '../src/pty-queues.js';
 import { close, O, open, tcgets, tiocgptpeer, tiocsptlck } from '@criu-ts/sys';
-import { StateKeeper, rootWithSubreaper, imageEntries as entries, dumpedPids, dumpAndWait } from './programs.js';
+import { StateKeeper, rootWithSubreaper, imageEntries as entries, dumpedPids, dumpAndWait, reapIfOurs } from './programs.js';
 
 /** Every image re-encodes byte-identically through crit's JSON, and Debian's crit (where installed: CI) decodes it. */
 function expectImagesRoundTrip(images: string): void {
@@ -174,6 +176,28 @@ describe('core: ptys of the dumped tree end to end', function () {
       const links = readdirSync(`/proc/${r.pid}/fd`).map((fd) => `${fd} ${execFileSync('readlink', [`/proc/${r.pid}/fd/${fd}`], { encoding: 'utf8' }).trim()}`);
       expect(links, `round ${round}`).to.include.members(['10 /dev/ptmx', '12 /dev/ptmx', '14 /dev/ptmx']);
     }
+    const { failures, checks } = keeper.check();
+    expect(failures).to.deep.equal([]);
+    expect(checks).to.have.length(28);
+  });
+
+  it('a restore failing at any point leaves no process and no pty behind, and the next one works', function () {
+    keeper = new StateKeeper('pty-keeper');
+    const pids = [keeper.pid, Number(readFileSync(`/proc/${keeper.pid}/task/${keeper.pid}/children`, 'utf8').trim().split(' ')[0])];
+    keeper.dump();
+    const indexes = entries(join(keeper.images, 'tty-info.img')).filter((i) => i.pty && i.id % 2 === 1).map((i) => Number(i.pty.index));
+    expect(indexes).to.have.length(3);
+    for (const point of RESTORE_FAULT_POINTS) {
+      expect(() => restoreSync({ imagesDir: keeper!.images, detached: true, faultAt: point }), point).to.throw(RestoreError, /fault injected/);
+      // Killed processes reparented to us (the test is their subreaper) are reaped here.
+      waitFor(`${point}: the restored processes gone`, () => {
+        for (const p of pids) reapIfOurs(p);
+        return pids.every((p) => !existsSync(`/proc/${p}`));
+      });
+      expect(indexes.filter((i) => existsSync(`/dev/pts/${i}`)), `${point}: every pty closed again`).to.deep.equal([]);
+      expect(ourStubs()).to.deep.equal([]);
+    }
+    restoreSync({ imagesDir: keeper.images, detached: true });
     const { failures, checks } = keeper.check();
     expect(failures).to.deep.equal([]);
     expect(checks).to.have.length(28);
