@@ -45,7 +45,7 @@ import { readSmaps, type ProcVma } from '../proc/smaps.js';
 import { writeMemfdPages } from './files/memfd.js';
 import { xsaveOffsetsFromCpuid } from '../arch/x86-fpu.js';
 import { xstateLayout } from '../restore/stub.js';
-import { FileTable, findUnsupportedDescriptor, readGhostContents, UnsupportedFileError } from './files.js';
+import { FileTable, findOutsideTerminal, findUnsupportedDescriptor, readGhostContents, UnsupportedFileError } from './files.js';
 import { InetSocketDumper } from './files/inet-sockets.js';
 import { lockHeldSync, unlockHeldSync, type ConnectionKey, type LockBackend } from '@criu-ts/soccr';
 import { ImageDir } from './image-dir.js';
@@ -220,6 +220,8 @@ function dumpTree(options: DumpOptions): DumpResult {
   const inetOptions = { tcpEstablished: options.tcpEstablished === true, tcpClose: options.tcpClose === true, skipInFlight: options.skipInFlight === true };
   const unsupported = findUnsupportedDescriptor(pidNumber, inetOptions);
   if (unsupported) fail(`process ${pid} holds ${unsupported.message}`, unsupported);
+  const unpaired = options.shellJob ? undefined : findOutsideTerminal(pidNumber);
+  if (unpaired) fail(`the tree of process ${pid} holds ${unpaired.message}`, unpaired);
 
   // ---- prepare-dir
   stage = 'prepare-dir';
@@ -322,7 +324,7 @@ function dumpTree(options: DumpOptions): DumpResult {
     options.onStage?.(stage);
     const files = new FileTable({
       ghostLimit: options.ghostLimit ?? DEFAULT_GHOST_LIMIT, shellJob: options.shellJob === true, fileLocks: options.fileLocks === true,
-      extUnixSk: options.extUnixSk === true, inet,
+      extUnixSk: options.extUnixSk === true, inet, treePids: live.map((t) => t.task.pid),
     });
     for (const t of live) {
       const p = t.task.pid;
@@ -362,6 +364,7 @@ function dumpTree(options: DumpOptions): DumpResult {
       const rootId = files.directory(readLink(p, 'root'), `/proc/${p}/root`);
       t.fs = { cwd_id: cwdId, root_id: rootId, ...t.fs };
     }
+    files.finishTerminals();
 
     // ---- memory
     stage = 'memory';
@@ -464,6 +467,7 @@ function dumpTree(options: DumpOptions): DumpResult {
     if (files.pipeData.size > 0) dir.writeImage('pipes-data.img', pipeDataEntries(files.pipeData));
     if (files.fifoData.size > 0) dir.writeImage('fifo-data.img', pipeDataEntries(files.fifoData));
     if (files.ttyInfos.length > 0) dir.writeImage('tty-info.img', files.ttyInfos);
+    if (files.ttyData.length > 0) dir.writeImage('tty-data.img', files.ttyData);
     if (files.locks.length > 0) dir.writeImage('filelocks.img', files.locks);
     if (files.socketQueues.length > 0) {
       dir.writeImage('sk-queues.img', files.socketQueues.map((q) => ({ message: { id_for: q.idFor, length: q.bytes.length, ...(q.addr ? { addr: q.addr } : {}) }, payload: { type: 'bytes' as const, bytes: q.bytes } })));
