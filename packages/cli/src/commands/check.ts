@@ -3,7 +3,7 @@
 // 0 when it is there, 1 when not. `--faults` lists the fault-injection points.
 import { closeSync, existsSync, openSync, readFileSync, readSync } from 'node:fs';
 import { join } from 'node:path';
-import { close, memfdCreate, pipe2, prctl, sock, vmsplice, isSysError } from '@criu-ts/sys';
+import { asPid, close, memfdCreate, open, O, pidfdGetfd, pidfdOpen, pipe2, prctl, sock, syscall, tiocgptpeer, tiocsptlck, vmsplice, isSysError, type Fd } from '@criu-ts/sys';
 import { nativeDir as compelNativeDir } from '@criu-ts/compel';
 import { DUMP_FAULT_POINTS, RESTORE_FAULT_POINTS, restoreStubPath } from '@criu-ts/core';
 import { UsageError, type CommandIo } from './command-io.js';
@@ -123,6 +123,54 @@ const FEATURES: readonly Feature[] = [
         return isSysError(error) ? error.message : String(error);
       } finally {
         sock.close(fd);
+      }
+    },
+  },
+  {
+    name: 'pidfd_getfd',
+    what: 'pidfd_open + pidfd_getfd, for handing files shared between processes at restore (kernel 5.6+)',
+    probe: () => {
+      const [r, w] = pipe2();
+      let pidfd: Fd | undefined;
+      try {
+        pidfd = pidfdOpen(asPid(process.pid));
+        close(pidfdGetfd(pidfd, r));
+        return true;
+      } catch (error) {
+        return (error as Error).message;
+      } finally {
+        if (pidfd !== undefined) close(pidfd);
+        close(r);
+        close(w);
+      }
+    },
+  },
+  {
+    name: 'pty_peer',
+    what: 'a pty from /dev/ptmx and its slave through TIOCGPTPEER, for ptys in the dumped tree',
+    probe: () => {
+      let master: Fd | undefined;
+      try {
+        master = open('/dev/ptmx', O.RDWR | O.NOCTTY | O.CLOEXEC);
+        tiocsptlck(master, false); // a new pty's slave is locked until unlockpt
+        close(tiocgptpeer(master, O.RDWR | O.NOCTTY | O.CLOEXEC));
+        return true;
+      } catch (error) {
+        return (error as Error).message;
+      } finally {
+        if (master !== undefined) close(master);
+      }
+    },
+  },
+  {
+    name: 'fanotify',
+    what: 'fanotify_init, for fanotify groups (CAP_SYS_ADMIN)',
+    probe: () => {
+      try {
+        close(Number(syscall('fanotify_init', 0 /* FAN_CLASS_NOTIF */, O.RDONLY)) as Fd);
+        return true;
+      } catch (error) {
+        return (error as Error).message;
       }
     },
   },
