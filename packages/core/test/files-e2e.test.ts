@@ -6,7 +6,7 @@
 // restore.
 import { expect } from 'chai';
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, readFileSync } from 'node:fs';
+import { constants, existsSync, mkdtempSync, openSync, readdirSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DumpError, dumpSync, restoreSync } from '@criu-ts/core';
@@ -121,7 +121,7 @@ describe('core: file locks (--file-locks) end to end', function () {
     for (let round = 0; round < 2; round++) {
       keeper.dump({ fileLocks: true });
       const locks = entries(join(keeper.images, 'filelocks.img'));
-      expect(locks.map((l) => [l.flag, l.type, Number(l.start), Number(l.len)]), `round ${round}`).to.have.deep.members([[2, 1, 0, 0], [1, 1, 10, 20], [1024, 0, 0, 0]]);
+      expect(locks.map((l) => [l.flag, l.type, Number(l.start), Number(l.len)]), `round ${round}`).to.have.deep.members([[2, 1, 0, 0], [1, 1, 10, 20], [4, 0, 0, 0]]);
       if (!spawnSync('crit', ['-h']).error) expect(spawnSync('crit', ['decode', '-i', join(keeper.images, 'filelocks.img')]).status).to.equal(0);
       const r = restoreSync({ imagesDir: keeper.images, detached: true });
       expect(r.pid).to.equal(keeper.pid);
@@ -129,6 +129,51 @@ describe('core: file locks (--file-locks) end to end', function () {
     const { failures, checks } = keeper.check();
     expect(failures).to.deep.equal([]);
     expect(checks).to.have.length(5);
+  });
+});
+
+describe('core: file leases (--file-locks) end to end', function () {
+  this.timeout(120_000);
+  let keeper: StateKeeper | undefined;
+  rootWithSubreaper();
+  afterEach(() => {
+    keeper?.cleanup();
+    keeper = undefined;
+  });
+
+  it('a read lease and a write lease are taken again by the task and still break, twice in a row', function () {
+    keeper = new StateKeeper('lease-keeper');
+    expect(() => dumpSync({ pid: keeper!.pid, imagesDir: keeper!.images })).to.throw(DumpError, /holds a file lock.*--file-locks/);
+    for (let round = 0; round < 2; round++) {
+      keeper.dump({ fileLocks: true });
+      const path = join(keeper.images, 'filelocks.img');
+      const locks = entries(path);
+      // CRIU's FL_LEASE is 8; the type is the lease's, F_RDLCK 0 or F_WRLCK 1; the range is the whole file.
+      expect(locks.map((l) => [l.flag, l.type, Number(l.start), Number(l.len), l.pid]), `round ${round}`).to.have.deep.members([[8, 0, 0, 0, keeper.pid], [8, 1, 0, 0, keeper.pid]]);
+      expect(Buffer.from(imageFromCritJson(imageToCritJsonRaw(path), path)).equals(readFileSync(path)), 'filelocks.img re-encodes byte-identically').to.equal(true);
+      if (!spawnSync('crit', ['-h']).error) {
+        const crit = spawnSync('crit', ['decode', '-i', path], { encoding: 'utf8' });
+        expect(crit.status, crit.stderr).to.equal(0);
+        expect(JSON.parse(crit.stdout).entries.map((e: { flag: number; type: number }) => [e.flag, e.type])).to.have.deep.members([[8, 0], [8, 1]]);
+      }
+      const r = restoreSync({ imagesDir: keeper.images, detached: true });
+      expect(r.pid).to.equal(keeper.pid);
+      const fdinfo = readdirSync(`/proc/${keeper.pid}/fd`).map((fd) => readFileSync(`/proc/${keeper!.pid}/fdinfo/${fd}`, 'utf8')).join('');
+      expect(fdinfo.match(/LEASE\s+ACTIVE\s+(READ|WRITE)/g)?.map((l) => l.split(/\s+/)[2]).sort(), `round ${round}`).to.deep.equal(['READ', 'WRITE']);
+    }
+    const { failures, checks } = keeper.check();
+    expect(failures).to.deep.equal([]);
+    expect(checks).to.have.length(12);
+  });
+
+  it('refuses a lease that is being broken, naming the fd, and the task runs on', function () {
+    keeper = new StateKeeper('lease-keeper');
+    // Start breaking the read lease from here (a non-blocking open for writing), as another
+    // process would: the lease sits in BREAKING until the task answers or lease-break-time ends.
+    expect(() => openSync(join(keeper!.dir, 'read-leased'), constants.O_WRONLY | constants.O_NONBLOCK)).to.throw(/EWOULDBLOCK|EAGAIN/);
+    expect(() => dumpSync({ pid: keeper!.pid, imagesDir: keeper!.images, fileLocks: true })).to.throw(DumpError, /fd \d+ \(.*read-leased\): file cannot be dumped: it holds a lease that is being broken \(state BREAKING/);
+    expect(alive(keeper.pid)).to.equal(true);
+    expect(existsSync(join(keeper.images, 'inventory.img'))).to.equal(false);
   });
 });
 

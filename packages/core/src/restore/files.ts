@@ -32,10 +32,10 @@
 // dumped number (with O_CLOEXEC from fdinfo), and finally the temporaries are closed.
 import { readdirSync, readlinkSync } from 'node:fs';
 import {
-  asPid, close as closeLocal, F, fcntl, O, open as openLocal, pidfdGetfd, pidfdOpen, write as writeLocal, type Fd,
+  asPid, close as closeLocal, errnoName, F, fcntl, O, open as openLocal, pidfdGetfd, pidfdOpen, write as writeLocal, type Fd,
 } from '@criu-ts/sys';
 import type { FdImage, ImageSet, RegFile } from './image-set.js';
-import { unixSocketsOf, type FileOwner, type FileLockImage, type InotifyWatch, type OpenFileImage, type PipeData } from './fd-images.js';
+import { LOCK_KIND, unixSocketsOf, type FileOwner, type FileLockImage, type InotifyWatch, type OpenFileImage, type PipeData } from './fd-images.js';
 import { createUnixSockets, planUnixSockets } from './unix-sockets.js';
 import { RestoreError } from './errors.js';
 import type { InetSockets } from './inet-sockets.js';
@@ -492,21 +492,41 @@ const F_OFD_SETLK = 37;
 /**
  * Takes a dumped file lock again, in the task, without waiting: a lock someone else took
  * meanwhile is a restore failure (as in criu), not a hang.
+ *
+ * A lease (F_SETLEASE) is taken by the task itself, so that the kernel makes the task the
+ * file's owner for the break signal (fs/locks.c lease_setup: __f_setown to current), and F_SETSIG
+ * restored with the file decides which signal that is. The kernel refuses (EAGAIN) a write
+ * lease while any other open file description of the file exists anywhere, and a read lease
+ * while the file is open for writing anywhere: criu-ts's own temporaries are closed by now, but
+ * another process holding the file, or a file shared between restored processes (criu-ts keeps
+ * its duplicate until the restore ends), fails it, and the error says so.
  */
 function takeLock(task: RestoreTask, lock: FileLockImage): void {
-  const what = `${lock.type === 1 ? 'write' : 'read'} lock on fd ${lock.fd}`;
-  if (lock.flag === 2) {
-    remote(task, 'files', `flock: ${what}`, 'flock', lock.fd, (lock.type === 1 ? LOCK_EX : LOCK_SH) | LOCK_NB);
-    return;
+  const what = `${lock.type === 1 ? 'write' : 'read'} ${lock.flag === LOCK_KIND.LEASE ? 'lease' : 'lock'} on fd ${lock.fd}`;
+  switch (lock.flag) {
+    case LOCK_KIND.FLOCK:
+      remote(task, 'files', `flock: ${what}`, 'flock', lock.fd, (lock.type === 1 ? LOCK_EX : LOCK_SH) | LOCK_NB);
+      return;
+    case LOCK_KIND.LEASE: {
+      const got = Number(task.syscallRawSync('fcntl', lock.fd, F.SETLEASE, lock.type));
+      if (got < 0) {
+        const why = got === -11 ? `: the file is open elsewhere (${lock.type === 1 ? 'any other open file description' : 'an open for writing'} stands in its way)` : '';
+        throw new RestoreError('files', `F_SETLEASE: ${what} failed with ${errnoName(-got)}${why}`, { pid: task.pid, fd: lock.fd, type: lock.type, errno: -got });
+      }
+      return;
+    }
+    default: {
+      // struct flock: short l_type, short l_whence, (pad), off_t l_start, off_t l_len, pid_t l_pid.
+      const flock = Buffer.alloc(32);
+      flock.writeInt16LE(lock.type, 0);
+      flock.writeInt16LE(0 /* SEEK_SET */, 2);
+      flock.writeBigInt64LE(lock.start, 8);
+      flock.writeBigInt64LE(lock.len, 16);
+      const [arg] = task.scratchPut(flock);
+      const posix = lock.flag === LOCK_KIND.POSIX;
+      remote(task, 'files', `${posix ? 'F_SETLK' : 'F_OFD_SETLK'}: ${what}`, 'fcntl', lock.fd, posix ? F_SETLK : F_OFD_SETLK, arg!);
+    }
   }
-  // struct flock: short l_type, short l_whence, (pad), off_t l_start, off_t l_len, pid_t l_pid.
-  const flock = Buffer.alloc(32);
-  flock.writeInt16LE(lock.type, 0);
-  flock.writeInt16LE(0 /* SEEK_SET */, 2);
-  flock.writeBigInt64LE(lock.start, 8);
-  flock.writeBigInt64LE(lock.len, 16);
-  const [arg] = task.scratchPut(flock);
-  remote(task, 'files', `${lock.flag === 1 ? 'F_SETLK' : 'F_OFD_SETLK'}: ${what}`, 'fcntl', lock.fd, lock.flag === 1 ? F_SETLK : F_OFD_SETLK, arg!);
 }
 
 /**
@@ -514,7 +534,7 @@ function takeLock(task: RestoreTask, lock: FileLockImage): void {
  * not given, this call makes, seals and closes its own.
  */
 export function restoreFiles(
-  task: RestoreTask, set: ImageSet, pathOf: (f: RegFile) => string = (f) => f.name, shared?: SharedFiles, inet?: InetSockets, memfds?: MemfdInodes,
+  task: RestoreTask, set: ImageSet, pathOf: (f: RegFile) => string = (f) => f.linkRemap ?? f.name, shared?: SharedFiles, inet?: InetSockets, memfds?: MemfdInodes,
   ptys?: Ptys,
 ): void {
   if (!memfds) {
