@@ -13,7 +13,9 @@ import { DumpError, dumpSync, restoreSync } from '@criu-ts/core';
 import { readImageSet } from '../src/restore/image-set.js';
 import { ImageReader, imageFromCritJson, imageToCritJson } from '@criu-ts/images';
 import { alive, ourStubs, sleepMs, waitFor } from './restore-helpers.js';
-import { killAndReap, StateKeeper, TEST_BIN, rootWithSubreaper, imageEntries as entries } from './programs.js';
+import { killAndReap, reapIfOurs, StateKeeper, TEST_BIN, rootWithSubreaper, imageEntries as entries } from './programs.js';
+
+const CLI = join(TEST_BIN, '..', '..', 'packages', 'cli', 'dist', 'criu-ts.mjs');
 
 function fdKinds(pid: number): string[] {
   return readdirSync(`/proc/${pid}/fd`)
@@ -174,6 +176,76 @@ describe('core: file leases (--file-locks) end to end', function () {
     expect(() => dumpSync({ pid: keeper!.pid, imagesDir: keeper!.images, fileLocks: true })).to.throw(DumpError, /fd \d+ \(.*read-leased\): file cannot be dumped: it holds a lease that is being broken \(state BREAKING/);
     expect(alive(keeper.pid)).to.equal(true);
     expect(existsSync(join(keeper.images, 'inventory.img'))).to.equal(false);
+  });
+});
+
+describe('core: files unlinked while open, with --link-remap', function () {
+  this.timeout(120_000);
+  let keeper: StateKeeper | undefined;
+  rootWithSubreaper();
+  afterEach(() => {
+    keeper?.cleanup();
+    keeper = undefined;
+  });
+
+  const linkRemaps = (dir: string) => readdirSync(dir).filter((n) => n.startsWith('link_remap.'));
+
+  it('without it, refuses an unlinked file that still has another link, naming the fd, and the task runs on', function () {
+    keeper = new StateKeeper('link-keeper');
+    expect(() => dumpSync({ pid: keeper!.pid, imagesDir: keeper!.images })).to.throw(DumpError, /fd \d+ \(.*\/linked \(deleted\)\): file cannot be dumped: its name was removed but the file has 1 other link\(s\); dump with --link-remap/);
+    expect(alive(keeper.pid)).to.equal(true);
+    expect(linkRemaps(keeper.dir)).to.deep.equal([]);
+  });
+
+  it('links an O_TMPFILE file and a file with another link (LINKED remaps), keeps a ghost where no link is possible, and restore opens the same inodes', function () {
+    keeper = new StateKeeper('link-keeper');
+    // The dump by the CLI: --link-remap is criu's option.
+    const cli = spawnSync(process.execPath, [CLI, 'dump', '-t', String(keeper.pid), '-D', keeper.images, '--link-remap'], { encoding: 'utf8', timeout: 60_000 });
+    expect(cli.status, cli.stderr).to.equal(0);
+    waitFor('the dumped task to be gone', () => {
+      reapIfOurs(keeper!.pid);
+      return !existsSync(`/proc/${keeper!.pid}`);
+    });
+
+    const files = entries(join(keeper.images, 'files.img'));
+    const remaps = entries(join(keeper.images, 'remap-fpath.img'));
+    const byId = new Map(files.map((f) => [Number(f.id), f]));
+    const linked = remaps.filter((r) => Number(r.remap_type ?? 0) === 0);
+    const ghosts = remaps.filter((r) => Number(r.remap_type) === 1);
+    expect(linked.map((r) => String(byId.get(Number(r.orig_id))!.reg.name).replace(keeper!.dir, 'DIR').replace(/#\d+$/, '#INO')).sort()).to.deep.equal(['DIR/#INO', 'DIR/linked']);
+    for (const r of linked) {
+      const link = byId.get(Number(r.remap_id))!.reg;
+      expect(link.name).to.equal(join(keeper.dir, `link_remap.${r.remap_id}`));
+      expect(existsSync(String(link.name)), `${link.name} made by the dump`).to.equal(true);
+    }
+    expect(ghosts.map((r) => String(byId.get(Number(r.orig_id))!.reg.name))).to.deep.equal([join(keeper.dir, 'gone')]);
+    expect(readdirSync(keeper.images).filter((n) => n.startsWith('ghost-file-'))).to.deep.equal([`ghost-file-${Number(ghosts[0]!.remap_id).toString(16)}.img`]);
+    expect(linkRemaps(keeper.dir)).to.have.length(2);
+    for (const name of ['files.img', 'remap-fpath.img']) {
+      const path = join(keeper.images, name);
+      expect(Buffer.from(imageFromCritJson(imageToCritJsonRaw(path), path)).equals(readFileSync(path)), `${name} re-encodes byte-identically`).to.equal(true);
+      if (!spawnSync('crit', ['-h']).error) {
+        const crit = spawnSync('crit', ['decode', '-i', path], { encoding: 'utf8' });
+        expect(crit.status, `crit decode ${name}: ${crit.stderr}`).to.equal(0);
+        if (name === 'remap-fpath.img') {
+          expect(JSON.parse(crit.stdout).entries.map((e: { remap_type: string }) => e.remap_type).sort()).to.deep.equal(['GHOST', 'LINKED', 'LINKED']);
+        }
+      }
+    }
+
+    const r = restoreSync({ imagesDir: keeper.images, detached: true });
+    expect(r.pid).to.equal(keeper.pid);
+    expect(linkRemaps(keeper.dir), 'link remaps removed by the restore').to.deep.equal([]);
+    const { failures, checks } = keeper.check();
+    expect(failures).to.deep.equal([]);
+    expect(checks).to.have.length(10);
+  });
+
+  it('a failed dump removes the links it made', function () {
+    keeper = new StateKeeper('link-keeper');
+    expect(() => dumpSync({ pid: keeper!.pid, imagesDir: keeper!.images, linkRemap: true, faultAt: 'before-inventory' })).to.throw(DumpError);
+    expect(alive(keeper.pid)).to.equal(true);
+    expect(linkRemaps(keeper.dir)).to.deep.equal([]);
   });
 });
 

@@ -49,6 +49,18 @@ const SEEK_SET = 0;
 const AT_FDCWD = -100;
 /** Flags that only make sense when creating a file: never replayed. */
 const CREATE_ONLY = O.CREAT | O.EXCL | O.TRUNC | O.CLOEXEC;
+/** __O_TMPFILE: fdinfo keeps it (with O_DIRECTORY: O_TMPFILE is both) on a file opened so. */
+const O_TMPFILE_BIT = 0o20000000;
+
+/**
+ * The flags to open a regular file again with: without the creation-only ones and, for a file
+ * made with O_TMPFILE (which was its directory's open), without O_TMPFILE's __O_TMPFILE |
+ * O_DIRECTORY, which would make the open of the file itself fail (ENOTDIR).
+ */
+function reopenFlags(flags: number): number {
+  const out = flags & ~CREATE_ONLY;
+  return out & O_TMPFILE_BIT ? out & ~(O_TMPFILE_BIT | O.DIRECTORY) : out;
+}
 const O_DIRECT = 0o40000;
 /** The status flags F_SETFL can change (fcntl(2)): the rest of a file's flags is fixed at open. */
 const O_ASYNC = 0o20000;
@@ -274,7 +286,7 @@ class FileCreator {
     const what = `fd ${slot.fd} (file id ${slot.fileId}, ${file.kind})`;
     switch (file.kind) {
       case 'reg': {
-        const fd = remoteOpen(this.task, 'files', this.pathOf(file.reg), file.reg.flags & ~CREATE_ONLY);
+        const fd = remoteOpen(this.task, 'files', this.pathOf(file.reg), reopenFlags(file.reg.flags));
         if (file.reg.pos !== 0n) this.call(`lseek ${file.reg.name} to ${file.reg.pos}`, 'lseek', fd, file.reg.pos, SEEK_SET);
         return this.park(fd);
       }
