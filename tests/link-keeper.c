@@ -7,8 +7,9 @@
  *
  * Protocol as tests/state-keeper.c ("ready <pid>", SIGUSR1 -> ok/FAIL lines, "done N").
  *   - an O_TMPFILE file in WORK_DIR (never had a name; linkable: opened without O_EXCL), offset 5
- *   - WORK_DIR/linked, hard-linked as WORK_DIR/other-link, then unlinked (nlink 1), offset 3:
- *     after the restore, a write through the fd must show through WORK_DIR/other-link
+ *   - WORK_DIR/linked, hard-linked as WORK_DIR/other-link, then unlinked (nlink 1), offset 3,
+ *     also mapped MAP_SHARED: after the restore, a write through the fd must show through
+ *     WORK_DIR/other-link and in the mapping, a write to the mapping through the other link
  *   - WORK_DIR/gone, unlinked with no other link (nlink 0: the kernel refuses it a link, so the
  *     dump keeps a copy, a ghost file), offset 2
  * Inode numbers are remembered in memory (restored with it) and compared after the restore.
@@ -19,6 +20,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -69,6 +71,9 @@ int main(int argc, char **argv)
 	MUST(link(linked_path, other_path));
 	MUST(unlink(linked_path));
 	MUST(lseek(linked, 3, SEEK_SET));
+	char *map = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, linked, 0);
+	if (map == MAP_FAILED)
+		MUST(-1);
 
 	int gone = open(gone_path, O_RDWR | O_CREAT | O_TRUNC, 0600);
 	MUST(gone);
@@ -101,6 +106,10 @@ int main(int argc, char **argv)
 	CHECK(write(linked, "XY", 2) == 2 && through >= 0 && pread(through, (char[2]){ 0 }, 2, 3) == 2, "write through the fd at offset 3");
 	char seen[3] = { 0 };
 	CHECK(through >= 0 && pread(through, seen, 2, 3) == 2 && memcmp(seen, "XY", 2) == 0, "the write shows through %s (%s)", other_path, seen);
+
+	map[0] = 'Z';
+	char first = 0;
+	CHECK(memcmp(map + 3, "XY", 2) == 0 && pread(through, &first, 1, 0) == 1 && first == 'Z', "the shared mapping is the same file: it sees the write, %s sees its own", other_path);
 
 	CHECK(fstat(gone, &st) == 0 && st.st_nlink == 0 && deleted_link(gone), "file with no link left is deleted again");
 	CHECK(contents_are(gone, GONE_DATA) && lseek(gone, 0, SEEK_CUR) == 2, "its contents and offset 2 (a copy)");

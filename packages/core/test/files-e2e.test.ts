@@ -197,7 +197,7 @@ describe('core: files unlinked while open, with --link-remap', function () {
     expect(linkRemaps(keeper.dir)).to.deep.equal([]);
   });
 
-  it('links an O_TMPFILE file and a file with another link (LINKED remaps), keeps a ghost where no link is possible, and restore opens the same inodes', function () {
+  it('links an O_TMPFILE file and a file with another link, open and mapped (LINKED remaps), keeps a ghost where no link is possible, and restore opens the same inodes', function () {
     keeper = new StateKeeper('link-keeper');
     // The dump by the CLI: --link-remap is criu's option.
     const cli = spawnSync(process.execPath, [CLI, 'dump', '-t', String(keeper.pid), '-D', keeper.images, '--link-remap'], { encoding: 'utf8', timeout: 60_000 });
@@ -212,7 +212,7 @@ describe('core: files unlinked while open, with --link-remap', function () {
     const byId = new Map(files.map((f) => [Number(f.id), f]));
     const linked = remaps.filter((r) => Number(r.remap_type ?? 0) === 0);
     const ghosts = remaps.filter((r) => Number(r.remap_type) === 1);
-    expect(linked.map((r) => String(byId.get(Number(r.orig_id))!.reg.name).replace(keeper!.dir, 'DIR').replace(/#\d+$/, '#INO')).sort()).to.deep.equal(['DIR/#INO', 'DIR/linked']);
+    expect(linked.map((r) => String(byId.get(Number(r.orig_id))!.reg.name).replace(keeper!.dir, 'DIR').replace(/#\d+$/, '#INO')).sort()).to.deep.equal(['DIR/#INO', 'DIR/linked', 'DIR/linked']);
     for (const r of linked) {
       const link = byId.get(Number(r.remap_id))!.reg;
       expect(link.name).to.equal(join(keeper.dir, `link_remap.${r.remap_id}`));
@@ -220,7 +220,7 @@ describe('core: files unlinked while open, with --link-remap', function () {
     }
     expect(ghosts.map((r) => String(byId.get(Number(r.orig_id))!.reg.name))).to.deep.equal([join(keeper.dir, 'gone')]);
     expect(readdirSync(keeper.images).filter((n) => n.startsWith('ghost-file-'))).to.deep.equal([`ghost-file-${Number(ghosts[0]!.remap_id).toString(16)}.img`]);
-    expect(linkRemaps(keeper.dir)).to.have.length(2);
+    expect(linkRemaps(keeper.dir), 'one link per file entry: the fds and the shared mapping').to.have.length(3);
     for (const name of ['files.img', 'remap-fpath.img']) {
       const path = join(keeper.images, name);
       expect(Buffer.from(imageFromCritJson(imageToCritJsonRaw(path), path)).equals(readFileSync(path)), `${name} re-encodes byte-identically`).to.equal(true);
@@ -228,7 +228,7 @@ describe('core: files unlinked while open, with --link-remap', function () {
         const crit = spawnSync('crit', ['decode', '-i', path], { encoding: 'utf8' });
         expect(crit.status, `crit decode ${name}: ${crit.stderr}`).to.equal(0);
         if (name === 'remap-fpath.img') {
-          expect(JSON.parse(crit.stdout).entries.map((e: { remap_type: string }) => e.remap_type).sort()).to.deep.equal(['GHOST', 'LINKED', 'LINKED']);
+          expect(JSON.parse(crit.stdout).entries.map((e: { remap_type: string }) => e.remap_type).sort()).to.deep.equal(['GHOST', 'LINKED', 'LINKED', 'LINKED']);
         }
       }
     }
@@ -238,7 +238,7 @@ describe('core: files unlinked while open, with --link-remap', function () {
     expect(linkRemaps(keeper.dir), 'link remaps removed by the restore').to.deep.equal([]);
     const { failures, checks } = keeper.check();
     expect(failures).to.deep.equal([]);
-    expect(checks).to.have.length(10);
+    expect(checks).to.have.length(11);
   });
 
   it('a failed dump removes the links it made', function () {

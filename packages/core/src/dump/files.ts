@@ -184,9 +184,16 @@ export class FileTable {
         stats = undefined;
       }
     }
+    // Unlinked while mapped: a link remap (--link-remap) where the kernel allows one, else a
+    // ghost file when no link is left; with links left elsewhere, only a link keeps the mapping
+    // on the same file, so it is refused without --link-remap.
+    const linked = deleted && this.options.linkRemap === true ? this.linkRemap(id, statSource, path) : false;
+    if (deleted && !linked && stats!.nlink > 0 && this.options.linkRemap !== true) {
+      throw new Error(`${path} is mapped (${statSource}) after its name was removed, and the file has ${stats!.nlink} other link(s); dump with --link-remap to save it through a link`);
+    }
     this.files.push({ type: FD_TYPE.REG, id, reg: this.regEntry(id, path, openFlags, 0n, stats, true) });
     this.mappedFiles.set(key, id);
-    if (deleted && stats!.nlink === 0) this.ghost(id, statSource, stats!);
+    if (deleted && !linked && stats!.nlink === 0) this.ghost(id, statSource, stats!);
     return id;
   }
 
