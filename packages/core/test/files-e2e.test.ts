@@ -6,10 +6,10 @@
 // restore.
 import { expect } from 'chai';
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
-import { constants, existsSync, mkdtempSync, openSync, readdirSync, readFileSync } from 'node:fs';
+import { constants, existsSync, mkdtempSync, openSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { DumpError, dumpSync, restoreSync } from '@criu-ts/core';
+import { DumpError, dumpSync, RestoreError, restoreSync } from '@criu-ts/core';
 import { readImageSet } from '../src/restore/image-set.js';
 import { ImageReader, imageFromCritJson, imageToCritJson } from '@criu-ts/images';
 import { alive, ourStubs, sleepMs, waitFor } from './restore-helpers.js';
@@ -166,6 +166,12 @@ describe('core: file leases (--file-locks) end to end', function () {
     const { failures, checks } = keeper.check();
     expect(failures).to.deep.equal([]);
     expect(checks).to.have.length(12);
+    // CRIU marks a lease being broken with LEASE_BREAKING (4) in its type: such images are refused, naming the fd.
+    const path = join(keeper.images, 'filelocks.img');
+    const json = imageToCritJsonRaw(path) as { entries: Array<{ type: number; fd: number }> };
+    json.entries[0]!.type = 4 | 2;
+    writeFileSync(path, imageFromCritJson(json, path));
+    expect(() => readImageSet(keeper!.images)).to.throw(RestoreError, new RegExp(`the lease on fd ${json.entries[0]!.fd} was being broken \\(type 6: LEASE_BREAKING, going to none\\)`));
   });
 
   it('refuses a lease that is being broken, naming the fd, and the task runs on', function () {
