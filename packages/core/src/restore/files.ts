@@ -509,9 +509,10 @@ const F_OFD_SETLK = 37;
  * file's owner for the break signal (fs/locks.c lease_setup: __f_setown to current), and F_SETSIG
  * restored with the file decides which signal that is. The kernel refuses (EAGAIN) a write
  * lease while any other open file description of the file exists anywhere, and a read lease
- * while the file is open for writing anywhere: criu-ts's own temporaries are closed by now, but
- * another process holding the file, or a file shared between restored processes (criu-ts keeps
- * its duplicate until the restore ends), fails it, and the error says so.
+ * while the file is open for writing anywhere: criu-ts's own temporaries are closed by now (its
+ * duplicates of files shared between restored processes are the lease's own open file
+ * description, which does not count), but another process holding the file fails it, and the
+ * error says so.
  */
 function takeLock(task: RestoreTask, lock: FileLockImage): void {
   const what = `${lock.type === 1 ? 'write' : 'read'} ${lock.flag === LOCK_KIND.LEASE ? 'lease' : 'lock'} on fd ${lock.fd}`;
