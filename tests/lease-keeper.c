@@ -11,7 +11,8 @@
  * lease must go, F_GETLEASE says F_UNLCK); WORK_DIR/write-leased is open O_RDWR with a write
  * lease (broken by any open, a read-only one here: the lease must go down to a read lease,
  * F_GETLEASE says F_RDLCK). The conflicting opens are O_NONBLOCK, so they fail at once with
- * EWOULDBLOCK instead of waiting lease-break-time for us to answer.
+ * EWOULDBLOCK instead of waiting lease-break-time for us to answer. A child shares both files
+ * (it only waits for its parent to go).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -88,6 +89,19 @@ int main(int argc, char **argv)
 	MUST(rd);
 	int wr = open(write_path, O_RDWR | O_CREAT, 0600);
 	MUST(wr);
+	/*
+	 * A child shares both open file descriptions (and so the leases, which belong to them): the
+	 * restore makes each file once and hands it to the other process, and the lease must still
+	 * be taken with criu-ts holding that handover copy.
+	 */
+	pid_t parent = getpid();
+	pid_t child = fork();
+	MUST(child);
+	if (child == 0) {
+		while (getppid() == parent)
+			usleep(10000);
+		_exit(0);
+	}
 	MUST(fcntl(rd, F_SETSIG, READ_SIG));
 	MUST(fcntl(wr, F_SETSIG, WRITE_SIG));
 	MUST(fcntl(rd, F_SETLEASE, F_RDLCK));
