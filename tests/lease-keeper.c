@@ -4,7 +4,7 @@
  * another process opening the file in a way that conflicts makes the kernel signal us, and
  * F_GETLEASE then reports the break (the type the lease must go down to).
  *
- *   lease-keeper REPORT_FILE WORK_DIR
+ *   lease-keeper REPORT_FILE WORK_DIR [breaking]
  *
  * Protocol as tests/state-keeper.c ("ready <pid>", SIGUSR1 -> ok/FAIL lines, "done N").
  * WORK_DIR/read-leased is open O_RDONLY with a read lease (broken by an open for writing: the
@@ -13,6 +13,10 @@
  * F_GETLEASE says F_RDLCK). The conflicting opens are O_NONBLOCK, so they fail at once with
  * EWOULDBLOCK instead of waiting lease-break-time for us to answer. A child shares both files
  * (it only waits for its parent to go).
+ *
+ * With "breaking", the test breaks the read lease (a non-blocking open for writing) before the
+ * dump and does not let us answer: the check expects the lease still being broken (F_GETLEASE
+ * F_UNLCK) and a second break signal, from the restore breaking it again.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -29,15 +33,18 @@
 #define READ_SIG (SIGRTMIN + 1)
 #define WRITE_SIG (SIGRTMIN + 2)
 
-static volatile sig_atomic_t read_broken_fd = -1, write_broken_fd = -1;
+static volatile sig_atomic_t read_broken_fd = -1, write_broken_fd = -1, read_breaks, write_breaks;
 
 static void on_break(int sig, siginfo_t *si, void *ctx)
 {
 	(void)ctx;
-	if (sig == READ_SIG)
+	if (sig == READ_SIG) {
 		read_broken_fd = si->si_fd;
-	else if (sig == WRITE_SIG)
+		read_breaks++;
+	} else if (sig == WRITE_SIG) {
 		write_broken_fd = si->si_fd;
+		write_breaks++;
+	}
 }
 
 static void path_in(char *out, size_t size, const char *dir, const char *name)
@@ -66,10 +73,18 @@ static int wait_signal(volatile sig_atomic_t *slot)
 	return *slot;
 }
 
+static int wait_count(volatile sig_atomic_t *count, int want)
+{
+	for (int i = 0; i < 3000 && *count < want; i++)
+		usleep(1000);
+	return *count;
+}
+
 int main(int argc, char **argv)
 {
-	if (argc != 3)
+	if (argc != 3 && argc != 4)
 		return 2;
+	int breaking = argc == 4 && strcmp(argv[3], "breaking") == 0;
 	if (keeper_open_report(argv[1]) < 0)
 		return 3;
 	char read_path[4200], write_path[4200];
@@ -112,19 +127,27 @@ int main(int argc, char **argv)
 	while (!check_requested) /* polled: a restored task re-enters pause() after a signal that came just before */
 		usleep(1000);
 
-	CHECK(fcntl(rd, F_GETLEASE) == F_RDLCK, "fd %d holds a read lease", rd);
-	CHECK(fcntl(wr, F_GETLEASE) == F_WRLCK, "fd %d holds a write lease", wr);
-	CHECK(fcntl(rd, F_GETSIG) == READ_SIG && fcntl(wr, F_GETSIG) == WRITE_SIG, "F_SETSIG of both files kept");
+	if (breaking) {
+		/* Broken before the dump, broken again by the restore: a second signal, the same state. */
+		CHECK(fcntl(rd, F_GETLEASE) == F_UNLCK, "the read lease on fd %d is still being broken (F_GETLEASE F_UNLCK)", rd);
+		CHECK(wait_count(&read_breaks, 2) >= 2 && read_broken_fd == rd, "signalled again for fd %d after the restore (%d break signals)", rd, (int)read_breaks);
+		CHECK(fcntl(wr, F_GETLEASE) == F_WRLCK, "fd %d holds a write lease", wr);
+		CHECK(fcntl(rd, F_SETLEASE, F_UNLCK) == 0, "read lease released, answering the break");
+	} else {
+		CHECK(fcntl(rd, F_GETLEASE) == F_RDLCK, "fd %d holds a read lease", rd);
+		CHECK(fcntl(wr, F_GETLEASE) == F_WRLCK, "fd %d holds a write lease", wr);
+		CHECK(fcntl(rd, F_GETSIG) == READ_SIG && fcntl(wr, F_GETSIG) == WRITE_SIG, "F_SETSIG of both files kept");
 
-	/* Read lease: a writer elsewhere breaks it. */
-	int got = open_from_child(read_path, O_WRONLY);
-	CHECK(got == EWOULDBLOCK, "another process opening %s for writing is held off by the lease (errno %d)", read_path, got);
-	CHECK(wait_signal(&read_broken_fd) == rd, "the read lease break signalled us for fd %d (si_fd %d)", rd, (int)read_broken_fd);
-	CHECK(fcntl(rd, F_GETLEASE) == F_UNLCK, "F_GETLEASE reports the read lease must go (F_UNLCK)");
-	CHECK(fcntl(rd, F_SETLEASE, F_UNLCK) == 0, "read lease released");
+		/* Read lease: a writer elsewhere breaks it. */
+		int got = open_from_child(read_path, O_WRONLY);
+		CHECK(got == EWOULDBLOCK, "another process opening %s for writing is held off by the lease (errno %d)", read_path, got);
+		CHECK(wait_signal(&read_broken_fd) == rd, "the read lease break signalled us for fd %d (si_fd %d)", rd, (int)read_broken_fd);
+		CHECK(fcntl(rd, F_GETLEASE) == F_UNLCK, "F_GETLEASE reports the read lease must go (F_UNLCK)");
+		CHECK(fcntl(rd, F_SETLEASE, F_UNLCK) == 0, "read lease released");
+	}
 
 	/* Write lease: any open elsewhere breaks it, a reader asks it down to a read lease. */
-	got = open_from_child(write_path, O_RDONLY);
+	int got = open_from_child(write_path, O_RDONLY);
 	CHECK(got == EWOULDBLOCK, "another process opening %s at all is held off by the lease (errno %d)", write_path, got);
 	CHECK(wait_signal(&write_broken_fd) == wr, "the write lease break signalled us for fd %d (si_fd %d)", wr, (int)write_broken_fd);
 	CHECK(fcntl(wr, F_GETLEASE) == F_RDLCK, "F_GETLEASE reports the write lease must go down to a read lease (F_RDLCK)");

@@ -22,9 +22,14 @@ describe('core: file lock lines of fdinfo', function () {
     expect(got.map((l) => [l.flag, l.type, l.start, l.len])).to.deep.equal([[1, 1, 10n, 20n], [2, 0, 0n, 0n], [4, 0, 0n, 0n]]);
   });
 
-  it('refuses a lease being broken, naming the fd, the state and where it was going', function () {
-    expect(() => fileLocks(fdinfo('1: LEASE  BREAKING  UNLCK 24998 fe:00:2204961 0 EOF'), 'fd 3 of process 7 (/tmp/x)'))
-      .to.throw(/^fd 3 of process 7 \(\/tmp\/x\) holds a lease that is being broken \(state BREAKING, going to UNLCK\)/);
-    expect(() => fileLocks(fdinfo('1: DELEG  ACTIVE    READ 1 fe:00:1 0 EOF'), 'fd 3')).to.throw(/DELEG lock; only flock, POSIX and OFD locks and leases/);
+  it('reads a lease being broken as CRIU records it: LEASE_BREAKING (4) | the type it goes down to', function () {
+    expect(fileLocks(fdinfo('1: LEASE  BREAKING  UNLCK 24998 fe:00:2204961 0 EOF'), 'fd 3')[0]).to.include({ flag: 8, type: 4 | 2 });
+    expect(fileLocks(fdinfo('1: LEASE  BREAKING  READ 24998 fe:00:2204961 0 EOF'), 'fd 3')[0]).to.include({ flag: 8, type: 4 | 0 });
+  });
+
+  it('refuses other kinds and states, naming the fd', function () {
+    expect(() => fileLocks(fdinfo('1: DELEG  ACTIVE    READ 1 fe:00:1 0 EOF'), 'fd 3 of process 7 (/tmp/x)')).to.throw(/^fd 3 of process 7 \(\/tmp\/x\) holds a DELEG lock; only flock, POSIX and OFD locks and leases/);
+    expect(() => fileLocks(fdinfo('1: LEASE  BREAKER   READ 1 fe:00:1 0 EOF'), 'fd 3')).to.throw(/^fd 3 holds a lease in state BREAKER/);
+    expect(() => fileLocks(fdinfo('1: POSIX  MANDATORY WRITE 1 fe:00:1 0 EOF'), 'fd 3')).to.throw(/MANDATORY POSIX lock/);
   });
 });

@@ -166,22 +166,31 @@ describe('core: file leases (--file-locks) end to end', function () {
     const { failures, checks } = keeper.check();
     expect(failures).to.deep.equal([]);
     expect(checks).to.have.length(12);
-    // CRIU marks a lease being broken with LEASE_BREAKING (4) in its type: such images are refused, naming the fd.
+    // A lease being broken (LEASE_BREAKING, 4) goes down to read (0) or none (2); anything else is refused, naming the fd.
     const path = join(keeper.images, 'filelocks.img');
     const json = imageToCritJsonRaw(path) as { entries: Array<{ type: number; fd: number }> };
-    json.entries[0]!.type = 4 | 2;
+    json.entries[0]!.type = 4 | 1;
     writeFileSync(path, imageFromCritJson(json, path));
-    expect(() => readImageSet(keeper!.images)).to.throw(RestoreError, new RegExp(`the lease on fd ${json.entries[0]!.fd} was being broken \\(type 6: LEASE_BREAKING, going to none\\)`));
+    expect(() => readImageSet(keeper!.images)).to.throw(RestoreError, new RegExp(`the lease on fd ${json.entries[0]!.fd} is being broken to type 1, neither read \\(0\\) nor none \\(2\\)`));
   });
 
-  it('refuses a lease that is being broken, naming the fd, and the task runs on', function () {
-    keeper = new StateKeeper('lease-keeper');
+  it('a lease being broken is dumped as CRIU does (LEASE_BREAKING) and broken again by the restore: the task is signalled again', function () {
+    keeper = new StateKeeper('lease-keeper', ['breaking']);
     // Start breaking the read lease from here (a non-blocking open for writing), as another
     // process would: the lease sits in BREAKING until the task answers or lease-break-time ends.
     expect(() => openSync(join(keeper!.dir, 'read-leased'), constants.O_WRONLY | constants.O_NONBLOCK)).to.throw(/EWOULDBLOCK|EAGAIN/);
-    expect(() => dumpSync({ pid: keeper!.pid, imagesDir: keeper!.images, fileLocks: true })).to.throw(DumpError, /fd \d+ \(.*read-leased\): file cannot be dumped: it holds a lease that is being broken \(state BREAKING/);
-    expect(alive(keeper.pid)).to.equal(true);
-    expect(existsSync(join(keeper.images, 'inventory.img'))).to.equal(false);
+    keeper.dump({ fileLocks: true });
+    const locks = entries(join(keeper.images, 'filelocks.img'));
+    // type 6: LEASE_BREAKING (4) | F_UNLCK (2), the type the read lease goes down to.
+    expect(locks.map((l) => [l.flag, l.type])).to.have.deep.members([[8, 6], [8, 1]]);
+    if (!spawnSync('crit', ['-h']).error) expect(spawnSync('crit', ['decode', '-i', join(keeper.images, 'filelocks.img')]).status).to.equal(0);
+    restoreSync({ imagesDir: keeper.images, detached: true });
+    const fdinfo = readdirSync(`/proc/${keeper.pid}/fd`).map((fd) => readFileSync(`/proc/${keeper!.pid}/fdinfo/${fd}`, 'utf8')).join('');
+    expect(fdinfo).to.match(/LEASE\s+BREAKING\s+UNLCK/);
+    expect(fdinfo).to.match(/LEASE\s+ACTIVE\s+WRITE/);
+    const { failures, checks } = keeper.check();
+    expect(failures).to.deep.equal([]);
+    expect(checks).to.have.length(9);
   });
 });
 

@@ -439,7 +439,10 @@ export function unixSocketsOf<Reg>(slots: readonly FdSlot<Reg>[]): UnixSocketIma
 export interface FileLockImage {
   /** CRIU's lock kinds (criu/include/file-lock.h): FL_POSIX 1, FL_FLOCK 2, FL_OFD 4, FL_LEASE 8. */
   readonly flag: number;
-  /** F_RDLCK 0, F_WRLCK 1 (for a lease, the lease type F_SETLEASE takes). */
+  /**
+   * F_RDLCK 0, F_WRLCK 1 (for a lease, the lease type F_SETLEASE takes); for a lease being
+   * broken, LEASE_BREAKING (4) | the type it goes down to (F_RDLCK 0 or F_UNLCK 2).
+   */
   readonly type: number;
   readonly fd: number;
   readonly start: bigint;
@@ -449,7 +452,7 @@ export interface FileLockImage {
 export const LOCK_KIND = { POSIX: 1, FLOCK: 2, OFD: 4, LEASE: 8 } as const;
 const LOCK_FLAGS = new Set<number>(Object.values(LOCK_KIND));
 /** CRIU's bit in a lease's type for a lease being broken (criu/include/file-lock.h). */
-const LEASE_BREAKING = 4;
+export const LEASE_BREAKING = 4;
 
 /** The locks of process `pid` from filelocks.img (none when the image is absent), checked against its fd table. */
 export function readFileLocks(
@@ -464,9 +467,12 @@ export function readFileLocks(
     const lock = { flag: Number(e.flag), type: Number(e.type), fd: Number(e.fd), start: BigInt(e.start), len: BigInt(e.len) };
     if (!LOCK_FLAGS.has(lock.flag)) invalid(`${where}: lock kind ${lock.flag} is not POSIX (1), flock (2), OFD (4) or lease (8)`, { flag: lock.flag });
     if (lock.flag === LOCK_KIND.LEASE && (lock.type & LEASE_BREAKING)) {
-      invalid(`${where}: the lease on fd ${lock.fd} was being broken (type ${lock.type}: LEASE_BREAKING, going to ${(lock.type & ~LEASE_BREAKING) === 2 ? 'none' : 'read'}); restoring a lease break in progress is not supported`, { fd: lock.fd, type: lock.type });
+      // Being broken: the type is where the lease goes, a read lease (0) or none (2).
+      const target = lock.type & ~LEASE_BREAKING;
+      if (target !== 0 && target !== 2) invalid(`${where}: the lease on fd ${lock.fd} is being broken to type ${target}, neither read (0) nor none (2)`, { type: lock.type });
+    } else if (lock.type !== 0 && lock.type !== 1) {
+      invalid(`${where}: lock type ${lock.type} is neither read (0) nor write (1)`, { type: lock.type });
     }
-    if (lock.type !== 0 && lock.type !== 1) invalid(`${where}: lock type ${lock.type} is neither read (0) nor write (1)`, { type: lock.type });
     if (!fds.has(lock.fd)) invalid(`${where}: fd ${lock.fd} is not in the process's fd table`, { fd: lock.fd });
     if (lock.flag === LOCK_KIND.LEASE && slots.find((s) => s.fd === lock.fd)?.file.kind !== 'reg') {
       invalid(`${where}: the lease on fd ${lock.fd} is on a ${slots.find((s) => s.fd === lock.fd)?.file.kind} file; leases are taken on regular files only`, { fd: lock.fd });

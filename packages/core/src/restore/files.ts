@@ -32,10 +32,10 @@
 // dumped number (with O_CLOEXEC from fdinfo), and finally the temporaries are closed.
 import { readdirSync, readlinkSync } from 'node:fs';
 import {
-  asPid, close as closeLocal, errnoName, F, fcntl, O, open as openLocal, pidfdGetfd, pidfdOpen, write as writeLocal, type Fd,
+  asPid, close as closeLocal, errnoName, F, fcntl, SysError, O, open as openLocal, pidfdGetfd, pidfdOpen, write as writeLocal, type Fd,
 } from '@criu-ts/sys';
 import type { FdImage, ImageSet, RegFile } from './image-set.js';
-import { LOCK_KIND, unixSocketsOf, type FileOwner, type FileLockImage, type InotifyWatch, type OpenFileImage, type PipeData } from './fd-images.js';
+import { LEASE_BREAKING, LOCK_KIND, unixSocketsOf, type FileOwner, type FileLockImage, type InotifyWatch, type OpenFileImage, type PipeData } from './fd-images.js';
 import { createUnixSockets, planUnixSockets } from './unix-sockets.js';
 import { RestoreError } from './errors.js';
 import type { InetSockets } from './inet-sockets.js';
@@ -514,20 +514,16 @@ const F_OFD_SETLK = 37;
  * description, which does not count), but another process holding the file fails it, and the
  * error says so.
  */
-function takeLock(task: RestoreTask, lock: FileLockImage): void {
+function takeLock(task: RestoreTask, lock: FileLockImage, accessMode: number): void {
   const what = `${lock.type === 1 ? 'write' : 'read'} ${lock.flag === LOCK_KIND.LEASE ? 'lease' : 'lock'} on fd ${lock.fd}`;
   switch (lock.flag) {
     case LOCK_KIND.FLOCK:
       remote(task, 'files', `flock: ${what}`, 'flock', lock.fd, (lock.type === 1 ? LOCK_EX : LOCK_SH) | LOCK_NB);
       return;
-    case LOCK_KIND.LEASE: {
-      const got = Number(task.syscallRawSync('fcntl', lock.fd, F.SETLEASE, lock.type));
-      if (got < 0) {
-        const why = got === -11 ? `: the file is open elsewhere (${lock.type === 1 ? 'any other open file description' : 'an open for writing'} stands in its way)` : '';
-        throw new RestoreError('files', `F_SETLEASE: ${what} failed with ${errnoName(-got)}${why}`, { pid: task.pid, fd: lock.fd, type: lock.type, errno: -got });
-      }
+    case LOCK_KIND.LEASE:
+      if (lock.type & LEASE_BREAKING) breakLeaseAgain(task, lock, accessMode);
+      else setLease(task, lock.fd, lock.type, what);
       return;
-    }
     default: {
       // struct flock: short l_type, short l_whence, (pad), off_t l_start, off_t l_len, pid_t l_pid.
       const flock = Buffer.alloc(32);
@@ -540,6 +536,46 @@ function takeLock(task: RestoreTask, lock: FileLockImage): void {
       remote(task, 'files', `${posix ? 'F_SETLK' : 'F_OFD_SETLK'}: ${what}`, 'fcntl', lock.fd, posix ? F_SETLK : F_OFD_SETLK, arg!);
     }
   }
+}
+
+const F_RDLCK = 0;
+const F_WRLCK = 1;
+const F_UNLCK = 2;
+
+/** fcntl(fd, F_SETLEASE, type) in the task, with what stands in its way when the kernel says EAGAIN. */
+function setLease(task: RestoreTask, fd: number, type: number, what: string): void {
+  const got = Number(task.syscallRawSync('fcntl', fd, F.SETLEASE, type));
+  if (got >= 0) return;
+  const why = got === -11 ? `: the file is open elsewhere (${type === F_WRLCK ? 'any other open file description' : 'an open for writing'} stands in its way)` : '';
+  throw new RestoreError('files', `F_SETLEASE: ${what} failed with ${errnoName(-got)}${why}`, { pid: task.pid, fd, type, errno: -got });
+}
+
+/**
+ * A lease that was being broken when dumped: taken as it was before the break, then broken
+ * again from criu-ts with a non-blocking open of the file that conflicts with it, as CRIU does:
+ * O_RDONLY when the lease was going down to a read lease (only a write lease is broken so),
+ * O_WRONLY when it was going away. The kernel then signals the task again (F_SETSIG's signal,
+ * kept pending: every signal is blocked in the task until its release) and gives it a new
+ * lease-break-time to answer; no opener waits on it (the dumped one was outside the dump).
+ * The type before the break is not recorded: a lease going down to read was a write lease; one
+ * going away was a read lease when the fd is read-only (CRIU's guess too), a write lease
+ * otherwise (a read lease cannot be had on a file open for writing).
+ */
+function breakLeaseAgain(task: RestoreTask, lock: FileLockImage, accessMode: number): void {
+  const target = lock.type & ~LEASE_BREAKING;
+  const before = target === F_RDLCK || accessMode !== O.RDONLY ? F_WRLCK : F_RDLCK;
+  const what = `${before === F_WRLCK ? 'write' : 'read'} lease on fd ${lock.fd} (being broken to ${target === F_UNLCK ? 'none' : 'read'})`;
+  setLease(task, lock.fd, before, what);
+  let opened: Fd | undefined;
+  try {
+    opened = openLocal(`/proc/${task.pid}/fd/${lock.fd}`, (target === F_UNLCK ? O.WRONLY : O.RDONLY) | O.NONBLOCK);
+  } catch (error) {
+    // EWOULDBLOCK: the open conflicts with the lease, whose break has started.
+    if (error instanceof SysError && error.code === 'EAGAIN') return;
+    throw new RestoreError('files', `breaking the ${what} again`, { pid: task.pid, fd: lock.fd }, error);
+  }
+  closeLocal(opened);
+  throw new RestoreError('files', `breaking the ${what} again: the open did not conflict with the lease`, { pid: task.pid, fd: lock.fd });
 }
 
 /**
@@ -586,7 +622,10 @@ export function restoreFiles(
   const dumped = new Set(set.fds.map((f) => f.fd));
   for (const t of parked) if (!dumped.has(t)) remote(task, 'files', `close temporary fd ${t}`, 'close', t);
   // Locks last: closing any fd of a file drops the process's POSIX locks on it, temporaries too.
-  for (const lock of set.locks) takeLock(task, lock);
+  for (const lock of set.locks) {
+    const slot = set.fds.find((f) => f.fd === lock.fd)!;
+    takeLock(task, lock, slot.file.kind === 'reg' ? slot.file.reg.flags & 3 : O.RDWR);
+  }
 }
 
 export function restoreFs(task: RestoreTask, set: ImageSet): void {

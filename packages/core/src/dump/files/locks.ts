@@ -13,10 +13,11 @@ export const FILE_LOCK_FLAG = { POSIX: 1, FLOCK: 2, OFD: 4, LEASE: 8 } as const;
 /** F_RDLCK, F_WRLCK (for a lease: its type, as F_SETLEASE takes it). */
 export const FILE_LOCK_TYPE = { READ: 0, WRITE: 1 } as const;
 /**
- * CRIU's LEASE_BREAKING bit in `type` of a lease being broken (type = the lease's target type,
- * F_RDLCK or F_UNLCK, | 4). criu-ts refuses such leases: see fileLocks.
+ * CRIU's LEASE_BREAKING bit in `type` of a lease being broken: type = the type the lease must go
+ * down to (F_RDLCK 0 for a write lease a reader broke, F_UNLCK 2 for one a writer broke) | 4.
  */
 export const LEASE_BREAKING = 4;
+const F_UNLCK = 2;
 
 export interface FileLockLine {
   readonly flag: number;
@@ -43,14 +44,17 @@ export function fileLocks(fdinfo: string, what: string): FileLockLine[] {
     if (flag === FILE_LOCK_FLAG.LEASE) {
       // fs/locks.c prints a lease as ACTIVE, BREAKING (a conflicting open started breaking it:
       // the holder has been signalled and the opener waits up to lease-break-time) or BREAKER
-      // (the opener's own record, which no fdinfo shows). A breaking lease is refused: making
-      // it again means breaking it again from outside, which signals the task a second time
-      // (the first signal is already among its pending ones or handled), and no opener waits
-      // on the restored one.
+      // (the opener's own record, which no fdinfo shows). For a lease being broken it prints
+      // the type the lease must go down to (target_leasetype: READ, or UNLCK), which is what
+      // CRIU records, with LEASE_BREAKING.
       if (mode === 'BREAKING') {
-        throw new Error(`${what} holds a lease that is being broken (state BREAKING, going to ${access}); a lease break in progress cannot be dumped: dump again once the holder has answered it (F_SETLEASE)`);
+        if (access !== 'READ' && access !== 'UNLCK') throw new Error(`${what} holds a lease being broken to ${access}, which no lease break does`);
+        locks.push({
+          flag, type: (access === 'READ' ? FILE_LOCK_TYPE.READ : F_UNLCK) | LEASE_BREAKING, holder: Number(holder), device: device!, inode: inode!, start: BigInt(start!), len: end === 'EOF' ? 0n : BigInt(end!) - BigInt(start!) + 1n,
+        });
+        continue;
       }
-      if (mode !== 'ACTIVE') throw new Error(`${what} holds a lease in state ${mode}; only active leases can be dumped`);
+      if (mode !== 'ACTIVE') throw new Error(`${what} holds a lease in state ${mode}; only active leases and leases being broken can be dumped`);
     } else if (mode !== 'ADVISORY') {
       throw new Error(`${what} holds a ${mode} ${kind} lock; only advisory locks can be dumped`);
     }
