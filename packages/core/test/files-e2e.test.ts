@@ -6,14 +6,16 @@
 // restore.
 import { expect } from 'chai';
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, readFileSync } from 'node:fs';
+import { constants, existsSync, mkdtempSync, openSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { DumpError, dumpSync, restoreSync } from '@criu-ts/core';
+import { DumpError, dumpSync, RestoreError, restoreSync } from '@criu-ts/core';
 import { readImageSet } from '../src/restore/image-set.js';
 import { ImageReader, imageFromCritJson, imageToCritJson } from '@criu-ts/images';
 import { alive, ourStubs, sleepMs, waitFor } from './restore-helpers.js';
-import { killAndReap, StateKeeper, TEST_BIN, rootWithSubreaper, imageEntries as entries } from './programs.js';
+import { killAndReap, reapIfOurs, StateKeeper, TEST_BIN, rootWithSubreaper, imageEntries as entries } from './programs.js';
+
+const CLI = join(TEST_BIN, '..', '..', 'packages', 'cli', 'dist', 'criu-ts.mjs');
 
 function fdKinds(pid: number): string[] {
   return readdirSync(`/proc/${pid}/fd`)
@@ -121,7 +123,7 @@ describe('core: file locks (--file-locks) end to end', function () {
     for (let round = 0; round < 2; round++) {
       keeper.dump({ fileLocks: true });
       const locks = entries(join(keeper.images, 'filelocks.img'));
-      expect(locks.map((l) => [l.flag, l.type, Number(l.start), Number(l.len)]), `round ${round}`).to.have.deep.members([[2, 1, 0, 0], [1, 1, 10, 20], [1024, 0, 0, 0]]);
+      expect(locks.map((l) => [l.flag, l.type, Number(l.start), Number(l.len)]), `round ${round}`).to.have.deep.members([[2, 1, 0, 0], [1, 1, 10, 20], [4, 0, 0, 0]]);
       if (!spawnSync('crit', ['-h']).error) expect(spawnSync('crit', ['decode', '-i', join(keeper.images, 'filelocks.img')]).status).to.equal(0);
       const r = restoreSync({ imagesDir: keeper.images, detached: true });
       expect(r.pid).to.equal(keeper.pid);
@@ -129,6 +131,136 @@ describe('core: file locks (--file-locks) end to end', function () {
     const { failures, checks } = keeper.check();
     expect(failures).to.deep.equal([]);
     expect(checks).to.have.length(5);
+  });
+});
+
+describe('core: file leases (--file-locks) end to end', function () {
+  this.timeout(120_000);
+  let keeper: StateKeeper | undefined;
+  rootWithSubreaper();
+  afterEach(() => {
+    keeper?.cleanup();
+    keeper = undefined;
+  });
+
+  it('a read lease and a write lease are taken again by the task and still break, twice in a row', function () {
+    keeper = new StateKeeper('lease-keeper');
+    expect(() => dumpSync({ pid: keeper!.pid, imagesDir: keeper!.images })).to.throw(DumpError, /holds a file lock.*--file-locks/);
+    for (let round = 0; round < 2; round++) {
+      keeper.dump({ fileLocks: true });
+      const path = join(keeper.images, 'filelocks.img');
+      const locks = entries(path);
+      // CRIU's FL_LEASE is 8; the type is the lease's, F_RDLCK 0 or F_WRLCK 1; the range is the whole file.
+      expect(locks.map((l) => [l.flag, l.type, Number(l.start), Number(l.len), l.pid]), `round ${round}`).to.have.deep.members([[8, 0, 0, 0, keeper.pid], [8, 1, 0, 0, keeper.pid]]);
+      expect(Buffer.from(imageFromCritJson(imageToCritJsonRaw(path), path)).equals(readFileSync(path)), 'filelocks.img re-encodes byte-identically').to.equal(true);
+      if (!spawnSync('crit', ['-h']).error) {
+        const crit = spawnSync('crit', ['decode', '-i', path], { encoding: 'utf8' });
+        expect(crit.status, crit.stderr).to.equal(0);
+        expect(JSON.parse(crit.stdout).entries.map((e: { flag: number; type: number }) => [e.flag, e.type])).to.have.deep.members([[8, 0], [8, 1]]);
+      }
+      const r = restoreSync({ imagesDir: keeper.images, detached: true });
+      expect(r.pid).to.equal(keeper.pid);
+      const fdinfo = readdirSync(`/proc/${keeper.pid}/fd`).map((fd) => readFileSync(`/proc/${keeper!.pid}/fdinfo/${fd}`, 'utf8')).join('');
+      expect(fdinfo.match(/LEASE\s+ACTIVE\s+(READ|WRITE)/g)?.map((l) => l.split(/\s+/)[2]).sort(), `round ${round}`).to.deep.equal(['READ', 'WRITE']);
+    }
+    const { failures, checks } = keeper.check();
+    expect(failures).to.deep.equal([]);
+    expect(checks).to.have.length(12);
+    // A lease being broken (LEASE_BREAKING, 4) goes down to read (0) or none (2); anything else is refused, naming the fd.
+    const path = join(keeper.images, 'filelocks.img');
+    const json = imageToCritJsonRaw(path) as { entries: Array<{ type: number; fd: number }> };
+    json.entries[0]!.type = 4 | 1;
+    writeFileSync(path, imageFromCritJson(json, path));
+    expect(() => readImageSet(keeper!.images)).to.throw(RestoreError, new RegExp(`the lease on fd ${json.entries[0]!.fd} is being broken to type 1, neither read \\(0\\) nor none \\(2\\)`));
+  });
+
+  it('a lease being broken is dumped as CRIU does (LEASE_BREAKING) and broken again by the restore: the task is signalled again', function () {
+    keeper = new StateKeeper('lease-keeper', ['breaking']);
+    // Start breaking the read lease from here (a non-blocking open for writing), as another
+    // process would: the lease sits in BREAKING until the task answers or lease-break-time ends.
+    expect(() => openSync(join(keeper!.dir, 'read-leased'), constants.O_WRONLY | constants.O_NONBLOCK)).to.throw(/EWOULDBLOCK|EAGAIN/);
+    keeper.dump({ fileLocks: true });
+    const locks = entries(join(keeper.images, 'filelocks.img'));
+    // type 6: LEASE_BREAKING (4) | F_UNLCK (2), the type the read lease goes down to.
+    expect(locks.map((l) => [l.flag, l.type])).to.have.deep.members([[8, 6], [8, 1]]);
+    if (!spawnSync('crit', ['-h']).error) expect(spawnSync('crit', ['decode', '-i', join(keeper.images, 'filelocks.img')]).status).to.equal(0);
+    restoreSync({ imagesDir: keeper.images, detached: true });
+    const fdinfo = readdirSync(`/proc/${keeper.pid}/fd`).map((fd) => readFileSync(`/proc/${keeper!.pid}/fdinfo/${fd}`, 'utf8')).join('');
+    expect(fdinfo).to.match(/LEASE\s+BREAKING\s+UNLCK/);
+    expect(fdinfo).to.match(/LEASE\s+ACTIVE\s+WRITE/);
+    const { failures, checks } = keeper.check();
+    expect(failures).to.deep.equal([]);
+    expect(checks).to.have.length(9);
+  });
+});
+
+describe('core: files unlinked while open, with --link-remap', function () {
+  this.timeout(120_000);
+  let keeper: StateKeeper | undefined;
+  rootWithSubreaper();
+  afterEach(() => {
+    keeper?.cleanup();
+    keeper = undefined;
+  });
+
+  const linkRemaps = (dir: string) => readdirSync(dir).filter((n) => n.startsWith('link_remap.'));
+
+  it('without it, refuses an unlinked file that still has another link, naming the fd, and the task runs on', function () {
+    keeper = new StateKeeper('link-keeper');
+    expect(() => dumpSync({ pid: keeper!.pid, imagesDir: keeper!.images })).to.throw(DumpError, /fd \d+ \(.*\/linked \(deleted\)\): file cannot be dumped: its name was removed but the file has 1 other link\(s\); dump with --link-remap/);
+    expect(alive(keeper.pid)).to.equal(true);
+    expect(linkRemaps(keeper.dir)).to.deep.equal([]);
+  });
+
+  it('links an O_TMPFILE file and a file with another link, open and mapped (LINKED remaps), keeps a ghost where no link is possible, and restore opens the same inodes', function () {
+    keeper = new StateKeeper('link-keeper');
+    // The dump by the CLI: --link-remap is criu's option.
+    const cli = spawnSync(process.execPath, [CLI, 'dump', '-t', String(keeper.pid), '-D', keeper.images, '--link-remap'], { encoding: 'utf8', timeout: 60_000 });
+    expect(cli.status, cli.stderr).to.equal(0);
+    waitFor('the dumped task to be gone', () => {
+      reapIfOurs(keeper!.pid);
+      return !existsSync(`/proc/${keeper!.pid}`);
+    });
+
+    const files = entries(join(keeper.images, 'files.img'));
+    const remaps = entries(join(keeper.images, 'remap-fpath.img'));
+    const byId = new Map(files.map((f) => [Number(f.id), f]));
+    const linked = remaps.filter((r) => Number(r.remap_type ?? 0) === 0);
+    const ghosts = remaps.filter((r) => Number(r.remap_type) === 1);
+    expect(linked.map((r) => String(byId.get(Number(r.orig_id))!.reg.name).replace(keeper!.dir, 'DIR').replace(/#\d+$/, '#INO')).sort()).to.deep.equal(['DIR/#INO', 'DIR/linked', 'DIR/linked']);
+    for (const r of linked) {
+      const link = byId.get(Number(r.remap_id))!.reg;
+      expect(link.name).to.equal(join(keeper.dir, `link_remap.${r.remap_id}`));
+      expect(existsSync(String(link.name)), `${link.name} made by the dump`).to.equal(true);
+    }
+    expect(ghosts.map((r) => String(byId.get(Number(r.orig_id))!.reg.name))).to.deep.equal([join(keeper.dir, 'gone')]);
+    expect(readdirSync(keeper.images).filter((n) => n.startsWith('ghost-file-'))).to.deep.equal([`ghost-file-${Number(ghosts[0]!.remap_id).toString(16)}.img`]);
+    expect(linkRemaps(keeper.dir), 'one link per file entry: the fds and the shared mapping').to.have.length(3);
+    for (const name of ['files.img', 'remap-fpath.img']) {
+      const path = join(keeper.images, name);
+      expect(Buffer.from(imageFromCritJson(imageToCritJsonRaw(path), path)).equals(readFileSync(path)), `${name} re-encodes byte-identically`).to.equal(true);
+      if (!spawnSync('crit', ['-h']).error) {
+        const crit = spawnSync('crit', ['decode', '-i', path], { encoding: 'utf8' });
+        expect(crit.status, `crit decode ${name}: ${crit.stderr}`).to.equal(0);
+        if (name === 'remap-fpath.img') {
+          expect(JSON.parse(crit.stdout).entries.map((e: { remap_type: string }) => e.remap_type).sort()).to.deep.equal(['GHOST', 'LINKED', 'LINKED', 'LINKED']);
+        }
+      }
+    }
+
+    const r = restoreSync({ imagesDir: keeper.images, detached: true });
+    expect(r.pid).to.equal(keeper.pid);
+    expect(linkRemaps(keeper.dir), 'link remaps removed by the restore').to.deep.equal([]);
+    const { failures, checks } = keeper.check();
+    expect(failures).to.deep.equal([]);
+    expect(checks).to.have.length(11);
+  });
+
+  it('a failed dump removes the links it made', function () {
+    keeper = new StateKeeper('link-keeper');
+    expect(() => dumpSync({ pid: keeper!.pid, imagesDir: keeper!.images, linkRemap: true, faultAt: 'before-inventory' })).to.throw(DumpError);
+    expect(alive(keeper.pid)).to.equal(true);
+    expect(linkRemaps(keeper.dir)).to.deep.equal([]);
   });
 });
 

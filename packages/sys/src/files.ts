@@ -34,6 +34,21 @@ export function openByHandleAt(mountFd: Fd, handleType: number, handle: Uint8Arr
   return asFd(sysCallNumber('open_by_handle_at', N.open_by_handle_at, [mountFd, fh, flags | O.CLOEXEC], `handle type ${handleType}`));
 }
 
+/** linkat flags (linkat(2)). */
+export const AT_SYMLINK_FOLLOW = 0x400;
+export const AT_EMPTY_PATH = 0x1000;
+
+/**
+ * linkat(AT_FDCWD, oldPath, AT_FDCWD, newPath, flags): a new name for an inode. With
+ * AT_SYMLINK_FOLLOW, `oldPath` may be a /proc/PID/fd/N link, which names the open file itself:
+ * that links a file whose own name is gone, as long as the kernel still allows it a name (it has
+ * other links, or it is an O_TMPFILE opened without O_EXCL); an unlinked file with no link left
+ * fails with ENOENT (fs/namei.c refuses nlink 0 inodes not marked I_LINKABLE).
+ */
+export function linkat(oldPath: string, newPath: string, flags = AT_SYMLINK_FOLLOW): void {
+  sysCallNumber('linkat', N.linkat, [AT_FDCWD, cstr(oldPath), AT_FDCWD, cstr(newPath), flags], `${oldPath} -> ${newPath}`);
+}
+
 /** close(fd). */
 export function close(fd: Fd): void {
   sysCallNumber('close', N.close, [fd], `fd ${fd}`);
@@ -64,7 +79,7 @@ export function ftruncate(fd: Fd, length: number | bigint): void {
   sysCallNumber('ftruncate', N.ftruncate, [fd, length], `fd ${fd}`);
 }
 
-export const F = { DUPFD: 0, GETFD: 1, SETFD: 2, GETFL: 3, SETFL: 4, DUPFD_CLOEXEC: 1030, SETPIPE_SZ: 1031, GETPIPE_SZ: 1032 } as const;
+export const F = { DUPFD: 0, GETFD: 1, SETFD: 2, GETFL: 3, SETFL: 4, SETLEASE: 1024, GETLEASE: 1025, DUPFD_CLOEXEC: 1030, SETPIPE_SZ: 1031, GETPIPE_SZ: 1032 } as const;
 export const FD_CLOEXEC = 1;
 
 /** fcntl(fd, cmd, arg): arg is an integer, or a buffer for commands that read or fill a struct. */

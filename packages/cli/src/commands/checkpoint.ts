@@ -24,7 +24,7 @@ Restore the process saved in DIR with its PID. Without -d, criu-ts waits for the
 process and exits with its status; with -d it returns once the process runs.
 
 options:
-${optionsHelp([...COMMON, 'restore-detached', 'pidfile', 'status-fd', 'tcp-established', 'tcp-close', 'ext-unix-sk', 'file-locks', 'join-ns'])}
+${optionsHelp([...COMMON, 'restore-detached', 'pidfile', 'status-fd', 'tcp-established', 'tcp-close', 'ext-unix-sk', 'file-locks', 'link-remap', 'join-ns'])}
 `;
 
 function value(parsed: ParsedCriuOptions, name: string): string | undefined {
@@ -63,6 +63,7 @@ export function runDump(argv: string[], io: CommandIo): number {
       leave: parsed.values.has('leave-running') ? 'running' : parsed.values.has('leave-stopped') ? 'stopped' : 'kill',
       shellJob: parsed.values.has('shell-job'),
       fileLocks: parsed.values.has('file-locks'),
+      linkRemap: parsed.values.has('link-remap'),
       extUnixSk: parsed.values.has('ext-unix-sk'),
       tcpEstablished: parsed.values.has('tcp-established'),
       tcpClose: parsed.values.has('tcp-close'),

@@ -71,6 +71,14 @@ export interface DumpOptions {
   readonly extUnixSk?: boolean;
   /** Save file locks (flock, POSIX, OFD) instead of refusing a task that holds one (criu's --file-locks). */
   readonly fileLocks?: boolean;
+  /**
+   * Files unlinked while open get a hard link beside their old name (link_remap.N) that restore
+   * opens them through and then removes, instead of a copy of their contents (criu's
+   * --link-remap). Where the kernel allows no link (no link left and not an O_TMPFILE), the
+   * contents are saved as a ghost file as without it. Without it, a file unlinked while open
+   * that still has other links is refused.
+   */
+  readonly linkRemap?: boolean;
   /** Largest deleted-while-open file whose contents are saved (criu's --ghost-limit, default 1 MiB). */
   readonly ghostLimit?: number;
   /** Called with progress of the page writing. */
@@ -218,7 +226,7 @@ function dumpTree(options: DumpOptions): DumpResult {
   }
 
   const inetOptions = { tcpEstablished: options.tcpEstablished === true, tcpClose: options.tcpClose === true, skipInFlight: options.skipInFlight === true };
-  const unsupported = findUnsupportedDescriptor(pidNumber, inetOptions);
+  const unsupported = findUnsupportedDescriptor(pidNumber, inetOptions, { linkRemap: options.linkRemap === true });
   if (unsupported) fail(`process ${pid} holds ${unsupported.message}`, unsupported);
   const unpaired = options.shellJob ? undefined : findOutsideTerminal(pidNumber);
   if (unpaired) fail(`the tree of process ${pid} holds ${unpaired.message}`, unpaired);
@@ -261,10 +269,12 @@ function dumpTree(options: DumpOptions): DumpResult {
     inet.close();
     return errors;
   };
+  let fileTable: FileTable | undefined;
   const rollback = (error: unknown): never => {
     closeShared();
     if (!cleanedUp) {
       cleanedUp = true;
+      fileTable?.removeLinkRemaps();
       // Children first: every task frozen so far runs on (or stays stopped) exactly as before.
       const cureErrors: string[] = releaseConnections();
       for (const t of [...tree].reverse()) {
@@ -322,10 +332,10 @@ function dumpTree(options: DumpOptions): DumpResult {
     // ---- collect
     stage = 'collect';
     options.onStage?.(stage);
-    const files = new FileTable({
+    const files = (fileTable = new FileTable({
       ghostLimit: options.ghostLimit ?? DEFAULT_GHOST_LIMIT, shellJob: options.shellJob === true, fileLocks: options.fileLocks === true,
-      extUnixSk: options.extUnixSk === true, inet, treePids: live.map((t) => t.task.pid),
-    });
+      linkRemap: options.linkRemap === true, extUnixSk: options.extUnixSk === true, inet, treePids: live.map((t) => t.task.pid),
+    }));
     for (const t of live) {
       const p = t.task.pid;
       const exePath = readLink(p, 'exe').replace(/ \(deleted\)$/, '');

@@ -11,7 +11,8 @@
 // (files/inotify.ts, files/fanotify.ts) and terminals, ptys of the tree included
 // (files/terminals.ts), have entries of their own. Other kinds (raw, packet and netlink sockets,
 // io_uring...) are refused up front with an error naming the fd and its kind.
-import { closeSync, fstatSync, openSync, readFileSync, readSync, readdirSync, readlinkSync, statSync, type Stats } from 'node:fs';
+import { closeSync, fstatSync, openSync, readFileSync, readSync, readdirSync, readlinkSync, statSync, unlinkSync, type Stats } from 'node:fs';
+import { dirname, join } from 'node:path';
 import type { DecodedMessage } from '@criu-ts/images';
 import type { Pid } from '@criu-ts/sys';
 import { anonInodeKind, eventfdEntry, eventpollEntry, signalfdEntry, timerfdEntry } from './files/anon-inodes.js';
@@ -27,7 +28,7 @@ import { noOwner, ownerOf } from './files/owner.js';
 import { FILE_LOCK_FLAG, fileLocks } from './files/locks.js';
 import { socketInode, UnixSocketDumper, unixSocketInodes } from './files/unix-sockets.js';
 import { grabFd, InetSocketDumper, precheckInetSocket, type InetDumpOptions, type InetSocketRefused } from './files/inet-sockets.js';
-import { close as closeFd } from '@criu-ts/sys';
+import { AT_SYMLINK_FOLLOW, close as closeFd, linkat, SysError } from '@criu-ts/sys';
 
 /** fd_types values (fdinfo.proto). */
 export const FD_TYPE = {
@@ -65,6 +66,12 @@ export interface FileTableOptions {
   readonly shellJob?: boolean;
   /** File locks are saved (criu's --file-locks) instead of refused. */
   readonly fileLocks?: boolean;
+  /**
+   * Files unlinked while open are given a hard link to be restored through (criu's
+   * --link-remap) where the kernel allows one, instead of a copy of their contents (ghost file).
+   * Without it, an unlinked file that still has other links is refused.
+   */
+  readonly linkRemap?: boolean;
   /** Datagram unix sockets connected to a named socket outside the dump are saved (criu's --ext-unix-sk). */
   readonly extUnixSk?: boolean;
   /** The dump's TCP/UDP sockets (refused without it). */
@@ -117,6 +124,9 @@ export class FileTable {
   /** memfd.img entries, by inode number (the shmid of their contents), and where to read them. */
   readonly memfdInodes = new Map<number, DecodedMessage>();
   readonly memfdSources = new Map<number, { procFd: string; size: number }>();
+
+  /** Hard links made for link remaps (--link-remap), removed again if the dump fails. */
+  readonly linkRemapPaths: string[] = [];
 
   /** file-lock.img entries (criu's --file-locks). */
   readonly locks: DecodedMessage[] = [];
@@ -174,9 +184,16 @@ export class FileTable {
         stats = undefined;
       }
     }
+    // Unlinked while mapped: a link remap (--link-remap) where the kernel allows one, else a
+    // ghost file when no link is left; with links left elsewhere, only a link keeps the mapping
+    // on the same file, so it is refused without --link-remap.
+    const linked = deleted && this.options.linkRemap === true ? this.linkRemap(id, statSource, path) : false;
+    if (deleted && !linked && stats!.nlink > 0 && this.options.linkRemap !== true) {
+      throw new Error(`${path} is mapped (${statSource}) after its name was removed, and the file has ${stats!.nlink} other link(s); dump with --link-remap to save it through a link`);
+    }
     this.files.push({ type: FD_TYPE.REG, id, reg: this.regEntry(id, path, openFlags, 0n, stats, true) });
     this.mappedFiles.set(key, id);
-    if (deleted && stats!.nlink === 0) this.ghost(id, statSource, stats!);
+    if (deleted && !linked && stats!.nlink === 0) this.ghost(id, statSource, stats!);
     return id;
   }
 
@@ -228,8 +245,8 @@ export class FileTable {
     const fdinfoFlags = info.flags & O_CLOEXEC ? FD_CLOEXEC : 0;
     const flags = info.flags & ~O_CLOEXEC;
     let target = readlinkSync(procFd);
-    this.collectLocks(pid, fd, fdinfoText, `fd ${fd} of process ${pid} (${target})`);
     const shared = sameAs(fd);
+    this.collectLocks(pid, fd, fdinfoText, `fd ${fd} of process ${pid} (${target})`, shared !== undefined);
     if (shared !== undefined) return { id: shared, flags: fdinfoFlags, type: this.typeOf.get(shared)!, fd };
     const what = `fd ${fd} of process ${pid} (${target})`;
 
@@ -316,11 +333,18 @@ export class FileTable {
       return this.terminal(pid, fd, target, flags, fdinfoFlags, stats, terminal);
     }
     const id = this.allocate();
-    const deleted = target.endsWith(' (deleted)') && stats.nlink === 0;
-    if (deleted) target = target.slice(0, -' (deleted)'.length);
+    // Unlinked while open: /proc says "PATH (deleted)". With no link left (nlink 0) the file is
+    // saved as a ghost (its contents), unless --link-remap can give it a link again (an
+    // O_TMPFILE file may be linked); with links left elsewhere, only a link keeps it the same file.
+    const unlinked = target.endsWith(' (deleted)');
+    if (unlinked) target = target.slice(0, -' (deleted)'.length);
+    const linked = unlinked && this.options.linkRemap === true ? this.linkRemap(id, procFd, target) : false;
+    if (unlinked && !linked && stats.nlink > 0 && this.options.linkRemap !== true) {
+      throw new UnsupportedFileError(fd, `${target} (deleted)`, 'file', `cannot be dumped: its name was removed but the file has ${stats.nlink} other link(s); dump with --link-remap to save it through a link (restore then opens it there)`);
+    }
     this.files.push({ type: FD_TYPE.REG, id, reg: { ...this.regEntry(id, target, flags, info.pos, stats, true), fown: ownerOf(pid, fd) } });
     this.typeOf.set(id, FD_TYPE.REG);
-    if (deleted) this.ghost(id, procFd, stats);
+    if (unlinked && !linked) this.ghost(id, procFd, stats);
     return { id, flags: fdinfoFlags, type: FD_TYPE.REG, fd };
   }
 
@@ -414,19 +438,25 @@ export class FileTable {
   }
 
   /**
-   * file_lock_entry for each lock this fd shows, once per lock: flock and OFD locks belong to the
-   * open file description (every fd sharing it shows them), POSIX locks to a process (recorded
-   * on an fd of the process that holds them).
+   * file_lock_entry for each lock this fd shows, once per lock: flock and OFD locks and leases
+   * belong to the open file description (every fd sharing it, in any process, shows them: they
+   * are recorded on its first fd, and `sharedDescription` says this fd is not it), POSIX locks
+   * to a process (recorded on an fd of the process that holds them).
    */
-  private collectLocks(pid: number, fd: number, fdinfoText: string, what: string): void {
+  private collectLocks(pid: number, fd: number, fdinfoText: string, what: string, sharedDescription: boolean): void {
     const locks = fileLocks(fdinfoText, what);
     if (locks.length === 0) return;
     if (!this.fileLocksAllowed) throw new Error(`${what} holds a file lock (${locks.length} in all on it); dump with --file-locks to save it`);
     for (const lock of locks) {
-      if (lock.flag === FILE_LOCK_FLAG.POSIX && lock.holder !== pid) continue;
-      const key = `${lock.flag}:${lock.device}:${lock.inode}:${lock.start}:${lock.len}:${lock.type}:${lock.flag === FILE_LOCK_FLAG.POSIX ? pid : ''}`;
-      if (this.lockKeys.has(key)) continue;
-      this.lockKeys.add(key);
+      if (lock.flag === FILE_LOCK_FLAG.POSIX) {
+        if (lock.holder !== pid) continue;
+        const key = `${lock.device}:${lock.inode}:${lock.start}:${lock.len}:${lock.type}:${pid}`;
+        if (this.lockKeys.has(key)) continue;
+        this.lockKeys.add(key);
+      } else if (sharedDescription) {
+        continue;
+      }
+      // A lease's range is the whole file ("0 EOF"): start 0, len 0, as CRIU records it.
       this.locks.push({ flag: lock.flag, type: lock.type, pid, fd, start: lock.start, len: lock.len });
     }
   }
@@ -435,6 +465,46 @@ export class FileTable {
   private pipeContents(pipeId: number, pid: number, fd: number, into: Map<number, PipeContents>): void {
     if (into.has(pipeId)) return;
     into.set(pipeId, readPipeContents(pid, fd));
+  }
+
+  /**
+   * A link remap (--link-remap) for file `originalId`, whose name `path` was removed: a hard
+   * link to it made beside that name (link_remap.N, N the link's own files.img id, as CRIU
+   * names it), a REG entry for the link and a LINKED remap-fpath entry, as CRIU 4.2 writes
+   * them. False when the kernel will not link the file (an unlinked file with no other link,
+   * an O_TMPFILE opened with O_EXCL: ENOENT; its directory gone...): it is then saved as a
+   * ghost. The links made are removed if the dump fails (removeLinkRemaps), and by the restore.
+   */
+  private linkRemap(originalId: number, procFd: string, path: string): boolean {
+    const dir = dirname(path);
+    for (let attempt = 0; attempt < 100; attempt++) {
+      const linkId = this.allocate();
+      const link = join(dir, `link_remap.${linkId}`);
+      try {
+        linkat(procFd, link, AT_SYMLINK_FOLLOW);
+      } catch (error) {
+        if (error instanceof SysError && error.code === 'EEXIST') continue; // a link another dump left here: the name only has to be unique
+        return false;
+      }
+      this.linkRemapPaths.push(link);
+      // CRIU records the link as a file of its own with no flags, position or owner.
+      this.files.push({ type: FD_TYPE.REG, id: linkId, reg: { id: linkId, flags: 0, pos: 0n, fown: noOwner(), name: link } });
+      this.typeOf.set(linkId, FD_TYPE.REG);
+      this.remaps.push({ orig_id: originalId, remap_id: linkId, remap_type: 0 /* LINKED */ });
+      return true;
+    }
+    return false;
+  }
+
+  /** Removes every link this dump made (a failed dump leaves the filesystem as it found it). */
+  removeLinkRemaps(): void {
+    for (const link of this.linkRemapPaths.splice(0)) {
+      try {
+        unlinkSync(link);
+      } catch {
+        /* already gone */
+      }
+    }
   }
 
   private ghost(originalId: number, procFd: string, stats: Stats): void {
@@ -462,7 +532,7 @@ const SUPPORTED_ANON_INODES = new Set(['eventfd', 'eventpoll', 'signalfd', 'time
  * is frozen, so that refusing it costs the task nothing. The files stage checks again (an fd may
  * be opened in between).
  */
-export function findUnsupportedDescriptor(pid: number, inet: InetDumpOptions = {}): UnsupportedFileError | InetSocketRefused | undefined {
+export function findUnsupportedDescriptor(pid: number, inet: InetDumpOptions = {}, options: { linkRemap?: boolean } = {}): UnsupportedFileError | InetSocketRefused | undefined {
   let fds: string[];
   try {
     fds = readdirSync(`/proc/${pid}/fd`);
@@ -472,22 +542,29 @@ export function findUnsupportedDescriptor(pid: number, inet: InetDumpOptions = {
   let unixInodes: Set<number> | undefined;
   for (const name of fds.sort((a, b) => Number(a) - Number(b))) {
     let target: string;
+    let fdinfo: string;
     try {
       target = readlinkSync(`/proc/${pid}/fd/${name}`);
+      fdinfo = readFileSync(`/proc/${pid}/fdinfo/${name}`, 'utf8');
     } catch {
-      continue;
+      continue; // closed meanwhile: the files stage sees what is there then
+    }
+    // Locks and leases of a kind or state that cannot be saved (a lease being broken...).
+    try {
+      fileLocks(fdinfo, `fd ${name}`);
+    } catch (error) {
+      const why = (error as Error).message.replace(/^fd \d+ /, '');
+      return new UnsupportedFileError(Number(name), target, 'file', `cannot be dumped: it ${why}`);
+    }
+    const deletedWithLinks = deletedButLinked(pid, Number(name), target);
+    if (deletedWithLinks && !options.linkRemap) {
+      return new UnsupportedFileError(Number(name), target, 'file', `cannot be dumped: its name was removed but the file has ${deletedWithLinks} other link(s); dump with --link-remap to save it through a link (restore then opens it there)`);
     }
     const anon = anonInodeKind(target);
     if (anon !== undefined && !SUPPORTED_ANON_INODES.has(anon)) return new UnsupportedFileError(Number(name), target, anon);
     if (anon === 'fanotify') {
       // Everything the files stage will need (marks of known kinds, no permission events, the
       // marked inodes and mounts found again) checked now, while refusing costs nothing.
-      let fdinfo: string;
-      try {
-        fdinfo = readFileSync(`/proc/${pid}/fdinfo/${name}`, 'utf8');
-      } catch {
-        continue; // closed meanwhile: the files stage sees what is there then
-      }
       try {
         fanotifyEntry(pid, fdinfo, 0, `fd ${name}`);
       } catch (error) {
@@ -514,6 +591,20 @@ export function findUnsupportedDescriptor(pid: number, inet: InetDumpOptions = {
     }
   }
   return undefined;
+}
+
+/**
+ * The number of links a file open at fd `fd` of `pid` still has when its name (`target`, as
+ * /proc shows it) was removed: 0 when it was not removed, or has no link left (a ghost file).
+ */
+function deletedButLinked(pid: number, fd: number, target: string): number {
+  if (!target.endsWith(' (deleted)') || !target.startsWith('/')) return 0;
+  try {
+    const stats = statSync(`/proc/${pid}/fd/${fd}`);
+    return stats.isFile() ? stats.nlink : 0;
+  } catch {
+    return 0;
+  }
 }
 
 /** `pid` and its descendants, from /proc/PID/task/TID/children (the tree as it is now, not frozen). */

@@ -437,16 +437,22 @@ export function unixSocketsOf<Reg>(slots: readonly FdSlot<Reg>[]): UnixSocketIma
 
 /** A file lock to take again (file-lock.img): on fd `fd` of the process that held it. */
 export interface FileLockImage {
-  /** FL_POSIX 1, FL_FLOCK 2, FL_OFDLCK 1024 (the kernel's fl_flags, as CRIU stores them). */
+  /** CRIU's lock kinds (criu/include/file-lock.h): FL_POSIX 1, FL_FLOCK 2, FL_OFD 4, FL_LEASE 8. */
   readonly flag: number;
-  /** F_RDLCK 0, F_WRLCK 1. */
+  /**
+   * F_RDLCK 0, F_WRLCK 1 (for a lease, the lease type F_SETLEASE takes); for a lease being
+   * broken, LEASE_BREAKING (4) | the type it goes down to (F_RDLCK 0 or F_UNLCK 2).
+   */
   readonly type: number;
   readonly fd: number;
   readonly start: bigint;
   readonly len: bigint;
 }
 
-const LOCK_FLAGS = new Set([1, 2, 1024]);
+export const LOCK_KIND = { POSIX: 1, FLOCK: 2, OFD: 4, LEASE: 8 } as const;
+const LOCK_FLAGS = new Set<number>(Object.values(LOCK_KIND));
+/** CRIU's bit in a lease's type for a lease being broken (criu/include/file-lock.h). */
+export const LEASE_BREAKING = 4;
 
 /** The locks of process `pid` from filelocks.img (none when the image is absent), checked against its fd table. */
 export function readFileLocks(
@@ -459,9 +465,18 @@ export function readFileLocks(
     if (Number(e.pid) !== pid) continue;
     const where = `filelocks.img entry ${i} (process ${pid})`;
     const lock = { flag: Number(e.flag), type: Number(e.type), fd: Number(e.fd), start: BigInt(e.start), len: BigInt(e.len) };
-    if (!LOCK_FLAGS.has(lock.flag)) invalid(`${where}: lock kind ${lock.flag} is not flock (2), POSIX (1) or OFD (1024)`, { flag: lock.flag });
-    if (lock.type !== 0 && lock.type !== 1) invalid(`${where}: lock type ${lock.type} is neither read (0) nor write (1)`, { type: lock.type });
+    if (!LOCK_FLAGS.has(lock.flag)) invalid(`${where}: lock kind ${lock.flag} is not POSIX (1), flock (2), OFD (4) or lease (8)`, { flag: lock.flag });
+    if (lock.flag === LOCK_KIND.LEASE && (lock.type & LEASE_BREAKING)) {
+      // Being broken: the type is where the lease goes, a read lease (0) or none (2).
+      const target = lock.type & ~LEASE_BREAKING;
+      if (target !== 0 && target !== 2) invalid(`${where}: the lease on fd ${lock.fd} is being broken to type ${target}, neither read (0) nor none (2)`, { type: lock.type });
+    } else if (lock.type !== 0 && lock.type !== 1) {
+      invalid(`${where}: lock type ${lock.type} is neither read (0) nor write (1)`, { type: lock.type });
+    }
     if (!fds.has(lock.fd)) invalid(`${where}: fd ${lock.fd} is not in the process's fd table`, { fd: lock.fd });
+    if (lock.flag === LOCK_KIND.LEASE && slots.find((s) => s.fd === lock.fd)?.file.kind !== 'reg') {
+      invalid(`${where}: the lease on fd ${lock.fd} is on a ${slots.find((s) => s.fd === lock.fd)?.file.kind} file; leases are taken on regular files only`, { fd: lock.fd });
+    }
     if (lock.start < 0n || lock.len < 0n) invalid(`${where}: range ${lock.start}+${lock.len} is negative`);
     locks.push(lock);
   }

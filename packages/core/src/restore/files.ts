@@ -32,10 +32,10 @@
 // dumped number (with O_CLOEXEC from fdinfo), and finally the temporaries are closed.
 import { readdirSync, readlinkSync } from 'node:fs';
 import {
-  asPid, close as closeLocal, F, fcntl, O, open as openLocal, pidfdGetfd, pidfdOpen, write as writeLocal, type Fd,
+  asPid, close as closeLocal, errnoName, F, fcntl, SysError, O, open as openLocal, pidfdGetfd, pidfdOpen, write as writeLocal, type Fd,
 } from '@criu-ts/sys';
 import type { FdImage, ImageSet, RegFile } from './image-set.js';
-import { unixSocketsOf, type FileOwner, type FileLockImage, type InotifyWatch, type OpenFileImage, type PipeData } from './fd-images.js';
+import { LEASE_BREAKING, LOCK_KIND, unixSocketsOf, type FileOwner, type FileLockImage, type InotifyWatch, type OpenFileImage, type PipeData } from './fd-images.js';
 import { createUnixSockets, planUnixSockets } from './unix-sockets.js';
 import { RestoreError } from './errors.js';
 import type { InetSockets } from './inet-sockets.js';
@@ -49,6 +49,18 @@ const SEEK_SET = 0;
 const AT_FDCWD = -100;
 /** Flags that only make sense when creating a file: never replayed. */
 const CREATE_ONLY = O.CREAT | O.EXCL | O.TRUNC | O.CLOEXEC;
+/** __O_TMPFILE: fdinfo keeps it (with O_DIRECTORY: O_TMPFILE is both) on a file opened so. */
+const O_TMPFILE_BIT = 0o20000000;
+
+/**
+ * The flags to open a regular file again with: without the creation-only ones and, for a file
+ * made with O_TMPFILE (which was its directory's open), without O_TMPFILE's __O_TMPFILE |
+ * O_DIRECTORY, which would make the open of the file itself fail (ENOTDIR).
+ */
+function reopenFlags(flags: number): number {
+  const out = flags & ~CREATE_ONLY;
+  return out & O_TMPFILE_BIT ? out & ~(O_TMPFILE_BIT | O.DIRECTORY) : out;
+}
 const O_DIRECT = 0o40000;
 /** The status flags F_SETFL can change (fcntl(2)): the rest of a file's flags is fixed at open. */
 const O_ASYNC = 0o20000;
@@ -274,7 +286,7 @@ class FileCreator {
     const what = `fd ${slot.fd} (file id ${slot.fileId}, ${file.kind})`;
     switch (file.kind) {
       case 'reg': {
-        const fd = remoteOpen(this.task, 'files', this.pathOf(file.reg), file.reg.flags & ~CREATE_ONLY);
+        const fd = remoteOpen(this.task, 'files', this.pathOf(file.reg), reopenFlags(file.reg.flags));
         if (file.reg.pos !== 0n) this.call(`lseek ${file.reg.name} to ${file.reg.pos}`, 'lseek', fd, file.reg.pos, SEEK_SET);
         return this.park(fd);
       }
@@ -492,21 +504,78 @@ const F_OFD_SETLK = 37;
 /**
  * Takes a dumped file lock again, in the task, without waiting: a lock someone else took
  * meanwhile is a restore failure (as in criu), not a hang.
+ *
+ * A lease (F_SETLEASE) is taken by the task itself, so that the kernel makes the task the
+ * file's owner for the break signal (fs/locks.c lease_setup: __f_setown to current), and F_SETSIG
+ * restored with the file decides which signal that is. The kernel refuses (EAGAIN) a write
+ * lease while any other open file description of the file exists anywhere, and a read lease
+ * while the file is open for writing anywhere: criu-ts's own temporaries are closed by now (its
+ * duplicates of files shared between restored processes are the lease's own open file
+ * description, which does not count), but another process holding the file fails it, and the
+ * error says so.
  */
-function takeLock(task: RestoreTask, lock: FileLockImage): void {
-  const what = `${lock.type === 1 ? 'write' : 'read'} lock on fd ${lock.fd}`;
-  if (lock.flag === 2) {
-    remote(task, 'files', `flock: ${what}`, 'flock', lock.fd, (lock.type === 1 ? LOCK_EX : LOCK_SH) | LOCK_NB);
-    return;
+function takeLock(task: RestoreTask, lock: FileLockImage, accessMode: number): void {
+  const what = `${lock.type === 1 ? 'write' : 'read'} ${lock.flag === LOCK_KIND.LEASE ? 'lease' : 'lock'} on fd ${lock.fd}`;
+  switch (lock.flag) {
+    case LOCK_KIND.FLOCK:
+      remote(task, 'files', `flock: ${what}`, 'flock', lock.fd, (lock.type === 1 ? LOCK_EX : LOCK_SH) | LOCK_NB);
+      return;
+    case LOCK_KIND.LEASE:
+      if (lock.type & LEASE_BREAKING) breakLeaseAgain(task, lock, accessMode);
+      else setLease(task, lock.fd, lock.type, what);
+      return;
+    default: {
+      // struct flock: short l_type, short l_whence, (pad), off_t l_start, off_t l_len, pid_t l_pid.
+      const flock = Buffer.alloc(32);
+      flock.writeInt16LE(lock.type, 0);
+      flock.writeInt16LE(0 /* SEEK_SET */, 2);
+      flock.writeBigInt64LE(lock.start, 8);
+      flock.writeBigInt64LE(lock.len, 16);
+      const [arg] = task.scratchPut(flock);
+      const posix = lock.flag === LOCK_KIND.POSIX;
+      remote(task, 'files', `${posix ? 'F_SETLK' : 'F_OFD_SETLK'}: ${what}`, 'fcntl', lock.fd, posix ? F_SETLK : F_OFD_SETLK, arg!);
+    }
   }
-  // struct flock: short l_type, short l_whence, (pad), off_t l_start, off_t l_len, pid_t l_pid.
-  const flock = Buffer.alloc(32);
-  flock.writeInt16LE(lock.type, 0);
-  flock.writeInt16LE(0 /* SEEK_SET */, 2);
-  flock.writeBigInt64LE(lock.start, 8);
-  flock.writeBigInt64LE(lock.len, 16);
-  const [arg] = task.scratchPut(flock);
-  remote(task, 'files', `${lock.flag === 1 ? 'F_SETLK' : 'F_OFD_SETLK'}: ${what}`, 'fcntl', lock.fd, lock.flag === 1 ? F_SETLK : F_OFD_SETLK, arg!);
+}
+
+const F_RDLCK = 0;
+const F_WRLCK = 1;
+const F_UNLCK = 2;
+
+/** fcntl(fd, F_SETLEASE, type) in the task, with what stands in its way when the kernel says EAGAIN. */
+function setLease(task: RestoreTask, fd: number, type: number, what: string): void {
+  const got = Number(task.syscallRawSync('fcntl', fd, F.SETLEASE, type));
+  if (got >= 0) return;
+  const why = got === -11 ? `: the file is open elsewhere (${type === F_WRLCK ? 'any other open file description' : 'an open for writing'} stands in its way)` : '';
+  throw new RestoreError('files', `F_SETLEASE: ${what} failed with ${errnoName(-got)}${why}`, { pid: task.pid, fd, type, errno: -got });
+}
+
+/**
+ * A lease that was being broken when dumped: taken as it was before the break, then broken
+ * again from criu-ts with a non-blocking open of the file that conflicts with it, as CRIU does:
+ * O_RDONLY when the lease was going down to a read lease (only a write lease is broken so),
+ * O_WRONLY when it was going away. The kernel then signals the task again (F_SETSIG's signal,
+ * kept pending: every signal is blocked in the task until its release) and gives it a new
+ * lease-break-time to answer; no opener waits on it (the dumped one was outside the dump).
+ * The type before the break is not recorded: a lease going down to read was a write lease; one
+ * going away was a read lease when the fd is read-only (CRIU's guess too), a write lease
+ * otherwise (a read lease cannot be had on a file open for writing).
+ */
+function breakLeaseAgain(task: RestoreTask, lock: FileLockImage, accessMode: number): void {
+  const target = lock.type & ~LEASE_BREAKING;
+  const before = target === F_RDLCK || accessMode !== O.RDONLY ? F_WRLCK : F_RDLCK;
+  const what = `${before === F_WRLCK ? 'write' : 'read'} lease on fd ${lock.fd} (being broken to ${target === F_UNLCK ? 'none' : 'read'})`;
+  setLease(task, lock.fd, before, what);
+  let opened: Fd | undefined;
+  try {
+    opened = openLocal(`/proc/${task.pid}/fd/${lock.fd}`, (target === F_UNLCK ? O.WRONLY : O.RDONLY) | O.NONBLOCK);
+  } catch (error) {
+    // EWOULDBLOCK: the open conflicts with the lease, whose break has started.
+    if (error instanceof SysError && error.code === 'EAGAIN') return;
+    throw new RestoreError('files', `breaking the ${what} again`, { pid: task.pid, fd: lock.fd }, error);
+  }
+  closeLocal(opened);
+  throw new RestoreError('files', `breaking the ${what} again: the open did not conflict with the lease`, { pid: task.pid, fd: lock.fd });
 }
 
 /**
@@ -514,7 +583,7 @@ function takeLock(task: RestoreTask, lock: FileLockImage): void {
  * not given, this call makes, seals and closes its own.
  */
 export function restoreFiles(
-  task: RestoreTask, set: ImageSet, pathOf: (f: RegFile) => string = (f) => f.name, shared?: SharedFiles, inet?: InetSockets, memfds?: MemfdInodes,
+  task: RestoreTask, set: ImageSet, pathOf: (f: RegFile) => string = (f) => f.linkRemap ?? f.name, shared?: SharedFiles, inet?: InetSockets, memfds?: MemfdInodes,
   ptys?: Ptys,
 ): void {
   if (!memfds) {
@@ -553,7 +622,10 @@ export function restoreFiles(
   const dumped = new Set(set.fds.map((f) => f.fd));
   for (const t of parked) if (!dumped.has(t)) remote(task, 'files', `close temporary fd ${t}`, 'close', t);
   // Locks last: closing any fd of a file drops the process's POSIX locks on it, temporaries too.
-  for (const lock of set.locks) takeLock(task, lock);
+  for (const lock of set.locks) {
+    const slot = set.fds.find((f) => f.fd === lock.fd)!;
+    takeLock(task, lock, slot.file.kind === 'reg' ? slot.file.reg.flags & 3 : O.RDWR);
+  }
 }
 
 export function restoreFs(task: RestoreTask, set: ImageSet): void {

@@ -6,6 +6,11 @@
 // (or mmap) it by that name, and unlinks it once every fd and mapping holds it: the task then has
 // what it had, a deleted file with the dumped contents. The temporary names are removed on
 // failure too.
+//
+// A file the dump gave a hard link to (--link-remap: link_remap.N beside it, remap type LINKED)
+// is the very file, not a copy: the task opens it through the link, and the link is removed once
+// every fd and mapping holds the file (done()). On failure the link stays: it is the file's only
+// name, and the next restore of these images needs it.
 import { chmodSync, chownSync, closeSync, existsSync, ftruncateSync, openSync, unlinkSync, writeSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { RestoreError } from './errors.js';
@@ -13,6 +18,8 @@ import type { GhostFile, ImageSet, RegFile } from './image-set.js';
 
 export class GhostFiles {
   private readonly paths = new Map<number, string>();
+  /** Link remaps the task opens (files.img id -> the link's path). */
+  private readonly links = new Map<number, string>();
 
   /** Creates every ghost file of the image set under a temporary name. */
   static create(set: ImageSet): GhostFiles {
@@ -31,6 +38,9 @@ export class GhostFiles {
     for (const v of set.vmas) if (v.file?.ghost) all.set(v.file.id, v.file);
     for (const { file } of set.fds) if ((file.kind === 'reg' || file.kind === 'fifo') && file.reg.ghost) all.set(file.reg.id, file.reg);
     if (set.exe.ghost) all.set(set.exe.id, set.exe);
+    for (const v of set.vmas) if (v.file?.linkRemap !== undefined) this.links.set(v.file.id, v.file.linkRemap);
+    for (const { file } of set.fds) if ((file.kind === 'reg' || file.kind === 'fifo') && file.reg.linkRemap !== undefined) this.links.set(file.reg.id, file.reg.linkRemap);
+    if (set.exe.linkRemap !== undefined) this.links.set(set.exe.id, set.exe.linkRemap);
     try {
       for (const f of all.values()) if (!this.paths.has(f.id)) this.materialize(f, f.ghost!);
     } catch (err) {
@@ -57,12 +67,21 @@ export class GhostFiles {
     chmodSync(path, ghost.mode & 0o7777);
   }
 
-  /** The name to open for `file`: its temporary name if it is a ghost, else its own path. */
+  /** The name to open for `file`: its temporary name if it is a ghost, its link if it has a link remap, else its own path. */
   pathOf(file: RegFile): string {
-    return this.paths.get(file.id) ?? file.name;
+    return this.paths.get(file.id) ?? file.linkRemap ?? file.name;
   }
 
-  /** Unlinks every temporary name (after the task opened them, or on failure). */
+  /** Once every fd and mapping of the tree holds its file: the temporary names and the link remaps go. */
+  done(): void {
+    this.removeAll();
+    for (const p of new Set(this.links.values())) {
+      try { unlinkSync(p); } catch { /* already gone */ }
+    }
+    this.links.clear();
+  }
+
+  /** Unlinks every temporary name of a ghost file (after the task opened them, or on failure); link remaps stay. */
   removeAll(): void {
     for (const p of this.paths.values()) {
       try { unlinkSync(p); } catch { /* already gone */ }

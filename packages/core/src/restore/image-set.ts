@@ -59,6 +59,12 @@ export interface RegFile {
   readonly mode?: number;
   /** Deleted while open: the contents saved in ghost-file-N.img, recreated at restore. */
   readonly ghost?: GhostFile;
+  /**
+   * Deleted while open, and given a hard link by the dump (--link-remap, remap type LINKED):
+   * the link's path (a files.img entry of its own). Restore opens the file there, then removes
+   * the link once every fd and mapping holds the file.
+   */
+  readonly linkRemap?: string;
 }
 
 export interface GhostFile {
@@ -343,13 +349,18 @@ export function readTreeImageSet(dir: string, options: { shellJob?: boolean; tcp
   if (pstree.length === 0) invalid('pstree.img lists no process');
   const filesList = readAll(dir, 'files.img');
   const files = new Map<number, Msg>(filesList.map((f) => [Number(f.id), f]));
-  const ghosts = readGhosts(dir);
+  const { ghosts, links } = readRemaps(dir, files);
   // CRIU writes seccomp.img with every dump (an empty entry without filters); older dumps may lack it.
   const seccompFilters = existsSync(join(dir, 'seccomp.img')) ? ((readAll(dir, 'seccomp.img')[0]?.seccomp_filters ?? []) as Msg[]) : [];
   const inTree = pstree.length > 1;
   const seen = new Map<number, Msg>();
   const tasks: TreeTaskImages[] = [];
   const envChecks: Array<() => void> = [];
+  for (const [origId, path] of links) {
+    envChecks.push(() => {
+      if (!existsSync(path)) invalid(`remap-fpath.img: the link remap of file id ${origId}, ${path}, no longer exists (a restore removes it once done: these images were restored already, or the link was deleted)`, { file: join(dir, 'remap-fpath.img'), origId, path });
+    });
+  }
   for (const [i, entry] of pstree.entries()) {
     const pid = Number(entry.pid);
     const ppid = Number(entry.ppid);
@@ -366,7 +377,7 @@ export function readTreeImageSet(dir: string, options: { shellJob?: boolean; tcp
     }
     // A dump made with --tcp-close says so in the inventory: its connections have no state to restore.
     const inet = { tcpEstablished: options.tcpEstablished === true, tcpClose: options.tcpClose === true || inventory.tcp_close === true };
-    tasks.push({ ...head, set: readProcess(dir, inventory, files, ghosts, entry, { shellJob: options.shellJob === true, root: i === 0, inTree, inet }, seccompFilters, envChecks) });
+    tasks.push({ ...head, set: readProcess(dir, inventory, files, { ghosts, links }, entry, { shellJob: options.shellJob === true, root: i === 0, inTree, inet }, seccompFilters, envChecks) });
   }
   for (const t of tasks) {
     if (t.zombie && tasks.some((c) => c.ppid === t.pid)) invalid(`pstree.img: zombie ${t.pid} has children`, { pid: t.pid });
@@ -384,7 +395,7 @@ export function readImageSet(dir: string, options: { shellJob?: boolean } = {}):
 }
 
 function readProcess(
-  dir: string, inventory: Msg, files: ReadonlyMap<number, Msg>, ghosts: ReadonlyMap<number, GhostFile>, task: Msg,
+  dir: string, inventory: Msg, files: ReadonlyMap<number, Msg>, remaps: Remaps, task: Msg,
   options: { shellJob: boolean; root: boolean; inTree: boolean; inet?: { tcpEstablished: boolean; tcpClose: boolean } }, seccompFilters: readonly Msg[],
   envChecks: Array<() => void>,
 ): ImageSet {
@@ -416,15 +427,16 @@ function readProcess(
     const f = files.get(id);
     if (!f) invalid(`${what} refers to file id ${id}, which files.img does not have`, { id });
     if (Number(f.type) !== FD_TYPE.REG || !f.reg) invalid(`${what} refers to file id ${id} of type ${f.type}, expected a regular file`, { id, type: f.type });
-    const ghost = ghosts.get(id);
-    return { ...regFile(f), ...(ghost ? { ghost } : {}) };
+    const ghost = remaps.ghosts.get(id);
+    const linkRemap = remaps.links.get(id);
+    return { ...regFile(f), ...(ghost ? { ghost } : {}), ...(linkRemap !== undefined ? { linkRemap } : {}) };
   };
 
   const mm = one(dir, `mm-${pid}.img`);
   const exe = reg(Number(mm.exe_file_id), `mm-${pid}.img exe_file_id`);
   // Whether files still exist is this machine's business, not the images': checked once every
   // image is known to be consistent, so that a damaged set is reported as such first.
-  if (!exe.ghost) envChecks.push(() => {
+  if (!exe.ghost && exe.linkRemap === undefined) envChecks.push(() => {
     if (!existsSync(exe.name)) invalid(`mm-${pid}.img exe_file_id ${mm.exe_file_id}: the executable ${exe.name} no longer exists`, { file: join(dir, `mm-${pid}.img`), field: 'exe_file_id', path: exe.name });
   });
   const vmas: VmaImage[] = [];
@@ -465,7 +477,7 @@ function readProcess(
     } else if (status & (VMA.FILE_PRIVATE | VMA.FILE_SHARED)) {
       file = reg(Number(v.shmid), where);
       const mappedFile = file;
-      if (!file.ghost) envChecks.push(() => {
+      if (!file.ghost && file.linkRemap === undefined) envChecks.push(() => {
         if (!existsSync(mappedFile.name)) invalid(`${where} maps ${mappedFile.name}, which no longer exists`, { file: join(dir, `mm-${pid}.img`), path: mappedFile.name });
       });
     }
@@ -546,17 +558,37 @@ function threadCore(dir: string, tid: number, leader: boolean): Msg {
   return core;
 }
 
+interface Remaps {
+  readonly ghosts: ReadonlyMap<number, GhostFile>;
+  /** Link remaps (LINKED): the files.img id of the deleted file -> the path of its link. */
+  readonly links: ReadonlyMap<number, string>;
+}
+
 /**
- * Files deleted while open: remap-fpath.img maps a files.img id to ghost-file-N.img, which holds
- * the file's mode, owner and contents. Other remap kinds (a hard link left elsewhere, /proc
- * paths) are not supported yet.
+ * Files deleted while open: remap-fpath.img maps a files.img id either to ghost-file-N.img
+ * (GHOST, 1), which holds the file's mode, owner and contents, or to another files.img entry
+ * (LINKED, 0: CRIU's default when remap_type is absent, as in images from before the field),
+ * whose name is a hard link the dump made to the file (link_remap.N beside it). /proc paths of
+ * dead processes (PROCFS, 2) are not supported.
  */
-function readGhosts(dir: string): Map<number, GhostFile> {
+function readRemaps(dir: string, files: ReadonlyMap<number, Msg>): Remaps {
   const ghosts = new Map<number, GhostFile>();
-  if (!existsSync(join(dir, 'remap-fpath.img'))) return ghosts;
-  for (const r of readAll(dir, 'remap-fpath.img')) {
+  const links = new Map<number, string>();
+  if (!existsSync(join(dir, 'remap-fpath.img'))) return { ghosts, links };
+  for (const [i, r] of readAll(dir, 'remap-fpath.img').entries()) {
     const type = Number(r.remap_type ?? 0);
-    if (type !== 1) invalid(`remap-fpath.img: file id ${r.orig_id} has remap type ${type}; only ghost files (deleted while open) are supported yet`, { origId: r.orig_id, type });
+    const where = `remap-fpath.img entry ${i} (file id ${r.orig_id})`;
+    if (type === 0) {
+      const link = files.get(Number(r.remap_id));
+      if (!link || Number(link.type) !== FD_TYPE.REG || !link.reg) {
+        invalid(`${where}: its link remap names file id ${r.remap_id}, which files.img does not have as a regular file`, { file: join(dir, 'remap-fpath.img'), field: `[${i}].remap_id`, remapId: r.remap_id });
+      }
+      const path = String(link.reg.name);
+      if (!path.startsWith('/')) invalid(`${where}: link remap path ${JSON.stringify(path)} is not absolute`, { path });
+      links.set(Number(r.orig_id), path);
+      continue;
+    }
+    if (type !== 1) invalid(`${where} has remap type ${type}; only ghost files (1) and link remaps (0) are supported`, { origId: r.orig_id, type });
     const name = `ghost-file-${r.remap_id}.img`;
     const entries = readEntries(dir, name);
     const head = entries[0]?.message;
@@ -571,7 +603,7 @@ function readGhosts(dir: string): Map<number, GhostFile> {
     if ((Number(head.mode) & 0o170000) !== 0o100000) invalid(`${name}: only regular ghost files are supported (mode 0${Number(head.mode).toString(8)})`);
     ghosts.set(Number(r.orig_id), { id: Number(r.remap_id), mode: Number(head.mode), uid: Number(head.uid), gid: Number(head.gid), chunks, size });
   }
-  return ghosts;
+  return { ghosts, links };
 }
 
 /** The PID must be free: clone3 would fail with EEXIST, after the stub already exists. */

@@ -282,7 +282,7 @@ export function protectVmas(task: RestoreTask, mapped: Map<VmaImage, number>): v
 }
 
 /** Step 6. */
-export function setMmFields(task: RestoreTask, set: ImageSet, pathOf: (f: RegFile) => string = (f) => f.name): void {
+export function setMmFields(task: RestoreTask, set: ImageSet, pathOf: (f: RegFile) => string = (f) => f.linkRemap ?? f.name): void {
   const mm = set.mm;
   const auxvWords = (mm.mm_saved_auxv as Array<bigint | number>).map((x) => BigInt(x));
   const auxv = Buffer.alloc(auxvWords.length * 8);

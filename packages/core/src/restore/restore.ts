@@ -321,8 +321,8 @@ function restoreTree(options: RestoreOptions): RestoredTree {
       if (m !== made[0] || !detached) armDeathGuard(t);
     }
     t3 = t2 + memoryMs;
-    // Every fd and mapping of the tree holds its ghost file now: back to deleted, as dumped.
-    ghosts?.removeAll();
+    // Every fd and mapping of the tree holds its ghost file or linked file now: back to deleted, as dumped.
+    ghosts?.done();
     ghosts = undefined;
     atStage('files', 'sealing memfds', () => memfds.sealAll());
     fault('after-threads', 'threads');
