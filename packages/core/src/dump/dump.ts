@@ -43,7 +43,7 @@ import { inNetworkNamespace } from '../net-namespace.js';
 import { readAuxv, readLink, readStat, readStatus } from '../proc/task-files.js';
 import { readSmaps, type ProcVma } from '../proc/smaps.js';
 import { writeMemfdPages } from './files/memfd.js';
-import { FileTable, findUnsupportedDescriptor, readGhostContents, UnsupportedFileError } from './files.js';
+import { FileTable, findUnsupportedDescriptor, readGhostContents, socketInodesOf, UnsupportedFileError } from './files.js';
 import { InetSocketDumper } from './files/inet-sockets.js';
 import { lockHeldSync, unlockHeldSync, type ConnectionKey, type LockBackend } from '@criu-ts/soccr';
 import { ImageDir } from './image-dir.js';
@@ -319,6 +319,8 @@ function dumpTree(options: DumpOptions): DumpResult {
     const files = new FileTable({
       ghostLimit: options.ghostLimit ?? DEFAULT_GHOST_LIMIT, shellJob: options.shellJob === true, fileLocks: options.fileLocks === true,
       extUnixSk: options.extUnixSk === true, inet,
+      // The fd tables were read while frozen (before the parasite added its own socket).
+      treeSockets: new Set(live.flatMap((t) => socketInodesOf(t.task.pid, t.taskFds))),
     });
     for (const t of live) {
       const p = t.task.pid;

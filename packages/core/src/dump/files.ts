@@ -62,6 +62,12 @@ export interface FileTableOptions {
   readonly extUnixSk?: boolean;
   /** The dump's TCP/UDP sockets (refused without it). */
   readonly inet?: InetSocketDumper;
+  /**
+   * Inodes of every socket a process of the dumped tree holds: a unix socket whose peer is among
+   * them is dumped with it (its other end may be in another process: a socketpair shared across
+   * fork, a connection between parent and child). Without it, each process's own sockets.
+   */
+  readonly treeSockets?: ReadonlySet<number>;
 }
 
 export class FileTable {
@@ -251,7 +257,8 @@ export class FileTable {
       }
       let dumper = this.unixSockets.get(pid);
       if (!dumper) {
-        dumper = new UnixSocketDumper(pid, new Set(taskFds.map((n) => socketInodeOf(pid, n)).filter((n): n is number => n !== undefined)), this.diagCache, this.options.extUnixSk === true);
+        const sockets = this.options.treeSockets ?? new Set(taskFds.map((n) => socketInodeOf(pid, n)).filter((n): n is number => n !== undefined));
+        dumper = new UnixSocketDumper(pid, sockets, this.diagCache, this.options.extUnixSk === true);
         this.unixSockets.set(pid, dumper);
       }
       const socket = dumper.dump(fd, socketIno, flags);
@@ -403,6 +410,11 @@ export function findUnsupportedDescriptor(pid: number, inet: InetDumpOptions = {
     }
   }
   return undefined;
+}
+
+/** Inodes of the sockets behind fds `fds` of process `pid`. */
+export function socketInodesOf(pid: number, fds: readonly number[]): number[] {
+  return fds.map((n) => socketInodeOf(pid, n)).filter((n): n is number => n !== undefined);
 }
 
 function socketInodeOf(pid: number, fd: number): number | undefined {

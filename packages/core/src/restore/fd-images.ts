@@ -347,8 +347,7 @@ export function readFdTable<Reg>(input: FdTableInput<Reg>): FdSlot<Reg>[] {
   for (const idFor of datagramQueues.keys()) {
     if (Number(files.get(idFor)?.type) !== FD_TYPE.INETSK) invalid(`sk-queues.img: datagrams for file id ${idFor}, which is no inet socket in files.img`, { idFor });
   }
-  // Peers present and consistent (throws otherwise); restore plans again from the same images.
-  planUnixSockets(unixSocketsOf(slots), (message, evidence = {}) => invalid(`files.img (fd table ${fdinfoName} of process ${pid}): ${message}`, { file: join(input.dir, 'files.img'), ...evidence }));
+  // Unix peers are checked for the whole tree (checkTreeUnixSockets): a peer may be in another process.
 
   // Every epoll target must be an fd of the restored table: that is what gets registered.
   for (const slot of slots) {
@@ -360,7 +359,15 @@ export function readFdTable<Reg>(input: FdTableInput<Reg>): FdSlot<Reg>[] {
   return slots;
 }
 
-/** The unix sockets of a table, once each (fds sharing a socket share its file). */
+/**
+ * Peers present and consistent across the whole tree (the two ends of a connection may be in two
+ * processes); throws otherwise. Restore plans again from the same images.
+ */
+export function checkTreeUnixSockets(dir: string, tables: ReadonlyArray<readonly FdSlot<unknown>[]>): void {
+  planUnixSockets(unixSocketsOf(tables.flat()), (message, evidence = {}) => invalid(`files.img: ${message}`, { file: join(dir, 'files.img'), ...evidence }));
+}
+
+/** The unix sockets of a table (or of several), once each (fds sharing a socket share its file). */
 export function unixSocketsOf<Reg>(slots: readonly FdSlot<Reg>[]): UnixSocketImage[] {
   const seen = new Map<number, UnixSocketImage>();
   for (const slot of slots) if (slot.file.kind === 'unixsk' && !seen.has(slot.fileId)) seen.set(slot.fileId, slot.file.sk);

@@ -12,8 +12,10 @@
 //   signalfd   signalfd4 with the dumped mask
 //   eventpoll  epoll_create1; its targets are added once every fd has its final number
 //   timerfd    timerfd_create; armed last, with the remaining time and pending ticks
-//   unixsk     every unix socket of the table at once (pairs, listeners and their accepted
-//              connections depend on each other): see unix-sockets.ts
+//   unixsk     every unix socket of the tree at once, in the first process that has one (pairs,
+//              listeners and their accepted connections depend on each other, and their ends
+//              may be in different processes; the others take theirs from criu-ts with a
+//              remote pidfd_getfd): see unix-sockets.ts
 //   inetsk     made by criu-ts (TCP repair works on a local fd) and taken by the task with a
 //              remote pidfd_getfd: see inet-sockets.ts
 // Fds that shared one description at dump time (same files.img id, e.g. stdout and stderr on one
@@ -32,7 +34,7 @@ import {
 } from '@criu-ts/sys';
 import type { FdImage, ImageSet, RegFile } from './image-set.js';
 import { unixSocketsOf, type FileOwner, type FileLockImage, type InotifyWatch, type OpenFileImage, type PipeData } from './fd-images.js';
-import { createUnixSockets, planUnixSockets } from './unix-sockets.js';
+import { createUnixSockets, planUnixSockets, type UnixSocketImage } from './unix-sockets.js';
 import { RestoreError } from './errors.js';
 import type { InetSockets } from './inet-sockets.js';
 import { remote, remoteOpen } from './memory.js';
@@ -96,10 +98,16 @@ const u64 = (v: bigint): Buffer => {
 export class SharedFiles {
   private readonly files = new Map<number, Fd>();
   private readonly pipes = new Map<number, { read: Fd; write: Fd }>();
+  /** criu-ts's duplicates of the unix sockets made by another process than the one using them, by file id. */
+  private readonly unixFds = new Map<number, Fd>();
+  /** Whether the tree's unix sockets were made (by the first process that needed one). */
+  unixMade = false;
 
   private constructor(
     private readonly fileIds: ReadonlySet<number>,
     private readonly pipeIds: ReadonlySet<number>,
+    /** Every unix socket of the tree, once each: made together (see FileCreator's unixsk case). */
+    readonly unixSockets: readonly UnixSocketImage[],
   ) {}
 
   /** Which files and pipes the processes of `sets` share (terminals excepted: each takes criu-ts's own). */
@@ -118,7 +126,18 @@ export class SharedFiles {
       }
     }
     const shared = (map: Map<number, Set<number>>) => new Set([...map].filter(([, users]) => users.size > 1).map(([key]) => key));
-    return new SharedFiles(shared(fileUsers), shared(pipeUsers));
+    return new SharedFiles(shared(fileUsers), shared(pipeUsers), unixSocketsOf(sets.flatMap((s) => s.fds)));
+  }
+
+  /** criu-ts's duplicate of unix socket `fileId` when another process made it. */
+  unixSocket(fileId: number): Fd | undefined {
+    return this.unixFds.get(fileId);
+  }
+
+  /** Keeps duplicates of the unix sockets process `pid` made for other processes (fd in `pid` by file id). */
+  keepUnixSockets(pid: number, fds: ReadonlyMap<number, number>, ownIds: ReadonlySet<number>): void {
+    this.unixMade = true;
+    for (const [fileId, fd] of fds) if (!ownIds.has(fileId) && !this.unixFds.has(fileId)) this.unixFds.set(fileId, SharedFiles.grab(pid, fd));
   }
 
   isShared(fileId: number): boolean {
@@ -162,8 +181,10 @@ export class SharedFiles {
       closeLocal(p.read);
       closeLocal(p.write);
     }
+    for (const fd of this.unixFds.values()) closeLocal(fd);
     this.files.clear();
     this.pipes.clear();
+    this.unixFds.clear();
   }
 }
 
@@ -324,8 +345,17 @@ class FileCreator {
         return fd;
       }
       case 'unixsk': {
+        // Every unix socket of the tree is made at once, by the first process that has one
+        // (pairs, listeners and accepted connections depend on each other, and their ends may be
+        // in different processes); the others take theirs from criu-ts with pidfd_getfd.
+        const made = this.unixSockets?.get(file.id);
+        if (made !== undefined) return made;
+        const elsewhere = this.shared?.unixSocket(file.id);
+        if (elsewhere !== undefined) return this.receive(elsewhere, what);
+        if (this.shared?.unixMade) throw new Error(`${what}: the unix sockets of the tree were made without this one`);
         if (!this.unixSockets) {
-          const sockets = unixSocketsOf(this.allSlots);
+          const own = unixSocketsOf(this.allSlots);
+          const sockets = this.shared?.unixSockets ?? own;
           const invalid = (message: string, evidence: Record<string, unknown> = {}): never => {
             throw new RestoreError('validate', message, evidence);
           };
@@ -340,6 +370,10 @@ class FileCreator {
             const fd = this.unixSockets.get(s.id)!;
             this.setStatusFlags(fd, s.flags, `unix socket id ${s.id}`);
           }
+          // Sockets of other processes: criu-ts keeps them for those, this process closes its copy.
+          const ownIds = new Set(own.map((s) => s.id));
+          this.shared?.keepUnixSockets(this.task.pid, this.unixSockets, ownIds);
+          for (const [id, fd] of this.unixSockets) if (!ownIds.has(id)) this.extra.push(fd);
         }
         return this.unixSockets.get(file.id)!;
       }

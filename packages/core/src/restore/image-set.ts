@@ -22,7 +22,7 @@ import { existsSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { ImageFormatError, ImageReader, PAGE_SIZE, PagesReader, PE_LAZY, PE_PARENT, PE_PRESENT } from '@criu-ts/images';
 import { RestoreError } from './errors.js';
-import { FD_TYPE, memfdInodesOf, readFdTable, readFileLocks, type FdSlot, type FileLockImage, type MemfdInode } from './fd-images.js';
+import { checkTreeUnixSockets, FD_TYPE, memfdInodesOf, readFdTable, readFileLocks, type FdSlot, type FileLockImage, type MemfdInode } from './fd-images.js';
 
 type Msg = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
 
@@ -371,6 +371,7 @@ export function readTreeImageSet(dir: string, options: { shellJob?: boolean; tcp
   for (const t of tasks) {
     if (t.zombie && tasks.some((c) => c.ppid === t.pid)) invalid(`pstree.img: zombie ${t.pid} has children`, { pid: t.pid });
   }
+  checkTreeUnixSockets(dir, tasks.flatMap((t) => (t.set ? [t.set.fds] : [])));
   for (const check of envChecks) check();
   return { dir, tasks };
 }

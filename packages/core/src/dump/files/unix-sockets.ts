@@ -17,9 +17,11 @@
 // A connection a listener of the process has not accepted yet is recorded as CRIU does: its
 // client's peer is the listener.
 //
-// A datagram socket connected to a named socket outside the process is dumped with
-// --ext-unix-sk (the peer is recorded as an external entry). Refused, naming the fd: any other
-// peer outside the dumped process, file descriptors (SCM_RIGHTS) or credentials in flight, data sent on a
+// Both ends of a connection may be in different processes of the tree (a socketpair made before
+// fork, a connection between a server and its child): each end is dumped with its own process,
+// as one socket of files.img each, peers by inode. A datagram socket connected to a named socket
+// outside the tree is dumped with --ext-unix-sk (the peer is recorded as an external entry).
+// Refused, naming the fd: any other peer outside the dumped tree, file descriptors (SCM_RIGHTS) or credentials in flight, data sent on a
 // connection not accepted yet, names relative to a directory, sockets sock_diag does not see
 // (another network namespace).
 import { readFileSync, statSync } from 'node:fs';
@@ -82,7 +84,7 @@ export interface DumpedUnixSocket {
 export class UnixSocketDumper {
   private peekBuffer?: Buffer;
 
-  /** `taskSockets`: every socket inode the task holds an fd of (a peer among them is dumped too). */
+  /** `taskSockets`: every socket inode the dumped tree holds an fd of (a peer among them is dumped too, whichever process holds it). */
   /** `diag`: a cache of the sock_diag dump, shared between the dumpers of one dump. */
   constructor(
     private readonly pid: Pid,
