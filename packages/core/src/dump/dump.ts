@@ -35,7 +35,7 @@ import { performance } from 'node:perf_hooks';
 import { readMaps, type Parasite, type Victim } from '@criu-ts/compel';
 import type { DecodedMessage } from '@criu-ts/images';
 import {
-  __WALL, asFd, asPid, asRemoteAddress, kcmp, kill, close as closeFd, ptraceGetRegs, wait4, WNOHANG, ptraceGetRegset, ptraceGetSigmask, NT, type Fd, type Pid,
+  __WALL, asFd, asPid, asRemoteAddress, kill, close as closeFd, ptraceGetRegs, wait4, WNOHANG, ptraceGetRegset, ptraceGetSigmask, NT, type Fd, type Pid,
 } from '@criu-ts/sys';
 import { DumpError, type DumpStage } from '../errors.js';
 import { faultRequested } from '../fault-points.js';
@@ -107,7 +107,8 @@ export interface DumpResult {
   readonly runId: string;
 }
 
-const KCMP_FILE = 0;
+/** scm_entry.type of descriptors in flight: SCM_RIGHTS, as the cmsg type (socket(7)). */
+const SCM_RIGHTS = 1;
 const DEFAULT_GHOST_LIMIT = 1 << 20;
 const DEFAULT_TIMEOUT_MS = 10_000;
 /** core.proto task_state of a zombie (CRIU's TASK_DEAD). */
@@ -255,8 +256,11 @@ function dumpTree(options: DumpOptions): DumpResult {
     inet.close();
     return errors;
   };
+  /** The tree's open files; holds criu-ts's copies of the descriptors in flight in unix sockets until closed. */
+  let fileTable: FileTable | undefined;
   const rollback = (error: unknown): never => {
     closeShared();
+    fileTable?.close();
     if (!cleanedUp) {
       cleanedUp = true;
       // Children first: every task frozen so far runs on (or stays stopped) exactly as before.
@@ -316,7 +320,7 @@ function dumpTree(options: DumpOptions): DumpResult {
     // ---- collect
     stage = 'collect';
     options.onStage?.(stage);
-    const files = new FileTable({
+    const files = fileTable = new FileTable({
       ghostLimit: options.ghostLimit ?? DEFAULT_GHOST_LIMIT, shellJob: options.shellJob === true, fileLocks: options.fileLocks === true,
       extUnixSk: options.extUnixSk === true, inet,
       // The fd tables were read while frozen (before the parasite added its own socket).
@@ -345,10 +349,10 @@ function dumpTree(options: DumpOptions): DumpResult {
     stage = 'files';
     options.onStage?.(stage);
     // Descriptors inherited across fork share one open file description: one files.img entry.
-    const seenFds: SeenFd[] = [];
+    files.peekUnixQueues(live.map((t) => ({ pid: t.task.pid, fds: t.taskFds })));
     for (const t of live) {
       const p = t.task.pid;
-      t.fdEntries = dumpDescriptors(p, t.taskFds, files, seenFds);
+      t.fdEntries = dumpDescriptors(p, t.taskFds, files);
       const cwdId = files.directory(readLink(p, 'cwd'), `/proc/${p}/cwd`);
       const rootId = files.directory(readLink(p, 'root'), `/proc/${p}/root`);
       t.fs = { cwd_id: cwdId, root_id: rootId, ...t.fs };
@@ -451,8 +455,12 @@ function dumpTree(options: DumpOptions): DumpResult {
     if (files.fifoData.size > 0) dir.writeImage('fifo-data.img', pipeDataEntries(files.fifoData));
     if (files.ttyInfos.length > 0) dir.writeImage('tty-info.img', files.ttyInfos);
     if (files.locks.length > 0) dir.writeImage('filelocks.img', files.locks);
+    files.close(); // deleted files in flight were read through criu-ts's copies (ghost files above)
     if (files.socketQueues.length > 0) {
-      dir.writeImage('sk-queues.img', files.socketQueues.map((q) => ({ message: { id_for: q.idFor, length: q.bytes.length, ...(q.addr ? { addr: q.addr } : {}) }, payload: { type: 'bytes' as const, bytes: q.bytes } })));
+      dir.writeImage('sk-queues.img', files.socketQueues.map((q) => ({
+        message: { id_for: q.idFor, length: q.bytes.length, ...(q.addr ? { addr: q.addr } : {}), ...(q.rights ? { scm: [{ type: SCM_RIGHTS, rights: q.rights }] } : {}) },
+        payload: { type: 'bytes' as const, bytes: q.bytes },
+      })));
     }
     for (const stream of inet.tcpStreams) dir.writeImage(`tcp-stream-${stream.ino.toString(16)}.img`, [{ message: stream.entry, payload: stream.queues }]);
     const liveByPid = new Map(live.map((t) => [t.task.pid as number, t]));
@@ -658,27 +666,16 @@ function findBrk(vmas: readonly DumpVma[], startBrk: bigint): bigint {
   return heap ? heap.proc.end : startBrk;
 }
 
-interface SeenFd {
-  readonly pid: Pid;
-  readonly fd: number;
-  readonly id: number;
-}
-
 /**
- * The fd table of `pid`. `seen` holds every descriptor of the tree dumped so far: one sharing an
- * open file description with any of them (dup, or inherited across fork: kcmp(2) KCMP_FILE
- * says so) gets its files.img id, as CRIU records it.
+ * The fd table of `pid`. A descriptor sharing an open file description with one dumped before
+ * (dup, or inherited across fork: kcmp(2) KCMP_FILE says so; FileTable keeps them) gets its
+ * files.img id, as CRIU records it.
  */
-function dumpDescriptors(pid: Pid, fds: readonly number[], files: FileTable, seen: SeenFd[]): DecodedMessage[] {
+function dumpDescriptors(pid: Pid, fds: readonly number[], files: FileTable): DecodedMessage[] {
   const entries: DecodedMessage[] = [];
   for (const fd of fds) {
     try {
-      const entry = files.descriptor(pid, fd, (candidate) => {
-        for (const earlier of seen) if (kcmp(earlier.pid, pid, KCMP_FILE, earlier.fd, candidate) === 0) return earlier.id;
-        return undefined;
-      }, fds);
-      seen.push({ pid, fd, id: Number(entry.id) });
-      entries.push(entry);
+      entries.push(files.descriptor(pid, fd, fds));
     } catch (error) {
       if (error instanceof UnsupportedFileError) throw error;
       if ((error as NodeJS.ErrnoException).code === 'ENOENT') continue; // closed meanwhile: cannot happen while frozen, but harmless

@@ -108,6 +108,8 @@ export class SharedFiles {
     private readonly pipeIds: ReadonlySet<number>,
     /** Every unix socket of the tree, once each: made together (see FileCreator's unixsk case). */
     readonly unixSockets: readonly UnixSocketImage[],
+    /** Every file in flight in the tree's unix sockets, by file id (made by the process that makes the sockets). */
+    readonly inFlight: ReadonlyMap<number, FdImage>,
   ) {}
 
   /** Which files and pipes the processes of `sets` share (terminals excepted: each takes criu-ts's own). */
@@ -118,15 +120,24 @@ export class SharedFiles {
       if (!map.has(key)) map.set(key, new Set());
       map.get(key)!.add(pid);
     };
+    // Files in flight are made by the process that makes the unix sockets: the first that has one.
+    const unixMaker = sets.find((set) => set.fds.some((slot) => slot.file.kind === 'unixsk'))?.pid;
+    const inFlight = new Map<number, FdImage>();
     for (const set of sets) {
       for (const slot of set.fds) {
         if (slot.file.kind === 'tty') continue;
         add(fileUsers, slot.fileId, set.pid);
         if (slot.file.kind === 'pipe') add(pipeUsers, slot.file.pipeId, set.pid);
       }
+      for (const slot of set.inFlight) {
+        inFlight.set(slot.fileId, slot);
+        if (unixMaker === undefined) continue;
+        add(fileUsers, slot.fileId, unixMaker);
+        if (slot.file.kind === 'pipe') add(pipeUsers, slot.file.pipeId, unixMaker);
+      }
     }
     const shared = (map: Map<number, Set<number>>) => new Set([...map].filter(([, users]) => users.size > 1).map(([key]) => key));
-    return new SharedFiles(shared(fileUsers), shared(pipeUsers), unixSocketsOf(sets.flatMap((s) => s.fds)));
+    return new SharedFiles(shared(fileUsers), shared(pipeUsers), unixSocketsOf(sets.flatMap((s) => [...s.fds, ...s.inFlight])), inFlight);
   }
 
   /** criu-ts's duplicate of unix socket `fileId` when another process made it. */
@@ -201,6 +212,8 @@ class FileCreator {
   private unixSockets?: Map<number, number>;
   /** Work for after every fd has its final number. */
   readonly afterPlacement: Array<(finalFd: (fileId: number) => number) => void> = [];
+  /** Parked fd of every file made (or received) so far, by file id: one open file description each. */
+  private readonly made = new Map<number, number>();
 
   constructor(
     private readonly task: RestoreTask,
@@ -211,8 +224,22 @@ class FileCreator {
     private readonly shared: SharedFiles | undefined,
     private readonly inet: InetSockets | undefined,
     private readonly memfds: MemfdInodes,
+    /** Files in flight in unix sockets' queues that this process may have to make, by file id. */
+    private readonly inFlightFiles: ReadonlyMap<number, FdImage> = new Map(),
   ) {
     this.nextTemp = firstTemp;
+  }
+
+  /**
+   * The parked fd of a file in flight (SCM_RIGHTS), made here (or received) on first use; closed
+   * with the temporaries once its message is sent (criu-ts sends a duplicate).
+   */
+  private inFlight(fileId: number): number {
+    const slot = this.inFlightFiles.get(fileId) ?? this.allSlots.find((f) => f.fileId === fileId);
+    if (!slot) throw new Error(`file id ${fileId} in flight in a unix socket's queue is not among the files to make`);
+    const fd = this.create(slot);
+    this.extra.push(fd);
+    return fd;
   }
 
   /** A pidfd of criu-ts inside the task, for taking shared files from criu-ts (parked; closed at the end). */
@@ -229,10 +256,18 @@ class FileCreator {
 
   /** Creates one open file (or takes it from another process that has it) and returns its parked fd. */
   create(slot: FdImage): number {
+    const known = this.made.get(slot.fileId);
+    if (known !== undefined) return known;
+    const fd = this.createOrReceive(slot);
+    this.made.set(slot.fileId, fd);
+    return fd;
+  }
+
+  private createOrReceive(slot: FdImage): number {
     const handed = slot.file.kind === 'pipe' ? undefined : this.shared?.file(slot.fileId);
     if (handed !== undefined) return this.receive(handed, `file id ${slot.fileId}`);
     const fd = this.createHere(slot);
-    if (slot.owner && slot.file.kind !== 'tty') this.setOwner(fd, slot.owner, `fd ${slot.fd}`);
+    if (slot.owner && slot.file.kind !== 'tty') this.setOwner(fd, slot.owner, slot.fd >= 0 ? `fd ${slot.fd}` : `file id ${slot.fileId} (in flight)`);
     if (slot.file.kind !== 'tty') this.shared?.keepFile(slot.fileId, this.task.pid, fd);
     return fd;
   }
@@ -355,7 +390,7 @@ class FileCreator {
         if (this.shared?.unixMade) throw new Error(`${what}: the unix sockets of the tree were made without this one`);
         if (!this.unixSockets) {
           const own = unixSocketsOf(this.allSlots);
-          const sockets = this.shared?.unixSockets ?? own;
+          const sockets = this.shared?.unixSockets ?? unixSocketsOf([...this.allSlots, ...this.inFlightFiles.values()]);
           const invalid = (message: string, evidence: Record<string, unknown> = {}): never => {
             throw new RestoreError('validate', message, evidence);
           };
@@ -365,6 +400,7 @@ class FileCreator {
             put: (...parts) => this.task.scratchPut(...parts),
             read: (addr, length) => this.task.read(addr as never, length),
             park: (fd) => this.park(fd),
+            inFlight: (fileId) => this.inFlight(fileId),
           }, sockets, planUnixSockets(sockets, invalid));
           for (const s of sockets) {
             const fd = this.unixSockets.get(s.id)!;
@@ -533,7 +569,8 @@ export function restoreFiles(
   }
   const pid = task.pid;
   const inherited = openFds(pid);
-  const creator = new FileCreator(task, inherited, Math.max(2, ...set.fds.map((f) => f.fd), ...inherited) + 1, pathOf, set.fds, shared, inet, memfds);
+  const inFlight = shared?.inFlight ?? new Map(set.inFlight.map((f) => [f.fileId, f]));
+  const creator = new FileCreator(task, inherited, Math.max(2, ...set.fds.map((f) => f.fd), ...inherited) + 1, pathOf, set.fds, shared, inet, memfds, inFlight);
   const temps = new Map<number, number>(); // file id -> parked fd (above every dumped one)
   for (const slot of set.fds) {
     if (!temps.has(slot.fileId)) temps.set(slot.fileId, creator.create(slot));

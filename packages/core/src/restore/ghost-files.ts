@@ -29,7 +29,7 @@ export class GhostFiles {
   add(set: ImageSet): void {
     const all = new Map<number, RegFile>();
     for (const v of set.vmas) if (v.file?.ghost) all.set(v.file.id, v.file);
-    for (const { file } of set.fds) if ((file.kind === 'reg' || file.kind === 'fifo') && file.reg.ghost) all.set(file.reg.id, file.reg);
+    for (const { file } of [...set.fds, ...set.inFlight]) if ((file.kind === 'reg' || file.kind === 'fifo') && file.reg.ghost) all.set(file.reg.id, file.reg);
     if (set.exe.ghost) all.set(set.exe.id, set.exe);
     try {
       for (const f of all.values()) if (!this.paths.has(f.id)) this.materialize(f, f.ghost!);

@@ -106,6 +106,8 @@ export interface ImageSet {
   /** Shared anonymous memory: one object per shmid, mapped once over its VMAs, with its pages. */
   readonly shmem: readonly SharedMemoryImage[];
   readonly fds: readonly FdImage[];
+  /** Files in flight in the queues of its unix sockets (SCM_RIGHTS): made, sent again, closed (fd -1). */
+  readonly inFlight: readonly FdImage[];
   /** File locks this process held (--file-locks), taken again once its fds are in place. */
   readonly locks: readonly FileLockImage[];
   readonly cwd: RegFile;
@@ -371,7 +373,7 @@ export function readTreeImageSet(dir: string, options: { shellJob?: boolean; tcp
   for (const t of tasks) {
     if (t.zombie && tasks.some((c) => c.ppid === t.pid)) invalid(`pstree.img: zombie ${t.pid} has children`, { pid: t.pid });
   }
-  checkTreeUnixSockets(dir, tasks.flatMap((t) => (t.set ? [t.set.fds] : [])));
+  checkTreeUnixSockets(dir, tasks.flatMap((t) => (t.set ? [t.set.fds, t.set.inFlight] : [])));
   for (const check of envChecks) check();
   return { dir, tasks };
 }
@@ -520,14 +522,14 @@ function readProcess(
 
   // CRIU 4.x names the fd table by the files id (fdinfo_per_id); older images by the pid.
   const fdinfoName = inventory.fdinfo_per_id ? `fdinfo-${ids.files_id}.img` : `fdinfo-${pid}.img`;
-  const fds: FdImage[] = readFdTable<RegFile>({
+  const fds = readFdTable<RegFile>({
     dir, pid, fdinfoName, fdinfo: readAll(dir, fdinfoName), files, reg, readEntries, shellJob: options.shellJob === true,
     ...(options.inet ? { inet: options.inet } : {}), ...(memfds ? { memfds } : {}),
   });
 
   return {
     dir, pid, ppid: Number(task.ppid), pgid, sid, core, threads: threadImages, mm, vmas, exe, pagesFile: pagesFile!, pagesSize: pagesSize!, runs,
-    shmem: readSharedMemory(dir, pid, vmas, invalid, options.inTree), fds, locks: readFileLocks(dir, pid, fds, readEntries), cwd, root,
+    shmem: readSharedMemory(dir, pid, vmas, invalid, options.inTree), fds: [...fds], inFlight: fds.inFlight, locks: readFileLocks(dir, pid, fds, readEntries), cwd, root,
     umask: fsEntry.umask === undefined ? undefined : Number(fsEntry.umask), posixTimers, seccomp,
   };
 }
