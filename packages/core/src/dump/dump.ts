@@ -54,6 +54,7 @@ import {
   buildCoreEntry, buildThreadCoreEntry, collectPtraceState, collectThreadOwnState, TASK_STOPPED, type TaskSnapshot,
 } from './task-core.js';
 import { seccompImage } from './seccomp.js';
+import { SysvShmDumper } from './sysv-shm.js';
 import { freezeTree, type TreeTask } from './tree.js';
 
 export interface DumpOptions {
@@ -326,17 +327,21 @@ function dumpTree(options: DumpOptions): DumpResult {
       // The fd tables were read while frozen (before the parasite added its own socket).
       treeSockets: new Set(live.flatMap((t) => socketInodesOf(t.task.pid, t.taskFds))),
     });
+    const sysv = new SysvShmDumper();
     for (const t of live) {
       const p = t.task.pid;
       const exePath = readLink(p, 'exe').replace(/ \(deleted\)$/, '');
       const exeId = files.mappedFile(exePath, 0, `/proc/${p}/exe`);
-      t.vmas = describeVmas(p, t.procVmas, files);
+      t.vmas = describeVmas(p, t.procVmas, files, sysv);
       const { core, misc } = buildCoreEntry(t.threads[0]!, t.parasite!);
       t.core = core;
       t.threadCores = t.threads.slice(1).map((th) => ({ tid: th.tid, core: buildThreadCoreEntry(th) }));
       t.mm = mmEntry(p, exeId, t.vmas, Number(misc.dumpable));
       t.fs = { umask: Number(misc.umask) };
     }
+
+    // SysV segments: checked once every attachment in the tree is known, contents copied (frozen).
+    const sysvSegments = sysv.collect();
 
     // seccomp.img numbers the filters of every thread of the tree: the thread cores refer to them.
     const seccomp = seccompImage(live.map((t) => t.threads.map((th) => ({ tid: th.tid, seccomp: th.ptrace.seccomp }))));
@@ -444,6 +449,9 @@ function dumpTree(options: DumpOptions): DumpResult {
     for (const [shmid, shared] of sharedDumps) dir.writeImage(`pagemap-shmem-${shmid}.img`, [{ pages_id: shared.pagesId }, ...shared.entries]);
     for (const m of memfdPagemaps) dir.writeImage(`pagemap-shmem-${m.shmid}.img`, [{ pages_id: m.pagesId }, ...m.entries]);
     if (files.memfdInodes.size > 0) dir.writeImage('memfd.img', [...files.memfdInodes.values()]);
+    if (sysvSegments.length > 0) {
+      dir.writeImage(`ipcns-shm-${namespaces.ipc_ns_id}.img`, sysvSegments.map((s) => ({ message: s.entry, payload: { type: 'bytes' as const, bytes: s.contents } })));
+    }
     if (files.remaps.length > 0) dir.writeImage('remap-fpath.img', files.remaps);
     for (const ghost of files.ghosts) {
       dir.writeImage(`ghost-file-${ghost.id.toString(16)}.img`, [{ message: ghost.entry, payload: { type: 'bytes', bytes: readGhostContents(ghost) } }]);

@@ -48,6 +48,24 @@ export interface VmaImage {
   readonly file?: RegFile;
   /** For mappings of a memfd (VMA_AREA_MEMFD): its inode, shared with the fds of the same memfd. */
   readonly memfd?: MemfdInode;
+  /** For a SysV shared memory attachment (VMA_AREA_SYSVIPC): its segment. */
+  readonly sysv?: SysvSegmentImage;
+  /** vma_entry.fdflags: O_RDWR when the mapping may be made writable (a SysV attachment not SHM_RDONLY). */
+  readonly fdflags?: number;
+}
+
+/** A SysV shared memory segment (ipcns-shm-<ipc ns id>.img), to be made again with its id. */
+export interface SysvSegmentImage {
+  readonly id: number;
+  readonly key: number;
+  readonly uid: number;
+  readonly gid: number;
+  readonly cuid: number;
+  readonly cgid: number;
+  /** Permission bits and the kernel's SHM_DEST (01000: IPC_RMID was called) and SHM_LOCKED (02000). */
+  readonly mode: number;
+  readonly size: bigint;
+  readonly contents: Uint8Array;
 }
 
 export interface RegFile {
@@ -284,6 +302,31 @@ function readEntries(dir: string, name: string): Array<{ message: Msg; bytes?: U
   }
 }
 
+/** SysV segments of ipcns-shm-<nsId>.img, checked, by id. */
+function readSysvSegments(dir: string, nsId: number): Map<number, SysvSegmentImage> {
+  const name = `ipcns-shm-${nsId}.img`;
+  const file = join(dir, name);
+  const segments = new Map<number, SysvSegmentImage>();
+  if (!existsSync(file)) return segments;
+  for (const [i, { message: e, bytes }] of readEntries(dir, name).entries()) {
+    const where = `${name} entry ${i}`;
+    const desc = e.desc as Msg;
+    const size = BigInt(e.size);
+    const id = Number(desc.id);
+    if (segments.has(id)) invalid(`${where}: segment id ${id} appears twice`, { file, id });
+    if (!Number.isInteger(id) || id < 0 || id > 0x7fffffff) invalid(`${where}: segment id ${desc.id} is not an IPC id`, { file });
+    if (e.in_pagemaps === true) invalid(`${where}: segment ${id} keeps its contents in a shmem pagemap (in_pagemaps), which restore does not read yet`, { file, id });
+    if (e.hugetlb_flag) invalid(`${where}: segment ${id} is on huge pages, which restore does not support`, { file, id });
+    const contents = bytes ?? new Uint8Array(0);
+    if (BigInt(contents.byteLength) !== size) invalid(`${where}: segment ${id} of ${size} bytes has ${contents.byteLength} bytes of contents`, { file, id });
+    segments.set(id, {
+      id, key: Number(desc.key) | 0, uid: Number(desc.uid), gid: Number(desc.gid), cuid: Number(desc.cuid), cgid: Number(desc.cgid),
+      mode: Number(desc.mode), size, contents,
+    });
+  }
+  return segments;
+}
+
 function one(dir: string, name: string): Msg {
   const entries = readAll(dir, name);
   if (entries.length !== 1) throw new RestoreError('read-images', `${join(dir, name)} holds ${entries.length} entries, expected 1`, { file: join(dir, name) });
@@ -432,6 +475,7 @@ function readProcess(
   });
   const vmas: VmaImage[] = [];
   let memfds: Map<number, MemfdInode> | undefined;
+  let sysvSegments: Map<number, SysvSegmentImage> | undefined;
   let prevEnd = 0n;
   for (const [i, v] of (mm.vmas as Msg[]).entries()) {
     const start = BigInt(v.start);
@@ -443,7 +487,22 @@ function readProcess(
     if (start < prevEnd) invalid(`${where}: overlaps the previous VMA (ends ${hex(prevEnd)})`);
     prevEnd = end;
     if (status & VMA.UNSUPP) invalid(`${where}: CRIU marked this mapping unsupported`);
-    if (status & VMA.SYSVIPC) invalid(`${where}: SysV shared memory segment id ${v.shmid} (VMA_AREA_SYSVIPC) is not supported yet`, { file: join(dir, `mm-${pid}.img`), status, shmid: String(v.shmid) });
+    if (status & VMA.SYSVIPC) {
+      // An attachment of a segment of ipcns-shm-<ipc ns id>.img, whole, from its start (shmat's).
+      const segments = (sysvSegments ??= readSysvSegments(dir, Number(ids.ipc_ns_id ?? 0)));
+      const segment = segments.get(Number(v.shmid));
+      if (!segment) invalid(`${where}: SysV shared memory segment id ${v.shmid} is not in ipcns-shm-${ids.ipc_ns_id}.img`, { file: join(dir, `mm-${pid}.img`), shmid: String(v.shmid) });
+      const span = (segment.size + BigInt(PAGE_SIZE) - 1n) & ~BigInt(PAGE_SIZE - 1);
+      if (!(Number(v.flags) & MAP_SHARED_FLAG) || BigInt(v.pgoff) !== 0n || end - start !== span) {
+        invalid(`${where}: an attachment of SysV segment ${v.shmid} (${segment.size} bytes) must be shared and cover it whole from offset 0 (flags 0x${Number(v.flags).toString(16)}, pgoff ${v.pgoff})`, { file: join(dir, `mm-${pid}.img`), shmid: String(v.shmid) });
+      }
+      if (status & (VMA.FILE_PRIVATE | VMA.FILE_SHARED | VMA.ANON_PRIVATE | VMA.ANON_SHARED | VMA.MEMFD)) invalid(`${where}: a SysV attachment with status 0x${status.toString(16)} (also file or anonymous memory)`, { status });
+      vmas.push({
+        start, end, pgoff: 0n, shmid: BigInt(v.shmid), prot: Number(v.prot), flags: Number(v.flags), status, madv: BigInt(v.madv ?? 0n),
+        sysv: segment, fdflags: Number(v.fdflags ?? 0),
+      });
+      continue;
+    }
     if (status & (VMA.SOCKET | VMA.AIORING | VMA.SHSTK | VMA.UPROBES)) invalid(`${where}: mapping kind (status 0x${status.toString(16)}) not supported yet`, { status });
     // Status and mmap flags must agree on sharing: a private mapping made MAP_SHARED would send
     // the process's writes (to a library's data, say) into the file on disk.

@@ -37,6 +37,7 @@ import { checkPidFree, readTreeImageSet, TASK_SIZE, type ThreadImage, type TreeT
 import { fillPages, pagesBytesOf, mapVdso, mapVmas, protectVmas, remote, setMmFields, unmapAllButControl, type SharedMemorySource } from './memory.js';
 import { restoreFiles, restoreFs, SharedFiles } from './files.js';
 import { MemfdInodes } from './memfd.js';
+import { SysvSegments } from './sysv-shm.js';
 import { connectionKeysOf, InetSockets } from './inet-sockets.js';
 import { GhostFiles } from './ghost-files.js';
 import { CONTROL_SIZE, findControlAreaHole, RestoreTask } from './remote-task.js';
@@ -173,6 +174,9 @@ function restoreTree(options: RestoreOptions): RestoredTree {
     for (const th of t.set?.threads ?? []) checkPidFree(th.tid);
   }
   for (const h of plan.helpers) checkPidFree(h.pid);
+  // SysV segments: their ids free (or left behind by the dumped tree) before anything is made.
+  const sysv = SysvSegments.plan(tree.tasks.flatMap((t) => (t.set ? [t.set] : [])));
+  sysv.check();
   const root = tree.tasks[0]!;
   const t1 = performance.now();
   const warnings: string[] = [...permissionWarnings];
@@ -257,6 +261,7 @@ function restoreTree(options: RestoreOptions): RestoredTree {
     const bytesTotal = live.reduce((n, m) => n + pagesBytesOf(m.images.set!), 0);
     let bytesRead = 0;
     sharedFiles = SharedFiles.plan(live.map((m) => m.images.set!));
+    atStage('map-vmas', 'making the SysV shared memory segments', () => sysv.create());
     const threadsOf = new Map<MadeProcess, Array<{ tid: Pid; image: ThreadImage }>>();
     let memoryMs = 0;
     for (const m of live) {
@@ -313,6 +318,7 @@ function restoreTree(options: RestoreOptions): RestoredTree {
     ghosts?.removeAll();
     ghosts = undefined;
     atStage('files', 'sealing memfds', () => memfds.sealAll());
+    atStage('map-vmas', 'marking SysV segments for removal as dumped', () => sysv.release());
     fault('after-threads', 'threads');
 
     fault('before-release', 'release');
@@ -343,6 +349,7 @@ function restoreTree(options: RestoreOptions): RestoredTree {
     sharedFiles?.close();
     memfds.closeAll();
     inet.abandon();
+    sysv.abandon();
     // Whatever failed, no process of the tree is left: children first, each with its threads.
     for (const m of [...made].reverse()) killCreated(m.task.pid, [...m.task.threads.keys()]);
     if (rootPid !== undefined && made.length === 0) killCreated(rootPid);
