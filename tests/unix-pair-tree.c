@@ -6,7 +6,9 @@
  *
  * The parent makes the three pairs and queues two messages on each towards the child, forks;
  * the child keeps end 1 of each pair, the parent end 0 (each closes the other), and the child
- * queues two messages of its own towards the parent. Then "ready <parent> <child>".
+ * queues two messages of its own towards the parent. The child's dgram end also holds a datagram
+ * carrying a pipe's read end (with bytes; the parent keeps the write end) and a deleted file.
+ * Then "ready <parent> <child>".
  * On SIGUSR1 (to the parent, which passes it on) each process reads what waits for it (in
  * order, datagram and record boundaries kept), then they talk over each pair once more (the
  * ends must be connected to each other): the child reports its own checks and exits with its
@@ -14,6 +16,7 @@
  */
 #define _GNU_SOURCE
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 
 #include "keeper.h"
@@ -44,6 +47,34 @@ static int expect(int fd, int type, const char *want, const char *who, int i)
 	return good;
 }
 
+/*
+ * The child's dgram end also holds a datagram carrying two descriptors (SCM_RIGHTS): the read
+ * end of a pipe holding bytes (the parent keeps the write end) and a regular file deleted since.
+ */
+static void check_fds_in_flight(int sock)
+{
+	char buf[64] = { 0 };
+	char control[CMSG_SPACE(sizeof(int) * 2)];
+	struct iovec iov = { .iov_base = buf, .iov_len = sizeof(buf) };
+	struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = control, .msg_controllen = sizeof(control) };
+	ssize_t n = recvmsg(sock, &msg, MSG_DONTWAIT);
+	struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+	int ok = n == 22 && memcmp(buf, "with a pipe and a file", 22) == 0 && c && c->cmsg_type == SCM_RIGHTS && c->cmsg_len == CMSG_LEN(2 * sizeof(int));
+	CHECK(ok, "child: dgram pair reads the datagram with two descriptors");
+	if (!ok)
+		return;
+	int fds[2];
+	memcpy(fds, CMSG_DATA(c), sizeof(fds));
+	char got[32] = { 0 };
+	CHECK(read(fds[0], got, 11) == 11 && memcmp(got, "piped bytes", 11) == 0, "child: the pipe in flight holds its bytes");
+	memset(got, 0, sizeof(got));
+	CHECK(pread(fds[1], got, 12, 0) == 12 && memcmp(got, "deleted file", 12) == 0, "child: the deleted file in flight holds its contents");
+	struct stat st;
+	CHECK(fstat(fds[1], &st) == 0 && st.st_nlink == 0, "child: the file in flight is still deleted");
+	close(fds[0]);
+	close(fds[1]);
+}
+
 /* The queued messages, then one live exchange (the peer must answer on the same pair). */
 static void check_side(int fd[3], int parent)
 {
@@ -55,6 +86,8 @@ static void check_side(int fd[3], int parent)
 		} else {
 			expect(fd[i], types[i], "from the parent, first", who, i);
 			expect(fd[i], types[i], "from the parent, second message", who, i);
+			if (types[i] == SOCK_DGRAM)
+				check_fds_in_flight(fd[i]);
 		}
 		char none[8];
 		errno = 0;
@@ -89,6 +122,29 @@ int main(int argc, char **argv)
 		MUST(send(pairs[i][0], "from the parent, first", 22, 0));
 		MUST(send(pairs[i][0], "from the parent, second message", 31, 0));
 	}
+	int piped[2];
+	MUST(pipe(piped));
+	MUST(write(piped[1], "piped bytes", 11));
+	char path[] = "/tmp/criu-ts-unix-pair-tree-XXXXXX";
+	int file = mkstemp(path);
+	MUST(file);
+	MUST(write(file, "deleted file", 12));
+	MUST(unlink(path));
+	{
+		int carried[2] = { piped[0], file };
+		char control[CMSG_SPACE(sizeof(carried))];
+		memset(control, 0, sizeof(control));
+		struct iovec iov = { .iov_base = "with a pipe and a file", .iov_len = 22 };
+		struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = control, .msg_controllen = sizeof(control) };
+		struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+		c->cmsg_level = SOL_SOCKET;
+		c->cmsg_type = SCM_RIGHTS;
+		c->cmsg_len = CMSG_LEN(sizeof(carried));
+		memcpy(CMSG_DATA(c), carried, sizeof(carried));
+		MUST(sendmsg(pairs[1][0], &msg, 0));
+	}
+	close(piped[0]);
+	close(file);
 	int ready[2];
 	MUST(pipe(ready));
 	pid_t child = fork();
@@ -96,6 +152,7 @@ int main(int argc, char **argv)
 	if (child == 0) {
 		int mine[3];
 		close(ready[0]);
+		close(piped[1]);
 		for (int i = 0; i < 3; i++) {
 			close(pairs[i][0]);
 			mine[i] = pairs[i][1];

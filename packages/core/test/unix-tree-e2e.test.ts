@@ -30,7 +30,8 @@ describe('core: unix socketpairs across processes end to end', function () {
         expect(sockets).to.have.length(6);
         for (const s of sockets) expect(sockets.map((x) => x.ino), `peer of ${s.ino}`).to.include(s.peer);
         const queues = imageEntries(join(keeper.images, 'sk-queues.img'));
-        expect(queues, "two messages each way per dgram and seqpacket pair, one run of bytes each way per stream").to.have.length(10);
+        expect(queues, "two messages each way per dgram and seqpacket pair (and the child's datagram with descriptors), one run of bytes each way per stream").to.have.length(11);
+        expect(queues.filter((q) => q.scm?.length).map((q) => q.scm[0].rights.length)).to.deep.equal([2]);
         checkImagesRoundTrip(keeper.images);
       }
       const r = restoreSync({ imagesDir: keeper.images, detached: true });
@@ -40,7 +41,7 @@ describe('core: unix socketpairs across processes end to end', function () {
     }
     const { failures, checks, done } = keeper.check();
     expect(failures).to.deep.equal([]);
-    expect(checks.length).to.equal(31);
+    expect(checks.length).to.equal(35);
     expect(done).to.equal('done 0');
   });
 });

@@ -31,6 +31,20 @@ export class GhostFiles {
     for (const v of set.vmas) if (v.file?.ghost) all.set(v.file.id, v.file);
     for (const { file } of [...set.fds, ...set.inFlight]) if ((file.kind === 'reg' || file.kind === 'fifo') && file.reg.ghost) all.set(file.reg.id, file.reg);
     if (set.exe.ghost) all.set(set.exe.id, set.exe);
+    this.materializeAll(all);
+  }
+
+  /**
+   * The ghost files in flight in the unix sockets of `set` (SCM_RIGHTS): the process that makes
+   * the tree's unix sockets makes them too, which may come before `set`'s own process.
+   */
+  addInFlight(set: ImageSet): void {
+    const all = new Map<number, RegFile>();
+    for (const { file } of set.inFlight) if ((file.kind === 'reg' || file.kind === 'fifo') && file.reg.ghost) all.set(file.reg.id, file.reg);
+    this.materializeAll(all);
+  }
+
+  private materializeAll(all: ReadonlyMap<number, RegFile>): void {
     try {
       for (const f of all.values()) if (!this.paths.has(f.id)) this.materialize(f, f.ghost!);
     } catch (err) {

@@ -271,7 +271,10 @@ function restoreTree(options: RestoreOptions): RestoredTree {
       atStage('unmap-stub', 'unmapping the stub', () => unmapAllButControl(t));
       // One set of ghost files for the tree (see GhostFiles.add), deleted again once all hold theirs.
       if (ghosts) ghosts.add(set);
-      else ghosts = GhostFiles.create(set);
+      else {
+        ghosts = GhostFiles.create(set);
+        for (const other of live) ghosts.addInFlight(other.images.set!);
+      }
       const g = ghosts;
       const pathOf = (f: Parameters<GhostFiles['pathOf']>[0]) => g.pathOf(f);
       atStage('vdso', 'mapping the vDSO', () => mapVdso(t, set.vmas));
