@@ -7,7 +7,9 @@
 // restore, before anything is made.
 import { expect } from 'chai';
 import { spawnSync } from 'node:child_process';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { ImageReader, imageFromCritJson, imageToCritJson } from '@criu-ts/images';
 import { DumpError, dumpSync, RestoreError, restoreSync } from '@criu-ts/core';
 import { shmRemove, shmStat, SHM } from '@criu-ts/sys';
 import { alive, ourStubs } from './restore-helpers.js';
@@ -122,6 +124,49 @@ describe('core: SysV shared memory end to end', function () {
     outsider = undefined;
     const { failures } = keeper.check();
     expect(failures).to.deep.equal([]);
+  });
+
+  it('refuses images it cannot restore, naming the file and segment: contents in a shmem pagemap, a partial attachment', function () {
+    keeper = start();
+    const [a] = segments as [number, number];
+    keeper.dump();
+    removeSegment(a);
+    const edit = (name: string, change: (json: any) => void) => { // eslint-disable-line @typescript-eslint/no-explicit-any
+      const path = join(keeper!.images, name);
+      const reader = ImageReader.open(path);
+      let json: any; // eslint-disable-line @typescript-eslint/no-explicit-any
+      try {
+        json = imageToCritJson(reader);
+      } finally {
+        reader.close();
+      }
+      const before = readFileSync(path);
+      change(json);
+      writeFileSync(path, imageFromCritJson(json, path));
+      return () => writeFileSync(path, before);
+    };
+    const refusal = (): string => {
+      try {
+        restoreSync({ imagesDir: keeper!.images, detached: true });
+      } catch (e) {
+        expect(e).to.be.instanceOf(RestoreError);
+        return (e as Error).message;
+      }
+      throw new Error('restore did not refuse');
+    };
+    let undo = edit(`ipcns-shm-${IPC_NS_ID}.img`, (json) => {
+      json.entries[0].in_pagemaps = true;
+    });
+    expect(refusal()).to.match(/ipcns-shm-3\.img entry 0: segment \d+ keeps its contents in a shmem pagemap \(in_pagemaps\)/);
+    undo();
+    undo = edit(`mm-${keeper.root}.img`, (json) => {
+      const v = json.entries[0].vmas.find((x: { shmid: unknown }) => Number(x.shmid) === a);
+      v.end = `0x${(BigInt(v.start) + 4096n).toString(16)}`;
+    });
+    expect(refusal()).to.match(new RegExp(`an attachment of SysV segment ${a} \\(12388 bytes\\) must be shared and cover it whole from offset 0`));
+    undo();
+    expect(exists(a), 'nothing made').to.equal(false);
+    expect(keeper.pids.some(alive)).to.equal(false);
   });
 
   it('refuses to restore over a segment another process holds, before making anything', function () {

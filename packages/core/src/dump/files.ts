@@ -136,11 +136,11 @@ export class FileTable {
    */
   peekUnixQueues(tasks: ReadonlyArray<{ readonly pid: Pid; readonly fds: readonly number[] }>): void {
     const diag = (this.unixContext.sockets ??= unixDiagDump());
-    const buf = Buffer.allocUnsafe(8 << 20);
+    let buf: Buffer | undefined; // as big as the largest datagram a unix socket can queue (see unix-sockets.ts)
     const walk = (sock: Fd, ino: number, refuse: (reason: string) => never): void => {
       const sk = diag.get(ino);
       if (!sk || sk.state === 10 /* TCP_LISTEN */ || (sk.rqlen?.rqueue ?? 1) === 0 || this.unixContext.queues.has(ino)) return;
-      const queue = peekQueue(sock, sk.type, refuse, buf);
+      const queue = peekQueue(sock, sk.type, refuse, (buf ??= Buffer.allocUnsafe(8 << 20)));
       this.unixContext.queues.set(ino, queue);
       for (const [i, m] of queue.entries()) {
         for (const f of m.fds) {

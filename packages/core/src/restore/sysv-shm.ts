@@ -88,7 +88,6 @@ export class SysvSegments {
   /** Once every process has attached its segments: those dumped marked for removal are marked again. */
   release(): void {
     for (const s of this.segments) if (s.mode & SHM.DEST) shmRemove(s.id);
-    this.made.length = 0;
   }
 
   /** After a failure: the segments criu-ts made go (with the killed processes' attachments). */
