@@ -139,7 +139,7 @@ export class FileTable {
     let buf: Buffer | undefined; // as big as the largest datagram a unix socket can queue (see unix-sockets.ts)
     const walk = (sock: Fd, ino: number, refuse: (reason: string) => never): void => {
       const sk = diag.get(ino);
-      if (!sk || sk.state === 10 /* TCP_LISTEN */ || (sk.rqlen?.rqueue ?? 1) === 0 || this.unixContext.queues.has(ino)) return;
+      if (!sk || sk.state === 10 /* TCP_LISTEN */ || this.unixContext.queues.has(ino)) return;
       const queue = peekQueue(sock, sk.type, refuse, (buf ??= Buffer.allocUnsafe(8 << 20)));
       this.unixContext.queues.set(ino, queue);
       for (const [i, m] of queue.entries()) {
@@ -160,8 +160,7 @@ export class FileTable {
       for (const fd of fds) {
         const ino = socketInodeOf(pid, fd);
         if (ino === undefined || !diag.has(ino) || this.unixContext.queues.has(ino)) continue;
-        const sk = diag.get(ino)!;
-        if (sk.state === 10 || (sk.rqlen?.rqueue ?? 1) === 0) continue;
+        if (diag.get(ino)!.state === 10 /* TCP_LISTEN: its queue holds connections */) continue;
         const dup = grabFd(pid, fd);
         try {
           walk(dup, ino, (reason) => {
@@ -310,7 +309,13 @@ export class FileTable {
       if (terminalKind(target, stats)) refuse('a terminal');
     }
     const self = asPid(process.pid);
-    return Number(this.descriptor(self, ours).id);
+    try {
+      return Number(this.descriptor(self, ours).id);
+    } catch (error) {
+      if (error instanceof InFlightFileRefused) throw error;
+      // Its own refusal names criu-ts's copy of it: say where it is in flight instead.
+      throw new InFlightFileRefused(target, `cannot be dumped: ${(error as Error).message}; a descriptor`, what);
+    }
   }
 
   private describe(pid: Pid, fd: number, sameAs: (fd: number) => number | undefined, taskFds: readonly number[] = []): DecodedMessage {
