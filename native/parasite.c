@@ -11,9 +11,13 @@
 
 #define NR_read 0
 #define NR_close 3
+#define NR_lseek 8
+#define NR_splice 275
+#define NR_sync_file_range 277
 #define NR_rt_sigaction 13
 #define NR_getitimer 36
 #define NR_getpid 39
+#define NR_recvfrom 45
 #define NR_sendmsg 46
 #define NR_recvmsg 47
 #define NR_getppid 110
@@ -37,6 +41,7 @@
 #define PR_GET_PDEATHSIG 2
 #define PR_GET_DUMPABLE 3
 #define PR_GET_NAME 16
+#define PR_GET_SECUREBITS 27
 #define PR_GET_CHILD_SUBREAPER 37
 #define PR_GET_NO_NEW_PRIVS 39
 #define PR_GET_TID_ADDRESS 40
@@ -44,9 +49,15 @@
 #define SOL_SOCKET 1
 #define SCM_RIGHTS 1
 #define MSG_NOSIGNAL 0x4000
+#define MSG_PEEK 0x2
+#define MSG_DONTWAIT 0x40
 #define MSG_CMSG_CLOEXEC 0x40000000
 #define MAX_FDS 16
 #define SIGPIPE 13
+#define SEEK_CUR 1
+#define SPLICE_F_NONBLOCK 0x02
+#define SYNC_FILE_RANGE_WRITE 2
+#define UIO_MAXIOV 1024
 #define EPIPE 32
 
 static inline s64 sys6(s64 nr, s64 a, s64 b, s64 c, s64 d, s64 e, s64 f) {
@@ -142,6 +153,52 @@ static s64 do_vmsplice(int pipe_fd, struct iovec *iov, u64 n, u64 flags) {
 }
 
 /*
+ * Every byte of the iovecs to file `out` at its position, one pipeful at a time: vmsplice takes
+ * what fits (the pipe references the task's pages, which stay put: the task is frozen), splice
+ * copies it into the file's page cache. Running here saves the injector a round trip per pipeful
+ * (the pipe holds at most 1 MiB without CAP_SYS_RESOURCE). With a writeback step, the disk starts
+ * on what is written while the rest is copied, so the final fsync has little left to do.
+ */
+/*
+ * Whether the injector closed its end of the control socket (it died): nothing to read and the
+ * peer gone reads as 0; with the injector alive, the socket is empty (EAGAIN).
+ */
+static int injector_gone(int sock) {
+  char byte;
+  return sys6(NR_recvfrom, sock, (s64)&byte, 1, MSG_PEEK | MSG_DONTWAIT, 0, 0) == 0;
+}
+
+static s64 dump_pages(int sock, int pipe_w, int pipe_r, int out, struct iovec *iov, u64 n, u64 step) {
+  s64 start = sys3(NR_lseek, out, 0, SEEK_CUR);
+  if (start < 0) return start;
+  s64 total = 0, synced = start;
+  u64 i = 0;
+  while (i < n) {
+    /* An injector killed mid-copy would leave the task copying pages for nobody, holding the
+     * file and the pipe, for as long as the rest of the batch takes: stop at once instead. */
+    if (injector_gone(sock)) return -103; /* ECONNABORTED (not EPIPE: no SIGPIPE was raised) */
+    u64 count = n - i < UIO_MAXIOV ? n - i : UIO_MAXIOV;
+    s64 r = sys4(NR_vmsplice, pipe_w, &iov[i], count, SPLICE_F_NONBLOCK);
+    if (r < 0) return r;
+    if (r == 0) return -5; /* EIO: no progress with an empty pipe */
+    for (s64 left = r; left > 0;) {
+      s64 m = sys6(NR_splice, pipe_r, 0, out, 0, left, 0);
+      if (m < 0) return m;
+      if (m == 0) return -5;
+      left -= m;
+    }
+    total += r;
+    while (i < n && (u64)r >= iov[i].len) { r -= (s64)iov[i].len; i++; }
+    if (i < n && r > 0) { iov[i].base = (char *)iov[i].base + r; iov[i].len -= (u64)r; }
+    if (step && start + total - synced >= (s64)step) {
+      sys4(NR_sync_file_range, out, synced, start + total - synced, SYNC_FILE_RANGE_WRITE);
+      synced = start + total;
+    }
+  }
+  return total;
+}
+
+/*
  * The XSAVE layout as this task sees it (CPUID leaf 0xD, one subleaf per state component) and the
  * state components it is permitted to use. Called by the injector through parasite_entry_call
  * before the daemon starts; the self-cure frame is built from the answer.
@@ -188,8 +245,18 @@ static s64 dump_misc(struct parasite_misc *m) {
   u64 tidaddr = 0;
   sys2(NR_prctl, PR_GET_TID_ADDRESS, &tidaddr);
   m->clear_child_tid = tidaddr;
+  m->securebits = sys2(NR_prctl, PR_GET_SECUREBITS, 0);
   sys2(NR_prctl, PR_GET_NAME, m->comm);
   return 0;
+}
+
+/*
+ * DUMP_MISC for a thread other than the daemon's: the injector runs this in that thread (through
+ * parasite_entry_call, on the blob's second stack) while the daemon waits for requests, since
+ * sigaltstack, the tid address, the pdeath signal, securebits and no_new_privs are per thread.
+ */
+s64 parasite_dump_misc(struct parasite_misc *m) {
+  return dump_misc(m);
 }
 
 /*
@@ -299,6 +366,10 @@ s64 parasite_daemon(struct parasite_ctl *ctl) {
       break;
     case PARASITE_CMD_VMSPLICE:
       ret = do_vmsplice((int)req.arg[0], (struct iovec *)((char *)ctl + req.arg[1]), req.arg[2], req.arg[3]);
+      break;
+    case PARASITE_CMD_DUMP_PAGES:
+      if (nfds != 2) { ret = -22; break; }
+      ret = dump_pages(sock, (int)req.arg[0], fds[1], fds[0], (struct iovec *)((char *)ctl + req.arg[1]), req.arg[2], req.arg[3]);
       break;
     case PARASITE_CMD_DUMP_SIGACTIONS: {
       struct parasite_sigaction *sa = (struct parasite_sigaction *)data;

@@ -45,7 +45,16 @@ enum parasite_cmd {
   PARASITE_CMD_SEND_FDS = 8,
   PARASITE_CMD_SYSCALL = 9,
   PARASITE_CMD_CALL = 10,
+  PARASITE_CMD_DUMP_PAGES = 11,
 };
+
+/*
+ * DUMP_PAGES: arg0 pipe write end (the task's fd), arg1 offset from ctl of the iovecs, arg2 their
+ * count, arg3 writeback step in bytes (0: none). The request carries two fds: the output file and
+ * the pipe's read end. The parasite moves every iovec's pages to the file at its position,
+ * pipeful by pipeful (vmsplice, then splice), and starts writeback (sync_file_range) each time
+ * `step` more bytes are in the file. Returns the bytes written or -errno.
+ */
 
 struct parasite_req {  /* 56 bytes */
   u32 cmd;
@@ -95,6 +104,7 @@ struct parasite_misc {
   s64 altstack_flags;
   u64 altstack_size;
   u64 clear_child_tid;
+  s64 securebits;
   char comm[16];
 };
 

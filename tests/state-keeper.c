@@ -141,6 +141,17 @@ int main(int argc, char **argv)
 	char ready[64];
 	int ready_len = snprintf(ready, sizeof(ready), "ready %d\n", getpid());
 	__asm__ volatile("vmovdqu %0, %%ymm15" : : "m"(magic) : "xmm15");
+	/* With AVX-512: zmm5 (its upper half is in the component whose offset differs between Intel
+	 * and AMD parts), zmm31 and the opmask k1, loaded the same way. */
+	static const uint64_t magic512[8] = { 0xa1a2a3a4a5a6a7a8ull, 0xb1b2b3b4b5b6b7b8ull, 0xc1c2c3c4c5c6c7c8ull, 0xd1d2d3d4d5d6d7d8ull,
+		0xe1e2e3e4e5e6e7e8ull, 0xf1f2f3f4f5f6f7f8ull, 0x0102030405060708ull, 0x1112131415161718ull };
+	static const uint64_t kmagic = 0x5a5a0f0f3c3cc3c3ull;
+	int avx512 = __builtin_cpu_supports("avx512f");
+	if (avx512) {
+		__asm__ volatile("vmovdqu64 %0, %%zmm5" : : "m"(magic512) : "xmm5");
+		__asm__ volatile("vmovdqu64 %0, %%zmm31" : : "m"(magic512));
+		__asm__ volatile("kmovq %0, %%k1" : : "m"(kmagic));
+	}
 	long written;
 	__asm__ volatile("syscall" : "=a"(written) : "a"(1 /* write */), "D"(report_fd), "S"(ready), "d"((long)ready_len) : "rcx", "r11", "memory");
 	if (written != ready_len)
@@ -150,7 +161,18 @@ int main(int argc, char **argv)
 
 	uint64_t seen[4];
 	__asm__ volatile("vmovdqu %%ymm15, %0" : "=m"(seen));
+	uint64_t zmm5[8], zmm31[8], k1 = 0;
+	if (avx512) {
+		__asm__ volatile("vmovdqu64 %%zmm5, %0" : "=m"(zmm5));
+		__asm__ volatile("vmovdqu64 %%zmm31, %0" : "=m"(zmm31));
+		__asm__ volatile("kmovq %%k1, %0" : "=m"(k1));
+	}
 	CHECK(memcmp(seen, magic, sizeof(magic)) == 0, "ymm15");
+	if (avx512) {
+		CHECK(memcmp(zmm5, magic512, sizeof(magic512)) == 0, "zmm5 (AVX-512)");
+		CHECK(memcmp(zmm31, magic512, sizeof(magic512)) == 0, "zmm31 (AVX-512)");
+		CHECK(k1 == kmagic, "k1 (AVX-512 opmask)");
+	}
 
 	CHECK(pattern_ok(anon, ANON_PAGES * PAGE, 11), "anonymous memory");
 	CHECK(pattern_ok(heap, HEAP_BYTES, 23), "heap");

@@ -20,7 +20,7 @@ export {
   sigframeXstateLayout, decodeXstateLayout, type XstateLayout,
   type Blob, type LoadedBlob, type Sigaction, type Itimer, type PosixTimer, type TaskMisc,
 } from './parasite.js';
-export { CMD as PARASITE_CMD, CTL as PARASITE_CTL, SIGFRAME } from './parasite-abi.js';
+export { CMD as PARASITE_CMD, CTL as PARASITE_CTL, MISC_SIZE as PARASITE_MISC_SIZE, SIGFRAME } from './parasite-abi.js';
 export { listThreads, taskState, readMaps, readStatus, listPosixTimers, readPosixTimers, type ProcPosixTimer, type Vma } from './proc.js';
 
 /** A seized task, with the parasite loaded on demand. */

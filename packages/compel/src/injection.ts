@@ -235,27 +235,31 @@ export class Injection {
     let sc: bigint | null = null;
     let scRet: bigint | null = null;
     let popRax: bigint | null = null;
-    for (const vma of vmas) {
-      const len = Number(vma.end - vma.start);
-      let code: Buffer;
-      try {
-        code = this.readMemorySync(vma.start, Math.min(len, 32 << 20));
-      } catch {
-        continue;
+    // Read in chunks and stop as soon as all three are found: the gadgets are usually in the
+    // vDSO or near the start of libc's text, and reading whole text mappings through
+    // /proc/PID/mem cost milliseconds of the task's frozen time. Chunks overlap by two bytes so
+    // no gadget is cut in half.
+    const CHUNK = 256 << 10;
+    const find = (code: Buffer, at: bigint, bytes: number[]): bigint | null => {
+      const i = code.indexOf(Buffer.from(bytes));
+      return i >= 0 ? at + BigInt(i) : null;
+    };
+    search: for (const vma of vmas) {
+      const len = Math.min(Number(vma.end - vma.start), 32 << 20);
+      for (let off = 0; off < len; off += CHUNK - 2) {
+        let code: Buffer;
+        try {
+          code = this.readMemorySync(vma.start + BigInt(off), Math.min(CHUNK, len - off));
+        } catch {
+          continue search;
+        }
+        const at = vma.start + BigInt(off);
+        sc ??= find(code, at, [0x0f, 0x05]);
+        scRet ??= find(code, at, [0x0f, 0x05, 0xc3]);
+        popRax ??= find(code, at, [0x58, 0xc3]);
+        if (sc !== null && scRet !== null && popRax !== null) break search;
+        if (off + CHUNK >= len) break;
       }
-      if (sc === null) {
-        const i = code.indexOf(Buffer.from([0x0f, 0x05]));
-        if (i >= 0) sc = vma.start + BigInt(i);
-      }
-      if (scRet === null) {
-        const i = code.indexOf(Buffer.from([0x0f, 0x05, 0xc3]));
-        if (i >= 0) scRet = vma.start + BigInt(i);
-      }
-      if (popRax === null) {
-        const i = code.indexOf(Buffer.from([0x58, 0xc3]));
-        if (i >= 0) popRax = vma.start + BigInt(i);
-      }
-      if (sc !== null && scRet !== null && popRax !== null) break;
     }
     if (sc === null) {
       // A task killed while seized tears its memory down before /proc shows it as a zombie (the
@@ -539,6 +543,39 @@ export class Injection {
       this.sigmaskBlocked = false;
     }
     return BigInt.asIntN(64, after.rax);
+  }
+
+  /**
+   * Like callSync, in seized thread `tid` (another thread than the worker): its registers and
+   * mask are read before and put back after, and it is settled in an interrupt stop as after
+   * syscallInThreadRawSync. Every signal is blocked during the call. Returns RAX.
+   */
+  callInThreadSync(tid: Pid, entryCall: RemoteAddress, fn: RemoteAddress, stackTop: RemoteAddress, args: Array<number | bigint> = []): bigint {
+    if (tid === this.worker) return this.callSync(entryCall, fn, stackTop, args);
+    if (this.state === 'cured') throw new CompelError('state', this.pid, 'call after cure');
+    if (!this.threads.has(tid)) throw new CompelError('state', this.pid, `thread ${tid} is not seized by this injection`);
+    const a = args.map((x) => BigInt.asUintN(64, BigInt(x)));
+    const what = `remote call 0x${fn.toString(16)} in thread ${tid}`;
+    const savedRegs = ptraceGetRegs(tid);
+    const savedMask = ptraceGetSigmask(tid);
+    ptraceSetSigmask(tid, SIGSET_REMOTE);
+    try {
+      ptraceSetRegs(tid, {
+        ...savedRegs,
+        rip: entryCall, rsp: stackTop & ~0xfn, rdi: fn, rsi: a[0] ?? 0n, rdx: a[1] ?? 0n, rcx: a[2] ?? 0n,
+        r8: a[3] ?? 0n, r9: a[4] ?? 0n, orig_rax: ORIG_RAX_NONE, eflags: savedRegs.eflags & ~(EFLAGS_TF | EFLAGS_DF),
+      });
+      ptraceCont(tid);
+      this.waitTrap(what, 'cont', tid);
+      const after = ptraceGetRegs(tid);
+      if (this.settleBetweenCalls) this.settleSync(tid, savedRegs, savedMask, what);
+      return BigInt.asIntN(64, after.rax);
+    } finally {
+      try {
+        ptraceSetRegs(tid, savedRegs);
+        ptraceSetSigmask(tid, savedMask);
+      } catch { /* the thread died: nothing to put back */ }
+    }
   }
 
   /**

@@ -12,7 +12,7 @@ export const CTL = {
 
 export const CMD = {
   FINI: 0, PING: 1, VMSPLICE: 2, DUMP_SIGACTIONS: 3, DUMP_ITIMERS: 4, DUMP_POSIX_TIMERS: 5,
-  DUMP_MISC: 6, RECV_FDS: 7, SEND_FDS: 8, SYSCALL: 9, CALL: 10,
+  DUMP_MISC: 6, RECV_FDS: 7, SEND_FDS: 8, SYSCALL: 9, CALL: 10, DUMP_PAGES: 11,
 } as const;
 export type ParasiteCommand = (typeof CMD)[keyof typeof CMD];
 
@@ -24,11 +24,11 @@ export const REP_HDR_SIZE = 16;
 export const REPLY_MAX = 8192;
 export const SIGACTION_SIZE = 32;
 export const POSIX_TIMER_SIZE = 40;
-/** struct parasite_misc: 15 eight-byte fields, then comm[16]. */
-export const MISC_SIZE = 15 * 8 + 16;
+/** struct parasite_misc: 16 eight-byte fields, then comm[16]. */
+export const MISC_SIZE = 16 * 8 + 16;
 export const MISC_FIELDS = [
   'pid', 'tid', 'ppid', 'pgid', 'sid', 'umask', 'dumpable', 'pdeathsig', 'personality', 'no_new_privs',
-  'child_subreaper', 'altstack_sp', 'altstack_flags', 'altstack_size', 'clear_child_tid',
+  'child_subreaper', 'altstack_sp', 'altstack_flags', 'altstack_size', 'clear_child_tid', 'securebits',
 ] as const;
 
 // x86_64 rt_sigframe as the kernel's rt_sigreturn reads it (arch/x86/include/asm/sigframe.h,

@@ -29,7 +29,7 @@ import {
   accept4, AF_UNIX, bind, close, F, fcntl, ftruncate, listen, O, open, pipe2, pwrite, recvmsg, sendmsg,
   setsockopt, SO, SOCK, socket, sockaddrUn, SOL_SOCKET, splice, timeval, toSigframeFpstate, asRemoteAddress,
   MAP, PROT, syscallNumber, SysError, ERESTARTSYS, ERESTARTNOINTR, ERESTARTNOHAND, ERESTART_RESTARTBLOCK,
-  type Fd, type RemoteAddress, type SyscallName, type UserRegs, type RemoteRange, read as readFd, pread,
+  type Fd, type Pid, type RemoteAddress, type SyscallName, type UserRegs, type RemoteRange, read as readFd, pread,
   xstateBv, xstateXcr0, XSAVE_HEADER_OFFSET,
 } from '@criu-ts/sys';
 import { CompelError } from './errors.js';
@@ -140,6 +140,8 @@ export interface LoadedBlob {
 
 const PAGE = 4096;
 const STACK_SIZE = 64 * 1024;
+/** A stack for calls in the task's other threads (one at a time), after the daemon's. */
+const THREAD_STACK_SIZE = 16 * 1024;
 const BUF_SIZE = 16 * 1024;
 const align = (v: number, a: number) => Math.ceil(v / a) * a;
 const alignB = (v: bigint, a: bigint) => ((v + a - 1n) / a) * a;
@@ -169,6 +171,15 @@ export interface XstateLayout {
   perm: bigint | null;
   /** CPUID(0xD, i) per component i (index 0 and 1 unused): size, standard-format offset, flags (ECX). */
   components: Array<{ size: number; offset: number; flags: number }>;
+}
+
+/** struct parasite_misc, as DUMP_MISC and parasite_dump_misc write it. */
+function decodeMisc(raw: Buffer): TaskMisc {
+  const misc = {} as TaskMisc;
+  MISC_FIELDS.forEach((f, i) => { misc[f] = raw.readBigInt64LE(i * 8); });
+  const comm = raw.subarray(MISC_FIELDS.length * 8, MISC_FIELDS.length * 8 + 16);
+  misc.comm = comm.subarray(0, comm.indexOf(0) >= 0 ? comm.indexOf(0) : 16).toString('utf8');
+  return misc;
 }
 
 export function decodeXstateLayout(buf: Buffer): XstateLayout {
@@ -262,6 +273,8 @@ export class Parasite {
     readonly selfCureUnmaps: boolean,
     /** The extended state the self-cure frame restores (undefined: the whole NT_X86_XSTATE image). */
     readonly selfCureXstate: { features: bigint; size: number } | undefined,
+    /** The CPU's XSAVE layout and the task's permissions, as the blob read them in the task (null: not read). */
+    readonly xstateLayout: XstateLayout | null,
   ) {
     this.sock = sock;
   }
@@ -280,7 +293,7 @@ export class Parasite {
     const frameOff = chainOff + chainMax;
     const bufOff = frameOff + chainMax;
     const stackOff = align(ctlOff + bufOff + BUF_SIZE, PAGE);
-    const size = stackOff + STACK_SIZE;
+    const size = stackOff + STACK_SIZE + THREAD_STACK_SIZE;
 
     // 1. A memfd in the task, opened by us through /proc: the same file on both sides.
     const scratch = inj.mapSync(PAGE);
@@ -331,8 +344,9 @@ export class Parasite {
     // frame's extended state is cut to what this task's rt_sigreturn accepts, from the XSAVE
     // layout and permissions the blob reads in the task (one call before the daemon starts).
     const ctlAddr = base + BigInt(ctlOff);
-    const stackTop = base + BigInt(size) - 64n;
+    const stackTop = base + BigInt(stackOff + STACK_SIZE) - 64n;
     let xstate: { features: bigint; size: number } | undefined;
+    let cpuLayout: XstateLayout | null = null;
     const layoutFn = blob.symbols.parasite_xstate_layout;
     if (layoutFn !== undefined) {
       const out = ctlAddr + BigInt(bufOff);
@@ -340,7 +354,8 @@ export class Parasite {
       if (inj.callSync(entry, asRemoteAddress(base + BigInt(layoutFn)), asRemoteAddress(stackTop), [out]) === 1n) {
         const raw = Buffer.alloc(XSTATE_LAYOUT.size);
         pread(memfd, raw, BigInt(ctlOff + bufOff));
-        xstate = sigframeXstateLayout(inj.saved.xsave, decodeXstateLayout(raw));
+        cpuLayout = decodeXstateLayout(raw);
+        xstate = sigframeXstateLayout(inj.saved.xsave, cpuLayout);
       }
     }
     const orig = restartedRegs(undoInterruptEintr(inj.saved.regs));
@@ -378,7 +393,7 @@ export class Parasite {
 
     // 5. Start the daemon on the blob's stack.
     inj.startWorkerSync({ ...inj.saved.regs, rip: base + BigInt(blob.symbols.parasite_entry_daemon!), rsp: stackTop, rdi: ctlAddr });
-    const parasite = new Parasite(inj, base, size, memfd, ctlOff, bufOff, sock, remoteSock, blob, chainAddr !== 0n, xstate);
+    const parasite = new Parasite(inj, base, size, memfd, ctlOff, bufOff, sock, remoteSock, blob, chainAddr !== 0n, xstate, cpuLayout);
     inj.onCure(() => parasite.stopSync());
     const pong = parasite.command(CMD.PING);
     if (Number(pong.ret) !== inj.worker) {
@@ -485,11 +500,26 @@ export class Parasite {
   dumpMisc(): TaskMisc {
     const r = this.command(CMD.DUMP_MISC);
     if (r.data.length < MISC_SIZE) throw new CompelError('parasite', this.injection.pid, `DUMP_MISC reply of ${r.data.length} bytes`);
-    const misc = {} as TaskMisc;
-    MISC_FIELDS.forEach((f, i) => { misc[f] = r.data.readBigInt64LE(i * 8); });
-    const comm = r.data.subarray(MISC_FIELDS.length * 8, MISC_FIELDS.length * 8 + 16);
-    misc.comm = comm.subarray(0, comm.indexOf(0) >= 0 ? comm.indexOf(0) : 16).toString('utf8');
-    return misc;
+    return decodeMisc(r.data);
+  }
+
+  /**
+   * The DUMP_MISC answer of another thread of the task (sigaltstack, tid address, pdeath signal,
+   * securebits and no_new_privs are per thread): the thread runs the parasite's dump_misc itself,
+   * on a stack of its own in the blob, while the daemon waits for requests. One ptrace round trip
+   * instead of one per question. Precondition: `tid` is a seized thread other than the worker.
+   */
+  threadMisc(tid: Pid): TaskMisc {
+    const fn = this.blob.symbols.parasite_dump_misc;
+    const entry = this.blob.symbols.parasite_entry_call;
+    if (fn === undefined || entry === undefined) throw new CompelError('parasite', this.injection.pid, 'the parasite blob has no parasite_dump_misc');
+    if (tid === this.injection.worker) return this.dumpMisc();
+    const out = this.base + BigInt(this.ctlOff + this.bufOff);
+    const stackTop = this.base + BigInt(this.size) - 64n;
+    this.injection.callInThreadSync(tid, asRemoteAddress(this.base + BigInt(entry)), asRemoteAddress(this.base + BigInt(fn)), asRemoteAddress(stackTop), [out]);
+    const raw = Buffer.alloc(MISC_SIZE);
+    pread(this.memfd, raw, BigInt(this.ctlOff + this.bufOff));
+    return decodeMisc(raw);
   }
 
   /** Installs copies of our `fds` in the task (SCM_RIGHTS); returns their numbers there (close-on-exec). */
@@ -575,12 +605,42 @@ export class Parasite {
     return Buffer.concat(out);
   }
 
-  /** Writes the pages of `ranges` to `outFd` at its file position: vmsplice then splice, one copy. */
-  dumpPages(ranges: readonly RemoteRange[], outFd: Fd): number {
-    return this.vmspliceRanges(ranges, (fd, bytes) => {
-      let moved = 0;
-      for (let i = 0; moved < bytes && i < 10_000; i++) moved += splice(fd, null, outFd, null, bytes - moved);
-    });
+  /**
+   * Writes the pages of `ranges` to `outFd` at its file position: vmsplice then splice, one copy.
+   *
+   * By default the injector drains the pipe: one request per pipeful (1 MiB at most). With
+   * `inTask`, the parasite gets the file and the pipe's read end and does the whole loop itself,
+   * one request per 1024 ranges. The writes are then the task's: they count against its
+   * RLIMIT_FSIZE (a larger file would raise SIGXFSZ in it) and its memory cgroup's page cache,
+   * so the caller decides when that is harmless. `writebackStep` (bytes, in-task only) starts
+   * disk writeback of each such step as soon as it is in the file.
+   */
+  dumpPages(ranges: readonly RemoteRange[], outFd: Fd, options: { inTask?: boolean; writebackStep?: number } = {}): number {
+    if (!options.inTask) {
+      return this.vmspliceRanges(ranges, (fd, bytes) => {
+        let moved = 0;
+        for (let i = 0; moved < bytes && i < 10_000; i++) moved += splice(fd, null, outFd, null, bytes - moved);
+      });
+    }
+    const p = this.ensurePipe();
+    const maxIov = Math.floor(BUF_SIZE / 16);
+    let total = 0;
+    for (let first = 0; first < ranges.length; first += maxIov) {
+      const batch = ranges.slice(first, first + maxIov);
+      const iov = Buffer.alloc(batch.length * 16);
+      let want = 0;
+      batch.forEach((r, i) => {
+        iov.writeBigUInt64LE(BigInt(r.addr), i * 16);
+        iov.writeBigUInt64LE(BigInt(r.len), i * 16 + 8);
+        want += r.len;
+      });
+      pwrite(this.memfd, iov, BigInt(this.ctlOff + this.bufOff));
+      const r = this.command(CMD.DUMP_PAGES, [p.remoteW, this.bufOff, batch.length, options.writebackStep ?? 0], [outFd, p.r]);
+      const n = Number(this.check(r.ret, 'dump pages'));
+      if (n !== want) throw new CompelError('parasite', this.injection.pid, `the parasite wrote ${n} of ${want} bytes of pages`);
+      total += n;
+    }
+    return total;
   }
 
   /**

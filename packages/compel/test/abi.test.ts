@@ -4,7 +4,7 @@ import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { SYSCALL_NUMBERS } from '@criu-ts/sys';
 import {
-  buildSigframe, PARASITE_CMD, PARASITE_CTL, restartedRegs, SIGFRAME, sigframeXstateLayout, undoInterruptEintr, type XstateLayout,
+  buildSigframe, PARASITE_CMD, PARASITE_CTL, PARASITE_MISC_SIZE, restartedRegs, SIGFRAME, sigframeXstateLayout, undoInterruptEintr, type XstateLayout,
 } from '@criu-ts/compel';
 import { USER_REGS_FIELDS, type UserRegs } from '@criu-ts/sys';
 
@@ -16,10 +16,11 @@ describe('@criu-ts/compel parasite ABI', () => {
   it('matches native/parasite.h as compiled', function () {
     if (!existsSync(ABI_BIN)) throw new Error(`${ABI_BIN} missing: run npm run build`);
     const c = JSON.parse(execFileSync(ABI_BIN, { encoding: 'utf8' })) as {
-      ctl: Record<string, number>; cmd: Record<string, number>; magic: string;
+      ctl: Record<string, number>; cmd: Record<string, number>; magic: string; misc: number;
     };
     expect(c.ctl).to.deep.equal(PARASITE_CTL);
     expect(c.cmd).to.deep.equal(PARASITE_CMD);
+    expect(c.misc).to.equal(PARASITE_MISC_SIZE);
   });
 
   it('turns restart codes into the registers of a restarted syscall', () => {

@@ -443,9 +443,12 @@ describe('@criu-ts/compel', function () {
           injector.kill('SIGKILL');
           const t0 = Date.now();
           // The blob goes when the parasite sees EOF (the injector's files closed); ptrace lets go of
-          // the task a little later in the injector's exit (exit_notify): wait for both.
+          // the task a little later in the injector's exit (exit_notify); the mask comes back with
+          // the rt_sigreturn that follows the blob's munmap (a preempted task can be between the
+          // two): wait for all three.
           const traced = () => !/TracerPid:\s+0\n/.test(readFileSync(`/proc/${v.pid}/status`, 'utf8'));
-          while ((hasParasite(v.pid) || traced()) && Date.now() - t0 < 1000) await new Promise((r) => setTimeout(r, 10));
+          const masked = () => !/SigBlk:\s+0+\n/.test(readFileSync(`/proc/${v.pid}/status`, 'utf8'));
+          while ((hasParasite(v.pid) || traced() || masked()) && Date.now() - t0 < 1000) await new Promise((r) => setTimeout(r, 10));
           expect(hasParasite(v.pid), 'blob mapping still there after 1 s').to.equal(false);
           expect(readFileSync(`/proc/${v.pid}/status`, 'utf8')).to.match(/TracerPid:\s+0\n/);
           expect(readFileSync(`/proc/${v.pid}/status`, 'utf8')).to.match(/SigBlk:\s+0+\n/);

@@ -3,7 +3,7 @@ export { dump, dumpSync } from './dump/dump.js';
 export type { DumpOptions, DumpResult } from './dump/dump.js';
 export { DumpError } from './errors.js';
 export type { DumpStage } from './errors.js';
-export { fpregsFromXsave, xsaveFromFpregs } from './arch/x86-fpu.js';
+export { fpregsFromXsave, xsaveFromFpregs, xsaveOffsetsFromCpuid, INTEL_XSAVE_OFFSETS, type XsaveOffsets } from './arch/x86-fpu.js';
 export { restore, restoreSync, RestoreError, type RestoreOptions, type RestoreResult, type RestoreStage } from './restore/index.js';
 export { DUMP_FAULT_POINTS, RESTORE_FAULT_POINTS, type DumpFaultPoint, type RestoreFaultPoint } from './fault-points.js';
 export { stubPath as restoreStubPath } from './restore/stub.js';

@@ -6,7 +6,7 @@ import { mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, statSync,
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { injectSync } from '@criu-ts/compel';
-import { restoreSync, RestoreError } from '@criu-ts/core';
+import { fpregsFromXsave, restoreSync, RestoreError, xsaveFromFpregs, xsaveOffsetsFromCpuid } from '@criu-ts/core';
 import { ImageWriter, kindForName, PE_PRESENT } from '@criu-ts/images';
 import { asPid, asRemoteAddress, processVmReadv, SIGNALS, wait4, __WALL, WNOHANG } from '@criu-ts/sys';
 import { Stub, stubPath, xstateLayout } from '../src/restore/stub.js';
@@ -62,14 +62,34 @@ describe('core restore: the stub', function () {
     expect(r.status).to.equal(3);
   });
 
-  it('reports the XSAVE layout; the fixed offsets of arch/x86-fpu.ts match CPUID here', function () {
-    const c = xstateLayout().components;
-    expect(c['2']).to.deep.equal([576, 256]);
-    // AVX-512 components, when the CPU has them, at the offsets dump and restore assume.
-    if (c['5']![1] !== 0) {
-      expect(c['5']).to.deep.equal([1088, 64]);
-      expect(c['6']).to.deep.equal([1152, 512]);
-      expect(c['7']).to.deep.equal([1664, 1024]);
+  it('reports the XSAVE layout, and the FPU conversions put each component where this CPU has it', function () {
+    const layout = xstateLayout();
+    expect(layout.components['2']).to.deep.equal([576, 256]);
+    // Each component present gets its own byte pattern at the CPU's offset; what comes out of
+    // the image entry and back must be found at those offsets (Intel's and AMD's differ).
+    const offsets = xsaveOffsetsFromCpuid(layout.components);
+    const xsave = Buffer.alloc(layout.size);
+    let xcr0 = 3n;
+    for (const [bit, offset] of offsets) {
+      const size = layout.components[String(bit)]![1];
+      if (![2, 3, 4, 5, 6, 7, 9].includes(bit)) continue;
+      xsave.fill(0x10 + bit, offset, offset + size);
+      xcr0 |= 1n << BigInt(bit);
+    }
+    xsave.writeBigUInt64LE(xcr0, 464);
+    xsave.writeBigUInt64LE(xcr0, 512);
+    const entry = fpregsFromXsave(xsave, offsets);
+    const template = Buffer.alloc(layout.size); // a thread's own image: zeroed, XCR0 in sw_reserved
+    template.writeBigUInt64LE(xcr0, 464);
+    const back = xsaveFromFpregs(entry, template, offsets);
+    for (const [bit, offset] of offsets) {
+      if (![2, 3, 4, 5, 6, 7, 9].includes(bit)) continue;
+      const size = layout.components[String(bit)]![1];
+      expect(back.subarray(offset, offset + size).every((b) => b === 0x10 + bit), `component ${bit} at ${offset}`).to.equal(true);
+    }
+    if (offsets.has(5)) {
+      // The opmask words come from the CPU's offset, whatever the vendor.
+      expect((entry.xsave as { opmask_reg: bigint[] }).opmask_reg[0]).to.equal(0x1515151515151515n);
     }
   });
 

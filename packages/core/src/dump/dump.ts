@@ -32,10 +32,10 @@
 import { randomUUID } from 'node:crypto';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
-import { readMaps, type Parasite, type Victim } from '@criu-ts/compel';
+import type { Parasite, Victim } from '@criu-ts/compel';
 import type { DecodedMessage } from '@criu-ts/images';
 import {
-  __WALL, asFd, asPid, asRemoteAddress, kill, close as closeFd, ptraceGetRegs, wait4, WNOHANG, ptraceGetRegset, ptraceGetSigmask, NT, type Fd, type Pid,
+  __WALL, asFd, asPid, kill, close as closeFd, ptraceGetRegs, wait4, WNOHANG, ptraceGetRegset, ptraceGetSigmask, NT, type Fd, type Pid,
 } from '@criu-ts/sys';
 import { DumpError, type DumpStage } from '../errors.js';
 import { faultRequested } from '../fault-points.js';
@@ -43,15 +43,17 @@ import { inNetworkNamespace } from '../net-namespace.js';
 import { readAuxv, readLink, readStat, readStatus } from '../proc/task-files.js';
 import { readSmaps, type ProcVma } from '../proc/smaps.js';
 import { writeMemfdPages } from './files/memfd.js';
-import { FileTable, findUnsupportedDescriptor, readGhostContents, socketInodesOf, UnsupportedFileError } from './files.js';
+import { xsaveOffsetsFromCpuid } from '../arch/x86-fpu.js';
+import { xstateLayout } from '../restore/stub.js';
+import { FileTable, findOutsideTerminal, findUnsupportedDescriptor, readGhostContents, socketInodesOf, UnsupportedFileError } from './files.js';
 import { InetSocketDumper } from './files/inet-sockets.js';
 import { lockHeldSync, unlockHeldSync, type ConnectionKey, type LockBackend } from '@criu-ts/soccr';
 import { ImageDir } from './image-dir.js';
 import {
-  describeVmas, pagemapEntries, scanPages, sharedObjects, shmemPagemapEntries, writePages, type DumpVma, type PageRun, type SharedObject,
+  describeVmas, pagemapEntries, pagesCopyInTaskAllowed, scanPages, sharedObjects, shmemPagemapEntries, writePages, type DumpVma, type PageRun, type SharedObject,
 } from './memory.js';
 import {
-  buildCoreEntry, buildThreadCoreEntry, collectPtraceState, collectThreadOwnState, TASK_STOPPED, type TaskSnapshot,
+  buildCoreEntry, buildThreadCoreEntry, collectPtraceState, threadOwnStateFromMisc, TASK_STOPPED, type TaskSnapshot,
 } from './task-core.js';
 import { seccompImage } from './seccomp.js';
 import { SysvShmDumper } from './sysv-shm.js';
@@ -112,6 +114,8 @@ export interface DumpResult {
 const SCM_RIGHTS = 1;
 const DEFAULT_GHOST_LIMIT = 1 << 20;
 const DEFAULT_TIMEOUT_MS = 10_000;
+/** Disk writeback is started for every this many bytes of pages written (kill mode). */
+const WRITEBACK_STEP = 16 << 20;
 /** core.proto task_state of a zombie (CRIU's TASK_DEAD). */
 const TASK_DEAD = 2;
 
@@ -218,6 +222,8 @@ function dumpTree(options: DumpOptions): DumpResult {
   const inetOptions = { tcpEstablished: options.tcpEstablished === true, tcpClose: options.tcpClose === true, skipInFlight: options.skipInFlight === true };
   const unsupported = findUnsupportedDescriptor(pidNumber, inetOptions);
   if (unsupported) fail(`process ${pid} holds ${unsupported.message}`, unsupported);
+  const unpaired = options.shellJob ? undefined : findOutsideTerminal(pidNumber);
+  if (unpaired) fail(`the tree of process ${pid} holds ${unpaired.message}`, unpaired);
 
   // ---- prepare-dir
   stage = 'prepare-dir';
@@ -323,7 +329,7 @@ function dumpTree(options: DumpOptions): DumpResult {
     options.onStage?.(stage);
     const files = fileTable = new FileTable({
       ghostLimit: options.ghostLimit ?? DEFAULT_GHOST_LIMIT, shellJob: options.shellJob === true, fileLocks: options.fileLocks === true,
-      extUnixSk: options.extUnixSk === true, inet,
+      extUnixSk: options.extUnixSk === true, inet, treePids: live.map((t) => t.task.pid),
       // The fd tables were read while frozen (before the parasite added its own socket).
       treeSockets: new Set(live.flatMap((t) => socketInodesOf(t.task.pid, t.taskFds))),
     });
@@ -333,9 +339,16 @@ function dumpTree(options: DumpOptions): DumpResult {
       const exePath = readLink(p, 'exe').replace(/ \(deleted\)$/, '');
       const exeId = files.mappedFile(exePath, 0, `/proc/${p}/exe`);
       t.vmas = describeVmas(p, t.procVmas, files, sysv);
-      const { core, misc } = buildCoreEntry(t.threads[0]!, t.parasite!);
+      // Every thread's own state from the parasite: the worker's in its DUMP_MISC answer, each
+      // other thread's by running the same code in that thread (one ptrace round trip each).
+      const misc = t.parasite!.dumpMisc();
+      for (const th of t.threads) th.own = threadOwnStateFromMisc(th.tid === t.victim.worker ? misc : t.parasite!.threadMisc(th.tid));
+      // The XSAVE layout is the CPU's (CPUID), read by the parasite in the task.
+      const cpuLayout = t.parasite!.xstateLayout;
+      const xsaveOffsets = xsaveOffsetsFromCpuid(cpuLayout ? cpuLayout.components : xstateLayout().components);
+      const { core } = buildCoreEntry(t.threads[0]!, t.parasite!, misc, xsaveOffsets);
       t.core = core;
-      t.threadCores = t.threads.slice(1).map((th) => ({ tid: th.tid, core: buildThreadCoreEntry(th) }));
+      t.threadCores = t.threads.slice(1).map((th) => ({ tid: th.tid, core: buildThreadCoreEntry(th, xsaveOffsets) }));
       t.mm = mmEntry(p, exeId, t.vmas, Number(misc.dumpable));
       t.fs = { umask: Number(misc.umask) };
     }
@@ -362,6 +375,7 @@ function dumpTree(options: DumpOptions): DumpResult {
       const rootId = files.directory(readLink(p, 'root'), `/proc/${p}/root`);
       t.fs = { cwd_id: cwdId, root_id: rootId, ...t.fs };
     }
+    files.finishTerminals();
 
     // ---- memory
     stage = 'memory';
@@ -373,13 +387,18 @@ function dumpTree(options: DumpOptions): DumpResult {
       t.runs = scanPages(t.task.pid, t.vmas!, 'private');
       pagesTotal += t.runs.reduce((n, r) => n + r.pages, 0);
     }
+    // When the tasks are killed after the dump, their images must be on disk first: start the
+    // writeback while copying, so the fsync before the kill has little left to wait for. With
+    // -R/-s the fsync comes after they run again, and the disk would only compete with the copy.
+    const writebackStep = (options.leave ?? 'kill') === 'kill' ? WRITEBACK_STEP : 0;
     for (const t of live) {
       const p = t.task.pid;
+      const copyMode = { inTask: pagesCopyInTaskAllowed(p), writebackStep };
       const pagesFd = asFd(dir.openRaw(`pages-${t.pagesId}.img`));
       try {
         fault('in-pages');
         const before = pagesWritten;
-        const bytes = writePages(p, t.runs!, t.parasite!, pagesFd, (done) => options.onProgress?.({ pagesWritten: before + done / 4096, pagesTotal }));
+        const bytes = writePages(p, t.runs!, t.parasite!, pagesFd, (done) => options.onProgress?.({ pagesWritten: before + done / 4096, pagesTotal }), copyMode);
         pagesWritten += bytes / 4096;
       } finally {
         closeFd(pagesFd);
@@ -397,7 +416,7 @@ function dumpTree(options: DumpOptions): DumpResult {
         }
         const seen = shared.seen;
         const objectRuns = scanPages(p, object.vmas, 'shared').flatMap((r) => splitUnseen(object, r, seen));
-        pagesWritten += writePages(p, objectRuns, t.parasite!, shared.fd) / 4096;
+        pagesWritten += writePages(p, objectRuns, t.parasite!, shared.fd, undefined, copyMode) / 4096;
         shared.entries.push(...shmemPagemapEntries(object, objectRuns));
       }
     }
@@ -462,6 +481,7 @@ function dumpTree(options: DumpOptions): DumpResult {
     if (files.pipeData.size > 0) dir.writeImage('pipes-data.img', pipeDataEntries(files.pipeData));
     if (files.fifoData.size > 0) dir.writeImage('fifo-data.img', pipeDataEntries(files.fifoData));
     if (files.ttyInfos.length > 0) dir.writeImage('tty-info.img', files.ttyInfos);
+    if (files.ttyData.length > 0) dir.writeImage('tty-data.img', files.ttyData);
     if (files.locks.length > 0) dir.writeImage('filelocks.img', files.locks);
     files.close(); // deleted files in flight were read through criu-ts's copies (ghost files above)
     if (files.socketQueues.length > 0) {
@@ -596,27 +616,17 @@ function threadSnapshots(victim: Victim, pid: Pid, stopped: boolean): TaskSnapsh
   if (tids[0] !== pid) {
     throw new Error(`the thread group leader ${pid} is gone (a zombie leader with live threads is not supported yet)`);
   }
-  // The answers need 64 writable bytes. Below the worker's red zone (128 bytes under its stack
-  // pointer, which the x86_64 ABI leaves to signal frames: nothing live is there) they cost no
-  // mapping, so a dumper killed meanwhile leaves none behind; a page is mapped only when that
-  // stack has no room.
-  const below = (victim.saved.regs.rsp - 128n - 256n) & ~63n;
-  const onStack = readMaps(pid).some((v) => v.start <= below && victim.saved.regs.rsp <= v.end && v.perms.startsWith('rw'));
-  const scratch = onStack ? asRemoteAddress(below) : victim.mapSync(4096);
-  try {
-    return tids.map((tid) => {
-      const own = collectThreadOwnState(victim, tid, scratch);
-      const worker = tid === victim.worker;
-      return {
-        pid, tid, stopped, own, ptrace: collectPtraceState(pid, tid),
-        regs: worker ? victim.saved.regs : ptraceGetRegs(tid),
-        xsave: worker ? victim.saved.xsave : ptraceGetRegset(tid, NT.X86_XSTATE),
-        sigmask: worker ? victim.saved.sigmask : ptraceGetSigmask(tid),
-      };
-    });
-  } finally {
-    if (!onStack) victim.unmapSync(scratch);
-  }
+  // What only the thread itself can tell (sigaltstack, tid address, pdeath signal, securebits,
+  // no_new_privs) is asked once the parasite is in (collect stage: Parasite.threadMisc).
+  return tids.map((tid) => {
+    const worker = tid === victim.worker;
+    return {
+      pid, tid, stopped, own: null, ptrace: collectPtraceState(pid, tid),
+      regs: worker ? victim.saved.regs : ptraceGetRegs(tid),
+      xsave: worker ? victim.saved.xsave : ptraceGetRegset(tid, NT.X86_XSTATE),
+      sigmask: worker ? victim.saved.sigmask : ptraceGetSigmask(tid),
+    };
+  });
 }
 
 /**

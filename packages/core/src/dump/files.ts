@@ -7,16 +7,21 @@
 // open keeps its name with " (deleted)" stripped; its contents go to a ghost image so restore can
 // recreate it. Pipes and FIFOs (files/pipes.ts) and eventfd, epoll, signalfd and timerfd
 // (files/anon-inodes.ts), AF_UNIX sockets with their queued messages (files/unix-sockets.ts) and
-// TCP/UDP sockets over IPv4/IPv6 (files/inet-sockets.ts) have entries of their own. Other kinds
-// (raw, packet and netlink sockets, inotify, io_uring...) are refused up front with an error
-// naming the fd and its kind.
+// TCP/UDP sockets over IPv4/IPv6 (files/inet-sockets.ts), inotify and fanotify groups
+// (files/inotify.ts, files/fanotify.ts) and terminals, ptys of the tree included
+// (files/terminals.ts), have entries of their own. Other kinds (raw, packet and netlink sockets,
+// io_uring...) are refused up front with an error naming the fd and its kind.
 import { closeSync, fstatSync, openSync, readFileSync, readSync, readdirSync, readlinkSync, statSync, type Stats } from 'node:fs';
 import type { DecodedMessage } from '@criu-ts/images';
 import { asPid, kcmp, unixDiagDump, type Fd, type Pid } from '@criu-ts/sys';
 import { anonInodeKind, eventfdEntry, eventpollEntry, signalfdEntry, timerfdEntry } from './files/anon-inodes.js';
 import { pipeInode, readPipeContents, type PipeContents } from './files/pipes.js';
-import { terminalKind, ttyInfoEntry, TTY_TYPE } from './files/terminals.js';
+import {
+  controllingTerminalOf, deviceNumbers, masterSessionId, ptyMasterIndex, ptySlaveRdev, sessionOf, terminalKind, ttyInfoEntry, ttyInfoId, TTY_TYPE, type TerminalKind,
+} from './files/terminals.js';
+import { drainPtyInput, drainTty, refillPty } from '../pty-queues.js';
 import { inotifyEntry } from './files/inotify.js';
+import { fanotifyEntry } from './files/fanotify.js';
 import { memfdInodeEntry, memfdName } from './files/memfd.js';
 import { noOwner, ownerOf } from './files/owner.js';
 import { FILE_LOCK_FLAG, fileLocks } from './files/locks.js';
@@ -26,7 +31,7 @@ import { close as closeFd } from '@criu-ts/sys';
 
 /** fd_types values (fdinfo.proto). */
 export const FD_TYPE = {
-  REG: 1, PIPE: 2, FIFO: 3, INETSK: 4, UNIXSK: 5, EVENTFD: 6, EVENTPOLL: 7, INOTIFY: 8, SIGNALFD: 9, TTY: 11, TIMERFD: 17, MEMFD: 18,
+  REG: 1, PIPE: 2, FIFO: 3, INETSK: 4, UNIXSK: 5, EVENTFD: 6, EVENTPOLL: 7, INOTIFY: 8, SIGNALFD: 9, TTY: 11, FANOTIFY: 12, TIMERFD: 17, MEMFD: 18,
 } as const;
 const O_CLOEXEC = 0o2000000;
 const KCMP_FILE = 0;
@@ -37,8 +42,10 @@ export class UnsupportedFileError extends Error {
     readonly fd: number,
     readonly target: string,
     readonly kind: string,
+    /** Why, when it is more than "not supported yet". */
+    readonly why = 'descriptors cannot be dumped yet',
   ) {
-    super(`fd ${fd} (${target}): ${kind} descriptors cannot be dumped yet`);
+    super(`fd ${fd} (${target}): ${kind} ${why}`);
     this.name = 'UnsupportedFileError';
   }
 }
@@ -78,6 +85,16 @@ export interface FileTableOptions {
    * fork, a connection between parent and child). Without it, each process's own sockets.
    */
   readonly treeSockets?: ReadonlySet<number>;
+  /** Every process of the dumped tree (the sessions of terminals are looked up among them). */
+  readonly treePids?: readonly number[];
+}
+
+/** Where one end of a pty is open in the dump: the first fd of its open file. */
+interface PtyEnd {
+  readonly pid: number;
+  readonly fd: number;
+  readonly path: string;
+  readonly infoId: number;
 }
 
 export class FileTable {
@@ -111,9 +128,16 @@ export class FileTable {
   /** Unix sockets whose entry is being made (a socket in flight in its own queue would recurse). */
   private readonly socketsInProgress = new Set<number>();
 
-  /** tty-info.img entries, one per terminal device (by st_rdev). */
+  /** tty-info.img entries, one per terminal device (ids as CRIU numbers them: terminals.ts). */
   readonly ttyInfos: DecodedMessage[] = [];
+  /** st_rdev of each tty-info id recorded (two devices must not share an id). */
   private readonly ttyInfoIds = new Map<number, number>();
+  /** The ptys met, by index: their master (one open file at most: each open of /dev/ptmx is a new pty) and slaves. */
+  private readonly ptys = new Map<number, { master?: PtyEnd; slaves: PtyEnd[] }>();
+  /** /dev/tty files met: decided in finishTerminals (their process's controlling terminal must be a pty of the dump). */
+  private readonly cttyEnds: Array<{ pid: number; fd: number; path: string }> = [];
+  /** tty-data.img entries: bytes queued in the ptys of the dump (see finishTerminals). */
+  readonly ttyData: DecodedMessage[] = [];
 
   /** memfd.img entries, by inode number (the shmid of their contents), and where to read them. */
   readonly memfdInodes = new Map<number, DecodedMessage>();
@@ -272,9 +296,9 @@ export class FileTable {
   }
 
   /**
-   * One descriptor of task `pid`. `sameAs` finds an earlier fd sharing the open file description
-   * (dup, inherited): such fds share one file entry, as they share one offset. `taskFds` are all
-   * the task's descriptors (epoll targets are looked up among them).
+   * One descriptor of task `pid`. One sharing the open file description of an fd dumped before
+   * (dup, inherited; kcmp(2) KCMP_FILE says so) shares its file entry, as they share one offset.
+   * `taskFds` are all the task's descriptors (epoll targets are looked up among them).
    */
   descriptor(pid: Pid, fd: number, taskFds: readonly number[] = []): DecodedMessage {
     const entry = this.describe(pid, fd, (candidate) => {
@@ -353,6 +377,8 @@ export class FileTable {
           return add(FD_TYPE.SIGNALFD, 'sgfd', signalfdEntry(fdinfoText, flags, what));
         case 'inotify':
           return add(FD_TYPE.INOTIFY, 'ify', inotifyEntry(fdinfoText, flags, what));
+        case 'fanotify':
+          return add(FD_TYPE.FANOTIFY, 'ffy', fanotifyEntry(pid, fdinfoText, flags, what));
         case 'timerfd':
           return add(FD_TYPE.TIMERFD, 'tfd', timerfdEntry(fdinfoText, flags, what));
         default:
@@ -417,7 +443,9 @@ export class FileTable {
     const terminal = terminalKind(target, stats);
     if (terminal) {
       if (terminal.type === TTY_TYPE.CONSOLE) throw new UnsupportedFileError(fd, target, 'console (the machine\'s own terminal, which no restore can hand back)');
-      if (!this.shellJob) throw new UnsupportedFileError(fd, target, 'terminal (dump it with --shell-job; restore then gives it criu-ts\'s terminal)');
+      // A pty slave is decided once every process is seen (finishTerminals): its master may be in the dump.
+      // So is /dev/tty: it is the task's controlling terminal, which may be a pty of the dump.
+      if (!this.shellJob && terminal.type !== TTY_TYPE.PTY && terminal.type !== TTY_TYPE.CTTY) throw new UnsupportedFileError(fd, target, 'terminal (dump it with --shell-job; restore then gives it criu-ts\'s terminal)');
       return this.terminal(pid, fd, target, flags, fdinfoFlags, stats, terminal);
     }
     const id = this.allocate();
@@ -429,26 +457,93 @@ export class FileTable {
     return { id, flags: fdinfoFlags, type: FD_TYPE.REG, fd };
   }
 
-  /** A terminal: TTY entry, its device path as a REG entry, one tty-info entry per device. */
-  private terminal(pid: Pid, fd: number, path: string, flags: number, fdinfoFlags: number, stats: Stats, kind: { type: number; index: number }): DecodedMessage {
-    let infoId = this.ttyInfoIds.get(stats.rdev);
-    if (infoId === undefined) {
-      infoId = this.ttyInfos.length + 1;
-      // Is it the task's controlling terminal? Then it carries the session and foreground group.
-      const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-      const [sid, ttyNr, tpgid] = [Number(fields[3]), Number(fields[4]), Number(fields[5])];
-      const controlling = ttyNr === stats.rdev;
-      this.ttyInfos.push(ttyInfoEntry(infoId, pid, fd, stats, kind, controlling ? { sid, pgrp: tpgid } : { sid: 0, pgrp: 0 }));
-      this.ttyInfoIds.set(stats.rdev, infoId);
+  /**
+   * A terminal: its TTY entry, its device path as a REG entry (written first, with the next id,
+   * as CRIU 4.2 does), one tty-info entry per device end.
+   */
+  private terminal(pid: Pid, fd: number, path: string, flags: number, fdinfoFlags: number, stats: Stats, found: TerminalKind): DecodedMessage {
+    const dup = grabFd(pid, fd);
+    try {
+      const kind: TerminalKind = found.master ? { ...found, index: ptyMasterIndex(dup) } : found;
+      const infoId = ttyInfoId(kind);
+      const knownRdev = this.ttyInfoIds.get(infoId);
+      if (knownRdev === undefined) {
+        const treePids = this.options.treePids ?? [pid];
+        // /dev/tty stands for the task's controlling terminal: its session is the task's.
+        const session = kind.type === TTY_TYPE.CTTY ? controllingTerminalOf(pid) : sessionOf(kind.type === TTY_TYPE.PTY ? ptySlaveRdev(kind.index) : stats.rdev, treePids);
+        if (kind.master && session.sid === 0) {
+          const outside = masterSessionId(dup);
+          if (outside !== 0) {
+            throw new UnsupportedFileError(fd, path, `pty master (index ${kind.index})`, `cannot be dumped: its slave is the controlling terminal of session ${outside}, whose processes are outside the dump`);
+          }
+        }
+        this.ttyInfos.push(ttyInfoEntry(infoId, dup, stats, kind, { sid: session.sid, pgrp: session.pgrp }));
+        this.ttyInfoIds.set(infoId, stats.rdev);
+      } else if (knownRdev !== stats.rdev && !kind.master) {
+        throw new UnsupportedFileError(fd, path, 'terminal', `cannot be dumped: it would share tty-info id ${infoId} with another device (rdev ${knownRdev}), as CRIU numbers them`);
+      }
+      if (kind.type === TTY_TYPE.CTTY) this.cttyEnds.push({ pid, fd, path });
+      if (kind.type === TTY_TYPE.PTY) {
+        let pty = this.ptys.get(kind.index);
+        if (!pty) this.ptys.set(kind.index, (pty = { slaves: [] }));
+        if (!kind.master && !this.shellJob) {
+          const foreign = foreignDevpts(stats, fd, path, pid);
+          if (foreign) throw foreign;
+        }
+        const end = { pid, fd, path, infoId };
+        if (kind.master) pty.master = end;
+        else pty.slaves.push(end);
+      }
+      const id = this.allocate();
+      const regId = this.allocate();
+      this.files.push({ type: FD_TYPE.REG, id: regId, reg: this.regEntry(regId, path, flags, 0n, stats, false) });
+      this.typeOf.set(regId, FD_TYPE.REG);
+      this.files.push({ type: FD_TYPE.TTY, id, tty: { id, tty_info_id: infoId, flags, fown: ownerOf(pid, fd), regf_id: regId } });
+      this.typeOf.set(id, FD_TYPE.TTY);
+      return { id, flags: fdinfoFlags, type: FD_TYPE.TTY, fd };
+    } finally {
+      closeFd(dup);
     }
-    const regId = this.allocate();
-    this.files.push({ type: FD_TYPE.REG, id: regId, reg: this.regEntry(regId, path, flags, 0n, stats, false) });
-    this.typeOf.set(regId, FD_TYPE.REG);
-    const id = this.allocate();
-    this.files.push({ type: FD_TYPE.TTY, id, tty: { id, tty_info_id: infoId, flags, fown: noOwner(), regf_id: regId } });
-    this.typeOf.set(id, FD_TYPE.TTY);
-    return { id, flags: fdinfoFlags, type: FD_TYPE.TTY, fd };
+  }
+
+  /**
+   * Once every process's fds are recorded: a pty slave whose master is not in the dump is a
+   * terminal from outside (refused without --shell-job, naming the fd); for every pair with
+   * both ends in the dump, the bytes queued in it (tty-data.img, keyed by the tty-info id of
+   * the end that would read them), read and written straight back (pty-queues.ts), so the
+   * tasks find them there whether they are killed or run on.
+   */
+  finishTerminals(): void {
+    for (const end of this.cttyEnds) {
+      const ctty = controllingTerminalOf(end.pid);
+      if (ctty.ptyIndex !== undefined && this.ptys.get(ctty.ptyIndex)?.master) continue; // restore opens /dev/tty again once the pty is its terminal
+      if (!this.shellJob) throw outsideCttyError(end.pid, end.fd, end.path, ctty.rdev);
+    }
+    for (const [index, pty] of this.ptys) {
+      if (!pty.master) {
+        if (!this.shellJob) {
+          const first = pty.slaves[0]!;
+          throw unpairedSlaveError(first.pid, first.fd, first.path, index);
+        }
+        continue;
+      }
+      const slave = pty.slaves[0];
+      if (!slave) continue; // no slave open: nothing can have been written to the master, and input needs a reader to exist
+      const master = grabFd(pty.master.pid, pty.master.fd);
+      let slaveDup: ReturnType<typeof grabFd> | undefined;
+      try {
+        slaveDup = grabFd(slave.pid, slave.fd);
+        const packet = this.ttyInfos.find((e) => e.id === pty.master!.infoId)?.packet_mode === true;
+        const output = drainTty(master, packet);
+        const input = drainPtyInput(master, slaveDup);
+        if (output.length > 0 || input.length > 0) refillPty(master, slaveDup, { output, input }, `pty ${index}`);
+        if (output.length > 0) this.ttyData.push({ tty_id: pty.master.infoId, data: output });
+        if (input.length > 0) this.ttyData.push({ tty_id: slave.infoId, data: input });
+      } finally {
+        if (slaveDup !== undefined) closeFd(slaveDup);
+        closeFd(master);
+      }
+    }
   }
 
   /**
@@ -491,12 +586,12 @@ export class FileTable {
 }
 
 /** anon_inode kinds with a dumper (files/anon-inodes.ts). */
-const SUPPORTED_ANON_INODES = new Set(['eventfd', 'eventpoll', 'signalfd', 'timerfd', 'inotify']);
+const SUPPORTED_ANON_INODES = new Set(['eventfd', 'eventpoll', 'signalfd', 'timerfd', 'inotify', 'fanotify']);
 
 /**
  * The first descriptor of `pid` of a kind dump cannot save (raw, packet and netlink sockets, established TCP
  * connections without `inet.tcpEstablished`/`tcpClose`, io_uring, userfaultfd,
- * perf events, bpf objects, inotify, pidfds...), found from /proc alone: checked before the task
+ * perf events, bpf objects, fanotify groups with permission events or filesystem marks, pidfds...), found from /proc alone: checked before the task
  * is frozen, so that refusing it costs the task nothing. The files stage checks again (an fd may
  * be opened in between).
  */
@@ -517,6 +612,22 @@ export function findUnsupportedDescriptor(pid: number, inet: InetDumpOptions = {
     }
     const anon = anonInodeKind(target);
     if (anon !== undefined && !SUPPORTED_ANON_INODES.has(anon)) return new UnsupportedFileError(Number(name), target, anon);
+    if (anon === 'fanotify') {
+      // Everything the files stage will need (marks of known kinds, no permission events, the
+      // marked inodes and mounts found again) checked now, while refusing costs nothing.
+      let fdinfo: string;
+      try {
+        fdinfo = readFileSync(`/proc/${pid}/fdinfo/${name}`, 'utf8');
+      } catch {
+        continue; // closed meanwhile: the files stage sees what is there then
+      }
+      try {
+        fanotifyEntry(pid, fdinfo, 0, `fd ${name}`);
+      } catch (error) {
+        const why = (error as Error).message.replace(/^fd \d+: (fanotify group cannot be dumped: )?/, '');
+        return new UnsupportedFileError(Number(name), target, 'fanotify group', `cannot be dumped: ${why}`);
+      }
+    }
     const socketIno = socketInode(target);
     if (socketIno !== undefined) {
       unixInodes ??= unixSocketInodes(pid);
@@ -541,6 +652,118 @@ export function findUnsupportedDescriptor(pid: number, inet: InetDumpOptions = {
 /** Inodes of the sockets behind fds `fds` of process `pid`. */
 export function socketInodesOf(pid: number, fds: readonly number[]): number[] {
   return fds.map((n) => socketInodeOf(pid, n)).filter((n): n is number => n !== undefined);
+}
+
+/** `pid` and its descendants, from /proc/PID/task/TID/children (the tree as it is now, not frozen). */
+function treeOf(pid: number): number[] {
+  const out: number[] = [];
+  const queue = [pid];
+  while (queue.length > 0) {
+    const p = queue.shift()!;
+    out.push(p);
+    let tids: string[] = [];
+    try {
+      tids = readdirSync(`/proc/${p}/task`);
+    } catch {
+      continue;
+    }
+    for (const tid of tids) {
+      try {
+        for (const c of readFileSync(`/proc/${p}/task/${tid}/children`, 'utf8').split(' ').filter(Boolean)) queue.push(Number(c));
+      } catch {
+        /* gone */
+      }
+    }
+  }
+  return out;
+}
+
+/**
+ * A terminal from outside open in the tree of `pid` (a pty slave whose master is not in the
+ * tree, /dev/tty of a process whose controlling terminal is not such a pty, a VT or serial
+ * line: only --shell-job dumps them; the console never), found before the freeze so that
+ * refusing it costs nothing. The files stage decides again on the frozen tree (finishTerminals).
+ */
+export function findOutsideTerminal(pid: number): UnsupportedFileError | undefined {
+  const masters = new Set<number>();
+  const slaves: Array<{ pid: number; fd: number; path: string; index: number }> = [];
+  const cttys: Array<{ pid: number; fd: number; path: string }> = [];
+  const tree = treeOf(pid);
+  for (const p of tree) {
+    let fds: string[];
+    try {
+      fds = readdirSync(`/proc/${p}/fd`);
+    } catch {
+      continue;
+    }
+    for (const name of fds) {
+      try {
+        const path = readlinkSync(`/proc/${p}/fd/${name}`);
+        if (!path.startsWith('/dev/')) continue; // terminals are device nodes: no stat for the rest
+        const kind = terminalKind(path, statSync(`/proc/${p}/fd/${name}`));
+        if (kind === undefined) continue;
+        if (kind.type === TTY_TYPE.CTTY) cttys.push({ pid: p, fd: Number(name), path });
+        if (kind.type !== TTY_TYPE.PTY && kind.type !== TTY_TYPE.CTTY) {
+          return new UnsupportedFileError(Number(name), path, `terminal of process ${p}`, kind.type === TTY_TYPE.CONSOLE ? 'is the machine\'s console, which no restore can hand back' : 'is from outside the dump (dump it with --shell-job; restore then gives it criu-ts\'s terminal)');
+        }
+        if (kind.type !== TTY_TYPE.PTY) continue;
+        if (!kind.master) {
+          const foreign = foreignDevpts(statSync(`/proc/${p}/fd/${name}`), Number(name), path, p);
+          if (foreign) return foreign;
+          slaves.push({ pid: p, fd: Number(name), path, index: kind.index });
+          continue;
+        }
+        const dup = grabFd(p, Number(name));
+        try {
+          masters.add(ptyMasterIndex(dup));
+          const sid = masterSessionId(dup);
+          if (sid !== 0 && !tree.includes(sid)) {
+            return new UnsupportedFileError(Number(name), path, `pty master (index ${ptyMasterIndex(dup)}) of process ${p}`, `cannot be dumped: its slave is the controlling terminal of session ${sid}, whose leader is outside the dump`);
+          }
+        } finally {
+          closeFd(dup);
+        }
+      } catch {
+        continue; // closed meanwhile: the files stage sees what is there then
+      }
+    }
+  }
+  const alone = slaves.sort((a, b) => a.pid - b.pid || a.fd - b.fd).find((s) => !masters.has(s.index));
+  if (alone) return unpairedSlaveError(alone.pid, alone.fd, alone.path, alone.index);
+  for (const c of cttys) {
+    let ctty;
+    try {
+      ctty = controllingTerminalOf(c.pid);
+    } catch {
+      continue;
+    }
+    if (ctty.ptyIndex === undefined || !masters.has(ctty.ptyIndex)) return outsideCttyError(c.pid, c.fd, c.path, ctty.rdev);
+  }
+  return undefined;
+}
+
+function outsideCttyError(pid: number, fd: number, path: string, rdev: number): UnsupportedFileError {
+  const terminal = rdev === 0 ? 'it has none' : `device ${deviceNumbers(rdev).major}:${deviceNumbers(rdev).minor}`;
+  return new UnsupportedFileError(fd, path, `controlling terminal of process ${pid}`, `cannot be dumped: it is not a pty of the dump (${terminal}; dump with --shell-job, and restore gives it criu-ts's terminal)`);
+}
+
+/**
+ * A pty slave of another devpts instance than criu-ts's /dev/pts (a container's own, mounted
+ * with newinstance): restore opens criu-ts's /dev/ptmx, whose indexes are another set.
+ */
+function foreignDevpts(slave: Stats, fd: number, path: string, pid: number): UnsupportedFileError | undefined {
+  let ours: number;
+  try {
+    ours = statSync('/dev/pts/ptmx').dev;
+  } catch {
+    return undefined; // no devpts here to compare with: restore says what it finds
+  }
+  if (slave.dev === ours) return undefined;
+  return new UnsupportedFileError(fd, path, `pty slave of process ${pid}`, `cannot be dumped: it belongs to another devpts instance (device ${slave.dev}, criu-ts's /dev/pts is ${ours}), whose ptys criu-ts cannot make again`);
+}
+
+function unpairedSlaveError(pid: number, fd: number, path: string, index: number): UnsupportedFileError {
+  return new UnsupportedFileError(fd, path, `terminal of process ${pid}`, `cannot be dumped alone: the master of pty ${index} is outside the dump (dump with --shell-job, and restore gives it criu-ts's terminal; or dump the process holding the master too)`);
 }
 
 function socketInodeOf(pid: number, fd: number): number | undefined {

@@ -15,6 +15,7 @@
 // read (PROT_NONE, or write-only) are read through /proc/PID/mem instead, which the kernel allows
 // to a tracer (FOLL_FORCE) for mappings that may be made readable.
 import { closeSync, openSync, readFileSync, readSync, writeSync } from 'node:fs';
+import { join } from 'node:path';
 import type { DecodedMessage } from '@criu-ts/images';
 import type { Parasite } from '@criu-ts/compel';
 import { asRemoteAddress, mmap, munmap, processVmReadv, getpid, type Fd } from '@criu-ts/sys';
@@ -231,18 +232,84 @@ export function scanPages(pid: number, vmas: readonly DumpVma[], kind: 'private'
   return runs;
 }
 
-/** Writes the pages of `runs` to `out` in order; returns the bytes written. */
 /** Bytes handed to the parasite per call: large enough to keep it busy, small enough to report progress. */
 const PROGRESS_STEP = 64 << 20;
 
+/** How writePages moves the pages. */
+export interface PageCopyMode {
+  /** The parasite copies into the file itself (see pagesCopyInTaskAllowed). */
+  readonly inTask: boolean;
+  /** Start disk writeback every this many bytes while copying (in-task only; 0: never). */
+  readonly writebackStep: number;
+}
+
+/**
+ * Whether the parasite may write the pages file itself. Its writes are the task's: a file larger
+ * than the task's RLIMIT_FSIZE would raise SIGXFSZ in it, and the page cache they fill is charged
+ * to the task's memory cgroup, where a limit could make the frozen task's group reclaim or
+ * throttle. So only for a task with no file size limit whose memory cgroup is ours (the charge
+ * lands where our own writes would) or has no limit up to the root, in cgroup v2 (memory.max)
+ * and v1 (memory.limit_in_bytes) alike.
+ */
+export function pagesCopyInTaskAllowed(pid: number): boolean {
+  try {
+    if (!/^Max file size\s+unlimited\s/m.test(readFileSync(`/proc/${pid}/limits`, 'utf8'))) return false;
+    const theirs = memoryCgroups(pid);
+    const ours = memoryCgroups('self');
+    if (theirs.v1 === ours.v1 && theirs.v2 === ours.v2) return true;
+    const mounts = cgroupMounts();
+    const unlimited = (mount: string | undefined, path: string | undefined, file: string, isLimit: (text: string) => boolean): boolean => {
+      if (path === undefined) return true; // this hierarchy has no memory controller for the task
+      if (mount === undefined) return false; // it has one we cannot read: assume a limit
+      for (let at = path; ; at = at.slice(0, at.lastIndexOf('/')) || '/') {
+        try {
+          if (isLimit(readFileSync(join(mount, at, file), 'utf8').trim())) return false;
+        } catch {
+          /* the controller is not enabled at this level: no limit here */
+        }
+        if (at === '/') return true;
+      }
+    };
+    return unlimited(mounts.v2, theirs.v2, 'memory.max', (t) => t !== 'max')
+      && unlimited(mounts.v1Memory, theirs.v1, 'memory.limit_in_bytes', (t) => BigInt(t) < 1n << 62n);
+  } catch {
+    return false;
+  }
+}
+
+/** The task's cgroup paths that matter for memory: the v1 memory hierarchy's and the v2 one's. */
+function memoryCgroups(pid: number | 'self'): { v1?: string; v2?: string } {
+  const out: { v1?: string; v2?: string } = {};
+  for (const line of readFileSync(`/proc/${pid}/cgroup`, 'utf8').split('\n')) {
+    const [id, controllers, path] = [line.slice(0, line.indexOf(':')), line.slice(line.indexOf(':') + 1, line.lastIndexOf(':')), line.slice(line.lastIndexOf(':') + 1)];
+    if (id === '0' && controllers === '') out.v2 = path;
+    else if (controllers.split(',').includes('memory')) out.v1 = path;
+  }
+  return out;
+}
+
+/** Where the cgroup v2 hierarchy and the v1 memory hierarchy are mounted (mountinfo fields 5 and 9+). */
+function cgroupMounts(): { v2?: string; v1Memory?: string } {
+  const out: { v2?: string; v1Memory?: string } = {};
+  for (const line of readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
+    const [left, right] = line.split(' - ');
+    if (!left || !right) continue;
+    const mountPoint = left.split(' ')[4]!;
+    const [type, , options = ''] = right.split(' ');
+    if (type === 'cgroup2') out.v2 ??= mountPoint;
+    else if (type === 'cgroup' && options.split(',').includes('memory')) out.v1Memory ??= mountPoint;
+  }
+  return out;
+}
+
 /** Writes the pages of `runs` to `out` in order; returns the bytes written. `onWritten` hears of progress. */
-export function writePages(pid: number, runs: readonly PageRun[], parasite: Parasite, out: Fd, onWritten?: (bytes: number) => void): number {
+export function writePages(pid: number, runs: readonly PageRun[], parasite: Parasite, out: Fd, onWritten?: (bytes: number) => void, mode: PageCopyMode = { inTask: false, writebackStep: 0 }): number {
   let written = 0;
   let batch: Array<{ addr: ReturnType<typeof asRemoteAddress>; len: number }> = [];
   let batchBytes = 0;
   const flush = () => {
     if (batch.length === 0) return;
-    written += parasite.dumpPages(batch, out);
+    written += parasite.dumpPages(batch, out, mode);
     batch = [];
     batchBytes = 0;
     onWritten?.(written);

@@ -6,14 +6,14 @@
 // Sources: registers and the signal mask as ptrace read them right after the freeze (so they are
 // the thread's own, not what our remote calls left); what only the task can tell (sigactions,
 // itimers, dumpable...) from the parasite; what only each thread can tell (sigaltstack,
-// clear_child_tid, pdeath signal, securebits) from remote syscalls run in that thread; the rest
+// clear_child_tid, pdeath signal, securebits) from the parasite's code run in that thread; the rest
 // from /proc and from ptrace requests that read another thread's state.
 import type { DecodedMessage } from '@criu-ts/images';
-import { readPosixTimers, undoInterruptEintr, type Injection, type Parasite, type Sigaction, type TaskMisc, type Itimer } from '@criu-ts/compel';
+import { readPosixTimers, undoInterruptEintr, type Parasite, type Sigaction, type TaskMisc, type Itimer } from '@criu-ts/compel';
 import {
-  ptracePeekSiginfo, ptraceRaw, syscall, SIGINFO_SIZE, type Pid, type RemoteAddress, type SyscallName, type UserRegs,
+  ptracePeekSiginfo, ptraceRaw, syscall, SIGINFO_SIZE, type Pid, type UserRegs,
 } from '@criu-ts/sys';
-import { fpregsFromXsave } from '../arch/x86-fpu.js';
+import { fpregsFromXsave, type XsaveOffsets } from '../arch/x86-fpu.js';
 import { capabilityWords, readLimits, readStat, readStatus, readText } from '../proc/task-files.js';
 import { collectSeccomp, type ThreadSeccomp } from './seccomp.js';
 
@@ -187,32 +187,16 @@ export interface ThreadOwnState {
   readonly noNewPrivs: boolean;
 }
 
-const PR_GET_PDEATHSIG = 2;
-const PR_GET_SECUREBITS = 27;
-const PR_GET_NO_NEW_PRIVS = 39;
-const PR_GET_TID_ADDRESS = 40;
-
 /**
- * Asks thread `tid` itself, with remote syscalls run in that thread (compel's
- * syscallInThreadRawSync). `scratch` is 64 writable bytes in the task. Precondition: every thread
- * in a ptrace-stop and no parasite running.
+ * A thread's own state from the parasite's DUMP_MISC answer (the worker's) or parasite_dump_misc
+ * run in that thread (Parasite.threadMisc): the calls run in the thread itself, one ptrace round
+ * trip per thread rather than one per question.
  */
-export function collectThreadOwnState(victim: Injection, tid: Pid, scratch: RemoteAddress): ThreadOwnState {
-  const call = (what: string, name: SyscallName, ...args: Array<number | bigint>): bigint => {
-    const rc = victim.syscallInThreadRawSync(tid, name, ...args);
-    if (rc < 0n && rc >= -4095n) throw new Error(`${what} in thread ${tid} failed with errno ${-rc}`);
-    return rc;
-  };
-  // stack_t: ss_sp (8), int ss_flags (+4 padding), ss_size (8); then the tid address, the signal.
-  call('sigaltstack', 'sigaltstack', 0, scratch);
-  call('prctl(PR_GET_TID_ADDRESS)', 'prctl', PR_GET_TID_ADDRESS, scratch + 32n, 0, 0, 0);
-  call('prctl(PR_GET_PDEATHSIG)', 'prctl', PR_GET_PDEATHSIG, scratch + 40n, 0, 0, 0);
-  const securebits = Number(call('prctl(PR_GET_SECUREBITS)', 'prctl', PR_GET_SECUREBITS, 0, 0, 0, 0));
-  const noNewPrivs = call('prctl(PR_GET_NO_NEW_PRIVS)', 'prctl', PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) !== 0n;
-  const mem = victim.readMemorySync(scratch, 48);
+export function threadOwnStateFromMisc(misc: TaskMisc): ThreadOwnState {
   return {
-    altstackSp: mem.readBigUInt64LE(0), altstackFlags: mem.readInt32LE(8), altstackSize: mem.readBigUInt64LE(16),
-    clearChildTid: mem.readBigUInt64LE(32), pdeathSig: mem.readInt32LE(40), securebits, noNewPrivs,
+    altstackSp: BigInt.asUintN(64, misc.altstack_sp), altstackFlags: Number(misc.altstack_flags), altstackSize: BigInt.asUintN(64, misc.altstack_size),
+    clearChildTid: BigInt.asUintN(64, misc.clear_child_tid), pdeathSig: Number(misc.pdeathsig), securebits: Number(misc.securebits),
+    noNewPrivs: misc.no_new_privs !== 0n,
   };
 }
 
@@ -224,12 +208,15 @@ export interface TaskSnapshot {
   readonly sigmask: bigint;
   readonly stopped: boolean;
   readonly ptrace: PtraceState;
-  readonly own: ThreadOwnState;
+  /** null for the parasite's thread until the parasite reports it (threadOwnStateFromMisc). */
+  own: ThreadOwnState | null;
 }
 
 /** thread_info and thread_core of one thread (CRIU writes these for every thread, leader included). */
-function threadParts(task: TaskSnapshot): { threadInfo: DecodedMessage; threadCore: DecodedMessage } {
-  const { pid, tid, own } = task;
+function threadParts(task: TaskSnapshot, xsaveOffsets: XsaveOffsets): { threadInfo: DecodedMessage; threadCore: DecodedMessage } {
+  const { pid, tid } = task;
+  const own = task.own;
+  if (own === null) throw new Error(`thread ${tid}: its own state (sigaltstack, tid address...) was not collected`);
   const robust = robustList(tid);
   const schedPolicy = Number(syscall('sched_getscheduler', tid));
   const param = Buffer.alloc(4);
@@ -255,7 +242,7 @@ function threadParts(task: TaskSnapshot): { threadInfo: DecodedMessage; threadCo
   const threadInfo: DecodedMessage = {
     clear_tid_addr: own.clearChildTid,
     gpregs: gpregsEntry(undoInterruptEintr(task.regs)),
-    fpregs: fpregsFromXsave(task.xsave),
+    fpregs: fpregsFromXsave(task.xsave, xsaveOffsets),
     tls: task.ptrace.tls,
   };
   return { threadInfo, threadCore };
@@ -265,20 +252,19 @@ function threadParts(task: TaskSnapshot): { threadInfo: DecodedMessage; threadCo
  * core-TID.img of a thread that is not the leader: thread_info and thread_core only, the blocked
  * mask in thread_core (CRIU 4.2's layout: the task-wide tc is in the leader's core alone).
  */
-export function buildThreadCoreEntry(task: TaskSnapshot): DecodedMessage {
-  const { threadInfo, threadCore } = threadParts(task);
+export function buildThreadCoreEntry(task: TaskSnapshot, xsaveOffsets: XsaveOffsets): DecodedMessage {
+  const { threadInfo, threadCore } = threadParts(task, xsaveOffsets);
   threadCore.blk_sigset = task.sigmask;
   return { mtype: 1 /* X86_64 */, thread_info: threadInfo, thread_core: threadCore };
 }
 
 /** The whole core_entry of the thread group leader: its thread parts and the task-wide tc. */
-export function buildCoreEntry(task: TaskSnapshot, parasite: Parasite): { core: DecodedMessage; misc: TaskMisc } {
+export function buildCoreEntry(task: TaskSnapshot, parasite: Parasite, misc: TaskMisc, xsaveOffsets: XsaveOffsets): { core: DecodedMessage; misc: TaskMisc } {
   const { pid, tid } = task;
-  const misc = parasite.dumpMisc();
   const sigactions = parasite.dumpSigactions();
   const timers = parasite.dumpItimers();
   const stat = readStat(pid, tid);
-  const { threadInfo, threadCore } = threadParts(task);
+  const { threadInfo, threadCore } = threadParts(task, xsaveOffsets);
   const comm = threadCore.comm;
 
   const core: DecodedMessage = {

@@ -9,13 +9,57 @@ import { RestoreError } from './errors.js';
 import { pathOfHandle } from '../proc/file-handles.js';
 import { planUnixSockets, readSocketQueues, readUnixSocket, type UnixSocketImage } from './unix-sockets.js';
 import { readDatagramQueues, readInetSocket, type InetRestoreOptions, type InetSocketImage } from './inet-sockets.js';
+import { isPtyMasterRdev, readPtyInfo, type PtyFileImage } from './ptys.js';
+import { readFanotify, type FanotifyImage } from './fanotify.js';
 
 type Msg = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
 
 /** fd_types from fdinfo.proto. */
 export const FD_TYPE = {
-  REG: 1, PIPE: 2, FIFO: 3, INETSK: 4, UNIXSK: 5, EVENTFD: 6, EVENTPOLL: 7, INOTIFY: 8, SIGNALFD: 9, TTY: 11, TIMERFD: 17, MEMFD: 18,
+  REG: 1, PIPE: 2, FIFO: 3, INETSK: 4, UNIXSK: 5, EVENTFD: 6, EVENTPOLL: 7, INOTIFY: 8, SIGNALFD: 9, TTY: 11, FANOTIFY: 12, TIMERFD: 17, MEMFD: 18,
 } as const;
+
+/**
+ * tty-info.img and tty-data.img (one per tree), and the pty indexes whose master files.img has:
+ * a slave of such a pty is made again with it; any other terminal is the shell job's.
+ */
+interface TtyImages {
+  readonly infos: Map<number, Msg>;
+  readonly data: Map<number, Uint8Array>;
+  readonly masterIndexes: Set<number>;
+  /** Sessions whose controlling terminal is one of those ptys (their /dev/tty opens it again). */
+  readonly ptySessions: Set<number>;
+}
+
+function ttyImagesOf(input: FdTableInput<unknown>): TtyImages {
+  const infos = new Map<number, Msg>();
+  const data = new Map<number, Uint8Array>();
+  const masterIndexes = new Set<number>();
+  const ptySessions = new Set<number>();
+  if (existsSync(join(input.dir, 'tty-info.img'))) {
+    for (const [i, { message: e }] of input.readEntries(input.dir, 'tty-info.img').entries()) {
+      if (infos.has(Number(e.id))) invalid(`tty-info.img entry ${i}: id ${e.id} appears twice`, { id: e.id });
+      infos.set(Number(e.id), e);
+    }
+  }
+  if (existsSync(join(input.dir, 'tty-data.img'))) {
+    for (const [i, { message: e }] of input.readEntries(input.dir, 'tty-data.img').entries()) {
+      const id = Number(e.tty_id);
+      if (!infos.has(id)) invalid(`tty-data.img entry ${i}: bytes for tty-info id ${id}, which tty-info.img does not have`, { id });
+      if (data.has(id)) invalid(`tty-data.img entry ${i}: tty-info id ${id} has bytes twice`, { id });
+      data.set(id, e.data as Uint8Array);
+    }
+  }
+  for (const f of input.files.values()) {
+    if (Number(f.type) !== FD_TYPE.TTY || !f.tty) continue;
+    const info = infos.get(Number((f.tty as Msg).tty_info_id));
+    if (info && Number(info.type) === 1 && info.pty && isPtyMasterRdev(Number(info.rdev))) {
+      masterIndexes.add(Number((info.pty as Msg).index));
+      if (Number(info.sid) !== 0) ptySessions.add(Number(info.sid));
+    }
+  }
+  return { infos, data, masterIndexes, ptySessions };
+}
 
 /** Bit 0 of an eventfd's flags: EFD_SEMAPHORE (criu-ts records it there; see dump/files/anon-inodes.ts). */
 export const EVENTFD_SEMAPHORE_FLAG = 1;
@@ -57,6 +101,9 @@ export interface EpollTarget {
 export type OpenFileImage<Reg> =
   | { readonly kind: 'reg'; readonly id: number; readonly reg: Reg }
   | { readonly kind: 'tty'; readonly id: number; readonly flags: number }
+  | { readonly kind: 'ctty'; readonly id: number; readonly flags: number }
+  | PtyFileImage
+  | FanotifyImage
   | { readonly kind: 'pipe'; readonly id: number; readonly pipeId: number; readonly flags: number; readonly data?: PipeData }
   | { readonly kind: 'fifo'; readonly id: number; readonly pipeId: number; readonly reg: Reg; readonly data?: PipeData }
   | { readonly kind: 'eventfd'; readonly id: number; readonly flags: number; readonly counter: bigint; readonly semaphore: boolean }
@@ -205,6 +252,7 @@ export function readFdTable<Reg>(input: FdTableInput<Reg>): FdSlot<Reg>[] & { re
   const pipes = pipeDataOf(input, 'pipes-data.img');
   const fifos = pipeDataOf(input, 'fifo-data.img');
   let memfds: Map<number, MemfdInode> | undefined = input.memfds;
+  let ttys: TtyImages | undefined;
   const queueEntries = existsSync(join(input.dir, 'sk-queues.img')) ? input.readEntries(input.dir, 'sk-queues.img') : [];
   // Unix sockets' messages have no source address; UDP datagrams carry theirs (inet-sockets.ts).
   const socketQueues = readSocketQueues(queueEntries.filter((e) => e.message.addr === undefined), invalid);
@@ -229,9 +277,29 @@ export function readFdTable<Reg>(input: FdTableInput<Reg>): FdSlot<Reg>[] & { re
       case FD_TYPE.REG:
         file = { kind: 'reg', id, reg: input.reg(fileId, where) };
         break;
-      case FD_TYPE.TTY:
-        if (!input.shellJob) invalid(`${where} is a terminal; restore it with shellJob (--shell-job) to give it criu-ts's terminal`);
-        file = { kind: 'tty', id, flags: Number(member('tty').flags) };
+      case FD_TYPE.TTY: {
+        const tfe = member('tty');
+        ttys ??= ttyImagesOf(input);
+        const tie = ttys.infos.get(Number(tfe.tty_info_id));
+        if (!tie) invalid(`${where}: tty-info id ${tfe.tty_info_id} is missing from tty-info.img`, { ttyInfoId: tfe.tty_info_id });
+        if (Number(tie.type) === 1 && tie.pty && ttys.masterIndexes.has(Number((tie.pty as Msg).index))) {
+          // A pty of the tree: made again by criu-ts (ptys.ts).
+          const info = readPtyInfo(tie, `${where} (tty-info.img)`, invalid);
+          const queued = ttys.data.get(info.infoId);
+          file = { kind: 'pty', id, flags: Number(tfe.flags), info, ...(queued && queued.byteLength > 0 ? { queued } : {}) };
+          break;
+        }
+        if (Number(tie.type) === 4 /* CTTY */ && ttys.ptySessions.has(Number(tie.sid))) {
+          // /dev/tty of a session whose controlling terminal is a pty of the tree: opened again once it is.
+          file = { kind: 'ctty', id, flags: Number(tfe.flags) };
+          break;
+        }
+        if (!input.shellJob) invalid(`${where} is a terminal from outside the dump; restore it with shellJob (--shell-job) to give it criu-ts's terminal`);
+        file = { kind: 'tty', id, flags: Number(tfe.flags) };
+        break;
+      }
+      case FD_TYPE.FANOTIFY:
+        file = readFanotify(id, member('ffy'), where, invalid);
         break;
       case FD_TYPE.PIPE: {
         const p = member('pipe');

@@ -18,6 +18,10 @@
 //              remote pidfd_getfd): see unix-sockets.ts
 //   inetsk     made by criu-ts (TCP repair works on a local fd) and taken by the task with a
 //              remote pidfd_getfd: see inet-sockets.ts
+//   pty        a pty of the tree (master or slave): made by criu-ts with its index, termios and
+//              queued bytes (ptys.ts), taken by the task with a remote pidfd_getfd
+//   ctty       /dev/tty opened again, once the task has its pty as controlling terminal
+//   fanotify   fanotify_init with the dumped flags, then every mark again (fanotify.ts)
 // Fds that shared one description at dump time (same files.img id, e.g. stdout and stderr on one
 // file) get one open and dups, so they share the offset again. Across processes (a pipe between
 // two commands, a file inherited over fork): the first process that needs the file creates it,
@@ -39,9 +43,12 @@ import { RestoreError } from './errors.js';
 import type { InetSockets } from './inet-sockets.js';
 import { remote, remoteOpen } from './memory.js';
 import { MemfdInodes } from './memfd.js';
+import type { Ptys } from './ptys.js';
+import { fanotifyMarkCalls } from './fanotify.js';
 import type { RestoreTask } from './remote-task.js';
 
 const SEEK_SET = 0;
+const AT_FDCWD = -100;
 /** Flags that only make sense when creating a file: never replayed. */
 const CREATE_ONLY = O.CREAT | O.EXCL | O.TRUNC | O.CLOEXEC;
 const O_DIRECT = 0o40000;
@@ -125,7 +132,8 @@ export class SharedFiles {
     const inFlight = new Map<number, FdImage>();
     for (const set of sets) {
       for (const slot of set.fds) {
-        if (slot.file.kind === 'tty') continue;
+        // Terminals: criu-ts's own (shell job) or made by criu-ts for every holder (ptys.ts).
+        if (slot.file.kind === 'tty' || slot.file.kind === 'pty') continue;
         add(fileUsers, slot.fileId, set.pid);
         if (slot.file.kind === 'pipe') add(pipeUsers, slot.file.pipeId, set.pid);
       }
@@ -224,6 +232,7 @@ class FileCreator {
     private readonly shared: SharedFiles | undefined,
     private readonly inet: InetSockets | undefined,
     private readonly memfds: MemfdInodes,
+    private readonly ptys: Ptys | undefined,
     /** Files in flight in unix sockets' queues that this process may have to make, by file id. */
     private readonly inFlightFiles: ReadonlyMap<number, FdImage> = new Map(),
   ) {
@@ -268,7 +277,7 @@ class FileCreator {
     if (handed !== undefined) return this.receive(handed, `file id ${slot.fileId}`);
     const fd = this.createHere(slot);
     if (slot.owner && slot.file.kind !== 'tty') this.setOwner(fd, slot.owner, slot.fd >= 0 ? `fd ${slot.fd}` : `file id ${slot.fileId} (in flight)`);
-    if (slot.file.kind !== 'tty') this.shared?.keepFile(slot.fileId, this.task.pid, fd);
+    if (slot.file.kind !== 'tty' && slot.file.kind !== 'pty') this.shared?.keepFile(slot.fileId, this.task.pid, fd);
     return fd;
   }
 
@@ -421,6 +430,26 @@ class FileCreator {
         this.setStatusFlags(fd, file.flags, what);
         return fd;
       }
+      case 'pty': {
+        if (!this.ptys) throw new Error(`${what}: ptys need the restore's Ptys`);
+        // criu-ts's open file, status flags already as dumped (ptys.ts).
+        return this.receive(this.ptys.fileFor(file.id, what), `${what} (pty ${file.info.index})`);
+      }
+      case 'ctty': {
+        // /dev/tty: the task's controlling terminal, a pty of the tree it has had since its clone.
+        const fd = this.park(remoteOpen(this.task, 'files', '/dev/tty', (file.flags & ~CREATE_ONLY) | O.NOCTTY));
+        this.setStatusFlags(fd, file.flags, what);
+        return fd;
+      }
+      case 'fanotify': {
+        const fd = this.park(this.call(`fanotify_init for ${what}`, 'fanotify_init', file.initFlags, file.eventFlags));
+        this.setStatusFlags(fd, file.flags, what);
+        for (const mark of fanotifyMarkCalls(file.marks)) {
+          const [path] = this.task.scratchPut(this.task.cString(mark.path));
+          this.call(`fanotify_mark(0x${mark.flags.toString(16)}, 0x${mark.mask.toString(16)}) of ${mark.path} for ${what}`, 'fanotify_mark', fd, mark.flags, mark.mask, AT_FDCWD, path!);
+        }
+        return fd;
+      }
       case 'inotify': {
         const fd = this.park(this.call(`inotify_init1 for ${what}`, 'inotify_init1', 0));
         this.setStatusFlags(fd, file.flags, what);
@@ -556,11 +585,12 @@ function takeLock(task: RestoreTask, lock: FileLockImage): void {
  */
 export function restoreFiles(
   task: RestoreTask, set: ImageSet, pathOf: (f: RegFile) => string = (f) => f.name, shared?: SharedFiles, inet?: InetSockets, memfds?: MemfdInodes,
+  ptys?: Ptys,
 ): void {
   if (!memfds) {
     const own = new MemfdInodes();
     try {
-      restoreFiles(task, set, pathOf, shared, inet, own);
+      restoreFiles(task, set, pathOf, shared, inet, own, ptys);
       own.sealAll();
     } finally {
       own.closeAll();
@@ -570,7 +600,7 @@ export function restoreFiles(
   const pid = task.pid;
   const inherited = openFds(pid);
   const inFlight = shared?.inFlight ?? new Map(set.inFlight.map((f) => [f.fileId, f]));
-  const creator = new FileCreator(task, inherited, Math.max(2, ...set.fds.map((f) => f.fd), ...inherited) + 1, pathOf, set.fds, shared, inet, memfds, inFlight);
+  const creator = new FileCreator(task, inherited, Math.max(2, ...set.fds.map((f) => f.fd), ...inherited) + 1, pathOf, set.fds, shared, inet, memfds, ptys, inFlight);
   const temps = new Map<number, number>(); // file id -> parked fd (above every dumped one)
   for (const slot of set.fds) {
     if (!temps.has(slot.fileId)) temps.set(slot.fileId, creator.create(slot));

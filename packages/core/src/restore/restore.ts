@@ -11,7 +11,10 @@
 //                                gadget + scratch page in a hole of every layout; then every
 //                                other process cloned by its restored parent (set_tid = its
 //                                PID), each session leader calling setsid before its children
-//   session, zombies             process groups (setpgid); zombies exit with their status
+//   files (ptys)                 the ptys of the tree, made by criu-ts with their indexes (ptys.ts)
+//   session, zombies             process groups (setpgid), controlling ptys (TIOCSCTTY right
+//                                after a leader's setsid, TIOCSPGRP once groups exist);
+//                                zombies exit with their status
 //   then per live process, in pstree order:
 //   unmap-stub, vdso, map-vmas,  the dumped address space (memory.ts); a shared anonymous
 //   fill-pages, protect,         object already made by an earlier process is mapped from it
@@ -31,13 +34,15 @@
 // are killed (and reaped when they are ours), so a failed restore leaves no process behind; the
 // locks it added are lifted (those the dump left stay, for another attempt).
 import { readFileSync, writeFileSync } from 'node:fs';
-import { __WALL, kill, ptraceDetach, SIGNALS, wait4, WNOHANG, asPid, type Pid } from '@criu-ts/sys';
+import { __WALL, close as closeFd, kill, pidfdGetfd, pidfdOpen, ptraceDetach, SIGNALS, wait4, WNOHANG, asPid, type Fd, type Pid } from '@criu-ts/sys';
 import { atStage, RestoreError, type RestoreStage } from './errors.js';
 import { checkPidFree, readTreeImageSet, TASK_SIZE, type ThreadImage, type TreeTaskImages } from './image-set.js';
 import { fillPages, pagesBytesOf, mapVdso, mapVmas, protectVmas, remote, setMmFields, unmapAllButControl, type SharedMemorySource } from './memory.js';
 import { restoreFiles, restoreFs, SharedFiles } from './files.js';
 import { MemfdInodes } from './memfd.js';
 import { SysvSegments } from './sysv-shm.js';
+import { Ptys } from './ptys.js';
+import { drainFanotifyGroup } from './fanotify.js';
 import { connectionKeysOf, InetSockets } from './inet-sockets.js';
 import { GhostFiles } from './ghost-files.js';
 import { CONTROL_SIZE, findControlAreaHole, RestoreTask } from './remote-task.js';
@@ -177,6 +182,8 @@ function restoreTree(options: RestoreOptions): RestoredTree {
   // SysV segments: their ids free (or left behind by the dumped tree) before anything is made.
   const sysv = SysvSegments.plan(tree.tasks.flatMap((t) => (t.set ? [t.set] : [])));
   sysv.check();
+  const ptys = Ptys.plan(tree.tasks.map((t) => ({ pid: t.pid, sid: t.sid, live: t.set !== undefined, files: t.set?.fds ?? [] })));
+  const ctty = ptys.controllingTerminals();
   const root = tree.tasks[0]!;
   const t1 = performance.now();
   const warnings: string[] = [...permissionWarnings];
@@ -194,6 +201,8 @@ function restoreTree(options: RestoreOptions): RestoredTree {
   const inet = new InetSockets(connectionKeysOf(inetImages), `criu-ts-restore-${process.pid}`);
   try {
     atStage('network-lock', 'locking the TCP connections of the images', () => inet.lock());
+    // Before any task exists: a session leader takes its pty as controlling terminal right after its setsid.
+    if (ptys.size > 0) atStage('files', 'making the ptys of the tree', () => ptys.create());
     // ---- every process, with its PID, parent and session (tree.ts)
     stub = Stub.startSync({ shellJob, timeoutMs });
     fault('after-stub', 'spawn-stub');
@@ -239,9 +248,12 @@ function restoreTree(options: RestoreOptions): RestoredTree {
       }
       const m = current;
       atStage('session', `setsid in ${images.pid}`, () => restoreSessionLeader(m.task, images));
+      // Its children, cloned next, inherit the controlling terminal.
+      for (const c of ctty) if (c.sid === images.pid) ptys.takeAsControllingTerminal(m.task, c.index);
       for (const h of plan.helpers) if (h.kind === 'group' && h.parent === images.pid) makeHelper(h);
     }
     atStage('session', 'restoring process groups', () => restoreGroups(made));
+    for (const c of ctty) ptys.setForegroundGroup(byPid.get(c.sid)!.task, c.index, c.pgrp);
     for (const m of made) if (m.images.zombie) atStage('zombies', `making ${m.images.pid} a zombie`, () => exitAsZombie(m.task, m.images.zombie!.exitCode));
     for (const m of made) {
       if (!m.helper) continue;
@@ -302,7 +314,7 @@ function restoreTree(options: RestoreOptions): RestoredTree {
         });
       }
 
-      atStage('files', 'restoring fds', () => restoreFiles(t, set, pathOf, sharedFiles, inet, memfds));
+      atStage('files', 'restoring fds', () => restoreFiles(t, set, pathOf, sharedFiles, inet, memfds, ptys));
       atStage('fs', 'restoring cwd/root/umask', () => restoreFs(t, set));
       fault('after-files', 'files');
       atStage('rlimits', 'restoring rlimits', () => restoreRlimits(t, set, warnings));
@@ -324,6 +336,22 @@ function restoreTree(options: RestoreOptions): RestoredTree {
     atStage('map-vmas', 'marking SysV segments for removal as dumped', () => sysv.release());
     fault('after-threads', 'threads');
 
+    // Events criu-ts's own file accesses queued in restored fanotify groups since their marks.
+    atStage('files', 'emptying the event queues of fanotify groups', () => {
+      for (const m of live) {
+        const seen = new Set<number>();
+        for (const slot of m.images.set!.fds) {
+          if (slot.file.kind !== 'fanotify' || seen.has(slot.fileId)) continue;
+          seen.add(slot.fileId);
+          const group = grabFd(m.task.pid, slot.fd);
+          try {
+            drainFanotifyGroup(group);
+          } finally {
+            closeFd(group);
+          }
+        }
+      }
+    });
     fault('before-release', 'release');
     // ---- release: every process made ready while all are still stopped and ours (a failure
     // here still kills them all), then all detached in one loop, children before parents, so no
@@ -351,6 +379,7 @@ function restoreTree(options: RestoreOptions): RestoredTree {
   } catch (err) {
     sharedFiles?.close();
     memfds.closeAll();
+    ptys.closeAll();
     inet.abandon();
     sysv.abandon();
     // Whatever failed, no process of the tree is left: children first, each with its threads.
@@ -364,6 +393,7 @@ function restoreTree(options: RestoreOptions): RestoredTree {
   // Every process has its copy of the shared files: criu-ts's own duplicates go.
   sharedFiles?.close();
   memfds.closeAll();
+  ptys.closeAll();
   if (options.pidfile) {
     try {
       writeFileSync(options.pidfile, `${root.pid}`);
@@ -376,6 +406,16 @@ function restoreTree(options: RestoreOptions): RestoredTree {
     pid: root.pid, pids: tree.tasks.map((t) => t.pid), warnings, pagesBytes,
     timings: { read: t1 - t0, create: t2 - t1, memory: t3 - t2, state: t4 - t3 },
   };
+}
+
+/** A duplicate of fd `fd` of `pid` (pidfd_getfd: the same open file). */
+function grabFd(pid: number, fd: number): Fd {
+  const pidfd = pidfdOpen(asPid(pid));
+  try {
+    return pidfdGetfd(pidfd, fd);
+  } finally {
+    closeFd(pidfd);
+  }
 }
 
 /** Waits (without blocking the event loop) for our child `pid` to end. */

@@ -10,7 +10,8 @@ import { RestoreError } from './errors.js';
 import type { ImageSet } from './image-set.js';
 import { remote } from './memory.js';
 import type { RestoreTask } from './remote-task.js';
-import { xsaveFromFpregs } from '../arch/x86-fpu.js';
+import { xsaveFromFpregs, xsaveOffsetsFromCpuid } from '../arch/x86-fpu.js';
+import { xstateLayout } from './stub.js';
 
 type Msg = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
 
@@ -200,7 +201,7 @@ export function setThreadRegisters(tid: Pid, core: Msg, fallbackMask?: unknown):
   try {
     const current = ptraceGetRegset(tid, NT.X86_XSTATE);
     // The same conversion dump uses (arch/x86-fpu.ts), laid over the thread's own area.
-    ptraceSetRegset(tid, NT.X86_XSTATE, xsaveFromFpregs(ti.fpregs as Msg, current));
+    ptraceSetRegset(tid, NT.X86_XSTATE, xsaveFromFpregs(ti.fpregs as Msg, current, xsaveOffsetsFromCpuid(xstateLayout().components)));
   } catch (err) {
     throw new RestoreError('registers', `PTRACE_SETREGSET(NT_X86_XSTATE) of thread ${tid}`, { tid }, err);
   }
