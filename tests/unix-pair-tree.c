@@ -8,6 +8,8 @@
  * the child keeps end 1 of each pair, the parent end 0 (each closes the other), and the child
  * queues two messages of its own towards the parent. The child's dgram end also holds a datagram
  * carrying a pipe's read end (with bytes; the parent keeps the write end) and a deleted file.
+ * The parent also listens on an abstract name; a connection it accepted is served by the child
+ * (the parent keeps the client end), with a message queued each way.
  * Then "ready <parent> <child>".
  * On SIGUSR1 (to the parent, which passes it on) each process reads what waits for it (in
  * order, datagram and record boundaries kept), then they talk over each pair once more (the
@@ -15,8 +17,10 @@
  * number of failures, the parent adds them and reports "done <failures>".
  */
 #define _GNU_SOURCE
+#include <stddef.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 
 #include "keeper.h"
@@ -73,6 +77,43 @@ static void check_fds_in_flight(int sock)
 	CHECK(fstat(fds[1], &st) == 0 && st.st_nlink == 0, "child: the file in flight is still deleted");
 	close(fds[0]);
 	close(fds[1]);
+}
+
+static socklen_t listener_addr(struct sockaddr_un *a, pid_t parent)
+{
+	memset(a, 0, sizeof(*a));
+	a->sun_family = AF_UNIX;
+	int n = snprintf(a->sun_path + 1, sizeof(a->sun_path) - 1, "criu-ts-unix-pair-tree-%d", parent);
+	return (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + n);
+}
+
+/*
+ * A connection accepted by the parent's listener and served by the child (the accepted end went
+ * to the child across fork; the parent keeps the listener and the client end).
+ */
+static void check_accepted(int fd, int parent, int listener)
+{
+	const char *who = parent ? "parent" : "child";
+	char buf[64] = { 0 };
+	const char *want = parent ? "from the child's accepted end" : "to the child's accepted end";
+	ssize_t n = recv(fd, buf, strlen(want), MSG_DONTWAIT);
+	CHECK(n == (ssize_t)strlen(want) && memcmp(buf, want, strlen(want)) == 0, "%s: the accepted connection reads \"%s\"", who, want);
+	if (!parent) {
+		CHECK(send(fd, "ping", 4, 0) == 4, "child: the accepted end sends after restore");
+		return;
+	}
+	memset(buf, 0, sizeof(buf));
+	n = recv(fd, buf, 4, 0);
+	CHECK(n == 4 && memcmp(buf, "ping", 4) == 0, "parent: the client end gets the child's message");
+	/* The listener still has its name and takes new connections. */
+	struct sockaddr_un addr;
+	socklen_t len = listener_addr(&addr, getpid());
+	int client = socket(AF_UNIX, SOCK_STREAM, 0);
+	CHECK(client >= 0 && connect(client, (struct sockaddr *)&addr, len) == 0, "parent: a new client connects to the listener's name");
+	int again = accept(listener, NULL, NULL);
+	CHECK(again >= 0 && send(client, "x", 1, 0) == 1 && recv(again, buf, 1, 0) == 1, "parent: the listener accepts it and they talk");
+	close(client);
+	close(again);
 }
 
 /* The queued messages, then one live exchange (the peer must answer on the same pair). */
@@ -145,6 +186,18 @@ int main(int argc, char **argv)
 	}
 	close(piped[0]);
 	close(file);
+	struct sockaddr_un addr;
+	socklen_t addrlen = listener_addr(&addr, getpid());
+	int listener = socket(AF_UNIX, SOCK_STREAM, 0);
+	MUST(listener);
+	MUST(bind(listener, (struct sockaddr *)&addr, addrlen));
+	MUST(listen(listener, 4));
+	int client = socket(AF_UNIX, SOCK_STREAM, 0);
+	MUST(client);
+	MUST(connect(client, (struct sockaddr *)&addr, addrlen));
+	int accepted = accept(listener, NULL, NULL);
+	MUST(accepted);
+	MUST(send(client, "to the child's accepted end", 27, 0));
 	int ready[2];
 	MUST(pipe(ready));
 	pid_t child = fork();
@@ -153,6 +206,9 @@ int main(int argc, char **argv)
 		int mine[3];
 		close(ready[0]);
 		close(piped[1]);
+		close(listener);
+		close(client);
+		MUST(send(accepted, "from the child's accepted end", 29, 0));
 		for (int i = 0; i < 3; i++) {
 			close(pairs[i][0]);
 			mine[i] = pairs[i][1];
@@ -164,6 +220,7 @@ int main(int argc, char **argv)
 		while (!check_requested)
 			usleep(1000);
 		check_side(mine, 0);
+		check_accepted(accepted, 0, -1);
 		_exit(failures);
 	}
 	close(ready[1]);
@@ -173,6 +230,7 @@ int main(int argc, char **argv)
 		_exit(99);
 	}
 	close(ready[0]);
+	close(accepted);
 	int mine[3];
 	for (int i = 0; i < 3; i++) {
 		close(pairs[i][1]);
@@ -183,6 +241,7 @@ int main(int argc, char **argv)
 		usleep(1000);
 	kill(child, SIGUSR1);
 	check_side(mine, 1);
+	check_accepted(client, 1, listener);
 	int status;
 	CHECK(waitpid(child, &status, 0) == child && WIFEXITED(status), "the child ran its checks and exited");
 	if (WIFEXITED(status))

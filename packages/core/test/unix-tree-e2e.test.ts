@@ -1,5 +1,7 @@
 // dump() then restore() of tests/bin/unix-pair-tree: stream, dgram and seqpacket socketpairs
-// whose ends are in a parent and its child, with messages queued both ways. Both processes
+// whose ends are in a parent and its child, with messages queued both ways (the child's dgram
+// end also holds a pipe end and a deleted file in flight), and a connection the parent's listener
+// accepted that the child serves (the parent keeps the client end). Both processes
 // check after two dump/restore rounds that they read what was queued, in order and with its
 // boundaries, and that the ends talk to each other.
 import { expect } from 'chai';
@@ -27,10 +29,10 @@ describe('core: unix socketpairs across processes end to end', function () {
       keeper.dump();
       if (round === 0) {
         const sockets = imageEntries(join(keeper.images, 'files.img')).filter((f) => f.type === FD_TYPE_UNIXSK).map((f) => f.usk);
-        expect(sockets).to.have.length(6);
-        for (const s of sockets) expect(sockets.map((x) => x.ino), `peer of ${s.ino}`).to.include(s.peer);
+        expect(sockets, 'three pairs, a listener, an accepted connection').to.have.length(9);
+        for (const s of sockets.filter((x) => x.state !== 10)) expect(sockets.map((x) => x.ino), `peer of ${s.ino}`).to.include(s.peer);
         const queues = imageEntries(join(keeper.images, 'sk-queues.img'));
-        expect(queues, "two messages each way per dgram and seqpacket pair (and the child's datagram with descriptors), one run of bytes each way per stream").to.have.length(11);
+        expect(queues, "two messages each way per dgram and seqpacket pair (and the child's datagram with descriptors), one run of bytes each way per stream").to.have.length(13);
         expect(queues.filter((q) => q.scm?.length).map((q) => q.scm[0].rights.length)).to.deep.equal([2]);
         checkImagesRoundTrip(keeper.images);
       }
@@ -41,7 +43,7 @@ describe('core: unix socketpairs across processes end to end', function () {
     }
     const { failures, checks, done } = keeper.check();
     expect(failures).to.deep.equal([]);
-    expect(checks.length).to.equal(35);
+    expect(checks.length).to.equal(41);
     expect(done).to.equal('done 0');
   });
 });
