@@ -7,11 +7,12 @@
  * The parent makes the three pairs and queues two messages on each towards the child, forks;
  * the child keeps end 1 of each pair, the parent end 0 (each closes the other), and the child
  * queues two messages of its own towards the parent. The child's dgram end also holds a datagram
- * carrying a pipe's read end (with bytes; the parent keeps the write end) and a deleted file.
+ * carrying a pipe's read end (with bytes; the parent keeps the write end, the child holds the read
+ * end open too) and a deleted file.
  * The parent also listens on an abstract name; a connection it accepted is served by the child
  * (the parent keeps the client end), with a message queued each way.
  * Then "ready <parent> <child>".
- * On SIGUSR1 (to the parent, which passes it on) each process reads what waits for it (in
+ * On SIGUSR1 the parent reads what waits for it, then passes the signal on; each process reads (in
  * order, datagram and record boundaries kept), then they talk over each pair once more (the
  * ends must be connected to each other): the child reports its own checks and exits with its
  * number of failures, the parent adds them and reports "done <failures>".
@@ -55,6 +56,9 @@ static int expect(int fd, int type, const char *want, const char *who, int i)
  * The child's dgram end also holds a datagram carrying two descriptors (SCM_RIGHTS): the read
  * end of a pipe holding bytes (the parent keeps the write end) and a regular file deleted since.
  */
+/* The child's own fd of the pipe end that is also in flight to it. */
+static int held_pipe_end = -1;
+
 static void check_fds_in_flight(int sock)
 {
 	char buf[64] = { 0 };
@@ -71,6 +75,9 @@ static void check_fds_in_flight(int sock)
 	memcpy(fds, CMSG_DATA(c), sizeof(fds));
 	char got[32] = { 0 };
 	CHECK(read(fds[0], got, 11) == 11 && memcmp(got, "piped bytes", 11) == 0, "child: the pipe in flight holds its bytes");
+	/* File status flags belong to the open file description: one description, one set of flags. */
+	MUST(fcntl(fds[0], F_SETFL, O_NONBLOCK));
+	CHECK((fcntl(held_pipe_end, F_GETFL) & O_NONBLOCK) != 0, "child: the pipe end in flight is the one it also holds open (one open file description)");
 	memset(got, 0, sizeof(got));
 	CHECK(pread(fds[1], got, 12, 0) == 12 && memcmp(got, "deleted file", 12) == 0, "child: the deleted file in flight holds its contents");
 	struct stat st;
@@ -116,8 +123,8 @@ static void check_accepted(int fd, int parent, int listener)
 	close(again);
 }
 
-/* The queued messages, then one live exchange (the peer must answer on the same pair). */
-static void check_side(int fd[3], int parent)
+/* The queued messages (then check_live: the peer must answer on the same pair). */
+static void check_queues(int fd[3], int parent)
 {
 	const char *who = parent ? "parent" : "child";
 	for (int i = 0; i < 3; i++) {
@@ -134,6 +141,11 @@ static void check_side(int fd[3], int parent)
 		errno = 0;
 		CHECK(recv(fd[i], none, sizeof(none), MSG_DONTWAIT) < 0 && errno == EAGAIN, "%s: %s pair has nothing more queued", who, names[i]);
 	}
+}
+
+/* One live exchange per pair: the child sends first and the parent answers. */
+static void check_live(int fd[3], int parent)
+{
 	for (int i = 0; i < 3; i++) {
 		/* The child sends first and the parent answers: a pair connected elsewhere would hang. */
 		const char *ping = "live ping", *pong = "live pong";
@@ -184,7 +196,6 @@ int main(int argc, char **argv)
 		memcpy(CMSG_DATA(c), carried, sizeof(carried));
 		MUST(sendmsg(pairs[1][0], &msg, 0));
 	}
-	close(piped[0]);
 	close(file);
 	struct sockaddr_un addr;
 	socklen_t addrlen = listener_addr(&addr, getpid());
@@ -206,6 +217,7 @@ int main(int argc, char **argv)
 		int mine[3];
 		close(ready[0]);
 		close(piped[1]);
+		held_pipe_end = piped[0];
 		close(listener);
 		close(client);
 		MUST(send(accepted, "from the child's accepted end", 29, 0));
@@ -219,7 +231,8 @@ int main(int argc, char **argv)
 		close(ready[1]);
 		while (!check_requested)
 			usleep(1000);
-		check_side(mine, 0);
+		check_queues(mine, 0);
+		check_live(mine, 0);
 		check_accepted(accepted, 0, -1);
 		_exit(failures);
 	}
@@ -231,6 +244,7 @@ int main(int argc, char **argv)
 	}
 	close(ready[0]);
 	close(accepted);
+	close(piped[0]);
 	int mine[3];
 	for (int i = 0; i < 3; i++) {
 		close(pairs[i][1]);
@@ -239,8 +253,10 @@ int main(int argc, char **argv)
 	say("ready %d %d\n", getpid(), child);
 	while (!check_requested)
 		usleep(1000);
+	/* The parent's queues first: the child's live messages must not land in them before. */
+	check_queues(mine, 1);
 	kill(child, SIGUSR1);
-	check_side(mine, 1);
+	check_live(mine, 1);
 	check_accepted(client, 1, listener);
 	int status;
 	CHECK(waitpid(child, &status, 0) == child && WIFEXITED(status), "the child ran its checks and exited");

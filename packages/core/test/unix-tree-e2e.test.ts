@@ -43,7 +43,7 @@ describe('core: unix socketpairs across processes end to end', function () {
     }
     const { failures, checks, done } = keeper.check();
     expect(failures).to.deep.equal([]);
-    expect(checks.length).to.equal(41);
+    expect(checks.length).to.equal(42);
     expect(done).to.equal('done 0');
   });
 });

@@ -420,15 +420,18 @@ export function readFdTable<Reg>(input: FdTableInput<Reg>): FdSlot<Reg>[] & { re
     for (const [i, message] of file.sk.queue.entries()) {
       for (const fileId of message.rights) {
         const where = `sk-queues.img: file id ${fileId} in flight in message ${i + 1} of unix socket id ${file.id}`;
-        if (inFlight.some((f) => f.fileId === fileId) || slots.some((f) => f.fileId === fileId)) continue;
+        // Listed even when the table also has it open: the process that makes the tree's unix
+        // sockets (and sends the files in flight) may be another one (see SharedFiles).
+        if (inFlight.some((f) => f.fileId === fileId)) continue;
         const entry = files.get(fileId);
         if (!entry) invalid(`${where} is missing from files.img`, { fileId });
         const type = Number(entry.type);
         if (!IN_FLIGHT_TYPES.has(type)) invalid(`${where} is of type ${type}, which restore cannot send again (files, pipes, FIFOs, unix sockets, eventfds, signalfds and memfds only)`, { fileId, type });
+        const known = byFile.has(fileId);
         const inflight = fileOf(fileId, type, where);
         const owner = ownerOf(entry, where);
         inFlight.push({ fd: -1, cloexec: false, type, fileId, file: inflight, ...(owner ? { owner } : {}) });
-        pending.push(inflight);
+        if (!known) pending.push(inflight);
       }
     }
   }
