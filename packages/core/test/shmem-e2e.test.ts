@@ -116,28 +116,3 @@ describe('core: memfd and /dev/shm mappings end to end', function () {
     expect(checks.length).to.equal(23);
   });
 });
-
-describe('core: SysV shared memory is refused, naming the segment', function () {
-  this.timeout(60_000);
-  let keeper: StateKeeper | undefined;
-  before(function () {
-    if (!isRoot()) this.skip(); // stated reason: ptrace needs root
-    becomeSubreaper();
-  });
-  after(() => {
-    if (isRoot()) becomeSubreaper(false);
-  });
-  afterEach(() => {
-    keeper?.cleanup();
-    keeper = undefined;
-  });
-
-  it('dump fails with the segment id, key, size and address; the program runs on with its segment', function () {
-    keeper = new StateKeeper('sysv-keeper');
-    const id = Number(keeper.lines().find((l) => l.startsWith('segment '))!.split(' ')[1]);
-    expect(() => dumpSync({ pid: keeper!.pid, imagesDir: keeper!.images })).to.throw(DumpError, new RegExp(`SysV shared memory segment id ${id} \\(key 0x0+, 8192 bytes, mode 600, 1 attachment\\(s\\), marked for removal \\(IPC_RMID\\)\\) attached at 0x[0-9a-f]+-0x[0-9a-f]+`));
-    const { failures, checks } = keeper.check();
-    expect(failures).to.deep.equal([]);
-    expect(checks).to.have.length(1);
-  });
-});

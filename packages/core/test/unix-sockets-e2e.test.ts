@@ -13,7 +13,7 @@ import { dumpSync, DumpError, restoreSync } from '@criu-ts/core';
 import { AF_UNIX, bind, close, connect, listen, sendmsg, SOCK, sockaddrUn, socket, type Fd } from '@criu-ts/sys';
 import { ImageReader, imageFromCritJson, imageToCritJson } from '@criu-ts/images';
 import { readImageSet } from '../src/restore/image-set.js';
-import { planUnixSockets, readSocketQueues, readUnixSocket } from '../src/restore/unix-sockets.js';
+import { planUnixSockets, readSocketQueues, readUnixSocket, type QueuedMessage } from '../src/restore/unix-sockets.js';
 import { alive, ourStubs, sleepMs } from './restore-helpers.js';
 import { StateKeeper, rootWithSubreaper } from './programs.js';
 
@@ -215,7 +215,9 @@ describe('core: unix socket images that cannot be restored are refused before an
     expect(() => readUnixSocket(1, usk(1, 0, { type: 3 }), [], 'fd 3', invalid)).to.throw(/type 3/);
     expect(() => readUnixSocket(1, usk(1, 0, { type: 2, state: 10 }), [], 'fd 3', invalid)).to.throw(/dgram socket cannot listen/);
     expect(() => readUnixSocket(1, usk(1, 0, { uflags: 1 }), [], 'fd 3', invalid)).to.throw(/external/);
-    expect(() => readSocketQueues([{ message: { id_for: 1, length: 1, scm: [{ type: 1, rights: [3] }] }, bytes: new Uint8Array(1) }], invalid)).to.throw(/ancillary/);
+    expect(() => readSocketQueues([{ message: { id_for: 1, length: 1, scm: [{ type: 2, rights: [] }] }, bytes: new Uint8Array(1) }], invalid)).to.throw(/ancillary data of type 2/);
+    expect(() => readSocketQueues([{ message: { id_for: 1, length: 0, scm: [{ type: 1, rights: [3] }] }, bytes: new Uint8Array(0) }], invalid)).to.throw(/carries files but no bytes/);
+    expect(readSocketQueues([{ message: { id_for: 1, length: 1, scm: [{ type: 1, rights: [3, 4] }] }, bytes: new Uint8Array(1) }], invalid).get(1)![0]!.rights).to.deep.equal([3, 4]);
     expect(() => readSocketQueues([{ message: { id_for: 1, length: 5 }, bytes: new Uint8Array(1) }], invalid)).to.throw(/length 5/);
   });
 });
@@ -236,7 +238,7 @@ describe("core: CRIU 4.2's own unix socket images pass restore's checks", () => 
             reader.close();
           }
         })()], invalid)
-      : new Map<number, Uint8Array[]>();
+      : new Map<number, QueuedMessage[]>();
     return entries(join(fixtures, dir, 'files.img'))
       .filter((f) => f.type === 5)
       .map((f) => readUnixSocket(f.id, f.usk, queues.get(f.id) ?? [], `files.img id ${f.id}`, invalid));
@@ -254,7 +256,7 @@ describe("core: CRIU 4.2's own unix socket images pass restore's checks", () => 
     const sockets = socketsOf('sockets01');
     const plans = planUnixSockets(sockets, invalid);
     expect([...plans.values()].every((p) => p.how === 'pair')).to.equal(true);
-    expect(sockets.find((s) => s.id === 17)!.queue.map((q) => Buffer.from(q).toString('latin1'))).to.deep.equal(['test-message\0']);
+    expect(sockets.find((s) => s.id === 17)!.queue.map((q) => Buffer.from(q.bytes).toString('latin1'))).to.deep.equal(['test-message\0']);
     expect(sockets.map((s) => s.shutdown).filter(Boolean).sort()).to.deep.equal([1, 1, 2, 2, 3, 3, 3]);
   });
 });

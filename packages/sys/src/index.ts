@@ -15,6 +15,7 @@ export * from './files.js';
 export * from './socket.js';
 export * from './sock-diag.js';
 export * from './process.js';
+export * from './sysv-shm.js';
 export * from './tty.js';
 export { STRUCTS } from './layouts.js';
 /** TCP repair socket calls for @criu-ts/soccr, as a namespace so short names (bind, send) do not clash. */

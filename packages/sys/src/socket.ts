@@ -136,10 +136,11 @@ function cmsgSpace(nfds: number): number {
 }
 
 /**
- * sendmsg(fd, {data, SCM_RIGHTS fds}, flags). At least one byte of data must go with the fds on
- * stream sockets, so callers send a small payload. Returns bytes sent.
+ * sendmsg(fd, {data, SCM_RIGHTS fds, to}, flags). At least one byte of data must go with the fds on
+ * stream sockets, so callers send a small payload. `to`: the destination (msg_name, a sockaddr
+ * such as sockaddrUn's) of a datagram on an unconnected socket. Returns bytes sent.
  */
-export function sendmsg(fd: Fd, data: Uint8Array, fds: readonly Fd[] = [], flags: number = MSG.NOSIGNAL): number {
+export function sendmsg(fd: Fd, data: Uint8Array, fds: readonly Fd[] = [], flags: number = MSG.NOSIGNAL, to?: Uint8Array): number {
   if (fds.length > SCM_MAX_FD) throw new RangeError(`sendmsg: ${fds.length} fds > SCM_MAX_FD`);
   let control: Buffer | null = null;
   if (fds.length > 0) {
@@ -150,8 +151,13 @@ export function sendmsg(fd: Fd, data: Uint8Array, fds: readonly Fd[] = [], flags
     fds.forEach((f, i) => control!.writeInt32LE(f, CMSGHDR_SIZE + i * 4));
   }
   const { hdr, iov } = msghdr(data, control);
+  if (to) {
+    hdr.writeBigUInt64LE(addressOf(to), 0); // msg_name
+    hdr.writeUInt32LE(to.byteLength, 8); // msg_namelen
+  }
   const n = sysCallNumber('sendmsg', N.sendmsg, [fd, hdr, flags], `fd ${fd}`);
   void iov; // keeps the iovec alive until the call returned
+  void to;
   return n;
 }
 

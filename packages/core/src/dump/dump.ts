@@ -35,7 +35,7 @@ import { performance } from 'node:perf_hooks';
 import type { Parasite, Victim } from '@criu-ts/compel';
 import type { DecodedMessage } from '@criu-ts/images';
 import {
-  __WALL, asFd, asPid, kcmp, kill, close as closeFd, ptraceGetRegs, wait4, WNOHANG, ptraceGetRegset, ptraceGetSigmask, NT, type Fd, type Pid,
+  __WALL, asFd, asPid, kill, close as closeFd, ptraceGetRegs, wait4, WNOHANG, ptraceGetRegset, ptraceGetSigmask, NT, type Fd, type Pid,
 } from '@criu-ts/sys';
 import { DumpError, type DumpStage } from '../errors.js';
 import { faultRequested } from '../fault-points.js';
@@ -45,7 +45,7 @@ import { readSmaps, type ProcVma } from '../proc/smaps.js';
 import { writeMemfdPages } from './files/memfd.js';
 import { xsaveOffsetsFromCpuid } from '../arch/x86-fpu.js';
 import { xstateLayout } from '../restore/stub.js';
-import { FileTable, findOutsideTerminal, findUnsupportedDescriptor, readGhostContents, UnsupportedFileError } from './files.js';
+import { FileTable, findOutsideTerminal, findUnsupportedDescriptor, readGhostContents, socketInodesOf, UnsupportedFileError } from './files.js';
 import { InetSocketDumper } from './files/inet-sockets.js';
 import { lockHeldSync, unlockHeldSync, type ConnectionKey, type LockBackend } from '@criu-ts/soccr';
 import { ImageDir } from './image-dir.js';
@@ -56,6 +56,7 @@ import {
   buildCoreEntry, buildThreadCoreEntry, collectPtraceState, threadOwnStateFromMisc, TASK_STOPPED, type TaskSnapshot,
 } from './task-core.js';
 import { seccompImage } from './seccomp.js';
+import { SysvShmDumper } from './sysv-shm.js';
 import { freezeTree, type TreeTask } from './tree.js';
 
 export interface DumpOptions {
@@ -117,7 +118,8 @@ export interface DumpResult {
   readonly runId: string;
 }
 
-const KCMP_FILE = 0;
+/** scm_entry.type of descriptors in flight: SCM_RIGHTS, as the cmsg type (socket(7)). */
+const SCM_RIGHTS = 1;
 const DEFAULT_GHOST_LIMIT = 1 << 20;
 const DEFAULT_TIMEOUT_MS = 10_000;
 /** Disk writeback is started for every this many bytes of pages written (kill mode). */
@@ -269,9 +271,11 @@ function dumpTree(options: DumpOptions): DumpResult {
     inet.close();
     return errors;
   };
+  /** The tree's open files; holds criu-ts's copies of the descriptors in flight in unix sockets until closed. */
   let fileTable: FileTable | undefined;
   const rollback = (error: unknown): never => {
     closeShared();
+    fileTable?.close();
     if (!cleanedUp) {
       cleanedUp = true;
       fileTable?.removeLinkRemaps();
@@ -335,12 +339,15 @@ function dumpTree(options: DumpOptions): DumpResult {
     const files = (fileTable = new FileTable({
       ghostLimit: options.ghostLimit ?? DEFAULT_GHOST_LIMIT, shellJob: options.shellJob === true, fileLocks: options.fileLocks === true,
       linkRemap: options.linkRemap === true, extUnixSk: options.extUnixSk === true, inet, treePids: live.map((t) => t.task.pid),
+      // The fd tables were read while frozen (before the parasite added its own socket).
+      treeSockets: new Set(live.flatMap((t) => socketInodesOf(t.task.pid, t.taskFds))),
     }));
+    const sysv = new SysvShmDumper();
     for (const t of live) {
       const p = t.task.pid;
       const exePath = readLink(p, 'exe').replace(/ \(deleted\)$/, '');
       const exeId = files.mappedFile(exePath, 0, `/proc/${p}/exe`);
-      t.vmas = describeVmas(p, t.procVmas, files);
+      t.vmas = describeVmas(p, t.procVmas, files, sysv);
       // Every thread's own state from the parasite: the worker's in its DUMP_MISC answer, each
       // other thread's by running the same code in that thread (one ptrace round trip each).
       const misc = t.parasite!.dumpMisc();
@@ -355,6 +362,9 @@ function dumpTree(options: DumpOptions): DumpResult {
       t.fs = { umask: Number(misc.umask) };
     }
 
+    // SysV segments: checked once every attachment in the tree is known, contents copied (frozen).
+    const sysvSegments = sysv.collect();
+
     // seccomp.img numbers the filters of every thread of the tree: the thread cores refer to them.
     const seccomp = seccompImage(live.map((t) => t.threads.map((th) => ({ tid: th.tid, seccomp: th.ptrace.seccomp }))));
     for (const t of live) {
@@ -366,10 +376,10 @@ function dumpTree(options: DumpOptions): DumpResult {
     stage = 'files';
     options.onStage?.(stage);
     // Descriptors inherited across fork share one open file description: one files.img entry.
-    const seenFds: SeenFd[] = [];
+    files.peekUnixQueues(live.map((t) => ({ pid: t.task.pid, fds: t.taskFds })));
     for (const t of live) {
       const p = t.task.pid;
-      t.fdEntries = dumpDescriptors(p, t.taskFds, files, seenFds);
+      t.fdEntries = dumpDescriptors(p, t.taskFds, files);
       const cwdId = files.directory(readLink(p, 'cwd'), `/proc/${p}/cwd`);
       const rootId = files.directory(readLink(p, 'root'), `/proc/${p}/root`);
       t.fs = { cwd_id: cwdId, root_id: rootId, ...t.fs };
@@ -467,6 +477,9 @@ function dumpTree(options: DumpOptions): DumpResult {
     for (const [shmid, shared] of sharedDumps) dir.writeImage(`pagemap-shmem-${shmid}.img`, [{ pages_id: shared.pagesId }, ...shared.entries]);
     for (const m of memfdPagemaps) dir.writeImage(`pagemap-shmem-${m.shmid}.img`, [{ pages_id: m.pagesId }, ...m.entries]);
     if (files.memfdInodes.size > 0) dir.writeImage('memfd.img', [...files.memfdInodes.values()]);
+    if (sysvSegments.length > 0) {
+      dir.writeImage(`ipcns-shm-${namespaces.ipc_ns_id}.img`, sysvSegments.map((s) => ({ message: s.entry, payload: { type: 'bytes' as const, bytes: s.contents } })));
+    }
     if (files.remaps.length > 0) dir.writeImage('remap-fpath.img', files.remaps);
     for (const ghost of files.ghosts) {
       dir.writeImage(`ghost-file-${ghost.id.toString(16)}.img`, [{ message: ghost.entry, payload: { type: 'bytes', bytes: readGhostContents(ghost) } }]);
@@ -479,8 +492,12 @@ function dumpTree(options: DumpOptions): DumpResult {
     if (files.ttyInfos.length > 0) dir.writeImage('tty-info.img', files.ttyInfos);
     if (files.ttyData.length > 0) dir.writeImage('tty-data.img', files.ttyData);
     if (files.locks.length > 0) dir.writeImage('filelocks.img', files.locks);
+    files.close(); // deleted files in flight were read through criu-ts's copies (ghost files above)
     if (files.socketQueues.length > 0) {
-      dir.writeImage('sk-queues.img', files.socketQueues.map((q) => ({ message: { id_for: q.idFor, length: q.bytes.length, ...(q.addr ? { addr: q.addr } : {}) }, payload: { type: 'bytes' as const, bytes: q.bytes } })));
+      dir.writeImage('sk-queues.img', files.socketQueues.map((q) => ({
+        message: { id_for: q.idFor, length: q.bytes.length, ...(q.addr ? { addr: q.addr } : {}), ...(q.rights ? { scm: [{ type: SCM_RIGHTS, rights: q.rights }] } : {}) },
+        payload: { type: 'bytes' as const, bytes: q.bytes },
+      })));
     }
     for (const stream of inet.tcpStreams) dir.writeImage(`tcp-stream-${stream.ino.toString(16)}.img`, [{ message: stream.entry, payload: stream.queues }]);
     const liveByPid = new Map(live.map((t) => [t.task.pid as number, t]));
@@ -676,27 +693,16 @@ function findBrk(vmas: readonly DumpVma[], startBrk: bigint): bigint {
   return heap ? heap.proc.end : startBrk;
 }
 
-interface SeenFd {
-  readonly pid: Pid;
-  readonly fd: number;
-  readonly id: number;
-}
-
 /**
- * The fd table of `pid`. `seen` holds every descriptor of the tree dumped so far: one sharing an
- * open file description with any of them (dup, or inherited across fork: kcmp(2) KCMP_FILE
- * says so) gets its files.img id, as CRIU records it.
+ * The fd table of `pid`. A descriptor sharing an open file description with one dumped before
+ * (dup, or inherited across fork: kcmp(2) KCMP_FILE says so; FileTable keeps them) gets its
+ * files.img id, as CRIU records it.
  */
-function dumpDescriptors(pid: Pid, fds: readonly number[], files: FileTable, seen: SeenFd[]): DecodedMessage[] {
+function dumpDescriptors(pid: Pid, fds: readonly number[], files: FileTable): DecodedMessage[] {
   const entries: DecodedMessage[] = [];
   for (const fd of fds) {
     try {
-      const entry = files.descriptor(pid, fd, (candidate) => {
-        for (const earlier of seen) if (kcmp(earlier.pid, pid, KCMP_FILE, earlier.fd, candidate) === 0) return earlier.id;
-        return undefined;
-      }, fds);
-      seen.push({ pid, fd, id: Number(entry.id) });
-      entries.push(entry);
+      entries.push(files.descriptor(pid, fd, fds));
     } catch (error) {
       if (error instanceof UnsupportedFileError) throw error;
       if ((error as NodeJS.ErrnoException).code === 'ENOENT') continue; // closed meanwhile: cannot happen while frozen, but harmless

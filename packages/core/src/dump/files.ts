@@ -14,7 +14,7 @@
 import { closeSync, fstatSync, openSync, readFileSync, readSync, readdirSync, readlinkSync, statSync, unlinkSync, type Stats } from 'node:fs';
 import { dirname, join } from 'node:path';
 import type { DecodedMessage } from '@criu-ts/images';
-import type { Pid } from '@criu-ts/sys';
+import { asPid, kcmp, unixDiagDump, type Fd, type Pid } from '@criu-ts/sys';
 import { anonInodeKind, eventfdEntry, eventpollEntry, signalfdEntry, timerfdEntry } from './files/anon-inodes.js';
 import { pipeInode, readPipeContents, type PipeContents } from './files/pipes.js';
 import {
@@ -26,7 +26,7 @@ import { fanotifyEntry } from './files/fanotify.js';
 import { memfdInodeEntry, memfdName } from './files/memfd.js';
 import { noOwner, ownerOf } from './files/owner.js';
 import { FILE_LOCK_FLAG, fileLocks } from './files/locks.js';
-import { socketInode, UnixSocketDumper, unixSocketInodes } from './files/unix-sockets.js';
+import { peekQueue, socketInode, UnixSocketDumper, UnixSocketRefused, unixSocketInodes, type UnixDumpContext } from './files/unix-sockets.js';
 import { grabFd, InetSocketDumper, precheckInetSocket, type InetDumpOptions, type InetSocketRefused } from './files/inet-sockets.js';
 import { AT_SYMLINK_FOLLOW, close as closeFd, linkat, SysError } from '@criu-ts/sys';
 
@@ -35,6 +35,7 @@ export const FD_TYPE = {
   REG: 1, PIPE: 2, FIFO: 3, INETSK: 4, UNIXSK: 5, EVENTFD: 6, EVENTPOLL: 7, INOTIFY: 8, SIGNALFD: 9, TTY: 11, FANOTIFY: 12, TIMERFD: 17, MEMFD: 18,
 } as const;
 const O_CLOEXEC = 0o2000000;
+const KCMP_FILE = 0;
 const FD_CLOEXEC = 1;
 
 export class UnsupportedFileError extends Error {
@@ -47,6 +48,15 @@ export class UnsupportedFileError extends Error {
   ) {
     super(`fd ${fd} (${target}): ${kind} ${why}`);
     this.name = 'UnsupportedFileError';
+  }
+}
+
+/** A descriptor in flight in a unix socket's queue (SCM_RIGHTS) of a kind restore cannot send again. */
+export class InFlightFileRefused extends UnsupportedFileError {
+  constructor(target: string, reason: string, where: string) {
+    super(-1, target, reason);
+    this.message = `${where} is ${target}: ${reason} in flight (SCM_RIGHTS) cannot be dumped (files, pipes, FIFOs, unix sockets, eventfds, signalfds and memfds can)`;
+    this.name = 'InFlightFileRefused';
   }
 }
 
@@ -76,6 +86,12 @@ export interface FileTableOptions {
   readonly extUnixSk?: boolean;
   /** The dump's TCP/UDP sockets (refused without it). */
   readonly inet?: InetSocketDumper;
+  /**
+   * Inodes of every socket a process of the dumped tree holds: a unix socket whose peer is among
+   * them is dumped with it (its other end may be in another process: a socketpair shared across
+   * fork, a connection between parent and child). Without it, each process's own sockets.
+   */
+  readonly treeSockets?: ReadonlySet<number>;
   /** Every process of the dumped tree (the sessions of terminals are looked up among them). */
   readonly treePids?: readonly number[];
 }
@@ -100,15 +116,24 @@ export class FileTable {
   /** fd_types of every file id, for fds that share an earlier fd's file. */
   private readonly typeOf = new Map<number, number>();
   private nextGhostId = 1;
-  /** Queued messages of unix sockets (sk-queues.img), oldest first per socket, by the receiving socket's file id. */
-  readonly socketQueues: Array<{ idFor: number; bytes: Buffer; addr?: Buffer }> = [];
+  /**
+   * Queued messages of unix sockets (sk-queues.img), oldest first per socket, by the receiving
+   * socket's file id; `rights`: the file ids of the descriptors a message carries (SCM_RIGHTS).
+   */
+  readonly socketQueues: Array<{ idFor: number; bytes: Buffer; addr?: Buffer; rights?: number[] }> = [];
   /** Inodes of the sockets outside the dump already recorded (--ext-unix-sk). */
   private readonly externalSockets = new Set<number>();
   /** One per dumped process: peers are looked up among that process's sockets. */
   private readonly unixSockets = new Map<number, UnixSocketDumper>();
   private unixInodes?: Set<number>;
-  /** The sock_diag dump of every unix socket, shared by the processes' dumpers (taken once: the tree is frozen). */
-  private readonly diagCache: { sockets?: Map<number, import('@criu-ts/sys').UnixDiagSocket> } = {};
+  /** The sock_diag dump of every unix socket and their peeked queues, shared by the processes' dumpers (taken once: the tree is frozen). */
+  private readonly unixContext: UnixDumpContext = { queues: new Map() };
+  /** Sockets dumped with the tree: those of its fds, then those found in flight in their queues. */
+  private readonly treeSockets: Set<number> | undefined;
+  /** Every descriptor dumped so far (the tree's and criu-ts's own copies of those in flight), for kcmp. */
+  private readonly seenFds: Array<{ readonly pid: Pid; readonly fd: number; readonly id: number }> = [];
+  /** Unix sockets whose entry is being made (a socket in flight in its own queue would recurse). */
+  private readonly socketsInProgress = new Set<number>();
 
   /** tty-info.img entries, one per terminal device (ids as CRIU numbers them: terminals.ts). */
   readonly ttyInfos: DecodedMessage[] = [];
@@ -132,7 +157,61 @@ export class FileTable {
   readonly locks: DecodedMessage[] = [];
   private readonly lockKeys = new Set<string>();
 
-  constructor(private readonly options: FileTableOptions) {}
+  constructor(private readonly options: FileTableOptions) {
+    this.treeSockets = options.treeSockets ? new Set(options.treeSockets) : undefined;
+  }
+
+  /**
+   * Peeks the queue of every unix socket of the tree before any is dumped, following the
+   * sockets in flight in them (and in their queues, in turn): a socket whose peer is in flight
+   * is dumped with it (a socketpair one end of which was sent and not received yet), so those
+   * must be known first. Each queue is peeked once (UnixDumpContext); the descriptors in flight
+   * stay open in criu-ts until close().
+   */
+  peekUnixQueues(tasks: ReadonlyArray<{ readonly pid: Pid; readonly fds: readonly number[] }>): void {
+    const diag = (this.unixContext.sockets ??= unixDiagDump());
+    let buf: Buffer | undefined; // as big as the largest datagram a unix socket can queue (see unix-sockets.ts)
+    const walk = (sock: Fd, ino: number, refuse: (reason: string) => never): void => {
+      const sk = diag.get(ino);
+      if (!sk || sk.state === 10 /* TCP_LISTEN */ || this.unixContext.queues.has(ino)) return;
+      const queue = peekQueue(sock, sk.type, refuse, (buf ??= Buffer.allocUnsafe(8 << 20)));
+      this.unixContext.queues.set(ino, queue);
+      for (const [i, m] of queue.entries()) {
+        for (const f of m.fds) {
+          let inner: number | undefined;
+          try {
+            inner = socketInode(readlinkSync(`/proc/self/fd/${f}`));
+          } catch {
+            inner = undefined;
+          }
+          if (inner === undefined || !diag.has(inner)) continue;
+          this.treeSockets?.add(inner);
+          walk(f, inner, (reason) => refuse(`queued message ${i + 1} carries unix socket:[${inner}], whose own queue cannot be dumped: ${reason}`));
+        }
+      }
+    };
+    for (const { pid, fds } of tasks) {
+      for (const fd of fds) {
+        const ino = socketInodeOf(pid, fd);
+        if (ino === undefined || !diag.has(ino) || this.unixContext.queues.has(ino)) continue;
+        if (diag.get(ino)!.state === 10 /* TCP_LISTEN: its queue holds connections */) continue;
+        const dup = grabFd(pid, fd);
+        try {
+          walk(dup, ino, (reason) => {
+            throw new UnixSocketRefused(fd, ino, `(process ${pid}) ${reason}`);
+          });
+        } finally {
+          closeFd(dup);
+        }
+      }
+    }
+  }
+
+  /** Closes criu-ts's copies of the descriptors in flight (once the images are written: deleted files in flight are read through them). */
+  close(): void {
+    for (const queue of this.unixContext.queues.values()) for (const m of queue) for (const f of m.fds) closeFd(f);
+    this.unixContext.queues.clear();
+  }
 
   private get ghostLimit(): number {
     return this.options.ghostLimit;
@@ -234,11 +313,53 @@ export class FileTable {
   }
 
   /**
-   * One descriptor of task `pid`. `sameAs` finds an earlier fd sharing the open file description
-   * (dup, inherited): such fds share one file entry, as they share one offset. `taskFds` are all
-   * the task's descriptors (epoll targets are looked up among them).
+   * One descriptor of task `pid`. One sharing the open file description of an fd dumped before
+   * (dup, inherited; kcmp(2) KCMP_FILE says so) shares its file entry, as they share one offset.
+   * `taskFds` are all the task's descriptors (epoll targets are looked up among them).
    */
-  descriptor(pid: Pid, fd: number, sameAs: (fd: number) => number | undefined, taskFds: readonly number[] = []): DecodedMessage {
+  descriptor(pid: Pid, fd: number, taskFds: readonly number[] = []): DecodedMessage {
+    const entry = this.describe(pid, fd, (candidate) => {
+      for (const earlier of this.seenFds) if (kcmp(earlier.pid, pid, KCMP_FILE, earlier.fd, candidate) === 0) return earlier.id;
+      return undefined;
+    }, taskFds);
+    this.seenFds.push({ pid, fd, id: Number(entry.id) });
+    return entry;
+  }
+
+  /**
+   * A descriptor in flight (SCM_RIGHTS) in a unix socket's queue, open in criu-ts as `ours`: a
+   * file entry like any other (no fd of the tree points at it; restore sends it again), sharing
+   * the id of a tree fd with the same open file description. Kinds restore can send again:
+   * regular files and directories, pipes, FIFOs, unix sockets, eventfd, signalfd, memfd;
+   * anything else is refused, naming it (`what`: the socket's fd and the message).
+   */
+  private inFlight(ours: Fd, what: string): number {
+    const target = readlinkSync(`/proc/self/fd/${ours}`);
+    const refuse = (reason: string): never => {
+      throw new InFlightFileRefused(target, reason, what);
+    };
+    const ino = socketInode(target);
+    if (ino !== undefined) {
+      if (!this.unixContext.sockets?.has(ino)) refuse('a socket other than AF_UNIX');
+      if (this.socketsInProgress.has(ino)) refuse('a unix socket whose queue holds itself (a reference cycle)');
+    }
+    const anon = anonInodeKind(target);
+    if (anon !== undefined && anon !== 'eventfd' && anon !== 'signalfd') refuse(`an ${anon} descriptor`);
+    if (ino === undefined && anon === undefined && pipeInode(target) === undefined) {
+      const stats = statSync(`/proc/self/fd/${ours}`);
+      if (terminalKind(target, stats)) refuse('a terminal');
+    }
+    const self = asPid(process.pid);
+    try {
+      return Number(this.descriptor(self, ours).id);
+    } catch (error) {
+      if (error instanceof InFlightFileRefused) throw error;
+      // Its own refusal names criu-ts's copy of it: say where it is in flight instead.
+      throw new InFlightFileRefused(target, `cannot be dumped: ${(error as Error).message}; a descriptor`, what);
+    }
+  }
+
+  private describe(pid: Pid, fd: number, sameAs: (fd: number) => number | undefined, taskFds: readonly number[] = []): DecodedMessage {
     const procFd = `/proc/${pid}/fd/${fd}`;
     const fdinfoText = readFileSync(`/proc/${pid}/fdinfo/${fd}`, 'utf8');
     const info = parseFdinfo(fdinfoText);
@@ -294,18 +415,30 @@ export class FileTable {
       }
       let dumper = this.unixSockets.get(pid);
       if (!dumper) {
-        dumper = new UnixSocketDumper(pid, new Set(taskFds.map((n) => socketInodeOf(pid, n)).filter((n): n is number => n !== undefined)), this.diagCache, this.options.extUnixSk === true);
+        const sockets = this.treeSockets ?? new Set(taskFds.map((n) => socketInodeOf(pid, n)).filter((n): n is number => n !== undefined));
+        dumper = new UnixSocketDumper(pid, sockets, this.unixContext, this.options.extUnixSk === true);
         this.unixSockets.set(pid, dumper);
       }
-      const socket = dumper.dump(fd, socketIno, flags);
-      const slot = add(FD_TYPE.UNIXSK, 'usk', socket.entry);
+      this.socketsInProgress.add(socketIno);
+      let slot: DecodedMessage;
+      const queue: Array<{ bytes: Buffer; rights?: number[] }> = [];
+      try {
+        const socket = dumper.dump(fd, socketIno, flags);
+        slot = add(FD_TYPE.UNIXSK, 'usk', socket.entry);
+        for (const [i, m] of socket.queue.entries()) {
+          const rights = m.fds.map((f, j) => this.inFlight(f, `descriptor ${j + 1} of queued message ${i + 1} of ${what}`));
+          queue.push({ bytes: m.bytes, ...(rights.length > 0 ? { rights } : {}) });
+        }
+      } finally {
+        this.socketsInProgress.delete(socketIno);
+      }
       for (const [ino, entry] of dumper.externals) {
         if (this.externalSockets.has(ino)) continue;
         const id = this.allocate();
         this.externalSockets.add(ino);
         this.files.push({ type: FD_TYPE.UNIXSK, id, usk: { id, ...entry, fown: noOwner() } });
       }
-      for (const bytes of socket.queue) this.socketQueues.push({ idFor: Number(slot.id), bytes });
+      for (const m of queue) this.socketQueues.push({ idFor: Number(slot.id), ...m });
       return slot;
     }
 
@@ -605,6 +738,11 @@ function deletedButLinked(pid: number, fd: number, target: string): number {
   } catch {
     return 0;
   }
+}
+
+/** Inodes of the sockets behind fds `fds` of process `pid`. */
+export function socketInodesOf(pid: number, fds: readonly number[]): number[] {
+  return fds.map((n) => socketInodeOf(pid, n)).filter((n): n is number => n !== undefined);
 }
 
 /** `pid` and its descendants, from /proc/PID/task/TID/children (the tree as it is now, not frozen). */

@@ -21,6 +21,7 @@ import type { Parasite } from '@criu-ts/compel';
 import { asRemoteAddress, mmap, munmap, processVmReadv, getpid, type Fd } from '@criu-ts/sys';
 import type { ProcVma } from '../proc/smaps.js';
 import type { FileTable } from './files.js';
+import type { SysvShmDumper } from './sysv-shm.js';
 
 export const PAGE_SIZE = 4096;
 const PAGE = BigInt(PAGE_SIZE);
@@ -55,7 +56,8 @@ export interface DumpVma {
   readonly pages: 'none' | 'private' | 'shared';
 }
 
-export function describeVmas(pid: number, vmas: readonly ProcVma[], files: FileTable): DumpVma[] {
+/** `sysv`: the dump's SysV segments (an attachment is refused without it). */
+export function describeVmas(pid: number, vmas: readonly ProcVma[], files: FileTable, sysv?: SysvShmDumper): DumpVma[] {
   const out: DumpVma[] = [];
   for (let i = 0; i < vmas.length; i++) {
     const v = vmas[i]!;
@@ -89,7 +91,15 @@ export function describeVmas(pid: number, vmas: readonly ProcVma[], files: FileT
       pages = 'none';
     } else if (v.name.startsWith('/SYSV')) {
       // Before the anonymous case: a segment's id is its inode number, and id 0 is a real one.
-      throw new Error(sysvRefusal(v));
+      if (!sysv) throw new Error(sysvRefusal(v));
+      sysv.attach(pid, v);
+      // As CRIU records an attachment: shared, shmid = the segment id, no file. fdflags says
+      // whether it may be made writable (VM_MAYWRITE: not attached SHM_RDONLY), for restore.
+      entry.flags = MAP_SHARED;
+      entry.status = VMA.REGULAR | VMA.SYSVIPC;
+      entry.shmid = BigInt(v.inode);
+      entry.fdflags = v.vmFlags.has('mw') ? O_RDWR : 0;
+      pages = 'none';
     } else if (v.inode === 0 || v.name === '' || v.name === '[heap]' || v.name === '[stack]' || v.name.startsWith('[anon:')) {
       if (v.shared) throw new Error(`shared anonymous mapping without a backing inode at 0x${v.start.toString(16)}`);
       entry.flags = (entry.flags as number) | MAP_ANONYMOUS;

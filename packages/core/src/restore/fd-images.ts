@@ -243,8 +243,11 @@ function externalUnixNames(files: ReadonlyMap<number, Msg>): Map<number, Buffer>
   return names;
 }
 
-/** Reads and checks every fd slot of one task's table. */
-export function readFdTable<Reg>(input: FdTableInput<Reg>): FdSlot<Reg>[] {
+/**
+ * Reads and checks every fd slot of one task's table; `inFlight`: the files in flight in the
+ * queues of its unix sockets (fd -1: no fd of the task is theirs).
+ */
+export function readFdTable<Reg>(input: FdTableInput<Reg>): FdSlot<Reg>[] & { readonly inFlight: readonly FdSlot<Reg>[] } {
   const { fdinfoName, files, pid } = input;
   const pipes = pipeDataOf(input, 'pipes-data.img');
   const fifos = pipeDataOf(input, 'fifo-data.img');
@@ -407,6 +410,32 @@ export function readFdTable<Reg>(input: FdTableInput<Reg>): FdSlot<Reg>[] {
     slots.push({ fd, cloexec: (Number(e.flags) & 1) !== 0, type, fileId, file: fileOf(fileId, type, where), ...(owner ? { owner } : {}) });
   }
 
+  // Files in flight in the queues of the table's unix sockets (SCM_RIGHTS), and in the queues of
+  // the unix sockets among them, in turn: files.img entries no fd points at, made at restore only
+  // to be sent again. A file also open in the table is the same object (one open file description).
+  const inFlight: FdSlot<Reg>[] = [];
+  const pending = [...byFile.values()];
+  for (let file = pending.shift(); file; file = pending.shift()) {
+    if (file.kind !== 'unixsk') continue;
+    for (const [i, message] of file.sk.queue.entries()) {
+      for (const fileId of message.rights) {
+        const where = `sk-queues.img: file id ${fileId} in flight in message ${i + 1} of unix socket id ${file.id}`;
+        // Listed even when the table also has it open: the process that makes the tree's unix
+        // sockets (and sends the files in flight) may be another one (see SharedFiles).
+        if (inFlight.some((f) => f.fileId === fileId)) continue;
+        const entry = files.get(fileId);
+        if (!entry) invalid(`${where} is missing from files.img`, { fileId });
+        const type = Number(entry.type);
+        if (!IN_FLIGHT_TYPES.has(type)) invalid(`${where} is of type ${type}, which restore cannot send again (files, pipes, FIFOs, unix sockets, eventfds, signalfds and memfds only)`, { fileId, type });
+        const known = byFile.has(fileId);
+        const inflight = fileOf(fileId, type, where);
+        const owner = ownerOf(entry, where);
+        inFlight.push({ fd: -1, cloexec: false, type, fileId, file: inflight, ...(owner ? { owner } : {}) });
+        if (!known) pending.push(inflight);
+      }
+    }
+  }
+
   // Queued messages belong to a socket the table has.
   // (sk-queues.img serves the whole tree: a socket of another process is checked with that process.)
   for (const idFor of socketQueues.keys()) {
@@ -415,8 +444,7 @@ export function readFdTable<Reg>(input: FdTableInput<Reg>): FdSlot<Reg>[] {
   for (const idFor of datagramQueues.keys()) {
     if (Number(files.get(idFor)?.type) !== FD_TYPE.INETSK) invalid(`sk-queues.img: datagrams for file id ${idFor}, which is no inet socket in files.img`, { idFor });
   }
-  // Peers present and consistent (throws otherwise); restore plans again from the same images.
-  planUnixSockets(unixSocketsOf(slots), (message, evidence = {}) => invalid(`files.img (fd table ${fdinfoName} of process ${pid}): ${message}`, { file: join(input.dir, 'files.img'), ...evidence }));
+  // Unix peers are checked for the whole tree (checkTreeUnixSockets): a peer may be in another process.
 
   // Every epoll target must be an fd of the restored table: that is what gets registered.
   for (const slot of slots) {
@@ -425,10 +453,22 @@ export function readFdTable<Reg>(input: FdTableInput<Reg>): FdSlot<Reg>[] {
       if (!seen.has(t.tfd)) invalid(`${fdinfoName}: epoll fd ${slot.fd} watches fd ${t.tfd}, which the task does not have`, { epfd: slot.fd, tfd: t.tfd });
     }
   }
-  return slots;
+  return Object.assign(slots, { inFlight });
 }
 
-/** The unix sockets of a table, once each (fds sharing a socket share its file). */
+/** Kinds of files.img entries restore can send again in flight (SCM_RIGHTS). */
+const IN_FLIGHT_TYPES = new Set<number>([FD_TYPE.REG, FD_TYPE.PIPE, FD_TYPE.FIFO, FD_TYPE.UNIXSK, FD_TYPE.EVENTFD, FD_TYPE.SIGNALFD, FD_TYPE.MEMFD]);
+
+/**
+ * Peers present and consistent across the whole tree (the two ends of a connection may be in two
+ * processes); throws otherwise. Restore plans again from the same images.
+ */
+export function checkTreeUnixSockets(dir: string, tables: ReadonlyArray<readonly FdSlot<unknown>[]>): void {
+  // (tables include the files in flight: a socket in flight is planned with its peer)
+  planUnixSockets(unixSocketsOf(tables.flat()), (message, evidence = {}) => invalid(`files.img: ${message}`, { file: join(dir, 'files.img'), ...evidence }));
+}
+
+/** The unix sockets of a table (or of several), once each (fds sharing a socket share its file). */
 export function unixSocketsOf<Reg>(slots: readonly FdSlot<Reg>[]): UnixSocketImage[] {
   const seen = new Map<number, UnixSocketImage>();
   for (const slot of slots) if (slot.file.kind === 'unixsk' && !seen.has(slot.fileId)) seen.set(slot.fileId, slot.file.sk);

@@ -12,8 +12,10 @@
 //   signalfd   signalfd4 with the dumped mask
 //   eventpoll  epoll_create1; its targets are added once every fd has its final number
 //   timerfd    timerfd_create; armed last, with the remaining time and pending ticks
-//   unixsk     every unix socket of the table at once (pairs, listeners and their accepted
-//              connections depend on each other): see unix-sockets.ts
+//   unixsk     every unix socket of the tree at once, in the first process that has one (pairs,
+//              listeners and their accepted connections depend on each other, and their ends
+//              may be in different processes; the others take theirs from criu-ts with a
+//              remote pidfd_getfd): see unix-sockets.ts
 //   inetsk     made by criu-ts (TCP repair works on a local fd) and taken by the task with a
 //              remote pidfd_getfd: see inet-sockets.ts
 //   pty        a pty of the tree (master or slave): made by criu-ts with its index, termios and
@@ -36,7 +38,7 @@ import {
 } from '@criu-ts/sys';
 import type { FdImage, ImageSet, RegFile } from './image-set.js';
 import { LEASE_BREAKING, LOCK_KIND, unixSocketsOf, type FileOwner, type FileLockImage, type InotifyWatch, type OpenFileImage, type PipeData } from './fd-images.js';
-import { createUnixSockets, planUnixSockets } from './unix-sockets.js';
+import { createUnixSockets, planUnixSockets, type UnixSocketImage } from './unix-sockets.js';
 import { RestoreError } from './errors.js';
 import type { InetSockets } from './inet-sockets.js';
 import { remote, remoteOpen } from './memory.js';
@@ -115,10 +117,18 @@ const u64 = (v: bigint): Buffer => {
 export class SharedFiles {
   private readonly files = new Map<number, Fd>();
   private readonly pipes = new Map<number, { read: Fd; write: Fd }>();
+  /** criu-ts's duplicates of the unix sockets made by another process than the one using them, by file id. */
+  private readonly unixFds = new Map<number, Fd>();
+  /** Whether the tree's unix sockets were made (by the first process that needed one). */
+  unixMade = false;
 
   private constructor(
     private readonly fileIds: ReadonlySet<number>,
     private readonly pipeIds: ReadonlySet<number>,
+    /** Every unix socket of the tree, once each: made together (see FileCreator's unixsk case). */
+    readonly unixSockets: readonly UnixSocketImage[],
+    /** Every file in flight in the tree's unix sockets, by file id (made by the process that makes the sockets). */
+    readonly inFlight: ReadonlyMap<number, FdImage>,
   ) {}
 
   /** Which files and pipes the processes of `sets` share (terminals excepted: each takes criu-ts's own). */
@@ -129,6 +139,9 @@ export class SharedFiles {
       if (!map.has(key)) map.set(key, new Set());
       map.get(key)!.add(pid);
     };
+    // Files in flight are made by the process that makes the unix sockets: the first that has one.
+    const unixMaker = sets.find((set) => set.fds.some((slot) => slot.file.kind === 'unixsk'))?.pid;
+    const inFlight = new Map<number, FdImage>();
     for (const set of sets) {
       for (const slot of set.fds) {
         // Terminals: criu-ts's own (shell job) or made by criu-ts for every holder (ptys.ts).
@@ -136,9 +149,26 @@ export class SharedFiles {
         add(fileUsers, slot.fileId, set.pid);
         if (slot.file.kind === 'pipe') add(pipeUsers, slot.file.pipeId, set.pid);
       }
+      for (const slot of set.inFlight) {
+        inFlight.set(slot.fileId, slot);
+        if (unixMaker === undefined) continue;
+        add(fileUsers, slot.fileId, unixMaker);
+        if (slot.file.kind === 'pipe') add(pipeUsers, slot.file.pipeId, unixMaker);
+      }
     }
     const shared = (map: Map<number, Set<number>>) => new Set([...map].filter(([, users]) => users.size > 1).map(([key]) => key));
-    return new SharedFiles(shared(fileUsers), shared(pipeUsers));
+    return new SharedFiles(shared(fileUsers), shared(pipeUsers), unixSocketsOf(sets.flatMap((s) => [...s.fds, ...s.inFlight])), inFlight);
+  }
+
+  /** criu-ts's duplicate of unix socket `fileId` when another process made it. */
+  unixSocket(fileId: number): Fd | undefined {
+    return this.unixFds.get(fileId);
+  }
+
+  /** Keeps duplicates of the unix sockets process `pid` made for other processes (fd in `pid` by file id). */
+  keepUnixSockets(pid: number, fds: ReadonlyMap<number, number>, ownIds: ReadonlySet<number>): void {
+    this.unixMade = true;
+    for (const [fileId, fd] of fds) if (!ownIds.has(fileId) && !this.unixFds.has(fileId)) this.unixFds.set(fileId, SharedFiles.grab(pid, fd));
   }
 
   isShared(fileId: number): boolean {
@@ -182,8 +212,10 @@ export class SharedFiles {
       closeLocal(p.read);
       closeLocal(p.write);
     }
+    for (const fd of this.unixFds.values()) closeLocal(fd);
     this.files.clear();
     this.pipes.clear();
+    this.unixFds.clear();
   }
 }
 
@@ -200,6 +232,8 @@ class FileCreator {
   private unixSockets?: Map<number, number>;
   /** Work for after every fd has its final number. */
   readonly afterPlacement: Array<(finalFd: (fileId: number) => number) => void> = [];
+  /** Parked fd of every file made (or received) so far, by file id: one open file description each. */
+  private readonly made = new Map<number, number>();
 
   constructor(
     private readonly task: RestoreTask,
@@ -211,8 +245,22 @@ class FileCreator {
     private readonly inet: InetSockets | undefined,
     private readonly memfds: MemfdInodes,
     private readonly ptys: Ptys | undefined,
+    /** Files in flight in unix sockets' queues that this process may have to make, by file id. */
+    private readonly inFlightFiles: ReadonlyMap<number, FdImage> = new Map(),
   ) {
     this.nextTemp = firstTemp;
+  }
+
+  /**
+   * The parked fd of a file in flight (SCM_RIGHTS), made here (or received) on first use; closed
+   * with the temporaries once its message is sent (criu-ts sends a duplicate).
+   */
+  private inFlight(fileId: number): number {
+    const slot = this.inFlightFiles.get(fileId) ?? this.allSlots.find((f) => f.fileId === fileId);
+    if (!slot) throw new Error(`file id ${fileId} in flight in a unix socket's queue is not among the files to make`);
+    const fd = this.create(slot);
+    this.extra.push(fd);
+    return fd;
   }
 
   /** A pidfd of criu-ts inside the task, for taking shared files from criu-ts (parked; closed at the end). */
@@ -229,10 +277,18 @@ class FileCreator {
 
   /** Creates one open file (or takes it from another process that has it) and returns its parked fd. */
   create(slot: FdImage): number {
+    const known = this.made.get(slot.fileId);
+    if (known !== undefined) return known;
+    const fd = this.createOrReceive(slot);
+    this.made.set(slot.fileId, fd);
+    return fd;
+  }
+
+  private createOrReceive(slot: FdImage): number {
     const handed = slot.file.kind === 'pipe' ? undefined : this.shared?.file(slot.fileId);
     if (handed !== undefined) return this.receive(handed, `file id ${slot.fileId}`);
     const fd = this.createHere(slot);
-    if (slot.owner && slot.file.kind !== 'tty') this.setOwner(fd, slot.owner, `fd ${slot.fd}`);
+    if (slot.owner && slot.file.kind !== 'tty') this.setOwner(fd, slot.owner, slot.fd >= 0 ? `fd ${slot.fd}` : `file id ${slot.fileId} (in flight)`);
     if (slot.file.kind !== 'tty' && slot.file.kind !== 'pty') this.shared?.keepFile(slot.fileId, this.task.pid, fd);
     return fd;
   }
@@ -345,8 +401,17 @@ class FileCreator {
         return fd;
       }
       case 'unixsk': {
+        // Every unix socket of the tree is made at once, by the first process that has one
+        // (pairs, listeners and accepted connections depend on each other, and their ends may be
+        // in different processes); the others take theirs from criu-ts with pidfd_getfd.
+        const made = this.unixSockets?.get(file.id);
+        if (made !== undefined) return made;
+        const elsewhere = this.shared?.unixSocket(file.id);
+        if (elsewhere !== undefined) return this.receive(elsewhere, what);
+        if (this.shared?.unixMade) throw new Error(`${what}: the unix sockets of the tree were made without this one`);
         if (!this.unixSockets) {
-          const sockets = unixSocketsOf(this.allSlots);
+          const own = unixSocketsOf(this.allSlots);
+          const sockets = this.shared?.unixSockets ?? unixSocketsOf([...this.allSlots, ...this.inFlightFiles.values()]);
           const invalid = (message: string, evidence: Record<string, unknown> = {}): never => {
             throw new RestoreError('validate', message, evidence);
           };
@@ -356,11 +421,16 @@ class FileCreator {
             put: (...parts) => this.task.scratchPut(...parts),
             read: (addr, length) => this.task.read(addr as never, length),
             park: (fd) => this.park(fd),
+            inFlight: (fileId) => this.inFlight(fileId),
           }, sockets, planUnixSockets(sockets, invalid));
           for (const s of sockets) {
             const fd = this.unixSockets.get(s.id)!;
             this.setStatusFlags(fd, s.flags, `unix socket id ${s.id}`);
           }
+          // Sockets of other processes: criu-ts keeps them for those, this process closes its copy.
+          const ownIds = new Set(own.map((s) => s.id));
+          this.shared?.keepUnixSockets(this.task.pid, this.unixSockets, ownIds);
+          for (const [id, fd] of this.unixSockets) if (!ownIds.has(id)) this.extra.push(fd);
         }
         return this.unixSockets.get(file.id)!;
       }
@@ -598,7 +668,8 @@ export function restoreFiles(
   }
   const pid = task.pid;
   const inherited = openFds(pid);
-  const creator = new FileCreator(task, inherited, Math.max(2, ...set.fds.map((f) => f.fd), ...inherited) + 1, pathOf, set.fds, shared, inet, memfds, ptys);
+  const inFlight = shared?.inFlight ?? new Map(set.inFlight.map((f) => [f.fileId, f]));
+  const creator = new FileCreator(task, inherited, Math.max(2, ...set.fds.map((f) => f.fd), ...inherited) + 1, pathOf, set.fds, shared, inet, memfds, ptys, inFlight);
   const temps = new Map<number, number>(); // file id -> parked fd (above every dumped one)
   for (const slot of set.fds) {
     if (!temps.has(slot.fileId)) temps.set(slot.fileId, creator.create(slot));

@@ -36,11 +36,29 @@ export class GhostFiles {
   add(set: ImageSet): void {
     const all = new Map<number, RegFile>();
     for (const v of set.vmas) if (v.file?.ghost) all.set(v.file.id, v.file);
-    for (const { file } of set.fds) if ((file.kind === 'reg' || file.kind === 'fifo') && file.reg.ghost) all.set(file.reg.id, file.reg);
+    for (const { file } of [...set.fds, ...set.inFlight]) if ((file.kind === 'reg' || file.kind === 'fifo') && file.reg.ghost) all.set(file.reg.id, file.reg);
     if (set.exe.ghost) all.set(set.exe.id, set.exe);
     for (const v of set.vmas) if (v.file?.linkRemap !== undefined) this.links.set(v.file.id, v.file.linkRemap);
-    for (const { file } of set.fds) if ((file.kind === 'reg' || file.kind === 'fifo') && file.reg.linkRemap !== undefined) this.links.set(file.reg.id, file.reg.linkRemap);
+    for (const { file } of [...set.fds, ...set.inFlight]) if ((file.kind === 'reg' || file.kind === 'fifo') && file.reg.linkRemap !== undefined) this.links.set(file.reg.id, file.reg.linkRemap);
     if (set.exe.linkRemap !== undefined) this.links.set(set.exe.id, set.exe.linkRemap);
+    this.materializeAll(all);
+  }
+
+  /**
+   * The ghost files in flight in the unix sockets of `set` (SCM_RIGHTS): the process that makes
+   * the tree's unix sockets makes them too, which may come before `set`'s own process.
+   */
+  addInFlight(set: ImageSet): void {
+    const all = new Map<number, RegFile>();
+    for (const { file } of set.inFlight) {
+      if (file.kind !== 'reg' && file.kind !== 'fifo') continue;
+      if (file.reg.ghost) all.set(file.reg.id, file.reg);
+      if (file.reg.linkRemap !== undefined) this.links.set(file.reg.id, file.reg.linkRemap);
+    }
+    this.materializeAll(all);
+  }
+
+  private materializeAll(all: ReadonlyMap<number, RegFile>): void {
     try {
       for (const f of all.values()) if (!this.paths.has(f.id)) this.materialize(f, f.ghost!);
     } catch (err) {

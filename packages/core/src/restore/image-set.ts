@@ -22,7 +22,7 @@ import { existsSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { ImageFormatError, ImageReader, PAGE_SIZE, PagesReader, PE_LAZY, PE_PARENT, PE_PRESENT } from '@criu-ts/images';
 import { RestoreError } from './errors.js';
-import { FD_TYPE, memfdInodesOf, readFdTable, readFileLocks, type FdSlot, type FileLockImage, type MemfdInode } from './fd-images.js';
+import { checkTreeUnixSockets, FD_TYPE, memfdInodesOf, readFdTable, readFileLocks, type FdSlot, type FileLockImage, type MemfdInode } from './fd-images.js';
 
 type Msg = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
 
@@ -48,6 +48,24 @@ export interface VmaImage {
   readonly file?: RegFile;
   /** For mappings of a memfd (VMA_AREA_MEMFD): its inode, shared with the fds of the same memfd. */
   readonly memfd?: MemfdInode;
+  /** For a SysV shared memory attachment (VMA_AREA_SYSVIPC): its segment. */
+  readonly sysv?: SysvSegmentImage;
+  /** vma_entry.fdflags: O_RDWR when the mapping may be made writable (a SysV attachment not SHM_RDONLY). */
+  readonly fdflags?: number;
+}
+
+/** A SysV shared memory segment (ipcns-shm-<ipc ns id>.img), to be made again with its id. */
+export interface SysvSegmentImage {
+  readonly id: number;
+  readonly key: number;
+  readonly uid: number;
+  readonly gid: number;
+  readonly cuid: number;
+  readonly cgid: number;
+  /** Permission bits and the kernel's SHM_DEST (01000: IPC_RMID was called) and SHM_LOCKED (02000). */
+  readonly mode: number;
+  readonly size: bigint;
+  readonly contents: Uint8Array;
 }
 
 export interface RegFile {
@@ -112,6 +130,8 @@ export interface ImageSet {
   /** Shared anonymous memory: one object per shmid, mapped once over its VMAs, with its pages. */
   readonly shmem: readonly SharedMemoryImage[];
   readonly fds: readonly FdImage[];
+  /** Files in flight in the queues of its unix sockets (SCM_RIGHTS): made, sent again, closed (fd -1). */
+  readonly inFlight: readonly FdImage[];
   /** File locks this process held (--file-locks), taken again once its fds are in place. */
   readonly locks: readonly FileLockImage[];
   readonly cwd: RegFile;
@@ -288,6 +308,31 @@ function readEntries(dir: string, name: string): Array<{ message: Msg; bytes?: U
   }
 }
 
+/** SysV segments of ipcns-shm-<nsId>.img, checked, by id. */
+function readSysvSegments(dir: string, nsId: number): Map<number, SysvSegmentImage> {
+  const name = `ipcns-shm-${nsId}.img`;
+  const file = join(dir, name);
+  const segments = new Map<number, SysvSegmentImage>();
+  if (!existsSync(file)) return segments;
+  for (const [i, { message: e, bytes }] of readEntries(dir, name).entries()) {
+    const where = `${name} entry ${i}`;
+    const desc = e.desc as Msg;
+    const size = BigInt(e.size);
+    const id = Number(desc.id);
+    if (segments.has(id)) invalid(`${where}: segment id ${id} appears twice`, { file, id });
+    if (!Number.isInteger(id) || id < 0 || id > 0x7fffffff) invalid(`${where}: segment id ${desc.id} is not an IPC id`, { file });
+    if (e.in_pagemaps === true) invalid(`${where}: segment ${id} keeps its contents in a shmem pagemap (in_pagemaps), which restore does not read yet`, { file, id });
+    if (e.hugetlb_flag) invalid(`${where}: segment ${id} is on huge pages, which restore does not support`, { file, id });
+    const contents = bytes ?? new Uint8Array(0);
+    if (BigInt(contents.byteLength) !== size) invalid(`${where}: segment ${id} of ${size} bytes has ${contents.byteLength} bytes of contents`, { file, id });
+    segments.set(id, {
+      id, key: Number(desc.key) | 0, uid: Number(desc.uid), gid: Number(desc.gid), cuid: Number(desc.cuid), cgid: Number(desc.cgid),
+      mode: Number(desc.mode), size, contents,
+    });
+  }
+  return segments;
+}
+
 function one(dir: string, name: string): Msg {
   const entries = readAll(dir, name);
   if (entries.length !== 1) throw new RestoreError('read-images', `${join(dir, name)} holds ${entries.length} entries, expected 1`, { file: join(dir, name) });
@@ -382,6 +427,7 @@ export function readTreeImageSet(dir: string, options: { shellJob?: boolean; tcp
   for (const t of tasks) {
     if (t.zombie && tasks.some((c) => c.ppid === t.pid)) invalid(`pstree.img: zombie ${t.pid} has children`, { pid: t.pid });
   }
+  checkTreeUnixSockets(dir, tasks.flatMap((t) => (t.set ? [t.set.fds, t.set.inFlight] : [])));
   for (const check of envChecks) check();
   return { dir, tasks };
 }
@@ -441,6 +487,7 @@ function readProcess(
   });
   const vmas: VmaImage[] = [];
   let memfds: Map<number, MemfdInode> | undefined;
+  let sysvSegments: Map<number, SysvSegmentImage> | undefined;
   let prevEnd = 0n;
   for (const [i, v] of (mm.vmas as Msg[]).entries()) {
     const start = BigInt(v.start);
@@ -452,7 +499,22 @@ function readProcess(
     if (start < prevEnd) invalid(`${where}: overlaps the previous VMA (ends ${hex(prevEnd)})`);
     prevEnd = end;
     if (status & VMA.UNSUPP) invalid(`${where}: CRIU marked this mapping unsupported`);
-    if (status & VMA.SYSVIPC) invalid(`${where}: SysV shared memory segment id ${v.shmid} (VMA_AREA_SYSVIPC) is not supported yet`, { file: join(dir, `mm-${pid}.img`), status, shmid: String(v.shmid) });
+    if (status & VMA.SYSVIPC) {
+      // An attachment of a segment of ipcns-shm-<ipc ns id>.img, whole, from its start (shmat's).
+      const segments = (sysvSegments ??= readSysvSegments(dir, Number(ids.ipc_ns_id ?? 0)));
+      const segment = segments.get(Number(v.shmid));
+      if (!segment) invalid(`${where}: SysV shared memory segment id ${v.shmid} is not in ipcns-shm-${ids.ipc_ns_id}.img`, { file: join(dir, `mm-${pid}.img`), shmid: String(v.shmid) });
+      const span = (segment.size + BigInt(PAGE_SIZE) - 1n) & ~BigInt(PAGE_SIZE - 1);
+      if (!(Number(v.flags) & MAP_SHARED_FLAG) || BigInt(v.pgoff) !== 0n || end - start !== span) {
+        invalid(`${where}: an attachment of SysV segment ${v.shmid} (${segment.size} bytes) must be shared and cover it whole from offset 0 (flags 0x${Number(v.flags).toString(16)}, pgoff ${v.pgoff})`, { file: join(dir, `mm-${pid}.img`), shmid: String(v.shmid) });
+      }
+      if (status & (VMA.FILE_PRIVATE | VMA.FILE_SHARED | VMA.ANON_PRIVATE | VMA.ANON_SHARED | VMA.MEMFD)) invalid(`${where}: a SysV attachment with status 0x${status.toString(16)} (also file or anonymous memory)`, { status });
+      vmas.push({
+        start, end, pgoff: 0n, shmid: BigInt(v.shmid), prot: Number(v.prot), flags: Number(v.flags), status, madv: BigInt(v.madv ?? 0n),
+        sysv: segment, fdflags: Number(v.fdflags ?? 0),
+      });
+      continue;
+    }
     if (status & (VMA.SOCKET | VMA.AIORING | VMA.SHSTK | VMA.UPROBES)) invalid(`${where}: mapping kind (status 0x${status.toString(16)}) not supported yet`, { status });
     // Status and mmap flags must agree on sharing: a private mapping made MAP_SHARED would send
     // the process's writes (to a library's data, say) into the file on disk.
@@ -531,14 +593,14 @@ function readProcess(
 
   // CRIU 4.x names the fd table by the files id (fdinfo_per_id); older images by the pid.
   const fdinfoName = inventory.fdinfo_per_id ? `fdinfo-${ids.files_id}.img` : `fdinfo-${pid}.img`;
-  const fds: FdImage[] = readFdTable<RegFile>({
+  const fds = readFdTable<RegFile>({
     dir, pid, fdinfoName, fdinfo: readAll(dir, fdinfoName), files, reg, readEntries, shellJob: options.shellJob === true,
     ...(options.inet ? { inet: options.inet } : {}), ...(memfds ? { memfds } : {}),
   });
 
   return {
     dir, pid, ppid: Number(task.ppid), pgid, sid, core, threads: threadImages, mm, vmas, exe, pagesFile: pagesFile!, pagesSize: pagesSize!, runs,
-    shmem: readSharedMemory(dir, pid, vmas, invalid, options.inTree), fds, locks: readFileLocks(dir, pid, fds, readEntries), cwd, root,
+    shmem: readSharedMemory(dir, pid, vmas, invalid, options.inTree), fds: [...fds], inFlight: fds.inFlight, locks: readFileLocks(dir, pid, fds, readEntries), cwd, root,
     umask: fsEntry.umask === undefined ? undefined : Number(fsEntry.umask), posixTimers, seccomp,
   };
 }

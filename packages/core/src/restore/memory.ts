@@ -43,6 +43,11 @@ export function remote(task: RestoreTask, stage: ConstructorParameters<typeof Re
   }
 }
 
+/** shmat(2) flags. */
+const SHM_RDONLY = 0o10000;
+const SHM_REMAP = 0o40000;
+const SHM_EXEC = 0o100000;
+
 /** Opens `path` inside the task and returns the fd there. */
 export function remoteOpen(task: RestoreTask, stage: ConstructorParameters<typeof RestoreError>[0], path: string, flags: number, mode = 0): number {
   const [p] = task.scratchPut(task.cString(path));
@@ -102,6 +107,16 @@ export function mapVmas(
   try {
     for (const vma of set.vmas) {
       if (vma.status & (VMA.VDSO | VMA.VVAR)) continue;
+      if (vma.sysv) {
+        // A SysV attachment (the segment is made already: sysv-shm.ts): shmat at its address.
+        // SHM_RDONLY only if it could not be made writable (VM_MAYWRITE, kept as fdflags O_RDWR).
+        const readOnly = !(vma.prot & PROT.WRITE) && !((vma.fdflags ?? 0) & O.RDWR);
+        const shmFlags = SHM_REMAP | (readOnly ? SHM_RDONLY : 0) | (vma.prot & PROT.EXEC ? SHM_EXEC : 0);
+        const got = remote(task, 'map-vmas', `shmat of SysV segment ${vma.sysv.id} at ${hex(vma.start)}`, 'shmat', vma.sysv.id, vma.start, shmFlags);
+        if (got !== vma.start) fail('map-vmas', `shmat ${hex(vma.start)} landed at ${hex(got)}`);
+        mapped.set(vma, PROT.READ | (readOnly ? 0 : PROT.WRITE) | (shmFlags & SHM_EXEC ? PROT.EXEC : 0));
+        continue;
+      }
       const object = set.shmem.find((o) => o.vmas.includes(vma));
       const source = object ? sources.get(object.shmid) : undefined;
       if (object && source) {

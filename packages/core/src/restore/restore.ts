@@ -40,6 +40,7 @@ import { checkPidFree, readTreeImageSet, TASK_SIZE, type ThreadImage, type TreeT
 import { fillPages, pagesBytesOf, mapVdso, mapVmas, protectVmas, remote, setMmFields, unmapAllButControl, type SharedMemorySource } from './memory.js';
 import { restoreFiles, restoreFs, SharedFiles } from './files.js';
 import { MemfdInodes } from './memfd.js';
+import { SysvSegments } from './sysv-shm.js';
 import { Ptys } from './ptys.js';
 import { drainFanotifyGroup } from './fanotify.js';
 import { connectionKeysOf, InetSockets } from './inet-sockets.js';
@@ -178,6 +179,9 @@ function restoreTree(options: RestoreOptions): RestoredTree {
     for (const th of t.set?.threads ?? []) checkPidFree(th.tid);
   }
   for (const h of plan.helpers) checkPidFree(h.pid);
+  // SysV segments: their ids free (or left behind by the dumped tree) before anything is made.
+  const sysv = SysvSegments.plan(tree.tasks.flatMap((t) => (t.set ? [t.set] : [])));
+  sysv.check();
   const ptys = Ptys.plan(tree.tasks.map((t) => ({ pid: t.pid, sid: t.sid, live: t.set !== undefined, files: t.set?.fds ?? [] })));
   const ctty = ptys.controllingTerminals();
   const root = tree.tasks[0]!;
@@ -269,6 +273,7 @@ function restoreTree(options: RestoreOptions): RestoredTree {
     const bytesTotal = live.reduce((n, m) => n + pagesBytesOf(m.images.set!), 0);
     let bytesRead = 0;
     sharedFiles = SharedFiles.plan(live.map((m) => m.images.set!));
+    atStage('map-vmas', 'making the SysV shared memory segments', () => sysv.create());
     const threadsOf = new Map<MadeProcess, Array<{ tid: Pid; image: ThreadImage }>>();
     let memoryMs = 0;
     for (const m of live) {
@@ -278,7 +283,10 @@ function restoreTree(options: RestoreOptions): RestoredTree {
       atStage('unmap-stub', 'unmapping the stub', () => unmapAllButControl(t));
       // One set of ghost files for the tree (see GhostFiles.add), deleted again once all hold theirs.
       if (ghosts) ghosts.add(set);
-      else ghosts = GhostFiles.create(set);
+      else {
+        ghosts = GhostFiles.create(set);
+        for (const other of live) ghosts.addInFlight(other.images.set!);
+      }
       const g = ghosts;
       const pathOf = (f: Parameters<GhostFiles['pathOf']>[0]) => g.pathOf(f);
       atStage('vdso', 'mapping the vDSO', () => mapVdso(t, set.vmas));
@@ -325,6 +333,7 @@ function restoreTree(options: RestoreOptions): RestoredTree {
     ghosts?.done();
     ghosts = undefined;
     atStage('files', 'sealing memfds', () => memfds.sealAll());
+    atStage('map-vmas', 'marking SysV segments for removal as dumped', () => sysv.release());
     fault('after-threads', 'threads');
 
     // Events criu-ts's own file accesses queued in restored fanotify groups since their marks.
@@ -372,6 +381,7 @@ function restoreTree(options: RestoreOptions): RestoredTree {
     memfds.closeAll();
     ptys.closeAll();
     inet.abandon();
+    sysv.abandon();
     // Whatever failed, no process of the tree is left: children first, each with its threads.
     for (const m of [...made].reverse()) killCreated(m.task.pid, [...m.task.threads.keys()]);
     if (rootPid !== undefined && made.length === 0) killCreated(rootPid);

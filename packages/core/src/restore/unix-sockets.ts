@@ -27,9 +27,11 @@
 // Then, in this order: options (buffer sizes before data: the sender's SO_SNDBUF bounds what
 // can be queued), queued messages (sent, in order, from the socket's peer, or to its name from
 // the peer or from a socket of criu-ts when it has no peer; one send per message, so datagram
-// and record boundaries come back), shutdown (last: a shut-down end could not be written to).
+// and record boundaries come back; the files a message carried go with it, SCM_RIGHTS, from
+// criu-ts's duplicates of the task's fds of them: made in the task like any file, then closed
+// there), shutdown (last: a shut-down end could not be written to).
 import { lstatSync, unlinkSync, chmodSync, chownSync } from 'node:fs';
-import { asPid, close, getsockopt, MSG, pidfdGetfd, pidfdOpen, SO, SOL_SOCKET, setsockopt, sendmsg, sendto, shutdown, socket, AF_UNIX, SOCK, type Fd } from '@criu-ts/sys';
+import { asPid, close, getsockopt, MSG, pidfdGetfd, pidfdOpen, SO, SOL_SOCKET, setsockopt, sendmsg, shutdown, socket, AF_UNIX, SOCK, type Fd } from '@criu-ts/sys';
 
 type Msg = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
 
@@ -56,32 +58,50 @@ export interface UnixSocketImage {
   readonly deleted: boolean;
   readonly filePerms?: { readonly mode: number; readonly uid: number; readonly gid: number };
   /** Messages waiting in the socket's receive queue, oldest first. */
-  readonly queue: readonly Uint8Array[];
+  readonly queue: readonly QueuedMessage[];
   /** The name of its peer outside the dump (criu's --ext-unix-sk): connected to again by name. */
   readonly externalPeer?: Buffer;
 }
 
+/** One message of a receive queue: its bytes and the files it carries (SCM_RIGHTS), by files.img id. */
+export interface QueuedMessage {
+  readonly bytes: Uint8Array;
+  readonly rights: readonly number[];
+}
+
 type Invalid = (message: string, evidence?: Record<string, unknown>) => never;
 
+/** scm_entry.type: the cmsg type (socket(7)). */
+const SCM_RIGHTS = 1;
+/** SCM_MAX_FD: the most descriptors one message can carry (include/net/scm.h). */
+const SCM_MAX_FD = 253;
+
 /** sk-queues.img: the queued messages, by the file id of the receiving socket. */
-export function readSocketQueues(entries: ReadonlyArray<{ message: Msg; bytes?: Uint8Array }>, invalid: Invalid): Map<number, Uint8Array[]> {
-  const queues = new Map<number, Uint8Array[]>();
+export function readSocketQueues(entries: ReadonlyArray<{ message: Msg; bytes?: Uint8Array }>, invalid: Invalid): Map<number, QueuedMessage[]> {
+  const queues = new Map<number, QueuedMessage[]>();
   for (const [i, e] of entries.entries()) {
     const idFor = Number(e.message.id_for);
     const bytes = e.bytes ?? new Uint8Array(0);
-    if (Array.isArray(e.message.scm) && e.message.scm.length > 0) {
-      invalid(`sk-queues.img entry ${i}: a message for socket id ${idFor} carries ancillary data (SCM_RIGHTS/credentials), which restore does not support yet`, { idFor });
+    const rights: number[] = [];
+    for (const scm of (e.message.scm as Msg[] | undefined) ?? []) {
+      if (Number(scm.type) !== SCM_RIGHTS) {
+        invalid(`sk-queues.img entry ${i}: a message for socket id ${idFor} carries ancillary data of type ${scm.type} (only SCM_RIGHTS, type 1, is restored)`, { idFor, type: scm.type });
+      }
+      rights.push(...((scm.rights as number[] | undefined) ?? []).map(Number));
     }
+    if (rights.length > SCM_MAX_FD) invalid(`sk-queues.img entry ${i}: a message for socket id ${idFor} carries ${rights.length} files, more than one message can (${SCM_MAX_FD})`, { idFor });
     if (bytes.byteLength !== Number(e.message.length)) invalid(`sk-queues.img entry ${i}: length ${e.message.length} but ${bytes.byteLength} bytes follow`, { idFor });
+    // A stream drops a message of no bytes; the kernel would not take its files alone.
+    if (rights.length > 0 && bytes.byteLength === 0) invalid(`sk-queues.img entry ${i}: a message for socket id ${idFor} carries files but no bytes`, { idFor });
     let queue = queues.get(idFor);
     if (!queue) queues.set(idFor, (queue = []));
-    queue.push(bytes);
+    queue.push({ bytes, rights });
   }
   return queues;
 }
 
 /** One UNIXSK files.img entry, checked on its own (`where` names it in errors). */
-export function readUnixSocket(id: number, usk: Msg, queue: readonly Uint8Array[], where: string, invalid: Invalid): UnixSocketImage {
+export function readUnixSocket(id: number, usk: Msg, queue: readonly QueuedMessage[], where: string, invalid: Invalid): UnixSocketImage {
   const type = Number(usk.type);
   const state = Number(usk.state);
   if (type !== SOCK_STREAM && type !== SOCK_DGRAM && type !== SOCK_SEQPACKET) invalid(`${where}: unix socket type ${type} is not stream, dgram or seqpacket`, { type });
@@ -189,6 +209,8 @@ export interface TaskFiles {
   read(addr: bigint, length: number): Buffer;
   /** Moves a fresh fd above every dumped fd; returns its new number. */
   park(fd: number): number;
+  /** The task's fd of a file in flight (SCM_RIGHTS) that is not a unix socket, made on first use. */
+  inFlight(fileId: number): number;
 }
 
 function sockaddr(name: Buffer): Buffer {
@@ -287,33 +309,50 @@ export function createUnixSockets(task: TaskFiles, sockets: readonly UnixSocketI
     for (const s of sockets) {
       if (s.queue.length === 0) continue;
       const peer = s.peer !== 0 ? byIno.get(s.peer) : undefined;
-      let send: (bytes: Uint8Array) => number;
+      let send: (bytes: Uint8Array, carried: readonly Fd[]) => number;
       const standIn = closedPeers.get(s.id);
       if (standIn !== undefined) {
         const from = pidfdGetfd(pidfd, standIn);
         dups.set(-s.id, from); // closed with the other duplicates
-        send = (bytes) => sendmsg(from, bytes, [], MSG.DONTWAIT | MSG.NOSIGNAL);
+        send = (bytes, carried) => sendmsg(from, bytes, carried, MSG.DONTWAIT | MSG.NOSIGNAL);
       } else if (peer && peer.peer === s.ino) {
         const from = dupOf(peer);
-        send = (bytes) => sendmsg(from, bytes, [], MSG.DONTWAIT | MSG.NOSIGNAL);
+        send = (bytes, carried) => sendmsg(from, bytes, carried, MSG.DONTWAIT | MSG.NOSIGNAL);
       } else {
         if (!named(s)) throw new Error(`${describe(s)}: ${s.queue.length} queued message(s) but no peer to send them from and no name to send them to`);
         if (s.type !== SOCK_DGRAM) throw new Error(`${describe(s)}: queued messages on a ${s.type} socket without a connected peer`);
         // A dgram socket connected to a peer only takes that peer's datagrams.
         const from = peer ? dupOf(peer) : (helper ??= socket(AF_UNIX, SOCK.DGRAM));
         const to = sockaddr(s.name);
-        send = (bytes) => sendto(from, bytes, to, MSG.DONTWAIT | MSG.NOSIGNAL);
+        send = (bytes, carried) => sendmsg(from, bytes, carried, MSG.DONTWAIT | MSG.NOSIGNAL, to);
       }
-      for (const [i, message] of s.queue.entries()) {
+      for (const [i, { bytes: message, rights }] of s.queue.entries()) {
         const failed = (reason: string, cause?: unknown): never => {
           throw new Error(`${describe(s)}: queued message ${i + 1} of ${s.queue.length} (${message.byteLength} bytes) could not be put back: ${reason}`, cause === undefined ? {} : { cause });
         };
+        // Files in flight go with the message's first bytes (SCM_RIGHTS), from criu-ts's
+        // duplicates of the task's fds (the same open file descriptions).
+        let carried: Fd[] = [];
+        try {
+          carried = rights.map((id) => {
+            const fd = fds.get(id) ?? task.inFlight(id);
+            return pidfdGetfd(pidfd, fd);
+          });
+        } catch (error) {
+          for (const f of carried) close(f);
+          failed(`the files it carries (ids ${rights.join(', ')}) could not be made: ${(error as Error).message}`, error);
+        }
+        // A stream message carrying files is a run of sends the last of which carried them (see
+        // dump/files/unix-sockets.ts): they go with its last byte, so a reader meets them in the
+        // read that takes the end of their message, not before.
+        const carryAt = s.type === SOCK_STREAM && carried.length > 0 ? message.byteLength - 1 : 0;
         let done = 0;
         do {
           let n = 0;
           try {
-            n = send(message.subarray(done));
+            n = send(message.subarray(done, done < carryAt ? carryAt : message.byteLength), done === carryAt ? carried : []);
           } catch (error) {
+            for (const f of carried) close(f);
             failed((error as Error).message, error);
           }
           // A datagram or record goes whole or not at all; a stream may take part of it.
@@ -321,6 +360,7 @@ export function createUnixSockets(task: TaskFiles, sockets: readonly UnixSocketI
           if (n <= 0) failed(`the stream took ${done} bytes`);
           done += n;
         } while (done < message.byteLength);
+        for (const f of carried) close(f);
       }
     }
     // Our duplicates of the stand-ins first: the peer is only closed when its last fd is.

@@ -17,9 +17,14 @@
 // A connection a listener of the process has not accepted yet is recorded as CRIU does: its
 // client's peer is the listener.
 //
-// A datagram socket connected to a named socket outside the process is dumped with
-// --ext-unix-sk (the peer is recorded as an external entry). Refused, naming the fd: any other
-// peer outside the dumped process, file descriptors (SCM_RIGHTS) or credentials in flight, data sent on a
+// Both ends of a connection may be in different processes of the tree (a socketpair made before
+// fork, a connection between a server and its child): each end is dumped with its own process,
+// as one socket of files.img each, peers by inode. A datagram socket connected to a named socket
+// outside the tree is dumped with --ext-unix-sk (the peer is recorded as an external entry).
+// Descriptors in flight (SCM_RIGHTS) are peeked too (a peek installs copies in criu-ts's table)
+// and dumped by FileTable as files of their own, named by the message's scm entry (see
+// peekQueue for what a stream peek can and cannot tell).
+// Refused, naming the fd: any other peer outside the dumped tree, credentials in flight, data sent on a
 // connection not accepted yet, names relative to a directory, sockets sock_diag does not see
 // (another network namespace).
 import { readFileSync, statSync } from 'node:fs';
@@ -71,23 +76,43 @@ export function unixSocketInodes(pid: number): Set<number> {
   return inodes;
 }
 
+/** One message of a receive queue, as a peek gave it. */
+export interface PeekedMessage {
+  readonly bytes: Buffer;
+  /**
+   * The descriptors it carries (SCM_RIGHTS), installed in criu-ts's own table by the peek: new
+   * fds for the same open file descriptions. The caller owns them (closes them when done).
+   */
+  readonly fds: readonly Fd[];
+}
+
 export interface DumpedUnixSocket {
   /** The usk member without id and fown (FileTable adds them). */
   readonly entry: DecodedMessage;
   /** Messages in the socket's receive queue, oldest first. */
-  readonly queue: readonly Buffer[];
+  readonly queue: readonly PeekedMessage[];
+}
+
+/**
+ * What the unix socket dumpers of one dump share: the sock_diag dump of every unix socket, the
+ * inodes of the sockets dumped with the tree (those of its fds and those in flight in their
+ * queues), and each socket's queue, peeked once (a peek installs the fds in flight anew).
+ */
+export interface UnixDumpContext {
+  sockets?: Map<number, UnixDiagSocket>;
+  readonly queues: Map<number, PeekedMessage[]>;
 }
 
 /** The unix sockets of one dumped task. */
 export class UnixSocketDumper {
   private peekBuffer?: Buffer;
 
-  /** `taskSockets`: every socket inode the task holds an fd of (a peer among them is dumped too). */
+  /** `taskSockets`: every socket inode the dumped tree holds an fd of (a peer among them is dumped too, whichever process holds it). */
   /** `diag`: a cache of the sock_diag dump, shared between the dumpers of one dump. */
   constructor(
     private readonly pid: Pid,
     private readonly taskSockets: ReadonlySet<number>,
-    private readonly diagCache: { sockets?: Map<number, UnixDiagSocket> } = {},
+    private readonly diagCache: UnixDumpContext = { queues: new Map() },
     private readonly extUnixSk = false,
   ) {}
 
@@ -146,7 +171,7 @@ export class UnixSocketDumper {
     try {
       sock = pidfdGetfd(pidfd, fd);
       const opts = socketOptions(sock);
-      const queue = listening ? [] : this.peekQueue(sock, refuse);
+      const queue = listening ? [] : this.queueOf(sock, ino, sk.type, refuse);
       if (queue.length > 0 && opts.so_passcred) {
         refuse(`${queue.length} queued message(s) carry the sender's credentials (SO_PASSCRED is on); credentials in flight are not supported`);
       }
@@ -198,38 +223,85 @@ export class UnixSocketDumper {
   /** The peers outside the process met so far (--ext-unix-sk), by inode: unix_sk_entry without id and fown. */
   readonly externals = new Map<number, DecodedMessage>();
 
-  /** Every message in the receive queue of `sock`, oldest first, left in place. */
-  private peekQueue(sock: Fd, refuse: (reason: string) => never): Buffer[] {
-    const saved = getsockopt(sock, SOL_SOCKET, SO.PEEK_OFF).readInt32LE(0);
-    const messages: Buffer[] = [];
-    this.peekBuffer ??= Buffer.allocUnsafe(PEEK_BUFFER_SIZE);
-    const buf = this.peekBuffer;
-    setsockopt(sock, SOL_SOCKET, SO.PEEK_OFF, 0);
-    try {
-      for (;;) {
-        let got: ReturnType<typeof recvmsg>;
-        try {
-          got = recvmsg(sock, buf, 16, MSG.PEEK | MSG.DONTWAIT);
-        } catch (error) {
-          if (isSysError(error, 'EAGAIN')) break; // the queue is walked
-          throw error;
-        }
-        if (got.fds.length > 0) {
-          for (const f of got.fds) close(f); // a peek installs the passed fds in our table
-          refuse(`a queued message carries ${got.fds.length} file descriptor(s) (SCM_RIGHTS); descriptors in flight are not supported`);
-        }
-        if (got.controlTypes.includes(SCM_CREDENTIALS)) refuse('a queued message carries credentials (SCM_CREDENTIALS); credentials in flight are not supported');
-        if (got.truncated) refuse(`a queued message is larger than ${buf.length} bytes`);
-        // 0: the end of a stream whose reading side is shut down. A zero-length datagram looks
-        // the same and ends the walk too (the kernel offers no way to tell them apart by peeking).
-        if (got.bytes === 0) break;
-        messages.push(Buffer.from(buf.subarray(0, got.bytes)));
-      }
-    } finally {
-      setsockopt(sock, SOL_SOCKET, SO.PEEK_OFF, saved);
+  /** The queue of socket `ino` (open as `sock`), peeked once per dump (see UnixDumpContext). */
+  queueOf(sock: Fd, ino: number, type: number, refuse: (reason: string) => never): PeekedMessage[] {
+    let queue = this.diagCache.queues.get(ino);
+    if (!queue) {
+      queue = peekQueue(sock, type, refuse, (this.peekBuffer ??= Buffer.allocUnsafe(PEEK_BUFFER_SIZE)));
+      this.diagCache.queues.set(ino, queue);
     }
-    return messages;
+    return queue;
   }
+}
+
+/** SCM_MAX_FD: the most descriptors one message can carry (include/net/scm.h). */
+const SCM_MAX_FD = 253;
+
+/**
+ * Every message in the receive queue of `sock`, oldest first, left in place, with the
+ * descriptors each carries (SCM_RIGHTS). A peek of a descriptor in flight installs a new fd for
+ * the same open file description in the peeker's table (unix_peek_fds, net/unix/af_unix.c;
+ * checked on this kernel), which is how criu-ts gets at them without taking them out.
+ *
+ * Record and datagram sockets give one message per peek, descriptors and all. A stream peek
+ * glues the bytes of successive sends together up to the end of the first send that carries
+ * descriptors, and reports them. Where that send starts cannot be learnt by peeking: on this
+ * kernel (6.18) a stream peek walks on into the following sends even once its buffer is full
+ * and reports the descriptors of the first one that has some, whatever its length (checked: a
+ * 1-byte peek of "plain before" followed by "file"+fd reports the fd). So a stream message here
+ * is a run of bytes whose last send carried the descriptors; restore sends the run's last byte
+ * with them (see the restore side), so a reader that takes the descriptors' message in one read
+ * gets them with it, as before.
+ */
+export function peekQueue(sock: Fd, type: number, refuse: (reason: string) => never, buf: Buffer): PeekedMessage[] {
+  const saved = getsockopt(sock, SOL_SOCKET, SO.PEEK_OFF).readInt32LE(0);
+  const messages: PeekedMessage[] = [];
+  const closeAll = (fds: readonly Fd[]) => {
+    for (const f of fds) close(f);
+  };
+  const peek = (offset: number, length: number): ReturnType<typeof recvmsg> | undefined => {
+    setsockopt(sock, SOL_SOCKET, SO.PEEK_OFF, offset);
+    try {
+      return recvmsg(sock, buf.subarray(0, length), SCM_MAX_FD, MSG.PEEK | MSG.DONTWAIT);
+    } catch (error) {
+      if (isSysError(error, 'EAGAIN')) return undefined; // the queue is walked
+      throw error;
+    }
+  };
+  let offset = 0;
+  try {
+    for (;;) {
+      const got = peek(offset, buf.length);
+      if (!got) break;
+      if (got.controlTypes.includes(SCM_CREDENTIALS)) {
+        closeAll(got.fds);
+        refuse('a queued message carries credentials (SCM_CREDENTIALS); credentials in flight are not supported');
+      }
+      if (got.truncated) {
+        closeAll(got.fds);
+        refuse(`a queued message is larger than ${buf.length} bytes, or carries more than ${SCM_MAX_FD} descriptors`);
+      }
+      // 0: the end of a stream whose reading side is shut down. A zero-length datagram looks
+      // the same and ends the walk too (the kernel offers no way to tell them apart by peeking).
+      if (got.bytes === 0) {
+        closeAll(got.fds);
+        break;
+      }
+      // A full buffer: the walk went on past it, so the descriptors may belong to bytes further on.
+      if (type !== SOCK_DGRAM && got.fds.length > 0 && got.bytes === buf.length) {
+        closeAll(got.fds);
+        refuse(`more than ${buf.length} bytes are queued before descriptors in flight`);
+      }
+      messages.push({ bytes: Buffer.from(buf.subarray(0, got.bytes)), fds: got.fds });
+      offset += got.bytes;
+    }
+  } catch (error) {
+    for (const m of messages) closeAll(m.fds);
+    throw error;
+  } finally {
+    setsockopt(sock, SOL_SOCKET, SO.PEEK_OFF, saved);
+  }
+  return messages;
 }
 
 const int = (sock: Fd, name: number): number => getsockopt(sock, SOL_SOCKET, name).readInt32LE(0);
