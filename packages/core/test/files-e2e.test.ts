@@ -301,3 +301,32 @@ describe('core: a datagram socket connected outside the dump (--ext-unix-sk)', f
     waitFor('the datagram sent after the restore', () => readFileSync(received, 'utf8').includes(`after ${pid}`));
   });
 });
+
+describe('core: files whose directories changed after they were opened', function () {
+  this.timeout(120_000);
+  let keeper: StateKeeper | undefined;
+  rootWithSubreaper();
+  afterEach(() => {
+    keeper?.cleanup();
+    keeper = undefined;
+  });
+
+  it('a deleted file whose directories were removed, and a file whose directory was renamed, twice in a row', function () {
+    keeper = new StateKeeper('orphan-file-keeper');
+    for (let round = 0; round < 2; round++) {
+      keeper.dump();
+      // The deleted file is a ghost under its old path, whose directories restore has to make.
+      const ghosts = readdirSync(keeper.images).filter((n) => n.startsWith('ghost-file-'));
+      expect(ghosts, `round ${round}`).to.have.length(1);
+      const names = entries(join(keeper.images, 'files.img')).map((f) => (f.reg as { name?: string } | undefined)?.name).filter(Boolean);
+      expect(names, `round ${round}`).to.include.members([join(keeper.dir, 'gone', 'deeper', 'file'), join(keeper.dir, 'new', 'kept')]);
+      const r = restoreSync({ imagesDir: keeper.images, detached: true });
+      expect(r.pid).to.equal(keeper.pid);
+      // The directories made for the ghost's name are gone again once the task holds the file.
+      expect(existsSync(join(keeper.dir, 'gone')), `round ${round}: made directories left`).to.equal(false);
+      const { failures, checks } = keeper.check();
+      expect(failures, `round ${round}`).to.deep.equal([]);
+      expect(checks, `round ${round}`).to.have.length(10);
+    }
+  });
+});

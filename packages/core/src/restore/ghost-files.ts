@@ -5,13 +5,15 @@
 // original path (same directory, so the same filesystem as the dumped one), lets the task open
 // (or mmap) it by that name, and unlinks it once every fd and mapping holds it: the task then has
 // what it had, a deleted file with the dumped contents. The temporary names are removed on
-// failure too.
+// failure too. A file whose directory was removed after it (rmdir of its emptied parents) gets
+// those directories back for as long as it takes, with the dumped file's owner; they go again
+// with the temporary name, deepest first, when nothing else was put in them meanwhile.
 //
 // A file the dump gave a hard link to (--link-remap: link_remap.N beside it, remap type LINKED)
 // is the very file, not a copy: the task opens it through the link, and the link is removed once
 // every fd and mapping holds the file (done()). On failure the link stays: it is the file's only
 // name, and the next restore of these images needs it.
-import { chmodSync, chownSync, closeSync, existsSync, ftruncateSync, openSync, unlinkSync, writeSync } from 'node:fs';
+import { chmodSync, chownSync, closeSync, existsSync, ftruncateSync, mkdirSync, openSync, rmdirSync, unlinkSync, writeSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { RestoreError } from './errors.js';
 import type { GhostFile, ImageSet, RegFile } from './image-set.js';
@@ -71,6 +73,7 @@ export class GhostFiles {
     // The original name when it is free (the task's /proc/PID/fd link then reads exactly as
     // before: "NAME (deleted)"), else a temporary one beside it.
     const path = existsSync(f.name) ? join(dirname(f.name), `.${basename(f.name)}.criu-ts-ghost.${ghost.id}.${process.pid}`) : f.name;
+    this.makeMissingParents(dirname(path), ghost);
     const fd = openSync(path, 'wx', 0o600);
     this.paths.set(f.id, path);
     try {
@@ -99,11 +102,30 @@ export class GhostFiles {
     this.links.clear();
   }
 
+  /** Directories made for ghost files whose parents were removed, in the order they were made. */
+  private readonly madeDirs: string[] = [];
+
+  /** mkdir of each missing component of `dir`, top down, owned as the ghost file was. */
+  private makeMissingParents(dir: string, ghost: GhostFile): void {
+    const missing: string[] = [];
+    for (let d = dir; !existsSync(d) && d !== dirname(d); d = dirname(d)) missing.unshift(d);
+    for (const d of missing) {
+      mkdirSync(d, 0o700);
+      this.madeDirs.push(d);
+      chownSync(d, ghost.uid, ghost.gid);
+    }
+  }
+
   /** Unlinks every temporary name of a ghost file (after the task opened them, or on failure); link remaps stay. */
   removeAll(): void {
     for (const p of this.paths.values()) {
       try { unlinkSync(p); } catch { /* already gone */ }
     }
     this.paths.clear();
+    // Deepest first; one someone else put a file in meanwhile is left (ENOTEMPTY).
+    for (const d of this.madeDirs.reverse()) {
+      try { rmdirSync(d); } catch { /* not empty or gone */ }
+    }
+    this.madeDirs.length = 0;
   }
 }
