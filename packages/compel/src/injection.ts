@@ -460,30 +460,43 @@ export class Injection {
    */
   syscallInThreadRawSync(tid: Pid, nameOrNr: SyscallName | number, ...args: Array<number | bigint>): bigint {
     if (tid === this.worker) return this.syscallRawSync(nameOrNr, ...args);
-    if (this.state === 'cured') throw new CompelError('state', this.pid, 'syscall after cure');
-    if (!this.threads.has(tid)) throw new CompelError('state', this.pid, `thread ${tid} is not seized by this injection`);
     if (args.length > 6) throw new RangeError('a syscall takes at most 6 arguments');
     const nr = typeof nameOrNr === 'number' ? nameOrNr : syscallNumber(nameOrNr);
     const name = typeof nameOrNr === 'string' ? nameOrNr : (syscallName(nr) ?? `syscall ${nr}`);
     const gadget = this.findGadgets().syscall;
     const a = args.map((x) => BigInt.asUintN(64, BigInt(x)));
+    const what = `remote ${name} in thread ${tid}`;
+    const after = this.runInThreadSync(tid, what, 'step', (saved) => ({
+      ...saved, rax: BigInt(nr), rdi: a[0] ?? 0n, rsi: a[1] ?? 0n, rdx: a[2] ?? 0n, r10: a[3] ?? 0n, r8: a[4] ?? 0n, r9: a[5] ?? 0n, rip: gadget,
+    }), (regs) => {
+      if (regs.rip !== gadget + 2n) {
+        throw new CompelError('unexpected-stop', this.pid, `${what}: stopped at 0x${regs.rip.toString(16)}, expected 0x${(gadget + 2n).toString(16)}`);
+      }
+    });
+    return BigInt.asIntN(64, after.rax);
+  }
+
+  /**
+   * What a remote syscall or call in another thread than the worker shares: the thread's
+   * registers and mask are read before and put back after; every signal is blocked meanwhile; it
+   * runs from `regsFor(its registers)` (single-step or continue) to its trap, `check` looks at the
+   * registers there, and it is settled in an interrupt stop. Returns the registers at the trap.
+   */
+  private runInThreadSync(tid: Pid, what: string, how: 'step' | 'cont', regsFor: (saved: UserRegs) => UserRegs, check?: (after: UserRegs) => void): UserRegs {
+    if (this.state === 'cured') throw new CompelError('state', this.pid, `${what} after cure`);
+    if (!this.threads.has(tid)) throw new CompelError('state', this.pid, `thread ${tid} is not seized by this injection`);
     const savedRegs = ptraceGetRegs(tid);
     const savedMask = ptraceGetSigmask(tid);
     ptraceSetSigmask(tid, SIGSET_REMOTE);
     try {
-      ptraceSetRegs(tid, {
-        ...savedRegs,
-        rax: BigInt(nr), rdi: a[0] ?? 0n, rsi: a[1] ?? 0n, rdx: a[2] ?? 0n, r10: a[3] ?? 0n, r8: a[4] ?? 0n, r9: a[5] ?? 0n,
-        orig_rax: ORIG_RAX_NONE, rip: gadget, eflags: savedRegs.eflags & ~(EFLAGS_TF | EFLAGS_DF),
-      });
-      ptraceSingleStep(tid);
-      this.waitTrap(`remote ${name} in thread ${tid}`, 'step', tid);
+      ptraceSetRegs(tid, { ...regsFor(savedRegs), orig_rax: ORIG_RAX_NONE, eflags: savedRegs.eflags & ~(EFLAGS_TF | EFLAGS_DF) });
+      if (how === 'step') ptraceSingleStep(tid);
+      else ptraceCont(tid);
+      this.waitTrap(what, how, tid);
       const after = ptraceGetRegs(tid);
-      if (after.rip !== gadget + 2n) {
-        throw new CompelError('unexpected-stop', this.pid, `remote ${name} in thread ${tid}: stopped at 0x${after.rip.toString(16)}, expected 0x${(gadget + 2n).toString(16)}`);
-      }
-      if (this.settleBetweenCalls) this.settleSync(tid, savedRegs, savedMask, `remote ${name} in thread ${tid}`);
-      return BigInt.asIntN(64, after.rax);
+      check?.(after);
+      if (this.settleBetweenCalls) this.settleSync(tid, savedRegs, savedMask, what);
+      return after;
     } finally {
       try {
         ptraceSetRegs(tid, savedRegs);
@@ -552,31 +565,13 @@ export class Injection {
    */
   callInThreadSync(tid: Pid, entryCall: RemoteAddress, fn: RemoteAddress, stackTop: RemoteAddress, args: Array<number | bigint> = []): bigint {
     if (tid === this.worker) return this.callSync(entryCall, fn, stackTop, args);
-    if (this.state === 'cured') throw new CompelError('state', this.pid, 'call after cure');
-    if (!this.threads.has(tid)) throw new CompelError('state', this.pid, `thread ${tid} is not seized by this injection`);
     const a = args.map((x) => BigInt.asUintN(64, BigInt(x)));
-    const what = `remote call 0x${fn.toString(16)} in thread ${tid}`;
-    const savedRegs = ptraceGetRegs(tid);
-    const savedMask = ptraceGetSigmask(tid);
-    ptraceSetSigmask(tid, SIGSET_REMOTE);
-    try {
-      ptraceSetRegs(tid, {
-        ...savedRegs,
-        rip: entryCall, rsp: stackTop & ~0xfn, rdi: fn, rsi: a[0] ?? 0n, rdx: a[1] ?? 0n, rcx: a[2] ?? 0n,
-        r8: a[3] ?? 0n, r9: a[4] ?? 0n, orig_rax: ORIG_RAX_NONE, eflags: savedRegs.eflags & ~(EFLAGS_TF | EFLAGS_DF),
-      });
-      ptraceCont(tid);
-      this.waitTrap(what, 'cont', tid);
-      const after = ptraceGetRegs(tid);
-      if (this.settleBetweenCalls) this.settleSync(tid, savedRegs, savedMask, what);
-      return BigInt.asIntN(64, after.rax);
-    } finally {
-      try {
-        ptraceSetRegs(tid, savedRegs);
-        ptraceSetSigmask(tid, savedMask);
-      } catch { /* the thread died: nothing to put back */ }
-    }
+    const after = this.runInThreadSync(tid, `remote call 0x${fn.toString(16)} in thread ${tid}`, 'cont', (saved) => ({
+      ...saved, rip: entryCall, rsp: stackTop & ~0xfn, rdi: fn, rsi: a[0] ?? 0n, rdx: a[1] ?? 0n, rcx: a[2] ?? 0n, r8: a[3] ?? 0n, r9: a[4] ?? 0n,
+    }));
+    return BigInt.asIntN(64, after.rax);
   }
+
 
   /**
    * Precondition: seized. Starts the worker at `regs` and returns at once (the parasite daemon
