@@ -166,32 +166,58 @@ export interface PageRun {
   readable: boolean;
 }
 
-let zeroPagePfn: bigint | undefined;
-
-/** PFN of the kernel's shared zero page: a private anonymous page of ours that was only read maps it. */
-function zeroPfn(): bigint {
-  if (zeroPagePfn !== undefined) return zeroPagePfn;
-  const addr = mmap(0n, PAGE_SIZE, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  try {
-    processVmReadv(getpid(), Buffer.alloc(8), [{ addr: asRemoteAddress(addr), len: 8 }]); // a read fault maps the zero page
-    const fd = openSync('/proc/self/pagemap', 'r');
-    try {
-      const entry = Buffer.alloc(8);
-      readSync(fd, entry, 0, 8, Number(addr / PAGE) * 8);
-      zeroPagePfn = entry.readBigUInt64LE(0) & ((1n << 55n) - 1n);
-    } finally {
-      closeSync(fd);
-    }
-  } finally {
-    munmap(addr, PAGE_SIZE);
-  }
-  return zeroPagePfn;
-}
-
 const PM_PRESENT = 1n << 63n;
 const PM_SWAPPED = 1n << 62n;
 const PM_FILE = 1n << 61n;
 const PFN_MASK = (1n << 55n) - 1n;
+
+let zeroPagePfn: bigint | undefined;
+/** /proc/kpageflags bit of the kernel's zero page (KPF_ZERO_PAGE). */
+const KPF_ZERO_PAGE = 24n;
+
+/**
+ * PFN of the kernel's shared zero page, as a private anonymous page that was only read maps it;
+ * -1 when it cannot be known for sure, and then no page is skipped as a zero page.
+ *
+ * Why the check: a read fault does not always map the zero page (on this machine's kernel every
+ * read of fresh anonymous memory, through process_vm_readv, MAP_POPULATE or MADV_POPULATE_READ,
+ * gets a page of its own). Taking such a page for the zero page was a data-loss bug: once it was
+ * freed and handed to the dumped task, that one page of the task was skipped as "zero" and came
+ * back as zeros. So the candidate counts only if /proc/kpageflags says it is the zero page.
+ */
+export function zeroPfn(): bigint {
+  if (zeroPagePfn !== undefined) return zeroPagePfn;
+  let candidate = -1n;
+  const addr = mmap(0n, PAGE_SIZE, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  try {
+    processVmReadv(getpid(), Buffer.alloc(8), [{ addr: asRemoteAddress(addr), len: 8 }]); // a read fault
+    const entry = Buffer.alloc(8);
+    const fd = openSync('/proc/self/pagemap', 'r');
+    try {
+      readSync(fd, entry, 0, 8, Number(addr / PAGE) * 8);
+    } finally {
+      closeSync(fd);
+    }
+    const value = entry.readBigUInt64LE(0);
+    if (value & PM_PRESENT) {
+      const pfn = value & PFN_MASK;
+      const flags = Buffer.alloc(8);
+      const kpf = openSync('/proc/kpageflags', 'r');
+      try {
+        if (readSync(kpf, flags, 0, 8, Number(pfn) * 8) === 8 && (flags.readBigUInt64LE(0) >> KPF_ZERO_PAGE) & 1n) candidate = pfn;
+      } finally {
+        closeSync(kpf);
+      }
+    }
+  } catch {
+    candidate = -1n; // no pagemap PFNs or no kpageflags: skip nothing
+  } finally {
+    munmap(addr, PAGE_SIZE);
+  }
+  zeroPagePfn = candidate;
+  return zeroPagePfn;
+}
+
 const SCAN_CHUNK_PAGES = 1 << 16;
 
 /** The runs of pages worth saving in `vmas` (those of one kind: private or shared). */
@@ -210,7 +236,10 @@ export function scanPages(pid: number, vmas: readonly DumpVma[], kind: 'private'
       const firstPage = Number(vma.proc.start / PAGE);
       for (let done = 0; done < total; ) {
         const count = Math.min(SCAN_CHUNK_PAGES, total - done);
-        const got = readSync(fd, buffer, 0, count * 8, (firstPage + done) * 8);
+        // A read of pagemap may come back short: read on, so no page is taken for absent.
+        let got = 0;
+        for (let n = -1; got < count * 8 && n !== 0; got += n) n = readSync(fd, buffer, got, count * 8 - got, (firstPage + done) * 8 + got);
+        if (got < count * 8) throw new Error(`/proc/${pid}/pagemap ended at page 0x${(firstPage + done + got / 8).toString(16)}, inside a mapping`);
         for (let i = 0; i < got / 8; i++) {
           const e = buffer.readBigUInt64LE(i * 8);
           const present = (e & PM_PRESENT) !== 0n;
