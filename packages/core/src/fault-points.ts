@@ -17,7 +17,12 @@ export type DumpFaultPoint = (typeof DUMP_FAULT_POINTS)[number];
 export const RESTORE_FAULT_POINTS = ['after-stub', 'after-create', 'after-memory', 'after-files', 'after-threads', 'before-release'] as const;
 export type RestoreFaultPoint = (typeof RESTORE_FAULT_POINTS)[number];
 
-/** Whether the fault `kind:point` is asked for, by option or by CRIU_TS_FAULT. */
+/**
+ * Whether the fault `kind:point` is asked for, by option or by CRIU_TS_FAULT. With
+ * CRIU_TS_KILL_AT=kind:point, criu-ts SIGKILLs itself there instead: what a kill at that exact
+ * moment leaves behind (no rollback runs), for tests.
+ */
 export function faultRequested(kind: 'dump' | 'restore', point: string, faultAt: string | undefined): boolean {
+  if (process.env.CRIU_TS_KILL_AT === `${kind}:${point}`) process.kill(process.pid, 'SIGKILL');
   return faultAt === point || process.env.CRIU_TS_FAULT === `${kind}:${point}`;
 }

@@ -330,3 +330,36 @@ describe('core: files whose directories changed after they were opened', functio
     }
   });
 });
+
+describe('core: ghost files of a restore that was killed', function () {
+  this.timeout(120_000);
+  let keeper: StateKeeper | undefined;
+  rootWithSubreaper();
+  afterEach(() => {
+    keeper?.cleanup();
+    keeper = undefined;
+  });
+
+  it('a restore SIGKILLed while it holds a ghost file leaves it only until the next restore, which removes it and succeeds', function () {
+    keeper = new StateKeeper();
+    keeper.dump();
+    const ghost = join(keeper.dir, 'gone.txt'); // state-keeper's file deleted while open, recreated at its own name
+    // criu-ts killed right after the first process got its memory: its ghost files are on disk.
+    const killed = spawnSync(process.execPath, [CLI, 'restore', '-D', keeper.images, '-d'], {
+      env: { ...process.env, CRIU_TS_KILL_AT: 'restore:after-memory' }, encoding: 'utf8', timeout: 60_000,
+    });
+    expect(killed.signal, killed.stderr).to.equal('SIGKILL');
+    waitFor('the half-restored process to be gone', () => {
+      reapIfOurs(keeper!.pid);
+      return !existsSync(`/proc/${keeper!.pid}`);
+    });
+    expect(existsSync(ghost), 'the killed restore left its ghost file (nothing ran its cleanup)').to.equal(true);
+
+    const r = restoreSync({ imagesDir: keeper.images, detached: true });
+    expect(r.pid).to.equal(keeper.pid);
+    expect(r.warnings.some((w) => w.includes(ghost) && /killed/.test(w)), r.warnings.join('; ')).to.equal(true);
+    expect(existsSync(ghost), 'ghost file after the second restore').to.equal(false);
+    const { failures } = keeper.check();
+    expect(failures).to.deep.equal([]);
+  });
+});

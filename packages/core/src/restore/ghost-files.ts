@@ -5,7 +5,10 @@
 // original path (same directory, so the same filesystem as the dumped one), lets the task open
 // (or mmap) it by that name, and unlinks it once every fd and mapping holds it: the task then has
 // what it had, a deleted file with the dumped contents. The temporary names are removed on
-// failure too. A file whose directory was removed after it (rmdir of its emptied parents) gets
+// failure too; and since a restore killed outright (SIGKILL) removes nothing, every name made is
+// written first to a journal of this restore (journalDir(), on tmpfs), which the next restore
+// reads: names made by a restore that is gone, still holding the same inode, are removed then
+// (removeStaleGhostFiles). A file whose directory was removed after it (rmdir of its emptied parents) gets
 // those directories back for as long as it takes, with the dumped file's owner; they go again
 // with the temporary name, deepest first, when nothing else was put in them meanwhile.
 //
@@ -13,12 +16,80 @@
 // is the very file, not a copy: the task opens it through the link, and the link is removed once
 // every fd and mapping holds the file (done()). On failure the link stays: it is the file's only
 // name, and the next restore of these images needs it.
-import { chmodSync, chownSync, closeSync, existsSync, ftruncateSync, mkdirSync, openSync, rmdirSync, unlinkSync, writeSync } from 'node:fs';
+import {
+  appendFileSync, chmodSync, chownSync, closeSync, existsSync, ftruncateSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, rmdirSync, unlinkSync, writeSync,
+} from 'node:fs';
+import { tmpdir } from 'node:os';
 import { basename, dirname, join } from 'node:path';
 import { RestoreError } from './errors.js';
 import type { GhostFile, ImageSet, RegFile } from './image-set.js';
 
+/** Where restores journal the names they make: /run (tmpfs, gone at reboot like the need), else the temp dir. */
+export function journalDir(): string {
+  for (const dir of ['/run/criu-ts/ghost-journal', join(tmpdir(), 'criu-ts-ghost-journal')]) {
+    try {
+      mkdirSync(dir, { recursive: true, mode: 0o700 });
+      return dir;
+    } catch {
+      /* not writable: the next one */
+    }
+  }
+  return join(tmpdir(), 'criu-ts-ghost-journal');
+}
+
+/**
+ * Removes the ghost files and directories that restores killed before their cleanup left: for
+ * each journal whose restore process is gone, every name it lists that still holds the inode it
+ * made (so nothing made since by anyone else), files then directories, deepest first. Returns the
+ * names removed.
+ */
+export function removeStaleGhostFiles(dir = journalDir()): string[] {
+  const removed: string[] = [];
+  let journals: string[] = [];
+  try {
+    journals = readdirSync(dir).filter((n) => /^\d+-[0-9a-z]+\.list$/.test(n));
+  } catch {
+    return removed;
+  }
+  for (const name of journals) {
+    const owner = Number(name.split('-')[0]);
+    if (existsSync(`/proc/${owner}`)) continue; // still running (or its PID taken again): not ours to judge
+    const path = join(dir, name);
+    let lines: string[] = [];
+    try {
+      lines = readFileSync(path, 'utf8').split('\n').filter(Boolean);
+    } catch {
+      continue;
+    }
+    for (const line of lines.reverse()) {
+      const [kind, dev, ino, ...rest] = line.split('\t');
+      const target = rest.join('\t');
+      try {
+        const st = lstatSync(target);
+        if (String(st.dev) !== dev || String(st.ino) !== ino) continue;
+        if (kind === 'dir') rmdirSync(target);
+        else unlinkSync(target);
+        removed.push(target);
+      } catch {
+        /* gone, or a directory someone filled: left alone */
+      }
+    }
+    try { unlinkSync(path); } catch { /* another restore took it */ }
+  }
+  return removed;
+}
+
 export class GhostFiles {
+  /** This restore's journal of the names it made (created on the first one). */
+  private readonly journal = join(journalDir(), `${process.pid}-${Math.random().toString(36).slice(2, 10)}.list`);
+  private journaled = false;
+
+  private record(kind: 'file' | 'dir', path: string): void {
+    const st = lstatSync(path);
+    appendFileSync(this.journal, `${kind}\t${st.dev}\t${st.ino}\t${path}\n`, { mode: 0o600 });
+    this.journaled = true;
+  }
+
   private readonly paths = new Map<number, string>();
   /** Link remaps the task opens (files.img id -> the link's path). */
   private readonly links = new Map<number, string>();
@@ -76,6 +147,7 @@ export class GhostFiles {
     this.makeMissingParents(dirname(path), ghost);
     const fd = openSync(path, 'wx', 0o600);
     this.paths.set(f.id, path);
+    this.record('file', path);
     try {
       for (const [off, bytes] of ghost.chunks) {
         for (let done = 0, i = 0; done < bytes.byteLength && i < 1000; i++) done += writeSync(fd, bytes, done, bytes.byteLength - done, off + done);
@@ -112,6 +184,7 @@ export class GhostFiles {
     for (const d of missing) {
       mkdirSync(d, 0o700);
       this.madeDirs.push(d);
+      this.record('dir', d);
       chownSync(d, ghost.uid, ghost.gid);
     }
   }
@@ -127,5 +200,9 @@ export class GhostFiles {
       try { rmdirSync(d); } catch { /* not empty or gone */ }
     }
     this.madeDirs.length = 0;
+    if (this.journaled) {
+      try { unlinkSync(this.journal); } catch { /* already gone */ }
+      this.journaled = false;
+    }
   }
 }

@@ -44,7 +44,7 @@ import { SysvSegments } from './sysv-shm.js';
 import { Ptys } from './ptys.js';
 import { drainFanotifyGroup } from './fanotify.js';
 import { connectionKeysOf, InetSockets } from './inet-sockets.js';
-import { GhostFiles } from './ghost-files.js';
+import { GhostFiles, removeStaleGhostFiles } from './ghost-files.js';
 import { CONTROL_SIZE, findControlAreaHole, RestoreTask } from './remote-task.js';
 import { sleepMs, Stub } from './stub.js';
 import { restoreRlimits, restoreSignals, restoreTaskMisc, restoreTimers, setThreadRegisters } from './task-state.js';
@@ -186,7 +186,9 @@ function restoreTree(options: RestoreOptions): RestoredTree {
   const ctty = ptys.controllingTerminals();
   const root = tree.tasks[0]!;
   const t1 = performance.now();
-  const warnings: string[] = [...permissionWarnings];
+  // Ghost files a killed restore left behind (possibly at the very names these images need).
+  const staleGhosts = removeStaleGhostFiles();
+  const warnings: string[] = [...permissionWarnings, ...staleGhosts.map((p) => `removed ${p}, left behind by a restore that was killed`)];
   let stub: Stub | undefined;
   let rootPid: Pid | undefined;
   let made: MadeProcess[] = [];
