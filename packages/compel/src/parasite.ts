@@ -566,9 +566,7 @@ export class Parasite {
     let batchBytes = 0;
     const flush = () => {
       if (batch.length === 0) return;
-      const iov = Buffer.alloc(batch.length * 16);
-      batch.forEach(([a, l], i) => { iov.writeBigUInt64LE(a, i * 16); iov.writeBigUInt64LE(BigInt(l), i * 16 + 8); });
-      pwrite(this.memfd, iov, BigInt(this.ctlOff + this.bufOff));
+      this.putIovecs(batch);
       const r = this.command(CMD.VMSPLICE, [p.remoteW, this.bufOff, batch.length, 0]);
       const n = Number(this.check(r.ret, 'vmsplice'));
       if (n !== batchBytes) throw new CompelError('parasite', this.injection.pid, `vmsplice moved ${n} of ${batchBytes} bytes`);
@@ -590,6 +588,19 @@ export class Parasite {
       }
     }
     flush();
+    return total;
+  }
+
+  /** Writes `ranges` as struct iovec[] into the control area's buffer, for VMSPLICE and DUMP_PAGES; returns their total length. */
+  private putIovecs(ranges: ReadonlyArray<readonly [bigint, number]>): number {
+    const iov = Buffer.alloc(ranges.length * 16);
+    let total = 0;
+    ranges.forEach(([addr, len], i) => {
+      iov.writeBigUInt64LE(addr, i * 16);
+      iov.writeBigUInt64LE(BigInt(len), i * 16 + 8);
+      total += len;
+    });
+    pwrite(this.memfd, iov, BigInt(this.ctlOff + this.bufOff));
     return total;
   }
 
@@ -627,14 +638,7 @@ export class Parasite {
     let total = 0;
     for (let first = 0; first < ranges.length; first += maxIov) {
       const batch = ranges.slice(first, first + maxIov);
-      const iov = Buffer.alloc(batch.length * 16);
-      let want = 0;
-      batch.forEach((r, i) => {
-        iov.writeBigUInt64LE(BigInt(r.addr), i * 16);
-        iov.writeBigUInt64LE(BigInt(r.len), i * 16 + 8);
-        want += r.len;
-      });
-      pwrite(this.memfd, iov, BigInt(this.ctlOff + this.bufOff));
+      const want = this.putIovecs(batch.map((r): [bigint, number] => [BigInt(r.addr), r.len]));
       const r = this.command(CMD.DUMP_PAGES, [p.remoteW, this.bufOff, batch.length, options.writebackStep ?? 0], [outFd, p.r]);
       const n = Number(this.check(r.ret, 'dump pages'));
       if (n !== want) throw new CompelError('parasite', this.injection.pid, `the parasite wrote ${n} of ${want} bytes of pages`);

@@ -302,7 +302,7 @@ describe('core: a datagram socket connected outside the dump (--ext-unix-sk)', f
   });
 });
 
-describe('core: files whose directories changed after they were opened', function () {
+describe('core: files whose directories changed after they were opened, and ghost files of a killed restore', function () {
   this.timeout(120_000);
   let keeper: StateKeeper | undefined;
   rootWithSubreaper();
@@ -328,16 +328,6 @@ describe('core: files whose directories changed after they were opened', functio
       expect(failures, `round ${round}`).to.deep.equal([]);
       expect(checks, `round ${round}`).to.have.length(10);
     }
-  });
-});
-
-describe('core: ghost files of a restore that was killed', function () {
-  this.timeout(120_000);
-  let keeper: StateKeeper | undefined;
-  rootWithSubreaper();
-  afterEach(() => {
-    keeper?.cleanup();
-    keeper = undefined;
   });
 
   it('a restore SIGKILLed while it holds a ghost file leaves it only until the next restore, which removes it and succeeds', function () {
