@@ -351,14 +351,12 @@ s64 parasite_daemon(struct parasite_ctl *ctl) {
     u32 cmd = n == (s64)sizeof(req) ? req.cmd : 0xffffffffU;
     switch (cmd) {
     case PARASITE_CMD_FINI:
-      /* Leaving the loop hands the thread back to ptrace (the entry's int3): only on a request
-       * that says so in full, since an int3 without a tracer would kill the task. */
-      if (req.arg[0] != PARASITE_MAGIC) {
-        ret = -22; /* EINVAL */
-        break;
-      }
-      send_rep(sock, req.cmd, 0, 0, 0, 0);
-      return 0; /* back to the entry's int3: the injector takes over with ptrace */
+      /* The daemon stays in its loop: the injector takes the thread back with PTRACE_INTERRUPT
+       * while it waits for the next request. Never leaving the loop means there is no moment at
+       * which the thread runs toward an int3: a trap with no tracer left would kill the task,
+       * while a thread waiting here when the injector dies gets EOF and cures itself. */
+      ret = req.arg[0] == PARASITE_MAGIC ? 0 : -22; /* EINVAL: not a whole FINI */
+      break;
     case PARASITE_CMD_PING:
       ret = sys0(NR_gettid);
       ((s64 *)data)[0] = sys0(NR_getpid);

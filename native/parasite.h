@@ -31,6 +31,11 @@ struct parasite_ctl {
   u64 uc_stack_off;       /*  80: offset in the chain of the frame's uc_stack (patched at self-cure) */
   u64 frame_in_blob;      /*  88: address of a copy of the frame inside the blob (fallback sigreturn) */
   u64 state;              /*  96: 1 daemon running, 2 self-cure started */
+  /* parasite_entry_call (parasite-entry.S) reports through these: the function's result, then
+   * call_done = 1; call_byte is the buffer of the read it then waits in. */
+  s64 call_ret;           /* 104 */
+  u64 call_done;          /* 112 */
+  u64 call_byte;          /* 120 */
 };
 
 enum parasite_cmd {
@@ -47,6 +52,9 @@ enum parasite_cmd {
   PARASITE_CMD_CALL = 10,
   PARASITE_CMD_DUMP_PAGES = 11,
 };
+
+/* FINI (arg0 = PARASITE_MAGIC) is answered and the daemon waits for the next request: the
+ * injector then takes the thread back with PTRACE_INTERRUPT (see Parasite.stopSync). */
 
 /*
  * DUMP_PAGES: arg0 pipe write end (the task's fd), arg1 offset from ctl of the iovecs, arg2 their

@@ -10,9 +10,7 @@
  * restored process could inherit; its whole address space is unmapped during restore anyway.
  *
  *   restore-stub PARENT_PID      stop with SIGSTOP and wait to be seized (dies with the parent)
- *   restore-stub --xstate        print the CPU's XSAVE component layout (CPUID leaf 0xD) as JSON
  */
-#define NR_write 1
 #define NR_pause 34
 #define NR_getpid 39
 #define NR_exit 60
@@ -38,57 +36,6 @@ __asm__(".text\n"
 	"	syscall\n"
 	"	int3\n");
 
-static void put(const char *s)
-{
-	long n = 0;
-	while (s[n])
-		n++;
-	sys3(NR_write, 1, (long)s, n);
-}
-
-static void put_u(unsigned long v)
-{
-	char buf[24];
-	int i = sizeof(buf) - 1;
-	buf[i] = 0;
-	do {
-		buf[--i] = (char)('0' + v % 10);
-		v /= 10;
-	} while (v && i > 0);
-	put(buf + i);
-}
-
-static void cpuid(unsigned leaf, unsigned sub, unsigned *a, unsigned *b, unsigned *c, unsigned *d)
-{
-	__asm__ volatile("cpuid" : "=a"(*a), "=b"(*b), "=c"(*c), "=d"(*d) : "a"(leaf), "c"(sub));
-}
-
-/* Standard-format (non-compacted) offsets and sizes of XSAVE components 2..9: the layout
- * PTRACE_GETREGSET(NT_X86_XSTATE) uses. Only CPUID knows them (Intel SDM vol. 1, 13.4.3). */
-static void print_xstate(void)
-{
-	unsigned a, b, c, d;
-	cpuid(0xd, 0, &a, &b, &c, &d);
-	put("{\"size\":");
-	put_u(b);
-	put(",\"features\":");
-	put_u(((unsigned long)d << 32) | a);
-	put(",\"components\":{");
-	for (unsigned i = 2; i < 20; i++) {
-		cpuid(0xd, i, &a, &b, &c, &d);
-		if (i > 2)
-			put(",");
-		put("\"");
-		put_u(i);
-		put("\":[");
-		put_u(b);
-		put(",");
-		put_u(a);
-		put("]");
-	}
-	put("}}\n");
-}
-
 static unsigned long parse_u(const char *s)
 {
 	unsigned long v = 0;
@@ -102,10 +49,6 @@ __attribute__((used)) void stub_main(long *sp)
 	long argc = sp[0];
 	char **argv = (char **)(sp + 1);
 
-	if (argc > 1 && argv[1][0] == '-' && argv[1][1] == '-' && argv[1][2] == 'x') {
-		print_xstate();
-		sys3(NR_exit, 0, 0, 0);
-	}
 	/* Die with criu-ts: a stub nobody drives must not stay stopped forever. The parent may
 	 * already be gone before the prctl: then our parent is no longer the pid we were given. */
 	sys3(NR_prctl, PR_SET_PDEATHSIG, SIGKILL, 0);

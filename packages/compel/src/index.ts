@@ -15,9 +15,10 @@ import { infectSync, type Blob, type Parasite } from './parasite.js';
 
 export { CompelError, type CompelErrorKind } from './errors.js';
 export { Injection, prepare, prepareSync, undoInterruptEintr, type CureOptions, type PrepareOptions, type SeizedThread, type SavedState, type Gadgets } from './injection.js';
+export { nativeDir } from './native.js';
+export { buildSigframe, restartedRegs, sigframeXstateLayout, decodeXstateLayout, cpuXstateLayout, type XstateLayout } from './sigframe.js';
 export {
-  Parasite, infectSync, loadParasiteBlob, compileBlob, nativeDir, buildSigframe, restartedRegs,
-  sigframeXstateLayout, decodeXstateLayout, type XstateLayout,
+  Parasite, infectSync, loadParasiteBlob, compileBlob,
   type Blob, type LoadedBlob, type Sigaction, type Itimer, type PosixTimer, type TaskMisc,
 } from './parasite.js';
 export { CMD as PARASITE_CMD, CTL as PARASITE_CTL, MISC_SIZE as PARASITE_MISC_SIZE, SIGFRAME } from './parasite-abi.js';

@@ -21,6 +21,12 @@
  *    kernel would rewind RIP and re-run that syscall on resume; orig_rax = -1 disables that.
  * 4. PTRACE_SINGLESTEP: the task runs the one instruction (the whole syscall, however long it
  *    blocks) and reports SIGTRAP. RAX holds the result, -errno on failure.
+ *    That is the plain way, kept for tasks we make ourselves (restore). For a task we must never
+ *    harm it is not used: if criu-ts died during the call, the thread would be left with our
+ *    registers and a SIGTRAP on its way, and die of it. Instead the call runs at the task's own
+ *    "syscall; ret" with RSP on a return chain (see ReturnChain), under PTRACE_SYSCALL; we read
+ *    RAX at the syscall-exit stop. A dead tracer leaves no signal behind and the `ret` walks the
+ *    chain into rt_sigreturn, which puts back the thread's registers, mask and XSAVE state.
  * 5. On cure, put the saved registers back as they were, orig_rax included: the interrupted
  *    syscall of step 3 is then restarted by the kernel exactly as if nothing had happened (a task
  *    blocked in read() goes back to read(); nanosleep continues through restart_syscall).
@@ -36,12 +42,14 @@ import { readFileSync } from 'node:fs';
 import {
   __WALL, asRemoteAddress, close, isSysError, O, open, pread, ptraceCont, ptraceDetach, ptraceGetRegs,
   ptraceGetRegset, ptraceGetSigmask, ptraceInterrupt, ptraceSeize, ptraceSetRegs, ptraceSetRegset,
-  ptraceSetSigmask, ptraceSingleStep, pwrite, SIGNALS, SIGSET_ALL, SysError, syscallName, syscallNumber,
+  ptraceSetSigmask, ptraceSingleStep, ptraceSyscall, pwrite, SIGNALS, SIGSET_ALL, SysError, syscallName, syscallNumber,
   tgkill, kill, wait4, NT, PTRACE_EVENT, PTRACE_O, MAP, PROT, signalName, type Fd, type Pid, type RemoteAddress,
   type SyscallName, type UserRegs, type WaitStatus, asPid,
 } from '@criu-ts/sys';
 import { CompelError } from './errors.js';
 import { listThreads, readMaps, readStatus, taskState, type Vma } from './proc.js';
+import { SIGFRAME } from './parasite-abi.js';
+import { buildSigframe, cpuXstateLayout, restartedRegs, sigframeXstateLayout } from './sigframe.js';
 
 /**
  * Some blocking calls are not restarted after a ptrace stop: PTRACE_INTERRUPT sets
@@ -84,6 +92,39 @@ export function undoInterruptEintr(regs: UserRegs): UserRegs {
  * (A task that ignores SIGTRAP still gets SIG_DFL back: only calls without traps avoid that.)
  */
 const SIGSET_REMOTE = SIGSET_ALL & ~(1n << BigInt(SIGNALS.SIGTRAP - 1));
+
+/** The status of a syscall stop under PTRACE_O_TRACESYSGOOD: SIGTRAP | 0x80. */
+const SYSCALL_STOP = SIGNALS.SIGTRAP | 0x80;
+
+/**
+ * Where a thread gets back to its own state by itself if criu-ts dies while it runs our code:
+ * "pop rax; ret", 15, then an rt_sigreturn frame (pretcode: "syscall; ret") holding its registers
+ * (with the restart of an interrupted syscall done in advance, since rt_sigreturn never restarts),
+ * signal mask and XSAVE state, all on its own stack below the red zone, where the kernel would
+ * put a signal frame. Our calls run with RSP there and end in the task's own "syscall; ret":
+ * whatever the call, its `ret` walks the chain into rt_sigreturn. `original` is what the task had
+ * in those bytes, put back on cure (by ABI they are free, as for any signal delivery).
+ */
+interface ReturnChain {
+  readonly sp: bigint;
+  readonly original: Buffer;
+}
+
+/**
+ * A thread we ran code in: its own registers and mask as seized, its return chain (built on first
+ * use; null when none can be), and where it stands:
+ *   'own'      an interrupt stop with its own registers and mask (settled): it resumes as seized;
+ *   'syscall'  the syscall-exit stop of our last remote syscall: our registers, RSP on its chain;
+ *   'call'     an interrupt stop in, or a run of, parasite code that returns through the chain
+ *              (or that cures itself, for the daemon) if we die.
+ * Only 'own' is safe to detach from; cure settles every thread first.
+ */
+interface ThreadHold {
+  readonly regs: UserRegs;
+  readonly sigmask: bigint;
+  chain?: ReturnChain | null;
+  at: 'own' | 'syscall' | 'call';
+}
 
 /** The seized state of one thread. *//** The seized state of one thread. */
 export interface SeizedThread {
@@ -146,7 +187,10 @@ export class Injection {
   /** Mappings we created in the task, unmapped on cure (addr -> len). */
   private readonly ownMappings = new Map<bigint, bigint>();
   private state: 'seized' | 'running-parasite' | 'cured' = 'seized';
+  /** Old path only (no return chain): the worker's mask is SIGSET_REMOTE until settled. */
   private sigmaskBlocked = false;
+  /** Threads we ran code in: their own state, return chain and where they stand (see ThreadHold). */
+  private readonly holds = new Map<Pid, ThreadHold>();
   /**
    * After each remote call, leave the thread in an interrupt stop with its own registers and mask
    * (see settleSync). A task we created ourselves (restore) dies with us anyway and skips it.
@@ -288,17 +332,80 @@ export class Injection {
     this.sigmaskBlocked = true;
   }
 
+  /** The hold of seized thread `tid`: its own registers and mask as it stands settled now. */
+  private holdOf(tid: Pid): ThreadHold {
+    let hold = this.holds.get(tid);
+    if (!hold) {
+      if (!this.threads.has(tid)) throw new CompelError('state', this.pid, `thread ${tid} is not seized by this injection`);
+      hold = tid === this.worker
+        ? { regs: this.saved.regs, sigmask: this.saved.sigmask, at: 'own' }
+        : { regs: ptraceGetRegs(tid), sigmask: ptraceGetSigmask(tid), at: 'own' };
+      this.holds.set(tid, hold);
+    }
+    return hold;
+  }
+
+  /**
+   * The return chain of thread `tid` (see ThreadHold), written below its red zone on first use.
+   * null when there can be none: a task we made ourselves (restore: it dies with us anyway), no
+   * "syscall; ret" and "pop rax; ret" in the task's code, or no writable stack under its RSP.
+   */
+  private chainOf(tid: Pid, hold: ThreadHold): ReturnChain | null {
+    if (hold.chain !== undefined) return hold.chain;
+    hold.chain = null;
+    if (!this.settleBetweenCalls) return null;
+    const gadgets = this.findGadgets();
+    if (!gadgets.syscallRet || !gadgets.popRaxRet) return null;
+    const xsave = tid === this.worker ? this.saved.xsave : ptraceGetRegset(tid, NT.X86_XSTATE);
+    // The frame's extended state is cut to what the task's rt_sigreturn takes (sigframe.ts).
+    const xstate = sigframeXstateLayout(xsave, cpuXstateLayout());
+    const size = Math.ceil((16 + SIGFRAME.size + 64 + xsave.length + 4) / 64) * 64;
+    const rsp = hold.regs.rsp;
+    const start = (rsp - 128n - BigInt(size)) & ~63n; // the red zone belongs to the interrupted code
+    const stack = readMaps(this.pid).find((v) => v.start <= start && rsp <= v.end && v.perms.startsWith('rw'));
+    if (!stack) return null;
+    const own = restartedRegs(tid === this.worker ? undoInterruptEintr(hold.regs) : hold.regs);
+    const frame = buildSigframe(own, hold.sigmask, xsave, start + 16n, gadgets.syscallRet, xstate);
+    const chain = Buffer.alloc(16 + frame.length);
+    chain.writeBigUInt64LE(gadgets.popRaxRet, 0);
+    chain.writeBigUInt64LE(15n /* rt_sigreturn */, 8);
+    frame.copy(chain, 16);
+    const original = this.readMemorySync(start, chain.length);
+    this.writeMemorySync(start, chain);
+    hold.chain = { sp: start, original };
+    return hold.chain;
+  }
+
+  /**
+   * Puts thread `tid` back in an interrupt stop with its own registers and mask, from wherever
+   * our calls left it. From a syscall-exit stop that takes a round trip (see settleSync); from
+   * an interrupt stop, setting them is enough: the kernel applies the restart of its interrupted
+   * syscall when it resumes from there.
+   */
+  private settleHold(tid: Pid, hold: ThreadHold, what: string): void {
+    if (hold.at === 'own') return;
+    const own = tid === this.worker ? undoInterruptEintr(hold.regs) : hold.regs;
+    if (hold.at === 'syscall') {
+      this.settleSync(tid, own, hold.sigmask, what);
+    } else {
+      ptraceSetRegs(tid, own);
+      ptraceSetSigmask(tid, hold.sigmask);
+    }
+    hold.at = 'own';
+  }
+
   /**
    * Precondition: the worker is in a ptrace-stop. Resumes it with `regs` (single-step or
    * continue) and waits for the SIGTRAP stop that ends the call. Returns the registers then.
+   * The path of tasks without a return chain.
    */
-  runWorkerSync(regs: UserRegs, how: 'step' | 'cont', what: string): UserRegs {
+  private runWorkerSync(regs: UserRegs, how: 'step' | 'cont', what: string): UserRegs {
     try {
       this.blockSignals();
       ptraceSetRegs(this.worker, regs);
       if (how === 'step') ptraceSingleStep(this.worker);
       else ptraceCont(this.worker);
-      this.waitTrap(what, how);
+      this.waitStop(what, how);
       return ptraceGetRegs(this.worker);
     } catch (err) {
       throw this.explainEsrch(err, what);
@@ -306,22 +413,28 @@ export class Injection {
   }
 
   /**
-   * Precondition: `tid` is in the SIGTRAP stop that ended a remote call. Puts `regs` and `mask`
-   * back and moves the thread into an interrupt stop (PTRACE_EVENT_STOP): PTRACE_INTERRUPT marks
-   * the trap, PTRACE_CONT with no signal leaves the SIGTRAP stop, and the thread stops again
-   * inside the kernel (get_signal) before running one instruction of its own.
+   * Precondition: `tid` is in the SIGTRAP stop that ended a remote call, or in a syscall-exit
+   * stop. Puts `regs` and `mask` back and moves the thread into an interrupt stop
+   * (PTRACE_EVENT_STOP): PTRACE_INTERRUPT marks the trap, PTRACE_CONT with no signal leaves the
+   * stop, and the thread stops again inside the kernel (get_signal) before running one
+   * instruction of its own.
    *
    * Why: a dying tracer's detach (exit_ptrace) neither cancels the signal of a signal-delivery-stop
    * nor clears the single-step flag, unlike PTRACE_DETACH. A thread left in the SIGTRAP stop of
    * its last call would get that SIGTRAP, or trap after one instruction, if criu-ts were killed
    * before cure: the task died. From an interrupt stop it resumes as it was seized, its own
-   * registers, mask and interrupted syscall's restart included. Costs one more stop per call.
+   * registers, mask and interrupted syscall's restart included.
    */
   private settleSync(tid: Pid, regs: UserRegs, mask: bigint, what: string): void {
     ptraceSetRegs(tid, regs);
     ptraceSetSigmask(tid, mask);
     ptraceInterrupt(tid);
     ptraceCont(tid, 0);
+    this.waitInterruptStop(tid, what);
+  }
+
+  /** After PTRACE_INTERRUPT: waits (bounded) for the thread's interrupt stop. */
+  private waitInterruptStop(tid: Pid, what: string): void {
     const deadline = Date.now() + this.timeoutMs;
     for (let spins = 0; ; spins++) {
       const st = wait4(tid, __WALL | 1 /* WNOHANG */);
@@ -333,7 +446,7 @@ export class Injection {
       if (st.kind === 'stopped') {
         // Not expected (the kernel takes the trap before dequeuing any signal): a signal stop is
         // queued again for later, never delivered now, and the thread goes on to the trap.
-        if (st.event === 0 && st.signal !== SIGNALS.SIGTRAP) tgkill(this.pid, tid, st.signal);
+        if (st.event === 0 && st.signal !== SIGNALS.SIGTRAP && st.signal !== SYSCALL_STOP) tgkill(this.pid, tid, st.signal);
         ptraceCont(tid, 0);
         continue;
       }
@@ -381,9 +494,14 @@ export class Injection {
     return null;
   }
 
-  /** Waits (bounded by timeoutMs) for the thread's SIGTRAP stop; anything else is an error with evidence. */
-  private waitTrap(what: string, how: 'step' | 'cont', tid: Pid = this.worker): WaitStatus {
+  /**
+   * Waits (bounded by timeoutMs) for the stop that ends a call: the SIGTRAP stop of a single step
+   * or int3 ('step', 'cont'), or the next syscall stop ('syscall'). Group-stop notifications are
+   * resumed the same way; anything else is an error with evidence.
+   */
+  private waitStop(what: string, how: 'step' | 'cont' | 'syscall', tid: Pid = this.worker): WaitStatus {
     const deadline = Date.now() + this.timeoutMs;
+    const expected = how === 'syscall' ? SYSCALL_STOP : SIGNALS.SIGTRAP;
     for (let spins = 0; ; spins++) {
       const st = wait4(tid, __WALL | 1 /* WNOHANG */);
       if (st.kind === 'none') {
@@ -403,22 +521,27 @@ export class Injection {
         this.state = 'cured';
         throw new CompelError('exited', this.pid, `task died during ${what}`, { status: st });
       }
-      if (st.kind === 'stopped' && st.signal === SIGNALS.SIGTRAP && st.event === 0) return st;
+      if (st.kind === 'stopped' && st.signal === expected && st.event === 0) return st;
       if (st.kind === 'stopped' && st.event === PTRACE_EVENT.STOP) {
         // A group-stop notification (someone sent SIGSTOP meanwhile): resume the same way.
         if (spins > 10_000) break;
-        if (how === 'step') ptraceSingleStep(tid);
-        else ptraceCont(tid);
+        this.resume(tid, how);
         continue;
       }
       if (st.kind === 'stopped') {
         const regs = ptraceGetRegs(tid);
-        throw new CompelError('unexpected-stop', this.pid, `${what}: stopped by ${signalName(st.signal)} at rip 0x${regs.rip.toString(16)}`, {
+        throw new CompelError('unexpected-stop', this.pid, `${what}: stopped by ${signalName(st.signal & 0x7f)} at rip 0x${regs.rip.toString(16)}`, {
           status: st, rip: regs.rip, rsp: regs.rsp, rax: regs.rax,
         });
       }
     }
     throw new CompelError('unexpected-stop', this.pid, `${what}: too many group-stop notifications`);
+  }
+
+  private resume(tid: Pid, how: 'step' | 'cont' | 'syscall'): void {
+    if (how === 'step') ptraceSingleStep(tid);
+    else if (how === 'syscall') ptraceSyscall(tid);
+    else ptraceCont(tid);
   }
 
   /**
@@ -427,25 +550,7 @@ export class Injection {
    */
   syscallRawSync(nameOrNr: SyscallName | number, ...args: Array<number | bigint>): bigint {
     this.assertSeized('syscall');
-    if (args.length > 6) throw new RangeError('a syscall takes at most 6 arguments');
-    const nr = typeof nameOrNr === 'number' ? nameOrNr : syscallNumber(nameOrNr);
-    const gadget = this.findGadgets().syscall;
-    const a = args.map((x) => BigInt.asUintN(64, BigInt(x)));
-    const regs: UserRegs = {
-      ...this.saved.regs,
-      rax: BigInt(nr), rdi: a[0] ?? 0n, rsi: a[1] ?? 0n, rdx: a[2] ?? 0n, r10: a[3] ?? 0n, r8: a[4] ?? 0n, r9: a[5] ?? 0n,
-      orig_rax: ORIG_RAX_NONE, rip: gadget, eflags: this.saved.regs.eflags & ~(EFLAGS_TF | EFLAGS_DF),
-    };
-    const name = typeof nameOrNr === 'string' ? nameOrNr : (syscallName(nr) ?? `syscall ${nr}`);
-    const after = this.runWorkerSync(regs, 'step', `remote ${name}`);
-    if (this.settleBetweenCalls) {
-      this.settleSync(this.worker, undoInterruptEintr(this.saved.regs), this.saved.sigmask, `remote ${name}`);
-      this.sigmaskBlocked = false;
-    }
-    if (after.rip !== gadget + 2n) {
-      throw new CompelError('unexpected-stop', this.pid, `remote ${name}: stopped at 0x${after.rip.toString(16)}, expected 0x${(gadget + 2n).toString(16)}`);
-    }
-    return BigInt.asIntN(64, after.rax);
+    return this.syscallInThreadRawSync(this.worker, nameOrNr, ...args);
   }
 
   /**
@@ -453,48 +558,82 @@ export class Injection {
    * and returns RAX as a signed value (-errno on failure, never thrown). For what only the thread
    * itself can tell or set: sigaltstack, prctl(PR_GET_TID_ADDRESS), its robust list, rseq...
    *
-   * The thread's registers and signal mask are read before and put back after, orig_rax included,
-   * so a thread stopped inside an interrupted syscall restarts it on resume exactly as if nothing
-   * had run (see the module doc, steps 3 and 5). Every signal is blocked during the call, as for
-   * the worker. Precondition: the thread is in a ptrace-stop (for the worker: no parasite running).
+   * With a return chain (see ThreadHold): the call runs at the task's own "syscall; ret" with RSP
+   * on the chain, under PTRACE_SYSCALL, and the result is read at the syscall-exit stop, where the
+   * thread stays until its next call or cure. Without one: single-step over a `syscall`, then
+   * settle (see settleSync). Either way every signal is blocked during the call, and the thread's
+   * registers and mask are put back by cure, orig_rax included, so a thread stopped inside an
+   * interrupted syscall restarts it on resume exactly as if nothing had run (module doc, steps 3
+   * and 5). Precondition: the thread is in a ptrace-stop (for the worker: no parasite running).
    */
   syscallInThreadRawSync(tid: Pid, nameOrNr: SyscallName | number, ...args: Array<number | bigint>): bigint {
-    if (tid === this.worker) return this.syscallRawSync(nameOrNr, ...args);
+    if (this.state === 'cured') throw new CompelError('state', this.pid, 'syscall after cure');
     if (args.length > 6) throw new RangeError('a syscall takes at most 6 arguments');
     const nr = typeof nameOrNr === 'number' ? nameOrNr : syscallNumber(nameOrNr);
     const name = typeof nameOrNr === 'string' ? nameOrNr : (syscallName(nr) ?? `syscall ${nr}`);
-    const gadget = this.findGadgets().syscall;
+    const what = tid === this.worker ? `remote ${name}` : `remote ${name} in thread ${tid}`;
     const a = args.map((x) => BigInt.asUintN(64, BigInt(x)));
-    const what = `remote ${name} in thread ${tid}`;
-    const after = this.runInThreadSync(tid, what, 'step', (saved) => ({
-      ...saved, rax: BigInt(nr), rdi: a[0] ?? 0n, rsi: a[1] ?? 0n, rdx: a[2] ?? 0n, r10: a[3] ?? 0n, r8: a[4] ?? 0n, r9: a[5] ?? 0n, rip: gadget,
-    }), (regs) => {
-      if (regs.rip !== gadget + 2n) {
-        throw new CompelError('unexpected-stop', this.pid, `${what}: stopped at 0x${regs.rip.toString(16)}, expected 0x${(gadget + 2n).toString(16)}`);
-      }
+    const callRegs = (base: UserRegs, rip: bigint): UserRegs => ({
+      ...base, rax: BigInt(nr), rdi: a[0] ?? 0n, rsi: a[1] ?? 0n, rdx: a[2] ?? 0n, r10: a[3] ?? 0n, r8: a[4] ?? 0n, r9: a[5] ?? 0n,
+      orig_rax: ORIG_RAX_NONE, rip, eflags: base.eflags & ~(EFLAGS_TF | EFLAGS_DF),
     });
+    const hold = this.holdOf(tid);
+    const chain = this.chainOf(tid, hold);
+    if (chain) {
+      const gadget = this.findGadgets().syscallRet!;
+      try {
+        if (hold.at === 'own') ptraceSetSigmask(tid, SIGSET_REMOTE);
+        ptraceSetRegs(tid, { ...callRegs(hold.regs, gadget), rsp: chain.sp });
+        // From here a dead tracer leaves the thread to its chain: it runs the call (or has run
+        // it), returns into rt_sigreturn and is back as it was.
+        hold.at = 'syscall';
+        ptraceSyscall(tid);
+        this.waitStop(what, 'syscall', tid); // entry
+        ptraceSyscall(tid);
+        this.waitStop(what, 'syscall', tid); // exit
+        const after = ptraceGetRegs(tid);
+        if (after.rip !== gadget + 2n) {
+          throw new CompelError('unexpected-stop', this.pid, `${what}: stopped at 0x${after.rip.toString(16)}, expected 0x${(gadget + 2n).toString(16)}`);
+        }
+        return BigInt.asIntN(64, after.rax);
+      } catch (err) {
+        throw this.explainEsrch(err, what);
+      }
+    }
+    const gadget = this.findGadgets().syscall;
+    if (tid === this.worker) {
+      const after = this.runWorkerSync(callRegs(this.saved.regs, gadget), 'step', what);
+      if (this.settleBetweenCalls) {
+        this.settleSync(this.worker, undoInterruptEintr(this.saved.regs), this.saved.sigmask, what);
+        this.sigmaskBlocked = false;
+      }
+      if (after.rip !== gadget + 2n) {
+        throw new CompelError('unexpected-stop', this.pid, `${what}: stopped at 0x${after.rip.toString(16)}, expected 0x${(gadget + 2n).toString(16)}`);
+      }
+      return BigInt.asIntN(64, after.rax);
+    }
+    const after = this.runInThreadSync(tid, what, 'step', (saved) => callRegs(saved, gadget));
+    if (after.rip !== gadget + 2n) {
+      throw new CompelError('unexpected-stop', this.pid, `${what}: stopped at 0x${after.rip.toString(16)}, expected 0x${(gadget + 2n).toString(16)}`);
+    }
     return BigInt.asIntN(64, after.rax);
   }
 
   /**
-   * What a remote syscall or call in another thread than the worker shares: the thread's
-   * registers and mask are read before and put back after; every signal is blocked meanwhile; it
-   * runs from `regsFor(its registers)` (single-step or continue) to its trap, `check` looks at the
-   * registers there, and it is settled in an interrupt stop. Returns the registers at the trap.
+   * A remote syscall or call in another thread than the worker, without a return chain: the
+   * thread's registers and mask are read before and put back after; every signal is blocked
+   * meanwhile; it runs from `regsFor(its registers)` (single-step or continue) to its trap, and
+   * it is settled in an interrupt stop. Returns the registers at the trap.
    */
-  private runInThreadSync(tid: Pid, what: string, how: 'step' | 'cont', regsFor: (saved: UserRegs) => UserRegs, check?: (after: UserRegs) => void): UserRegs {
-    if (this.state === 'cured') throw new CompelError('state', this.pid, `${what} after cure`);
-    if (!this.threads.has(tid)) throw new CompelError('state', this.pid, `thread ${tid} is not seized by this injection`);
+  private runInThreadSync(tid: Pid, what: string, how: 'step' | 'cont', regsFor: (saved: UserRegs) => UserRegs): UserRegs {
     const savedRegs = ptraceGetRegs(tid);
     const savedMask = ptraceGetSigmask(tid);
     ptraceSetSigmask(tid, SIGSET_REMOTE);
     try {
       ptraceSetRegs(tid, { ...regsFor(savedRegs), orig_rax: ORIG_RAX_NONE, eflags: savedRegs.eflags & ~(EFLAGS_TF | EFLAGS_DF) });
-      if (how === 'step') ptraceSingleStep(tid);
-      else ptraceCont(tid);
-      this.waitTrap(what, how, tid);
+      this.resume(tid, how);
+      this.waitStop(what, how, tid);
       const after = ptraceGetRegs(tid);
-      check?.(after);
       if (this.settleBetweenCalls) this.settleSync(tid, savedRegs, savedMask, what);
       return after;
     } finally {
@@ -538,63 +677,97 @@ export class Injection {
   }
 
   /**
-   * Calls the function at `fn` in the task with up to 5 integer arguments, on `stackTop`, through
-   * an entry stub that ends in int3 (the parasite blob provides one). Returns RAX.
+   * Runs code in seized thread `tid` (the worker included, while no parasite daemon runs in it)
+   * that ends the way the parasite's call entry does (native/parasite-entry.S): it reports its
+   * result in memory and then waits, in a read run from the task's own "syscall; ret" with RSP
+   * on its return chain, to be taken back. `regsFor(own registers, chain RSP or null, "syscall;
+   * ret" address)` gives the registers to start from; with no chain (null) the code must end in
+   * int3 instead. `done()` is polled for the result (undefined: not yet). Every signal is blocked
+   * meanwhile. The thread is taken back with PTRACE_INTERRUPT and settled with its own registers;
+   * if we die first, it gets EOF on the read and returns through its chain by itself.
    */
-  callSync(entryCall: RemoteAddress, fn: RemoteAddress, stackTop: RemoteAddress, args: Array<number | bigint> = []): bigint {
-    this.assertSeized('call');
-    const a = args.map((x) => BigInt.asUintN(64, BigInt(x)));
-    const regs: UserRegs = {
-      ...this.saved.regs,
-      rip: entryCall, rsp: stackTop & ~0xfn, rdi: fn, rsi: a[0] ?? 0n, rdx: a[1] ?? 0n, rcx: a[2] ?? 0n,
-      r8: a[3] ?? 0n, r9: a[4] ?? 0n, orig_rax: ORIG_RAX_NONE,
-      eflags: this.saved.regs.eflags & ~(EFLAGS_TF | EFLAGS_DF),
-    };
-    const after = this.runWorkerSync(regs, 'cont', `remote call 0x${fn.toString(16)}`);
-    if (this.settleBetweenCalls) {
-      this.settleSync(this.worker, undoInterruptEintr(this.saved.regs), this.saved.sigmask, `remote call 0x${fn.toString(16)}`);
-      this.sigmaskBlocked = false;
+  callSync(tid: Pid, what: string, regsFor: (own: UserRegs, chainSp: bigint | null, syscallRet: bigint) => UserRegs, done: () => bigint | undefined): bigint {
+    if (this.state === 'cured') throw new CompelError('state', this.pid, `${what} after cure`);
+    if (tid === this.worker) this.assertSeized(what);
+    const hold = this.holdOf(tid);
+    const chain = this.chainOf(tid, hold);
+    if (!chain) {
+      if (tid === this.worker) {
+        const after = this.runWorkerSync({ ...regsFor(this.saved.regs, null, 0n), orig_rax: ORIG_RAX_NONE, eflags: this.saved.regs.eflags & ~(EFLAGS_TF | EFLAGS_DF) }, 'cont', what);
+        if (this.settleBetweenCalls) {
+          this.settleSync(this.worker, undoInterruptEintr(this.saved.regs), this.saved.sigmask, what);
+          this.sigmaskBlocked = false;
+        }
+        return BigInt.asIntN(64, after.rax);
+      }
+      return BigInt.asIntN(64, this.runInThreadSync(tid, what, 'cont', (own) => regsFor(own, null, 0n)).rax);
     }
-    return BigInt.asIntN(64, after.rax);
+    try {
+      if (hold.at === 'own') ptraceSetSigmask(tid, SIGSET_REMOTE);
+      const regs = regsFor(hold.regs, chain.sp, this.findGadgets().syscallRet!);
+      ptraceSetRegs(tid, { ...regs, orig_rax: ORIG_RAX_NONE, eflags: hold.regs.eflags & ~(EFLAGS_TF | EFLAGS_DF) });
+      hold.at = 'call';
+      ptraceCont(tid);
+      const deadline = Date.now() + this.timeoutMs;
+      let result: bigint | undefined;
+      for (let spins = 0; (result = done()) === undefined; spins++) {
+        const st = wait4(tid, __WALL | 1 /* WNOHANG */);
+        if (st.kind === 'exited' || st.kind === 'signaled') {
+          if (tid === this.worker) this.state = 'cured';
+          throw new CompelError('exited', this.pid, `task died during ${what}`, { status: st });
+        }
+        if (st.kind === 'stopped' && st.event === PTRACE_EVENT.STOP) {
+          ptraceCont(tid); // a group-stop notification: resume
+        } else if (st.kind === 'stopped') {
+          const at = ptraceGetRegs(tid);
+          throw new CompelError('unexpected-stop', this.pid, `${what}: stopped by ${signalName(st.signal & 0x7f)} at rip 0x${at.rip.toString(16)}`, { status: st, rip: at.rip });
+        }
+        if (Date.now() > deadline) throw new CompelError('timeout', this.pid, `${what} did not finish within ${this.timeoutMs} ms`);
+        if (spins >= 5000) sleepMs(spins < 6000 ? 0.05 : 1);
+      }
+      ptraceInterrupt(tid);
+      this.waitInterruptStop(tid, what);
+      this.settleHold(tid, hold, what);
+      return result;
+    } catch (err) {
+      if (err instanceof CompelError && err.kind !== 'exited' && hold.at === 'call') {
+        // Take it back so that cure can put it back (it may be running our code still).
+        try {
+          ptraceInterrupt(tid);
+          this.waitInterruptStop(tid, what);
+        } catch { /* gone */ }
+      }
+      throw this.explainEsrch(err, what);
+    }
   }
-
-  /**
-   * Like callSync, in seized thread `tid` (another thread than the worker): its registers and
-   * mask are read before and put back after, and it is settled in an interrupt stop as after
-   * syscallInThreadRawSync. Every signal is blocked during the call. Returns RAX.
-   */
-  callInThreadSync(tid: Pid, entryCall: RemoteAddress, fn: RemoteAddress, stackTop: RemoteAddress, args: Array<number | bigint> = []): bigint {
-    if (tid === this.worker) return this.callSync(entryCall, fn, stackTop, args);
-    const a = args.map((x) => BigInt.asUintN(64, BigInt(x)));
-    const after = this.runInThreadSync(tid, `remote call 0x${fn.toString(16)} in thread ${tid}`, 'cont', (saved) => ({
-      ...saved, rip: entryCall, rsp: stackTop & ~0xfn, rdi: fn, rsi: a[0] ?? 0n, rdx: a[1] ?? 0n, rcx: a[2] ?? 0n, r8: a[3] ?? 0n, r9: a[4] ?? 0n,
-    }));
-    return BigInt.asIntN(64, after.rax);
-  }
-
 
   /**
    * Precondition: seized. Starts the worker at `regs` and returns at once (the parasite daemon
-   * runs until it is told to stop, then traps).
+   * runs until it is taken back with takeBackWorkerSync, or cures itself if we die).
    */
   startWorkerSync(regs: UserRegs): void {
     this.assertSeized('start');
-    this.blockSignals();
+    const hold = this.holdOf(this.worker);
+    if (hold.at === 'own') ptraceSetSigmask(this.worker, SIGSET_REMOTE);
     ptraceSetRegs(this.worker, { ...regs, orig_rax: ORIG_RAX_NONE, eflags: regs.eflags & ~(EFLAGS_TF | EFLAGS_DF) });
+    hold.at = 'call';
     ptraceCont(this.worker);
     this.state = 'running-parasite';
   }
 
-  /** Waits for the worker's int3 after a parasite stopped itself. */
-  waitWorkerTrapSync(what: string): UserRegs {
-    this.waitTrap(what, 'cont');
-    this.state = 'seized';
-    const regs = ptraceGetRegs(this.worker);
-    if (this.settleBetweenCalls) {
-      this.settleSync(this.worker, undoInterruptEintr(this.saved.regs), this.saved.sigmask, what);
-      this.sigmaskBlocked = false;
+  /**
+   * Takes the worker back from a running parasite daemon (which, after FINI, only waits for the
+   * next request) with PTRACE_INTERRUPT. It stays with the daemon's registers until the next
+   * call or cure: if we die before, the daemon's wait sees EOF and it cures itself.
+   */
+  takeBackWorkerSync(what: string): void {
+    try {
+      ptraceInterrupt(this.worker);
+      this.waitInterruptStop(this.worker, what);
+    } catch (err) {
+      throw this.explainEsrch(err, what);
     }
-    return regs;
+    this.state = 'seized';
   }
 
   /** Maps `len` bytes of anonymous memory in the task (removed on cure). */
@@ -655,6 +828,16 @@ export class Injection {
       } catch (err) {
         if (err instanceof CompelError && err.kind === 'exited') break;
         errors.push(err);
+      }
+    }
+    // Every thread back in an interrupt stop with its own registers and mask; then the bytes
+    // under the return chains as they were (a settled thread no longer needs its chain).
+    for (const [tid, hold] of this.holds) {
+      try {
+        this.settleHold(tid, hold, 'cure');
+        if (hold.chain) this.writeMemorySync(hold.chain.sp, hold.chain.original);
+      } catch (err) {
+        if (!(err instanceof CompelError && err.kind === 'exited') && !isSysError(err, 'ESRCH')) errors.push(err);
       }
     }
     const w = this.worker;
@@ -782,7 +965,8 @@ export function seizeSync<T extends Injection>(
       if (fresh.length === 0) break;
       for (const tid of fresh) {
         try {
-          ptraceSeize(tid, seccompSuspension(pid, tid));
+          // TRACESYSGOOD: our remote syscalls stop at syscall entry and exit (see ReturnChain).
+          ptraceSeize(tid, PTRACE_O.TRACESYSGOOD | seccompSuspension(pid, tid));
         } catch (err) {
           if (isSysError(err, 'ESRCH')) continue; // the thread exited meanwhile
           if (isSysError(err, 'EPERM') && tid !== pid && taskState(pid, tid) === 'Z') continue;

@@ -14,8 +14,9 @@
  *   base                    base+ctl                          base+stack           base+size
  *   | code .data .bss  | pad | ctl | chain | frame | buffers | stack (64 KiB) ... |
  *
- * Cure: FINI makes the daemon return to its int3; the injector unmaps the blob, closes the
- * socket and restores registers and mask with ptrace. If the injector dies instead, the socket
+ * Cure: the daemon answers FINI and waits for the next request, where the injector takes the
+ * thread back with PTRACE_INTERRUPT; it unmaps the blob, closes the socket and restores registers
+ * and mask with ptrace. If the injector dies instead, the socket
  * reaches EOF and the parasite restores the task itself: it copies the prepared chain below the
  * task's red zone and jumps into the task's own "syscall; ret" code with munmap(blob), then
  * "pop rax; ret" and "syscall; ret" again perform rt_sigreturn from a frame holding the original
@@ -40,6 +41,8 @@ import {
   UC_SIGCONTEXT_SS, UC_STRICT_RESTORE_SS, XSTATE_LAYOUT, type ParasiteCommand,
 } from './parasite-abi.js';
 import { listPosixTimers, readMaps } from './proc.js';
+import { nativeDir } from './native.js';
+import { buildSigframe, decodeXstateLayout, restartedRegs, sigframeXstateLayout, type XstateLayout } from './sigframe.js';
 
 /** A compiled blob: flat code and the offsets of its symbols. */
 export interface Blob {
@@ -47,23 +50,6 @@ export interface Blob {
   symbols: Record<string, number>;
   /** Bytes the blob occupies once loaded (code + .bss). */
   size: number;
-}
-
-/**
- * Where native/ (and its build/) lives: CRIU_TS_NATIVE_DIR if set, else the first native/ with a
- * Makefile found walking up from this module. Walking up, not a fixed relative path, because the
- * same code runs from packages/compel/dist/src and from the bundled criu-ts command.
- */
-export function nativeDir(): string {
-  if (process.env.CRIU_TS_NATIVE_DIR) return process.env.CRIU_TS_NATIVE_DIR;
-  let dir = dirname(fileURLToPath(import.meta.url));
-  for (let level = 0; level < 8; level++) {
-    if (existsSync(join(dir, 'native', 'Makefile'))) return join(dir, 'native') + '/';
-    const parent = dirname(dir);
-    if (parent === dir) break;
-    dir = parent;
-  }
-  return fileURLToPath(new URL('../../../../native/', import.meta.url));
 }
 
 /** Loads native/build/parasite.bin and its symbol offsets (built by `npm run build`). */
@@ -146,33 +132,6 @@ const BUF_SIZE = 16 * 1024;
 const align = (v: number, a: number) => Math.ceil(v / a) * a;
 const alignB = (v: bigint, a: bigint) => ((v + a - 1n) / a) * a;
 
-/**
- * The registers the task would have if the kernel had already restarted its interrupted syscall
- * (arch/x86/kernel/signal.c: with no handler to run, every restart code rewinds RIP by the 2
- * bytes of `syscall`; ERESTART_RESTARTBLOCK re-enters through restart_syscall). rt_sigreturn sets
- * orig_rax to -1, so a frame must carry the restarted state itself.
- */
-export function restartedRegs(regs: UserRegs): UserRegs {
-  const nr = BigInt.asIntN(64, regs.orig_rax);
-  if (nr < 0n) return regs;
-  const ret = -BigInt.asIntN(64, regs.rax);
-  if (ret === BigInt(ERESTARTSYS) || ret === BigInt(ERESTARTNOINTR) || ret === BigInt(ERESTARTNOHAND)) {
-    return { ...regs, rax: regs.orig_rax, rip: regs.rip - 2n };
-  }
-  if (ret === BigInt(ERESTART_RESTARTBLOCK)) {
-    return { ...regs, rax: BigInt(syscallNumber('restart_syscall')), rip: regs.rip - 2n };
-  }
-  return regs;
-}
-
-/** The task's XSAVE layout as the parasite found it (struct parasite_xstate_layout). */
-export interface XstateLayout {
-  /** ARCH_GET_XCOMP_PERM: the components the task may use; null if the kernel has no such call. */
-  perm: bigint | null;
-  /** CPUID(0xD, i) per component i (index 0 and 1 unused): size, standard-format offset, flags (ECX). */
-  components: Array<{ size: number; offset: number; flags: number }>;
-}
-
 /** struct parasite_misc, as DUMP_MISC and parasite_dump_misc write it. */
 function decodeMisc(raw: Buffer): TaskMisc {
   const misc = {} as TaskMisc;
@@ -180,74 +139,6 @@ function decodeMisc(raw: Buffer): TaskMisc {
   const comm = raw.subarray(MISC_FIELDS.length * 8, MISC_FIELDS.length * 8 + 16);
   misc.comm = comm.subarray(0, comm.indexOf(0) >= 0 ? comm.indexOf(0) : 16).toString('utf8');
   return misc;
-}
-
-export function decodeXstateLayout(buf: Buffer): XstateLayout {
-  const permRet = buf.readBigInt64LE(XSTATE_LAYOUT.perm_ret);
-  const components = Array.from({ length: 64 }, (_, i) => {
-    const o = XSTATE_LAYOUT.comp + i * XSTATE_LAYOUT.comp_size;
-    return { size: buf.readUInt32LE(o), offset: buf.readUInt32LE(o + 4), flags: buf.readUInt32LE(o + 8) };
-  });
-  return { perm: permRet === 0n ? buf.readBigUInt64LE(XSTATE_LAYOUT.perm) : null, components };
-}
-
-/** CPUID(0xD, i).ECX bit 2: the component can be armed in XFD, i.e. the kernel gives a task its buffer on first use (AMX tile data). */
-const XSTATE_COMP_XFD = 4;
-
-/**
- * Which components a signal frame for this task may restore, and the area's length: what
- * rt_sigreturn accepts from it. The kernel takes an extended frame only up to the task's own
- * signal-frame size (fpstate->user_size) and XRSTORs exactly the sw_reserved xfeatures; a dynamic
- * component (XFD-capable: AMX tile data) counts only once the task has a buffer for it, which it
- * certainly has when XSTATE_BV shows the component in use. Elsewhere it is left out: its state is
- * init then, which is what rt_sigreturn gives every component outside the mask anyway.
- * Returns undefined (use the whole image) when the layout does not describe every component.
- */
-export function sigframeXstateLayout(xsave: Buffer, layout: XstateLayout): { features: bigint; size: number } | undefined {
-  if (xsave.length <= XSAVE_HEADER_OFFSET) return undefined;
-  const bv = xstateBv(xsave);
-  let features = xstateXcr0(xsave);
-  if (layout.perm !== null) features &= layout.perm | 3n;
-  let size = XSAVE_HEADER_OFFSET + 64;
-  for (let i = 2; i < 64; i++) {
-    const bit = 1n << BigInt(i);
-    if (!(features & bit)) continue;
-    const c = layout.components[i]!;
-    if (c.flags & XSTATE_COMP_XFD && !(bv & bit)) {
-      features &= ~bit;
-      continue;
-    }
-    if (c.size === 0 || c.offset + c.size > xsave.length) return undefined;
-    size = Math.max(size, c.offset + c.size);
-  }
-  return { features, size };
-}
-
-/**
- * An rt_sigreturn frame at `frameAddr` restoring `regs`, `sigmask` and the XSAVE image; the
- * fpstate goes at the next 64-byte boundary after the frame (XRSTOR needs that alignment).
- * `xstate` (see sigframeXstateLayout) limits the extended state to what the task's rt_sigreturn
- * accepts; without it the whole image is offered.
- * uc_stack is left zero (the parasite fills in the task's current sigaltstack before use).
- */
-export function buildSigframe(
-  regs: UserRegs, sigmask: bigint, xsave: Buffer, frameAddr: bigint, pretcode: bigint,
-  xstate?: { features: bigint; size: number },
-): Buffer {
-  const fp = toSigframeFpstate(xsave, xstate);
-  const fpAddr = alignB(frameAddr + BigInt(SIGFRAME.size), 64n);
-  const fpOff = Number(fpAddr - frameAddr);
-  const frame = Buffer.alloc(fpOff + fp.length);
-  frame.writeBigUInt64LE(pretcode, SIGFRAME.pretcode);
-  frame.writeBigUInt64LE(BigInt(UC_FP_XSTATE | UC_SIGCONTEXT_SS | UC_STRICT_RESTORE_SS), SIGFRAME.uc_flags);
-  const mc = SIGFRAME.mcontext;
-  SIGCONTEXT_GPRS.forEach((r, i) => frame.writeBigUInt64LE(BigInt.asUintN(64, regs[r]), mc + i * 8));
-  frame.writeUInt16LE(Number(regs.cs), mc + SIGCONTEXT_CSGSFSSS);
-  frame.writeUInt16LE(Number(regs.ss), mc + SIGCONTEXT_CSGSFSSS + 6);
-  frame.writeBigUInt64LE(fpAddr, mc + SIGCONTEXT_FPSTATE);
-  frame.writeBigUInt64LE(sigmask, SIGFRAME.uc_sigmask);
-  fp.copy(frame, fpOff);
-  return frame;
 }
 
 /** A running parasite in a seized task. Created by {@link infect}; stopped by the injection's cure. */
@@ -351,7 +242,8 @@ export class Parasite {
     if (layoutFn !== undefined) {
       const out = ctlAddr + BigInt(bufOff);
       const entry = asRemoteAddress(base + BigInt(blob.symbols.parasite_entry_call!));
-      if (inj.callSync(entry, asRemoteAddress(base + BigInt(layoutFn)), asRemoteAddress(stackTop), [out]) === 1n) {
+      const call = { entry, ctlAddr, memfd, ctlOff, remoteSock };
+      if (callInBlob(inj, inj.worker, call, base + BigInt(layoutFn), stackTop, [out], 'parasite_xstate_layout') === 1n) {
         const raw = Buffer.alloc(XSTATE_LAYOUT.size);
         pread(memfd, raw, BigInt(ctlOff + bufOff));
         cpuLayout = decodeXstateLayout(raw);
@@ -516,7 +408,8 @@ export class Parasite {
     if (tid === this.injection.worker) return this.dumpMisc();
     const out = this.base + BigInt(this.ctlOff + this.bufOff);
     const stackTop = this.base + BigInt(this.size) - 64n;
-    this.injection.callInThreadSync(tid, asRemoteAddress(this.base + BigInt(entry)), asRemoteAddress(this.base + BigInt(fn)), asRemoteAddress(stackTop), [out]);
+    const call = { entry: this.base + BigInt(entry), ctlAddr: this.base + BigInt(this.ctlOff), memfd: this.memfd, ctlOff: this.ctlOff, remoteSock: this.remoteSock };
+    callInBlob(this.injection, tid, call, this.base + BigInt(fn), stackTop, [out], `parasite_dump_misc in thread ${tid}`);
     const raw = Buffer.alloc(MISC_SIZE);
     pread(this.memfd, raw, BigInt(this.ctlOff + this.bufOff));
     return decodeMisc(raw);
@@ -674,8 +567,9 @@ export class Parasite {
   private readonly userBlobs: Array<[bigint, number]> = [];
 
   /**
-   * Stops the daemon (FINI: it returns to its int3), then unmaps the blob and closes the socket
-   * in the task with remote syscalls. Called by the injection's cure.
+   * Stops the daemon (FINI, then PTRACE_INTERRUPT while it waits for the next request), then
+   * unmaps the blob and closes the socket in the task with remote syscalls. Called by the
+   * injection's cure.
    */
   stopSync(): void {
     if (this.stopped) return;
@@ -684,7 +578,7 @@ export class Parasite {
       for (const [addr, len] of this.userBlobs.splice(0)) this.syscallRaw('munmap', addr, len);
       if (this.pipe) this.syscallRaw('close', this.pipe.remoteW);
       this.command(CMD.FINI, [PARASITE_MAGIC]);
-      inj.waitWorkerTrapSync('parasite FINI');
+      inj.takeBackWorkerSync('parasite FINI');
     } finally {
       this.stopped = true;
       if (this.sock !== null) close(this.sock);
@@ -695,6 +589,36 @@ export class Parasite {
     inj.syscallRawSync('close', this.remoteSock);
     inj.unmapSync(this.base);
   }
+}
+
+/** Where a blob call reports (parasite_entry_call's registers): the blob's control area and socket. */
+interface BlobCallSite {
+  /** Address of parasite_entry_call in the task. */
+  readonly entry: bigint;
+  readonly ctlAddr: bigint;
+  /** The blob's memfd on our side, and the control area's offset in it. */
+  readonly memfd: Fd;
+  readonly ctlOff: number;
+  /** The control socket's fd in the task: the call waits on it to be taken back. */
+  readonly remoteSock: number;
+}
+
+/**
+ * Calls `fn(args)` of the blob in thread `tid` through parasite_entry_call (see its comment in
+ * native/parasite-entry.S and Injection.callSync): the result comes back in ctl->call_ret once
+ * ctl->call_done is set, read through the memfd. Returns it.
+ */
+function callInBlob(inj: Injection, tid: Pid, site: BlobCallSite, fn: bigint, stackTop: bigint, args: Array<number | bigint>, what: string): bigint {
+  const a = args.map((x) => BigInt.asUintN(64, BigInt(x)));
+  const slot = Buffer.alloc(16);
+  pwrite(site.memfd, slot, BigInt(site.ctlOff + CTL.call_ret));
+  return inj.callSync(tid, what, (own, chainSp, syscallRet) => ({
+    ...own, rip: site.entry, rsp: stackTop & ~0xfn, rdi: fn, rsi: a[0] ?? 0n, rdx: a[1] ?? 0n, rcx: a[2] ?? 0n, r8: a[3] ?? 0n, r9: a[4] ?? 0n,
+    r12: site.ctlAddr, r13: chainSp ?? 0n, r14: chainSp === null ? 0n : syscallRet, r15: BigInt(site.remoteSock),
+  }), () => {
+    pread(site.memfd, slot, BigInt(site.ctlOff + CTL.call_ret));
+    return slot.readBigUInt64LE(8) === 0n ? undefined : slot.readBigInt64LE(0);
+  });
 }
 
 /** Runs a socket call again while it fails with EINTR (bounded: a signal storm is an error). */

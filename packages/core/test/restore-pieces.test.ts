@@ -5,11 +5,11 @@ import { spawnSync } from 'node:child_process';
 import { mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { injectSync } from '@criu-ts/compel';
+import { cpuXstateLayout, injectSync } from '@criu-ts/compel';
 import { fpregsFromXsave, restoreSync, RestoreError, xsaveFromFpregs, xsaveOffsetsFromCpuid } from '@criu-ts/core';
 import { ImageWriter, kindForName, PE_PRESENT } from '@criu-ts/images';
 import { asPid, asRemoteAddress, processVmReadv, SIGNALS, wait4, __WALL, WNOHANG } from '@criu-ts/sys';
-import { Stub, stubPath, xstateLayout } from '../src/restore/stub.js';
+import { Stub, stubPath } from '../src/restore/stub.js';
 import { RestoreTask, findControlAreaHole } from '../src/restore/remote-task.js';
 import { fillPages, mapVdso, mapVmas, protectVmas, unmapAllButControl } from '../src/restore/memory.js';
 import { readImageSet, TASK_SIZE, type ImageSet, type VmaImage } from '../src/restore/image-set.js';
@@ -63,15 +63,15 @@ describe('core restore: the stub', function () {
   });
 
   it('reports the XSAVE layout, and the FPU conversions put each component where this CPU has it', function () {
-    const layout = xstateLayout();
-    expect(layout.components['2']).to.deep.equal([576, 256]);
+    const layout = cpuXstateLayout();
+    expect(layout.components[2]).to.deep.include({ offset: 576, size: 256 });
     // Each component present gets its own byte pattern at the CPU's offset; what comes out of
     // the image entry and back must be found at those offsets (Intel's and AMD's differ).
     const offsets = xsaveOffsetsFromCpuid(layout.components);
     const xsave = Buffer.alloc(layout.size);
     let xcr0 = 3n;
     for (const [bit, offset] of offsets) {
-      const size = layout.components[String(bit)]![1];
+      const size = layout.components[bit]!.size;
       if (![2, 3, 4, 5, 6, 7, 9].includes(bit)) continue;
       xsave.fill(0x10 + bit, offset, offset + size);
       xcr0 |= 1n << BigInt(bit);
@@ -84,7 +84,7 @@ describe('core restore: the stub', function () {
     const back = xsaveFromFpregs(entry, template, offsets);
     for (const [bit, offset] of offsets) {
       if (![2, 3, 4, 5, 6, 7, 9].includes(bit)) continue;
-      const size = layout.components[String(bit)]![1];
+      const size = layout.components[bit]!.size;
       expect(back.subarray(offset, offset + size).every((b) => b === 0x10 + bit), `component ${bit} at ${offset}`).to.equal(true);
     }
     if (offsets.has(5)) {

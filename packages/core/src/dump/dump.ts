@@ -44,7 +44,7 @@ import { readAuxv, readLink, readStat, readStatus } from '../proc/task-files.js'
 import { readSmaps, type ProcVma } from '../proc/smaps.js';
 import { writeMemfdPages } from './files/memfd.js';
 import { xsaveOffsetsFromCpuid } from '../arch/x86-fpu.js';
-import { xstateLayout } from '../restore/stub.js';
+import { cpuXstateLayout } from '@criu-ts/compel';
 import { FileTable, findOutsideTerminal, findUnsupportedDescriptor, readGhostContents, socketInodesOf, UnsupportedFileError } from './files.js';
 import { InetSocketDumper } from './files/inet-sockets.js';
 import { lockHeldSync, unlockHeldSync, type ConnectionKey, type LockBackend } from '@criu-ts/soccr';
@@ -354,7 +354,7 @@ function dumpTree(options: DumpOptions): DumpResult {
       for (const th of t.threads) th.own = threadOwnStateFromMisc(th.tid === t.victim.worker ? misc : t.parasite!.threadMisc(th.tid));
       // The XSAVE layout is the CPU's (CPUID), read by the parasite in the task.
       const cpuLayout = t.parasite!.xstateLayout;
-      const xsaveOffsets = xsaveOffsetsFromCpuid(cpuLayout ? cpuLayout.components : xstateLayout().components);
+      const xsaveOffsets = xsaveOffsetsFromCpuid(cpuLayout ? cpuLayout.components : cpuXstateLayout().components);
       const { core } = buildCoreEntry(t.threads[0]!, t.parasite!, misc, xsaveOffsets);
       t.core = core;
       t.threadCores = t.threads.slice(1).map((th) => ({ tid: th.tid, core: buildThreadCoreEntry(th, xsaveOffsets) }));

@@ -14,7 +14,6 @@
 //   restored process is re-parented to init (or the nearest subreaper) and outlives criu-ts.
 // Either way the stub is gone once the clone exists; the new task is traced by us, not by it.
 import { spawn, type ChildProcess } from 'node:child_process';
-import { execFileSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import {
@@ -41,20 +40,6 @@ export function sleepMs(ms: number): void {
 /** Path of the stub binary built by `npm run build` (native/restore-stub.mk). */
 export function stubPath(): string {
   return join(nativeDir(), 'build', 'restore-stub');
-}
-
-export interface XstateLayout {
-  /** Size of the standard-format XSAVE area for every feature the CPU has. */
-  readonly size: number;
-  /** Standard-format [offset, size] of XSAVE component N (N >= 2), from CPUID leaf 0xD. */
-  readonly components: Readonly<Record<string, readonly [number, number]>>;
-}
-
-let xstateCache: XstateLayout | undefined;
-/** The CPU's XSAVE layout, which only CPUID knows: the stub prints it (`restore-stub --xstate`). */
-export function xstateLayout(): XstateLayout {
-  xstateCache ??= JSON.parse(execFileSync(stubPath(), ['--xstate'], { encoding: 'utf8', timeout: 10_000 })) as XstateLayout;
-  return xstateCache;
 }
 
 function procState(pid: number): string | undefined {

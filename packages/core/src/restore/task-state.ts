@@ -11,7 +11,7 @@ import type { ImageSet } from './image-set.js';
 import { remote } from './memory.js';
 import type { RestoreTask } from './remote-task.js';
 import { xsaveFromFpregs, xsaveOffsetsFromCpuid } from '../arch/x86-fpu.js';
-import { xstateLayout } from './stub.js';
+import { cpuXstateLayout } from '@criu-ts/compel';
 
 type Msg = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
 
@@ -201,7 +201,7 @@ export function setThreadRegisters(tid: Pid, core: Msg, fallbackMask?: unknown):
   try {
     const current = ptraceGetRegset(tid, NT.X86_XSTATE);
     // The same conversion dump uses (arch/x86-fpu.ts), laid over the thread's own area.
-    ptraceSetRegset(tid, NT.X86_XSTATE, xsaveFromFpregs(ti.fpregs as Msg, current, xsaveOffsetsFromCpuid(xstateLayout().components)));
+    ptraceSetRegset(tid, NT.X86_XSTATE, xsaveFromFpregs(ti.fpregs as Msg, current, xsaveOffsetsFromCpuid(cpuXstateLayout().components)));
   } catch (err) {
     throw new RestoreError('registers', `PTRACE_SETREGSET(NT_X86_XSTATE) of thread ${tid}`, { tid }, err);
   }
