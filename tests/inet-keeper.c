@@ -13,8 +13,8 @@
  * of failures.
  *
  * Held:
- *   L4   TCP listener on 127.0.0.1 (backlog 5, SO_REUSEADDR, SO_RCVBUF)
- *   L6   TCP listener on [::] (IPV6_V6ONLY off, SO_REUSEPORT, backlog 3)
+ *   L4   TCP listener on 127.0.0.1 (backlog 5, SO_REUSEADDR, SO_RCVBUF, TCP_FASTOPEN 7)
+ *   L6   TCP listener on [::] (IPV6_V6ONLY off, SO_REUSEPORT, backlog 3, TCP_DEFER_ACCEPT 5 s)
  *   C1   connection to 127.0.0.1:PEER4 (SO_KEEPALIVE, TCP_KEEPIDLE 77)
  *   C6   connection to [::1]:PEER6 (IPV6_TCLASS 0x20)
  *   A    connection accepted from L4 (TCP_NODELAY)
@@ -319,6 +319,14 @@ int main(int argc, char **argv)
 	if (*refuse)
 		MUST(extra);
 
+	/* Listener options CRIU's format has no place for (nginx's "deferred" and "fastopen="), set
+	   once the listeners' first connections are in; the kernel rounds TCP_DEFER_ACCEPT to its
+	   retransmission steps, so the value read back is the one to keep. */
+	int defer = 5, fastopen_qlen = 7;
+	MUST(setsockopt(l6, IPPROTO_TCP, TCP_DEFER_ACCEPT, &defer, sizeof(defer)));
+	MUST(setsockopt(l4, IPPROTO_TCP, TCP_FASTOPEN, &fastopen_qlen, sizeof(fastopen_qlen)));
+	defer = int_opt(l6, IPPROTO_TCP, TCP_DEFER_ACCEPT);
+
 	signal(SIGUSR1, on_usr1);
 	say("ready %d %d %d %d %d %d %d %d %u %u\n", getpid(), local_port(c1), local_port(c6), local_port(cw), local_port(fw), local_port(u4), local_port(u6),
 	    local_port(f1), f1c.sent, lac.sent);
@@ -330,6 +338,8 @@ int main(int argc, char **argv)
 	CHECK(int_opt(l4, SOL_SOCKET, SO_RCVBUF) == 300000, "L4 SO_RCVBUF kept (%d)", int_opt(l4, SOL_SOCKET, SO_RCVBUF));
 	CHECK(int_opt(l6, SOL_SOCKET, SO_ACCEPTCONN) == 1 && int_opt(l6, IPPROTO_IPV6, IPV6_V6ONLY) == 0 && int_opt(l6, SOL_SOCKET, SO_REUSEPORT) == 1,
 	      "L6 listens dual-stack with SO_REUSEPORT");
+	CHECK(int_opt(l6, IPPROTO_TCP, TCP_DEFER_ACCEPT) == defer, "L6 TCP_DEFER_ACCEPT kept (%d, was %d)", int_opt(l6, IPPROTO_TCP, TCP_DEFER_ACCEPT), defer);
+	CHECK(int_opt(l4, IPPROTO_TCP, TCP_FASTOPEN) == fastopen_qlen, "L4 TCP_FASTOPEN kept (%d)", int_opt(l4, IPPROTO_TCP, TCP_FASTOPEN));
 	CHECK(int_opt(c1, SOL_SOCKET, SO_KEEPALIVE) == 1 && int_opt(c1, IPPROTO_TCP, TCP_KEEPIDLE) == 77, "C1 keepalive, idle 77 s");
 	CHECK(int_opt(c6, IPPROTO_IPV6, IPV6_TCLASS) == 0x20, "C6 traffic class kept (%d)", int_opt(c6, IPPROTO_IPV6, IPV6_TCLASS));
 	CHECK(int_opt(a, IPPROTO_TCP, TCP_NODELAY) == 1, "A TCP_NODELAY kept");

@@ -323,10 +323,13 @@ function checkImages(images: string): void {
   expect(listeners.map((s) => [s.family, s.backlog]).sort()).to.deep.equal([[10, 3], [2, 5]]);
   expect(listeners.find((s) => s.family === 10)!.v6only).to.equal(false);
   expect(listeners.find((s) => s.family === 2)!.opts.reuseaddr).to.equal(true);
+  // criu-ts's tcp_opts_entry fields (CRIU's format has none for them); crit reads past them below.
+  expect(listeners.map((s) => [s.family, s.tcp_opts.defer_accept, s.tcp_opts.fastopen_qlen]).sort()).to.deep.equal([[10, 7, undefined], [2, undefined, 7]]);
   const tcp = isk.filter((s) => s.proto === 6 && s.state !== 10);
   expect(tcp.map((s) => s.state).sort((a, b) => a - b)).to.deep.equal([1, 1, 1, 1, 4, 5, 8, 9]); // ESTABLISHED x4, FIN_WAIT1, FIN_WAIT2, CLOSE_WAIT, LAST_ACK
   for (const s of tcp) {
     expect(s.tcp_opts.keepidle, 'keepalive knobs recorded').to.be.a('number');
+    expect([s.tcp_opts.defer_accept, s.tcp_opts.fastopen_qlen], 'connections have no listener options').to.deep.equal([undefined, undefined]);
     expect(s.ns_id).to.equal(2);
   }
   const mapped = tcp.find((s) => s.family === 10 && s.src_addr.length === 4 && s.src_addr[2] === 0xffff0000);

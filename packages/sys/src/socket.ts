@@ -14,7 +14,7 @@ export const SOL = { IP: 0, IPV6: 41, TCP: 6 } as const;
 /** Options at level SOL.IP (ip(7)), SOL.IPV6 (ipv6(7)) and SOL.TCP (tcp(7)). */
 export const IP_OPT = { TOS: 1, TTL: 2, PKTINFO: 8, FREEBIND: 15 } as const;
 export const IPV6_OPT = { UNICAST_HOPS: 16, V6ONLY: 26, RECVPKTINFO: 49, TCLASS: 67, FREEBIND: 78 } as const;
-export const TCP_OPT = { NODELAY: 1, CORK: 3, KEEPIDLE: 4, KEEPINTVL: 5, KEEPCNT: 6 } as const;
+export const TCP_OPT = { NODELAY: 1, CORK: 3, KEEPIDLE: 4, KEEPINTVL: 5, KEEPCNT: 6, DEFER_ACCEPT: 9, FASTOPEN: 23 } as const;
 export const SO = {
   REUSEADDR: 2, TYPE: 3, ERROR: 4, DONTROUTE: 5, BROADCAST: 6, SNDBUF: 7, RCVBUF: 8, KEEPALIVE: 9, OOBINLINE: 10,
   NO_CHECK: 11, PRIORITY: 12, LINGER: 13, REUSEPORT: 15, PASSCRED: 16, PEERCRED: 17, RCVLOWAT: 18, RCVTIMEO: 20,

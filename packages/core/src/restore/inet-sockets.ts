@@ -9,8 +9,9 @@
 //
 // How each shape comes back:
 //   listener               socket, IPV6_OPT.V6ONLY, SO_REUSEADDR on for the bind (connections of the
-//                          old process may still hold the port in TIME_WAIT), options, bind,
-//                          listen(backlog); then SO_REUSEADDR as dumped
+//                          old process may still hold the port in TIME_WAIT), options (with
+//                          TCP_DEFER_ACCEPT and TCP_FASTOPEN, when criu-ts's dump recorded them),
+//                          bind, listen(backlog); then SO_REUSEADDR as dumped
 //   established TCP        soccr restore() in repair mode: bound, connected without a handshake,
 //   (and half-closed)      queues refilled, window and options set; options as dumped; repair mode
 //                          is left just before the tasks run (resumeAll), the network lock lifted
@@ -347,6 +348,9 @@ function setOptions(fd: number, s: InetSocketImage, which: { reuseaddr: boolean 
     if (s.how !== 'connection') {
       if (t.nodelay === true) set(SOL.TCP, TCP_OPT.NODELAY, 1, 'TCP_OPT.NODELAY');
       if (t.cork === true) set(SOL.TCP, TCP_OPT.CORK, 1, 'TCP_OPT.CORK');
+      // Before listen(), as the program set them: tcp(7) takes both on a closed socket.
+      if (Number(t.defer_accept ?? 0) > 0) set(SOL.TCP, TCP_OPT.DEFER_ACCEPT, Number(t.defer_accept), 'TCP_OPT.DEFER_ACCEPT');
+      if (Number(t.fastopen_qlen ?? 0) > 0) set(SOL.TCP, TCP_OPT.FASTOPEN, Number(t.fastopen_qlen), 'TCP_OPT.FASTOPEN');
     }
   }
 }

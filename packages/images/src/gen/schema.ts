@@ -1351,6 +1351,8 @@ export const MESSAGES: Readonly<Record<string, MessageSchema>> = {
       {"name":"keepcnt","number":3,"type":"uint32","label":"optional"},
       {"name":"keepidle","number":4,"type":"uint32","label":"optional"},
       {"name":"keepintvl","number":5,"type":"uint32","label":"optional"},
+      {"name":"defer_accept","number":101,"type":"uint32","label":"optional"},
+      {"name":"fastopen_qlen","number":102,"type":"uint32","label":"optional"},
     ],
   },
   "tcp_stream_entry": {

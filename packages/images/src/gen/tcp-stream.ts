@@ -14,7 +14,20 @@ export interface tcp_opts_entry {
   nodelay?: boolean | undefined;
   keepcnt?: number | undefined;
   keepidle?: number | undefined;
-  keepintvl?: number | undefined;
+  keepintvl?:
+    | number
+    | undefined;
+  /**
+   * criu-ts: listener options CRIU does not record (it brings a listener back without them,
+   * e.g. nginx's "listen ... deferred fastopen=N"). Numbered far from CRIU's own fields so that
+   * fields it adds later cannot collide; CRIU and crit skip them as unknown fields.
+   * TCP_DEFER_ACCEPT in seconds, as getsockopt gives it back (setting it again gives the same).
+   */
+  defer_accept?:
+    | number
+    | undefined;
+  /** TCP_FASTOPEN: the listener's queue length for Fast Open requests. */
+  fastopen_qlen?: number | undefined;
 }
 
 /** Sequence numbers, queue lengths and repair options of a TCP connection. */
@@ -39,7 +52,15 @@ export interface tcp_stream_entry {
 }
 
 function createBasetcp_opts_entry(): tcp_opts_entry {
-  return { cork: undefined, nodelay: undefined, keepcnt: undefined, keepidle: undefined, keepintvl: undefined };
+  return {
+    cork: undefined,
+    nodelay: undefined,
+    keepcnt: undefined,
+    keepidle: undefined,
+    keepintvl: undefined,
+    defer_accept: undefined,
+    fastopen_qlen: undefined,
+  };
 }
 
 export const tcp_opts_entry: MessageFns<tcp_opts_entry> = {
@@ -58,6 +79,12 @@ export const tcp_opts_entry: MessageFns<tcp_opts_entry> = {
     }
     if (message.keepintvl !== undefined) {
       writer.uint32(40).uint32(message.keepintvl);
+    }
+    if (message.defer_accept !== undefined) {
+      writer.uint32(808).uint32(message.defer_accept);
+    }
+    if (message.fastopen_qlen !== undefined) {
+      writer.uint32(816).uint32(message.fastopen_qlen);
     }
     return writer;
   },
@@ -113,6 +140,22 @@ export const tcp_opts_entry: MessageFns<tcp_opts_entry> = {
             }
 
             message.keepintvl = reader.uint32();
+            continue;
+          }
+          case 101: {
+            if (tag !== 808) {
+              break;
+            }
+
+            message.defer_accept = reader.uint32();
+            continue;
+          }
+          case 102: {
+            if (tag !== 816) {
+              break;
+            }
+
+            message.fastopen_qlen = reader.uint32();
             continue;
           }
         }

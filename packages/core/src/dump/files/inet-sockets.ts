@@ -25,6 +25,10 @@
 // source in sk_packet_entry field 3 (`addr`, which CRIU reserves for it and leaves empty: CRIU
 // drops UDP queues). Restore puts them back with the same source.
 //
+// A listener's TCP_DEFER_ACCEPT and TCP_FASTOPEN (nginx's "listen ... deferred fastopen=N") go to
+// tcp_opts_entry fields 101 and 102, criu-ts's own: CRIU's format has no place for them and CRIU
+// restores such a listener without them.
+//
 // Refused, naming the fd: raw, packet and netlink sockets and any other family or protocol; an
 // established connection without --tcp-established or --tcp-close (with its addresses); a TCP
 // socket in a state soccr cannot save (SYN_SENT...); a listener with connections waiting in its
@@ -382,7 +386,12 @@ function ipOptions(dup: Fd, family: number): DecodedMessage {
   return out;
 }
 
-/** tcp_opts_entry: the keepalive knobs always (as CRIU 4.2 writes them), NODELAY and CORK when set. */
+/**
+ * tcp_opts_entry: the keepalive knobs always (as CRIU 4.2 writes them), NODELAY and CORK when set,
+ * and (criu-ts's fields) TCP_DEFER_ACCEPT and TCP_FASTOPEN when set. Only a socket they were set
+ * on has those two: an accepted connection starts with its accept queue zeroed (the kernel's
+ * inet_csk_clone_lock), so connections never carry them.
+ */
 function tcpOptions(dup: Fd): DecodedMessage {
   const int = (name: number) => getsockopt(dup, SOL.TCP, name).readInt32LE(0);
   const out: DecodedMessage = {};
@@ -391,5 +400,9 @@ function tcpOptions(dup: Fd): DecodedMessage {
   out.keepcnt = int(TCP_OPT.KEEPCNT);
   out.keepidle = int(TCP_OPT.KEEPIDLE);
   out.keepintvl = int(TCP_OPT.KEEPINTVL);
+  const deferAccept = int(TCP_OPT.DEFER_ACCEPT);
+  if (deferAccept > 0) out.defer_accept = deferAccept;
+  const fastopen = int(TCP_OPT.FASTOPEN);
+  if (fastopen > 0) out.fastopen_qlen = fastopen;
   return out;
 }
