@@ -38,7 +38,7 @@
  * Every ptrace call must come from the thread that seized the task (ptrace is per thread): all
  * of this runs synchronously on the calling thread; the async methods only wrap the sync ones.
  */
-import { readFileSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import {
   __WALL, asRemoteAddress, close, isSysError, O, open, pread, ptraceCont, ptraceDetach, ptraceGetRegs,
   ptraceGetRegset, ptraceGetSigmask, ptraceInterrupt, ptraceSeize, ptraceSetRegs, ptraceSetRegset,
@@ -104,11 +104,22 @@ const SYSCALL_STOP = SIGNALS.SIGTRAP | 0x80;
  * put a signal frame. Our calls run with RSP there and end in the task's own "syscall; ret":
  * whatever the call, its `ret` walks the chain into rt_sigreturn. `original` is what the task had
  * in those bytes, put back on cure (by ABI they are free, as for any signal delivery).
+ * The worker's chain also undoes, before the rt_sigreturn, what we made in the task and have not
+ * removed yet (our mappings, the parasite's memfd and socket: see undoOnDeath), each as "pop rdi;
+ * ret", a0, "pop rsi; ret", a1, "pop rax; ret", nr, "syscall; ret": a dump killed while it loads
+ * the parasite leaves nothing behind. The chain keeps its RSP; only its length changes.
  */
 interface ReturnChain {
   readonly sp: bigint;
   readonly original: Buffer;
+  /** The rt_sigreturn frame for a given address (its fpstate pointer depends on it). */
+  readonly frameAt: (frameAddr: bigint) => Buffer;
 }
+
+/** At most this many undo operations in the worker's return chain (see undoOnDeath). */
+const UNDO_MAX = 8;
+/** Words of one undo operation: pop rdi, a0, pop rsi, a1, pop rax, nr, "syscall; ret". */
+const UNDO_WORDS = 7;
 
 /**
  * A thread we ran code in: its own registers and mask as seized, its return chain (built on first
@@ -170,6 +181,9 @@ export interface Gadgets {
   syscallRet: RemoteAddress | null;
   /** Address of 58 c3 (pop rax; ret), if any. */
   popRaxRet: RemoteAddress | null;
+  /** Addresses of 5f c3 (pop rdi; ret) and 5e c3 (pop rsi; ret), if any: the worker's return chain undoes what we made with them. */
+  popRdiRet: RemoteAddress | null;
+  popRsiRet: RemoteAddress | null;
 }
 
 /**
@@ -191,6 +205,8 @@ export class Injection {
   private sigmaskBlocked = false;
   /** Threads we ran code in: their own state, return chain and where they stand (see ThreadHold). */
   private readonly holds = new Map<Pid, ThreadHold>();
+  /** What the worker's return chain undoes if we die (see undoOnDeath), in the order registered. */
+  private readonly undos = new Map<string, { nr: number; a0: bigint; a1: bigint }>();
   /**
    * After each remote call, leave the thread in an interrupt stop with its own registers and mask
    * (see settleSync). A task we created ourselves (restore) dies with us anyway and skips it.
@@ -279,7 +295,9 @@ export class Injection {
     let sc: bigint | null = null;
     let scRet: bigint | null = null;
     let popRax: bigint | null = null;
-    // Read in chunks and stop as soon as all three are found: the gadgets are usually in the
+    let popRdi: bigint | null = null;
+    let popRsi: bigint | null = null;
+    // Read in chunks and stop as soon as all five are found: the gadgets are usually in the
     // vDSO or near the start of libc's text, and reading whole text mappings through
     // /proc/PID/mem cost milliseconds of the task's frozen time. Chunks overlap by two bytes so
     // no gadget is cut in half.
@@ -301,7 +319,9 @@ export class Injection {
         sc ??= find(code, at, [0x0f, 0x05]);
         scRet ??= find(code, at, [0x0f, 0x05, 0xc3]);
         popRax ??= find(code, at, [0x58, 0xc3]);
-        if (sc !== null && scRet !== null && popRax !== null) break search;
+        popRdi ??= find(code, at, [0x5f, 0xc3]);
+        popRsi ??= find(code, at, [0x5e, 0xc3]);
+        if (sc !== null && scRet !== null && popRax !== null && popRdi !== null && popRsi !== null) break search;
         if (off + CHUNK >= len) break;
       }
     }
@@ -322,6 +342,8 @@ export class Injection {
       syscall: asRemoteAddress(sc),
       syscallRet: scRet === null ? null : asRemoteAddress(scRet),
       popRaxRet: popRax === null ? null : asRemoteAddress(popRax),
+      popRdiRet: popRdi === null ? null : asRemoteAddress(popRdi),
+      popRsiRet: popRsi === null ? null : asRemoteAddress(popRsi),
     };
     return this.gadgets;
   }
@@ -359,21 +381,73 @@ export class Injection {
     const xsave = tid === this.worker ? this.saved.xsave : ptraceGetRegset(tid, NT.X86_XSTATE);
     // The frame's extended state is cut to what the task's rt_sigreturn takes (sigframe.ts).
     const xstate = sigframeXstateLayout(xsave, cpuXstateLayout());
-    const size = Math.ceil((16 + SIGFRAME.size + 64 + xsave.length + 4) / 64) * 64;
+    const undoRoom = tid === this.worker ? UNDO_MAX * UNDO_WORDS * 8 : 0;
+    const size = Math.ceil((16 + undoRoom + SIGFRAME.size + 64 + xsave.length + 4) / 64) * 64;
     const rsp = hold.regs.rsp;
     const start = (rsp - 128n - BigInt(size)) & ~63n; // the red zone belongs to the interrupted code
     const stack = readMaps(this.pid).find((v) => v.start <= start && rsp <= v.end && v.perms.startsWith('rw'));
     if (!stack) return null;
     const own = restartedRegs(tid === this.worker ? undoInterruptEintr(hold.regs) : hold.regs);
-    const frame = buildSigframe(own, hold.sigmask, xsave, start + 16n, gadgets.syscallRet, xstate);
-    const chain = Buffer.alloc(16 + frame.length);
-    chain.writeBigUInt64LE(gadgets.popRaxRet, 0);
-    chain.writeBigUInt64LE(15n /* rt_sigreturn */, 8);
-    frame.copy(chain, 16);
-    const original = this.readMemorySync(start, chain.length);
-    this.writeMemorySync(start, chain);
-    hold.chain = { sp: start, original };
-    return hold.chain;
+    const chain: ReturnChain = {
+      sp: start,
+      original: this.readMemorySync(start, size),
+      frameAt: (frameAddr) => buildSigframe(own, hold.sigmask, xsave, frameAddr, gadgets.syscallRet!, xstate),
+    };
+    this.writeChain(tid, chain);
+    hold.chain = chain;
+    return chain;
+  }
+
+  /** Writes `chain` into the task: the worker's undo operations (if the gadgets exist), then the way into rt_sigreturn. */
+  private writeChain(tid: Pid, chain: ReturnChain): void {
+    const g = this.findGadgets();
+    const words: bigint[] = [];
+    if (tid === this.worker && g.popRdiRet && g.popRsiRet) {
+      for (const op of this.undos.values()) words.push(g.popRdiRet, op.a0, g.popRsiRet, op.a1, g.popRaxRet!, BigInt(op.nr), g.syscallRet!);
+    }
+    words.push(g.popRaxRet!, 15n /* rt_sigreturn */);
+    const head = Buffer.alloc(words.length * 8);
+    words.forEach((w, i) => head.writeBigUInt64LE(BigInt.asUintN(64, w), i * 8));
+    // The frame follows; its pretcode slot ("syscall; ret") is where the last `ret` goes.
+    this.writeMemorySync(chain.sp, Buffer.concat([head, chain.frameAt(chain.sp + BigInt(head.length))]));
+  }
+
+  /**
+   * @internal Something we made in the task that must go if we die before removing it: the
+   * worker's return chain runs `nr(a0, a1)` (munmap of a mapping, close of a descriptor) before
+   * it puts the worker back. `key` names it for forgetUndo. Best effort: a task without
+   * "pop rdi; ret" and "pop rsi; ret" gadgets, or beyond UNDO_MAX operations, keeps it.
+   */
+  undoOnDeath(key: string, nr: 'munmap' | 'close', a0: bigint | number, a1: bigint | number = 0): void {
+    if (this.undos.size >= UNDO_MAX && !this.undos.has(key)) return;
+    const op = { nr: syscallNumber(nr), a0: BigInt(a0), a1: BigInt(a1) };
+    const had = this.undos.get(key);
+    if (had && had.nr === op.nr && had.a0 === op.a0 && had.a1 === op.a1) return;
+    this.undos.set(key, op);
+    this.rewriteWorkerChain();
+  }
+
+  /** @internal The thing registered under `key` is gone (removed by us, or by the parasite). */
+  forgetUndo(key: string): void {
+    if (this.undos.delete(key)) this.rewriteWorkerChain();
+  }
+
+  private rewriteWorkerChain(): void {
+    const chain = this.holds.get(this.worker)?.chain;
+    if (chain && this.state !== 'cured') this.writeChain(this.worker, chain);
+  }
+
+  /**
+   * Precondition: `tid` is in an interrupt stop. Leaves it there ready to return through its chain
+   * (a getpid at the task's "syscall; ret", RSP on the chain), not settled: the worker while
+   * something we made is still in the task, so that the chain's undo operations run if we die.
+   */
+  private park(tid: Pid, hold: ThreadHold, chain: ReturnChain): void {
+    ptraceSetRegs(tid, {
+      ...hold.regs, rax: BigInt(syscallNumber('getpid')), orig_rax: ORIG_RAX_NONE, rip: this.findGadgets().syscallRet!, rsp: chain.sp,
+      eflags: hold.regs.eflags & ~(EFLAGS_TF | EFLAGS_DF),
+    });
+    hold.at = 'call';
   }
 
   /**
@@ -388,8 +462,9 @@ export class Injection {
     if (hold.at === 'syscall') {
       this.settleSync(tid, own, hold.sigmask, what);
     } else {
-      ptraceSetRegs(tid, own);
+      // Mask first: killed in between, the thread still returns through its chain.
       ptraceSetSigmask(tid, hold.sigmask);
+      ptraceSetRegs(tid, own);
     }
     hold.at = 'own';
   }
@@ -426,8 +501,9 @@ export class Injection {
    * registers, mask and interrupted syscall's restart included.
    */
   private settleSync(tid: Pid, regs: UserRegs, mask: bigint, what: string): void {
-    ptraceSetRegs(tid, regs);
+    // Mask first: killed in between, a thread with a return chain still goes back through it.
     ptraceSetSigmask(tid, mask);
+    ptraceSetRegs(tid, regs);
     ptraceInterrupt(tid);
     ptraceCont(tid, 0);
     this.waitInterruptStop(tid, what);
@@ -582,10 +658,10 @@ export class Injection {
     if (chain) {
       const gadget = this.findGadgets().syscallRet!;
       try {
-        if (hold.at === 'own') ptraceSetSigmask(tid, SIGSET_REMOTE);
+        // Registers first, then the mask: from here a dead tracer leaves the thread to its chain
+        // (it runs the call, returns into rt_sigreturn and is back as it was, mask included).
         ptraceSetRegs(tid, { ...callRegs(hold.regs, gadget), rsp: chain.sp });
-        // From here a dead tracer leaves the thread to its chain: it runs the call (or has run
-        // it), returns into rt_sigreturn and is back as it was.
+        if (hold.at === 'own') ptraceSetSigmask(tid, SIGSET_REMOTE);
         hold.at = 'syscall';
         ptraceSyscall(tid);
         this.waitStop(what, 'syscall', tid); // entry
@@ -703,9 +779,9 @@ export class Injection {
       return BigInt.asIntN(64, this.runInThreadSync(tid, what, 'cont', (own) => regsFor(own, null, 0n)).rax);
     }
     try {
-      if (hold.at === 'own') ptraceSetSigmask(tid, SIGSET_REMOTE);
       const regs = regsFor(hold.regs, chain.sp, this.findGadgets().syscallRet!);
       ptraceSetRegs(tid, { ...regs, orig_rax: ORIG_RAX_NONE, eflags: hold.regs.eflags & ~(EFLAGS_TF | EFLAGS_DF) });
+      if (hold.at === 'own') ptraceSetSigmask(tid, SIGSET_REMOTE);
       hold.at = 'call';
       ptraceCont(tid);
       const deadline = Date.now() + this.timeoutMs;
@@ -727,7 +803,8 @@ export class Injection {
       }
       ptraceInterrupt(tid);
       this.waitInterruptStop(tid, what);
-      this.settleHold(tid, hold, what);
+      if (tid === this.worker && this.undos.size > 0) this.park(tid, hold, chain);
+      else this.settleHold(tid, hold, what);
       return result;
     } catch (err) {
       if (err instanceof CompelError && err.kind !== 'exited' && hold.at === 'call') {
@@ -748,8 +825,8 @@ export class Injection {
   startWorkerSync(regs: UserRegs): void {
     this.assertSeized('start');
     const hold = this.holdOf(this.worker);
-    if (hold.at === 'own') ptraceSetSigmask(this.worker, SIGSET_REMOTE);
     ptraceSetRegs(this.worker, { ...regs, orig_rax: ORIG_RAX_NONE, eflags: regs.eflags & ~(EFLAGS_TF | EFLAGS_DF) });
+    if (hold.at === 'own') ptraceSetSigmask(this.worker, SIGSET_REMOTE);
     hold.at = 'call';
     ptraceCont(this.worker);
     this.state = 'running-parasite';
@@ -770,11 +847,56 @@ export class Injection {
     this.state = 'seized';
   }
 
-  /** Maps `len` bytes of anonymous memory in the task (removed on cure). */
+  /**
+   * Maps `len` bytes in the task (anonymous memory by default; removed on cure). The address is
+   * chosen here, in a hole of the task's layout, and the mapping made there with
+   * MAP_FIXED_NOREPLACE, so that its undo (see undoOnDeath) is in the worker's return chain
+   * before the mapping exists: no moment in which our death would leave it behind.
+   */
   mapSync(len: number, prot: number = PROT.READ | PROT.WRITE, flags: number = MAP.PRIVATE | MAP.ANONYMOUS, fd = -1): RemoteAddress {
-    const addr = this.syscallSync('mmap', 0, len, prot, flags, fd, 0);
-    this.ownMappings.set(addr, BigInt(len));
-    return asRemoteAddress(addr);
+    const want = this.holeFor(len);
+    if (want !== null) this.undoOnDeath(`map ${want}`, 'munmap', want, len);
+    const got = this.syscallRawSync('mmap', want ?? 0n, len, prot, want === null ? flags : flags | MAP.FIXED_NOREPLACE, fd, 0);
+    if (got < 0n && got >= -4095n) {
+      if (want !== null) this.forgetUndo(`map ${want}`);
+      throw new SysError('mmap', Number(-got), `remote, in pid ${this.pid}`);
+    }
+    if (got !== want) {
+      // No hole found, or a kernel that took the address as a hint only.
+      if (want !== null) this.forgetUndo(`map ${want}`);
+      this.undoOnDeath(`map ${got}`, 'munmap', got, len);
+    }
+    this.ownMappings.set(got, BigInt(len));
+    return asRemoteAddress(got);
+  }
+
+  /**
+   * Where a new mapping of `len` bytes goes: the highest hole of the task's layout with a free
+   * page on both sides, as the kernel's own top-down search would pick, but never right under
+   * the stack (its room to grow). null if there is none.
+   */
+  private holeFor(len: number): bigint | null {
+    const page = 4096n;
+    const size = (BigInt(len) + page - 1n) & ~(page - 1n);
+    const vmas = readMaps(this.pid).filter((v) => v.name !== '[vsyscall]').sort((a, b) => (a.start < b.start ? -1 : 1));
+    for (let i = vmas.length - 1; i > 0; i--) {
+      const below = vmas[i - 1]!;
+      const above = vmas[i]!;
+      if (above.name === '[stack]' || below.end < 0x10000n) continue;
+      if (above.start - below.end >= size + 2n * page) return above.start - page - size;
+    }
+    return null;
+  }
+
+  /**
+   * @internal The lowest descriptor number free in the task: the one its next open, socket or
+   * memfd_create gets (all its threads are stopped), so that an undo can be registered first.
+   */
+  lowestFreeFd(): number {
+    const used = new Set(readdirSync(`/proc/${this.pid}/fd`).map(Number));
+    let fd = 0;
+    while (used.has(fd)) fd++;
+    return fd;
   }
 
   /** Unmaps a mapping made with mapSync. */
@@ -783,11 +905,13 @@ export class Injection {
     if (len === undefined) throw new RangeError(`0x${addr.toString(16)} is not a mapping made by this injection`);
     this.syscallSync('munmap', addr, len);
     this.ownMappings.delete(addr);
+    this.forgetUndo(`map ${addr}`);
   }
 
   /** @internal the parasite unmaps its own blob on self-cure; forget it then. */
   forgetMapping(addr: bigint): void {
     this.ownMappings.delete(addr);
+    this.forgetUndo(`map ${addr}`);
   }
 
   /** A scratch area of `len` bytes in the task, read/write, removed on cure. */
@@ -825,6 +949,7 @@ export class Injection {
       try {
         this.syscallSync('munmap', addr, len);
         this.ownMappings.delete(addr);
+        this.forgetUndo(`map ${addr}`);
       } catch (err) {
         if (err instanceof CompelError && err.kind === 'exited') break;
         errors.push(err);

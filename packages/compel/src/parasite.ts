@@ -189,7 +189,15 @@ export class Parasite {
     // 1. A memfd in the task, opened by us through /proc: the same file on both sides.
     const scratch = inj.mapSync(PAGE);
     inj.writeMemorySync(scratch, Buffer.from('criu-ts-parasite\0'));
-    const remoteMemfd = Number(inj.syscallSync('memfd_create', scratch, 1 /* MFD_CLOEXEC */));
+    // Each descriptor's undo is registered before it exists (see Injection.undoOnDeath): the
+    // task's next descriptor is its lowest free one.
+    inj.undoOnDeath('parasite memfd', 'close', inj.lowestFreeFd());
+    const remoteMemfd = Number(inj.syscallRawSync('memfd_create', scratch, 1 /* MFD_CLOEXEC */));
+    if (remoteMemfd < 0) {
+      inj.forgetUndo('parasite memfd');
+      throw new SysError('memfd_create', -remoteMemfd, `remote, in pid ${pid}`);
+    }
+    inj.undoOnDeath('parasite memfd', 'close', remoteMemfd);
     let memfd: Fd;
     try {
       memfd = open(`/proc/${pid}/fd/${remoteMemfd}`, O.RDWR);
@@ -197,6 +205,7 @@ export class Parasite {
       pwrite(memfd, blob.code, 0n);
     } catch (err) {
       inj.syscallRawSync('close', remoteMemfd);
+      inj.forgetUndo('parasite memfd');
       throw err;
     }
     // 2. Map it in the task; the task's fd is not needed any more.
@@ -205,6 +214,7 @@ export class Parasite {
       base = inj.mapSync(size, PROT.READ | PROT.WRITE | PROT.EXEC, MAP.SHARED, remoteMemfd);
     } finally {
       inj.syscallRawSync('close', remoteMemfd);
+      inj.forgetUndo('parasite memfd');
     }
     // 3. The control socket: the task connects to a listening socket of ours (abstract name).
     const name = `\0criu-ts-compel-${process.pid}-${pid}-${Date.now()}-${Math.random().toString(36).slice(2)}`;
@@ -216,11 +226,18 @@ export class Parasite {
       bind(listener, addr);
       listen(listener, 1);
       inj.writeMemorySync(scratch, addr);
-      remoteSock = Number(inj.syscallSync('socket', AF_UNIX, SOCK.SEQPACKET | SOCK.CLOEXEC, 0));
+      inj.undoOnDeath('parasite socket', 'close', inj.lowestFreeFd());
+      remoteSock = Number(inj.syscallRawSync('socket', AF_UNIX, SOCK.SEQPACKET | SOCK.CLOEXEC, 0));
+      if (remoteSock < 0) {
+        inj.forgetUndo('parasite socket');
+        throw new SysError('socket', -remoteSock, `remote, in pid ${pid}`);
+      }
+      inj.undoOnDeath('parasite socket', 'close', remoteSock);
       try {
         inj.syscallSync('connect', remoteSock, scratch, addr.length);
       } catch (err) {
         inj.syscallRawSync('close', remoteSock);
+        inj.forgetUndo('parasite socket');
         throw err;
       }
       sock = accept4(listener);
@@ -587,6 +604,7 @@ export class Parasite {
       close(this.memfd);
     }
     inj.syscallRawSync('close', this.remoteSock);
+    inj.forgetUndo('parasite socket');
     inj.unmapSync(this.base);
   }
 }

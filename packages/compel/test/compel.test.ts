@@ -1,6 +1,6 @@
 import { expect } from 'chai';
 import { spawn } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import {
@@ -491,10 +491,14 @@ describe('@criu-ts/compel: injector killed at random moments of whole injections
   // died. Every one of them now returns through the thread's return chain (or the daemon's
   // self-cure): the victim must live on with its own registers, extended state and mask.
   for (const mode of ['xstate', 'futex'] as const) {
-    it(`${mode}: 15 kills, the victim lives and is whole after each`, async () => {
+    it(`${mode}: 15 kills, the victim lives and is whole after each, with nothing of ours left`, async () => {
       const v = await Victim.start(mode);
       await new Promise((r) => setTimeout(r, 50));
       const status = () => readFileSync(`/proc/${v.pid}/status`, 'utf8');
+      const maps = () => readFileSync(`/proc/${v.pid}/maps`, 'utf8');
+      const fds = () => readdirSync(`/proc/${v.pid}/fd`).map((fd) => `${fd} -> ${readlinkSync(`/proc/${v.pid}/fd/${fd}`)}`).sort();
+      const mapsBefore = maps();
+      const fdsBefore = fds();
       for (let round = 0; round < 15; round++) {
         const injector = spawn(process.execPath, [fileURLToPath(new URL('./injector-child.js', import.meta.url)), String(v.pid), 'cycles'], {
           stdio: ['ignore', 'pipe', 'inherit'],
@@ -514,6 +518,9 @@ describe('@criu-ts/compel: injector killed at random moments of whole injections
         expect(status(), `round ${round}`).to.match(/TracerPid:\s+0\n/);
         expect(status(), `round ${round}`).to.match(/SigBlk:\s+0+\n/);
         expect(status(), `round ${round}`).to.match(/SigPnd:\s+0+\n/);
+        // Nothing of ours left: the return chain undid the mappings and descriptors made so far.
+        expect(maps(), `round ${round}: maps`).to.equal(mapsBefore);
+        expect(fds(), `round ${round}: fds`).to.deep.equal(fdsBefore);
       }
       if (mode === 'xstate') {
         process.kill(v.pid, 'SIGUSR1');

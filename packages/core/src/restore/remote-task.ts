@@ -40,7 +40,7 @@ export class RestoreTask extends Injection {
     const threads = new Map<Pid, SeizedThread>([[pid, { tid: pid, groupStop: 0, pendingSignals: [] }]]);
     const saved = { regs: ptraceGetRegs(pid), xsave: ptraceGetRegset(pid, NT.X86_XSTATE), sigmask: ptraceGetSigmask(pid) };
     const task = new RestoreTask(pid, pid, threads, saved, timeoutMs);
-    task.ownGadget = { syscall: gadget, syscallRet: null, popRaxRet: null };
+    task.ownGadget = { syscall: gadget, syscallRet: null, popRaxRet: null, popRdiRet: null, popRsiRet: null };
     return task;
   }
 
@@ -80,7 +80,7 @@ export class RestoreTask extends Injection {
     if (got !== addr) throw new RestoreError('control-area', `mmap of the control area at 0x${addr.toString(16)} returned 0x${got.toString(16)}`);
     this.control = asRemoteAddress(addr);
     this.write(addr, Buffer.from([0x0f, 0x05, 0xcc]));
-    this.ownGadget = { syscall: asRemoteAddress(addr), syscallRet: null, popRaxRet: null };
+    this.ownGadget = { syscall: asRemoteAddress(addr), syscallRet: null, popRaxRet: null, popRdiRet: null, popRsiRet: null };
   }
 
   /** Writes `data` into the task's memory (process_vm_writev: the range must be writable). */
