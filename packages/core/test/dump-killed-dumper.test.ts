@@ -3,7 +3,7 @@
 // mapping, and the images directory must never look complete when it is not.
 import { expect } from 'chai';
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { dumpSync, DumpError } from '@criu-ts/core';
 import { alive, sleepMs, waitFor } from './restore-helpers.js';
@@ -22,10 +22,10 @@ describe('core: dumper killed mid-dump', function () {
     keeper = undefined;
   });
 
-  // The moments are taken once the parasite runs (pages, images, cure): killed there, the task
-  // cures itself. Killed during the few remote syscalls that load the parasite, a task is left
-  // with the remote call's registers and dies (SIGTRAP); that window is a known open problem.
-  it('the dumper SIGKILLed at random moments after the parasite started: the target runs on untraced, intact, without parasite', function () {
+  // The moments start with the freeze: remote syscalls that load the parasite, the parasite's
+  // calls in the task's thread, pages, images, cure. Wherever it is killed, the task goes back
+  // by itself: through its return chain (undoing what was loaded so far) or the daemon's self-cure.
+  it('the dumper SIGKILLed at moments from the freeze on: the target runs on untraced, intact, without parasite', function () {
     keeper = new StateKeeper();
     const pid = keeper.pid;
     // The dumper runs as `node -e` from the workspace, where @criu-ts/core resolves (a script
@@ -34,10 +34,10 @@ describe('core: dumper killed mid-dump', function () {
       `import { writeFileSync } from 'node:fs';\n` +
       `import { dumpSync } from '@criu-ts/core';\n` +
       `dumpSync({ pid: ${pid}, imagesDir: process.argv[1], leave: 'running',\n` +
-      `  onStage: (stage) => { if (stage === 'collect') writeFileSync(process.argv[2], 'start'); } });\n`;
+      `  onStage: (stage) => { if (stage === 'freeze') writeFileSync(process.argv[2], 'start'); } });\n`;
     const cwd = new URL('../../../../', import.meta.url).pathname;
     let killedMidway = 0;
-    for (let round = 0; round < 10; round++) {
+    for (let round = 0; round < 15; round++) {
       const images = join(keeper.dir, `images-${round}`);
       const marker = join(keeper.dir, `started-${round}`);
       const child = spawn(process.execPath, ['--input-type=module', '-e', dumperCode, images, marker], { cwd, stdio: 'ignore' });
@@ -52,6 +52,7 @@ describe('core: dumper killed mid-dump', function () {
       expect(alive(pid), `round ${round}: alive`).to.equal(true);
       expect(status(pid), `round ${round}: running`).to.not.match(/State:\s+[Tt]/);
       waitFor(`round ${round}: no parasite mapping`, () => !readFileSync(`/proc/${pid}/maps`, 'utf8').includes('criu-ts-parasite'));
+      expect(readdirSync(`/proc/${pid}/fd`).map((fd) => readlinkSync(`/proc/${pid}/fd/${fd}`)).filter((l) => l.includes('criu-ts-parasite')), `round ${round}: parasite memfd`).to.deep.equal([]);
     }
     expect(killedMidway, 'dumps actually interrupted').to.be.greaterThan(0);
     const { failures, checks } = keeper.check();
