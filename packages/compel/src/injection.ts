@@ -1073,6 +1073,9 @@ export function seizeSync<T extends Injection>(
   const state = taskState(pid);
   if (state === undefined) throw new CompelError('no-such-process', pid, 'no such process (/proc/PID missing)');
   if (state === 'Z' || state === 'X') throw new CompelError('zombie', pid, `task is ${state === 'Z' ? 'a zombie' : 'dead'}: nothing to seize`, { state });
+  // Read once per process, before anything is stopped: the return chains need it (ReturnChain),
+  // and running a program costs milliseconds a frozen task would wait.
+  cpuXstateLayout();
   const seized = new Map<Pid, SeizedThread>();
   const deadline = Date.now() + timeoutMs;
   try {
