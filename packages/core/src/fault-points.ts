@@ -8,13 +8,13 @@ export type DumpFaultPoint = (typeof DUMP_FAULT_POINTS)[number];
 /**
  * Restore, in the order they are reached:
  *   after-stub      the stub runs, is seized, and no process of the tree exists yet
- *   after-create    every process exists with its PID, session and group; zombies are zombies
  *   after-memory    the first live process has its address space (ghost files exist on disk)
- *   after-files     ... and its fds, cwd and root
+ *   after-create    every process exists with its PID, session, group and memory; zombies are zombies
+ *   after-files     the first live process has its fds, cwd and root
  *   after-threads   every live process has its threads and task state
  *   before-release  every process is complete and still stopped, registers not set yet
  */
-export const RESTORE_FAULT_POINTS = ['after-stub', 'after-create', 'after-memory', 'after-files', 'after-threads', 'before-release'] as const;
+export const RESTORE_FAULT_POINTS = ['after-stub', 'after-memory', 'after-create', 'after-files', 'after-threads', 'before-release'] as const;
 export type RestoreFaultPoint = (typeof RESTORE_FAULT_POINTS)[number];
 
 /**

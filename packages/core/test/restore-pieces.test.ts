@@ -11,7 +11,7 @@ import { ImageWriter, kindForName, PE_PRESENT } from '@criu-ts/images';
 import { asPid, asRemoteAddress, processVmReadv, SIGNALS, wait4, __WALL, WNOHANG } from '@criu-ts/sys';
 import { Stub, stubPath } from '../src/restore/stub.js';
 import { RestoreTask, findControlAreaHole } from '../src/restore/remote-task.js';
-import { fillPages, mapVdso, mapVmas, protectVmas, unmapAllButControl } from '../src/restore/memory.js';
+import { fillPages, mapVdso, mapVmas, protectVmas, unmapAllButKept } from '../src/restore/memory.js';
 import { readImageSet, TASK_SIZE, type ImageSet, type VmaImage } from '../src/restore/image-set.js';
 import {
   alive, dataPattern, freePid, HANDMADE, mappedFileBytes, isRoot, killQuietly, ourStubs, procState, sleepMs, vdsoBlockLayout, waitFor,
@@ -151,7 +151,7 @@ describe('core restore: address space', function () {
     stub = undefined;
     const task = RestoreTask.adopt(got.pid, got.gadget);
     task.setUpControlArea(findControlAreaHole([...task.currentMaps(), ...avoid], 65536n, TASK_SIZE));
-    unmapAllButControl(task);
+    unmapAllButKept(task);
     return task;
   }
 
@@ -198,7 +198,7 @@ describe('core restore: address space', function () {
     const task = emptyTask(vmas);
     mapVdso(task, vmas);
     const mapped = mapVmas(task, set);
-    expect(fillPages(task, set)).to.equal(6 * 4096);
+    expect(fillPages(task, set)).to.deep.equal({ read: 6 * 4096, shared: 0 });
     protectVmas(task, mapped);
 
     const maps = readFileSync(`/proc/${task.pid}/maps`, 'utf8').split('\n').filter((l) => l && !l.includes('[vsyscall]'));

@@ -1,26 +1,50 @@
-// The address space of the restored task: from the stub's to the dumped one.
+// The address space of the restored task: from the stub's (or, for a process cloned from a
+// restored parent, the parent's) to the dumped one.
 //
-//   1. unmap everything but the control area (the stub's code, data, stack, vDSO)
+//   0. (a process forked from a restored one) planInheritance: which of its dumped VMAs it keeps
+//      from the address space it inherited. The parent's memory is restored before its children
+//      are cloned (restore.ts), so a child starts as a copy-on-write copy of it, as after the
+//      dumped fork: a private VMA of the child that the inherited layout holds at the same
+//      address, with compatible flags (anonymous, or the same file at the same offset), is kept
+//      in place, and its pages stay physically shared with the parent wherever their contents
+//      are equal. This is how CRIU restores copy-on-write sharing too: its images do not record
+//      it (every process's pagemap lists all its pages), restore finds it again by comparing
+//      contents. Beyond CRIU, which needs a parent VMA with the same start and end: a kept VMA
+//      may be part of a larger inherited one (the kernel merged two of the parent's at restore,
+//      or the child unmapped part of it), and an anonymous one that the child grew past its
+//      inherited end (a heap grown by brk) is grown in place with mremap.
+//   1. unmap everything but the control area (the stub's code, data, stack, vDSO) and what is kept
 //   2. vDSO block back at its dumped address: arch_prctl(ARCH_MAP_VDSO_64, start of [vvar])
 //      on a task without a vDSO maps [vvar], [vvar_vclock] and [vdso] back to back from there
 //      (checked on this kernel). It goes first, into an empty address space, because the kernel
 //      takes the address only as a hint (get_unmapped_area) and would move it if it were busy.
+//      A forked process keeps its inherited block when it is the dumped one (it always is after
+//      a fork); when it is not, the process keeps nothing and goes the root's way.
 //   3. mmap every other VMA at its address; private ones writable for now, so the pages can
 //      be filled, file mappings from the path in files.img at their file offset, memfd
 //      mappings from the restore's one memfd per inode (memfd.ts)
 //   4. preadv from pages-N.img straight into the task: the task opens the pages file itself and
-//      reads runs of pages into place, up to 1024 runs per call (one copy, no buffer in Node)
+//      reads runs of pages into place, up to 1024 runs per call (one copy, no buffer in Node).
+//      In a kept VMA, each page of the images that the task holds already is compared with it
+//      (read through /proc/PID/mem, which leaves copy on write alone) and, only if it differs,
+//      written over from the buffer it was compared in (process_vm_writev); a page the task
+//      holds and the images do not have is dropped (MADV_DONTNEED): absent from a private
+//      anonymous VMA's pagemap means zero, from a private file VMA's means the file's page.
 //   5. the dumped protections and madvise flags
 //   6. prctl(PR_SET_MM, PR_SET_MM_MAP): code/data/brk/stack/arg/env bounds, auxv, exe file.
 //      This form needs no CAP_SYS_RESOURCE (only checkpoint_restore_ns_capable for the exe);
-//      the kernel refuses to change the exe file while the old one is still mapped, which it
-//      no longer is after step 1.
-import { AT_FDCWD, MAP, O, PROT } from '@criu-ts/sys';
+//      the kernel refuses to change the exe file while the old one is still mapped. The old one
+//      is the stub's, inherited down the tree, and no longer mapped after step 1; restore.ts
+//      runs this step only once every process is cloned, so no child inherits a restored exe
+//      file that its own kept file mappings would still map.
+import { closeSync, openSync, readSync, statSync } from 'node:fs';
+import { AT_FDCWD, asRemoteAddress, MAP, O, processVmWritev, PROT, type RemoteRange } from '@criu-ts/sys';
 import { PAGE_SIZE } from '@criu-ts/images';
 import { RestoreError } from './errors.js';
 import { TASK_SIZE, VMA, type ImageSet, type PagesRun, type RegFile, type VmaImage } from './image-set.js';
 import { CONTROL_SIZE, type RestoreTask } from './remote-task.js';
 import type { MemfdInodes } from './memfd.js';
+import { readSmaps, type ProcVma } from '../proc/smaps.js';
 
 const ARCH_MAP_VDSO_64 = 0x2003;
 const PR_SET_MM = 35;
@@ -54,29 +78,138 @@ export function remoteOpen(task: RestoreTask, stage: ConstructorParameters<typeo
   return Number(remote(task, stage, `open ${path}`, 'openat', AT_FDCWD, p!, flags, mode));
 }
 
-/** Step 1. Precondition: the control area is set up. */
-export function unmapAllButControl(task: RestoreTask): void {
+/** A dumped VMA that a forked process keeps from the address space it inherited (step 0). */
+export interface KeptVma {
+  /** End of the inherited part: below the VMA's end when it is grown in place to its dumped end. */
+  readonly inheritedEnd: bigint;
+  /** The protection it was inherited with. */
+  readonly prot: number;
+  /** A private file mapping: the pages that are still the file's (pagemap bit 61) are not the task's own. */
+  readonly file: boolean;
+}
+
+/** What a process keeps of the address space it inherited (planInheritance). */
+export interface Inheritance {
+  readonly kept: ReadonlyMap<VmaImage, KeptVma>;
+  /** The inherited [vvar]..[vdso] mappings, kept because they are the dumped block (empty: none kept). */
+  readonly vdso: ReadonlyArray<{ readonly start: bigint; readonly end: bigint }>;
+}
+
+/** The root (a copy of the stub) keeps nothing. */
+export const NOTHING_INHERITED: Inheritance = { kept: new Map(), vdso: [] };
+
+/**
+ * VmFlags mnemonics of the madvise states restore replays (protectVmas) and fork passes on, with
+ * their advice numbers (bit N of vma_entry.madv, as the dump records them). An inherited VMA with
+ * one the dumped VMA lacks cannot be kept: replaying adds states, it does not take them away.
+ */
+const INHERITED_MADVICE: ReadonlyArray<readonly [string, number]> = [['mg', 12], ['hg', 14], ['nh', 15], ['dd', 16], ['wf', 18]];
+
+const protOf = (m: ProcVma): number => (m.read ? PROT.READ : 0) | (m.write ? PROT.WRITE : 0) | (m.exec ? PROT.EXEC : 0);
+
+/** Whether two paths name one inode (false when either cannot be looked at). */
+function sameInode(a: string, b: string): boolean {
+  try {
+    const x = statSync(a, { bigint: true });
+    const y = statSync(b, { bigint: true });
+    return x.dev === y.dev && x.ino === y.ino;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Step 0, for a process cloned from a restored one: the dumped VMAs it keeps from the address
+ * space it inherited (/proc/PID/smaps: the inherited VMAs with their VmFlags). A private VMA is
+ * kept where an inherited private VMA covers it from its start with the same growsdown flag and
+ * no madvise state it lacks, and either both are anonymous (an inherited one ending early is
+ * grown to the dumped end, unless it grows down) or both map the same inode at the same offset.
+ * Which of its pages stay shared is decided page by page when they are filled (fillPages).
+ * Precondition: the task is stopped, its layout the one it was cloned with.
+ */
+export function planInheritance(task: RestoreTask, set: ImageSet, pathOf: (f: RegFile) => string): Inheritance {
+  const now = readSmaps(task.pid);
+  const block = vdsoBlockOf(set.vmas);
+  const nowBlock = vdsoBlockNow(now);
+  if (!sameVdsoBlock(block, nowBlock)) return NOTHING_INHERITED;
+  const kept = new Map<VmaImage, KeptVma>();
+  for (const vma of set.vmas) {
+    if ((vma.status & (VMA.VDSO | VMA.VVAR)) || vma.sysv || vma.memfd || (vma.flags & MAP.SHARED)) continue;
+    const m = now.find((r) => r.start <= vma.start && vma.start < r.end);
+    if (!m || m.shared || m.start === task.controlArea) continue;
+    if (m.vmFlags.has('gd') !== ((vma.flags & MAP.GROWSDOWN) !== 0)) continue;
+    if (INHERITED_MADVICE.some(([flag, advice]) => m.vmFlags.has(flag) && !(vma.madv & (1n << BigInt(advice))))) continue;
+    if (vma.file) {
+      if (m.inode === 0 || m.end < vma.end || m.offset + (vma.start - m.start) !== vma.pgoff) continue;
+      if (!sameInode(`/proc/${task.pid}/map_files/${m.start.toString(16)}-${m.end.toString(16)}`, pathOf(vma.file))) continue;
+      kept.set(vma, { inheritedEnd: vma.end, prot: protOf(m), file: true });
+    } else {
+      // Anonymous ([heap], [stack] and [anon:NAME] included); [vvar], [vdso] and [vsyscall] are not.
+      if (m.inode !== 0 || m.name.startsWith('[v')) continue;
+      if (m.end < vma.end && (vma.flags & MAP.GROWSDOWN)) continue;
+      kept.set(vma, { inheritedEnd: m.end < vma.end ? m.end : vma.end, prot: protOf(m), file: false });
+    }
+  }
+  return { kept, vdso: nowBlock };
+}
+
+/**
+ * Step 1: everything goes but the control area and, in a forked process, what `inheritance`
+ * keeps (the inherited parts of kept VMAs, the vDSO block). Precondition: the control area is
+ * set up.
+ */
+export function unmapAllButKept(task: RestoreTask, inheritance: Inheritance = NOTHING_INHERITED): void {
   const ctrl = task.controlArea;
-  const end = ctrl + BigInt(CONTROL_SIZE);
-  remote(task, 'unmap-stub', 'munmap below the control area', 'munmap', 0, ctrl);
-  remote(task, 'unmap-stub', 'munmap above the control area', 'munmap', end, TASK_SIZE - end);
-  const left = task.currentMaps().filter((m) => m.start !== ctrl && m.name !== '[vsyscall]');
-  if (left.length > 0) fail('unmap-stub', 'mappings of the stub survived munmap', { left: left.map((m) => `${hex(m.start)}-${hex(m.end)} ${m.name}`) });
+  const keep = [
+    { start: ctrl, end: ctrl + BigInt(CONTROL_SIZE) },
+    ...[...inheritance.kept].map(([v, k]) => ({ start: v.start, end: k.inheritedEnd })),
+    ...inheritance.vdso,
+  ].sort((a, b) => (a.start < b.start ? -1 : a.start > b.start ? 1 : 0));
+  // Touching ranges as one: an inherited VMA holding two kept ones stays one VMA.
+  const ranges: Array<{ start: bigint; end: bigint }> = [];
+  for (const r of keep) {
+    const last = ranges.at(-1);
+    if (last && last.end >= r.start) last.end = last.end > r.end ? last.end : r.end;
+    else ranges.push({ start: r.start, end: r.end });
+  }
+  let at = 0n;
+  for (const r of ranges) {
+    if (r.start > at) remote(task, 'unmap-stub', `munmap ${hex(at)}-${hex(r.start)}`, 'munmap', at, r.start - at);
+    at = r.end;
+  }
+  remote(task, 'unmap-stub', `munmap ${hex(at)}-${hex(TASK_SIZE)}`, 'munmap', at, TASK_SIZE - at);
+  const left = task.currentMaps().filter((m) => m.name !== '[vsyscall]' && !ranges.some((r) => r.start <= m.start && m.end <= r.end));
+  if (left.length > 0) fail('unmap-stub', 'mappings survived munmap', { left: left.map((m) => `${hex(m.start)}-${hex(m.end)} ${m.name}`) });
+}
+
+const span = (list: ReadonlyArray<{ start: bigint; end: bigint }>) => list.map((r) => `${hex(r.start)}-${hex(r.end)}`).join(' ');
+
+/** The dumped [vvar]..[vdso] VMAs of `vmas`. */
+const vdsoBlockOf = (vmas: readonly VmaImage[]) => vmas.filter((v) => v.status & (VMA.VDSO | VMA.VVAR));
+
+/** The [vvar]..[vdso] mappings of a /proc maps list. */
+const vdsoBlockNow = <T extends { name: string }>(maps: readonly T[]) => maps.filter((m) => m.name === '[vdso]' || m.name.startsWith('[vvar'));
+
+/**
+ * Whether the task's vDSO block (`now`, as /proc shows it) is the dumped one: [vdso] at the same
+ * place, the block starting at the same address and as large. The dump records [vvar] and
+ * [vvar_vclock] as one VMA, as CRIU does, so the [vvar] parts are compared as a whole.
+ */
+function sameVdsoBlock(block: readonly VmaImage[], now: ReadonlyArray<{ start: bigint; end: bigint; name: string }>): boolean {
+  const total = (list: ReadonlyArray<{ start: bigint; end: bigint }>) => list.reduce((a, r) => a + (r.end - r.start), 0n);
+  const min = (list: ReadonlyArray<{ start: bigint }>) => list.reduce((a, r) => (r.start < a ? r.start : a), TASK_SIZE);
+  return block.length > 0 && span(block.filter((v) => v.status & VMA.VDSO)) === span(now.filter((m) => m.name === '[vdso]'))
+    && total(block) === total(now) && min(now) === min(block);
 }
 
 /** Step 2. */
 export function mapVdso(task: RestoreTask, vmas: readonly VmaImage[]): void {
-  const block = vmas.filter((v) => v.status & (VMA.VDSO | VMA.VVAR));
+  const block = vdsoBlockOf(vmas);
   const start = block.reduce((a, v) => (v.start < a ? v.start : a), block[0]!.start);
   remote(task, 'vdso', `arch_prctl(ARCH_MAP_VDSO_64, ${hex(start)})`, 'arch_prctl', ARCH_MAP_VDSO_64, start);
   // The block must now be exactly where and as large as it was: glibc keeps pointers into it.
-  const now = task.currentMaps().filter((m) => m.name === '[vdso]' || m.name.startsWith('[vvar'));
-  const span = (list: ReadonlyArray<{ start: bigint; end: bigint }>) => list.map((r) => `${hex(r.start)}-${hex(r.end)}`).join(' ');
-  const dumpedVdso = block.filter((v) => v.status & VMA.VDSO);
-  const nowVdso = now.filter((m) => m.name === '[vdso]');
-  const total = (list: ReadonlyArray<{ start: bigint; end: bigint }>) => list.reduce((a, r) => a + (r.end - r.start), 0n);
-  const min = (list: ReadonlyArray<{ start: bigint }>) => list.reduce((a, r) => (r.start < a ? r.start : a), TASK_SIZE);
-  if (span(dumpedVdso) !== span(nowVdso) || total(block) !== total(now) || min(now) !== start) {
+  const now = vdsoBlockNow(task.currentMaps());
+  if (!sameVdsoBlock(block, now)) {
     fail('vdso', `the vDSO block of this kernel (${span(now)}) does not match the dumped one (${span(block)}): images from another kernel are not supported yet`, { dumped: span(block), now: span(now) });
   }
 }
@@ -96,10 +229,12 @@ export interface SharedMemorySource {
  * Step 3. Returns the protection each VMA was mapped with (to fix up after the pages are in).
  * `sources`: shared anonymous objects (by shmid) that an earlier process of the tree created and
  * filled; they are mapped from there (one object behind both, as after fork) and not filled again.
+ * Kept VMAs (`inheritance`) are not mapped: grown to their dumped end where they must be, and
+ * writable while their pages are filled, as the others.
  */
 export function mapVmas(
   task: RestoreTask, set: ImageSet, pathOf: (f: RegFile) => string = (f) => f.name,
-  sources: ReadonlyMap<bigint, SharedMemorySource> = new Map(), memfds?: MemfdInodes,
+  sources: ReadonlyMap<bigint, SharedMemorySource> = new Map(), memfds?: MemfdInodes, inheritance: Inheritance = NOTHING_INHERITED,
 ): Map<VmaImage, number> {
   const mapped = new Map<VmaImage, number>();
   const fds = new Map<string, number>();
@@ -107,6 +242,18 @@ export function mapVmas(
   try {
     for (const vma of set.vmas) {
       if (vma.status & (VMA.VDSO | VMA.VVAR)) continue;
+      const keep = inheritance.kept.get(vma);
+      if (keep) {
+        if (keep.inheritedEnd < vma.end) {
+          // In place (flags 0: no move): the range after it is free, nothing else of the child is there.
+          const got = remote(task, 'map-vmas', `mremap ${hex(vma.start)}-${hex(keep.inheritedEnd)} to end at ${hex(vma.end)}`, 'mremap', vma.start, keep.inheritedEnd - vma.start, vma.end - vma.start, 0);
+          if (got !== vma.start) fail('map-vmas', `mremap of ${hex(vma.start)} moved it to ${hex(got)}`);
+        }
+        const prot = hasPages(vma) ? vma.prot | PROT.WRITE : vma.prot;
+        if (prot !== keep.prot) remote(task, 'map-vmas', `mprotect kept ${hex(vma.start)}-${hex(vma.end)} to ${prot}`, 'mprotect', vma.start, vma.end - vma.start, prot);
+        mapped.set(vma, prot);
+        continue;
+      }
       if (vma.sysv) {
         // A SysV attachment (the segment is made already: sysv-shm.ts): shmat at its address.
         // SHM_RDONLY only if it could not be made writable (VM_MAYWRITE, kept as fdflags O_RDWR).
@@ -197,13 +344,190 @@ export function pagesBytesOf(set: ImageSet, attached: ReadonlySet<bigint> = new 
   return sum(set.runs.filter((r) => !sharedVma(r.vaddr))) + set.shmem.filter((o) => o.pagesFile && !attached.has(o.shmid)).reduce((n, o) => n + sum(o.runs), 0);
 }
 
-/** `onRead` is told the bytes of each read as it completes (progress displays). */
-export function fillPages(task: RestoreTask, set: ImageSet, attached: ReadonlySet<bigint> = new Set(), onRead?: (bytes: number) => void): number {
+/** What fillPages did: bytes put into the task, and bytes of kept VMAs left as inherited (shared). */
+export interface Filled {
+  readonly read: number;
+  readonly shared: number;
+}
+
+/** `onRead` is told the bytes of each read (and of each run of pages left shared) as it completes (progress displays). */
+export function fillPages(
+  task: RestoreTask, set: ImageSet, attached: ReadonlySet<bigint> = new Set(), onRead?: (bytes: number) => void, inheritance: Inheritance = NOTHING_INHERITED,
+): Filled {
   // Runs inside shared file mappings are not written: their contents belong to the file.
   const sharedVma = (addr: bigint) => set.vmas.some((v) => (v.flags & MAP.SHARED) && v.start <= addr && addr < v.end);
-  let total = readRuns(task, set.pagesFile, set.runs.filter((r) => !sharedVma(r.vaddr)), onRead);
-  for (const object of set.shmem) if (object.pagesFile && !attached.has(object.shmid)) total += readRuns(task, object.pagesFile, object.runs, onRead);
-  return total;
+  let runs = set.runs.filter((r) => !sharedVma(r.vaddr));
+  let shared = 0;
+  let written = 0;
+  if (inheritance.kept.size > 0) ({ runs, shared, written } = keepInheritedPages(task, set.pagesFile, runs, inheritance, onRead));
+  let read = written + readRuns(task, set.pagesFile, runs, onRead);
+  for (const object of set.shmem) if (object.pagesFile && !attached.has(object.shmid)) read += readRuns(task, object.pagesFile, object.runs, onRead);
+  return { read, shared };
+}
+
+/** Bits of a /proc/PID/pagemap entry's high word: present (63), swapped (62), file page or shared (61). */
+const PM_PRESENT_HI = 1 << 31;
+const PM_SWAPPED_HI = 1 << 30;
+const PM_FILE_HI = 1 << 29;
+const MADV_DONTNEED = 4;
+/** Bytes compared per read of the pages file and of the task (one pread each). */
+const COMPARE_CHUNK = 4 << 20;
+
+/** pread of all of `buf` at `offset` of `fd`; throws when the file ends first. */
+function preadFully(fd: number, buf: Uint8Array | Uint32Array, offset: number, file: string): void {
+  const bytes = new Uint8Array(buf.buffer, buf.byteOffset, buf.byteLength);
+  for (let done = 0; done < bytes.length;) {
+    const n = readSync(fd, bytes, done, bytes.length - done, offset + done);
+    if (n === 0) fail('fill-pages', `${file} ended at offset ${offset + done}`, { file });
+    done += n;
+  }
+}
+
+/**
+ * Step 4 in kept VMAs (see step 0). The task's pagemap says which pages it holds as inherited
+ * (present or swapped; in a private file mapping only its own copies, not the file's pages). Of
+ * the image's pages, those it holds are compared with the image and left in place when equal:
+ * the page stays shared with the parent; those that differ are written over from the buffer
+ * they were compared in. Those it does not hold are returned, to be read as usual. A page it
+ * holds that the images do not have is dropped with MADV_DONTNEED (zero-fill again in an
+ * anonymous VMA, the file's page again in a file one), as after the dumped process dropped or
+ * never had it. `runs` are those of the task outside shared VMAs. Addresses are handled as page
+ * numbers (below 2^35: exact as numbers).
+ *
+ * The task's memory is read through /proc/PID/mem, not process_vm_readv: the latter pins the
+ * pages (FOLL_PIN), and since Linux 5.19 a read-only pin of an anonymous page that may be shared
+ * unshares it first (gup_must_unshare: a copy on write, checked on this kernel: every compared
+ * page ended up a copy). /proc/PID/mem takes plain references (FOLL_GET, and FOLL_FORCE: no
+ * PROT_READ needed), which leaves the sharing alone. Only pages the task holds are read: a read
+ * of one it does not hold would fault one in.
+ */
+function keepInheritedPages(
+  task: RestoreTask, pagesFile: string, runs: readonly PagesRun[], inheritance: Inheritance, onRead?: (bytes: number) => void,
+): { runs: PagesRun[]; shared: number; written: number } {
+  const P = PAGE_SIZE;
+  const pageOf = (addr: bigint) => Number(addr / BigInt(P));
+  const kept = [...inheritance.kept]
+    .map(([v, k]) => ({ first: pageOf(v.start), end: pageOf(k.inheritedEnd), file: k.file }))
+    .sort((a, b) => a.first - b.first);
+  // Runs to read as [first page, pages, offset], merged when both pages and offsets follow on.
+  const toRead: Array<[number, number, number]> = [];
+  const read = (first: number, n: number, offset: number) => {
+    const last = toRead.at(-1);
+    if (last && last[0] + last[1] === first && last[2] + last[1] * P === offset) last[1] += n;
+    else toRead.push([first, n, offset]);
+  };
+  let shared = 0;
+  let written = 0;
+  const pagemapPath = `/proc/${task.pid}/pagemap`;
+  const memPath = `/proc/${task.pid}/mem`;
+  const pagemap = openSync(pagemapPath, 'r');
+  const mem = openSync(memPath, 'r');
+  const pages = openSync(pagesFile, 'r');
+  const mine = Buffer.alloc(COMPARE_CHUNK);
+  const theirs = Buffer.alloc(COMPARE_CHUNK);
+  try {
+    // The high word of every inherited page's pagemap entry, and which pages the images have.
+    const high = kept.map((k) => {
+      const entries = new Uint32Array((k.end - k.first) * 2);
+      preadFully(pagemap, entries, k.first * 8, pagemapPath);
+      return entries;
+    });
+    const inImage = kept.map((k) => new Uint8Array(k.end - k.first));
+    const holds = (ki: number, i: number) => {
+      const hi = high[ki]![2 * i + 1]!;
+      return (hi & (PM_PRESENT_HI | PM_SWAPPED_HI)) !== 0 && !(kept[ki]!.file && (hi & PM_FILE_HI));
+    };
+
+    // Held pages that follow on in memory and in the pages file, compared a chunk at a time.
+    let seg = { first: 0, n: 0, offset: 0 };
+    const compare = () => {
+      const len = seg.n * P;
+      if (len === 0) return;
+      preadFully(pages, mine.subarray(0, len), seg.offset, pagesFile);
+      preadFully(mem, theirs.subarray(0, len), seg.first * P, memPath);
+      // Mostly equal: one memcmp of the chunk, then page by page only where it differs.
+      if (mine.compare(theirs, 0, len, 0, len) === 0) {
+        shared += len;
+        onRead?.(len);
+        seg = { first: 0, n: 0, offset: 0 };
+        return;
+      }
+      // The pages that differ are in `mine` already: written from here (process_vm_writev, one
+      // call for the chunk; a write breaks copy on write as the task's own would), not read
+      // again by the task (a preadv per scattered page would cost a remote call each).
+      const ranges: RemoteRange[] = [];
+      let out = 0;
+      for (let i = 0; i < seg.n; i++) {
+        const at = i * P;
+        if (mine.compare(theirs, at, at + P, at, at + P) === 0) continue;
+        // Packed to the front of `theirs`, whose pages up to this one are compared already.
+        mine.copy(theirs, out, at, at + P);
+        const addr = BigInt(seg.first + i) * BigInt(P);
+        const last = ranges.at(-1);
+        if (last && last.addr + BigInt(last.len) === addr) last.len += P;
+        else ranges.push({ addr: asRemoteAddress(addr), len: P });
+        out += P;
+      }
+      const wrote = processVmWritev(task.pid, theirs.subarray(0, out), ranges);
+      if (wrote !== out) fail('fill-pages', `process_vm_writev of ${out} bytes from ${hex(ranges[0]!.addr)} wrote ${wrote}`, { pid: task.pid });
+      written += out;
+      shared += len - out;
+      onRead?.(len);
+      seg = { first: 0, n: 0, offset: 0 };
+    };
+    const hold = (page: number, offset: number) => {
+      if (seg.n > 0 && (seg.first + seg.n !== page || seg.offset + seg.n * P !== offset || seg.n * P >= COMPARE_CHUNK)) compare();
+      if (seg.n === 0) seg = { first: page, n: 0, offset };
+      seg.n++;
+    };
+
+    for (const r of runs) {
+      let page = pageOf(r.vaddr);
+      let offset = r.offset;
+      const end = page + r.nrPages;
+      while (page < end) {
+        const ki = kept.findIndex((k) => k.end > page);
+        const k = kept[ki];
+        if (!k || k.first >= end) {
+          read(page, end - page, offset);
+          break;
+        }
+        if (k.first > page) {
+          read(page, k.first - page, offset);
+          offset += (k.first - page) * P;
+          page = k.first;
+        }
+        for (const stop = Math.min(end, k.end); page < stop; page++, offset += P) {
+          inImage[ki]![page - k.first] = 1;
+          if (holds(ki, page - k.first)) hold(page, offset);
+          else read(page, 1, offset);
+        }
+      }
+    }
+    compare();
+
+    // Drop what the task holds and its images do not have.
+    kept.forEach((k, ki) => {
+      const marks = inImage[ki]!;
+      let from = -1;
+      for (let i = 0; i <= marks.length; i++) {
+        const drop = i < marks.length && !marks[i] && holds(ki, i);
+        if (drop && from < 0) from = i;
+        if (!drop && from >= 0) {
+          const start = BigInt(k.first + from) * BigInt(P);
+          remote(task, 'fill-pages', `madvise(${hex(start)}, ${(i - from) * P}, MADV_DONTNEED)`, 'madvise', start, (i - from) * P, MADV_DONTNEED);
+          from = -1;
+        }
+      }
+    });
+  } finally {
+    closeSync(pages);
+    closeSync(mem);
+    closeSync(pagemap);
+  }
+  // In pages file order, so that readRuns reads runs that follow on in one preadv.
+  toRead.sort((a, b) => a[2] - b[2]);
+  return { runs: toRead.map(([first, n, offset]) => ({ vaddr: BigInt(first) * BigInt(P), nrPages: n, offset })), shared, written };
 }
 
 /** preadv of `runs` (address, pages, offset in pagesFile) from pagesFile into the task. */

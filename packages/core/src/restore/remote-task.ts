@@ -1,8 +1,8 @@
 // The task being restored, driven with compel's remote syscalls, and its control area.
 //
-// The new task starts as a copy of the stub and ends as the dumped process; in between its own
-// code disappears (every mapping of the stub is unmapped, then the dumped VMAs take the
-// address space). Remote syscalls need a `syscall` instruction that survives this, and the
+// The new task starts as a copy of the stub (the root) or of its restored parent, and ends as
+// the dumped process; in between its own code disappears (every mapping of the stub, or what
+// it does not keep of its parent's, is unmapped, then the dumped VMAs take the address space). Remote syscalls need a `syscall` instruction that survives this, and the
 // calls that take pointers (paths, iovecs, struct prctl_mm_map...) need memory for their
 // arguments. Both live in the control area: one mapping, placed in an address range that
 // neither the stub nor the dumped layout uses, holding `0f 05 cc` (syscall; int3) at its start

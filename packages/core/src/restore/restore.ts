@@ -8,17 +8,23 @@
 //                                left them locked; inet-sockets.ts)
 //   spawn-stub                   native/build/restore-stub started, stopped itself, seized
 //   clone, control-area          clone3(set_tid = root PID) in the stub; the stub is killed;
-//                                gadget + scratch page in a hole of every layout; then every
-//                                other process cloned by its restored parent (set_tid = its
-//                                PID), each session leader calling setsid before its children
+//                                gadget + scratch page in a hole of every layout
 //   files (ptys)                 the ptys of the tree, made by criu-ts with their indexes (ptys.ts)
-//   session, zombies             process groups (setpgid), controlling ptys (TIOCSCTTY right
-//                                after a leader's setsid, TIOCSPGRP once groups exist);
-//                                zombies exit with their status
+//   then per process, in pstree order (a parent before its children):
+//   clone                        cloned by its restored parent (set_tid = its PID; tree.ts)
+//   session                      setsid in a session leader; its controlling pty (TIOCSCTTY)
+//   unmap-stub, vdso, map-vmas,  a live process's address space (memory.ts), before any of its
+//   fill-pages, protect          children is cloned: they inherit it, copy on write, keep the
+//                                private VMAs they had in common with it and only write the
+//                                pages whose contents differ, so the pages a parent and child
+//                                shared before the dump are shared again (CRIU does the same);
+//                                a shared anonymous object already made by an earlier process is
+//                                mapped from it (/proc/PID/map_files), not made and filled again
+//   session, zombies             process groups (setpgid), TIOCSPGRP once groups exist; helpers
+//                                gone again; zombies exit with their status
 //   then per live process, in pstree order:
-//   unmap-stub, vdso, map-vmas,  the dumped address space (memory.ts); a shared anonymous
-//   fill-pages, protect,         object already made by an earlier process is mapped from it
-//   mm-fields                    (/proc/PID/map_files), not made and filled again
+//   mm-fields                    PR_SET_MM_MAP, only now: the exe file a child inherits must
+//                                still be the stub's (memory.ts, step 6)
 //   files, fs                    fds, cwd/root/umask (files.ts)
 //   rlimits, timers, task-misc,  core-PID.img state (task-state.ts)
 //   signals
@@ -30,14 +36,20 @@
 //                                first: control area unmapped, registers/xsave/mask of every
 //                                thread set, every thread detached; then the network lock lifted
 //
+// Until the second loop a process has its PID, session, controlling terminal and memory, and
+// nothing else of its own (no fds, signal state, credentials, threads): its children inherit
+// no more than that.
+//
 // This function owns the rollback: whatever fails, the stub and every process already created
 // are killed (and reaped when they are ours), so a failed restore leaves no process behind; the
 // locks it added are lifted (those the dump left stay, for another attempt).
 import { readFileSync, writeFileSync } from 'node:fs';
 import { __WALL, close as closeFd, kill, pidfdGetfd, pidfdOpen, ptraceDetach, SIGNALS, wait4, WNOHANG, asPid, type Fd, type Pid } from '@criu-ts/sys';
 import { atStage, RestoreError, type RestoreStage } from './errors.js';
-import { checkPidFree, readTreeImageSet, TASK_SIZE, type ThreadImage, type TreeTaskImages } from './image-set.js';
-import { fillPages, pagesBytesOf, mapVdso, mapVmas, protectVmas, remote, setMmFields, unmapAllButControl, type SharedMemorySource } from './memory.js';
+import { checkPidFree, readTreeImageSet, TASK_SIZE, type ImageSet, type RegFile, type ThreadImage, type TreeTaskImages } from './image-set.js';
+import {
+  fillPages, mapVdso, mapVmas, NOTHING_INHERITED, pagesBytesOf, planInheritance, protectVmas, remote, setMmFields, unmapAllButKept, type SharedMemorySource,
+} from './memory.js';
 import { restoreFiles, restoreFs, SharedFiles } from './files.js';
 import { MemfdInodes } from './memfd.js';
 import { SysvSegments } from './sysv-shm.js';
@@ -101,8 +113,13 @@ export interface RestoreResult {
   readonly exit?: { readonly code: number | null; readonly signal: number | null };
   /** Things restored less exactly than dumped (e.g. a hard rlimit that could not be raised). */
   readonly warnings: readonly string[];
-  /** Bytes of page contents read into the process. */
+  /** Bytes of page contents read into the processes. */
   readonly pagesBytes: number;
+  /**
+   * Bytes of page contents not read because a process already held them, equal, from its parent
+   * (copy on write: still one physical page for both, as before the dump).
+   */
+  readonly pagesSharedBytes: number;
   /** Milliseconds per stage group: read (images), create (stub + clone), memory, state. */
   readonly timings: Readonly<Record<'read' | 'create' | 'memory' | 'state', number>>;
 }
@@ -161,7 +178,7 @@ export function restoreSync(options: RestoreOptions): RestoredTree {
   }
 }
 
-type RestoredTree = { pid: number; pids: number[]; warnings: string[]; pagesBytes: number; timings: RestoreResult['timings'] };
+type RestoredTree = Omit<RestoreResult, 'detached' | 'exit' | 'pids' | 'warnings'> & { pids: number[]; warnings: string[] };
 
 function restoreTree(options: RestoreOptions): RestoredTree {
   const t0 = performance.now();
@@ -193,8 +210,11 @@ function restoreTree(options: RestoreOptions): RestoredTree {
   let rootPid: Pid | undefined;
   let made: MadeProcess[] = [];
   let t2 = t1;
-  let t3 = t1;
+  // Memory restore happens while processes are created (and PR_SET_MM_MAP after): timed apart.
+  let memoryMs = 0;
+  let memoryMsBeforeT2 = 0;
   let pagesBytes = 0;
+  let pagesSharedBytes = 0;
   let ghosts: GhostFiles | undefined;
   let sharedFiles: SharedFiles | undefined;
   // memfds of the whole tree, made by criu-ts: mappings and fds in any process open the same inode.
@@ -217,11 +237,59 @@ function restoreTree(options: RestoreOptions): RestoredTree {
     made.push({ images: root, task: rootTask });
     // Detached, the root's parent is the stub, killed above: only EXITKILL guards it (death-guard.ts).
     if (!detached) armDeathGuard(rootTask);
-    // One control area for the whole tree: every process is a copy of the root until it
-    // unmaps the stub, so the area must be free in each dumped layout as well.
+    // One control area for the whole tree: every process is born with its parent's copy of it
+    // and keeps it until the release, so the area must be free in each dumped layout as well.
     const busy = [...rootTask.currentMaps(), ...tree.tasks.flatMap((t) => t.set?.vmas ?? [])];
     const ctrl = atStage('control-area', 'placing the control area', () => findControlAreaHole(busy, mmapMinAddr(), TASK_SIZE));
     atStage('control-area', `mapping the control area at 0x${ctrl.toString(16)}`, () => rootTask.setUpControlArea(ctrl));
+    // ---- the memory of a live process, restored right after it exists and before any of its
+    // children is cloned: they inherit it copy on write and keep what they still share (memory.ts)
+    const sources = new Map<bigint, SharedMemorySource>();
+    const liveSets = tree.tasks.flatMap((t) => (t.set ? [t.set] : []));
+    // For progress displays: shared objects are counted where they are read (their first mapper).
+    const bytesTotal = liveSets.reduce((n, set) => n + pagesBytesOf(set), 0);
+    let bytesRead = 0;
+    sharedFiles = SharedFiles.plan(liveSets);
+    atStage('map-vmas', 'making the SysV shared memory segments', () => sysv.create());
+    const pathOf = (f: RegFile) => ghosts!.pathOf(f);
+    const restoreMemory = (t: RestoreTask, set: ImageSet, forked: boolean): void => {
+      const m0 = performance.now();
+      // One set of ghost files for the tree (see GhostFiles.add), deleted again once all hold theirs.
+      if (ghosts) ghosts.add(set);
+      else {
+        ghosts = GhostFiles.create(set);
+        for (const other of liveSets) ghosts.addInFlight(other);
+      }
+      const inheritance = forked ? atStage('unmap-stub', 'reading the inherited address space', () => planInheritance(t, set, pathOf)) : NOTHING_INHERITED;
+      atStage('unmap-stub', forked ? 'unmapping what is not kept of the inherited address space' : 'unmapping the stub', () => unmapAllButKept(t, inheritance));
+      if (inheritance.vdso.length === 0) atStage('vdso', 'mapping the vDSO', () => mapVdso(t, set.vmas));
+      const attached = new Set(set.shmem.filter((o) => sources.has(o.shmid)).map((o) => o.shmid));
+      const mapped = atStage('map-vmas', 'mapping VMAs', () => mapVmas(t, set, pathOf, sources, memfds, inheritance));
+      const filled = atStage('fill-pages', 'reading pages', () => fillPages(t, set, attached, (n) => {
+        bytesRead += n;
+        options.onProgress?.({ bytesRead, bytesTotal });
+      }, inheritance));
+      pagesBytes += filled.read;
+      pagesSharedBytes += filled.shared;
+      atStage('protect', 'setting protections', () => protectVmas(t, mapped));
+      memoryMs += performance.now() - m0;
+      fault('after-memory', 'fill-pages');
+      // Later processes that map these objects map them from here.
+      for (const object of set.shmem) {
+        if (sources.has(object.shmid)) continue;
+        const first = object.vmas[0]!;
+        const now = t.currentMaps().find((v) => v.start <= first.start && first.start < v.end);
+        if (!now) throw new RestoreError('map-vmas', `shared memory object ${object.shmid} is not mapped in ${t.pid} after mapping it`);
+        sources.set(object.shmid, {
+          path: `/proc/${t.pid}/map_files/${now.start.toString(16)}-${now.end.toString(16)}`,
+          // The object was made afresh at first.start: its offset 0 holds dumped offset first.pgoff.
+          dumpedStart: first.pgoff,
+          dumpedEnd: first.pgoff + (object.vmas.at(-1)!.end - first.start),
+        });
+      }
+    };
+
+    // ---- every process, with its PID, parent and session (tree.ts), and its memory
     const byPid = new Map<number, MadeProcess>([[root.pid, made[0]!]]);
     const helpers = new Map(plan.helpers.map((h) => [h.pid, h]));
     const makeHelper = (helper: Helper): MadeProcess => {
@@ -238,7 +306,7 @@ function restoreTree(options: RestoreOptions): RestoredTree {
     for (const images of tree.tasks) {
       let current = byPid.get(images.pid);
       if (!current) {
-        // planTree made sure the parent (or the session helper) comes first: it exists.
+        // planTree made sure the parent (or the session helper) comes first: it exists, memory and all.
         const via = plan.bornFrom.get(images.pid);
         const task = via === undefined
           ? cloneProcess(byPid.get(images.ppid)!.task, images.pid)
@@ -252,6 +320,8 @@ function restoreTree(options: RestoreOptions): RestoredTree {
       atStage('session', `setsid in ${images.pid}`, () => restoreSessionLeader(m.task, images));
       // Its children, cloned next, inherit the controlling terminal.
       for (const c of ctty) if (c.sid === images.pid) ptys.takeAsControllingTerminal(m.task, c.index);
+      // ... and its memory.
+      if (images.set) restoreMemory(m.task, images.set, images !== root);
       for (const h of plan.helpers) if (h.kind === 'group' && h.parent === images.pid) makeHelper(h);
     }
     atStage('session', 'restoring process groups', () => restoreGroups(made));
@@ -266,55 +336,19 @@ function restoreTree(options: RestoreOptions): RestoredTree {
     }
     made = made.filter((m) => !m.helper);
     t2 = performance.now();
+    memoryMsBeforeT2 = memoryMs;
     fault('after-create', 'clone');
 
     // ---- every live process's own state, as a single process is restored
-    const sources = new Map<bigint, SharedMemorySource>();
     const live = made.filter((m) => m.images.set);
-    // For progress displays: shared objects are counted where they are read (their first mapper).
-    const bytesTotal = live.reduce((n, m) => n + pagesBytesOf(m.images.set!), 0);
-    let bytesRead = 0;
-    sharedFiles = SharedFiles.plan(live.map((m) => m.images.set!));
-    atStage('map-vmas', 'making the SysV shared memory segments', () => sysv.create());
     const threadsOf = new Map<MadeProcess, Array<{ tid: Pid; image: ThreadImage }>>();
-    let memoryMs = 0;
     for (const m of live) {
       const t = m.task;
       const set = m.images.set!;
+      // Only now that every process is cloned (see memory.ts, step 6).
       const m0 = performance.now();
-      atStage('unmap-stub', 'unmapping the stub', () => unmapAllButControl(t));
-      // One set of ghost files for the tree (see GhostFiles.add), deleted again once all hold theirs.
-      if (ghosts) ghosts.add(set);
-      else {
-        ghosts = GhostFiles.create(set);
-        for (const other of live) ghosts.addInFlight(other.images.set!);
-      }
-      const g = ghosts;
-      const pathOf = (f: Parameters<GhostFiles['pathOf']>[0]) => g.pathOf(f);
-      atStage('vdso', 'mapping the vDSO', () => mapVdso(t, set.vmas));
-      const attached = new Set(set.shmem.filter((o) => sources.has(o.shmid)).map((o) => o.shmid));
-      const mapped = atStage('map-vmas', 'mapping VMAs', () => mapVmas(t, set, pathOf, sources, memfds));
-      pagesBytes += atStage('fill-pages', 'reading pages', () => fillPages(t, set, attached, (n) => {
-        bytesRead += n;
-        options.onProgress?.({ bytesRead, bytesTotal });
-      }));
-      atStage('protect', 'setting protections', () => protectVmas(t, mapped));
       atStage('mm-fields', 'PR_SET_MM_MAP', () => setMmFields(t, set, pathOf));
       memoryMs += performance.now() - m0;
-      fault('after-memory', 'fill-pages');
-      // Later processes that map these objects map them from here.
-      for (const object of set.shmem) {
-        if (sources.has(object.shmid)) continue;
-        const first = object.vmas[0]!;
-        const now = t.currentMaps().find((v) => v.start <= first.start && first.start < v.end);
-        if (!now) throw new RestoreError('map-vmas', `shared memory object ${object.shmid} is not mapped in ${t.pid} after mapping it`);
-        sources.set(object.shmid, {
-          path: `/proc/${t.pid}/map_files/${now.start.toString(16)}-${now.end.toString(16)}`,
-          // The object was made afresh at first.start: its offset 0 holds dumped offset first.pgoff.
-          dumpedStart: first.pgoff,
-          dumpedEnd: first.pgoff + (object.vmas.at(-1)!.end - first.start),
-        });
-      }
 
       atStage('files', 'restoring fds', () => restoreFiles(t, set, pathOf, sharedFiles, inet, memfds, ptys));
       atStage('fs', 'restoring cwd/root/umask', () => restoreFs(t, set));
@@ -330,7 +364,6 @@ function restoreTree(options: RestoreOptions): RestoredTree {
       // Task state may have put the dumped pdeath signal in place, and new credentials clear it.
       if (m !== made[0] || !detached) armDeathGuard(t);
     }
-    t3 = t2 + memoryMs;
     // Every fd and mapping of the tree holds its ghost file or linked file now: back to deleted, as dumped.
     ghosts?.done();
     ghosts = undefined;
@@ -405,8 +438,8 @@ function restoreTree(options: RestoreOptions): RestoredTree {
   }
   const t4 = performance.now();
   return {
-    pid: root.pid, pids: tree.tasks.map((t) => t.pid), warnings, pagesBytes,
-    timings: { read: t1 - t0, create: t2 - t1, memory: t3 - t2, state: t4 - t3 },
+    pid: root.pid, pids: tree.tasks.map((t) => t.pid), warnings, pagesBytes, pagesSharedBytes,
+    timings: { read: t1 - t0, create: t2 - t1 - memoryMsBeforeT2, memory: memoryMs, state: t4 - t2 - (memoryMs - memoryMsBeforeT2) },
   };
 }
 

@@ -8,7 +8,9 @@
 //     a fork, exit_signal SIGCHLD, set_tid = [its PID]); the parent is traced with
 //     PTRACE_O_TRACEFORK, so the child arrives traced and stopped before it runs an instruction,
 //     as an exact copy of the parent: the control area and its gadget are already at the same
-//     address, and remote calls run in the child at once;
+//     address, and remote calls run in the child at once. The parent's memory is restored by
+//     then (restore.ts), the rest of its state not yet: the child starts with the parent's
+//     address space, copy on write, and keeps what it had in common with it (memory.ts);
 //   - a session leader calls setsid() right after it exists, before any of its children is
 //     cloned: they inherit its session (a session can only be entered by birth).
 // Groups, once every process exists: group leaders call setpgid(0, 0), then the members
