@@ -1098,6 +1098,14 @@ export function seizeSync<T extends Injection>(
         } catch (err) {
           if (isSysError(err, 'ESRCH')) continue; // the thread exited meanwhile
           if (isSysError(err, 'EPERM') && tid !== pid && taskState(pid, tid) === 'Z') continue;
+          if (isSysError(err, 'EPERM') && tid === pid) {
+            // ptrace refuses a task that has exited (exit_state set) with EPERM: a process that
+            // became a zombie between the caller's look and the seize is that, not a permission
+            // problem (a shell's short-lived child, for one).
+            const st = taskState(pid);
+            if (st === 'Z') throw new CompelError('zombie', pid, 'task exited while being seized: a zombie now', { state: st });
+            if (st === undefined || st === 'X') throw new CompelError('exited', pid, 'task exited while being seized', { state: st ?? 'gone' });
+          }
           if (isSysError(err, 'EPERM') || isSysError(err, 'EACCES')) {
             let evidence: Record<string, unknown> = { state: taskState(pid, tid) };
             try {
