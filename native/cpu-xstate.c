@@ -14,15 +14,10 @@
  * Static and without libc, like the restore stub: it runs once per criu-ts process and must
  * start in well under a millisecond.
  */
+#include "raw-syscall.h"
+
 #define NR_write 1
 #define NR_exit 60
-
-static long sys3(long nr, long a1, long a2, long a3)
-{
-	long ret;
-	__asm__ volatile("syscall" : "=a"(ret) : "a"(nr), "D"(a1), "S"(a2), "d"(a3) : "rcx", "r11", "memory");
-	return ret;
-}
 
 static char out[4096];
 static unsigned long used;

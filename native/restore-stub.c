@@ -11,6 +11,8 @@
  *
  *   restore-stub PARENT_PID      stop with SIGSTOP and wait to be seized (dies with the parent)
  */
+#include "raw-syscall.h"
+
 #define NR_pause 34
 #define NR_getpid 39
 #define NR_exit 60
@@ -20,13 +22,6 @@
 #define PR_SET_PDEATHSIG 1
 #define SIGKILL 9
 #define SIGSTOP 19
-
-static long sys3(long nr, long a1, long a2, long a3)
-{
-	long ret;
-	__asm__ volatile("syscall" : "=a"(ret) : "a"(nr), "D"(a1), "S"(a2), "d"(a3) : "rcx", "r11", "memory");
-	return ret;
-}
 
 /* The gadget remote syscalls jump to: the tracer sets RAX and the arguments, points RIP here
  * and continues; the int3 returns control to it right after the syscall (no single-stepping). */

@@ -6,11 +6,11 @@ STUB_CFLAGS := -O2 -static -nostdlib -ffreestanding -fno-builtin -fno-stack-prot
 
 all: build/restore-stub
 
-build/restore-stub: restore-stub.c restore-stub.mk | build
+build/restore-stub: restore-stub.c raw-syscall.h restore-stub.mk | build
 	$(CC) $(STUB_CFLAGS) -o $@ restore-stub.c
 
 # cpu-xstate (native/cpu-xstate.c): prints the CPU's XSAVE layout for compel and restore.
 all: build/cpu-xstate
 
-build/cpu-xstate: cpu-xstate.c restore-stub.mk | build
+build/cpu-xstate: cpu-xstate.c raw-syscall.h restore-stub.mk | build
 	$(CC) $(STUB_CFLAGS) -o $@ cpu-xstate.c

@@ -1,12 +1,13 @@
 // Network locks that dumps leave for their restore (see dump.ts, stage network-lock), seen and
 // removed from outside: a dump whose images will never be restored, or a dumper killed
 // mid-dump, leaves its connections locked (soccr's nft set or iptables rules, `holder=<run id>`).
-import { existsSync, readdirSync, readlinkSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { ImageReader } from '@criu-ts/images';
 import { cleanupNetworkLocks, listLocksSync, unlockHeldSync, wireKey, type ConnectionKey, type ListedLock } from '@criu-ts/soccr';
-import { asPid, close as closeFd, pidfdGetfd, pidfdOpen, sock, type Fd } from '@criu-ts/sys';
+import { close as closeFd, sock, type Fd } from '@criu-ts/sys';
 import { inNetworkNamespace } from './net-namespace.js';
+import { withSocketsOf } from './proc/task-files.js';
 
 export type { ConnectionKey, ListedLock };
 
@@ -64,30 +65,14 @@ export function releaseConnectionsOf(pid: number): ConnectionKey[] {
 }
 
 function releaseConnectionsHere(pid: number): ConnectionKey[] {
-  const pidfd = pidfdOpen(asPid(pid));
   const repaired: Array<{ fd: Fd; key: ConnectionKey }> = [];
   try {
-    for (const name of readdirSync(`/proc/${pid}/fd`)) {
-      let link: string;
-      try {
-        link = readlinkSync(`/proc/${pid}/fd/${name}`);
-      } catch {
-        continue;
-      }
-      if (!link.startsWith('socket:')) continue;
-      const fd = pidfdGetfd(pidfd, Number(name));
-      try {
-        const kind = { domain: sock.getsockoptInt(fd, 1, 39 /* SO_DOMAIN */), protocol: sock.getsockoptInt(fd, 1, 38 /* SO_PROTOCOL */) };
-        if ((kind.domain !== sock.AF_INET && kind.domain !== sock.AF_INET6) || kind.protocol !== 6 || sock.getsockoptInt(fd, SOL_TCP, TCP_REPAIR) !== 1) {
-          closeFd(fd);
-          continue;
-        }
-        repaired.push({ fd, key: wireKey({ local: sock.getsockname(fd), remote: sock.getpeername(fd) }) });
-      } catch (error) {
-        closeFd(fd);
-        throw error;
-      }
-    }
+    withSocketsOf(pid, (fd) => {
+      const kind = { domain: sock.getsockoptInt(fd, 1, 39 /* SO_DOMAIN */), protocol: sock.getsockoptInt(fd, 1, 38 /* SO_PROTOCOL */) };
+      if ((kind.domain !== sock.AF_INET && kind.domain !== sock.AF_INET6) || kind.protocol !== 6 || sock.getsockoptInt(fd, SOL_TCP, TCP_REPAIR) !== 1) return false;
+      repaired.push({ fd, key: wireKey({ local: sock.getsockname(fd), remote: sock.getpeername(fd) }) });
+      return true;
+    });
     const keys = repaired.map((r) => r.key);
     if (keys.length > 0) unlockHeldSync(keys);
     for (const r of repaired) {
@@ -97,6 +82,5 @@ function releaseConnectionsHere(pid: number): ConnectionKey[] {
     return keys;
   } finally {
     for (const r of repaired) closeFd(r.fd);
-    closeFd(pidfd);
   }
 }

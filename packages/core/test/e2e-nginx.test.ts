@@ -16,7 +16,8 @@ import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { dumpSync, restoreSync } from '@criu-ts/core';
-import { asPid, close, getsockopt, IPV6_OPT, pidfdGetfd, pidfdOpen, SO, SOL, SOL_SOCKET, TCP_OPT } from '@criu-ts/sys';
+import { getsockopt, IPV6_OPT, SO, SOL, SOL_SOCKET, TCP_OPT } from '@criu-ts/sys';
+import { withSocketsOf } from '../src/proc/task-files.js';
 import { isRoot, killQuietly, procState, sleepMs, waitFor } from './restore-helpers.js';
 import { becomeSubreaper, dumpedPids, procLayout, reapIfOurs, TEST_BIN } from './programs.js';
 
@@ -170,38 +171,21 @@ const SO_ACCEPTCONN = 30;
  */
 function listenerOptions(pid: number): Record<string, Record<string, number>> {
   const out: Record<string, Record<string, number>> = {};
-  const pidfd = pidfdOpen(asPid(pid));
-  try {
-    for (const name of readdirSync(`/proc/${pid}/fd`)) {
-      let link: string;
-      try {
-        link = readlinkSync(`/proc/${pid}/fd/${name}`);
-      } catch {
-        continue;
-      }
-      if (!link.startsWith('socket:')) continue;
-      const fd = pidfdGetfd(pidfd, Number(name));
-      try {
-        const int = (level: number, opt: number) => getsockopt(fd, level, opt).readInt32LE(0);
-        const domain = int(SOL_SOCKET, SO.DOMAIN);
-        if ((domain !== 2 && domain !== 10) || int(SOL_SOCKET, SO.TYPE) !== 1 || int(SOL_SOCKET, SO_ACCEPTCONN) !== 1) continue;
-        out[`fd ${name}`] = {
-          reuseaddr: int(SOL_SOCKET, SO.REUSEADDR),
-          reuseport: int(SOL_SOCKET, SO.REUSEPORT),
-          keepalive: int(SOL_SOCKET, SO.KEEPALIVE),
-          rcvbuf: int(SOL_SOCKET, SO.RCVBUF),
-          sndbuf: int(SOL_SOCKET, SO.SNDBUF),
-          deferAccept: int(SOL.TCP, TCP_OPT.DEFER_ACCEPT),
-          fastopen: int(SOL.TCP, TCP_OPT.FASTOPEN),
-          ...(domain === 10 ? { v6only: int(SOL.IPV6, IPV6_OPT.V6ONLY) } : {}),
-        };
-      } finally {
-        close(fd);
-      }
-    }
-  } finally {
-    close(pidfd);
-  }
+  withSocketsOf(pid, (fd, num) => {
+    const int = (level: number, opt: number) => getsockopt(fd, level, opt).readInt32LE(0);
+    const domain = int(SOL_SOCKET, SO.DOMAIN);
+    if ((domain !== 2 && domain !== 10) || int(SOL_SOCKET, SO.TYPE) !== 1 || int(SOL_SOCKET, SO_ACCEPTCONN) !== 1) return;
+    out[`fd ${num}`] = {
+      reuseaddr: int(SOL_SOCKET, SO.REUSEADDR),
+      reuseport: int(SOL_SOCKET, SO.REUSEPORT),
+      keepalive: int(SOL_SOCKET, SO.KEEPALIVE),
+      rcvbuf: int(SOL_SOCKET, SO.RCVBUF),
+      sndbuf: int(SOL_SOCKET, SO.SNDBUF),
+      deferAccept: int(SOL.TCP, TCP_OPT.DEFER_ACCEPT),
+      fastopen: int(SOL.TCP, TCP_OPT.FASTOPEN),
+      ...(domain === 10 ? { v6only: int(SOL.IPV6, IPV6_OPT.V6ONLY) } : {}),
+    };
+  });
   return out;
 }
 

@@ -1,5 +1,6 @@
 // Small /proc/PID files: status, stat, limits, auxv, personality, comm and friends (proc(5)).
-import { readFileSync, readlinkSync } from 'node:fs';
+import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
+import { asPid, close, pidfdGetfd, pidfdOpen, type Fd } from '@criu-ts/sys';
 
 export function readStatus(pid: number, tid = pid): Map<string, string> {
   const status = new Map<string, string>();
@@ -67,4 +68,32 @@ export function readLink(pid: number, file: string): string {
 export function capabilityWords(hex: string): number[] {
   const value = BigInt('0x' + hex);
   return [Number(value & 0xffff_ffffn), Number(value >> 32n)];
+}
+
+/**
+ * Calls `use` with a copy (pidfd_getfd) of each socket descriptor of `pid` and its number there;
+ * each copy is closed after its call unless `use` returns true (it keeps it, and closes it).
+ */
+export function withSocketsOf(pid: number, use: (fd: Fd, num: number) => boolean | void): void {
+  const pidfd = pidfdOpen(asPid(pid));
+  try {
+    for (const name of readdirSync(`/proc/${pid}/fd`)) {
+      let link: string;
+      try {
+        link = readlinkSync(`/proc/${pid}/fd/${name}`);
+      } catch {
+        continue; // closed meanwhile
+      }
+      if (!link.startsWith('socket:')) continue;
+      const fd = pidfdGetfd(pidfd, Number(name));
+      let kept = false;
+      try {
+        kept = use(fd, Number(name)) === true;
+      } finally {
+        if (!kept) close(fd);
+      }
+    }
+  } finally {
+    close(pidfd);
+  }
 }
