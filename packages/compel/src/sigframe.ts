@@ -6,7 +6,8 @@
 // restart of an interrupted syscall done in advance), the signal mask and the XSAVE state. The
 // frame's extended state must be what the task's rt_sigreturn accepts, hence the CPU's layout.
 import { execFileSync } from 'node:child_process';
-import { join } from 'node:path';
+import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import {
   toSigframeFpstate, syscallNumber, ERESTARTSYS, ERESTARTNOINTR, ERESTARTNOHAND, ERESTART_RESTARTBLOCK,
   xstateBv, xstateXcr0, XSAVE_HEADER_OFFSET, type UserRegs,
@@ -59,18 +60,53 @@ export function decodeXstateLayout(buf: Buffer): XstateLayout {
 let cpuLayoutCache: (XstateLayout & { size: number }) | undefined;
 
 /**
- * This CPU's XSAVE layout, as native/build/cpu-xstate reads it with CPUID (run once per process).
- * `perm` is null: permissions are per task, and what this process may use says nothing of another
- * (sigframeXstateLayout then relies on the task's XSTATE_BV for dynamic components). `size` is the
- * standard-format area for every feature enabled in XCR0. Remote calls need it before the parasite
- * runs in the task: their return frames carry the task's extended state (see ReturnChain).
+ * Where the layout is kept between criu-ts processes, with the boot it was read in: running the
+ * program costs a Node process ~12 ms (a fork of itself), reading this file well under one. The
+ * CPU does not change within a boot. /run is cleared at boot anyway; not writable: no cache.
+ */
+const CPU_LAYOUT_CACHE = '/run/criu-ts/cpu-xstate.json';
+
+function bootId(): string | undefined {
+  try {
+    return readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
+  } catch {
+    return undefined;
+  }
+}
+
+/** The program's output, from the cache when it was written in this boot. */
+function cpuXstateOutput(program: string): string {
+  const boot = bootId();
+  try {
+    const cached = JSON.parse(readFileSync(CPU_LAYOUT_CACHE, 'utf8')) as { boot?: string; output?: string };
+    if (boot !== undefined && cached.boot === boot && typeof cached.output === 'string') return cached.output;
+  } catch { /* none yet, or unreadable: run the program */ }
+  const output = execFileSync(program, [], { encoding: 'utf8', timeout: 10_000 });
+  if (boot !== undefined) {
+    try {
+      mkdirSync(dirname(CPU_LAYOUT_CACHE), { recursive: true, mode: 0o700 });
+      const tmp = `${CPU_LAYOUT_CACHE}.${process.pid}`;
+      writeFileSync(tmp, JSON.stringify({ boot, output }), { mode: 0o600 });
+      renameSync(tmp, CPU_LAYOUT_CACHE);
+    } catch { /* not root, or /run read-only: every process runs the program */ }
+  }
+  return output;
+}
+
+/**
+ * This CPU's XSAVE layout, as native/build/cpu-xstate reads it with CPUID (once per boot, see
+ * CPU_LAYOUT_CACHE). `perm` is null: permissions are per task, and what this process may use says
+ * nothing of another (sigframeXstateLayout then relies on the task's XSTATE_BV for dynamic
+ * components). `size` is the standard-format area for every feature enabled in XCR0. Remote calls
+ * need it before the parasite runs in the task: their return frames carry the task's extended
+ * state (see ReturnChain).
  */
 export function cpuXstateLayout(dir = nativeDir()): XstateLayout & { size: number } {
   if (cpuLayoutCache) return cpuLayoutCache;
   const program = join(dir, 'build', 'cpu-xstate');
   let parsed: { size: number; components: Record<string, [number, number, number]> };
   try {
-    parsed = JSON.parse(execFileSync(program, [], { encoding: 'utf8', timeout: 10_000 })) as typeof parsed;
+    parsed = JSON.parse(cpuXstateOutput(program)) as typeof parsed;
   } catch (err) {
     throw new CompelError('parasite', 0, `cannot read the CPU's XSAVE layout with ${program} (run npm run build): ${(err as Error).message}`, {}, err as Error);
   }

@@ -244,6 +244,9 @@ function dumpTree(options: DumpOptions): DumpResult {
   }
 
   const tree: TreeTask[] = [];
+  // Read once per process before the clock starts (compel would read it before seizing anyway):
+  // running cpu-xstate takes milliseconds in which nothing is frozen yet.
+  cpuXstateLayout();
   const frozenAt = performance.now();
   let cleanedUp = false;
   const sharedDumps = new Map<bigint, SharedDump>();
