@@ -13,8 +13,8 @@
  *    it. Blocked signals stay pending and are delivered after cure, in order. SIGTRAP alone stays
  *    unblocked (see SIGSET_REMOTE): the traps that end our calls must not be forced through a mask.
  * 2. Find a `syscall` instruction in the task's own executable memory (the vDSO has them, libc
- *    too) instead of writing one: nothing in the task's memory changes. Executing from any
- *    address that holds the bytes 0f 05 runs a syscall, whatever instruction they belong to.
+ *    too) instead of writing one: the task's code never changes. Executing from any address
+ *    that holds the bytes 0f 05 runs a syscall, whatever instruction they belong to.
  * 3. Set RIP to it, the registers to the call, and orig_rax to -1. orig_rax is the kernel's
  *    "syscall in progress" marker: if the task was stopped inside an interrupted syscall, RAX
  *    holds -ERESTARTSYS (or -ERESTARTNOINTR, -ERESTARTNOHAND, -ERESTART_RESTARTBLOCK) and the
@@ -208,8 +208,10 @@ export class Injection {
   /** What the worker's return chain undoes if we die (see undoOnDeath), in the order registered. */
   private readonly undos = new Map<string, { nr: number; a0: bigint; a1: bigint }>();
   /**
-   * After each remote call, leave the thread in an interrupt stop with its own registers and mask
-   * (see settleSync). A task we created ourselves (restore) dies with us anyway and skips it.
+   * Calls in a task we must never harm: each thread we run code in gets a return chain (see
+   * ReturnChain), or, where none can be made, is settled in an interrupt stop with its own
+   * registers and mask after each call (see settleSync). A task we created ourselves (restore)
+   * dies with us anyway and skips both.
    */
   protected settleBetweenCalls = true;
   /** Called before cure (the parasite uses it to stop itself). */
