@@ -14,3 +14,9 @@ all: build/cpu-xstate
 
 build/cpu-xstate: cpu-xstate.c raw-syscall.h restore-stub.mk | build
 	$(CC) $(STUB_CFLAGS) -o $@ cpu-xstate.c
+
+# dump-guard (native/dump-guard.c): releases a killed dump's network state (core's network-guard.ts).
+all: build/dump-guard
+
+build/dump-guard: dump-guard.c raw-syscall.h restore-stub.mk | build
+	$(CC) $(STUB_CFLAGS) -o $@ dump-guard.c

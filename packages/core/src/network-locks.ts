@@ -84,3 +84,35 @@ function releaseConnectionsHere(pid: number): ConnectionKey[] {
     for (const r of repaired) closeFd(r.fd);
   }
 }
+
+/**
+ * What a dump killed outright leaves in the network, released (run by native/build/dump-guard,
+ * see dump/network-guard.ts): the connections of `pids` out of repair mode and unlocked
+ * (releaseConnectionsOf), then whatever lock the dump with run id `runId` still holds (locked
+ * before its sockets went into repair mode). Nothing when `imagesDir` holds a complete dump of
+ * that run: its locks wait for the restore. Best effort: a process gone, or a lock tool that
+ * fails, does not stop the rest.
+ */
+export function releaseDeadDump(imagesDir: string, runId: string, pids: readonly number[]): ConnectionKey[] {
+  if (existsSync(join(imagesDir, 'inventory.img'))) {
+    try {
+      if (dumpRunId(imagesDir) === runId) return [];
+    } catch { /* unreadable: not a complete dump of this run */ }
+  }
+  const released: ConnectionKey[] = [];
+  for (const pid of pids) {
+    try {
+      released.push(...releaseConnectionsOf(pid));
+    } catch { /* gone, or its sockets gone with it */ }
+  }
+  const nsOf = pids.map((pid) => `/proc/${pid}/ns/net`).find((p) => existsSync(p));
+  const unlockHeld = (): ConnectionKey[] => {
+    const held = listLocksSync().filter((l) => l.holder === runId).map((l) => l.key);
+    if (held.length > 0) unlockHeldSync(held);
+    return held;
+  };
+  try {
+    released.push(...(nsOf ? inNetworkNamespace(nsOf, unlockHeld) : unlockHeld()));
+  } catch { /* the lock tools failed: criu-ts cleanup -D can still do it */ }
+  return released;
+}

@@ -47,6 +47,7 @@ import { xsaveOffsetsFromCpuid } from '../arch/x86-fpu.js';
 import { cpuXstateLayout } from '@criu-ts/compel';
 import { FileTable, findOutsideTerminal, findUnsupportedDescriptor, readGhostContents, socketInodesOf, UnsupportedFileError } from './files.js';
 import { InetSocketDumper } from './files/inet-sockets.js';
+import { armNetworkGuard } from './network-guard.js';
 import { lockHeldSync, unlockHeldSync, type ConnectionKey, type LockBackend } from '@criu-ts/soccr';
 import { ImageDir } from './image-dir.js';
 import {
@@ -244,6 +245,10 @@ function dumpTree(options: DumpOptions): DumpResult {
   }
 
   const tree: TreeTask[] = [];
+  const runId = randomUUID();
+  // Started before anything is frozen (starting a process takes milliseconds): it puts the
+  // network back if criu-ts is killed outright while connections are locked (network-guard.ts).
+  const guard = inetOptions.tcpEstablished ? armNetworkGuard(options.imagesDir, runId) : null;
   // Read once per process before the clock starts (compel would read it before seizing anyway):
   // running cpu-xstate takes milliseconds in which nothing is frozen yet.
   cpuXstateLayout();
@@ -258,7 +263,6 @@ function dumpTree(options: DumpOptions): DumpResult {
       try { closeFd(s.fd); } catch { /* nothing to do */ }
     }
   };
-  const runId = randomUUID();
   const inet = new InetSocketDumper(inetOptions);
   let locked: ConnectionKey[] = [];
   let lockBackend: LockBackend | undefined;
@@ -292,6 +296,7 @@ function dumpTree(options: DumpOptions): DumpResult {
         }
       }
       dir.removeWritten();
+      guard?.disarm();
       if (cureErrors.length > 0) {
         throw new DumpError(stage, pidNumber, `${(error as Error).message}; and putting tasks back failed: ${cureErrors.join('; ')}`, { cause: error });
       }
@@ -326,6 +331,7 @@ function dumpTree(options: DumpOptions): DumpResult {
     options.onStage?.(stage);
     const toLock = inet.connectionsToLock(live.map((t) => ({ pid: t.task.pid, fds: t.taskFds })));
     if (toLock.length > 0) {
+      guard?.covers(live.map((t) => t.task.pid));
       lockBackend = lockHeldSync(toLock, { holder: runId });
       locked = toLock;
     }
@@ -569,6 +575,7 @@ function dumpTree(options: DumpOptions): DumpResult {
       inet.close();
     }
     cleanedUp = true;
+    guard?.disarm();
     return {
       pid, imagesDir: options.imagesDir, images: readdirSync(options.imagesDir).sort(), pagesWritten,
       freezingTime, frozenTime, memdumpTime, pids: tree.map((t) => t.pid as number), connections, runId,
