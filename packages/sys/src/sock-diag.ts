@@ -14,8 +14,8 @@
 //                                        u32 cookie[2] }                          (16 bytes)
 //             + rtattr { u16 len, u16 type } + payload, each padded to 4 bytes
 import { close, read } from './files.js';
-import { sendmsg, socket } from './socket.js';
-import { isSysError } from './errors.js';
+import { getsockopt, sendmsg, SO, socket, SOL_SOCKET } from './socket.js';
+import { isSysError, SysError } from './errors.js';
 
 const AF_NETLINK = 16;
 const NETLINK_SOCK_DIAG = 4;
@@ -90,7 +90,15 @@ function sockDiagDump(body: Buffer, what: string, onMessage: (msg: Buffer) => vo
     request.writeUInt16LE(NLM_F_REQUEST | NLM_F_DUMP, 6);
     request.writeUInt32LE(1, 8); // seq
     body.copy(request, NLMSG_HDRLEN);
-    sendmsg(nl, request, [], 0);
+    try {
+      sendmsg(nl, request, [], 0);
+    } catch (error) {
+      // Seen once (EMSGSIZE on a fresh socket, cause unknown): say what the kernel compared.
+      let sndbuf = -1;
+      try { sndbuf = getsockopt(nl, SOL_SOCKET, SO.SNDBUF).readInt32LE(0); } catch { /* keep -1 */ }
+      if (!(error instanceof SysError)) throw error;
+      throw new SysError('sendmsg', error.errno, `sock_diag ${what} dump request of ${request.length} bytes, SO_SNDBUF ${sndbuf}, fd ${nl}`);
+    }
     // Netlink dumps come in datagrams of up to about a page each; 64 KiB never truncates one.
     const buf = Buffer.alloc(64 << 10);
     for (;;) {
