@@ -9,7 +9,7 @@
 import { expect } from 'chai';
 import { withSocketsOf } from '../src/proc/task-files.js';
 import { spawnSync } from 'node:child_process';
-import { readdirSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { DUMP_FAULT_POINTS, DumpError, dumpRunId, dumpSync, listNetworkLocks, releaseConnectionsOf, releaseNetworkLocks, restoreSync, RestoreError } from '@criu-ts/core';
 import { ImageReader, imageFromCritJson, imageToCritJson } from '@criu-ts/images';
@@ -267,6 +267,23 @@ describe('core: TCP and UDP sockets end to end', function () {
       ...['C1', 'C6', 'A', 'M'].map((n) => `${n}: sent ${STREAM_LEN}, received ${STREAM_LEN}, 0 bad bytes`),
       'F1: all bytes, 0 bad, then the end of the stream', 'LA: all bytes, 0 bad, then the end of the stream',
     ]);
+  });
+
+  it('criu-ts dump --tcp-established killed in the middle of the pages: the guard puts the connections back by itself', function () {
+    keeper = new InetKeeper();
+    const pid = keeper.pid;
+    const cli = new URL('../../../cli/dist/criu-ts.mjs', import.meta.url).pathname;
+    const r = spawnSync(process.execPath, [cli, 'dump', '-t', String(pid), '-D', keeper.images, '--tcp-established'], {
+      env: { ...process.env, CRIU_TS_KILL_AT: 'dump:in-pages' }, stdio: 'ignore',
+    });
+    expect(r.signal).to.equal('SIGKILL');
+    waitFor('the program to be free of its dead dumper', () => /TracerPid:\s+0\b/.test(readFileSync(`/proc/${pid}/status`, 'utf8')));
+    waitFor('the dead dump\'s locks to be gone', () => heldLocks().length === 0, 20_000);
+    expect(repairModeSocketsOf(pid), 'sockets still in repair mode').to.equal(0);
+    expect(existsSync(join(keeper.images, 'inventory.img')), 'an inventory of a killed dump').to.equal(false);
+    const { failures, peer } = keeper.check();
+    expect(failures).to.deep.equal([]);
+    expect(peer.slice(0, 4)).to.deep.equal(['C1', 'C6', 'A', 'M'].map((n) => `${n}: sent ${STREAM_LEN}, received ${STREAM_LEN}, 0 bad bytes`));
   });
 
   it('restore of established connections needs tcpEstablished (or tcpClose), naming the connection', function () {

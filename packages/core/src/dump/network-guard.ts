@@ -10,7 +10,7 @@
 // release-after-death.js: releaseDeadDump (network-locks.ts) for those PIDs and this dump's run id.
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { nativeDir } from '@criu-ts/compel';
 import { close, O, pipe2, write, type Fd } from '@criu-ts/sys';
@@ -26,7 +26,7 @@ export interface NetworkGuard {
 function releaseScript(): string | undefined {
   const candidates = [
     fileURLToPath(new URL('./release-after-death.js', import.meta.url)),
-    join(dirname(dirname(nativeDir())), 'packages', 'core', 'dist', 'src', 'dump', 'release-after-death.js'),
+    join(resolve(nativeDir(), '..'), 'packages', 'core', 'dist', 'src', 'dump', 'release-after-death.js'),
   ];
   return candidates.find((p) => existsSync(p));
 }
