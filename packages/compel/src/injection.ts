@@ -198,6 +198,7 @@ export class Injection {
   readonly timeoutMs: number;
   private memFd: Fd | null = null;
   private gadgets: Gadgets | null = null;
+  private mapsAtSeize: Vma[] | null = null;
   /** Mappings we created in the task, unmapped on cure (addr -> len). */
   private readonly ownMappings = new Map<bigint, bigint>();
   private state: 'seized' | 'running-parasite' | 'cured' = 'seized';
@@ -289,10 +290,20 @@ export class Injection {
 
   // ---------------------------------------------------------------- remote syscalls
 
+  /**
+   * The task's mappings as first read while seized, for what only our own calls could change and
+   * never do: its code (gadgets) and its threads' stacks (return chains). One read of
+   * /proc/PID/maps per injection instead of one per thread.
+   */
+  private seizedMaps(): Vma[] {
+    this.mapsAtSeize ??= readMaps(this.pid);
+    return this.mapsAtSeize;
+  }
+
   /** Finds the code remote calls jump to, in the vDSO first, then in every other executable mapping. */
   findGadgets(): Gadgets {
     if (this.gadgets) return this.gadgets;
-    const vmas = readMaps(this.pid).filter((v) => v.perms.startsWith('r-x') && v.name !== '[vsyscall]');
+    const vmas = this.seizedMaps().filter((v) => v.perms.startsWith('r-x') && v.name !== '[vsyscall]');
     vmas.sort((a, b) => (a.name === '[vdso]' ? -1 : b.name === '[vdso]' ? 1 : 0));
     let sc: bigint | null = null;
     let scRet: bigint | null = null;
@@ -387,7 +398,7 @@ export class Injection {
     const size = Math.ceil((16 + undoRoom + SIGFRAME.size + 64 + xsave.length + 4) / 64) * 64;
     const rsp = hold.regs.rsp;
     const start = (rsp - 128n - BigInt(size)) & ~63n; // the red zone belongs to the interrupted code
-    const stack = readMaps(this.pid).find((v) => v.start <= start && rsp <= v.end && v.perms.startsWith('rw'));
+    const stack = this.seizedMaps().find((v) => v.start <= start && rsp <= v.end && v.perms.startsWith('rw'));
     if (!stack) return null;
     const own = restartedRegs(tid === this.worker ? undoInterruptEintr(hold.regs) : hold.regs);
     const chain: ReturnChain = {
