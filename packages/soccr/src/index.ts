@@ -8,3 +8,4 @@ export * from './net-socket.js';
 export * from './handoff.js';
 export * from './image-form.js';
 export * from './network-lock-sync.js';
+export * from './accept-queue.js';

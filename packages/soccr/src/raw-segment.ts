@@ -33,6 +33,9 @@ export interface SegmentSpec {
   ack: number;
   flags: number;
   window: number;
+  /** TCP options, a multiple of 4 bytes (pad with NOPs). */
+  options?: Uint8Array;
+  payload?: Uint8Array;
 }
 
 function sum16(buf: Buffer, acc = 0): number {
@@ -45,15 +48,21 @@ function fold(acc: number): number {
   return ~acc & 0xffff;
 }
 
-/** Builds the IP + TCP bytes of a segment without payload (checksums filled). */
+/** Builds the IP + TCP bytes of a segment (checksums filled). */
 export function buildSegment(s: SegmentSpec): Buffer {
   if (s.from.family !== s.to.family) throw new RangeError('segment addresses of different families');
-  const tcp = Buffer.alloc(20);
+  const options = s.options ?? new Uint8Array(0);
+  if (options.length % 4 !== 0 || options.length > 40) throw new RangeError(`TCP options of ${options.length} bytes (a multiple of 4, at most 40)`);
+  const payload = s.payload ?? new Uint8Array(0);
+  const headerLength = 20 + options.length;
+  const tcp = Buffer.alloc(headerLength + payload.length);
+  tcp.set(options, 20);
+  tcp.set(payload, headerLength);
   tcp.writeUInt16BE(s.from.port, 0);
   tcp.writeUInt16BE(s.to.port, 2);
   tcp.writeUInt32BE(s.seq >>> 0, 4);
   tcp.writeUInt32BE(s.ack >>> 0, 8);
-  tcp[12] = 5 << 4; // data offset: 5 words, no options
+  tcp[12] = (headerLength / 4) << 4; // data offset in 32-bit words
   tcp[13] = s.flags;
   // The window field is scaled by the receiver; a too-small value only shrinks what it may send until the next ACK.
   tcp.writeUInt16BE(Math.min(s.window, 0xffff), 14);

@@ -150,3 +150,15 @@ export function mmap(addr: bigint, len: number | bigint, prot: number, flags: nu
 export function munmap(addr: bigint, len: number | bigint): void {
   sysCall('munmap', N.munmap, [addr, len]);
 }
+
+/** poll(2) event bits. */
+export const POLL = { IN: 0x001, PRI: 0x002, OUT: 0x004, ERR: 0x008, HUP: 0x010, NVAL: 0x020 } as const;
+
+/** poll(2) on one fd: the revents bits, 0 when `timeoutMs` passed (0: do not wait). */
+export function pollOne(fd: Fd, events: number, timeoutMs: number): number {
+  const pfd = Buffer.alloc(8);
+  pfd.writeInt32LE(fd, 0);
+  pfd.writeInt16LE(events, 4);
+  const ready = sysCallNumber('poll', N.poll, [pfd, 1, timeoutMs], `fd ${fd}`);
+  return ready === 0 ? 0 : pfd.readUInt16LE(6);
+}

@@ -14,6 +14,7 @@ export * from './memory.js';
 export * from './files.js';
 export * from './socket.js';
 export * from './sock-diag.js';
+export * from './bpf.js';
 export * from './process.js';
 export * from './sysv-shm.js';
 export * from './tty.js';

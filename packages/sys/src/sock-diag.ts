@@ -168,20 +168,33 @@ export interface InetDiagSocket {
   /** AF_INET6 only: IPV6_V6ONLY. */
   readonly v6only?: boolean;
   readonly uid: number;
+  /** Ports and addresses (network order bytes; IPv4 in the first 4 of 16). */
+  readonly localPort: number;
+  readonly remotePort: number;
+  readonly localAddress: Buffer;
+  readonly remoteAddress: Buffer;
 }
 
 /**
  * Every socket of `family` (AF_INET 2 or AF_INET6 10) and `protocol` (IPPROTO_TCP 6,
- * IPPROTO_UDP 17) in the caller's network namespace, by inode.
+ * IPPROTO_UDP 17) in the caller's network namespace, by inode. Sockets without an inode (a
+ * listener's connections not accepted yet) are left out: inetDiagList has them.
  */
 export function inetDiagDump(family: number, protocol: number): Map<number, InetDiagSocket> {
+  const sockets = new Map<number, InetDiagSocket>();
+  for (const s of inetDiagList(family, protocol)) if (s.ino !== 0) sockets.set(s.ino, s);
+  return sockets;
+}
+
+/** Every socket of `family` and `protocol` in the caller's network namespace, in the kernel's order. */
+export function inetDiagList(family: number, protocol: number): InetDiagSocket[] {
   const request = Buffer.alloc(56);
   request.writeUInt8(family, 0);
   request.writeUInt8(protocol, 1);
   request.writeUInt32LE(0xffffffff, 4); // every state
   request.writeUInt32LE(0xffffffff, 48); // INET_DIAG_NOCOOKIE
   request.writeUInt32LE(0xffffffff, 52);
-  const sockets = new Map<number, InetDiagSocket>();
+  const sockets: InetDiagSocket[] = [];
   sockDiagDump(request, `AF_${family === 10 ? 'INET6' : 'INET'} protocol ${protocol}`, (msg) => {
     let shutdown = 0;
     let v6only: boolean | undefined;
@@ -193,10 +206,11 @@ export function inetDiagDump(family: number, protocol: number): Map<number, Inet
       if (type === INET_DIAG_SKV6ONLY) v6only = msg.readUInt8(off + 4) !== 0;
       off += (len + 3) & ~3;
     }
-    const ino = msg.readUInt32LE(68);
-    sockets.set(ino, {
-      ino, family: msg.readUInt8(0), state: msg.readUInt8(1), rqueue: msg.readUInt32LE(56), wqueue: msg.readUInt32LE(60),
+    sockets.push({
+      ino: msg.readUInt32LE(68), family: msg.readUInt8(0), state: msg.readUInt8(1), rqueue: msg.readUInt32LE(56), wqueue: msg.readUInt32LE(60),
       uid: msg.readUInt32LE(64), shutdown, ...(v6only !== undefined ? { v6only } : {}),
+      localPort: msg.readUInt16BE(4), remotePort: msg.readUInt16BE(6),
+      localAddress: Buffer.from(msg.subarray(8, 24)), remoteAddress: Buffer.from(msg.subarray(24, 40)),
     });
   });
   return sockets;

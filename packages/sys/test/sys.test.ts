@@ -6,6 +6,7 @@ import {
   read, recvmsg, sendmsg, SIGNALS, signalName, socketpair, AF_UNIX, SOCK, splice, STRUCTS, SysError, syscall,
   syscallName, syscallNumber, USER_REGS_FIELDS, vmsplice, wait4, write, __WALL, PTRACE_EVENT, asRemoteAddress,
   xstateXcr0, xstateBv, getpid, asFd, sysCallRaw, decodeWaitStatus, ERESTARTSYS,
+  BPF_PROG_TYPE, bpfProgLoad, BpfVerifierError, vmlinuxBtfFuncId,
 } from '@criu-ts/sys';
 import { killAllVictims, requireRootAndBinaries, TESTS_BIN, Victim } from './victim.js';
 
@@ -153,5 +154,28 @@ describe('@criu-ts/sys', () => {
       expect(() => ptraceSeize(asPid(process.pid))).to.throw(SysError).with.property('code', 'EPERM');
       expect(() => ptraceSeize(asPid(0x3fffffff))).to.throw(SysError).with.property('code', 'ESRCH');
     });
+  });
+});
+
+describe('@criu-ts/sys bpf', () => {
+  it('vmlinuxBtfFuncId finds a kernel function by name in the vmlinux BTF, and says undefined for one that is not there', () => {
+    const id = vmlinuxBtfFuncId('bpf_sk_assign_tcp_reqsk');
+    expect(id).to.be.a('number').above(0);
+    expect(vmlinuxBtfFuncId('bpf_sk_assign_tcp_reqsk'), 'same answer twice').to.equal(id);
+    expect(vmlinuxBtfFuncId('criu_ts_no_such_kernel_function')).to.equal(undefined);
+  });
+
+  it('bpfProgLoad: a program the verifier refuses throws BpfVerifierError carrying the verifier\'s reason', () => {
+    if (process.getuid?.() !== 0) throw new Error('loading BPF programs needs root (CI runs as root)');
+    const exitOnly = Buffer.from([0x95, 0, 0, 0, 0, 0, 0, 0]); // "exit" with r0 never set
+    let error: unknown;
+    try {
+      close(bpfProgLoad({ type: BPF_PROG_TYPE.SCHED_CLS, instructions: exitOnly, license: 'GPL', name: 'criu_ts_bad' }));
+    } catch (e) {
+      error = e;
+    }
+    expect(error).to.be.instanceOf(BpfVerifierError);
+    expect((error as BpfVerifierError).code).to.equal('EACCES');
+    expect((error as BpfVerifierError).verifierLog).to.match(/R0 !read_ok/);
   });
 });

@@ -3,8 +3,9 @@
 // 0 when it is there, 1 when not. `--faults` lists the fault-injection points.
 import { closeSync, existsSync, openSync, readFileSync, readSync } from 'node:fs';
 import { join } from 'node:path';
-import { asPid, close, memfdCreate, open, O, pidfdGetfd, pidfdOpen, pipe2, prctl, sock, syscall, tiocgptpeer, tiocsptlck, vmsplice, isSysError, type Fd } from '@criu-ts/sys';
+import { accept4, asPid, close, listen as listenSocket, pollOne, POLL, memfdCreate, open, O, pidfdGetfd, pidfdOpen, pipe2, prctl, sock, syscall, tiocgptpeer, tiocsptlck, vmsplice, isSysError, type Fd } from '@criu-ts/sys';
 import { nativeDir as compelNativeDir } from '@criu-ts/compel';
+import { acceptQueueRefillUnsupported, pause as pauseConnection, requeueConnection, save as saveConnection } from '@criu-ts/soccr';
 import { DUMP_FAULT_POINTS, RESTORE_FAULT_POINTS, restoreStubPath } from '@criu-ts/core';
 import { UsageError, type CommandIo } from './command-io.js';
 
@@ -175,6 +176,11 @@ const FEATURES: readonly Feature[] = [
     },
   },
   {
+    name: 'tcp_accept_queue',
+    what: 'connections not accepted yet put back into a listener\'s queue (TC BPF + bpf_sk_assign_tcp_reqsk, kernel 6.9+): tried on loopback',
+    probe: probeAcceptQueueRefill,
+  },
+  {
     name: 'parasite',
     what: 'the parasite blob built from native/ (npm run build)',
     probe: () => (existsSync(join(compelNativeDir(), 'build', 'parasite.bin')) ? true : `missing ${join(compelNativeDir(), 'build', 'parasite.bin')}`),
@@ -185,6 +191,40 @@ const FEATURES: readonly Feature[] = [
     probe: () => (existsSync(restoreStubPath()) ? true : `missing ${restoreStubPath()}`),
   },
 ];
+
+/**
+ * A connection on loopback, accepted, saved, dropped silently and queued back; then accepted
+ * again with its byte. What a dump with --tcp-established does to a listener's queue.
+ */
+function probeAcceptQueueRefill(): true | string {
+  const unsupported = acceptQueueRefillUnsupported();
+  if (unsupported) return unsupported;
+  const fds: number[] = [];
+  try {
+    const listener = sock.socket(sock.AF_INET, sock.SOCK_STREAM | sock.SOCK_CLOEXEC, sock.IPPROTO_TCP);
+    fds.push(listener);
+    sock.bind(listener, { family: 4, address: '127.0.0.1', port: 0 });
+    listenSocket(listener as Fd, 1);
+    const client = sock.socket(sock.AF_INET, sock.SOCK_STREAM | sock.SOCK_CLOEXEC, sock.IPPROTO_TCP);
+    fds.push(client);
+    sock.connect(client, sock.getsockname(listener));
+    sock.send(client, Buffer.from('?'), 0);
+    const first = accept4(listener as Fd) as number;
+    pauseConnection(first);
+    const saved = saveConnection(first);
+    sock.close(first);
+    requeueConnection(listener, saved);
+    if ((pollOne(listener as Fd, POLL.IN, 1000) & POLL.IN) === 0) return 'nothing came back into the queue';
+    const again = accept4(listener as Fd) as number;
+    fds.push(again);
+    const byte = Buffer.alloc(1);
+    return sock.recv(again, byte, 0x40 /* MSG_DONTWAIT */) === 1 && byte[0] === 0x3f ? true : 'the queued byte did not come back';
+  } catch (error) {
+    return (error as Error).message;
+  } finally {
+    for (const fd of fds) sock.close(fd);
+  }
+}
 
 const HELP = `usage: criu-ts check [--feature NAME] [--faults]
 

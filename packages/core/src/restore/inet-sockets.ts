@@ -11,7 +11,12 @@
 //   listener               socket, IPV6_OPT.V6ONLY, SO_REUSEADDR on for the bind (connections of the
 //                          old process may still hold the port in TIME_WAIT), options (with
 //                          TCP_DEFER_ACCEPT and TCP_FASTOPEN, when criu-ts's dump recorded them),
-//                          bind, listen(backlog); then SO_REUSEADDR as dumped
+//                          bind, listen(backlog); then SO_REUSEADDR as dumped; then the
+//                          connections that waited in its accept queue (criu-ts's accept_queue
+//                          field) put back in it, in order (soccr requeueConnection); criu-ts keeps
+//                          its copy of such a listener until the end, so that a failed restore
+//                          can take them out again silently (repair mode) instead of the
+//                          listener's close resetting them
 //   established TCP        soccr restore() in repair mode: bound, connected without a handshake,
 //   (and half-closed)      queues refilled, window and options set; options as dumped; repair mode
 //                          is left just before the tasks run (resumeAll), the network lock lifted
@@ -30,9 +35,9 @@
 // locked stays locked for the next restore attempt.
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { listen as listenFd, SO, SOL_SOCKET, sock, type Fd, IPPROTO, SOL, IP_OPT, IPV6_OPT, TCP_OPT } from '@criu-ts/sys';
+import { accept4 as acceptConnection, listen as listenFd, pollOne, POLL, SO, SOL_SOCKET, sock, type Fd, IPPROTO, SOL, IP_OPT, IPV6_OPT, TCP_OPT } from '@criu-ts/sys';
 import {
-  decodeTcpStreamImage, fromImageForm, sendCraftedDatagrams, listLocksSync, lockHeldSync, resume, restore as restoreConnection, SoccrError, SUPPORTED_STATES, TcpState,
+  decodeTcpStreamImage, fromImageForm, requeueConnection, sendCraftedDatagrams, listLocksSync, lockHeldSync, resume, restore as restoreConnection, SoccrError, SUPPORTED_STATES, TcpState,
   tcpStateName, unlockHeldSync, wireKey, keyText, type ConnectionKey, type InetAddress, type LockBackend, type TcpConnectionState,
 } from '@criu-ts/soccr';
 import { applySocketOptions } from './unix-sockets.js';
@@ -44,6 +49,7 @@ const AF_INET = 2;
 const AF_INET6 = 10;
 const SOCK_STREAM = 1;
 const SOCK_DGRAM = 2;
+const SOCK_NONBLOCK = 0o4000;
 
 export interface InetSocketImage {
   readonly id: number;
@@ -68,6 +74,8 @@ export interface InetSocketImage {
   readonly connection?: TcpConnectionState;
   /** UDP: datagrams that were waiting in it, oldest first, with their sources. */
   readonly queue: readonly QueuedDatagram[];
+  /** Listener: the connections that waited in its accept queue, in order. */
+  readonly acceptQueue: readonly TcpConnectionState[];
 }
 
 export interface QueuedDatagram {
@@ -163,11 +171,22 @@ export function readInetSocket(id: number, isk: Msg, dir: string, where: string,
       }
     }
   }
+  const acceptQueue: TcpConnectionState[] = [];
+  const queued = (isk.accept_queue as Msg[] | undefined) ?? [];
+  if (queued.length > 0 && how! !== 'listen') invalid(`${where}: a socket in state ${tcpStateName(state)} has connections in an accept queue`, { state });
+  queued.forEach((q, i) => {
+    const inQueue = readInetSocket(id, q, dir, `${where}, connection ${i + 1} of its accept queue`, invalid, { ...options, tcpClose: false });
+    const c = inQueue.connection!;
+    if (inQueue.family !== family || inQueue.proto !== proto) invalid(`${where}: connection ${i + 1} of its accept queue is not of the listener's family and protocol`);
+    if (c.state !== TcpState.ESTABLISHED && c.state !== TcpState.CLOSE_WAIT) invalid(`${where}: connection ${i + 1} of its accept queue is in state ${tcpStateName(c.state)}; only ESTABLISHED and CLOSE_WAIT ones wait there`, { state: c.state });
+    if (c.sendQueue.length > 0) invalid(`${where}: connection ${i + 1} of its accept queue has ${c.sendQueue.length} bytes to send; nothing can be sent before accept()`);
+    acceptQueue.push(c);
+  });
   return {
     id, ino, family, type, proto, state, flags: Number(isk.flags ?? 0), backlog: Number(isk.backlog ?? 0), local,
     ...(remote ? { remote } : {}), v6only: isk.v6only === true, opts: (isk.opts as Msg | undefined) ?? {},
     ipOpts: (isk.ip_opts as Msg | undefined) ?? {}, tcpOpts: (isk.tcp_opts as Msg | undefined) ?? {}, shutdown: Number(isk.shutdown ?? 0) & 3,
-    how: how!, ...(connection ? { connection } : {}), queue,
+    how: how!, ...(connection ? { connection } : {}), queue, acceptQueue,
   };
 }
 
@@ -175,9 +194,10 @@ export function readInetSocket(id: number, isk: Msg, dir: string, where: string,
 export function connectionKeysOf(sockets: Iterable<InetSocketImage>): ConnectionKey[] {
   const keys = new Map<string, ConnectionKey>();
   for (const s of sockets) {
-    if (s.how !== 'connection') continue;
-    const key = wireKey({ local: s.connection!.local, remote: s.connection!.remote });
-    keys.set(`${key.local.family}|${keyText(key)}`, key);
+    for (const c of s.how === 'connection' ? [s.connection!] : s.acceptQueue) {
+      const key = wireKey({ local: c.local, remote: c.remote });
+      keys.set(`${key.local.family}|${keyText(key)}`, key);
+    }
   }
   return [...keys.values()];
 }
@@ -189,6 +209,8 @@ export function connectionKeysOf(sockets: Iterable<InetSocketImage>): Connection
 export class InetSockets {
   /** Repaired connections still held by criu-ts (left in repair mode until resumeAll). */
   private readonly repaired: Array<{ fd: number; what: string }> = [];
+  /** Listeners whose accept queue was refilled: criu-ts's copy is kept until resumeAll or abandon. */
+  private readonly queuedListeners: number[] = [];
   private addedLocks: ConnectionKey[] = [];
   private backend: LockBackend | undefined;
 
@@ -236,10 +258,21 @@ export class InetSockets {
         if (s.opts.reuseaddr !== true) step('SO_REUSEADDR', () => sock.setsockoptInt(fd, SOL_SOCKET, SO.REUSEADDR, 0));
       }
       if (s.how === 'listen') step(`listen(${s.backlog})`, () => sysListen(fd, s.backlog));
+      if (s.acceptQueue.length > 0) {
+        this.queuedListeners.push(fd);
+        s.acceptQueue.forEach((c, i) =>
+          step(`putting connection ${i + 1} of ${s.acceptQueue.length} (${fmt(c.remote)}) back in its accept queue`, () => requeueConnection(fd, c)),
+        );
+      }
       if (s.how === 'udp' && s.remote) step(`connect to ${fmt(s.remote)}`, () => sock.connect(fd, s.remote!));
       if (s.queue.length > 0) step(`putting back ${s.queue.length} queued datagram(s)`, () => refillDatagrams(fd, s));
       return fd;
     } catch (error) {
+      const at = this.queuedListeners.indexOf(fd);
+      if (at >= 0) {
+        this.queuedListeners.splice(at, 1);
+        drainSilently(fd);
+      }
       sock.close(fd);
       throw error;
     }
@@ -247,11 +280,12 @@ export class InetSockets {
 
   /** The task has its copy of socket `fd`: criu-ts's goes, except for connections still to be taken out of repair mode. */
   handedOver(fd: number): void {
-    if (!this.repaired.some((r) => r.fd === fd)) sock.close(fd);
+    if (!this.repaired.some((r) => r.fd === fd) && !this.queuedListeners.includes(fd)) sock.close(fd);
   }
 
   /** Every repaired connection out of repair mode (TCP_REPAIR off sends a window probe). Before the tasks run. */
   resumeAll(): void {
+    for (const fd of this.queuedListeners.splice(0)) sock.close(fd);
     for (const r of this.repaired.splice(0)) {
       try {
         resume(r.fd);
@@ -275,6 +309,14 @@ export class InetSockets {
    */
   abandon(): string[] {
     const errors: string[] = [];
+    for (const fd of this.queuedListeners.splice(0)) {
+      try {
+        drainSilently(fd);
+        sock.close(fd);
+      } catch (error) {
+        errors.push(`taking the queued connections out of a listener: ${(error as Error).message}`);
+      }
+    }
     for (const r of this.repaired.splice(0)) {
       try {
         sock.close(r.fd);
@@ -289,6 +331,27 @@ export class InetSockets {
     }
     this.addedLocks = [];
     return errors;
+  }
+}
+
+/**
+ * Takes every connection out of listener `fd`'s accept queue and drops it without a packet
+ * (repair mode): a listener that closes with connections queued resets them, and their clients
+ * would lose connections a later restore can still bring back.
+ */
+function drainSilently(fd: number): void {
+  while ((pollOne(fd as Fd, POLL.IN, 0) & POLL.IN) !== 0) {
+    let conn: number;
+    try {
+      conn = acceptConnection(fd as Fd, SOCK_NONBLOCK);
+    } catch {
+      return; // EAGAIN: empty (or not a listener any more)
+    }
+    try {
+      sock.setTcpRepair(conn, 1);
+    } finally {
+      sock.close(conn);
+    }
   }
 }
 

@@ -607,6 +607,7 @@ export const MESSAGES: Readonly<Record<string, MessageSchema>> = {
       {"name":"ns_id","number":18,"type":"uint32","label":"optional"},
       {"name":"shutdown","number":19,"type":"enum","label":"optional","typeName":"sk_shutdown"},
       {"name":"tcp_opts","number":20,"type":"message","label":"optional","typeName":"tcp_opts_entry"},
+      {"name":"accept_queue","number":101,"type":"message","label":"repeated","typeName":"inet_sk_entry"},
     ],
   },
   "inotify_file_entry": {

@@ -49,7 +49,17 @@ export interface inet_sk_entry {
   ifname?: string | undefined;
   ns_id?: number | undefined;
   shutdown?: sk_shutdown | undefined;
-  tcp_opts?: tcp_opts_entry | undefined;
+  tcp_opts?:
+    | tcp_opts_entry
+    | undefined;
+  /**
+   * criu-ts: a listener's connections that nobody had accepted yet, in accept-queue order,
+   * each with its tcp-stream-<ino>.img; restore puts them back in the queue (soccr's
+   * requeueConnection). CRIU has no place for them: it refuses such a listener unless told
+   * --skip-in-flight, and skips this field as unknown (the listener comes back with an empty
+   * queue). Numbered far from CRIU's own fields so that fields it adds later cannot collide.
+   */
+  accept_queue?: inet_sk_entry[] | undefined;
 }
 
 function createBaseip_opts_raw_entry(): ip_opts_raw_entry {
@@ -255,6 +265,7 @@ function createBaseinet_sk_entry(): inet_sk_entry {
     ns_id: undefined,
     shutdown: undefined,
     tcp_opts: undefined,
+    accept_queue: [],
   };
 }
 
@@ -323,6 +334,11 @@ export const inet_sk_entry: MessageFns<inet_sk_entry> = {
     }
     if (message.tcp_opts !== undefined) {
       tcp_opts_entry.encode(message.tcp_opts, writer.uint32(162).fork()).join();
+    }
+    if (message.accept_queue !== undefined && message.accept_queue.length !== 0) {
+      for (const v of message.accept_queue) {
+        inet_sk_entry.encode(v!, writer.uint32(810).fork()).join();
+      }
     }
     return writer;
   },
@@ -518,6 +534,17 @@ export const inet_sk_entry: MessageFns<inet_sk_entry> = {
             }
 
             message.tcp_opts = tcp_opts_entry.decode(reader, reader.uint32());
+            continue;
+          }
+          case 101: {
+            if (tag !== 810) {
+              break;
+            }
+
+            const el = inet_sk_entry.decode(reader, reader.uint32());
+            if (el !== undefined) {
+              message.accept_queue!.push(el);
+            }
             continue;
           }
         }

@@ -29,14 +29,22 @@
 // tcp_opts_entry fields 101 and 102, criu-ts's own: CRIU's format has no place for them and CRIU
 // restores such a listener without them.
 //
+// Connections waiting in a listener's accept queue (connected, accepted by nobody yet) are, with
+// --tcp-established, accepted by criu-ts itself on its duplicate of the listener (the tasks are
+// frozen: nobody else takes them), locked and saved like the others, and written inside the
+// listener's inet_sk_entry (criu-ts's field accept_queue, in queue order). When the tasks run on
+// (--leave-running, -s, a failed dump) they go back into the listener's queue, in order,
+// through soccr's requeueConnection; restore does the same for the restored listener.
+//
 // Refused, naming the fd: raw, packet and netlink sockets and any other family or protocol; an
 // established connection without --tcp-established or --tcp-close (with its addresses); a TCP
 // socket in a state soccr cannot save (SYN_SENT...); a listener with connections waiting in its
-// accept queue unless --skip-in-flight (they are then left behind, as criu leaves them).
+// accept queue without --tcp-established, or where the kernel cannot queue connections back,
+// unless --skip-in-flight (they are then left behind, as criu leaves them).
 import { readlinkSync } from 'node:fs';
 import type { DecodedMessage } from '@criu-ts/images';
-import { close, getsockopt, inetDiagDump, isSysError, MSG, pidfdGetfd, pidfdOpen, setsockopt, SO, SOL_SOCKET, sock, SockDiagError, type Fd, type InetDiagSocket, type Pid, IPPROTO, SOL, IP_OPT, IPV6_OPT, TCP_OPT } from '@criu-ts/sys';
-import { pause, resume, save, SUPPORTED_STATES, tcpStateName, TcpState, toImageForm, wireKey, type ConnectionKey, type InetAddress } from '@criu-ts/soccr';
+import { accept4, close, getsockopt, pollOne, POLL, inetDiagDump, isSysError, MSG, pidfdGetfd, pidfdOpen, setsockopt, SO, SOL_SOCKET, sock, SockDiagError, type Fd, type InetDiagSocket, type Pid, IPPROTO, SOL, IP_OPT, IPV6_OPT, TCP_OPT } from '@criu-ts/sys';
+import { acceptQueueRefillUnsupported, pause, requeueConnection, resume, save, SUPPORTED_STATES, tcpStateName, TcpState, toImageForm, wireKey, type ConnectionKey, type InetAddress, type TcpConnectionState } from '@criu-ts/soccr';
 import { socketOptions } from './unix-sockets.js';
 
 const AF_UNIX = 1;
@@ -47,6 +55,7 @@ const AF_PACKET = 17;
 const SOCK_STREAM = 1;
 const SOCK_DGRAM = 2;
 const SOCK_RAW = 3;
+const SOCK_NONBLOCK = 0o4000;
 /** ids-N.img numbers the task's namespaces in CRIU's order (dump.ts): net is the second. */
 const NET_NS_ID = 2;
 
@@ -165,6 +174,14 @@ export interface QueuedDatagram {
   readonly addr: Buffer;
 }
 
+/** A connection criu-ts took from a listener's accept queue: its fd in criu-ts, inode, lock key, state once saved. */
+interface QueuedConnection {
+  readonly dup: Fd;
+  readonly ino: number;
+  readonly key: ConnectionKey;
+  saved?: TcpConnectionState;
+}
+
 /** One tcp-stream-<ino>.img to write. */
 export interface TcpStreamImage {
   readonly ino: number;
@@ -179,6 +196,8 @@ export class InetSocketDumper {
   private readonly dups = new Map<string, Fd>();
   /** Sockets put in repair mode, with their connection: resumed or left to die with their task. */
   private readonly repaired: Array<{ dup: Fd; key: ConnectionKey }> = [];
+  /** Connections taken from listeners' accept queues, by listener inode, in queue order. */
+  private readonly acceptQueues = new Map<number, { listener: Fd; connections: QueuedConnection[] }>();
   readonly tcpStreams: TcpStreamImage[] = [];
 
   constructor(private readonly opts: InetDumpOptions) {}
@@ -210,7 +229,12 @@ export class InetSocketDumper {
         const dup = this.dupOf(t.pid, fd);
         const kind = socketKindOf(dup);
         if ((kind.domain !== AF_INET && kind.domain !== AF_INET6) || kind.protocol !== IPPROTO.TCP) continue;
-        if (!SUPPORTED_STATES.has(tcpState(dup))) continue;
+        const state = tcpState(dup);
+        if (state === TcpState.LISTEN) {
+          for (const q of this.takeAcceptQueue(dup, Number(link.slice(8, -1)), kind.domain)) keys.set(`${fmt(q.key.local)} ${fmt(q.key.remote)}`, q.key);
+          continue;
+        }
+        if (!SUPPORTED_STATES.has(state)) continue;
         const remote = peerOf(dup);
         if (!remote) continue;
         const key = wireKey({ local: sock.getsockname(dup as number), remote });
@@ -218,6 +242,37 @@ export class InetSocketDumper {
       }
     }
     return [...keys.values()];
+  }
+
+  /**
+   * Accepts every connection waiting in listener `ino` (criu-ts's duplicate `listener`), once per
+   * listener, when they can be queued back; returns them. Precondition: the tasks are frozen.
+   */
+  private takeAcceptQueue(listener: Fd, ino: number, family: number): QueuedConnection[] {
+    const taken = this.acceptQueues.get(ino);
+    if (taken) return taken.connections;
+    if (this.opts.skipInFlight || (this.diagOf(family, IPPROTO.TCP, ino)?.rqueue ?? 0) === 0 || acceptQueueRefillUnsupported() !== undefined) return [];
+    const connections: QueuedConnection[] = [];
+    this.acceptQueues.set(ino, { listener, connections });
+    // The duplicate shares the task's file description, O_NONBLOCK included (not to be touched):
+    // accept only what poll says is there.
+    while ((pollOne(listener, POLL.IN, 0) & POLL.IN) !== 0) {
+      let conn: Fd;
+      try {
+        conn = accept4(listener, SOCK_NONBLOCK);
+      } catch (error) {
+        if (isSysError(error, 'EAGAIN')) break;
+        throw error;
+      }
+      const remote = peerOf(conn);
+      if (!remote) {
+        close(conn); // reset by its peer while it waited: nothing left to keep
+        continue;
+      }
+      const ino = Number(readlinkSync(`/proc/self/fd/${conn}`).slice(8, -1));
+      connections.push({ dup: conn, ino, key: wireKey({ local: sock.getsockname(conn as number), remote }) });
+    }
+    return connections;
   }
 
   private diagOf(family: number, protocol: number, ino: number): InetDiagSocket | undefined {
@@ -259,10 +314,17 @@ export class InetSocketDumper {
     const ipOpts = ipOptions(dup, kind.domain);
     const tcpOpts: DecodedMessage = tcp ? tcpOptions(dup) : {};
     let backlog = diag?.wqueue ?? 0;
+    let acceptQueue: DecodedMessage[] | undefined;
     if (tcp && state === TcpState.LISTEN) {
+      const taken = this.acceptQueues.get(ino);
       const waiting = diag?.rqueue ?? 0;
-      if (waiting > 0 && !this.opts.skipInFlight) {
-        refuse(`listening socket with ${waiting} connection(s) not accepted yet (in flight); dump with --skip-in-flight (skipInFlight) to leave them behind`, conn);
+      if (taken && taken.connections.length > 0) {
+        acceptQueue = taken.connections.map((q) => this.saveQueued(q, kind, flags));
+      } else if (waiting > 0 && !this.opts.skipInFlight) {
+        const why = !this.opts.tcpEstablished || this.opts.tcpClose
+          ? 'dump with --tcp-established (tcpEstablished) to save them'
+          : `they cannot be put back here: ${acceptQueueRefillUnsupported() ?? 'unknown reason'}`;
+        refuse(`listening socket with ${waiting} connection(s) not accepted yet (in flight); ${why}, or with --skip-in-flight (skipInFlight) to leave them behind`, conn);
       }
     } else if (tcp && isConnectedTcp(state)) {
       if (!SUPPORTED_STATES.has(state)) refuse(`a connection in state ${tcpStateName(state)} cannot be dumped`, conn);
@@ -294,7 +356,30 @@ export class InetSocketDumper {
     // A half-closed TCP connection carries its FINs in its state; other sockets keep the bits.
     if (shutdown !== 0 && !(tcp && isConnectedTcp(state))) entry.shutdown = shutdown;
     entry.tcp_opts = tcpOpts;
+    if (acceptQueue) entry.accept_queue = acceptQueue;
     return { entry, queue: tcp ? [] : peekDatagrams(dup, conn) };
+  }
+
+  /** A connection taken from an accept queue, saved through repair mode: its nested inet_sk_entry (tcp-stream image queued). */
+  private saveQueued(q: QueuedConnection, kind: SocketKind, flags: number): DecodedMessage {
+    const opts = inetSocketOptions(q.dup);
+    const ipOpts = ipOptions(q.dup, kind.domain);
+    const tcpOpts = tcpOptions(q.dup);
+    pause(q.dup as number);
+    q.saved = save(q.dup as number);
+    const form = toImageForm(q.saved);
+    this.tcpStreams.push({ ino: q.ino, entry: form.tcpStream, queues: form.queues });
+    const entry: DecodedMessage = {
+      id: 0, ino: q.ino, family: kind.domain, type: kind.type, proto: kind.protocol, state: q.saved.state,
+      src_port: q.saved.local.port, dst_port: q.saved.remote.port, flags, backlog: 0,
+      src_addr: addressWords(q.saved.local), dst_addr: addressWords(q.saved.remote),
+      fown: { uid: 0, euid: 0, signum: 0, pid_type: 0, pid: 0 }, opts,
+    };
+    if (kind.domain === AF_INET6) entry.v6only = getsockopt(q.dup, SOL.IPV6, IPV6_OPT.V6ONLY).readInt32LE(0) !== 0;
+    entry.ip_opts = ipOpts;
+    entry.ns_id = NET_NS_ID;
+    entry.tcp_opts = tcpOpts;
+    return entry;
   }
 
   /** The locked connections back in service: repair mode off (soccr resume), in dump order. */
@@ -305,6 +390,22 @@ export class InetSocketDumper {
         resume(r.dup as number);
       } catch (error) {
         errors.push(`${fmt(r.key.local)} -> ${fmt(r.key.remote)}: ${(error as Error).message}`);
+      }
+    }
+    // Connections taken from accept queues go back where they were, in their order: saved (if
+    // the dump had not got that far), dropped silently from criu-ts, queued again.
+    for (const { listener, connections } of this.acceptQueues.values()) {
+      for (const q of connections.splice(0)) {
+        try {
+          if (!q.saved) {
+            pause(q.dup as number);
+            q.saved = save(q.dup as number);
+          }
+          close(q.dup); // in repair mode: it leaves without a packet
+          requeueConnection(listener as number, q.saved);
+        } catch (error) {
+          errors.push(`${fmt(q.key.local)} -> ${fmt(q.key.remote)} (waiting to be accepted): ${(error as Error).message}`);
+        }
       }
     }
     return errors;
@@ -320,6 +421,16 @@ export class InetSocketDumper {
       }
     }
     this.dups.clear();
+    for (const { connections } of this.acceptQueues.values()) {
+      for (const q of connections.splice(0)) {
+        try {
+          close(q.dup);
+        } catch {
+          /* nothing to do */
+        }
+      }
+    }
+    this.acceptQueues.clear();
   }
 }
 
