@@ -4,7 +4,7 @@
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { ImageReader } from '@criu-ts/images';
-import { cleanupNetworkLocks, listLocksSync, unlockHeldSync, wireKey, type ConnectionKey, type ListedLock } from '@criu-ts/soccr';
+import { cleanupNetworkLocks, discard, listLocksSync, pause, requeueConnection, save, unlockHeldSync, wireKey, type ConnectionKey, type ListedLock } from '@criu-ts/soccr';
 import { close as closeFd, sock, type Fd } from '@criu-ts/sys';
 import { inNetworkNamespace } from './net-namespace.js';
 import { withSocketsOf } from './proc/task-files.js';
@@ -93,11 +93,22 @@ function releaseConnectionsHere(pid: number): ConnectionKey[] {
  * that run: its locks wait for the restore. Best effort: a process gone, or a lock tool that
  * fails, does not stop the rest.
  */
-export function releaseDeadDump(imagesDir: string, runId: string, pids: readonly number[]): ConnectionKey[] {
+export function releaseDeadDump(imagesDir: string, runId: string, pids: readonly number[], queued: ReadonlyArray<{ listener: number; connection: number }> = []): ConnectionKey[] {
   if (existsSync(join(imagesDir, 'inventory.img'))) {
     try {
       if (dumpRunId(imagesDir) === runId) return [];
     } catch { /* unreadable: not a complete dump of this run */ }
+  }
+  // Connections the dump took from accept queues, back in their queue (in order) while still
+  // locked: saved (they may not have been, and this is another process), dropped without a
+  // packet, queued again.
+  for (const q of queued) {
+    try {
+      pause(q.connection);
+      const saved = save(q.connection);
+      discard(q.connection);
+      requeueConnection(q.listener, saved);
+    } catch { /* the listener is gone with its task: nothing to put back */ }
   }
   const released: ConnectionKey[] = [];
   for (const pid of pids) {

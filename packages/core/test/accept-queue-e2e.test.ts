@@ -209,6 +209,27 @@ describe('connections waiting in an accept queue (e2e)', function () {
     expect(replies).to.deep.equal(EXPECTED_REPLIES);
   });
 
+  it('a dumper SIGKILLed after taking and saving them: the dump guard puts them back into the running program\'s queues and unlocks them', async function () {
+    keeper = new AcceptQueueKeeper();
+    await keeper.connectClients();
+    const pid = keeper.pid;
+    // The memory stage follows the files stage, where the queued connections were accepted by criu-ts and saved.
+    const dumperCode =
+      `import { dumpSync } from '@criu-ts/core';\n` +
+      `dumpSync({ pid: ${pid}, imagesDir: process.argv[1], tcpEstablished: true,\n` +
+      `  onStage: (stage) => { if (stage === 'memory') process.kill(process.pid, 'SIGKILL'); } });\n`;
+    const cwd = new URL('../../../../', import.meta.url).pathname;
+    const r = spawnSync(process.execPath, ['--input-type=module', '-e', dumperCode, keeper.images], { cwd, stdio: 'ignore' });
+    expect(r.signal).to.equal('SIGKILL');
+    waitFor('the program to be free of its dead dumper', () => /TracerPid:\s+0\b/.test(readFileSync(`/proc/${pid}/status`, 'utf8')));
+    // The guard runs a Node.js script: its start-up, the requeue and the lock tools.
+    for (let i = 0; i < 400 && keeper.heldLocks().length > 0; i++) await sleep(25);
+    expect(keeper.heldLocks(), 'the guard lifted the locks').to.deep.equal([]);
+    const { failures, replies } = await keeper.check();
+    expect(failures).to.deep.equal([]);
+    expect(replies).to.deep.equal(EXPECTED_REPLIES);
+  });
+
   it('criu-ts dump/restore --tcp-established: the same through the CLI; crit decodes every image', async function () {
     keeper = new AcceptQueueKeeper();
     await keeper.connectClients();

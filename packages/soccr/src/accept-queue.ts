@@ -258,7 +258,10 @@ export function requeueConnection(listenerFd: number, s: TcpConnectionState): vo
   const rcvNxt = (s.recvSeq - (finReceived ? 1 : 0)) >>> 0;
   const firstSeq = (rcvNxt - s.recvQueue.length) >>> 0;
   const ack = s.sendSeq >>> 0;
-  const window = Math.min(0xffff, Math.max(1, (s.window?.sndWnd ?? 65535) >>> ((s.optionMask & TCPI_OPT.WSCALE) !== 0 ? s.sndWscale : 0)));
+  // The client's window as last advertised; a connection saved by another process than the one
+  // that paused it reads 0 there (pause closes it), and then the largest it ever advertised does.
+  const clientWindow = s.window?.sndWnd || s.window?.maxWindow || 65535;
+  const window = Math.min(0xffff, Math.max(1, clientWindow >>> ((s.optionMask & TCPI_OPT.WSCALE) !== 0 ? s.sndWscale : 0)));
   const options = tcpOptions(s);
   const segment = (seq: number, flags: number, payload?: Buffer) =>
     sendCraftedSegment({ from: s.remote, to: s.local, seq, ack, flags, window, ...(options ? { options } : {}), ...(payload ? { payload } : {}) });

@@ -79,7 +79,7 @@
  *  10. the caller lifts the network lock, then `resume(fd)` (TCP_REPAIR = 0,
  *      which sends a window probe so the peer speaks again at once).
  */
-import { sock, SysError } from '@criu-ts/sys';
+import { connect as connectRaw, sock, SysError, type Fd } from '@criu-ts/sys';
 import { SoccrError } from './errors.js';
 import {
   FIN_RECEIVED_STATES,
@@ -168,6 +168,22 @@ export function pause(fd: number): void {
       /* the first error is the one to report */
     }
     throw e;
+  }
+}
+
+/**
+ * Drops the connection from this host without a packet and closes `fd`: repair mode on, then a
+ * disconnect (connect to AF_UNSPEC), which in repair mode sends neither FIN nor RST. Unlike a
+ * plain close, the disconnect takes effect even while other descriptors (another process's, a
+ * dump guard's) still hold the socket: its addresses are free for the connection to be
+ * recreated at once (requeueConnection, restore).
+ */
+export function discard(fd: number): void {
+  try {
+    sysStep('TCP_REPAIR on', { fd }, () => sock.setTcpRepair(fd, 1));
+    sysStep('disconnect (AF_UNSPEC)', { fd }, () => connectRaw(fd as Fd, Buffer.alloc(16)));
+  } finally {
+    sock.close(fd);
   }
 }
 

@@ -263,7 +263,7 @@ function dumpTree(options: DumpOptions): DumpResult {
       try { closeFd(s.fd); } catch { /* nothing to do */ }
     }
   };
-  const inet = new InetSocketDumper(inetOptions);
+  const inet = new InetSocketDumper(inetOptions, guard ? (listener, connection) => guard.holdsQueued(listener, connection) : undefined);
   let locked: ConnectionKey[] = [];
   let lockBackend: LockBackend | undefined;
   /** Connections out of repair mode, then the peers' packets let through again: the tasks may run. */

@@ -8,16 +8,21 @@
 // connections it locks, and 'd' once it no longer needs the guard (after its own release, or once
 // the images are complete). If criu-ts dies first, the guard sees EOF and runs
 // release-after-death.js: releaseDeadDump (network-locks.ts) for those PIDs and this dump's run id.
+// Connections the dump took out of a listener's accept queue exist only in criu-ts: each is sent
+// to the guard (with the listener) as soon as it is taken, so that they outlive a killed criu-ts
+// and go back into their queue.
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { nativeDir } from '@criu-ts/compel';
-import { close, O, pipe2, write, type Fd } from '@criu-ts/sys';
+import { AF_UNIX, close, sendmsg, SOCK, socketpair, write, type Fd } from '@criu-ts/sys';
 
 export interface NetworkGuard {
   /** The processes whose connections are about to be locked. */
   covers(pids: readonly number[]): void;
+  /** A connection taken from `listener`'s accept queue: the guard holds both until the dump is done. */
+  holdsQueued(listener: Fd, connection: Fd): void;
   /** criu-ts undid what it did, or the dump is complete: the guard exits without acting. */
   disarm(): void;
 }
@@ -40,7 +45,8 @@ export function armNetworkGuard(imagesDir: string, runId: string): NetworkGuard 
   const guard = join(nativeDir(), 'build', 'dump-guard');
   const script = releaseScript();
   if (!existsSync(guard) || script === undefined) return null;
-  const [readEnd, writeEnd] = pipe2(O.CLOEXEC);
+  // A unix stream socket rather than a pipe: it also carries descriptors (holdsQueued).
+  const [readEnd, writeEnd] = socketpair(AF_UNIX, SOCK.STREAM);
   try {
     const child = spawn(guard, [process.execPath, script, imagesDir, runId], { stdio: [readEnd, 'ignore', 'ignore'], detached: true });
     child.on('error', () => { /* reported by the dump itself if it matters: the guard is best effort */ });
@@ -60,6 +66,12 @@ export function armNetworkGuard(imagesDir: string, runId: string): NetworkGuard 
   };
   return {
     covers: (pids) => send(`${pids.join(' ')} `),
+    holdsQueued: (listener, connection) => {
+      if (open === null) return;
+      try {
+        sendmsg(open, Buffer.from('Q'), [listener, connection]);
+      } catch { /* the guard is gone: nothing to tell it */ }
+    },
     disarm: () => {
       send('d');
       if (open !== null) close(open);

@@ -37,7 +37,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { accept4 as acceptConnection, listen as listenFd, pollOne, POLL, SO, SOL_SOCKET, sock, type Fd, IPPROTO, SOL, IP_OPT, IPV6_OPT, TCP_OPT } from '@criu-ts/sys';
 import {
-  decodeTcpStreamImage, fromImageForm, requeueConnection, sendCraftedDatagrams, listLocksSync, lockHeldSync, resume, restore as restoreConnection, SoccrError, SUPPORTED_STATES, TcpState,
+  decodeTcpStreamImage, discard, fromImageForm, requeueConnection, sendCraftedDatagrams, listLocksSync, lockHeldSync, resume, restore as restoreConnection, SoccrError, SUPPORTED_STATES, TcpState,
   tcpStateName, unlockHeldSync, wireKey, keyText, type ConnectionKey, type InetAddress, type LockBackend, type TcpConnectionState,
 } from '@criu-ts/soccr';
 import { applySocketOptions } from './unix-sockets.js';
@@ -347,11 +347,7 @@ function drainSilently(fd: number): void {
     } catch {
       return; // EAGAIN: empty (or not a listener any more)
     }
-    try {
-      sock.setTcpRepair(conn, 1);
-    } finally {
-      sock.close(conn);
-    }
+    discard(conn);
   }
 }
 

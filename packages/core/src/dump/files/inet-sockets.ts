@@ -44,7 +44,7 @@
 import { readlinkSync } from 'node:fs';
 import type { DecodedMessage } from '@criu-ts/images';
 import { accept4, close, getsockopt, pollOne, POLL, inetDiagDump, isSysError, MSG, pidfdGetfd, pidfdOpen, setsockopt, SO, SOL_SOCKET, sock, SockDiagError, type Fd, type InetDiagSocket, type Pid, IPPROTO, SOL, IP_OPT, IPV6_OPT, TCP_OPT } from '@criu-ts/sys';
-import { acceptQueueRefillUnsupported, pause, requeueConnection, resume, save, SUPPORTED_STATES, tcpStateName, TcpState, toImageForm, wireKey, type ConnectionKey, type InetAddress, type TcpConnectionState } from '@criu-ts/soccr';
+import { acceptQueueRefillUnsupported, discard, pause, requeueConnection, resume, save, SUPPORTED_STATES, tcpStateName, TcpState, toImageForm, wireKey, type ConnectionKey, type InetAddress, type TcpConnectionState } from '@criu-ts/soccr';
 import { socketOptions } from './unix-sockets.js';
 
 const AF_UNIX = 1;
@@ -200,7 +200,11 @@ export class InetSocketDumper {
   private readonly acceptQueues = new Map<number, { listener: Fd; connections: QueuedConnection[] }>();
   readonly tcpStreams: TcpStreamImage[] = [];
 
-  constructor(private readonly opts: InetDumpOptions) {}
+  /** `onQueuedTaken`: told of each connection taken from an accept queue (the dump guard keeps a copy). */
+  constructor(
+    private readonly opts: InetDumpOptions,
+    private readonly onQueuedTaken?: (listener: Fd, connection: Fd) => void,
+  ) {}
 
   private dupOf(pid: number, fd: number): Fd {
     const k = `${pid}/${fd}`;
@@ -271,6 +275,7 @@ export class InetSocketDumper {
       }
       const ino = Number(readlinkSync(`/proc/self/fd/${conn}`).slice(8, -1));
       connections.push({ dup: conn, ino, key: wireKey({ local: sock.getsockname(conn as number), remote }) });
+      this.onQueuedTaken?.(listener, conn);
     }
     return connections;
   }
@@ -401,7 +406,7 @@ export class InetSocketDumper {
             pause(q.dup as number);
             q.saved = save(q.dup as number);
           }
-          close(q.dup); // in repair mode: it leaves without a packet
+          discard(q.dup as number); // gone without a packet, even from the dump guard's copy
           requeueConnection(listener as number, q.saved);
         } catch (error) {
           errors.push(`${fmt(q.key.local)} -> ${fmt(q.key.remote)} (waiting to be accepted): ${(error as Error).message}`);
