@@ -17,6 +17,7 @@ import { acceptQueueRefillUnsupported, listLocksSync } from '@criu-ts/soccr';
 import { checkImagesRoundTrip } from './image-checks.js';
 import { dumpAndWait, imageEntries, killAndReap, reapIfOurs, rootWithSubreaper, TEST_BIN } from './programs.js';
 import { waitFor } from './restore-helpers.js';
+import { dumpKilledAtStage } from './reliability-helpers.js';
 
 const CLI = join(TEST_BIN, '..', '..', 'packages', 'cli', 'dist', 'criu-ts.mjs');
 const BIG_LEN = 1 << 20;
@@ -214,14 +215,7 @@ describe('connections waiting in an accept queue (e2e)', function () {
     await keeper.connectClients();
     const pid = keeper.pid;
     // The memory stage follows the files stage, where the queued connections were accepted by criu-ts and saved.
-    const dumperCode =
-      `import { dumpSync } from '@criu-ts/core';\n` +
-      `dumpSync({ pid: ${pid}, imagesDir: process.argv[1], tcpEstablished: true,\n` +
-      `  onStage: (stage) => { if (stage === 'memory') process.kill(process.pid, 'SIGKILL'); } });\n`;
-    const cwd = new URL('../../../../', import.meta.url).pathname;
-    const r = spawnSync(process.execPath, ['--input-type=module', '-e', dumperCode, keeper.images], { cwd, stdio: 'ignore' });
-    expect(r.signal).to.equal('SIGKILL');
-    waitFor('the program to be free of its dead dumper', () => /TracerPid:\s+0\b/.test(readFileSync(`/proc/${pid}/status`, 'utf8')));
+    expect(dumpKilledAtStage(pid, keeper.images, 'memory')).to.equal('SIGKILL');
     // The guard runs a Node.js script: its start-up, the requeue and the lock tools.
     for (let i = 0; i < 400 && keeper.heldLocks().length > 0; i++) await sleep(25);
     expect(keeper.heldLocks(), 'the guard lifted the locks').to.deep.equal([]);

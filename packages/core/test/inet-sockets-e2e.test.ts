@@ -18,6 +18,7 @@ import { pidfdGetfd, pidfdOpen, sock, close, type Pid } from '@criu-ts/sys';
 import { alive, procState, sleepMs, waitFor } from './restore-helpers.js';
 import { dumpAndWait, rootWithSubreaper, imageEntries as entries } from './programs.js';
 import { InetKeeper, STREAM_LEN } from './inet-peer.js';
+import { dumpKilledAtStage } from './reliability-helpers.js';
 
 
 /**
@@ -251,14 +252,7 @@ describe('core: TCP and UDP sockets end to end', function () {
     keeper = new InetKeeper();
     const pid = keeper.pid;
     // The dumper kills itself once every connection is paused and saved (the memory stage follows the files stage).
-    const dumperCode =
-      `import { dumpSync } from '@criu-ts/core';\n` +
-      `dumpSync({ pid: ${pid}, imagesDir: process.argv[1], tcpEstablished: true,\n` +
-      `  onStage: (stage) => { if (stage === 'memory') process.kill(process.pid, 'SIGKILL'); } });\n`;
-    const cwd = new URL('../../../../', import.meta.url).pathname;
-    const r = spawnSync(process.execPath, ['--input-type=module', '-e', dumperCode, keeper.images], { cwd, stdio: 'ignore' });
-    expect(r.signal).to.equal('SIGKILL');
-    waitFor('the program to be free of its dead dumper', () => /TracerPid:\s+0\b/.test(readFileSync(`/proc/${pid}/status`, 'utf8')));
+    expect(dumpKilledAtStage(pid, keeper.images, 'memory')).to.equal('SIGKILL');
     // The dump's guard saw it die and released everything (a Node.js start-up and the lock tools).
     waitFor('the dead dump\'s locks to be gone', () => heldLocks().length === 0, 20_000);
     expect(repairModeSocketsOf(pid), 'sockets still in repair mode').to.equal(0);

@@ -1,4 +1,5 @@
 // What the reliability tests check after a failed (or killed) dump or restore.
+import { spawnSync } from 'node:child_process';
 import { expect } from 'chai';
 import { existsSync, readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import { join } from 'node:path';
@@ -90,4 +91,20 @@ export function expectNoGhostLeftovers(dir: string, names: readonly string[], wh
   const leftovers = readdirSync(dir).filter((n) => n.includes('criu-ts-ghost'));
   expect(leftovers, `${what}: temporary ghost files in ${dir}`).to.deep.equal([]);
   for (const name of names) expect(existsSync(join(dir, name)), `${what}: ${name} recreated and left`).to.equal(false);
+}
+
+/**
+ * Dumps `pid` (with --tcp-established) into `imagesDir` from a separate Node.js process that
+ * SIGKILLs itself when the dump reaches `stage`, then waits until `pid` is free of its dead
+ * tracer. Returns the signal the dumper died of.
+ */
+export function dumpKilledAtStage(pid: number, imagesDir: string, stage: string): NodeJS.Signals | null {
+  const dumperCode =
+    `import { dumpSync } from '@criu-ts/core';\n` +
+    `dumpSync({ pid: ${pid}, imagesDir: process.argv[1], tcpEstablished: true,\n` +
+    `  onStage: (stage) => { if (stage === ${JSON.stringify(stage)}) process.kill(process.pid, 'SIGKILL'); } });\n`;
+  const cwd = new URL('../../../../', import.meta.url).pathname;
+  const r = spawnSync(process.execPath, ['--input-type=module', '-e', dumperCode, imagesDir], { cwd, stdio: 'ignore' });
+  waitFor('the program to be free of its dead dumper', () => /TracerPid:\s+0\b/.test(readFileSync(`/proc/${pid}/status`, 'utf8')));
+  return r.signal;
 }
