@@ -55,6 +55,7 @@ import { BpfProgram, FP, R0, R1, R2, R3, R4, R6, R7, R8 } from './bpf-asm.js';
 import { SoccrError } from './errors.js';
 import { LOCK_BYPASS_MARK, sendCraftedSegment, TH_ACK, TH_FIN, TH_PSH } from './raw-segment.js';
 import { TcpState, tcpStateName, type InetAddress, type TcpConnectionState } from './tcp-state.js';
+import { wireKey } from './network-lock-sync.js';
 
 const KFUNC = 'bpf_sk_assign_tcp_reqsk';
 const HELPER = { MAP_LOOKUP_ELEM: 1, SKB_LOAD_BYTES: 26, SK_RELEASE: 86 } as const;
@@ -263,15 +264,18 @@ export function requeueConnection(listenerFd: number, s: TcpConnectionState): vo
   const clientWindow = s.window?.sndWnd || s.window?.maxWindow || 65535;
   const window = Math.min(0xffff, Math.max(1, clientWindow >>> ((s.optionMask & TCPI_OPT.WSCALE) !== 0 ? s.sndWscale : 0)));
   const options = tcpOptions(s);
+  // A dual-stack listener's IPv4 client has IPv4-mapped IPv6 addresses on our side; on the wire
+  // (and so in the crafted segments and the program) it is IPv4.
+  const wire = wireKey({ local: s.local, remote: s.remote });
   const segment = (seq: number, flags: number, payload?: Buffer) =>
-    sendCraftedSegment({ from: s.remote, to: s.local, seq, ack, flags, window, ...(options ? { options } : {}), ...(payload ? { payload } : {}) });
+    sendCraftedSegment({ from: wire.remote, to: wire.local, seq, ack, flags, window, ...(options ? { options } : {}), ...(payload ? { payload } : {}) });
 
   const ports = Buffer.alloc(4);
   ports.writeUInt16BE(s.remote.port, 0);
   ports.writeUInt16BE(s.local.port, 2);
   const seqBytes = Buffer.alloc(4);
   seqBytes.writeUInt32BE(firstSeq, 0);
-  const sizes = segmentSizes(s.local.family === 4 ? 20 : 40, 20 + (options?.length ?? 0));
+  const sizes = segmentSizes(wire.local.family === 4 ? 20 : 40, 20 + (options?.length ?? 0));
   const nextPart = (from: number) => s.recvQueue.subarray(from, from + (s.recvQueue.length - from <= sizes.last ? sizes.last : sizes.step));
 
   const fds: Fd[] = [];
@@ -290,7 +294,7 @@ export function requeueConnection(listenerFd: number, s: TcpConnectionState): vo
     fds.push(outcomeMap);
     const program = bpfProgLoad({
       type: BPF_PROG_TYPE.SCHED_CLS,
-      instructions: buildProgram({ family: s.local.family, ports, seq: seqBytes, attrs: requestAttributes(s), listenerMap, outcomeMap }, kfunc),
+      instructions: buildProgram({ family: wire.local.family, ports, seq: seqBytes, attrs: requestAttributes(s), listenerMap, outcomeMap }, kfunc),
       // kfuncs are only callable from GPL-compatible programs; this one is criu-ts's (MIT) and dual-licensed for the kernel.
       license: 'Dual MIT/GPL',
       name: 'criu_ts_requeue',

@@ -38,6 +38,8 @@ function drain(fd: number, max: number, ms: number): Buffer {
   return Buffer.concat(out);
 }
 
+const seedOf = (family: 4 | 6 | 'mapped') => (family === 'mapped' ? 46 : family);
+
 interface Pair {
   listener: number;
   client: number;
@@ -47,14 +49,16 @@ interface Pair {
 }
 
 /** A connection waiting in our listener with `length` bytes sent by the client, accepted, saved and dropped silently. */
-function queuedConnection(family: 4 | 6, length: number, shutClient = false): Pair {
+function queuedConnection(family: 4 | 6 | 'mapped', length: number, shutClient = false): Pair {
   const af = family === 4 ? sock.AF_INET : sock.AF_INET6;
   const listener = sock.socket(af, sock.SOCK_STREAM | sock.SOCK_CLOEXEC, sock.IPPROTO_TCP);
-  sock.bind(listener, family === 4 ? { family, address: '127.0.0.1', port: 0 } : { family, address: '::1', port: 0, flowinfo: 0, scopeId: 0 });
+  // 'mapped': a dual-stack listener on [::] with an IPv4 client (IPv4-mapped addresses on its side).
+  if (family === 'mapped') sock.setsockoptInt(listener, 41 /* IPPROTO_IPV6 */, 26 /* IPV6_V6ONLY */, 0);
+  sock.bind(listener, family === 4 ? { family, address: '127.0.0.1', port: 0 } : { family: 6, address: family === 6 ? '::1' : '::', port: 0, flowinfo: 0, scopeId: 0 });
   listen(listener as Fd, 4);
-  const client = sock.socket(af, sock.SOCK_STREAM | sock.SOCK_CLOEXEC, sock.IPPROTO_TCP);
-  sock.connect(client, sock.getsockname(listener));
-  const data = pattern(length, family);
+  const client = sock.socket(family === 6 ? sock.AF_INET6 : sock.AF_INET, sock.SOCK_STREAM | sock.SOCK_CLOEXEC, sock.IPPROTO_TCP);
+  sock.connect(client, family === 'mapped' ? { family: 4, address: '127.0.0.1', port: sock.getsockname(listener).port } : sock.getsockname(listener));
+  const data = pattern(length, seedOf(family));
   let sent = 0;
   try {
     while (sent < length) sent += sock.send(client, data.subarray(sent), MSG_DONTWAIT);
@@ -84,9 +88,9 @@ describe('soccr requeueConnection: a saved connection back into an accept queue'
     for (const fd of open.splice(0)) sock.close(fd);
   });
 
-  for (const family of [4, 6] as const) {
+  for (const family of [4, 6, 'mapped'] as const) {
     for (const length of [0, 20_000, 4 << 20]) {
-      it(`IPv${family}, client sent ${length} bytes before the accept: all of them, then traffic both ways`, function () {
+      it(`${family === 'mapped' ? 'IPv4 client of a dual-stack listener' : `IPv${family}`}, client sent ${length} bytes before the accept: all of them, then traffic both ways`, function () {
         const p = queuedConnection(family, length);
         open.push(p.listener, p.client);
         expect(p.saved.state).to.equal(TcpState.ESTABLISHED);
@@ -99,14 +103,14 @@ describe('soccr requeueConnection: a saved connection back into an accept queue'
         // What the client still held in its send buffer follows once the server reads (its window opens).
         const got = drain(conn, p.sent, 10_000);
         expect(got.length).to.equal(p.sent);
-        expect(got.equals(pattern(length, family).subarray(0, p.sent)), 'the bytes, in order').to.equal(true);
+        expect(got.equals(pattern(length, seedOf(family)).subarray(0, p.sent)), 'the bytes, in order').to.equal(true);
         sock.send(conn, Buffer.from('from-server'), 0);
         expect(drain(p.client, 11, 2000).toString()).to.equal('from-server');
         sock.send(p.client, Buffer.from('from-client'), 0);
         expect(drain(conn, 11, 2000).toString()).to.equal('from-client');
       });
     }
-    it(`IPv${family}: a client that had shut its side (CLOSE_WAIT) comes back with its bytes then EOF`, function () {
+    it(`${family === 'mapped' ? 'IPv4 client of a dual-stack listener' : `IPv${family}`}: a client that had shut its side (CLOSE_WAIT) comes back with its bytes then EOF`, function () {
       const p = queuedConnection(family, 5000, true);
       open.push(p.listener, p.client);
       expect(p.saved.state).to.equal(TcpState.CLOSE_WAIT);
@@ -116,7 +120,7 @@ describe('soccr requeueConnection: a saved connection back into an accept queue'
       open.push(conn);
       expect(sock.getTcpInfo(conn).state).to.equal(TcpState.CLOSE_WAIT);
       const got = drain(conn, 1 << 20, 2000);
-      expect(got.equals(pattern(5000, family))).to.equal(true);
+      expect(got.equals(pattern(5000, seedOf(family)))).to.equal(true);
       sock.send(conn, Buffer.from('bye'), 0);
       expect(drain(p.client, 3, 2000).toString()).to.equal('bye');
     });

@@ -1,0 +1,15 @@
+import { spawn } from 'node:child_process';
+import { readFileSync, existsSync, rmSync } from 'node:fs';
+import { dumpSync } from '@criu-ts/core';
+import { ImageReader } from '@criu-ts/images';
+const report = '/tmp/fz/r'; rmSync(report, { force: true });
+spawn('setsid', ['-f', '/work/main/tests/bin/memhog', '64', report], { stdio: 'ignore' }).unref();
+while (!existsSync(report) || !readFileSync(report, 'utf8').includes('ready')) await new Promise(r => setTimeout(r, 20));
+const pid = Number(readFileSync(report, 'utf8').split(' ')[1]);
+const t0 = performance.now(); const marks = [];
+rmSync('/tmp/fz/img', { recursive: true, force: true });
+dumpSync({ pid, imagesDir: '/tmp/fz/img', onStage: (s) => marks.push([s, performance.now() - t0]) });
+const total = performance.now() - t0;
+const r = ImageReader.open('/tmp/fz/img/stats-dump'); const e = [...r.entries()][0]; r.close();
+const msg = e.message ?? e;
+console.log(marks.map(([s, t]) => `${s}@${t.toFixed(1)}`).join(' '), 'total', total.toFixed(1), 'frozen', JSON.stringify(msg.dump, (k, v) => typeof v === 'bigint' ? Number(v) : v));
