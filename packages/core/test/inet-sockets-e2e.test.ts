@@ -3,8 +3,8 @@
 // in flight both ways, a connection in CLOSE_WAIT and one in FIN_WAIT2, UDP sockets (bound,
 // connected over IPv6). The peer of every connection is this test process (outside the dumped
 // tree), which checks every byte it receives against the program's stream, as the program does
-// with ours. Also: what dump refuses (established connections without tcpEstablished, raw,
-// packet and netlink sockets, connections not accepted yet with tcpClose; accept-queue-e2e has them saved), --tcp-close,
+// with ours. Also: what dump refuses (established connections without tcpEstablished, packet
+// sockets, connections not accepted yet with tcpClose; accept-queue-e2e has them saved), --tcp-close,
 // and that no network lock is left behind.
 import { expect } from 'chai';
 import { withSocketsOf } from '../src/proc/task-files.js';
@@ -101,7 +101,8 @@ describe('core: TCP and UDP sockets end to end', function () {
     expect(peer.slice(0, 4)).to.deep.equal(['C1', 'C6', 'A', 'M'].map((n) => `${n}: sent ${STREAM_LEN}, received ${STREAM_LEN}, 0 bad bytes`));
   });
 
-  for (const kind of ['raw', 'packet', 'netlink'] as const) {
+  // Raw and netlink sockets are dumped (netlink-raw-e2e); packet sockets are not yet.
+  for (const kind of ['packet'] as const) {
     it(`refuses a ${kind} socket by fd and kind; the program runs on`, function () {
       keeper = new InetKeeper({ refuse: kind });
       let error: unknown;
@@ -111,7 +112,7 @@ describe('core: TCP and UDP sockets end to end', function () {
         error = e;
       }
       expect(error).to.be.instanceOf(DumpError);
-      const want = { raw: /raw IPv4 socket \(protocol 1\)/, packet: /packet socket/, netlink: /netlink socket \(protocol 0\)/ }[kind];
+      const want = { packet: /packet socket/ }[kind];
       expect((error as Error).message).to.match(/fd \d+ \(socket:\[\d+\]/);
       expect((error as Error).message).to.match(want);
       expect(alive(keeper.pid)).to.equal(true);

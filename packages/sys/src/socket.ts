@@ -78,6 +78,24 @@ export function connect(fd: Fd, addr: Uint8Array): void {
   sysCallNumber('connect', N.connect, [fd, addr, addr.byteLength], `fd ${fd}`);
 }
 
+/** getsockname(fd) as the raw sockaddr bytes the kernel wrote (any family). */
+export function getsockname(fd: Fd): Buffer {
+  return sockaddrCall('getsockname', N.getsockname, fd);
+}
+
+/** getpeername(fd) as the raw sockaddr bytes the kernel wrote (any family). */
+export function getpeername(fd: Fd): Buffer {
+  return sockaddrCall('getpeername', N.getpeername, fd);
+}
+
+function sockaddrCall(name: string, nr: number, fd: Fd): Buffer {
+  const addr = Buffer.alloc(128); // sizeof(struct sockaddr_storage)
+  const len = Buffer.alloc(4);
+  len.writeUInt32LE(addr.length);
+  sysCallNumber(name, nr, [fd, addr, len], `fd ${fd}`);
+  return addr.subarray(0, Math.min(len.readUInt32LE(0), addr.length));
+}
+
 /** shutdown(fd, how). */
 export function shutdown(fd: Fd, how: number): void {
   sysCallNumber('shutdown', N.shutdown, [fd, how], `fd ${fd}`);

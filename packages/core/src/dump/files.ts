@@ -7,10 +7,11 @@
 // open keeps its name with " (deleted)" stripped; its contents go to a ghost image so restore can
 // recreate it. Pipes and FIFOs (files/pipes.ts) and eventfd, epoll, signalfd and timerfd
 // (files/anon-inodes.ts), AF_UNIX sockets with their queued messages (files/unix-sockets.ts) and
-// TCP/UDP sockets over IPv4/IPv6 (files/inet-sockets.ts), inotify and fanotify groups
-// (files/inotify.ts, files/fanotify.ts) and terminals, ptys of the tree included
-// (files/terminals.ts), have entries of their own. Other kinds (raw, packet and netlink sockets,
-// io_uring...) are refused up front with an error naming the fd and its kind.
+// TCP/UDP/raw sockets over IPv4/IPv6 (files/inet-sockets.ts), netlink sockets
+// (files/netlink-sockets.ts), inotify and fanotify groups (files/inotify.ts, files/fanotify.ts)
+// and terminals, ptys of the tree included (files/terminals.ts), have entries of their own.
+// Other kinds (packet sockets, io_uring...) are refused up front with an error naming the fd and
+// its kind.
 import { closeSync, fstatSync, openSync, readFileSync, readSync, readdirSync, readlinkSync, statSync, unlinkSync, type Stats } from 'node:fs';
 import { dirname, join } from 'node:path';
 import type { DecodedMessage } from '@criu-ts/images';
@@ -27,14 +28,16 @@ import { memfdInodeEntry, memfdName } from './files/memfd.js';
 import { noOwner, ownerOf } from './files/owner.js';
 import { FILE_LOCK_FLAG, fileLocks } from './files/locks.js';
 import { peekQueue, socketInode, UnixSocketDumper, UnixSocketRefused, unixSocketInodes, type UnixDumpContext } from './files/unix-sockets.js';
-import { grabFd, InetSocketDumper, precheckInetSocket, type InetDumpOptions, type InetSocketRefused } from './files/inet-sockets.js';
+import { grabFd, InetSocketDumper, precheckInetSocket, socketKindOf, type InetDumpOptions, type InetSocketRefused } from './files/inet-sockets.js';
+import { netlinkSocketEntry } from './files/netlink-sockets.js';
 import { AT_SYMLINK_FOLLOW, close as closeFd, linkat, SysError } from '@criu-ts/sys';
 
 /** fd_types values (fdinfo.proto). */
 export const FD_TYPE = {
-  REG: 1, PIPE: 2, FIFO: 3, INETSK: 4, UNIXSK: 5, EVENTFD: 6, EVENTPOLL: 7, INOTIFY: 8, SIGNALFD: 9, TTY: 11, FANOTIFY: 12, TIMERFD: 17, MEMFD: 18,
+  REG: 1, PIPE: 2, FIFO: 3, INETSK: 4, UNIXSK: 5, EVENTFD: 6, EVENTPOLL: 7, INOTIFY: 8, SIGNALFD: 9, TTY: 11, FANOTIFY: 12, NETLINKSK: 13, TIMERFD: 17, MEMFD: 18,
 } as const;
 const O_CLOEXEC = 0o2000000;
+const AF_NETLINK = 16;
 const KCMP_FILE = 0;
 const FD_CLOEXEC = 1;
 
@@ -407,6 +410,13 @@ export class FileTable {
       // Read once per dump (the task is frozen; a socket it had is not one it makes meanwhile).
       this.unixInodes ??= unixSocketInodes(pid);
       if (!this.unixInodes.has(socketIno)) {
+        const dup = grabFd(pid, fd);
+        try {
+          const kind = socketKindOf(dup);
+          if (kind.domain === AF_NETLINK) return add(FD_TYPE.NETLINKSK, 'nlsk', netlinkSocketEntry(dup, fd, socketIno, flags, kind.protocol));
+        } finally {
+          closeFd(dup);
+        }
         if (!this.inet) throw new UnsupportedFileError(fd, target, 'socket (not AF_UNIX)');
         const inet = this.inet.dump(pid, fd, socketIno, flags);
         const slot = add(FD_TYPE.INETSK, 'isk', inet.entry);

@@ -36,6 +36,7 @@ import { readdirSync, readlinkSync } from 'node:fs';
 import {
   asPid, close as closeLocal, errnoName, F, fcntl, SysError, O, open as openLocal, pidfdGetfd, pidfdOpen, write as writeLocal, type Fd,
 } from '@criu-ts/sys';
+import { createNetlinkSocket } from './netlink-sockets.js';
 import type { FdImage, ImageSet, RegFile } from './image-set.js';
 import { LEASE_BREAKING, LOCK_KIND, unixSocketsOf, type FileOwner, type FileLockImage, type InotifyWatch, type OpenFileImage, type PipeData } from './fd-images.js';
 import { createUnixSockets, planUnixSockets, type UnixSocketImage } from './unix-sockets.js';
@@ -477,6 +478,16 @@ class FileCreator {
           return fd;
         } finally {
           this.inet.handedOver(ours);
+        }
+      }
+      case 'netlinksk': {
+        const ours = createNetlinkSocket(file.sk);
+        try {
+          const fd = this.receive(ours, `${what}`);
+          this.setStatusFlags(fd, file.sk.flags, what);
+          return fd;
+        } finally {
+          closeLocal(ours);
         }
       }
       case 'signalfd': {

@@ -49,6 +49,7 @@ const AF_INET = 2;
 const AF_INET6 = 10;
 const SOCK_STREAM = 1;
 const SOCK_DGRAM = 2;
+const SOCK_RAW = 3;
 const SOCK_NONBLOCK = 0o4000;
 
 export interface InetSocketImage {
@@ -69,7 +70,7 @@ export interface InetSocketImage {
   readonly tcpOpts: Msg;
   readonly shutdown: number;
   /** How restore makes it (see the module doc). */
-  readonly how: 'listen' | 'connection' | 'closed-connection' | 'udp' | 'plain';
+  readonly how: 'listen' | 'connection' | 'closed-connection' | 'udp' | 'raw' | 'plain';
   /** The saved connection ('connection' only). */
   readonly connection?: TcpConnectionState;
   /** UDP: datagrams that were waiting in it, oldest first, with their sources. */
@@ -112,7 +113,7 @@ export interface InetRestoreOptions {
 const fmt = (a: InetAddress): string => (a.family === 6 ? `[${a.address}]:${a.port}` : `${a.address}:${a.port}`);
 
 export function describeInetSocket(s: InetSocketImage): string {
-  const proto = s.proto === IPPROTO.TCP ? 'TCP' : 'UDP';
+  const proto = s.proto === IPPROTO.TCP ? 'TCP' : s.type === SOCK_RAW ? `raw (protocol ${s.proto})` : 'UDP';
   return `${proto} socket id ${s.id} (socket:[${s.ino}] ${fmt(s.local)}${s.remote ? ` -> ${fmt(s.remote)}` : ''}, ${tcpStateName(s.state)})`;
 }
 
@@ -134,7 +135,9 @@ export function readInetSocket(id: number, isk: Msg, dir: string, where: string,
   if (family !== AF_INET && family !== AF_INET6) invalid(`${where}: inet socket family ${family} is neither AF_INET nor AF_INET6`, { family });
   const tcp = type === SOCK_STREAM && proto === IPPROTO.TCP;
   const udp = type === SOCK_DGRAM && proto === IPPROTO.UDP;
-  if (!tcp && !udp) invalid(`${where}: inet socket of type ${type} and protocol ${proto} (only TCP and UDP sockets are restored)`, { type, proto });
+  const raw = type === SOCK_RAW;
+  if (!tcp && !udp && !raw) invalid(`${where}: inet socket of type ${type} and protocol ${proto} (only TCP, UDP and raw sockets are restored)`, { type, proto });
+  if (raw && !(proto > 0 && proto < 256)) invalid(`${where}: raw socket of protocol ${proto}`, { proto });
   const fam: 4 | 6 = family === AF_INET ? 4 : 6;
   const srcPort = Number(isk.src_port);
   const dstPort = Number(isk.dst_port);
@@ -146,9 +149,9 @@ export function readInetSocket(id: number, isk: Msg, dir: string, where: string,
   for (const d of queue) if (d.from.family !== fam) invalid(`${where}: a queued datagram comes from an IPv${d.from.family} address to an IPv${fam} socket`, { from: d.from });
   let how: InetSocketImage['how'];
   let connection: TcpConnectionState | undefined;
-  if (udp) {
-    if (state !== TcpState.ESTABLISHED && state !== TcpState.CLOSE) invalid(`${where}: UDP socket in state ${state}`, { state });
-    how = 'udp';
+  if (udp || raw) {
+    if (state !== TcpState.ESTABLISHED && state !== TcpState.CLOSE) invalid(`${where}: ${udp ? 'UDP' : 'raw'} socket in state ${state}`, { state });
+    how = udp ? 'udp' : 'raw';
   } else if (state === TcpState.LISTEN) how = 'listen';
   else if (state === TcpState.CLOSE) how = 'plain';
   else {
@@ -248,8 +251,16 @@ export class InetSockets {
     const family = s.family === AF_INET ? sock.AF_INET : sock.AF_INET6;
     const fd = step('socket', () => sock.socket(family, s.type | sock.SOCK_CLOEXEC, s.proto));
     try {
-      if (s.family === AF_INET6) step('IPV6_OPT.V6ONLY', () => sock.setsockoptInt(fd, SOL.IPV6, IPV6_OPT.V6ONLY, s.v6only ? 1 : 0));
+      // A raw socket has its protocol as port from the start: the kernel refuses V6ONLY then.
+      if (s.family === AF_INET6 && s.how !== 'raw') step('IPV6_OPT.V6ONLY', () => sock.setsockoptInt(fd, SOL.IPV6, IPV6_OPT.V6ONLY, s.v6only ? 1 : 0));
       step('setting its options', () => setOptions(fd, s, { reuseaddr: true }));
+      if (s.how === 'raw') {
+        step('its raw options', () => setRawOptions(fd, s));
+        // A raw socket's "port" is its protocol: only a bound address counts.
+        if (!/^(0\.0\.0\.0|::)$/.test(s.local.address)) step(`bind to ${s.local.address}`, () => sock.bind(fd, { ...s.local, port: 0 }));
+        if (s.remote) step(`connect to ${s.remote.address}`, () => sock.connect(fd, { ...s.remote!, port: 0 }));
+        return fd;
+      }
       const bound = s.local.port !== 0 || !/^(0\.0\.0\.0|::)$/.test(s.local.address);
       if (s.how === 'listen' || (bound && s.how !== 'closed-connection')) {
         // Let the bind share the port with what the old process left in TIME_WAIT; the dumped value follows.
@@ -332,6 +343,30 @@ export class InetSockets {
     this.addedLocks = [];
     return errors;
   }
+}
+
+const SOL_RAW = 255;
+const IP_HDRINCL = 3;
+const IP_NODEFRAG = 22;
+const IPV6_HDRINCL = 36;
+const ICMP_FILTER = 1;
+const ICMP6_FILTER = 1;
+const IPPROTO_ICMP = 1;
+const IPPROTO_ICMPV6 = 58;
+
+/** ip_opts_raw_entry back on a raw socket: header inclusion, no-fragment, the ICMP type filter. */
+function setRawOptions(fd: number, s: InetSocketImage): void {
+  const raw = (s.ipOpts.raw as Msg | undefined) ?? {};
+  const v4 = s.family === AF_INET;
+  if (raw.hdrincl === true) sock.setsockoptInt(fd, v4 ? SOL.IP : SOL.IPV6, v4 ? IP_HDRINCL : IPV6_HDRINCL, 1);
+  if (raw.nodefrag === true) sock.setsockoptInt(fd, SOL.IP, IP_NODEFRAG, 1);
+  const filter = (raw.icmpv_filter as unknown[] | undefined) ?? [];
+  if (filter.length === 0) return;
+  const words = Buffer.alloc(filter.length * 4);
+  filter.forEach((w, i) => words.writeUInt32LE(Number(w) >>> 0, i * 4));
+  if (v4 && s.proto === IPPROTO_ICMP && filter.length === 1) sock.setsockoptBuf(fd, SOL_RAW, ICMP_FILTER, words);
+  else if (!v4 && s.proto === IPPROTO_ICMPV6 && filter.length === 8) sock.setsockoptBuf(fd, IPPROTO_ICMPV6, ICMP6_FILTER, words);
+  else throw new Error(`an ICMP filter of ${filter.length} words does not fit a raw IPv${v4 ? 4 : 6} socket of protocol ${s.proto}`);
 }
 
 /**

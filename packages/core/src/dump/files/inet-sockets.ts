@@ -36,12 +36,17 @@
 // (--leave-running, -s, a failed dump) they go back into the listener's queue, in order,
 // through soccr's requeueConnection; restore does the same for the restored listener.
 //
-// Refused, naming the fd: raw, packet and netlink sockets and any other family or protocol; an
-// established connection without --tcp-established or --tcp-close (with its addresses); a TCP
+// Raw sockets (any protocol, IPv4 and IPv6) are recorded with their bound and connected
+// addresses (the latter from /proc/net/raw*, see rawPeerOf) and ip_opts.raw: IP_HDRINCL,
+// IP_NODEFRAG and the ICMP/ICMPv6 type filter. Their queue cannot be walked without taking it,
+// so one with packets waiting is refused (CRIU drops them).
+//
+// Refused, naming the fd: packet sockets and any other family or protocol (netlink sockets have
+// files/netlink-sockets.ts); a raw socket with packets waiting; an established connection without --tcp-established or --tcp-close (with its addresses); a TCP
 // socket in a state soccr cannot save (SYN_SENT...); a listener with connections waiting in its
 // accept queue without --tcp-established, or where the kernel cannot queue connections back,
 // unless --skip-in-flight (they are then left behind, as criu leaves them).
-import { readlinkSync } from 'node:fs';
+import { readFileSync, readlinkSync } from 'node:fs';
 import type { DecodedMessage } from '@criu-ts/images';
 import { accept4, close, getsockopt, pollOne, POLL, inetDiagDump, isSysError, MSG, pidfdGetfd, pidfdOpen, setsockopt, SO, SOL_SOCKET, sock, SockDiagError, type Fd, type InetDiagSocket, type Pid, IPPROTO, SOL, IP_OPT, IPV6_OPT, TCP_OPT } from '@criu-ts/sys';
 import { acceptQueueRefillUnsupported, discard, pause, requeueConnection, resume, save, SUPPORTED_STATES, tcpStateName, TcpState, toImageForm, wireKey, type ConnectionKey, type InetAddress, type TcpConnectionState } from '@criu-ts/soccr';
@@ -56,6 +61,14 @@ const SOCK_STREAM = 1;
 const SOCK_DGRAM = 2;
 const SOCK_RAW = 3;
 const SOCK_NONBLOCK = 0o4000;
+const SOL_RAW = 255;
+const IP_HDRINCL = 3;
+const IP_NODEFRAG = 22;
+const IPV6_HDRINCL = 36;
+const ICMP_FILTER = 1;
+const ICMP6_FILTER = 1;
+const IPPROTO_ICMP = 1;
+const IPPROTO_ICMPV6 = 58;
 /** ids-N.img numbers the task's namespaces in CRIU's order (dump.ts): net is the second. */
 const NET_NS_ID = 2;
 
@@ -110,13 +123,14 @@ export function describeSocketKind(k: SocketKind): string {
   return `${FAMILY_NAMES[k.domain] ?? `family ${k.domain}`} socket (${TYPE_NAMES[k.type] ?? `type ${k.type}`}, protocol ${k.protocol})`;
 }
 
-/** Why a socket of this kind cannot be dumped, or undefined when it can (TCP and UDP over IPv4/IPv6). */
+/** Why a socket of this kind cannot be dumped, or undefined when it can (TCP, UDP and raw over IPv4/IPv6; netlink: files/netlink-sockets.ts). */
 export function unsupportedSocketReason(k: SocketKind): string | undefined {
   if (k.domain === AF_INET || k.domain === AF_INET6) {
-    if ((k.type === SOCK_STREAM && k.protocol === IPPROTO.TCP) || (k.type === SOCK_DGRAM && k.protocol === IPPROTO.UDP)) return undefined;
-    return 'sockets of this kind cannot be dumped yet (TCP and UDP ones can)';
+    if ((k.type === SOCK_STREAM && k.protocol === IPPROTO.TCP) || (k.type === SOCK_DGRAM && k.protocol === IPPROTO.UDP) || k.type === SOCK_RAW) return undefined;
+    return 'sockets of this kind cannot be dumped yet (TCP, UDP and raw ones can)';
   }
-  return 'sockets of this kind cannot be dumped yet (unix, TCP and UDP ones can)';
+  if (k.domain === AF_NETLINK) return undefined;
+  return 'sockets of this kind cannot be dumped yet (unix, TCP, UDP, raw and netlink ones can)';
 }
 
 const fmt = (a: InetAddress): string => (a.family === 6 ? `[${a.address}]:${a.port}` : `${a.address}:${a.port}`);
@@ -128,6 +142,32 @@ function peerOf(fd: Fd | number): InetAddress | undefined {
     if (isSysError(error, 'ENOTCONN')) return undefined;
     throw error;
   }
+}
+
+/**
+ * The address a raw socket is connected to, or undefined. getpeername cannot tell (a raw socket
+ * has no destination port, and the kernel answers ENOTCONN for that), and this kernel has no
+ * raw sock_diag; /proc/net/raw and raw6 show it: rem_address, with st 01 (ESTABLISHED) once
+ * connected. Addresses there are the in_addr/in6_addr bytes as host-order u32 words in hex.
+ */
+function rawPeerOf(ino: number, family: number): InetAddress | undefined {
+  const v4 = family === AF_INET;
+  let table: string;
+  try {
+    table = readFileSync(v4 ? '/proc/net/raw' : '/proc/net/raw6', 'utf8');
+  } catch {
+    return undefined;
+  }
+  for (const line of table.split('\n').slice(1)) {
+    const f = line.trim().split(/\s+/);
+    if (f.length < 10 || Number(f[9]) !== ino) continue;
+    if (f[3] !== '01') return undefined;
+    const hex = f[2]!.split(':')[0]!;
+    const bytes = Buffer.alloc(hex.length / 2);
+    for (let i = 0; i < hex.length / 8; i++) bytes.writeUInt32LE(parseInt(hex.slice(i * 8, i * 8 + 8), 16) >>> 0, i * 4);
+    return v4 ? { family: 4, address: sock.formatIPv4(bytes), port: 0 } : { family: 6, address: sock.formatIPv6(bytes), port: 0, flowinfo: 0, scopeId: 0 };
+  }
+  return undefined;
 }
 
 /** A TCP socket's state number (TCP_INFO). */
@@ -147,7 +187,7 @@ export function precheckInetSocket(dup: Fd, fd: number, ino: number, opts: InetD
   const reason = unsupportedSocketReason(kind);
   const what = describeSocketKind(kind);
   if (reason) return new InetSocketRefused(fd, ino, what, reason);
-  if (kind.protocol !== IPPROTO.TCP) return undefined;
+  if (kind.domain === AF_NETLINK || kind.type !== SOCK_STREAM || kind.protocol !== IPPROTO.TCP) return undefined;
   const state = tcpState(dup);
   if (!isConnectedTcp(state)) return undefined;
   const local = sock.getsockname(dup as number);
@@ -307,9 +347,10 @@ export class InetSocketDumper {
     };
     const unsupported = unsupportedSocketReason(kind);
     if (unsupported) refuse(unsupported);
-    const tcp = kind.protocol === IPPROTO.TCP;
+    const tcp = kind.type === SOCK_STREAM && kind.protocol === IPPROTO.TCP;
+    const raw = kind.type === SOCK_RAW;
     const local = sock.getsockname(dup as number);
-    const remote = peerOf(dup);
+    const remote = raw ? rawPeerOf(ino, kind.domain) : peerOf(dup);
     const state = tcp ? tcpState(dup) : remote ? TcpState.ESTABLISHED : TcpState.CLOSE;
     const diag = this.diagOf(kind.domain, kind.protocol, ino);
     const conn = `${what} ${fmt(local)}${remote ? ` -> ${fmt(remote)}` : ''}, ${tcpStateName(state)}`;
@@ -362,6 +403,12 @@ export class InetSocketDumper {
     if (shutdown !== 0 && !(tcp && isConnectedTcp(state))) entry.shutdown = shutdown;
     entry.tcp_opts = tcpOpts;
     if (acceptQueue) entry.accept_queue = acceptQueue;
+    if (raw) {
+      // A raw socket's queue cannot be walked without taking it (no SO_PEEK_OFF for raw sockets).
+      if ((pollOne(dup, POLL.IN, 0) & POLL.IN) !== 0) refuse('packets are waiting in it; a raw socket\'s queue cannot be read without taking them from the program (dump again once it has read them)', conn);
+      entry.ip_opts = { ...ipOpts, raw: rawOptions(dup, kind) };
+      return { entry, queue: [] };
+    }
     return { entry, queue: tcp ? [] : peekDatagrams(dup, conn) };
   }
 
@@ -485,6 +532,26 @@ function inetSocketOptions(dup: Fd): DecodedMessage {
   const linger = getsockopt(dup, SOL_SOCKET, SO.LINGER, 8);
   if (linger.length >= 8 && linger.readInt32LE(0) !== 0) opts.so_linger = linger.readInt32LE(4) >>> 0;
   return opts;
+}
+
+/**
+ * ip_opts_raw_entry of a raw socket: IP_HDRINCL (IPV6_HDRINCL), IP_NODEFRAG when set, and the
+ * ICMP type filter of an ICMP (ICMP_FILTER, one word) or ICMPv6 (ICMP6_FILTER, eight words)
+ * socket, as the kernel's bitmap words.
+ */
+function rawOptions(dup: Fd, kind: SocketKind): DecodedMessage {
+  const v4 = kind.domain === AF_INET;
+  const int = (level: number, name: number) => getsockopt(dup, level, name).readInt32LE(0);
+  const out: DecodedMessage = {};
+  if (int(v4 ? SOL.IP : SOL.IPV6, v4 ? IP_HDRINCL : IPV6_HDRINCL) !== 0) out.hdrincl = true;
+  if (v4 && int(SOL.IP, IP_NODEFRAG) !== 0) out.nodefrag = true;
+  if (v4 && kind.protocol === IPPROTO_ICMP) {
+    out.icmpv_filter = [getsockopt(dup, SOL_RAW, ICMP_FILTER).readUInt32LE(0)];
+  } else if (!v4 && kind.protocol === IPPROTO_ICMPV6) {
+    const words = getsockopt(dup, IPPROTO_ICMPV6, ICMP6_FILTER, 32);
+    out.icmpv_filter = Array.from({ length: words.length / 4 }, (_, i) => words.readUInt32LE(i * 4));
+  }
+  return out;
 }
 
 /** ip_opts_entry: TTL (or IPv6 hop limit) always, TOS/traffic class, FREEBIND and PKTINFO when set. */
