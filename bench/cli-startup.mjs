@@ -5,7 +5,7 @@
 //
 //   node bench/cli-startup.mjs [--runs N] [--size MIB] [--cli LABEL=PATH]...
 //
-// Without --cli it measures packages/cli/dist/criu-ts.mjs; several --cli options compare builds
+// Without --cli it measures packages/cli/dist/criu-ts.cjs; several --cli options compare builds
 // (e.g. a copy of an older dist/ as "before"). Rows, each run N times (default 7):
 //   - `node -e 0`, and the same without NODE_EXTRA_CA_CERTS when it is set: Node 20 reads and
 //     parses that file (and its whole built-in root store) at every start, before any script;
@@ -13,6 +13,8 @@
 //     commands), `criu-ts check --help` (loads the checkpoint side, koffi included);
 //   - `criu-ts dump -t PID -D DIR` of a fresh tests/bin/memhog of SIZE MiB (default 64), start-up
 //     included, as `node CLI dump ...` (what bench/dump-restore.mjs times).
+// Each build keeps its V8 code cache (criu-ts.cjs) in its own directory, /run/criu-ts/bench-<pid>/
+// LABEL, removed at the end: builds sharing the default one would replace each other's caches.
 // The runs of the different builds are interleaved (run 1 of every build, then run 2, ...) so
 // that a change of load on the machine lands on all columns alike. Each command runs once,
 // untimed, before the timed runs: the page cache holds the files and a code cache (if the build
@@ -30,7 +32,7 @@ const hogBin = join(root, 'tests', 'bin', 'memhog');
 const values = (name) => process.argv.flatMap((a, i) => (a === name ? [process.argv[i + 1]] : []));
 const RUNS = Number(values('--runs')[0] ?? '7');
 const SIZE = Number(values('--size')[0] ?? '64');
-const clis = (values('--cli').length ? values('--cli') : [`criu-ts=${join(root, 'packages', 'cli', 'dist', 'criu-ts.mjs')}`]).map((spec) => {
+const clis = (values('--cli').length ? values('--cli') : [`criu-ts=${join(root, 'packages', 'cli', 'dist', 'criu-ts.cjs')}`]).map((spec) => {
   const eq = spec.indexOf('=');
   return eq < 0 ? { label: spec, path: resolve(spec) } : { label: spec.slice(0, eq), path: resolve(spec.slice(eq + 1)) };
 });
@@ -94,6 +96,8 @@ function startHog() {
 }
 
 /** Runs argv once; returns the wall time in ms (spawn to exit), throwing on a failure. */
+const cacheRoot = `/run/criu-ts/bench-${process.pid}`;
+const envFor = (label) => ({ ...process.env, CRIU_TS_CODE_CACHE: join(cacheRoot, label.replace(/[^\w.-]/g, '_')) });
 function timed(argv, env = process.env) {
   const t = performance.now();
   const r = spawnSync(argv[0], argv.slice(1), { stdio: ['ignore', 'ignore', 'pipe'], encoding: 'utf8', env });
@@ -101,11 +105,11 @@ function timed(argv, env = process.env) {
   if (r.status !== 0) throw new Error(`${argv.join(' ')} failed (${r.status ?? r.signal}): ${r.stderr}`);
   return ms;
 }
-function dumpOnce(cli) {
+function dumpOnce(cli, env) {
   const pid = startHog();
   const images = join(dir, `images-${hogs}`);
   spawnSync('sync');
-  const ms = timed([process.execPath, cli, 'dump', '-t', String(pid), '-D', images]);
+  const ms = timed([process.execPath, cli, 'dump', '-t', String(pid), '-D', images], env);
   waitFor('the dumped memhog to be gone', () => !alive(pid));
   live.delete(pid);
   rmSync(images, { recursive: true });
@@ -117,10 +121,10 @@ delete noCa.NODE_EXTRA_CA_CERTS;
 const rows = [
   { name: '`node -e 0`', shared: true, run: () => timed([process.execPath, '-e', '0']) },
   ...(process.env.NODE_EXTRA_CA_CERTS ? [{ name: '`node -e 0` without NODE_EXTRA_CA_CERTS', shared: true, run: () => timed([process.execPath, '-e', '0'], noCa) }] : []),
-  { name: '`criu-ts --help`', run: (cli) => timed([process.execPath, cli, '--help']) },
-  { name: '`criu-ts decode --help`', run: (cli) => timed([process.execPath, cli, 'decode', '--help']) },
-  { name: '`criu-ts check --help`', run: (cli) => timed([process.execPath, cli, 'check', '--help']) },
-  { name: `\`criu-ts dump\` of ${SIZE} MiB`, run: (cli) => dumpOnce(cli) },
+  { name: '`criu-ts --help`', run: (cli, env) => timed([process.execPath, cli, '--help'], env) },
+  { name: '`criu-ts decode --help`', run: (cli, env) => timed([process.execPath, cli, 'decode', '--help'], env) },
+  { name: '`criu-ts check --help`', run: (cli, env) => timed([process.execPath, cli, 'check', '--help'], env) },
+  { name: `\`criu-ts dump\` of ${SIZE} MiB`, run: (cli, env) => dumpOnce(cli, env) },
 ];
 
 const median = (xs) => {
@@ -135,7 +139,7 @@ try {
     process.stderr.write(i < 0 ? 'warm-up run\n' : `run ${i + 1}/${RUNS}\n`);
     for (const row of rows) {
       for (const cli of row.shared ? [clis[0]] : clis) {
-        const ms = row.run(cli.path);
+        const ms = row.run(cli.path, envFor(cli.label));
         if (i < 0) continue;
         const key = `${row.name}|${row.shared ? '' : cli.label}`;
         samples.set(key, [...(samples.get(key) ?? []), ms]);
@@ -154,6 +158,7 @@ try {
     }
   }
   rmSync(dir, { recursive: true, force: true });
+  rmSync(cacheRoot, { recursive: true, force: true });
   prctl(PR_SET_CHILD_SUBREAPER, 0);
 }
 if (exitCode) process.exit(exitCode);
