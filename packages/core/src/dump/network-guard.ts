@@ -8,12 +8,15 @@
 // connections it locks, and 'd' once it no longer needs the guard (after its own release, or once
 // the images are complete). If criu-ts dies first, the guard sees EOF and runs
 // release-after-death.js: releaseDeadDump (network-locks.ts) for those PIDs and this dump's run id.
-import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { nativeDir } from '@criu-ts/compel';
 import { close, O, pipe2, write, type Fd } from '@criu-ts/sys';
+
+// child_process on first use, not at import: loading it (with the net and dgram modules it pulls
+// in) costs the criu-ts command ~4 ms of start-up, and a plain dump never spawns anything.
+const childProcess = () => process.getBuiltinModule('node:child_process');
 
 export interface NetworkGuard {
   /** The processes whose connections are about to be locked. */
@@ -42,7 +45,7 @@ export function armNetworkGuard(imagesDir: string, runId: string): NetworkGuard 
   if (!existsSync(guard) || script === undefined) return null;
   const [readEnd, writeEnd] = pipe2(O.CLOEXEC);
   try {
-    const child = spawn(guard, [process.execPath, script, imagesDir, runId], { stdio: [readEnd, 'ignore', 'ignore'], detached: true });
+    const child = childProcess().spawn(guard, [process.execPath, script, imagesDir, runId], { stdio: [readEnd, 'ignore', 'ignore'], detached: true });
     child.on('error', () => { /* reported by the dump itself if it matters: the guard is best effort */ });
     child.unref();
   } catch {
