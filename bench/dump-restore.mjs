@@ -16,7 +16,7 @@
 //   3b. fill floor: bench/fill-floor.c (compiled here with cc) maps fresh memory of the pages
 //      file's size in a new process and preads the file into it: the least a restorer does, on
 //      this machine, for comparison with the restore column.
-//   4. CLI dump: `node packages/cli/dist/criu-ts.mjs dump -t PID -D DIR` of the restored hog,
+//   4. CLI dump: `node packages/cli/dist/criu-ts.cjs dump -t PID -D DIR` of the restored hog,
 //      start-up included (skipped, with a note, while the CLI has no dump command).
 // Before each timed step everything is synced (untimed), so no step pays for another's writes.
 // Every hog is killed and reaped (this process becomes a child subreaper: the machine's init
@@ -33,7 +33,7 @@ import { ImageReader } from '@criu-ts/images';
 import { asPid, prctl, wait4, WNOHANG } from '@criu-ts/sys';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
-const cli = join(root, 'packages', 'cli', 'dist', 'criu-ts.mjs');
+const cli = join(root, 'packages', 'cli', 'dist', 'criu-ts.cjs');
 const hogBin = join(root, 'tests', 'bin', 'memhog');
 const arg = (name, fallback) => {
   const i = process.argv.indexOf(name);

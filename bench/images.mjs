@@ -18,7 +18,7 @@ import { performance } from 'node:perf_hooks';
 import { ImageReader, ImageWriter, PagesReader, imageToCritJson, kindForFileName, pyJsonStringify } from '@criu-ts/images';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
-const bin = join(root, 'packages', 'cli', 'dist', 'criu-ts.mjs');
+const bin = join(root, 'packages', 'cli', 'dist', 'criu-ts.cjs');
 const fixtures = resolve(root, '..', 'shared', 'criu-images');
 const argRuns = process.argv.indexOf('--runs');
 const RUNS = argRuns > 0 ? Number(process.argv[argRuns + 1]) : 5;

@@ -9,7 +9,7 @@ import { fileURLToPath } from 'node:url';
 import { StateKeeper, TEST_BIN, TreeKeeper, reapIfOurs, rootWithSubreaper } from '@criu-ts/core/testing';
 
 const here = dirname(fileURLToPath(import.meta.url));
-const BIN = resolve(here, '..', '..', 'dist', 'criu-ts.mjs');
+const BIN = resolve(here, '..', '..', 'dist', 'criu-ts.cjs');
 const isRoot = () => process.getuid?.() === 0;
 
 function criuTs(...args: string[]) {

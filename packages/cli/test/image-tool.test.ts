@@ -11,7 +11,7 @@ const here = dirname(fileURLToPath(import.meta.url));
 const WORKSPACE = resolve(here, '..', '..', '..', '..');
 const FIXTURES = resolve(WORKSPACE, '..', 'shared', 'criu-images');
 const JSON_REF = resolve(WORKSPACE, '..', 'shared', 'crit-4.2-json');
-const BIN = join(WORKSPACE, 'packages', 'cli', 'dist', 'criu-ts.mjs');
+const BIN = join(WORKSPACE, 'packages', 'cli', 'dist', 'criu-ts.cjs');
 
 function capture(stdin: Uint8Array = new Uint8Array()) {
   const out: Uint8Array[] = [];

@@ -22,7 +22,6 @@
  * "pop rax; ret" and "syscall; ret" again perform rt_sigreturn from a frame holding the original
  * registers, signal mask and XSAVE state (see native/parasite.c).
  */
-import { execFileSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -43,6 +42,10 @@ import {
 import { listPosixTimers, readMaps } from './proc.js';
 import { nativeDir } from './native.js';
 import { buildSigframe, decodeXstateLayout, restartedRegs, sigframeXstateLayout, type XstateLayout } from './sigframe.js';
+
+// child_process on first use, not at import: loading it (with the net and dgram modules it pulls
+// in) costs the criu-ts command ~4 ms of start-up, and a plain dump never spawns anything.
+const childProcess = () => process.getBuiltinModule('node:child_process');
 
 /** A compiled blob: flat code and the offsets of its symbols. */
 export interface Blob {
@@ -78,7 +81,7 @@ export function compileBlob(sourcePath: string, outPath: string): Blob {
   const source = resolve(sourcePath);
   const outFile = resolve(outPath);
   try {
-    execFileSync('make', ['-s', '-C', nativeDir(), 'blob', `SRC=${source}`, `OUT=${outFile}`], { stdio: ['ignore', 'pipe', 'pipe'] });
+    childProcess().execFileSync('make', ['-s', '-C', nativeDir(), 'blob', `SRC=${source}`, `OUT=${outFile}`], { stdio: ['ignore', 'pipe', 'pipe'] });
   } catch (err) {
     const e = err as { stderr?: Buffer; message: string };
     throw new CompelError('parasite', 0, `compiling ${source} failed: ${e.stderr?.toString() || e.message}`);

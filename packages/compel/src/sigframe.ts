@@ -5,7 +5,6 @@
 // registers. rt_sigreturn does that from a frame on its stack holding the registers (with the
 // restart of an interrupted syscall done in advance), the signal mask and the XSAVE state. The
 // frame's extended state must be what the task's rt_sigreturn accepts, hence the CPU's layout.
-import { execFileSync } from 'node:child_process';
 import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import {
@@ -18,6 +17,10 @@ import {
   SIGCONTEXT_CSGSFSSS, SIGCONTEXT_FPSTATE, SIGCONTEXT_GPRS, SIGFRAME, UC_FP_XSTATE, UC_SIGCONTEXT_SS,
   UC_STRICT_RESTORE_SS, XSTATE_LAYOUT,
 } from './parasite-abi.js';
+
+// child_process on first use, not at import: loading it (with the net and dgram modules it pulls
+// in) costs the criu-ts command ~4 ms of start-up, and a plain dump never spawns anything.
+const childProcess = () => process.getBuiltinModule('node:child_process');
 
 const alignB = (v: bigint, a: bigint) => ((v + a - 1n) / a) * a;
 
@@ -81,7 +84,7 @@ function cpuXstateOutput(program: string): string {
     const cached = JSON.parse(readFileSync(CPU_LAYOUT_CACHE, 'utf8')) as { boot?: string; output?: string };
     if (boot !== undefined && cached.boot === boot && typeof cached.output === 'string') return cached.output;
   } catch { /* none yet, or unreadable: run the program */ }
-  const output = execFileSync(program, [], { encoding: 'utf8', timeout: 10_000 });
+  const output = childProcess().execFileSync(program, [], { encoding: 'utf8', timeout: 10_000 });
   if (boot !== undefined) {
     try {
       mkdirSync(dirname(CPU_LAYOUT_CACHE), { recursive: true, mode: 0o700 });

@@ -14,7 +14,7 @@ import { dumpSync, restoreSync } from '@criu-ts/core';
 import { ourStubs, sleepMs } from './restore-helpers.js';
 import { rootWithSubreaper, TEST_BIN, TreeKeeper } from './programs.js';
 
-const CLI = resolve(TEST_BIN, '..', '..', 'packages', 'cli', 'dist', 'criu-ts.mjs');
+const CLI = resolve(TEST_BIN, '..', '..', 'packages', 'cli', 'dist', 'criu-ts.cjs');
 const PAGE = 4096n;
 const PFN_MASK = (1n << 55n) - 1n;
 const PRESENT = 1n << 63n;

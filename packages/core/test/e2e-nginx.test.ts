@@ -21,7 +21,7 @@ import { withSocketsOf } from '../src/proc/task-files.js';
 import { isRoot, killQuietly, procState, sleepMs, waitFor } from './restore-helpers.js';
 import { becomeSubreaper, dumpedPids, procLayout, reapIfOurs, TEST_BIN } from './programs.js';
 
-const CLI = join(TEST_BIN, '..', '..', 'packages', 'cli', 'dist', 'criu-ts.mjs');
+const CLI = join(TEST_BIN, '..', '..', 'packages', 'cli', 'dist', 'criu-ts.cjs');
 const FILE_SIZE = 6 << 20;
 /**
  * Bytes per second per connection (nginx's limit_rate): a download takes 5 to 8 s (the thread pool

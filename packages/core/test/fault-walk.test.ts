@@ -15,7 +15,7 @@ import {
   dumpedIds, expectIdsFree, expectNoGhostLeftovers, expectRunningUntouched, fdLinksOf, mapsOf,
 } from './reliability-helpers.js';
 
-const CLI = new URL('../../../cli/dist/criu-ts.mjs', import.meta.url).pathname;
+const CLI = new URL('../../../cli/dist/criu-ts.cjs', import.meta.url).pathname;
 
 /** A Node.js program that counts every 5 ms (see e2e-node.test.ts for the bigger one). */
 const NODE_PROGRAM = String.raw`

@@ -15,7 +15,7 @@ import { ImageReader, imageFromCritJson, imageToCritJson } from '@criu-ts/images
 import { alive, ourStubs, sleepMs, waitFor } from './restore-helpers.js';
 import { killAndReap, reapIfOurs, StateKeeper, TEST_BIN, rootWithSubreaper, imageEntries as entries } from './programs.js';
 
-const CLI = join(TEST_BIN, '..', '..', 'packages', 'cli', 'dist', 'criu-ts.mjs');
+const CLI = join(TEST_BIN, '..', '..', 'packages', 'cli', 'dist', 'criu-ts.cjs');
 
 function fdKinds(pid: number): string[] {
   return readdirSync(`/proc/${pid}/fd`)

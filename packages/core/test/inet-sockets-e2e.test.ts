@@ -269,7 +269,7 @@ describe('core: TCP and UDP sockets end to end', function () {
   it('criu-ts dump --tcp-established killed in the middle of the pages: the guard puts the connections back by itself', function () {
     keeper = new InetKeeper();
     const pid = keeper.pid;
-    const cli = new URL('../../../cli/dist/criu-ts.mjs', import.meta.url).pathname;
+    const cli = new URL('../../../cli/dist/criu-ts.cjs', import.meta.url).pathname;
     const r = spawnSync(process.execPath, [cli, 'dump', '-t', String(pid), '-D', keeper.images, '--tcp-established'], {
       env: { ...process.env, CRIU_TS_KILL_AT: 'dump:in-pages' }, stdio: 'ignore',
     });

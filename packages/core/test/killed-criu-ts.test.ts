@@ -20,7 +20,7 @@ import { isRoot, procState, waitFor } from './restore-helpers.js';
 import { becomeSubreaper, reapIfOurs, TEST_BIN } from './programs.js';
 import { blockedMasksOf, dumpedIds, expectIdsFree, expectRunningUntouched, fdLinksOf, mapsOf, tracerOf } from './reliability-helpers.js';
 
-const CLI = new URL('../../../cli/dist/criu-ts.mjs', import.meta.url).pathname;
+const CLI = new URL('../../../cli/dist/criu-ts.cjs', import.meta.url).pathname;
 const MIB = 256;
 const THREADS = 8;
 const ROUNDS = 50;

@@ -13,7 +13,7 @@ import { becomeSubreaper, reapIfOurs, StateKeeper, TEST_BIN, imageEntries as ent
 
 type Msg = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
 
-const CLI = resolve(TEST_BIN, '..', '..', 'packages', 'cli', 'dist', 'criu-ts.mjs');
+const CLI = resolve(TEST_BIN, '..', '..', 'packages', 'cli', 'dist', 'criu-ts.cjs');
 
 
 function rewrite(path: string, kind: string, messages: Msg[]): void {

@@ -16,16 +16,19 @@
  *
  * Costs a process start per call (~5-15 ms), which a dump or restore pays once.
  */
-import { execFileSync } from 'node:child_process';
 import { SoccrError } from './errors.js';
 import {
   lockFamily, iptablesSpec, keyText, LOCK_TABLE, nftTableScript, parseIptablesLocks, parseNftLocks,
   type ConnectionKey, type ListedLock, type LockBackend,
 } from './network-lock.js';
 
+// child_process on first use, not at import: loading it (with the net and dgram modules it pulls
+// in) costs the criu-ts command ~4 ms of start-up, and a plain dump never spawns anything.
+const childProcess = () => process.getBuiltinModule('node:child_process');
+
 function runsSync(cmd: string, args: string[]): boolean {
   try {
-    execFileSync(cmd, args, { stdio: 'ignore', timeout: 5000 });
+    childProcess().execFileSync(cmd, args, { stdio: 'ignore', timeout: 5000 });
     return true;
   } catch {
     return false;
@@ -34,7 +37,7 @@ function runsSync(cmd: string, args: string[]): boolean {
 
 function runSync(cmd: string, args: string[], input?: string): string {
   try {
-    return execFileSync(cmd, args, { encoding: 'utf8', timeout: 10_000, maxBuffer: 64 << 20, ...(input !== undefined ? { input } : {}), stdio: ['pipe', 'pipe', 'pipe'] });
+    return childProcess().execFileSync(cmd, args, { encoding: 'utf8', timeout: 10_000, maxBuffer: 64 << 20, ...(input !== undefined ? { input } : {}), stdio: ['pipe', 'pipe', 'pipe'] });
   } catch (e) {
     const err = e as { stderr?: string; message: string };
     throw new SoccrError('LOCK', `${cmd} failed: ${(err.stderr || err.message).trim()}`, { command: cmd, args, ...(input !== undefined ? { input } : {}) }, { cause: e });
@@ -120,7 +123,7 @@ export function listLocksSync(backend?: LockBackend): ListedLock[] {
   if (b === 'nft') {
     let json: string;
     try {
-      json = execFileSync('nft', ['-j', 'list', 'table', 'inet', LOCK_TABLE], { encoding: 'utf8', timeout: 5000, maxBuffer: 64 << 20, stdio: ['ignore', 'pipe', 'ignore'] });
+      json = childProcess().execFileSync('nft', ['-j', 'list', 'table', 'inet', LOCK_TABLE], { encoding: 'utf8', timeout: 5000, maxBuffer: 64 << 20, stdio: ['ignore', 'pipe', 'ignore'] });
     } catch {
       return [];
     }
@@ -129,7 +132,7 @@ export function listLocksSync(backend?: LockBackend): ListedLock[] {
   const texts: Array<[string, 4 | 6]> = [];
   for (const [tool, f] of [['iptables-save', 4], ['ip6tables-save', 6]] as const) {
     try {
-      texts.push([execFileSync(tool, ['-t', 'filter'], { encoding: 'utf8', timeout: 5000, stdio: ['ignore', 'pipe', 'ignore'] }), f]);
+      texts.push([childProcess().execFileSync(tool, ['-t', 'filter'], { encoding: 'utf8', timeout: 5000, stdio: ['ignore', 'pipe', 'ignore'] }), f]);
     } catch {
       continue;
     }

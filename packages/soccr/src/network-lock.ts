@@ -40,14 +40,21 @@
  * DROP`), inserted after an `iptables -C` check (idempotent) and deleted on
  * unlock; `ip6tables` for IPv6.
  */
-import { spawn, execFile, type ChildProcessWithoutNullStreams } from 'node:child_process';
+import type { ChildProcessWithoutNullStreams } from 'node:child_process';
 import { promisify } from 'node:util';
 import { randomInt } from 'node:crypto';
 import { SoccrError } from './errors.js';
 import type { InetAddress } from './tcp-state.js';
 import { LOCK_BYPASS_MARK } from './raw-segment.js';
 
-const execFileP = promisify(execFile);
+// child_process on first use, not at import: loading it (with the net and dgram modules it pulls
+// in) costs the criu-ts command ~4 ms of start-up, and a plain dump never spawns anything.
+const childProcess = () => process.getBuiltinModule('node:child_process');
+
+/** execFile as a promise of its text output (promisify uses execFile's own custom form: stdout and stderr). */
+function execFileP(file: string, args: readonly string[], options: { timeout: number; maxBuffer?: number }): Promise<{ stdout: string; stderr: string }> {
+  return promisify(childProcess().execFile)(file, args, { ...options, encoding: 'utf8' });
+}
 const NFT_TIMEOUT_MS = 10_000;
 
 export const LOCK_TABLE = 'criu_ts_soccr';
@@ -109,7 +116,7 @@ class NftSession {
   dead: Error | undefined;
 
   constructor() {
-    this.child = spawn('nft', ['-e', '-i'], { stdio: ['pipe', 'pipe', 'pipe'] });
+    this.child = childProcess().spawn('nft', ['-e', '-i'], { stdio: ['pipe', 'pipe', 'pipe'] });
     this.child.stdout.setEncoding('utf8');
     this.child.stderr.setEncoding('utf8');
     this.child.stdout.on('data', (d: string) => this.onData(d));

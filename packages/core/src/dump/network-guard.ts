@@ -11,12 +11,15 @@
 // Connections the dump took out of a listener's accept queue exist only in criu-ts: each is sent
 // to the guard (with the listener) as soon as it is taken, so that they outlive a killed criu-ts
 // and go back into their queue.
-import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { nativeDir } from '@criu-ts/compel';
 import { AF_UNIX, close, sendmsg, SOCK, socketpair, write, type Fd } from '@criu-ts/sys';
+
+// child_process on first use, not at import: loading it (with the net and dgram modules it pulls
+// in) costs the criu-ts command ~4 ms of start-up, and a plain dump never spawns anything.
+const childProcess = () => process.getBuiltinModule('node:child_process');
 
 export interface NetworkGuard {
   /** The processes whose connections are about to be locked. */
@@ -48,7 +51,7 @@ export function armNetworkGuard(imagesDir: string, runId: string): NetworkGuard 
   // A unix stream socket rather than a pipe: it also carries descriptors (holdsQueued).
   const [readEnd, writeEnd] = socketpair(AF_UNIX, SOCK.STREAM);
   try {
-    const child = spawn(guard, [process.execPath, script, imagesDir, runId], { stdio: [readEnd, 'ignore', 'ignore'], detached: true });
+    const child = childProcess().spawn(guard, [process.execPath, script, imagesDir, runId], { stdio: [readEnd, 'ignore', 'ignore'], detached: true });
     child.on('error', () => { /* reported by the dump itself if it matters: the guard is best effort */ });
     child.unref();
   } catch {

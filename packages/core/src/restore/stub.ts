@@ -13,7 +13,7 @@
 // - detached: a plain child of the stub; the stub is killed right after the clone, so the
 //   restored process is re-parented to init (or the nearest subreaper) and outlives criu-ts.
 // Either way the stub is gone once the clone exists; the new task is traced by us, not by it.
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import {
@@ -22,6 +22,10 @@ import {
 } from '@criu-ts/sys';
 import { nativeDir, prepareSync, type Injection } from '@criu-ts/compel';
 import { RestoreError } from './errors.js';
+
+// child_process on first use, not at import: loading it (with the net and dgram modules it pulls
+// in) costs the criu-ts command ~4 ms of start-up, and a plain dump never spawns anything.
+const childProcess = () => process.getBuiltinModule('node:child_process');
 
 const sleepCell = new Int32Array(new SharedArrayBuffer(4));
 function stubState(pid: number): string | undefined {
@@ -75,7 +79,7 @@ export class Stub {
     const path = stubPath();
     if (!existsSync(path)) throw new RestoreError('spawn-stub', `${path} is not built (run npm run build; it needs a C compiler)`, { path });
     const timeoutMs = options.timeoutMs ?? 10_000;
-    const child = spawn(path, [String(process.pid)], {
+    const child = childProcess().spawn(path, [String(process.pid)], {
       detached: !options.shellJob,
       stdio: options.shellJob ? 'inherit' : 'ignore',
     });
