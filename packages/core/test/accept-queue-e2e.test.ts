@@ -19,7 +19,7 @@ import { dumpAndWait, imageEntries, killAndReap, reapIfOurs, rootWithSubreaper, 
 import { waitFor } from './restore-helpers.js';
 import { dumpKilledAtStage } from './reliability-helpers.js';
 
-const CLI = join(TEST_BIN, '..', '..', 'packages', 'cli', 'dist', 'criu-ts.mjs');
+const CLI = join(TEST_BIN, '..', '..', 'packages', 'cli', 'dist', 'criu-ts.cjs');
 const BIG_LEN = 1 << 20;
 const SMALL_LEN = 3000;
 const REPLY_LEN = 256 << 10;

@@ -12,7 +12,7 @@ import { checkImagesRoundTrip } from './image-checks.js';
 import { imageEntries, rootWithSubreaper, StateKeeper, TEST_BIN } from './programs.js';
 import { alive } from './restore-helpers.js';
 
-const CLI = join(TEST_BIN, '..', '..', 'packages', 'cli', 'dist', 'criu-ts.mjs');
+const CLI = join(TEST_BIN, '..', '..', 'packages', 'cli', 'dist', 'criu-ts.cjs');
 
 describe('netlink and raw sockets (e2e)', function () {
   this.timeout(60_000);
