@@ -12,15 +12,20 @@
  *   R4    raw ICMP over IPv4, bound to 127.0.0.1, ICMP_FILTER letting only echo replies in
  *   R6    raw ICMPv6, connected to ::1, ICMP6_FILTER letting only echo replies in
  *   RH    raw IPv4 socket of protocol 253 (experimental) with IP_HDRINCL and IP_NODEFRAG
+ *   PK    packet socket (SOCK_DGRAM) of the local experimental ethertype 0x88B5 bound to lo, with
+ *         TPACKET_V2, PACKET_AUXDATA, PACKET_ORIGDEV, a promiscuous membership on lo and a
+ *         classic BPF filter (SO_ATTACH_FILTER) that accepts every packet
  * On SIGUSR1: portids, groups and options compared with what they were; NL2 asks the kernel for
  * its links (RTM_GETLINK dump) and must find "lo"; R4 and R6 ping the loopback address and must
- * get their own echo back. keeper.h's report protocol.
+ * get their own echo back; PK sends a frame on lo and gets it back. keeper.h's report protocol.
  */
 #define _GNU_SOURCE
 #include "keeper.h"
 #include <arpa/inet.h>
 #include <linux/icmp.h>
+#include <linux/filter.h>
 #include <linux/icmpv6.h>
+#include <linux/if_packet.h>
 #include <linux/netlink.h>
 #include <linux/rtnetlink.h>
 #include <netinet/in.h>
@@ -36,6 +41,7 @@
 #define IP_NODEFRAG 22
 #endif
 #define NL3_PORTID 0x7e570001u
+#define ETH_P_LOCAL_EXP 0x88B5
 #define BRVLAN_GROUP 33
 
 static uint32_t portid_of(int fd)
@@ -145,6 +151,23 @@ int main(int argc, char **argv)
 		return 2;
 	signal(SIGUSR1, on_usr1);
 
+	/* PK first: its promiscuous membership changes lo's flags, a link event NL1 would otherwise queue. */
+	int pk = socket(AF_PACKET, SOCK_DGRAM | SOCK_CLOEXEC, htons(ETH_P_LOCAL_EXP));
+	MUST(pk);
+	int lo_index = 1; /* the loopback device is the first of every network namespace */
+	struct sockaddr_ll ll = { .sll_family = AF_PACKET, .sll_protocol = htons(ETH_P_LOCAL_EXP), .sll_ifindex = lo_index };
+	MUST(bind(pk, (struct sockaddr *)&ll, sizeof(ll)));
+	int v2 = TPACKET_V2;
+	MUST(setsockopt(pk, SOL_PACKET, PACKET_VERSION, &v2, sizeof(v2)));
+	int one = 1;
+	MUST(setsockopt(pk, SOL_PACKET, PACKET_AUXDATA, &one, sizeof(one)));
+	MUST(setsockopt(pk, SOL_PACKET, PACKET_ORIGDEV, &one, sizeof(one)));
+	struct packet_mreq mr = { .mr_ifindex = lo_index, .mr_type = PACKET_MR_PROMISC };
+	MUST(setsockopt(pk, SOL_PACKET, PACKET_ADD_MEMBERSHIP, &mr, sizeof(mr)));
+	struct sock_filter accept_all[] = { BPF_STMT(BPF_LD | BPF_W | BPF_LEN, 0), BPF_STMT(BPF_RET | BPF_A, 0) };
+	struct sock_fprog prog = { .len = 2, .filter = accept_all };
+	MUST(setsockopt(pk, SOL_SOCKET, SO_ATTACH_FILTER, &prog, sizeof(prog)));
+
 	int nl1 = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE);
 	MUST(nl1);
 	struct sockaddr_nl a1 = { .nl_family = AF_NETLINK, .nl_groups = RTMGRP_LINK };
@@ -174,7 +197,6 @@ int main(int argc, char **argv)
 	MUST(connect(r6, (struct sockaddr *)&lo6, sizeof(lo6)));
 	int rh = socket(AF_INET, SOCK_RAW | SOCK_CLOEXEC, 253);
 	MUST(rh);
-	int one = 1;
 	MUST(setsockopt(rh, IPPROTO_IP, IP_HDRINCL, &one, sizeof(one)));
 	MUST(setsockopt(rh, IPPROTO_IP, IP_NODEFRAG, &one, sizeof(one)));
 
@@ -215,6 +237,36 @@ int main(int argc, char **argv)
 	getsockopt(rh, IPPROTO_IP, IP_NODEFRAG, &nodefrag, &il);
 	CHECK(hdrincl == 1 && nodefrag == 1, "RH IP_HDRINCL %d, IP_NODEFRAG %d", hdrincl, nodefrag);
 	CHECK(getsockopt(rh, SOL_SOCKET, SO_PROTOCOL, &type, &tl) == 0 && type == 253, "RH protocol 253");
+
+	int ver = 0, aux = 0, orig = 0;
+	il = sizeof(int);
+	getsockopt(pk, SOL_PACKET, PACKET_VERSION, &ver, &il);
+	il = sizeof(int);
+	getsockopt(pk, SOL_PACKET, PACKET_AUXDATA, &aux, &il);
+	il = sizeof(int);
+	getsockopt(pk, SOL_PACKET, PACKET_ORIGDEV, &orig, &il);
+	CHECK(ver == TPACKET_V2 && aux == 1 && orig == 1, "PK TPACKET version %d, AUXDATA %d, ORIGDEV %d", ver, aux, orig);
+	struct sockaddr_ll got_ll = { 0 };
+	socklen_t lll = sizeof(got_ll);
+	CHECK(getsockname(pk, (struct sockaddr *)&got_ll, &lll) == 0 && got_ll.sll_ifindex == lo_index && got_ll.sll_protocol == htons(ETH_P_LOCAL_EXP),
+	      "PK bound to lo (ifindex %d), protocol %#x", got_ll.sll_ifindex, ntohs(got_ll.sll_protocol));
+	struct sock_filter back[8];
+	socklen_t blocks = 8;
+	CHECK(getsockopt(pk, SOL_SOCKET, SO_GET_FILTER, back, &blocks) == 0 && blocks == 2 && memcmp(back, accept_all, sizeof(accept_all)) == 0, "PK filter back (%u instructions)", blocks);
+	struct sockaddr_ll to = { .sll_family = AF_PACKET, .sll_protocol = htons(ETH_P_LOCAL_EXP), .sll_ifindex = lo_index, .sll_halen = 6 };
+	const char frame[] = "criu-ts packet frame";
+	int echoed = 0;
+	if (sendto(pk, frame, sizeof(frame), 0, (struct sockaddr *)&to, sizeof(to)) == (ssize_t)sizeof(frame)) {
+		char in[128];
+		for (int rounds = 0; rounds < 10 && !echoed; rounds++) {
+			struct pollfd p = { .fd = pk, .events = POLLIN };
+			if (poll(&p, 1, 2000) <= 0)
+				break;
+			ssize_t n = recv(pk, in, sizeof(in), 0);
+			echoed = n == (ssize_t)sizeof(frame) && memcmp(in, frame, sizeof(frame)) == 0;
+		}
+	}
+	CHECK(echoed, "PK sends a frame on lo and receives it");
 
 	say("done %d\n", failures);
 	return failures;

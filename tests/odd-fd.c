@@ -39,7 +39,7 @@ static int open_kind(const char *kind)
 	if (!strcmp(kind, "inotify"))
 		return inotify_init1(0);
 	if (!strcmp(kind, "socket"))
-		return socket(AF_NETLINK, SOCK_RAW, 0); /* unix, TCP and UDP sockets are dumped; netlink sockets are not yet */
+		return socket(40 /* AF_VSOCK */, SOCK_STREAM, 0); /* unix, inet, netlink and packet sockets are dumped; vsock ones are not */
 	if (!strcmp(kind, "pidfd"))
 		return (int)syscall(SYS_pidfd_open, getpid(), 0);
 	return -1;

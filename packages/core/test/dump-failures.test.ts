@@ -38,7 +38,7 @@ describe('core: dump failures from outside', function () {
       expect(error).to.be.instanceOf(DumpError);
       const message = (error as Error).message;
       expect(message).to.contain(`fd ${fd} (${link}`);
-      expect(message).to.contain(kind === 'socket' ? 'netlink socket (protocol 0)): sockets of this kind cannot be dumped yet' : `${kind} descriptors cannot be dumped`);
+      expect(message).to.contain(kind === 'socket' ? 'family 40 socket (SOCK_STREAM, protocol 0)): sockets of this kind cannot be dumped yet' : `${kind} descriptors cannot be dumped`);
       expect((error as DumpError).stage).to.equal('check-options');
       expect(existsSync(join(keeper.images, 'inventory.img'))).to.equal(false);
       expect(status(keeper.pid)).to.match(/^TracerPid:\s+0$/m);

@@ -1,9 +1,10 @@
-// Netlink and raw IP sockets dumped and restored: tests/bin/netlink-raw-keeper holds three
+// Netlink, raw IP and packet sockets dumped and restored: tests/bin/netlink-raw-keeper holds three
 // NETLINK_ROUTE sockets (kernel-picked portid with groups, one past bind's 32; never bound; a
-// portid of its own) and raw ICMP/ICMPv6/protocol-253 sockets with filters and options, then
-// checks after the restore that each is what it was and works (an RTM_GETLINK dump, pings of
-// the loopback addresses). Through the library and the CLI; Debian's crit decodes the images.
-// What is still refused: a netlink or raw socket with data waiting in it.
+// portid of its own), raw ICMP/ICMPv6/protocol-253 sockets with filters and options, and a
+// packet socket on lo with options, a promiscuous membership and a classic BPF filter; it checks
+// after the restore that each is what it was and works (an RTM_GETLINK dump, pings of the
+// loopback addresses, a frame sent and received on lo). Through the library and the CLI;
+// Debian's crit decodes the images. What is refused: such a socket with data waiting in it.
 import { expect } from 'chai';
 import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
@@ -14,7 +15,7 @@ import { alive } from './restore-helpers.js';
 
 const CLI = join(TEST_BIN, '..', '..', 'packages', 'cli', 'dist', 'criu-ts.cjs');
 
-describe('netlink and raw sockets (e2e)', function () {
+describe('netlink, raw and packet sockets (e2e)', function () {
   this.timeout(60_000);
   let keeper: StateKeeper | undefined;
   before(function () {
@@ -36,10 +37,12 @@ describe('netlink and raw sockets (e2e)', function () {
     expect(netlink.find((n) => (n.groups ?? []).length === 2)?.groups[1], 'group 33 in the second bitmap word').to.equal(1);
     const raw = files.filter((f) => f.isk?.type === 3).map((f) => f.isk);
     expect(raw.map((r) => r.proto).sort((a, b) => a - b)).to.deep.equal([1, 58, 253]);
+    const packet = files.filter((f) => f.psk).map((f) => f.psk);
+    expect(packet.map((p) => [p.type, p.protocol, p.ifindex, p.version, p.aux_data, p.mclist.length, p.opts.so_filter.length])).to.deep.equal([[2, 0x88b5, 1, 1, true, 1, 2]]);
     restoreSync({ imagesDir: keeper.images, detached: true });
     const { failures, checks } = keeper.check();
     expect(failures).to.deep.equal([]);
-    expect(checks).to.have.length(13);
+    expect(checks).to.have.length(17);
   });
 
   it('criu-ts dump/restore: the same through the CLI; crit decodes every image', function () {

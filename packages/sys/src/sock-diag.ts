@@ -255,3 +255,78 @@ function parseUnixDiag(msg: Buffer): UnixDiagSocket {
   }
   return diag;
 }
+
+// ---------------------------------------------------------------- AF_PACKET
+//
+//   request   nlmsghdr + packet_diag_req { u8 family=AF_PACKET, u8 protocol, u16 pad, u32 ino,
+//                                          u32 show, u32 cookie[2] }                (20 bytes)
+//   answer    nlmsghdr + packet_diag_msg { u8 family, u8 type, u16 num (protocol, host order),
+//                                          u32 ino, u32 cookie[2] }                 (16 bytes)
+//             + rtattrs: PACKET_DIAG_INFO packet_diag_info { u32 ifindex, version, reserve,
+//             copy_thresh, tstamp, flags }; PACKET_DIAG_MCLIST packet_diag_mclist[] { u32 index,
+//             count; u16 type, alen; u8 addr[32] }; PACKET_DIAG_RX_RING / TX_RING (present when a
+//             ring is set up); PACKET_DIAG_FANOUT u32 (id | type << 16 | flags << 24)
+const AF_PACKET = 17;
+const PACKET_SHOW = { INFO: 0x1, MCLIST: 0x2, RING_CFG: 0x4, FANOUT: 0x8 } as const;
+const PACKET_DIAG = { INFO: 0, MCLIST: 1, RX_RING: 2, TX_RING: 3, FANOUT: 4 } as const;
+/** packet_diag_info.pdi_flags */
+export const PDI = { RUNNING: 0x1, AUXDATA: 0x2, ORIGDEV: 0x4, VNETHDR: 0x8, LOSS: 0x10 } as const;
+
+/** One AF_PACKET socket as sock_diag reports it. */
+export interface PacketDiagSocket {
+  readonly ino: number;
+  readonly type: number;
+  readonly protocol: number;
+  readonly ifindex: number;
+  readonly version: number;
+  readonly reserve: number;
+  readonly copyThresh: number;
+  readonly tstamp: number;
+  /** PDI bits. */
+  readonly flags: number;
+  readonly mclist: ReadonlyArray<{ index: number; count: number; type: number; addr: Buffer }>;
+  readonly rxRing: boolean;
+  readonly txRing: boolean;
+  /** id | type << 16 | flags << 24, when the socket is in a fanout group. */
+  readonly fanout?: number;
+}
+
+/** Every AF_PACKET socket of the caller's network namespace, by inode. */
+export function packetDiagDump(): Map<number, PacketDiagSocket> {
+  const request = Buffer.alloc(20);
+  request.writeUInt8(AF_PACKET, 0);
+  request.writeUInt32LE(PACKET_SHOW.INFO | PACKET_SHOW.MCLIST | PACKET_SHOW.RING_CFG | PACKET_SHOW.FANOUT, 8);
+  const sockets = new Map<number, PacketDiagSocket>();
+  sockDiagDump(request, 'AF_PACKET', (msg) => {
+    const s: { -readonly [K in keyof PacketDiagSocket]: PacketDiagSocket[K] } = {
+      ino: msg.readUInt32LE(4), type: msg.readUInt8(1), protocol: msg.readUInt16LE(2), ifindex: 0, version: 0, reserve: 0,
+      copyThresh: 0, tstamp: 0, flags: 0, mclist: [], rxRing: false, txRing: false,
+    };
+    for (let off = 16; off + 4 <= msg.length; ) {
+      const len = msg.readUInt16LE(off);
+      const type = msg.readUInt16LE(off + 2);
+      if (len < 4 || off + len > msg.length) break;
+      const p = msg.subarray(off + 4, off + len);
+      if (type === PACKET_DIAG.INFO && p.length >= 24) {
+        s.ifindex = p.readUInt32LE(0);
+        s.version = p.readUInt32LE(4);
+        s.reserve = p.readUInt32LE(8);
+        s.copyThresh = p.readUInt32LE(12);
+        s.tstamp = p.readUInt32LE(16);
+        s.flags = p.readUInt32LE(20);
+      } else if (type === PACKET_DIAG.MCLIST) {
+        const list: Array<{ index: number; count: number; type: number; addr: Buffer }> = [];
+        for (let i = 0; i + 44 <= p.length; i += 44) {
+          const alen = p.readUInt16LE(i + 10);
+          list.push({ index: p.readUInt32LE(i), count: p.readUInt32LE(i + 4), type: p.readUInt16LE(i + 8), addr: Buffer.from(p.subarray(i + 12, i + 12 + Math.min(alen, 32))) });
+        }
+        s.mclist = list;
+      } else if (type === PACKET_DIAG.RX_RING) s.rxRing = true;
+      else if (type === PACKET_DIAG.TX_RING) s.txRing = true;
+      else if (type === PACKET_DIAG.FANOUT && p.length >= 4) s.fanout = p.readUInt32LE(0);
+      off += (len + 3) & ~3;
+    }
+    sockets.set(s.ino, s);
+  });
+  return sockets;
+}

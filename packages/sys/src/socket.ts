@@ -121,6 +121,34 @@ export function getsockopt(fd: Fd, level: number, name: number, size = 4): Buffe
   return buf.subarray(0, len.readUInt32LE(0));
 }
 
+const SO_GET_FILTER = 26; // = SO_ATTACH_FILTER
+
+/**
+ * getsockopt(SO_GET_FILTER): the classic BPF program attached to the socket, 8 bytes (struct
+ * sock_filter) per instruction; empty when there is none. The option's length is counted in
+ * instructions, not bytes (a first call with length 0 asks how many). An eBPF filter
+ * (SO_ATTACH_BPF) has no classic form to give back: the kernel answers EACCES.
+ */
+export function getSocketFilter(fd: Fd): Buffer {
+  const len = Buffer.alloc(4);
+  sysCallNumber('getsockopt', N.getsockopt, [fd, SOL_SOCKET, SO_GET_FILTER, 0, len], `fd ${fd} SO_GET_FILTER`);
+  const count = len.readUInt32LE(0);
+  if (count === 0) return Buffer.alloc(0);
+  const filter = Buffer.alloc(count * 8);
+  len.writeUInt32LE(count);
+  sysCallNumber('getsockopt', N.getsockopt, [fd, SOL_SOCKET, SO_GET_FILTER, filter, len], `fd ${fd} SO_GET_FILTER`);
+  return filter.subarray(0, len.readUInt32LE(0) * 8);
+}
+
+/** setsockopt(SO_ATTACH_FILTER) with the classic BPF program `filter` (8 bytes per instruction). */
+export function attachSocketFilter(fd: Fd, filter: Buffer): void {
+  const fprog = Buffer.alloc(16); // struct sock_fprog { u16 len; (pad) struct sock_filter *filter; }
+  fprog.writeUInt16LE(filter.length / 8, 0);
+  fprog.writeBigUInt64LE(addressOf(filter), 8);
+  sysCallNumber('setsockopt', N.setsockopt, [fd, SOL_SOCKET, SO_GET_FILTER, fprog, fprog.length], `fd ${fd} SO_ATTACH_FILTER`);
+  void filter; // referenced after the call: its address was in fprog
+}
+
 /** A timeval for SO_RCVTIMEO/SO_SNDTIMEO. */
 export function timeval(ms: number): Buffer {
   const b = Buffer.alloc(16);

@@ -7,11 +7,11 @@
 // open keeps its name with " (deleted)" stripped; its contents go to a ghost image so restore can
 // recreate it. Pipes and FIFOs (files/pipes.ts) and eventfd, epoll, signalfd and timerfd
 // (files/anon-inodes.ts), AF_UNIX sockets with their queued messages (files/unix-sockets.ts) and
-// TCP/UDP/raw sockets over IPv4/IPv6 (files/inet-sockets.ts), netlink sockets
-// (files/netlink-sockets.ts), inotify and fanotify groups (files/inotify.ts, files/fanotify.ts)
-// and terminals, ptys of the tree included (files/terminals.ts), have entries of their own.
-// Other kinds (packet sockets, io_uring...) are refused up front with an error naming the fd and
-// its kind.
+// TCP/UDP/raw sockets over IPv4/IPv6 (files/inet-sockets.ts), netlink and packet sockets
+// (files/netlink-sockets.ts, files/packet-sockets.ts), inotify and fanotify groups
+// (files/inotify.ts, files/fanotify.ts) and terminals, ptys of the tree included
+// (files/terminals.ts), have entries of their own. Other kinds (io_uring...) are refused up
+// front with an error naming the fd and its kind.
 import { closeSync, fstatSync, openSync, readFileSync, readSync, readdirSync, readlinkSync, statSync, unlinkSync, type Stats } from 'node:fs';
 import { dirname, join } from 'node:path';
 import type { DecodedMessage } from '@criu-ts/images';
@@ -30,14 +30,16 @@ import { FILE_LOCK_FLAG, fileLocks } from './files/locks.js';
 import { peekQueue, socketInode, UnixSocketDumper, UnixSocketRefused, unixSocketInodes, type UnixDumpContext } from './files/unix-sockets.js';
 import { grabFd, InetSocketDumper, precheckInetSocket, socketKindOf, type InetDumpOptions, type InetSocketRefused } from './files/inet-sockets.js';
 import { netlinkSocketEntry } from './files/netlink-sockets.js';
+import { PacketSocketTable } from './files/packet-sockets.js';
 import { AT_SYMLINK_FOLLOW, close as closeFd, linkat, SysError } from '@criu-ts/sys';
 
 /** fd_types values (fdinfo.proto). */
 export const FD_TYPE = {
-  REG: 1, PIPE: 2, FIFO: 3, INETSK: 4, UNIXSK: 5, EVENTFD: 6, EVENTPOLL: 7, INOTIFY: 8, SIGNALFD: 9, TTY: 11, FANOTIFY: 12, NETLINKSK: 13, TIMERFD: 17, MEMFD: 18,
+  REG: 1, PIPE: 2, FIFO: 3, INETSK: 4, UNIXSK: 5, EVENTFD: 6, EVENTPOLL: 7, INOTIFY: 8, SIGNALFD: 9, PACKETSK: 10, TTY: 11, FANOTIFY: 12, NETLINKSK: 13, TIMERFD: 17, MEMFD: 18,
 } as const;
 const O_CLOEXEC = 0o2000000;
 const AF_NETLINK = 16;
+const AF_PACKET = 17;
 const KCMP_FILE = 0;
 const FD_CLOEXEC = 1;
 
@@ -128,6 +130,8 @@ export class FileTable {
   private readonly externalSockets = new Set<number>();
   /** One per dumped process: peers are looked up among that process's sockets. */
   private readonly unixSockets = new Map<number, UnixSocketDumper>();
+  /** packet_diag of the netns, read on the first packet socket. */
+  private readonly packetSockets = new PacketSocketTable();
   private unixInodes?: Set<number>;
   /** The sock_diag dump of every unix socket and their peeked queues, shared by the processes' dumpers (taken once: the tree is frozen). */
   private readonly unixContext: UnixDumpContext = { queues: new Map() };
@@ -414,6 +418,7 @@ export class FileTable {
         try {
           const kind = socketKindOf(dup);
           if (kind.domain === AF_NETLINK) return add(FD_TYPE.NETLINKSK, 'nlsk', netlinkSocketEntry(dup, fd, socketIno, flags, kind.protocol));
+          if (kind.domain === AF_PACKET) return add(FD_TYPE.PACKETSK, 'psk', this.packetSockets.entry(dup, fd, socketIno, flags));
         } finally {
           closeFd(dup);
         }

@@ -6,6 +6,7 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { PagesReader, PE_PRESENT } from '@criu-ts/images';
 import { readNetlinkSocket, type NetlinkSocketImage } from './netlink-sockets.js';
+import { readPacketSocket, type PacketSocketImage } from './packet-sockets.js';
 import { RestoreError } from './errors.js';
 import { pathOfHandle } from '../proc/file-handles.js';
 import { planUnixSockets, readSocketQueues, readUnixSocket, type UnixSocketImage } from './unix-sockets.js';
@@ -17,7 +18,7 @@ type Msg = Record<string, any>; // eslint-disable-line @typescript-eslint/no-exp
 
 /** fd_types from fdinfo.proto. */
 export const FD_TYPE = {
-  REG: 1, PIPE: 2, FIFO: 3, INETSK: 4, UNIXSK: 5, EVENTFD: 6, EVENTPOLL: 7, INOTIFY: 8, SIGNALFD: 9, TTY: 11, FANOTIFY: 12, NETLINKSK: 13, TIMERFD: 17, MEMFD: 18,
+  REG: 1, PIPE: 2, FIFO: 3, INETSK: 4, UNIXSK: 5, EVENTFD: 6, EVENTPOLL: 7, INOTIFY: 8, SIGNALFD: 9, PACKETSK: 10, TTY: 11, FANOTIFY: 12, NETLINKSK: 13, TIMERFD: 17, MEMFD: 18,
 } as const;
 
 /**
@@ -115,6 +116,7 @@ export type OpenFileImage<Reg> =
   | { readonly kind: 'unixsk'; readonly id: number; readonly sk: UnixSocketImage }
   | { readonly kind: 'inetsk'; readonly id: number; readonly sk: InetSocketImage }
   | { readonly kind: 'netlinksk'; readonly id: number; readonly sk: NetlinkSocketImage }
+  | { readonly kind: 'packetsk'; readonly id: number; readonly sk: PacketSocketImage }
   | {
       readonly kind: 'timerfd'; readonly id: number; readonly flags: number; readonly clockid: number; readonly ticks: bigint;
       readonly settimeFlags: number; readonly value: readonly [bigint, bigint]; readonly interval: readonly [bigint, bigint];
@@ -372,6 +374,9 @@ export function readFdTable<Reg>(input: FdTableInput<Reg>): FdSlot<Reg>[] & { re
       }
       case FD_TYPE.INETSK:
         file = { kind: 'inetsk', id, sk: readInetSocket(id, member('isk'), input.dir, where, invalid, input.inet ?? {}, datagramQueues.get(id) ?? []) };
+        break;
+      case FD_TYPE.PACKETSK:
+        file = { kind: 'packetsk', id, sk: readPacketSocket(id, member('psk'), where, invalid) };
         break;
       case FD_TYPE.NETLINKSK:
         file = { kind: 'netlinksk', id, sk: readNetlinkSocket(id, member('nlsk'), where, invalid) };

@@ -37,6 +37,7 @@ import {
   asPid, close as closeLocal, errnoName, F, fcntl, SysError, O, open as openLocal, pidfdGetfd, pidfdOpen, write as writeLocal, type Fd,
 } from '@criu-ts/sys';
 import { createNetlinkSocket } from './netlink-sockets.js';
+import { createPacketSocket } from './packet-sockets.js';
 import type { FdImage, ImageSet, RegFile } from './image-set.js';
 import { LEASE_BREAKING, LOCK_KIND, unixSocketsOf, type FileOwner, type FileLockImage, type InotifyWatch, type OpenFileImage, type PipeData } from './fd-images.js';
 import { createUnixSockets, planUnixSockets, type UnixSocketImage } from './unix-sockets.js';
@@ -480,8 +481,9 @@ class FileCreator {
           this.inet.handedOver(ours);
         }
       }
-      case 'netlinksk': {
-        const ours = createNetlinkSocket(file.sk);
+      case 'netlinksk':
+      case 'packetsk': {
+        const ours = file.kind === 'netlinksk' ? createNetlinkSocket(file.sk) : createPacketSocket(file.sk);
         try {
           const fd = this.receive(ours, `${what}`);
           this.setStatusFlags(fd, file.sk.flags, what);

@@ -31,7 +31,7 @@
 // criu-ts's duplicates of the task's fds of them: made in the task like any file, then closed
 // there), shutdown (last: a shut-down end could not be written to).
 import { lstatSync, unlinkSync, chmodSync, chownSync } from 'node:fs';
-import { asPid, close, getsockopt, MSG, pidfdGetfd, pidfdOpen, SO, SOL_SOCKET, setsockopt, sendmsg, shutdown, socket, AF_UNIX, SOCK, type Fd } from '@criu-ts/sys';
+import { asPid, attachSocketFilter, close, getsockopt, MSG, pidfdGetfd, pidfdOpen, SO, SOL_SOCKET, setsockopt, sendmsg, shutdown, socket, AF_UNIX, SOCK, type Fd } from '@criu-ts/sys';
 
 type Msg = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
 
@@ -446,4 +446,14 @@ export function applySocketOptions(fd: Fd, opts: Msg, what: string): void {
   if (opts.so_rcvlowat !== undefined && Number(opts.so_rcvlowat) !== 1) set(SO.RCVLOWAT, Number(opts.so_rcvlowat), 'SO_RCVLOWAT');
   if (Number(opts.so_mark ?? 0) !== 0) set(SO.MARK, Number(opts.so_mark), 'SO_MARK');
   if (opts.so_buf_lock !== undefined && current(SO.BUF_LOCK) !== Number(opts.so_buf_lock)) set(SO.BUF_LOCK, Number(opts.so_buf_lock), 'SO_BUF_LOCK');
+  const filter = (opts.so_filter as unknown[] | undefined) ?? [];
+  if (filter.length > 0) {
+    const program = Buffer.alloc(filter.length * 8);
+    filter.forEach((w, i) => program.writeBigUInt64LE(BigInt.asUintN(64, BigInt(w as bigint)), i * 8));
+    try {
+      attachSocketFilter(fd, program);
+    } catch (error) {
+      throw new Error(`${what}: SO_ATTACH_FILTER (${filter.length} instructions) failed: ${(error as Error).message}`, { cause: error });
+    }
+  }
 }

@@ -41,8 +41,8 @@
 // IP_NODEFRAG and the ICMP/ICMPv6 type filter. Their queue cannot be walked without taking it,
 // so one with packets waiting is refused (CRIU drops them).
 //
-// Refused, naming the fd: packet sockets and any other family or protocol (netlink sockets have
-// files/netlink-sockets.ts); a raw socket with packets waiting; an established connection without --tcp-established or --tcp-close (with its addresses); a TCP
+// Refused, naming the fd: any other family or protocol (netlink and packet sockets have their
+// own files); a raw socket with packets waiting; an established connection without --tcp-established or --tcp-close (with its addresses); a TCP
 // socket in a state soccr cannot save (SYN_SENT...); a listener with connections waiting in its
 // accept queue without --tcp-established, or where the kernel cannot queue connections back,
 // unless --skip-in-flight (they are then left behind, as criu leaves them).
@@ -129,8 +129,8 @@ export function unsupportedSocketReason(k: SocketKind): string | undefined {
     if ((k.type === SOCK_STREAM && k.protocol === IPPROTO.TCP) || (k.type === SOCK_DGRAM && k.protocol === IPPROTO.UDP) || k.type === SOCK_RAW) return undefined;
     return 'sockets of this kind cannot be dumped yet (TCP, UDP and raw ones can)';
   }
-  if (k.domain === AF_NETLINK) return undefined;
-  return 'sockets of this kind cannot be dumped yet (unix, TCP, UDP, raw and netlink ones can)';
+  if (k.domain === AF_NETLINK || k.domain === AF_PACKET) return undefined;
+  return 'sockets of this kind cannot be dumped yet (unix, TCP, UDP, raw, netlink and packet ones can)';
 }
 
 const fmt = (a: InetAddress): string => (a.family === 6 ? `[${a.address}]:${a.port}` : `${a.address}:${a.port}`);
@@ -187,7 +187,7 @@ export function precheckInetSocket(dup: Fd, fd: number, ino: number, opts: InetD
   const reason = unsupportedSocketReason(kind);
   const what = describeSocketKind(kind);
   if (reason) return new InetSocketRefused(fd, ino, what, reason);
-  if (kind.domain === AF_NETLINK || kind.type !== SOCK_STREAM || kind.protocol !== IPPROTO.TCP) return undefined;
+  if (kind.domain === AF_NETLINK || kind.domain === AF_PACKET || kind.type !== SOCK_STREAM || kind.protocol !== IPPROTO.TCP) return undefined;
   const state = tcpState(dup);
   if (!isConnectedTcp(state)) return undefined;
   const local = sock.getsockname(dup as number);

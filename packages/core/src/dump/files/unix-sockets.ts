@@ -28,7 +28,7 @@
 // connection not accepted yet, names relative to a directory, sockets sock_diag does not see
 // (another network namespace).
 import { readFileSync, statSync } from 'node:fs';
-import { close, getsockopt, MSG, pidfdGetfd, pidfdOpen, recvmsg, SO, SOL_SOCKET, setsockopt, unixDiagDump, isSysError, type Fd, type Pid, type UnixDiagSocket } from '@criu-ts/sys';
+import { close, getSocketFilter, getsockopt, MSG, pidfdGetfd, pidfdOpen, recvmsg, SO, SOL_SOCKET, setsockopt, unixDiagDump, isSysError, type Fd, type Pid, type UnixDiagSocket } from '@criu-ts/sys';
 import type { DecodedMessage } from '@criu-ts/images';
 
 const TCP_ESTABLISHED = 1;
@@ -306,6 +306,21 @@ export function peekQueue(sock: Fd, type: number, refuse: (reason: string) => ne
 
 const int = (sock: Fd, name: number): number => getsockopt(sock, SOL_SOCKET, name).readInt32LE(0);
 
+/**
+ * The socket's classic BPF filter (SO_ATTACH_FILTER, e.g. tcpdump's or dhclient's) as CRIU's
+ * so_filter words: one struct sock_filter per 64-bit word. An eBPF filter cannot be read back.
+ */
+function socketFilter(sock: Fd): bigint[] {
+  let program: Buffer;
+  try {
+    program = getSocketFilter(sock);
+  } catch (error) {
+    if (isSysError(error, 'EACCES')) throw new Error('an eBPF socket filter (SO_ATTACH_BPF) is attached to it; the kernel cannot give it back to be restored');
+    throw error;
+  }
+  return Array.from({ length: program.length / 8 }, (_, i) => program.readBigUInt64LE(i * 8));
+}
+
 function timeoutOf(sock: Fd, name: number): [bigint, bigint] {
   const tv = getsockopt(sock, SOL_SOCKET, name, 16);
   return [tv.readBigUInt64LE(0), tv.readBigUInt64LE(8)];
@@ -335,6 +350,8 @@ export function socketOptions(sock: Fd, unix = true): DecodedMessage {
   }
   opts.so_dontroute = int(sock, SO.DONTROUTE) !== 0;
   opts.so_no_check = int(sock, SO.NO_CHECK) !== 0;
+  const filter = socketFilter(sock);
+  if (filter.length > 0) opts.so_filter = filter;
   opts.so_reuseport = int(sock, SO.REUSEPORT) !== 0;
   opts.so_broadcast = int(sock, SO.BROADCAST) !== 0;
   opts.so_keepalive = int(sock, SO.KEEPALIVE) !== 0;
