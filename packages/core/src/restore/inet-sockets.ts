@@ -35,7 +35,7 @@
 // locked stays locked for the next restore attempt.
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { accept4 as acceptConnection, listen as listenFd, pollOne, POLL, SO, SOL_SOCKET, sock, type Fd, IPPROTO, SOL, IP_OPT, IPV6_OPT, TCP_OPT } from '@criu-ts/sys';
+import { accept4 as acceptConnection, listen as listenFd, pollOne, POLL, SO, SOL_SOCKET, sock, type Fd, IPPROTO, SOL, IP_OPT, IPV6_OPT, TCP_OPT, ICMP_FILTER, ICMP6_FILTER } from '@criu-ts/sys';
 import {
   decodeTcpStreamImage, discard, fromImageForm, requeueConnection, sendCraftedDatagrams, listLocksSync, lockHeldSync, resume, restore as restoreConnection, SoccrError, SUPPORTED_STATES, TcpState,
   tcpStateName, unlockHeldSync, wireKey, keyText, type ConnectionKey, type InetAddress, type LockBackend, type TcpConnectionState,
@@ -345,27 +345,19 @@ export class InetSockets {
   }
 }
 
-const SOL_RAW = 255;
-const IP_HDRINCL = 3;
-const IP_NODEFRAG = 22;
-const IPV6_HDRINCL = 36;
-const ICMP_FILTER = 1;
-const ICMP6_FILTER = 1;
-const IPPROTO_ICMP = 1;
-const IPPROTO_ICMPV6 = 58;
 
 /** ip_opts_raw_entry back on a raw socket: header inclusion, no-fragment, the ICMP type filter. */
 function setRawOptions(fd: number, s: InetSocketImage): void {
   const raw = (s.ipOpts.raw as Msg | undefined) ?? {};
   const v4 = s.family === AF_INET;
-  if (raw.hdrincl === true) sock.setsockoptInt(fd, v4 ? SOL.IP : SOL.IPV6, v4 ? IP_HDRINCL : IPV6_HDRINCL, 1);
-  if (raw.nodefrag === true) sock.setsockoptInt(fd, SOL.IP, IP_NODEFRAG, 1);
+  if (raw.hdrincl === true) sock.setsockoptInt(fd, v4 ? SOL.IP : SOL.IPV6, v4 ? IP_OPT.HDRINCL : IPV6_OPT.HDRINCL, 1);
+  if (raw.nodefrag === true) sock.setsockoptInt(fd, SOL.IP, IP_OPT.NODEFRAG, 1);
   const filter = (raw.icmpv_filter as unknown[] | undefined) ?? [];
   if (filter.length === 0) return;
   const words = Buffer.alloc(filter.length * 4);
   filter.forEach((w, i) => words.writeUInt32LE(Number(w) >>> 0, i * 4));
-  if (v4 && s.proto === IPPROTO_ICMP && filter.length === 1) sock.setsockoptBuf(fd, SOL_RAW, ICMP_FILTER, words);
-  else if (!v4 && s.proto === IPPROTO_ICMPV6 && filter.length === 8) sock.setsockoptBuf(fd, IPPROTO_ICMPV6, ICMP6_FILTER, words);
+  if (v4 && s.proto === IPPROTO.ICMP && filter.length === 1) sock.setsockoptBuf(fd, SOL.RAW, ICMP_FILTER, words);
+  else if (!v4 && s.proto === IPPROTO.ICMPV6 && filter.length === 8) sock.setsockoptBuf(fd, SOL.ICMPV6, ICMP6_FILTER, words);
   else throw new Error(`an ICMP filter of ${filter.length} words does not fit a raw IPv${v4 ? 4 : 6} socket of protocol ${s.proto}`);
 }
 

@@ -37,8 +37,8 @@
 // through soccr's requeueConnection; restore does the same for the restored listener.
 //
 // Raw sockets (any protocol, IPv4 and IPv6) are recorded with their bound and connected
-// addresses (the latter from /proc/net/raw*, see rawPeerOf) and ip_opts.raw: IP_HDRINCL,
-// IP_NODEFRAG and the ICMP/ICMPv6 type filter. Their queue cannot be walked without taking it,
+// addresses (the latter from /proc/net/raw*, see rawPeerOf) and ip_opts.raw: IP_OPT.HDRINCL,
+// IP_OPT.NODEFRAG and the ICMP/ICMPv6 type filter. Their queue cannot be walked without taking it,
 // so one with packets waiting is refused (CRIU drops them).
 //
 // Refused, naming the fd: any other family or protocol (netlink and packet sockets have their
@@ -48,7 +48,7 @@
 // unless --skip-in-flight (they are then left behind, as criu leaves them).
 import { readFileSync, readlinkSync } from 'node:fs';
 import type { DecodedMessage } from '@criu-ts/images';
-import { accept4, close, getsockopt, pollOne, POLL, inetDiagDump, isSysError, MSG, pidfdGetfd, pidfdOpen, setsockopt, SO, SOL_SOCKET, sock, SockDiagError, type Fd, type InetDiagSocket, type Pid, IPPROTO, SOL, IP_OPT, IPV6_OPT, TCP_OPT } from '@criu-ts/sys';
+import { accept4, close, getsockopt, pollOne, POLL, inetDiagDump, isSysError, MSG, pidfdGetfd, pidfdOpen, setsockopt, SO, SOL_SOCKET, sock, SockDiagError, type Fd, type InetDiagSocket, type Pid, IPPROTO, SOL, IP_OPT, IPV6_OPT, TCP_OPT, ICMP_FILTER, ICMP6_FILTER } from '@criu-ts/sys';
 import { acceptQueueRefillUnsupported, discard, pause, requeueConnection, resume, save, SUPPORTED_STATES, tcpStateName, TcpState, toImageForm, wireKey, type ConnectionKey, type InetAddress, type TcpConnectionState } from '@criu-ts/soccr';
 import { socketOptions } from './unix-sockets.js';
 
@@ -61,14 +61,6 @@ const SOCK_STREAM = 1;
 const SOCK_DGRAM = 2;
 const SOCK_RAW = 3;
 const SOCK_NONBLOCK = 0o4000;
-const SOL_RAW = 255;
-const IP_HDRINCL = 3;
-const IP_NODEFRAG = 22;
-const IPV6_HDRINCL = 36;
-const ICMP_FILTER = 1;
-const ICMP6_FILTER = 1;
-const IPPROTO_ICMP = 1;
-const IPPROTO_ICMPV6 = 58;
 /** ids-N.img numbers the task's namespaces in CRIU's order (dump.ts): net is the second. */
 const NET_NS_ID = 2;
 
@@ -535,7 +527,7 @@ function inetSocketOptions(dup: Fd): DecodedMessage {
 }
 
 /**
- * ip_opts_raw_entry of a raw socket: IP_HDRINCL (IPV6_HDRINCL), IP_NODEFRAG when set, and the
+ * ip_opts_raw_entry of a raw socket: IP_OPT.HDRINCL (IPV6_OPT.HDRINCL), IP_OPT.NODEFRAG when set, and the
  * ICMP type filter of an ICMP (ICMP_FILTER, one word) or ICMPv6 (ICMP6_FILTER, eight words)
  * socket, as the kernel's bitmap words.
  */
@@ -543,12 +535,12 @@ function rawOptions(dup: Fd, kind: SocketKind): DecodedMessage {
   const v4 = kind.domain === AF_INET;
   const int = (level: number, name: number) => getsockopt(dup, level, name).readInt32LE(0);
   const out: DecodedMessage = {};
-  if (int(v4 ? SOL.IP : SOL.IPV6, v4 ? IP_HDRINCL : IPV6_HDRINCL) !== 0) out.hdrincl = true;
-  if (v4 && int(SOL.IP, IP_NODEFRAG) !== 0) out.nodefrag = true;
-  if (v4 && kind.protocol === IPPROTO_ICMP) {
-    out.icmpv_filter = [getsockopt(dup, SOL_RAW, ICMP_FILTER).readUInt32LE(0)];
-  } else if (!v4 && kind.protocol === IPPROTO_ICMPV6) {
-    const words = getsockopt(dup, IPPROTO_ICMPV6, ICMP6_FILTER, 32);
+  if (int(v4 ? SOL.IP : SOL.IPV6, v4 ? IP_OPT.HDRINCL : IPV6_OPT.HDRINCL) !== 0) out.hdrincl = true;
+  if (v4 && int(SOL.IP, IP_OPT.NODEFRAG) !== 0) out.nodefrag = true;
+  if (v4 && kind.protocol === IPPROTO.ICMP) {
+    out.icmpv_filter = [getsockopt(dup, SOL.RAW, ICMP_FILTER).readUInt32LE(0)];
+  } else if (!v4 && kind.protocol === IPPROTO.ICMPV6) {
+    const words = getsockopt(dup, SOL.ICMPV6, ICMP6_FILTER, 32);
     out.icmpv_filter = Array.from({ length: words.length / 4 }, (_, i) => words.readUInt32LE(i * 4));
   }
   return out;
