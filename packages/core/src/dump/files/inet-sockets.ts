@@ -37,15 +37,16 @@
 // through soccr's requeueConnection; restore does the same for the restored listener.
 //
 // Raw sockets (any protocol, IPv4 and IPv6) are recorded with their bound and connected
-// addresses (the latter from /proc/net/raw*, see rawPeerOf) and ip_opts.raw: IP_OPT.HDRINCL,
-// IP_OPT.NODEFRAG and the ICMP/ICMPv6 type filter. Their queue cannot be walked without taking it,
+// addresses (the latter from /proc/net/raw*, see rawPeerOf) and ip_opts.raw: IP_HDRINCL,
+// IP_NODEFRAG and the ICMP/ICMPv6 type filter. Their queue cannot be walked without taking it,
 // so one with packets waiting is refused (CRIU drops them).
 //
 // Refused, naming the fd: any other family or protocol (netlink and packet sockets have their
-// own files); a raw socket with packets waiting; an established connection without --tcp-established or --tcp-close (with its addresses); a TCP
-// socket in a state soccr cannot save (SYN_SENT...); a listener with connections waiting in its
-// accept queue without --tcp-established, or where the kernel cannot queue connections back,
-// unless --skip-in-flight (they are then left behind, as criu leaves them).
+// own files); a raw socket with packets waiting; an established connection without
+// --tcp-established or --tcp-close (with its addresses); a TCP socket in a state soccr cannot
+// save (SYN_SENT...); a listener with connections waiting in its accept queue without
+// --tcp-established, or where the kernel cannot queue connections back, unless --skip-in-flight
+// (they are then left behind, as criu leaves them).
 import { readFileSync, readlinkSync } from 'node:fs';
 import type { DecodedMessage } from '@criu-ts/images';
 import { accept4, close, getsockopt, pollOne, POLL, inetDiagDump, isSysError, MSG, pidfdGetfd, pidfdOpen, setsockopt, SO, SOL_SOCKET, sock, SockDiagError, type Fd, type InetDiagSocket, type Pid, IPPROTO, SOL, IP_OPT, IPV6_OPT, TCP_OPT, ICMP_FILTER, ICMP6_FILTER } from '@criu-ts/sys';
@@ -115,7 +116,7 @@ export function describeSocketKind(k: SocketKind): string {
   return `${FAMILY_NAMES[k.domain] ?? `family ${k.domain}`} socket (${TYPE_NAMES[k.type] ?? `type ${k.type}`}, protocol ${k.protocol})`;
 }
 
-/** Why a socket of this kind cannot be dumped, or undefined when it can (TCP, UDP and raw over IPv4/IPv6; netlink: files/netlink-sockets.ts). */
+/** Why a socket of this kind cannot be dumped, or undefined when it can (TCP, UDP and raw over IPv4/IPv6; netlink and packet: files/netlink-sockets.ts, files/packet-sockets.ts). */
 export function unsupportedSocketReason(k: SocketKind): string | undefined {
   if (k.domain === AF_INET || k.domain === AF_INET6) {
     if ((k.type === SOCK_STREAM && k.protocol === IPPROTO.TCP) || (k.type === SOCK_DGRAM && k.protocol === IPPROTO.UDP) || k.type === SOCK_RAW) return undefined;
@@ -264,7 +265,7 @@ export class InetSocketDumper {
         if (!link.startsWith('socket:')) continue;
         const dup = this.dupOf(t.pid, fd);
         const kind = socketKindOf(dup);
-        if ((kind.domain !== AF_INET && kind.domain !== AF_INET6) || kind.protocol !== IPPROTO.TCP) continue;
+        if ((kind.domain !== AF_INET && kind.domain !== AF_INET6) || kind.type !== SOCK_STREAM || kind.protocol !== IPPROTO.TCP) continue;
         const state = tcpState(dup);
         if (state === TcpState.LISTEN) {
           for (const q of this.takeAcceptQueue(dup, Number(link.slice(8, -1)), kind.domain)) keys.set(`${fmt(q.key.local)} ${fmt(q.key.remote)}`, q.key);
