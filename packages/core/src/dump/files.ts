@@ -28,7 +28,7 @@ import { memfdInodeEntry, memfdName } from './files/memfd.js';
 import { noOwner, ownerOf } from './files/owner.js';
 import { FILE_LOCK_FLAG, fileLocks } from './files/locks.js';
 import { peekQueue, socketInode, UnixSocketDumper, UnixSocketRefused, unixSocketInodes, type UnixDumpContext } from './files/unix-sockets.js';
-import { grabFd, InetSocketDumper, precheckInetSocket, socketKindOf, type InetDumpOptions, type InetSocketRefused } from './files/inet-sockets.js';
+import { grabFd, InetSocketDumper, precheckInetSocket, socketKindOf, type InetDumpOptions, type SocketRefused } from './files/inet-sockets.js';
 import { netlinkSocketEntry } from './files/netlink-sockets.js';
 import { PacketSocketTable } from './files/packet-sockets.js';
 import { AT_SYMLINK_FOLLOW, close as closeFd, linkat, SysError } from '@criu-ts/sys';
@@ -414,15 +414,12 @@ export class FileTable {
       // Read once per dump (the task is frozen; a socket it had is not one it makes meanwhile).
       this.unixInodes ??= unixSocketInodes(pid);
       if (!this.unixInodes.has(socketIno)) {
-        const dup = grabFd(pid, fd);
-        try {
-          const kind = socketKindOf(dup);
-          if (kind.domain === AF_NETLINK) return add(FD_TYPE.NETLINKSK, 'nlsk', netlinkSocketEntry(dup, fd, socketIno, flags, kind.protocol));
-          if (kind.domain === AF_PACKET) return add(FD_TYPE.PACKETSK, 'psk', this.packetSockets.entry(dup, fd, socketIno, flags));
-        } finally {
-          closeFd(dup);
-        }
         if (!this.inet) throw new UnsupportedFileError(fd, target, 'socket (not AF_UNIX)');
+        // The inet dumper's duplicate (taken already for a TCP socket when the locks were chosen).
+        const dup = this.inet.dupOf(pid, fd);
+        const kind = socketKindOf(dup);
+        if (kind.domain === AF_NETLINK) return add(FD_TYPE.NETLINKSK, 'nlsk', netlinkSocketEntry(dup, fd, socketIno, flags, kind.protocol));
+        if (kind.domain === AF_PACKET) return add(FD_TYPE.PACKETSK, 'psk', this.packetSockets.entry(dup, fd, socketIno, flags));
         const inet = this.inet.dump(pid, fd, socketIno, flags);
         const slot = add(FD_TYPE.INETSK, 'isk', inet.entry);
         for (const d of inet.queue) this.socketQueues.push({ idFor: Number(slot.id), bytes: d.bytes, addr: d.addr });
@@ -680,7 +677,7 @@ const SUPPORTED_ANON_INODES = new Set(['eventfd', 'eventpoll', 'signalfd', 'time
  * is frozen, so that refusing it costs the task nothing. The files stage checks again (an fd may
  * be opened in between).
  */
-export function findUnsupportedDescriptor(pid: number, inet: InetDumpOptions = {}, options: { linkRemap?: boolean } = {}): UnsupportedFileError | InetSocketRefused | undefined {
+export function findUnsupportedDescriptor(pid: number, inet: InetDumpOptions = {}, options: { linkRemap?: boolean } = {}): UnsupportedFileError | SocketRefused | undefined {
   let fds: string[];
   try {
     fds = readdirSync(`/proc/${pid}/fd`);

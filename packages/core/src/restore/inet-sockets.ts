@@ -40,7 +40,7 @@ import {
   decodeTcpStreamImage, discard, fromImageForm, requeueConnection, sendCraftedDatagrams, listLocksSync, lockHeldSync, resume, restore as restoreConnection, SoccrError, SUPPORTED_STATES, TcpState,
   tcpStateName, unlockHeldSync, wireKey, keyText, type ConnectionKey, type InetAddress, type LockBackend, type TcpConnectionState,
 } from '@criu-ts/soccr';
-import { applySocketOptions } from './unix-sockets.js';
+import { applySocketOptions, socketSteps } from './unix-sockets.js';
 
 type Msg = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
 type Invalid = (message: string, evidence?: Record<string, unknown>) => never;
@@ -50,7 +50,6 @@ const AF_INET6 = 10;
 const SOCK_STREAM = 1;
 const SOCK_DGRAM = 2;
 const SOCK_RAW = 3;
-const SOCK_NONBLOCK = 0o4000;
 
 export interface InetSocketImage {
   readonly id: number;
@@ -234,13 +233,7 @@ export class InetSockets {
   /** Makes the socket in criu-ts; returns its fd (hand it to the task, then call handedOver). */
   create(s: InetSocketImage): number {
     const what = describeInetSocket(s);
-    const step = <T>(label: string, f: () => T): T => {
-      try {
-        return f();
-      } catch (error) {
-        throw new Error(`${what}: ${label} failed: ${(error as Error).message}`, { cause: error });
-      }
-    };
+    const step = socketSteps(what);
     if (s.how === 'connection') {
       const fd = step('recreating the connection (TCP repair)', () => restoreConnection(s.connection!));
       this.repaired.push({ fd, what });
@@ -370,7 +363,7 @@ function drainSilently(fd: number): void {
   while ((pollOne(fd as Fd, POLL.IN, 0) & POLL.IN) !== 0) {
     let conn: number;
     try {
-      conn = acceptConnection(fd as Fd, SOCK_NONBLOCK);
+      conn = acceptConnection(fd as Fd, sock.SOCK_NONBLOCK);
     } catch {
       return; // EAGAIN: empty (or not a listener any more)
     }

@@ -13,14 +13,13 @@
 // A portid still taken (the dumped process alive, or another socket) fails the bind with
 // EADDRINUSE, named.
 import { bind, connect, setsockopt, socket, type Fd, close } from '@criu-ts/sys';
-import { applySocketOptions } from './unix-sockets.js';
+import { applySocketOptions, socketSteps } from './unix-sockets.js';
 
 type Msg = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
 type Invalid = (message: string, evidence?: Record<string, unknown>) => never;
 
 const AF_NETLINK = 16;
 const SOCK_RAW = 3;
-const SOCK_CLOEXEC = 0o2000000;
 const SOL_NETLINK = 270;
 const NETLINK_ADD_MEMBERSHIP = 1;
 /** MAX_LINKS: netlink protocols are numbered below it. */
@@ -68,14 +67,8 @@ function netlinkAddress(portid: number, groups: number): Buffer {
 /** Makes the socket in criu-ts (see the module doc); returns its fd, for the task to take. */
 export function createNetlinkSocket(s: NetlinkSocketImage): Fd {
   const what = describeNetlinkSocket(s);
-  const step = <T>(label: string, f: () => T): T => {
-    try {
-      return f();
-    } catch (error) {
-      throw new Error(`${what}: ${label} failed: ${(error as Error).message}`, { cause: error });
-    }
-  };
-  const fd = step('socket', () => socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, s.protocol));
+  const step = socketSteps(what);
+  const fd = step('socket', () => socket(AF_NETLINK, SOCK_RAW, s.protocol));
   try {
     applySocketOptions(fd, s.opts, what);
     const firstWord = s.groups[0] ?? 0;

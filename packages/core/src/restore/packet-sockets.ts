@@ -10,13 +10,12 @@
 //   PACKET_ADD_MEMBERSHIP for each multicast/promiscuous membership
 // Refused at validation: rings and fanout groups (a dump by criu-ts never writes them).
 import { bind, close, getsockopt, setsockopt, socket, type Fd } from '@criu-ts/sys';
-import { applySocketOptions } from './unix-sockets.js';
+import { applySocketOptions, socketSteps } from './unix-sockets.js';
 
 type Msg = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
 type Invalid = (message: string, evidence?: Record<string, unknown>) => never;
 
 const AF_PACKET = 17;
-const SOCK_CLOEXEC = 0o2000000;
 const SOL_PACKET = 263;
 const PACKET_OPT = {
   ADD_MEMBERSHIP: 1, COPY_THRESH: 7, AUXDATA: 8, ORIGDEV: 9, VERSION: 10, RESERVE: 12, LOSS: 14, VNET_HDR: 15, TIMESTAMP: 17,
@@ -70,14 +69,8 @@ const htons = (v: number) => ((v & 0xff) << 8) | ((v >> 8) & 0xff);
 /** Makes the socket in criu-ts (see the module doc); returns its fd, for the task to take. */
 export function createPacketSocket(s: PacketSocketImage): Fd {
   const what = describePacketSocket(s);
-  const step = <T>(label: string, f: () => T): T => {
-    try {
-      return f();
-    } catch (error) {
-      throw new Error(`${what}: ${label} failed: ${(error as Error).message}`, { cause: error });
-    }
-  };
-  const fd = step('socket', () => socket(AF_PACKET, s.type | SOCK_CLOEXEC, htons(s.protocol)));
+  const step = socketSteps(what);
+  const fd = step('socket', () => socket(AF_PACKET, s.type, htons(s.protocol)));
   try {
     applySocketOptions(fd, s.opts, what);
     const option = (name: number, value: number, label: string) => {

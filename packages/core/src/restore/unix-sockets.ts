@@ -411,6 +411,20 @@ function removeStaleSocketFile(path: string, what: string, deletedAtDump: boolea
   unlinkSync(path);
 }
 
+/**
+ * The steps of making socket `what` in criu-ts: each runs as is, and a failure says which socket
+ * and which step (`<what>: <label> failed: <cause>`). Shared by the inet, netlink and packet sockets.
+ */
+export function socketSteps(what: string): <T>(label: string, f: () => T) => T {
+  return (label, f) => {
+    try {
+      return f();
+    } catch (error) {
+      throw new Error(`${what}: ${label} failed: ${(error as Error).message}`, { cause: error });
+    }
+  };
+}
+
 /** SOL_SOCKET options of sk_opts_entry, set on criu-ts's duplicate of the socket (unix and inet sockets). */
 export function applySocketOptions(fd: Fd, opts: Msg, what: string): void {
   const set = (name: number, value: number | Uint8Array, label: string) => {

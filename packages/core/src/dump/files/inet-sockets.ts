@@ -61,7 +61,6 @@ const AF_PACKET = 17;
 const SOCK_STREAM = 1;
 const SOCK_DGRAM = 2;
 const SOCK_RAW = 3;
-const SOCK_NONBLOCK = 0o4000;
 /** ids-N.img numbers the task's namespaces in CRIU's order (dump.ts): net is the second. */
 const NET_NS_ID = 2;
 
@@ -74,8 +73,8 @@ export interface InetDumpOptions {
   readonly skipInFlight?: boolean;
 }
 
-/** A socket dump refuses, with what it is and why. */
-export class InetSocketRefused extends Error {
+/** A socket dump refuses (any family: inet, netlink, packet), with what it is and why. */
+export class SocketRefused extends Error {
   constructor(
     readonly fd: number,
     readonly ino: number,
@@ -83,7 +82,7 @@ export class InetSocketRefused extends Error {
     reason: string,
   ) {
     super(`fd ${fd} (socket:[${ino}], ${kind}): ${reason}`);
-    this.name = 'InetSocketRefused';
+    this.name = 'SocketRefused';
   }
 }
 
@@ -175,19 +174,19 @@ const isConnectedTcp = (state: number) => state !== TcpState.LISTEN && state !==
  * The reason an established connection is refused before anything is frozen, or undefined.
  * Run on a duplicate of the task's fd (`dup`); `fd`/`ino` only name it.
  */
-export function precheckInetSocket(dup: Fd, fd: number, ino: number, opts: InetDumpOptions): InetSocketRefused | undefined {
+export function precheckInetSocket(dup: Fd, fd: number, ino: number, opts: InetDumpOptions): SocketRefused | undefined {
   const kind = socketKindOf(dup);
   const reason = unsupportedSocketReason(kind);
   const what = describeSocketKind(kind);
-  if (reason) return new InetSocketRefused(fd, ino, what, reason);
+  if (reason) return new SocketRefused(fd, ino, what, reason);
   if (kind.domain === AF_NETLINK || kind.domain === AF_PACKET || kind.type !== SOCK_STREAM || kind.protocol !== IPPROTO.TCP) return undefined;
   const state = tcpState(dup);
   if (!isConnectedTcp(state)) return undefined;
   const local = sock.getsockname(dup as number);
   const remote = peerOf(dup);
   const conn = `${fmt(local)} -> ${remote ? fmt(remote) : '?'}, ${tcpStateName(state)}`;
-  if (!SUPPORTED_STATES.has(state)) return new InetSocketRefused(fd, ino, `${what} ${conn}`, `a connection in state ${tcpStateName(state)} cannot be dumped (${[...SUPPORTED_STATES].map(tcpStateName).join(', ')} can)`);
-  if (!opts.tcpEstablished && !opts.tcpClose) return new InetSocketRefused(fd, ino, `${what} ${conn}`, 'an established TCP connection; dump it with --tcp-established (tcpEstablished) to save it, or --tcp-close (tcpClose) to have restore close it');
+  if (!SUPPORTED_STATES.has(state)) return new SocketRefused(fd, ino, `${what} ${conn}`, `a connection in state ${tcpStateName(state)} cannot be dumped (${[...SUPPORTED_STATES].map(tcpStateName).join(', ')} can)`);
+  if (!opts.tcpEstablished && !opts.tcpClose) return new SocketRefused(fd, ino, `${what} ${conn}`, 'an established TCP connection; dump it with --tcp-established (tcpEstablished) to save it, or --tcp-close (tcpClose) to have restore close it');
   return undefined;
 }
 
@@ -239,7 +238,8 @@ export class InetSocketDumper {
     private readonly onQueuedTaken?: (listener: Fd, connection: Fd) => void,
   ) {}
 
-  private dupOf(pid: number, fd: number): Fd {
+  /** criu-ts's duplicate of fd `fd` of `pid` (any socket), taken once per dump and closed by close(). */
+  dupOf(pid: number, fd: number): Fd {
     const k = `${pid}/${fd}`;
     let dup = this.dups.get(k);
     if (dup === undefined) this.dups.set(k, (dup = grabFd(pid, fd)));
@@ -296,7 +296,7 @@ export class InetSocketDumper {
     while ((pollOne(listener, POLL.IN, 0) & POLL.IN) !== 0) {
       let conn: Fd;
       try {
-        conn = accept4(listener, SOCK_NONBLOCK);
+        conn = accept4(listener, sock.SOCK_NONBLOCK);
       } catch (error) {
         if (isSysError(error, 'EAGAIN')) break;
         throw error;
@@ -336,7 +336,7 @@ export class InetSocketDumper {
     const kind = socketKindOf(dup);
     const what = describeSocketKind(kind);
     const refuse = (reason: string, detail = what): never => {
-      throw new InetSocketRefused(fd, ino, detail, reason);
+      throw new SocketRefused(fd, ino, detail, reason);
     };
     const unsupported = unsupportedSocketReason(kind);
     if (unsupported) refuse(unsupported);

@@ -14,24 +14,13 @@
 // the task runs on; a moment later the queue is usually empty again.
 import type { DecodedMessage } from '@criu-ts/images';
 import { getpeername, getsockname, getsockopt, pollOne, POLL, type Fd } from '@criu-ts/sys';
+import { SocketRefused } from './inet-sockets.js';
 import { socketOptions } from './unix-sockets.js';
 
 const SOL_NETLINK = 270;
 const NETLINK_LIST_MEMBERSHIPS = 9;
 /** ids-N.img numbers the task's namespaces in CRIU's order (dump.ts): net is the second. */
 const NET_NS_ID = 2;
-
-/** A netlink socket dump refuses, with why. */
-export class NetlinkSocketRefused extends Error {
-  constructor(
-    readonly fd: number,
-    readonly ino: number,
-    reason: string,
-  ) {
-    super(`fd ${fd} (socket:[${ino}], netlink socket): ${reason}`);
-    this.name = 'NetlinkSocketRefused';
-  }
-}
 
 /** struct sockaddr_nl { u16 family; u16 pad; u32 nl_pid; u32 nl_groups; } */
 function netlinkAddress(raw: Buffer): { portid: number; groups: number } {
@@ -53,7 +42,7 @@ function joinedGroups(dup: Fd): number[] {
  */
 export function netlinkSocketEntry(dup: Fd, fd: number, ino: number, flags: number, protocol: number): DecodedMessage {
   if ((pollOne(dup, POLL.IN, 0) & POLL.IN) !== 0) {
-    throw new NetlinkSocketRefused(fd, ino, 'messages are waiting in it; they cannot be saved without taking them from the program, nor given back as the kernel\'s (dump again once it has read them)');
+    throw new SocketRefused(fd, ino, 'netlink socket', 'messages are waiting in it; they cannot be saved without taking them from the program, nor given back as the kernel\'s (dump again once it has read them)');
   }
   const self = netlinkAddress(getsockname(dup));
   const peer = netlinkAddress(getpeername(dup));

@@ -11,22 +11,11 @@
 //   - a socket with packets waiting: they cannot be read without taking them from the program.
 import type { DecodedMessage } from '@criu-ts/images';
 import { packetDiagDump, PDI, pollOne, POLL, type Fd, type PacketDiagSocket } from '@criu-ts/sys';
+import { SocketRefused } from './inet-sockets.js';
 import { socketOptions } from './unix-sockets.js';
 
 /** ids-N.img numbers the task's namespaces in CRIU's order (dump.ts): net is the second. */
 const NET_NS_ID = 2;
-
-/** A packet socket dump refuses, with why. */
-export class PacketSocketRefused extends Error {
-  constructor(
-    readonly fd: number,
-    readonly ino: number,
-    reason: string,
-  ) {
-    super(`fd ${fd} (socket:[${ino}], packet socket): ${reason}`);
-    this.name = 'PacketSocketRefused';
-  }
-}
 
 /** What packet_diag says of every packet socket of the netns, read once per dump (the tasks are frozen). */
 export class PacketSocketTable {
@@ -37,7 +26,7 @@ export class PacketSocketTable {
     this.sockets ??= packetDiagDump();
     const d = this.sockets.get(ino);
     const refuse = (reason: string): never => {
-      throw new PacketSocketRefused(fd, ino, reason);
+      throw new SocketRefused(fd, ino, 'packet socket', reason);
     };
     if (!d) return refuse('sock_diag does not know it (another network namespace?)');
     if (d.rxRing || d.txRing) refuse(`it has a ${[d.rxRing ? 'receive' : '', d.txRing ? 'transmit' : ''].filter(Boolean).join(' and ')} ring (PACKET_RX_RING/TX_RING), which cannot be brought back yet`);
