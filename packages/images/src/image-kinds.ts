@@ -159,6 +159,9 @@ const SPECS: readonly KindSpec[] = [
   { name: 'NETNF_EXP', magic: 0, pattern: 'netns-exp-N.img', entries: { type: 'raw' } },
   { name: 'TMPFS_IMG', magic: 0, pattern: 'tmpfs-N.tar.gz.img', entries: { type: 'raw' } },
   { name: 'TMPFS_DEV', magic: 0, pattern: 'tmpfs-dev-N.tar.gz.img', entries: { type: 'raw' } },
+  // criu-ts's own: a packet socket's rings as its program left them (packet_sock_entry
+  // rx_ring_head/tx_ring_head say where the kernel was); N is the socket's file id.
+  { name: 'PACKET_RING', magic: 0, pattern: 'packet-ring-N.img', entries: { type: 'raw' } },
 ];
 
 function patternToRegExp(pattern: string): RegExp {

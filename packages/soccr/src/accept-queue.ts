@@ -48,10 +48,10 @@ import {
   inetDiagList,
   sock,
   vmlinuxBtfFuncId,
+  BpfProgram, FP, R0, R1, R2, R3, R4, R6, R7, R8,
   type Fd,
 } from '@criu-ts/sys';
 import { readFileSync } from 'node:fs';
-import { BpfProgram, FP, R0, R1, R2, R3, R4, R6, R7, R8 } from './bpf-asm.js';
 import { SoccrError } from './errors.js';
 import { LOCK_BYPASS_MARK, sendCraftedSegment, TH_ACK, TH_FIN, TH_PSH } from './raw-segment.js';
 import { TcpState, tcpStateName, type InetAddress, type TcpConnectionState } from './tcp-state.js';

@@ -1,21 +1,20 @@
-// bpf(2): the few commands criu-ts uses to load a small TC program (soccr's accept-queue refill)
-// and the vmlinux BTF lookup its kfunc call needs. Layouts are union bpf_attr's members for each
+// bpf(2): the few commands criu-ts uses: a small TC program (soccr's accept-queue refill) and a
+// task_file iterator (core's packet-ring reader); btf.ts finds the kernel ids they name. Layouts are union bpf_attr's members for each
 // command (linux/bpf.h); the kernel requires every byte past the member it reads to be zero, so
 // each attr buffer is allocated zeroed and sized to cover the fields set.
-import { readFileSync } from 'node:fs';
 import { addressOf, sysCallNumber } from './ffi.js';
 import { SysError } from './errors.js';
 import { asFd, type Fd } from './types.js';
 import { SYSCALL_NUMBERS as N } from './syscall-numbers.js';
 
 /** enum bpf_cmd values used here. */
-export const BPF_CMD = { MAP_CREATE: 0, MAP_LOOKUP_ELEM: 1, MAP_UPDATE_ELEM: 2, PROG_LOAD: 5, LINK_CREATE: 28 } as const;
+export const BPF_CMD = { MAP_CREATE: 0, MAP_LOOKUP_ELEM: 1, MAP_UPDATE_ELEM: 2, PROG_LOAD: 5, LINK_CREATE: 28, ITER_CREATE: 33 } as const;
 /** enum bpf_map_type values used here. */
 export const BPF_MAP_TYPE = { ARRAY: 2, SOCKMAP: 15 } as const;
 /** enum bpf_prog_type values used here. */
-export const BPF_PROG_TYPE = { SCHED_CLS: 3 } as const;
+export const BPF_PROG_TYPE = { SCHED_CLS: 3, TRACING: 26 } as const;
 /** enum bpf_attach_type values used here (tcx: Linux 6.6+). */
-export const BPF_ATTACH = { TCX_INGRESS: 46, TCX_EGRESS: 47 } as const;
+export const BPF_ATTACH = { TRACE_ITER: 28, TCX_INGRESS: 46, TCX_EGRESS: 47 } as const;
 
 function bpf(cmd: number, attr: Buffer, what: string): number {
   return sysCallNumber('bpf', N.bpf, [cmd, attr, attr.length], what);
@@ -76,6 +75,8 @@ export interface ProgLoadOptions {
   readonly license: string;
   readonly name: string;
   readonly expectedAttachType?: number;
+  /** The vmlinux BTF id of what a tracing program attaches to (an iterator's bpf_iter_<target>). */
+  readonly attachBtfId?: number;
 }
 
 /** BPF_PROG_LOAD with a verifier log: a refused program throws BpfVerifierError carrying the log. */
@@ -92,6 +93,7 @@ export function bpfProgLoad(o: ProgLoadOptions): Fd {
   attr.writeBigUInt64LE(addressOf(log), 32);
   attr.write(o.name.slice(0, 15), 48, 'latin1');
   attr.writeUInt32LE(o.expectedAttachType ?? 0, 68);
+  attr.writeUInt32LE(o.attachBtfId ?? 0, 108);
   try {
     return asFd(bpf(BPF_CMD.PROG_LOAD, attr, `program ${o.name}`));
   } catch (error) {
@@ -112,48 +114,30 @@ export function bpfLinkCreateTcx(prog: Fd, ifindex: number, attachType: number):
   return asFd(bpf(BPF_CMD.LINK_CREATE, attr, `program fd ${prog} on ifindex ${ifindex}`));
 }
 
-// --- vmlinux BTF ---------------------------------------------------------------------------
-
-const BTF_MAGIC = 0xeb9f;
-const BTF_KIND_FUNC = 12;
-/** Bytes following struct btf_type (12 bytes) for each kind, from its vlen (linux/btf.h). */
-function btfTrailer(kind: number, vlen: number): number {
-  switch (kind) {
-    case 1: return 4; // INT
-    case 3: return 12; // ARRAY
-    case 4: case 5: return 12 * vlen; // STRUCT, UNION: btf_member
-    case 6: return 8 * vlen; // ENUM
-    case 13: return 8 * vlen; // FUNC_PROTO: btf_param
-    case 14: return 4; // VAR
-    case 15: return 12 * vlen; // DATASEC
-    case 17: return 4; // DECL_TAG
-    case 19: return 12 * vlen; // ENUM64
-    default: return 0; // PTR, FWD, TYPEDEF, VOLATILE, CONST, RESTRICT, FUNC, FLOAT, TYPE_TAG
+/**
+ * BPF_LINK_CREATE of an iterator program, limited to the one task `tid` (union
+ * bpf_iter_link_info's task member: tid, pid, pid_fd; Linux 6.1+).
+ */
+export function bpfLinkCreateTaskIter(prog: Fd, tid: number): Fd {
+  const info = Buffer.alloc(16);
+  info.writeUInt32LE(tid, 0);
+  const attr = Buffer.alloc(64);
+  attr.writeUInt32LE(prog, 0);
+  attr.writeUInt32LE(BPF_ATTACH.TRACE_ITER, 8);
+  attr.writeBigUInt64LE(addressOf(info), 16);
+  attr.writeUInt32LE(info.length, 24);
+  try {
+    return asFd(bpf(BPF_CMD.LINK_CREATE, attr, `iterator program fd ${prog} for task ${tid}`));
+  } finally {
+    keepAlive(info);
   }
 }
 
-/**
- * The BTF type id of kernel function `name` in /sys/kernel/btf/vmlinux: what a kfunc call
- * instruction carries in its imm. undefined when this kernel has no such function.
- */
-export function vmlinuxBtfFuncId(name: string, path = '/sys/kernel/btf/vmlinux'): number | undefined {
-  const btf = readFileSync(path);
-  if (btf.readUInt16LE(0) !== BTF_MAGIC) throw new Error(`${path}: not BTF (magic 0x${btf.readUInt16LE(0).toString(16)})`);
-  const hdrLen = btf.readUInt32LE(4);
-  const typeStart = hdrLen + btf.readUInt32LE(8);
-  const typeEnd = typeStart + btf.readUInt32LE(12);
-  const strStart = hdrLen + btf.readUInt32LE(16);
-  const wanted = Buffer.from(`${name}\0`, 'latin1');
-  let id = 1;
-  for (let off = typeStart; off < typeEnd; id++) {
-    const nameOff = btf.readUInt32LE(off);
-    const info = btf.readUInt32LE(off + 4);
-    const kind = (info >>> 24) & 0x1f;
-    const nameAt = strStart + nameOff;
-    if (kind === BTF_KIND_FUNC && nameAt + wanted.length <= btf.length && btf.compare(wanted, 0, wanted.length, nameAt, nameAt + wanted.length) === 0) return id;
-    off += 12 + btfTrailer(kind, info & 0xffff);
-  }
-  return undefined;
+/** BPF_ITER_CREATE: an fd whose read() runs the iterator; what the program writes is the data read. */
+export function bpfIterCreate(link: Fd): Fd {
+  const attr = Buffer.alloc(8);
+  attr.writeUInt32LE(link, 0);
+  return asFd(bpf(BPF_CMD.ITER_CREATE, attr, `iterator link fd ${link}`));
 }
 
 // Buffers whose addresses went into an attr must outlive the call; referencing them after it

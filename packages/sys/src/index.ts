@@ -15,6 +15,8 @@ export * from './files.js';
 export * from './socket.js';
 export * from './sock-diag.js';
 export * from './bpf.js';
+export * from './bpf-asm.js';
+export * from './btf.js';
 export * from './process.js';
 export * from './sysv-shm.js';
 export * from './tty.js';

@@ -265,12 +265,24 @@ function parseUnixDiag(msg: Buffer): UnixDiagSocket {
 //             + rtattrs: PACKET_DIAG_INFO packet_diag_info { u32 ifindex, version, reserve,
 //             copy_thresh, tstamp, flags }; PACKET_DIAG_MCLIST packet_diag_mclist[] { u32 index,
 //             count; u16 type, alen; u8 addr[32] }; PACKET_DIAG_RX_RING / TX_RING (present when a
-//             ring is set up); PACKET_DIAG_FANOUT u32 (id | type << 16 | flags << 24)
+//             ring is set up) packet_diag_ring { u32 block_size, block_nr, frame_size, frame_nr,
+//             retire_tmo, sizeof_priv, features }; PACKET_DIAG_FANOUT u32 (id | type << 16 | flags << 24)
 const AF_PACKET = 17;
 const PACKET_SHOW = { INFO: 0x1, MCLIST: 0x2, RING_CFG: 0x4, FANOUT: 0x8 } as const;
 const PACKET_DIAG = { INFO: 0, MCLIST: 1, RX_RING: 2, TX_RING: 3, FANOUT: 4 } as const;
 /** packet_diag_info.pdi_flags */
 export const PDI = { RUNNING: 0x1, AUXDATA: 0x2, ORIGDEV: 0x4, VNETHDR: 0x8, LOSS: 0x10 } as const;
+
+/** A PACKET_RX_RING / PACKET_TX_RING as set up (tpacket_req3's fields; the last three are TPACKET_V3's). */
+export interface PacketRingConfig {
+  readonly blockSize: number;
+  readonly blockNr: number;
+  readonly frameSize: number;
+  readonly frameNr: number;
+  readonly retireTmo: number;
+  readonly sizeofPriv: number;
+  readonly features: number;
+}
 
 /** One AF_PACKET socket as sock_diag reports it. */
 export interface PacketDiagSocket {
@@ -285,8 +297,8 @@ export interface PacketDiagSocket {
   /** PDI bits. */
   readonly flags: number;
   readonly mclist: ReadonlyArray<{ index: number; count: number; type: number; addr: Buffer }>;
-  readonly rxRing: boolean;
-  readonly txRing: boolean;
+  readonly rxRing?: PacketRingConfig;
+  readonly txRing?: PacketRingConfig;
   /** id | type << 16 | flags << 24, when the socket is in a fanout group. */
   readonly fanout?: number;
 }
@@ -300,7 +312,7 @@ export function packetDiagDump(): Map<number, PacketDiagSocket> {
   sockDiagDump(request, 'AF_PACKET', (msg) => {
     const s: { -readonly [K in keyof PacketDiagSocket]: PacketDiagSocket[K] } = {
       ino: msg.readUInt32LE(4), type: msg.readUInt8(1), protocol: msg.readUInt16LE(2), ifindex: 0, version: 0, reserve: 0,
-      copyThresh: 0, tstamp: 0, flags: 0, mclist: [], rxRing: false, txRing: false,
+      copyThresh: 0, tstamp: 0, flags: 0, mclist: [],
     };
     for (let off = 16; off + 4 <= msg.length; ) {
       const len = msg.readUInt16LE(off);
@@ -321,8 +333,14 @@ export function packetDiagDump(): Map<number, PacketDiagSocket> {
           list.push({ index: p.readUInt32LE(i), count: p.readUInt32LE(i + 4), type: p.readUInt16LE(i + 8), addr: Buffer.from(p.subarray(i + 12, i + 12 + Math.min(alen, 32))) });
         }
         s.mclist = list;
-      } else if (type === PACKET_DIAG.RX_RING) s.rxRing = true;
-      else if (type === PACKET_DIAG.TX_RING) s.txRing = true;
+      } else if ((type === PACKET_DIAG.RX_RING || type === PACKET_DIAG.TX_RING) && p.length >= 28) {
+        const ring: PacketRingConfig = {
+          blockSize: p.readUInt32LE(0), blockNr: p.readUInt32LE(4), frameSize: p.readUInt32LE(8), frameNr: p.readUInt32LE(12),
+          retireTmo: p.readUInt32LE(16), sizeofPriv: p.readUInt32LE(20), features: p.readUInt32LE(24),
+        };
+        if (type === PACKET_DIAG.RX_RING) s.rxRing = ring;
+        else s.txRing = ring;
+      }
       else if (type === PACKET_DIAG.FANOUT && p.length >= 4) s.fanout = p.readUInt32LE(0);
       off += (len + 3) & ~3;
     }

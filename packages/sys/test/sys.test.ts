@@ -6,7 +6,7 @@ import {
   read, recvmsg, sendmsg, SIGNALS, signalName, socketpair, AF_UNIX, SOCK, splice, STRUCTS, SysError, syscall,
   syscallName, syscallNumber, USER_REGS_FIELDS, vmsplice, wait4, write, __WALL, PTRACE_EVENT, asRemoteAddress,
   xstateXcr0, xstateBv, getpid, asFd, sysCallRaw, decodeWaitStatus, ERESTARTSYS,
-  BPF_PROG_TYPE, bpfProgLoad, BpfVerifierError, vmlinuxBtfFuncId,
+  BPF_PROG_TYPE, bpfProgLoad, BpfVerifierError, vmlinuxBtfFuncId, Btf, BtfFieldMissing,
 } from '@criu-ts/sys';
 import { killAllVictims, requireRootAndBinaries, TESTS_BIN, Victim } from './victim.js';
 
@@ -163,6 +163,20 @@ describe('@criu-ts/sys bpf', () => {
     expect(id).to.be.a('number').above(0);
     expect(vmlinuxBtfFuncId('bpf_sk_assign_tcp_reqsk'), 'same answer twice').to.equal(id);
     expect(vmlinuxBtfFuncId('criu_ts_no_such_kernel_function')).to.equal(undefined);
+  });
+
+  it('Btf.field: where a kernel struct member lies, through nested structs and anonymous unions; BtfFieldMissing names what is not there', () => {
+    const btf = Btf.vmlinux();
+    expect(btf.field('socket', ['sk']).size, 'a pointer').to.equal(8);
+    const ring = btf.field('packet_sock', ['rx_ring']);
+    const head = btf.field('packet_sock', ['rx_ring', 'head']);
+    expect(head.offset - ring.offset, 'head inside rx_ring').to.equal(btf.field('packet_ring_buffer', ['head']).offset);
+    expect(head.size).to.equal(4);
+    // rx_owner_map and prb_bdqc share an anonymous union in struct packet_ring_buffer
+    expect(btf.field('packet_ring_buffer', ['rx_owner_map']).offset).to.equal(btf.field('packet_ring_buffer', ['prb_bdqc']).offset);
+    expect(btf.field('packet_ring_buffer', ['prb_bdqc', 'kactive_blk_num']).size).to.equal(2);
+    expect(() => btf.field('packet_sock', ['rx_ring', 'criu_ts_no_such_member'])).to.throw(BtfFieldMissing, /no member criu_ts_no_such_member/);
+    expect(() => btf.field('criu_ts_no_such_struct', ['x'])).to.throw(BtfFieldMissing, /no such struct/);
   });
 
   it('bpfProgLoad: a program the verifier refuses throws BpfVerifierError carrying the verifier\'s reason', () => {

@@ -29,7 +29,7 @@
 // Rollback (any failure before finish completes): connections out of repair mode and unlocked,
 // every parasite removed and every frozen task cured (children first), so the tree runs on (or
 // stays stopped) exactly as before; every file this dump wrote is removed.
-import { closeSync, existsSync, openSync, readdirSync, readFileSync, readSync } from 'node:fs';
+import { closeSync, existsSync, openSync, readdirSync, readFileSync, readSync, writeSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
 import type { Parasite, Victim } from '@criu-ts/compel';
 import type { DecodedMessage } from '@criu-ts/images';
@@ -393,6 +393,7 @@ function dumpTree(options: DumpOptions): DumpResult {
       t.fs = { cwd_id: cwdId, root_id: rootId, ...t.fs };
     }
     files.finishTerminals();
+    files.checkMappedSockets();
 
     // ---- memory
     stage = 'memory';
@@ -506,6 +507,14 @@ function dumpTree(options: DumpOptions): DumpResult {
         message: { id_for: q.idFor, length: q.bytes.length, ...(q.addr ? { addr: q.addr } : {}), ...(q.rights ? { scm: [{ type: SCM_RIGHTS, rights: q.rights }] } : {}) },
         payload: { type: 'bytes' as const, bytes: q.bytes },
       })));
+    }
+    for (const ring of files.packetRings) {
+      const fd = dir.openRaw(`packet-ring-${ring.id}.img`);
+      try {
+        for (let done = 0; done < ring.bytes.length; ) done += writeSync(fd, ring.bytes, done);
+      } finally {
+        closeSync(fd);
+      }
     }
     for (const stream of inet.tcpStreams) dir.writeImage(`tcp-stream-${stream.ino.toString(16)}.img`, [{ message: stream.entry, payload: stream.queues }]);
     const liveByPid = new Map(live.map((t) => [t.task.pid as number, t]));

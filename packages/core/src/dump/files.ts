@@ -132,6 +132,12 @@ export class FileTable {
   private readonly unixSockets = new Map<number, UnixSocketDumper>();
   /** packet_diag of the netns, read on the first packet socket. */
   private readonly packetSockets = new PacketSocketTable();
+  /** Packet rings' bytes (packet-ring-<id>.img), by the socket's file id. */
+  readonly packetRings: Array<{ id: number; bytes: Buffer }> = [];
+  /** Sockets mapped into a task (packet rings), by inode: the file id their VMAs name, reserved before their fd is met. */
+  private readonly mappedSockets = new Map<number, { id: number; pid: number; start: bigint }>();
+  /** Packet sockets described from an fd (a mapped one must be). */
+  private readonly describedSockets = new Set<number>();
   private unixInodes?: Set<number>;
   /** The sock_diag dump of every unix socket and their peeked queues, shared by the processes' dumpers (taken once: the tree is frozen). */
   private readonly unixContext: UnixDumpContext = { queues: new Map() };
@@ -284,6 +290,28 @@ export class FileTable {
   }
 
   /**
+   * The file id of the socket a task maps (a packet socket's rings: /proc/PID/maps shows
+   * socket:[ino]), as CRIU records it in the VMA's shmid: the id its files.img entry gets when
+   * its descriptor is met in the files stage (checkMappedSockets then makes sure it was).
+   */
+  mappedSocket(ino: number, pid: number, start: bigint): number {
+    const known = this.mappedSockets.get(ino);
+    if (known) return known.id;
+    const id = this.allocate();
+    this.mappedSockets.set(ino, { id, pid, start });
+    return id;
+  }
+
+  /** After every fd is described: a mapped socket no fd of the dump holds cannot be made again. */
+  checkMappedSockets(): void {
+    for (const [ino, m] of this.mappedSockets) {
+      if (!this.describedSockets.has(ino)) {
+        throw new Error(`process ${m.pid} maps socket:[${ino}] at 0x${m.start.toString(16)} (a packet ring) but no descriptor of the dumped tree holds that socket: it cannot be made again to map`);
+      }
+    }
+  }
+
+  /**
    * The MEMFD file a mapping of a memfd refers to (vma shmid), as CRIU records it: a file entry
    * no fd uses, pointing at the memfd's inode (memfd.img), which an fd of the same memfd shares.
    * `source` (the mapping's /proc/PID/map_files entry) opens the memfd for its contents.
@@ -378,8 +406,7 @@ export class FileTable {
     if (shared !== undefined) return { id: shared, flags: fdinfoFlags, type: this.typeOf.get(shared)!, fd };
     const what = `fd ${fd} of process ${pid} (${target})`;
 
-    const add = (type: number, member: string, entry: DecodedMessage, hasOwner = true): DecodedMessage => {
-      const id = this.allocate();
+    const add = (type: number, member: string, entry: DecodedMessage, hasOwner = true, id = this.allocate()): DecodedMessage => {
       this.files.push({ type, id, [member]: { id, ...entry, ...(hasOwner ? { fown: ownerOf(pid, fd) } : {}) } });
       this.typeOf.set(id, type);
       return { id, flags: fdinfoFlags, type, fd };
@@ -419,7 +446,15 @@ export class FileTable {
         const dup = this.inet.dupOf(pid, fd);
         const kind = socketKindOf(dup);
         if (kind.domain === AF_NETLINK) return add(FD_TYPE.NETLINKSK, 'nlsk', netlinkSocketEntry(dup, fd, socketIno, flags, kind.protocol));
-        if (kind.domain === AF_PACKET) return add(FD_TYPE.PACKETSK, 'psk', this.packetSockets.entry(dup, fd, socketIno, flags));
+        const mapping = this.mappedSockets.get(socketIno);
+        if (mapping && kind.domain !== AF_PACKET) throw new UnsupportedFileError(fd, target, `socket mapped into memory at 0x${mapping.start.toString(16)} (only packet sockets' rings can be)`);
+        if (kind.domain === AF_PACKET) {
+          const packet = this.packetSockets.entry(dup, fd, socketIno, flags);
+          const slot = add(FD_TYPE.PACKETSK, 'psk', packet.entry, true, mapping?.id ?? this.allocate());
+          if (packet.ringBytes) this.packetRings.push({ id: Number(slot.id), bytes: packet.ringBytes });
+          this.describedSockets.add(socketIno);
+          return slot;
+        }
         const inet = this.inet.dump(pid, fd, socketIno, flags);
         const slot = add(FD_TYPE.INETSK, 'isk', inet.entry);
         for (const d of inet.queue) this.socketQueues.push({ idFor: Number(slot.id), bytes: d.bytes, addr: d.addr });

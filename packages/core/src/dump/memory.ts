@@ -100,6 +100,13 @@ export function describeVmas(pid: number, vmas: readonly ProcVma[], files: FileT
       entry.shmid = BigInt(v.inode);
       entry.fdflags = v.vmFlags.has('mw') ? O_RDWR : 0;
       pages = 'none';
+    } else if (/^socket:\[\d+\]$/.test(v.name)) {
+      // A packet socket's rings (the only sockets one can map here): as CRIU records them,
+      // status SOCKET, shmid the socket's file id; their bytes go with the socket (files stage).
+      entry.flags = MAP_SHARED;
+      entry.status = VMA.REGULAR | VMA.SOCKET;
+      entry.shmid = BigInt(files.mappedSocket(Number(v.name.slice('socket:['.length, -1)), pid, v.start));
+      pages = 'none';
     } else if (v.inode === 0 || v.name === '' || v.name === '[heap]' || v.name === '[stack]' || v.name.startsWith('[anon:')) {
       if (v.shared) throw new Error(`shared anonymous mapping without a backing inode at 0x${v.start.toString(16)}`);
       entry.flags = (entry.flags as number) | MAP_ANONYMOUS;

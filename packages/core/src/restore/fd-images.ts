@@ -376,7 +376,7 @@ export function readFdTable<Reg>(input: FdTableInput<Reg>): FdSlot<Reg>[] & { re
         file = { kind: 'inetsk', id, sk: readInetSocket(id, member('isk'), input.dir, where, invalid, input.inet ?? {}, datagramQueues.get(id) ?? []) };
         break;
       case FD_TYPE.PACKETSK:
-        file = { kind: 'packetsk', id, sk: readPacketSocket(id, member('psk'), where, invalid) };
+        file = { kind: 'packetsk', id, sk: readPacketSocket(id, member('psk'), where, invalid, input.dir) };
         break;
       case FD_TYPE.NETLINKSK:
         file = { kind: 'netlinksk', id, sk: readNetlinkSocket(id, member('nlsk'), where, invalid) };

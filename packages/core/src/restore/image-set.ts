@@ -22,6 +22,7 @@ import { existsSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { ImageFormatError, ImageReader, PAGE_SIZE, PagesReader, PE_LAZY, PE_PARENT, PE_PRESENT } from '@criu-ts/images';
 import { RestoreError } from './errors.js';
+import { packetRingMappingBytes } from './packet-sockets.js';
 import { checkTreeUnixSockets, FD_TYPE, memfdInodesOf, readFdTable, readFileLocks, type FdSlot, type FileLockImage, type MemfdInode } from './fd-images.js';
 
 type Msg = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
@@ -52,6 +53,8 @@ export interface VmaImage {
   readonly sysv?: SysvSegmentImage;
   /** vma_entry.fdflags: O_RDWR when the mapping may be made writable (a SysV attachment not SHM_RDONLY). */
   readonly fdflags?: number;
+  /** For a packet socket's rings (VMA_AREA_SOCKET): the socket's file id; the task's fd of it is mapped here after the files stage. */
+  readonly packetRing?: { readonly fileId: number };
 }
 
 /** A SysV shared memory segment (ipcns-shm-<ipc ns id>.img), to be made again with its id. */
@@ -515,7 +518,19 @@ function readProcess(
       });
       continue;
     }
-    if (status & (VMA.SOCKET | VMA.AIORING | VMA.SHSTK | VMA.UPROBES)) invalid(`${where}: mapping kind (status 0x${status.toString(16)}) not supported yet`, { status });
+    if (status & VMA.SOCKET) {
+      // A packet socket's rings, mapped whole (packet_mmap takes nothing else) from offset 0;
+      // the socket's entry and the length are checked with the fds below.
+      if (!(Number(v.flags) & MAP_SHARED_FLAG) || BigInt(v.pgoff) !== 0n || (status & (VMA.FILE_PRIVATE | VMA.FILE_SHARED | VMA.ANON_PRIVATE | VMA.ANON_SHARED | VMA.MEMFD | VMA.SYSVIPC))) {
+        invalid(`${where}: a socket mapping must be shared, from offset 0, and nothing else (flags 0x${Number(v.flags).toString(16)}, status 0x${status.toString(16)}, pgoff ${v.pgoff})`, { file: join(dir, `mm-${pid}.img`), status });
+      }
+      vmas.push({
+        start, end, pgoff: 0n, shmid: BigInt(v.shmid), prot: Number(v.prot), flags: Number(v.flags), status, madv: BigInt(v.madv ?? 0n),
+        packetRing: { fileId: Number(v.shmid) },
+      });
+      continue;
+    }
+    if (status & (VMA.AIORING | VMA.SHSTK | VMA.UPROBES)) invalid(`${where}: mapping kind (status 0x${status.toString(16)}) not supported yet`, { status });
     // Status and mmap flags must agree on sharing: a private mapping made MAP_SHARED would send
     // the process's writes (to a library's data, say) into the file on disk.
     const flags = Number(v.flags);
@@ -597,6 +612,15 @@ function readProcess(
     dir, pid, fdinfoName, fdinfo: readAll(dir, fdinfoName), files, reg, readEntries, shellJob: options.shellJob === true,
     ...(options.inet ? { inet: options.inet } : {}), ...(memfds ? { memfds } : {}),
   });
+
+  for (const v of vmas) {
+    if (!v.packetRing) continue;
+    const slot = fds.find((f) => f.fileId === v.packetRing!.fileId);
+    const where = `mm-${pid}.img: the socket mapping at ${hex(v.start)}`;
+    if (!slot || slot.file.kind !== 'packetsk') invalid(`${where} names file id ${v.packetRing.fileId}, which is not a packet socket open in process ${pid}`, { file: join(dir, `mm-${pid}.img`), id: v.packetRing.fileId });
+    const expected = packetRingMappingBytes(slot.file.sk);
+    if (v.end - v.start !== BigInt(expected)) invalid(`${where} is ${v.end - v.start} bytes long; the rings of packet socket ${v.packetRing.fileId} are ${expected}`, { file: join(dir, `mm-${pid}.img`) });
+  }
 
   return {
     dir, pid, ppid: Number(task.ppid), pgid, sid, core, threads: threadImages, mm, vmas, exe, pagesFile: pagesFile!, pagesSize: pagesSize!, runs,

@@ -254,6 +254,16 @@ export function mapVmas(
         mapped.set(vma, prot);
         continue;
       }
+      if (vma.packetRing) {
+        // A packet socket's rings: the socket exists only after the files stage, which maps it
+        // here (mapPacketRings). Until then the range is held by an inaccessible placeholder, so
+        // that nothing else is mapped there.
+        const len = vma.end - vma.start;
+        const got = remote(task, 'map-vmas', `placeholder for the packet ring at ${hex(vma.start)}-${hex(vma.end)}`, 'mmap', vma.start, len, PROT.NONE, MAP.PRIVATE | MAP.ANONYMOUS | MAP.NORESERVE | MAP.FIXED_NOREPLACE, -1, 0n);
+        if (got !== vma.start) fail('map-vmas', `mmap ${hex(vma.start)} landed at ${hex(got)}`);
+        mapped.set(vma, vma.prot); // its protection is the ring mapping's, not protect()'s business
+        continue;
+      }
       if (vma.sysv) {
         // A SysV attachment (the segment is made already: sysv-shm.ts): shmat at its address.
         // SHM_RDONLY only if it could not be made writable (VM_MAYWRITE, kept as fdflags O_RDWR).
@@ -609,9 +619,24 @@ function prefault(task: RestoreTask, runs: ReadonlyArray<{ vaddr: bigint; nrPage
 /** madvise advice numbers CRIU records in vma_entry.madv (bit N = advice N) and that we replay. */
 const REPLAYED_MADVICE = [10 /* DONTFORK */, 12 /* MERGEABLE */, 14 /* HUGEPAGE */, 15 /* NOHUGEPAGE */, 16 /* DONTDUMP */, 18 /* WIPEONFORK */];
 
+/**
+ * After the files stage: each packet ring VMA becomes the mapping of the task's own descriptor
+ * of its socket (MAP_FIXED over the placeholder mapVmas left), as the task had mapped it.
+ */
+export function mapPacketRings(task: RestoreTask, set: ImageSet): void {
+  for (const vma of set.vmas) {
+    if (!vma.packetRing) continue;
+    const slot = set.fds.find((f) => f.fileId === vma.packetRing!.fileId);
+    if (!slot) fail('files', `no fd of process ${task.pid} is packet socket ${vma.packetRing.fileId}, mapped at ${hex(vma.start)}`);
+    const got = remote(task, 'files', `mmap of packet socket fd ${slot.fd}'s rings at ${hex(vma.start)}-${hex(vma.end)}`, 'mmap', vma.start, vma.end - vma.start, vma.prot, MAP.SHARED | MAP.FIXED, slot.fd, 0n);
+    if (got !== vma.start) fail('files', `mmap of the packet ring at ${hex(vma.start)} landed at ${hex(got)}`);
+  }
+}
+
 /** Step 5. */
 export function protectVmas(task: RestoreTask, mapped: Map<VmaImage, number>): void {
   for (const [vma, prot] of mapped) {
+    if (vma.packetRing) continue;
     const len = vma.end - vma.start;
     if (prot !== vma.prot) remote(task, 'protect', `mprotect ${hex(vma.start)}-${hex(vma.end)} to ${vma.prot}`, 'mprotect', vma.start, len, vma.prot);
     for (const advice of REPLAYED_MADVICE) {

@@ -2,15 +2,23 @@
 // by criu-ts and handed to the task like the other sockets (files.ts).
 //
 //   socket(AF_PACKET, type, htons(protocol))
-//   the SOL_SOCKET options as dumped (a classic BPF filter included)
 //   SOL_PACKET: PACKET_VERSION, PACKET_RESERVE, PACKET_AUXDATA, PACKET_ORIGDEV, PACKET_VNET_HDR,
 //               PACKET_LOSS, PACKET_TIMESTAMP, PACKET_COPY_THRESH, where they differ from a new
-//               socket's
-//   bind(sockaddr_ll { protocol, ifindex })   when it was bound to an interface
+//               socket's (all before the rings: the kernel refuses some once a ring exists)
+//   PACKET_RX_RING / PACKET_TX_RING, the kernel moved to where it stood and the rings' bytes
+//               written back (packet-rings/rings.ts); the task maps them later (restore.ts)
+//   the SOL_SOCKET options as dumped (a classic BPF filter included: after the rings, so that
+//               it does not stop the frames that move the kernel's position)
+//   bind(sockaddr_ll { protocol, ifindex })   when it was bound to an interface, or had rings
+//               (they were worked on loopback)
 //   PACKET_ADD_MEMBERSHIP for each multicast/promiscuous membership
-// Refused at validation: rings and fanout groups (a dump by criu-ts never writes them).
-import { bind, close, getsockopt, setsockopt, socket, type Fd } from '@criu-ts/sys';
+// Refused at validation: fanout groups (a dump by criu-ts never writes them). Rings from an
+// image without their bytes (CRIU's) come back empty, the kernel at frame 0, as CRIU does.
+import { existsSync, readFileSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import { bind, close, getsockopt, setsockopt, socket, type Fd, type PacketRingConfig } from '@criu-ts/sys';
 import { applySocketOptions, socketSteps } from './unix-sockets.js';
+import { PACKET_RING_OPTION, reproduceRings, ringMappingBytes, ringRefusal, setRing, type PacketRings } from '../packet-rings/rings.js';
 
 type Msg = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
 type Invalid = (message: string, evidence?: Record<string, unknown>) => never;
@@ -38,26 +46,67 @@ export interface PacketSocketImage {
   readonly timestamp: number;
   readonly copyThresh: number;
   readonly mclist: ReadonlyArray<{ index: number; type: number; addr: Buffer }>;
+  readonly rings?: PacketRings;
+  /** Where the kernel stood in the rings (0, 0 for images without it). */
+  readonly ringHeads?: { readonly rx: number; readonly tx: number };
+  /** packet-ring-<id>.img, when the dump saved the rings' bytes. */
+  readonly ringFile?: string;
 }
 
-/** One PACKETSK files.img entry, checked (`where` names it in errors). */
-export function readPacketSocket(id: number, e: Msg, where: string, invalid: Invalid): PacketSocketImage {
+function ringOf(e: Msg | undefined, where: string, invalid: Invalid): PacketRingConfig | undefined {
+  if (!e) return undefined;
+  const n = (name: string) => {
+    const v = Number(e[name] ?? 0);
+    if (!Number.isInteger(v) || v < 0 || v > 0xffffffff) invalid(`${where}: ring ${name} ${e[name]} is not a u32`);
+    return v;
+  };
+  return {
+    blockSize: n('block_size'), blockNr: n('block_nr'), frameSize: n('frame_size'), frameNr: n('frame_nr'),
+    retireTmo: n('retire_tmo'), sizeofPriv: n('sizeof_priv'), features: n('features'),
+  };
+}
+
+/** One PACKETSK files.img entry, checked (`where` names it in errors; `dir` has its packet-ring-<id>.img). */
+export function readPacketSocket(id: number, e: Msg, where: string, invalid: Invalid, dir: string): PacketSocketImage {
   const type = Number(e.type);
   if (!PACKET_TYPES.has(type)) invalid(`${where}: packet socket of type ${type}`, { type });
   const protocol = Number(e.protocol);
   if (!(protocol >= 0 && protocol <= 0xffff)) invalid(`${where}: packet protocol ${protocol} is not 16 bits`, { protocol });
-  if (e.rx_ring || e.tx_ring) invalid(`${where}: packet socket with a ring (PACKET_RX_RING/TX_RING): not restored yet`);
   if (e.fanout !== undefined && Number(e.fanout) !== 0xffffffff) invalid(`${where}: packet socket in fanout group ${Number(e.fanout) & 0xffff}: not restored yet`);
   const mclist = ((e.mclist as Msg[] | undefined) ?? []).map((m, i) => {
     const addr = Buffer.from((m.addr as Uint8Array | undefined) ?? new Uint8Array(0));
     if (addr.length > 8) invalid(`${where}: membership ${i + 1} has a ${addr.length}-byte address (PACKET_ADD_MEMBERSHIP takes 8 at most)`);
     return { index: Number(m.index), type: Number(m.type), addr };
   });
-  return {
+  const version = Number(e.version ?? 0);
+  const base: PacketSocketImage = {
     id, type, protocol, flags: Number(e.flags ?? 0), ifindex: Number(e.ifindex ?? 0), opts: (e.opts as Msg | undefined) ?? {},
-    version: Number(e.version ?? 0), reserve: Number(e.reserve ?? 0), auxData: e.aux_data === true, origDev: e.orig_dev === true,
+    version, reserve: Number(e.reserve ?? 0), auxData: e.aux_data === true, origDev: e.orig_dev === true,
     vnetHdr: e.vnet_hdr === true, loss: e.loss === true, timestamp: Number(e.timestamp ?? 0), copyThresh: Number(e.copy_thresh ?? 0), mclist,
   };
+  const rings: PacketRings = { version, rx: ringOf(e.rx_ring as Msg | undefined, where, invalid), tx: ringOf(e.tx_ring as Msg | undefined, where, invalid) };
+  if (!rings.rx && !rings.tx) return base;
+  const rx = Number(e.rx_ring_head ?? 0);
+  const tx = Number(e.tx_ring_head ?? 0);
+  const saved = e.rx_ring_head !== undefined || e.tx_ring_head !== undefined;
+  // Without saved heads (CRIU's images) the ring starts empty at frame 0, whatever its version.
+  const why = saved ? ringRefusal(rings) : undefined;
+  if (why) invalid(`${where}: ${why}`);
+  if ((rings.rx && rx >= rings.rx.frameNr) || (rings.tx && tx >= rings.tx.frameNr)) invalid(`${where}: ring heads rx ${rx} / tx ${tx} lie past the rings' frames`, { rx, tx });
+  let ringFile: string | undefined;
+  if (saved) {
+    ringFile = join(dir, `packet-ring-${id}.img`);
+    const expected = ringMappingBytes(rings);
+    if (!existsSync(ringFile)) invalid(`${where}: ${ringFile}, the bytes of its rings, is missing`, { file: ringFile });
+    const size = statSync(ringFile).size;
+    if (size !== expected) invalid(`${where}: ${ringFile} holds ${size} bytes, its rings ${expected}`, { file: ringFile, size, expected });
+  }
+  return { ...base, rings, ringHeads: { rx, tx }, ...(ringFile ? { ringFile } : {}) };
+}
+
+/** The length a task's mapping of this socket's rings must have (0: it has none). */
+export function packetRingMappingBytes(s: PacketSocketImage): number {
+  return s.rings ? ringMappingBytes(s.rings) : 0;
 }
 
 export function describePacketSocket(s: PacketSocketImage): string {
@@ -72,7 +121,6 @@ export function createPacketSocket(s: PacketSocketImage): Fd {
   const step = socketSteps(what);
   const fd = step('socket', () => socket(AF_PACKET, s.type, htons(s.protocol)));
   try {
-    applySocketOptions(fd, s.opts, what);
     const option = (name: number, value: number, label: string) => {
       if (getsockopt(fd, SOL_PACKET, name).readInt32LE(0) !== value) step(label, () => setsockopt(fd, SOL_PACKET, name, value));
     };
@@ -84,7 +132,19 @@ export function createPacketSocket(s: PacketSocketImage): Fd {
     option(PACKET_OPT.LOSS, s.loss ? 1 : 0, 'PACKET_LOSS');
     option(PACKET_OPT.TIMESTAMP, s.timestamp, 'PACKET_TIMESTAMP');
     if (s.copyThresh !== 0) step('PACKET_COPY_THRESH', () => setsockopt(fd, SOL_PACKET, PACKET_OPT.COPY_THRESH, s.copyThresh));
-    if (s.ifindex !== 0) {
+    const rings = s.rings;
+    if (rings) {
+      if (rings.rx) step('PACKET_RX_RING', () => setRing(fd, PACKET_RING_OPTION.RX, rings.version, rings.rx!));
+      if (rings.tx) step('PACKET_TX_RING', () => setRing(fd, PACKET_RING_OPTION.TX, rings.version, rings.tx!));
+      const heads = s.ringHeads ?? { rx: 0, tx: 0 };
+      const bytes = s.ringFile ? readFileSync(s.ringFile) : undefined;
+      step(`ring position (rx frame ${heads.rx}, tx frame ${heads.tx}) and contents`, () => reproduceRings(fd, {
+        rings, state: { rxHead: heads.rx, txHead: heads.tx, rxActiveBlock: 0, rxBlockOffset: 0 }, socketType: s.type, vnetHdr: s.vnetHdr,
+        ...(bytes ? { bytes } : {}),
+      }));
+    }
+    applySocketOptions(fd, s.opts, what);
+    if (s.ifindex !== 0 || rings) {
       const ll = Buffer.alloc(20); // struct sockaddr_ll
       ll.writeUInt16LE(AF_PACKET, 0);
       ll.writeUInt16BE(s.protocol, 2);

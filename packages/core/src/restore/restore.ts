@@ -48,7 +48,7 @@ import { __WALL, close as closeFd, kill, pidfdGetfd, pidfdOpen, ptraceDetach, SI
 import { atStage, RestoreError, type RestoreStage } from './errors.js';
 import { checkPidFree, readTreeImageSet, TASK_SIZE, type ImageSet, type RegFile, type ThreadImage, type TreeTaskImages } from './image-set.js';
 import {
-  fillPages, mapVdso, mapVmas, NOTHING_INHERITED, pagesBytesOf, planInheritance, protectVmas, remote, setMmFields, unmapAllButKept, type SharedMemorySource,
+  fillPages, mapPacketRings, mapVdso, mapVmas, NOTHING_INHERITED, pagesBytesOf, planInheritance, protectVmas, remote, setMmFields, unmapAllButKept, type SharedMemorySource,
 } from './memory.js';
 import { restoreFiles, restoreFs, SharedFiles } from './files.js';
 import { MemfdInodes } from './memfd.js';
@@ -351,6 +351,7 @@ function restoreTree(options: RestoreOptions): RestoredTree {
       memoryMs += performance.now() - m0;
 
       atStage('files', 'restoring fds', () => restoreFiles(t, set, pathOf, sharedFiles, inet, memfds, ptys));
+      if (set.vmas.some((v) => v.packetRing)) atStage('files', 'mapping packet rings', () => mapPacketRings(t, set));
       atStage('fs', 'restoring cwd/root/umask', () => restoreFs(t, set));
       fault('after-files', 'files');
       atStage('rlimits', 'restoring rlimits', () => restoreRlimits(t, set, warnings));

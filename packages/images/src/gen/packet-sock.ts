@@ -49,7 +49,18 @@ export interface packet_sock_entry {
   fanout?: number | undefined;
   rx_ring?: packet_ring | undefined;
   tx_ring?: packet_ring | undefined;
-  ns_id?: number | undefined;
+  ns_id?:
+    | number
+    | undefined;
+  /**
+   * criu-ts: where the kernel stood in the rings, the frame it fills (rx) or sends (tx) next.
+   * The rings' bytes, as the program left them, are in packet-ring-<id>.img (RX ring then TX
+   * ring). CRIU has neither: it brings rings back empty with the kernel at frame 0, and skips
+   * these fields as unknown. Numbered far from CRIU's own fields so that fields it adds later
+   * cannot collide.
+   */
+  rx_ring_head?: number | undefined;
+  tx_ring_head?: number | undefined;
 }
 
 function createBasepacket_mclist(): packet_mclist {
@@ -262,6 +273,8 @@ function createBasepacket_sock_entry(): packet_sock_entry {
     rx_ring: undefined,
     tx_ring: undefined,
     ns_id: undefined,
+    rx_ring_head: undefined,
+    tx_ring_head: undefined,
   };
 }
 
@@ -328,6 +341,12 @@ export const packet_sock_entry: MessageFns<packet_sock_entry> = {
     }
     if (message.ns_id !== undefined) {
       writer.uint32(160).uint32(message.ns_id);
+    }
+    if (message.rx_ring_head !== undefined) {
+      writer.uint32(808).uint32(message.rx_ring_head);
+    }
+    if (message.tx_ring_head !== undefined) {
+      writer.uint32(816).uint32(message.tx_ring_head);
     }
     return writer;
   },
@@ -506,6 +525,22 @@ export const packet_sock_entry: MessageFns<packet_sock_entry> = {
             }
 
             message.ns_id = reader.uint32();
+            continue;
+          }
+          case 101: {
+            if (tag !== 808) {
+              break;
+            }
+
+            message.rx_ring_head = reader.uint32();
+            continue;
+          }
+          case 102: {
+            if (tag !== 816) {
+              break;
+            }
+
+            message.tx_ring_head = reader.uint32();
             continue;
           }
         }

@@ -994,6 +994,8 @@ export const MESSAGES: Readonly<Record<string, MessageSchema>> = {
       {"name":"rx_ring","number":18,"type":"message","label":"optional","typeName":"packet_ring"},
       {"name":"tx_ring","number":19,"type":"message","label":"optional","typeName":"packet_ring"},
       {"name":"ns_id","number":20,"type":"uint32","label":"optional"},
+      {"name":"rx_ring_head","number":101,"type":"uint32","label":"optional"},
+      {"name":"tx_ring_head","number":102,"type":"uint32","label":"optional"},
     ],
   },
   "pagemap_entry": {

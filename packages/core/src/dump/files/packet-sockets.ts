@@ -4,14 +4,19 @@
 // interface, TPACKET version, reserve, copy threshold, timestamp source, the AUXDATA, ORIGDEV,
 // VNET_HDR and LOSS flags, multicast/promiscuous memberships; SOL_SOCKET options (with a classic
 // BPF filter, as tcpdump and dhclient attach) as for the other sockets.
+// Rings (PACKET_RX_RING/TX_RING): their geometry in rx_ring/tx_ring as CRIU writes it, plus where
+// the kernel stands in them (rx_ring_head/tx_ring_head) and their bytes (packet-ring-<id>.img),
+// taken by packet-rings/rings.ts; the task's mapping of them is a VMA of status SOCKET whose
+// shmid is this socket's file id (memory.ts).
 // Refused, naming the fd:
-//   - a socket with a receive or transmit ring (PACKET_RX_RING/TX_RING): the ring is memory
-//     mapped into the task, and bringing the mapping back onto a new ring is not done yet;
+//   - a TPACKET_V3 receive ring (block-based: its block state is not reproduced yet);
 //   - a member of a fanout group: the group's other members may be outside the dump;
-//   - a socket with packets waiting: they cannot be read without taking them from the program.
+//   - a socket with packets waiting: they cannot be read without taking them from the program
+//     (packets waiting in a receive ring are part of the ring, and saved).
 import type { DecodedMessage } from '@criu-ts/images';
-import { packetDiagDump, PDI, pollOne, POLL, type Fd, type PacketDiagSocket } from '@criu-ts/sys';
+import { packetDiagDump, PDI, pollOne, POLL, type Fd, type PacketDiagSocket, type PacketRingConfig } from '@criu-ts/sys';
 import { SocketRefused } from './inet-sockets.js';
+import { ringRefusal, snapshotRings, type PacketRings } from '../../packet-rings/rings.js';
 import { socketOptions } from './unix-sockets.js';
 
 /** ids-N.img numbers the task's namespaces in CRIU's order (dump.ts): net is the second. */
@@ -21,23 +26,49 @@ const NET_NS_ID = 2;
 export class PacketSocketTable {
   private sockets: Map<number, PacketDiagSocket> | undefined;
 
-  /** The psk member (without id and fown) of packet socket `dup` (fd `fd`, socket:[ino]). */
-  entry(dup: Fd, fd: number, ino: number, flags: number): DecodedMessage {
+  /** The psk member (without id and fown) of packet socket `dup` (fd `fd`, socket:[ino]), and its rings' bytes if it has rings. */
+  entry(dup: Fd, fd: number, ino: number, flags: number): { entry: DecodedMessage; ringBytes?: Buffer } {
     this.sockets ??= packetDiagDump();
     const d = this.sockets.get(ino);
     const refuse = (reason: string): never => {
       throw new SocketRefused(fd, ino, 'packet socket', reason);
     };
     if (!d) return refuse('sock_diag does not know it (another network namespace?)');
-    if (d.rxRing || d.txRing) refuse(`it has a ${[d.rxRing ? 'receive' : '', d.txRing ? 'transmit' : ''].filter(Boolean).join(' and ')} ring (PACKET_RX_RING/TX_RING), which cannot be brought back yet`);
     if (d.fanout !== undefined) refuse(`it is in fanout group ${d.fanout & 0xffff}, whose other members may be outside the dump`);
-    if ((pollOne(dup, POLL.IN, 0) & POLL.IN) !== 0) refuse('packets are waiting in it; they cannot be read without taking them from the program (dump again once it has read them)');
-    return {
+    const rings: PacketRings = { version: d.version, rx: d.rxRing, tx: d.txRing };
+    let snapshot: ReturnType<typeof snapshotRings> | undefined;
+    if (rings.rx || rings.tx) {
+      const why = ringRefusal(rings);
+      if (why) refuse(why);
+      try {
+        snapshot = snapshotRings(dup, rings);
+      } catch (error) {
+        refuse(`its rings could not be saved: ${(error as Error).message}`);
+      }
+    }
+    // With a receive ring, POLLIN means a frame in the ring for the program: saved with it.
+    if (!rings.rx && (pollOne(dup, POLL.IN, 0) & POLL.IN) !== 0) {
+      refuse('packets are waiting in it; they cannot be read without taking them from the program (dump again once it has read them)');
+    }
+    const entry: DecodedMessage = {
       type: d.type, protocol: d.protocol, flags, ifindex: d.ifindex, opts: socketOptions(dup, false),
       version: d.version, reserve: d.reserve, aux_data: (d.flags & PDI.AUXDATA) !== 0, orig_dev: (d.flags & PDI.ORIGDEV) !== 0,
       vnet_hdr: (d.flags & PDI.VNETHDR) !== 0, loss: (d.flags & PDI.LOSS) !== 0, timestamp: d.tstamp, copy_thresh: d.copyThresh,
       mclist: d.mclist.map((m) => ({ index: m.index, type: m.type, addr: new Uint8Array(m.addr) })),
       ns_id: NET_NS_ID,
     };
+    if (rings.rx) entry.rx_ring = ringEntry(rings.rx);
+    if (rings.tx) entry.tx_ring = ringEntry(rings.tx);
+    if (!snapshot) return { entry };
+    if (rings.rx) entry.rx_ring_head = snapshot.state.rxHead;
+    if (rings.tx) entry.tx_ring_head = snapshot.state.txHead;
+    return { entry, ringBytes: snapshot.bytes };
   }
+}
+
+function ringEntry(r: PacketRingConfig): DecodedMessage {
+  return {
+    block_size: r.blockSize, block_nr: r.blockNr, frame_size: r.frameSize, frame_nr: r.frameNr,
+    retire_tmo: r.retireTmo, sizeof_priv: r.sizeofPriv, features: r.features,
+  };
 }

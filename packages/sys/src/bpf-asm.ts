@@ -1,10 +1,11 @@
 /**
- * A minimal eBPF instruction encoder: just the instructions accept-queue.ts's program uses.
- * criu-ts builds that program at run time (its constants are the connection being put back),
- * and needs no compiler for BPF on the machine. Encodings from the kernel's instruction-set
- * document (Documentation/bpf/standardization/instruction-set.rst): 8 bytes per instruction,
- * opcode, dst/src register nibbles, signed 16-bit offset, signed 32-bit immediate; a 64-bit
- * immediate load takes two slots.
+ * A minimal eBPF instruction encoder: just the instructions criu-ts's programs use (soccr's
+ * accept-queue refill, core's packet-ring reader). criu-ts builds them at run time (their
+ * constants are the connection being put back, this kernel's struct offsets) and needs no
+ * compiler for BPF on the machine. Encodings from the kernel's instruction-set document
+ * (Documentation/bpf/standardization/instruction-set.rst): 8 bytes per instruction, opcode,
+ * dst/src register nibbles, signed 16-bit offset, signed 32-bit immediate; a 64-bit immediate
+ * load takes two slots.
  */
 
 export type Reg = 0 | 1 | 2 | 3 | 4 | 5 | 6 | 7 | 8 | 9 | 10;

@@ -1,0 +1,212 @@
+/*
+ * packet-ring-keeper: packet sockets with memory-mapped rings (PACKET_RX_RING / PACKET_TX_RING)
+ * part-way through their rings, waiting to be checkpointed (and restored); then checks each ring
+ * goes on from exactly where it was.
+ *
+ *   packet-ring-keeper REPORT_FILE
+ *
+ * Held:
+ *   A   SOCK_RAW, TPACKET_V2, an RX ring and a TX ring of 8 frames each (2 blocks of 4 frames),
+ *       one mapping, bound to lo for ethertype 0x88B7. What A sends through its TX ring comes
+ *       back into its RX ring (loopback). Before the checkpoint: messages 0-4 sent (tx head 5),
+ *       received in frames 0-4; 0-2 read by the program (its rx index 3), 3-4 waiting; message
+ *       5 written in TX frame 5 and marked for sending, send() not called yet.
+ *   V1  SOCK_DGRAM, TPACKET_V1 (8-byte tp_status), an RX ring of 8 frames, its own mapping,
+ *       bound to lo for ethertype 0x88B9; six messages received and read (rx index 6, every
+ *       frame the kernel's again).
+ *   S   a plain packet socket that sends V1's messages.
+ * On SIGUSR1 (keeper.h's report protocol):
+ *   A   frames 3 and 4 still hold messages 3 and 4; send() sends message 5; messages 6-9 follow
+ *       through TX frames 6, 7, 0, 1 (the ring wraps); each arrives in the RX frame after the
+ *       previous one, in order, with its content.
+ *   V1  messages 6-9 from S arrive in frames 6, 7, 0, 1.
+ *   Both mappings are at their old addresses (the program never maps them again).
+ */
+#define _GNU_SOURCE
+#include "keeper.h"
+#include <arpa/inet.h>
+#include <linux/if_ether.h>
+#include <linux/if_packet.h>
+#include <poll.h>
+#include <stdint.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <time.h>
+
+#define ETH_A 0x88B7
+#define ETH_V1 0x88B9
+#define FRAMES 8
+#define FRAME_SIZE 2048
+#define BLOCK_SIZE (4 * FRAME_SIZE)
+#define LO 1
+
+static uint8_t *a_rx, *a_tx, *v1_rx;
+static int a, v1, s;
+static unsigned a_rx_next, a_tx_next, v1_next;
+
+static uint8_t *frame(uint8_t *ring, unsigned i)
+{
+	return ring + (size_t)i * FRAME_SIZE; /* 4 frames per block, blocks back to back */
+}
+
+static void message(char *out, size_t len, const char *who, unsigned n)
+{
+	snprintf(out, len, "criu-ts %s message %u", who, n);
+}
+
+static int wait_status(volatile uint32_t *status, uint32_t want_nonzero)
+{
+	struct timespec t0, t;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	for (;;) {
+		if ((*status != 0) == (want_nonzero != 0))
+			return 1;
+		clock_gettime(CLOCK_MONOTONIC, &t);
+		if ((t.tv_sec - t0.tv_sec) * 1000 + (t.tv_nsec - t0.tv_nsec) / 1000000 > 2000)
+			return 0;
+		usleep(200);
+	}
+}
+
+/* A's next RX frame: waits for it, checks it holds message n, gives it back to the kernel. */
+static int a_read(unsigned n)
+{
+	struct tpacket2_hdr *h = (struct tpacket2_hdr *)frame(a_rx, a_rx_next);
+	if (!wait_status(&h->tp_status, 1))
+		return 0;
+	char want[64];
+	message(want, sizeof(want), "A", n);
+	const char *data = (const char *)h + h->tp_mac + ETH_HLEN;
+	int good = h->tp_snaplen >= ETH_HLEN + strlen(want) && memcmp(data, want, strlen(want)) == 0;
+	__sync_synchronize();
+	h->tp_status = TP_STATUS_KERNEL;
+	a_rx_next = (a_rx_next + 1) % FRAMES;
+	return good;
+}
+
+/* Writes message n into A's next TX frame and marks it for sending. */
+static void a_queue(unsigned n)
+{
+	struct tpacket2_hdr *h = (struct tpacket2_hdr *)frame(a_tx, a_tx_next);
+	uint8_t *pkt = (uint8_t *)h + TPACKET2_HDRLEN - sizeof(struct sockaddr_ll);
+	memset(pkt, 0, ETH_HLEN);
+	pkt[12] = ETH_A >> 8;
+	pkt[13] = ETH_A & 0xff;
+	char text[64];
+	message(text, sizeof(text), "A", n);
+	memcpy(pkt + ETH_HLEN, text, strlen(text) + 1);
+	h->tp_len = (uint32_t)(ETH_HLEN + strlen(text) + 1);
+	__sync_synchronize();
+	h->tp_status = TP_STATUS_SEND_REQUEST;
+	a_tx_next = (a_tx_next + 1) % FRAMES;
+}
+
+static int v1_read(unsigned n)
+{
+	struct tpacket_hdr *h = (struct tpacket_hdr *)frame(v1_rx, v1_next);
+	volatile unsigned long *status = &h->tp_status;
+	struct timespec t0, t;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	while (*status == TP_STATUS_KERNEL) {
+		clock_gettime(CLOCK_MONOTONIC, &t);
+		if ((t.tv_sec - t0.tv_sec) * 1000 + (t.tv_nsec - t0.tv_nsec) / 1000000 > 2000)
+			return 0;
+		usleep(200);
+	}
+	char want[64];
+	message(want, sizeof(want), "V1", n);
+	const char *data = (const char *)h + h->tp_net; /* SOCK_DGRAM: from the network header */
+	int good = h->tp_snaplen >= strlen(want) && memcmp(data, want, strlen(want)) == 0;
+	__sync_synchronize();
+	*status = TP_STATUS_KERNEL;
+	v1_next = (v1_next + 1) % FRAMES;
+	return good;
+}
+
+static int s_send(unsigned n)
+{
+	uint8_t pkt[ETH_HLEN + 64] = { 0 };
+	pkt[12] = ETH_V1 >> 8;
+	pkt[13] = ETH_V1 & 0xff;
+	char text[64];
+	message(text, sizeof(text), "V1", n);
+	memcpy(pkt + ETH_HLEN, text, strlen(text) + 1);
+	struct sockaddr_ll to = { .sll_family = AF_PACKET, .sll_protocol = htons(ETH_V1), .sll_ifindex = LO };
+	size_t len = ETH_HLEN + strlen(text) + 1;
+	return sendto(s, pkt, len, 0, (struct sockaddr *)&to, sizeof(to)) == (ssize_t)len;
+}
+
+int main(int argc, char **argv)
+{
+	if (argc < 2 || keeper_open_report(argv[1]) < 0)
+		return 2;
+	signal(SIGUSR1, on_usr1);
+
+	a = socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, htons(ETH_A));
+	MUST(a);
+	int v2 = TPACKET_V2;
+	MUST(setsockopt(a, SOL_PACKET, PACKET_VERSION, &v2, sizeof(v2)));
+	struct tpacket_req req = { .tp_block_size = BLOCK_SIZE, .tp_block_nr = FRAMES * FRAME_SIZE / BLOCK_SIZE, .tp_frame_size = FRAME_SIZE, .tp_frame_nr = FRAMES };
+	MUST(setsockopt(a, SOL_PACKET, PACKET_RX_RING, &req, sizeof(req)));
+	MUST(setsockopt(a, SOL_PACKET, PACKET_TX_RING, &req, sizeof(req)));
+	struct sockaddr_ll ll = { .sll_family = AF_PACKET, .sll_protocol = htons(ETH_A), .sll_ifindex = LO };
+	MUST(bind(a, (struct sockaddr *)&ll, sizeof(ll)));
+	a_rx = mmap(NULL, 2 * FRAMES * FRAME_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, a, 0);
+	if (a_rx == MAP_FAILED)
+		MUST(-1);
+	a_tx = a_rx + FRAMES * FRAME_SIZE;
+
+	v1 = socket(AF_PACKET, SOCK_DGRAM | SOCK_CLOEXEC, htons(ETH_V1));
+	MUST(v1);
+	int ver1 = TPACKET_V1;
+	MUST(setsockopt(v1, SOL_PACKET, PACKET_VERSION, &ver1, sizeof(ver1)));
+	MUST(setsockopt(v1, SOL_PACKET, PACKET_RX_RING, &req, sizeof(req)));
+	struct sockaddr_ll ll1 = { .sll_family = AF_PACKET, .sll_protocol = htons(ETH_V1), .sll_ifindex = LO };
+	MUST(bind(v1, (struct sockaddr *)&ll1, sizeof(ll1)));
+	v1_rx = mmap(NULL, FRAMES * FRAME_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, v1, 0);
+	if (v1_rx == MAP_FAILED)
+		MUST(-1);
+	s = socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, 0);
+	MUST(s);
+
+	for (unsigned n = 0; n < 5; n++)
+		a_queue(n);
+	MUST(send(a, NULL, 0, 0));
+	for (unsigned n = 0; n < 3; n++)
+		if (!a_read(n))
+			MUST(-1);
+	struct tpacket2_hdr *f4 = (struct tpacket2_hdr *)frame(a_rx, 4);
+	if (!wait_status(&f4->tp_status, 1)) /* messages 3 and 4 are in the ring, unread */
+		MUST(-1);
+	a_queue(5); /* marked, not sent */
+	for (unsigned n = 0; n < 6; n++) {
+		MUST(s_send(n) ? 0 : -1);
+		if (!v1_read(n))
+			MUST(-1);
+	}
+	uint8_t *a_at = a_rx, *v1_at = v1_rx;
+	say("ready %d\n", getpid());
+
+	while (!check_requested) /* polled: a restored task re-enters its sleep after a signal that came just before */
+		usleep(1000);
+
+	CHECK(a_rx == a_at && v1_rx == v1_at, "ring mappings at %p and %p", (void *)a_rx, (void *)v1_rx);
+	CHECK(a_read(3), "A: message 3 still in RX frame 3");
+	CHECK(a_read(4), "A: message 4 still in RX frame 4");
+	struct tpacket2_hdr *t5 = (struct tpacket2_hdr *)frame(a_tx, 5);
+	CHECK(t5->tp_status == TP_STATUS_SEND_REQUEST, "A: TX frame 5 still waits to be sent (status %u)", t5->tp_status);
+	CHECK(send(a, NULL, 0, 0) >= 0, "A: send() of the waiting frame");
+	CHECK(a_read(5), "A: message 5 sent from TX frame 5, received in RX frame 5");
+	for (unsigned n = 6; n < 10; n++) {
+		unsigned tx_frame = a_tx_next, rx_frame = a_rx_next;
+		a_queue(n);
+		int sent = send(a, NULL, 0, 0) >= 0;
+		CHECK(sent && a_read(n), "A: message %u sent from TX frame %u, received in RX frame %u", n, tx_frame, rx_frame);
+	}
+	for (unsigned n = 6; n < 10; n++) {
+		unsigned at = v1_next;
+		CHECK(s_send(n) && v1_read(n), "V1: message %u received in frame %u", n, at);
+	}
+	say("done %d\n", failures);
+	return 0;
+}
