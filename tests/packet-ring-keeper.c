@@ -14,12 +14,17 @@
  *   V1  SOCK_DGRAM, TPACKET_V1 (8-byte tp_status), an RX ring of 8 frames, its own mapping,
  *       bound to lo for ethertype 0x88B9; six messages received and read (rx index 6, every
  *       frame the kernel's again).
- *   S   a plain packet socket that sends V1's messages.
+ *   V3  SOCK_RAW, TPACKET_V3, an RX ring of 4 blocks of 4096 bytes (retire timeout 60 s, so
+ *       only a full block is closed), bound to lo for ethertype 0x88BA; messages of 1000 bytes
+ *       (1088 in a block: 3 per block). Messages 0-4 received: block 0 (0-2) closed and read,
+ *       block 1 the kernel's active block, holding 3 and 4.
+ *   S   a plain packet socket that sends V1's and V3's messages.
  * On SIGUSR1 (keeper.h's report protocol):
  *   A   frames 3 and 4 still hold messages 3 and 4; send() sends message 5; messages 6-9 follow
  *       through TX frames 6, 7, 0, 1 (the ring wraps); each arrives in the RX frame after the
  *       previous one, in order, with its content.
  *   V1  messages 6-9 from S arrive in frames 6, 7, 0, 1.
+ *   V3  messages 5-15 from S: blocks 1, 2, 3, 0 close in turn holding 3-5, 6-8, 9-11, 12-14.
  *   Both mappings are at their old addresses (the program never maps them again).
  */
 #define _GNU_SOURCE
@@ -35,14 +40,18 @@
 
 #define ETH_A 0x88B7
 #define ETH_V1 0x88B9
+#define ETH_V3 0x88BA
+#define V3_BLOCKS 4
+#define V3_BLOCK_SIZE 4096
+#define V3_MESSAGE_BYTES 1000
 #define FRAMES 8
 #define FRAME_SIZE 2048
 #define BLOCK_SIZE (4 * FRAME_SIZE)
 #define LO 1
 
-static uint8_t *a_rx, *a_tx, *v1_rx;
-static int a, v1, s;
-static unsigned a_rx_next, a_tx_next, v1_next;
+static uint8_t *a_rx, *a_tx, *v1_rx, *v3_rx;
+static int a, v1, v3, s;
+static unsigned a_rx_next, a_tx_next, v1_next, v3_next_block;
 
 static uint8_t *frame(uint8_t *ring, unsigned i)
 {
@@ -136,6 +145,37 @@ static int s_send(unsigned n)
 	return sendto(s, pkt, len, 0, (struct sockaddr *)&to, sizeof(to)) == (ssize_t)len;
 }
 
+static int s_send_v3(unsigned n)
+{
+	uint8_t pkt[V3_MESSAGE_BYTES] = { 0 };
+	pkt[12] = ETH_V3 >> 8;
+	pkt[13] = ETH_V3 & 0xff;
+	message((char *)pkt + ETH_HLEN, sizeof(pkt) - ETH_HLEN, "V3", n);
+	struct sockaddr_ll to = { .sll_family = AF_PACKET, .sll_protocol = htons(ETH_V3), .sll_ifindex = LO };
+	return sendto(s, pkt, sizeof(pkt), 0, (struct sockaddr *)&to, sizeof(to)) == (ssize_t)sizeof(pkt);
+}
+
+/* V3's next block: waits until the kernel closes it, checks it holds messages first..first+2 in order, gives it back. */
+static int v3_read_block(unsigned first)
+{
+	struct tpacket_block_desc *b = (struct tpacket_block_desc *)(v3_rx + (size_t)v3_next_block * V3_BLOCK_SIZE);
+	if (!wait_status(&b->hdr.bh1.block_status, 1))
+		return 0;
+	int good = b->hdr.bh1.num_pkts == 3;
+	struct tpacket3_hdr *p = (struct tpacket3_hdr *)((uint8_t *)b + b->hdr.bh1.offset_to_first_pkt);
+	for (unsigned i = 0; good && i < 3; i++) {
+		char want[64];
+		message(want, sizeof(want), "V3", first + i);
+		const char *data = (const char *)p + p->tp_mac + ETH_HLEN;
+		good = p->tp_snaplen == V3_MESSAGE_BYTES && memcmp(data, want, strlen(want) + 1) == 0;
+		p = (struct tpacket3_hdr *)((uint8_t *)p + p->tp_next_offset);
+	}
+	__sync_synchronize();
+	b->hdr.bh1.block_status = TP_STATUS_KERNEL;
+	v3_next_block = (v3_next_block + 1) % V3_BLOCKS;
+	return good;
+}
+
 int main(int argc, char **argv)
 {
 	if (argc < 2 || keeper_open_report(argv[1]) < 0)
@@ -166,8 +206,27 @@ int main(int argc, char **argv)
 	v1_rx = mmap(NULL, FRAMES * FRAME_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, v1, 0);
 	if (v1_rx == MAP_FAILED)
 		MUST(-1);
+	v3 = socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, htons(ETH_V3));
+	MUST(v3);
+	int ver3 = TPACKET_V3;
+	MUST(setsockopt(v3, SOL_PACKET, PACKET_VERSION, &ver3, sizeof(ver3)));
+	struct tpacket_req3 req3 = {
+		.tp_block_size = V3_BLOCK_SIZE, .tp_block_nr = V3_BLOCKS, .tp_frame_size = 2048, .tp_frame_nr = V3_BLOCKS * V3_BLOCK_SIZE / 2048,
+		.tp_retire_blk_tov = 60000,
+	};
+	MUST(setsockopt(v3, SOL_PACKET, PACKET_RX_RING, &req3, sizeof(req3)));
+	struct sockaddr_ll ll3 = { .sll_family = AF_PACKET, .sll_protocol = htons(ETH_V3), .sll_ifindex = LO };
+	MUST(bind(v3, (struct sockaddr *)&ll3, sizeof(ll3)));
+	v3_rx = mmap(NULL, V3_BLOCKS * V3_BLOCK_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, v3, 0);
+	if (v3_rx == MAP_FAILED)
+		MUST(-1);
 	s = socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, 0);
 	MUST(s);
+	for (unsigned n = 0; n < 5; n++)
+		MUST(s_send_v3(n) ? 0 : -1);
+	if (!v3_read_block(0)) /* block 0 (messages 0-2), closed by message 3 */
+		MUST(-1);
+	usleep(20000); /* message 4 in block 1 too */
 
 	for (unsigned n = 0; n < 5; n++)
 		a_queue(n);
@@ -184,13 +243,13 @@ int main(int argc, char **argv)
 		if (!v1_read(n))
 			MUST(-1);
 	}
-	uint8_t *a_at = a_rx, *v1_at = v1_rx;
+	uint8_t *a_at = a_rx, *v1_at = v1_rx, *v3_at = v3_rx;
 	say("ready %d\n", getpid());
 
 	while (!check_requested) /* polled: a restored task re-enters its sleep after a signal that came just before */
 		usleep(1000);
 
-	CHECK(a_rx == a_at && v1_rx == v1_at, "ring mappings at %p and %p", (void *)a_rx, (void *)v1_rx);
+	CHECK(a_rx == a_at && v1_rx == v1_at && v3_rx == v3_at, "ring mappings at %p, %p and %p", (void *)a_rx, (void *)v1_rx, (void *)v3_rx);
 	CHECK(a_read(3), "A: message 3 still in RX frame 3");
 	CHECK(a_read(4), "A: message 4 still in RX frame 4");
 	struct tpacket2_hdr *t5 = (struct tpacket2_hdr *)frame(a_tx, 5);
@@ -206,6 +265,13 @@ int main(int argc, char **argv)
 	for (unsigned n = 6; n < 10; n++) {
 		unsigned at = v1_next;
 		CHECK(s_send(n) && v1_read(n), "V1: message %u received in frame %u", n, at);
+	}
+	for (unsigned n = 5; n < 16; n++)
+		if (!s_send_v3(n))
+			break;
+	for (unsigned first = 3; first < 15; first += 3) {
+		unsigned block = v3_next_block;
+		CHECK(v3_read_block(first), "V3: block %u closed with messages %u-%u", block, first, first + 2);
 	}
 	say("done %d\n", failures);
 	return 0;

@@ -18,7 +18,7 @@ import { alive } from './restore-helpers.js';
 const CLI = join(TEST_BIN, '..', '..', 'packages', 'cli', 'dist', 'criu-ts.cjs');
 const VMA_AREA_SOCKET = 1 << 11;
 /** What the program checks after a restore (see tests/packet-ring-keeper.c). */
-const CHECKS = 14;
+const CHECKS = 18;
 
 describe('packet sockets with rings (e2e)', function () {
   this.timeout(60_000);
@@ -47,11 +47,14 @@ describe('packet sockets with rings (e2e)', function () {
     expect(v1.rx_ring).to.include(ring);
     expect(v1.tx_ring).to.equal(undefined);
     expect(v1.rx_ring_head).to.equal(6);
+    const v3 = byProtocol.get(0x88ba)!; // TPACKET_V3, a receive ring of blocks
+    expect(v3.rx_ring).to.include({ block_size: 4096, block_nr: 4, retire_tmo: 60000 });
+    expect([v3.rx_ring_head, v3.rx_ring_block_offset, v3.rx_ring_block_last, v3.rx_ring_frozen], 'V3: block 1 active, holding two 1088-byte packets').to.deep.equal([1, 48 + 2 * 1088, 48 + 1088, false]);
     expect(statSync(join(keeper.images, `packet-ring-${a.id}.img`)).size).to.equal(2 * 16384);
     expect(statSync(join(keeper.images, `packet-ring-${v1.id}.img`)).size).to.equal(16384);
     const mm = imageEntries(join(keeper.images, `mm-${keeper.pid}.img`))[0]!;
     const ringVmas = (mm.vmas as Array<Record<string, any>>).filter((v) => Number(v.status) & VMA_AREA_SOCKET); // eslint-disable-line @typescript-eslint/no-explicit-any
-    expect(ringVmas.map((v) => [Number(v.shmid), Number(v.end - v.start)]).sort()).to.deep.equal([[Number(a.id), 32768], [Number(v1.id), 16384]].sort());
+    expect(ringVmas.map((v) => [Number(v.shmid), Number(v.end - v.start)]).sort()).to.deep.equal([[Number(a.id), 32768], [Number(v1.id), 16384], [Number(v3.id), 16384]].sort());
 
     restoreSync({ imagesDir: keeper.images, detached: true });
     const { failures, checks } = keeper.check();

@@ -25,6 +25,12 @@ export interface PacketRingKernelState {
   /** TPACKET_V3 receive ring: the block being filled, and the offset in it where the next packet goes. */
   readonly rxActiveBlock: number;
   readonly rxBlockOffset: number;
+  /** TPACKET_V3: offset in the block of the last packet put there (the block's start past its header when none). */
+  readonly rxBlockLast: number;
+  /** TPACKET_V3: the kernel found its next block still the program's and stopped ("frozen" queue). */
+  readonly rxFrozen: boolean;
+  /** TPACKET_V3: the most one packet may take in a block (header included). */
+  readonly rxMaxFrameLen: number;
 }
 
 type FieldPath = readonly [string, readonly string[]];
@@ -34,6 +40,9 @@ const FIELDS = {
   rxActiveBlock: ['packet_sock', ['rx_ring', 'prb_bdqc', 'kactive_blk_num']],
   rxNext: ['packet_sock', ['rx_ring', 'prb_bdqc', 'nxt_offset']],
   rxBlockStart: ['packet_sock', ['rx_ring', 'prb_bdqc', 'pkblk_start']],
+  rxPrev: ['packet_sock', ['rx_ring', 'prb_bdqc', 'prev']],
+  rxFrozen: ['packet_sock', ['rx_ring', 'prb_bdqc', 'reset_pending_on_curr_blk']],
+  rxMaxFrameLen: ['packet_sock', ['rx_ring', 'prb_bdqc', 'max_frame_len']],
 } as const satisfies Record<string, FieldPath>;
 type FieldName = keyof typeof FIELDS;
 const ORDER = Object.keys(FIELDS) as FieldName[];
@@ -99,6 +108,9 @@ export function readPacketRingKernelState(fd: Fd): PacketRingKernelState {
       txHead: Number(v('txHead') & 0xffffffffn),
       rxActiveBlock: Number(v('rxActiveBlock') & 0xffffn),
       rxBlockOffset: v('rxNext') === 0n ? 0 : Number(v('rxNext') - v('rxBlockStart')),
+      rxBlockLast: v('rxPrev') === 0n ? 0 : Number(v('rxPrev') - v('rxBlockStart')),
+      rxFrozen: (v('rxFrozen') & 0xffn) !== 0n,
+      rxMaxFrameLen: Number(v('rxMaxFrameLen') & 0xffffffffn),
     };
   } finally {
     if (iter !== undefined) close(iter);

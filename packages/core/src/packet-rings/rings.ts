@@ -14,8 +14,10 @@
 //   - tx head h: h throw-away frames queued in frames 0..h-1 and sent (send() with the socket
 //     bound to lo with protocol 0, so it receives none of them);
 //   - rx head h: the socket bound to lo for a protocol no one uses (LOCAL_ETHERTYPE), and h
-//     frames of that protocol sent to lo from another socket; each lands in the next frame.
-// The caller binds the socket as it was afterwards. Frames the program had filled for sending
+//     frames of that protocol sent to lo from another socket; each lands in the next frame;
+//   - a TPACKET_V3 receive ring (blocks, not frames): v3-receive.ts.
+// Another packet socket of the same network namespace listening on lo for every protocol
+// (tcpdump -i lo) sees those frames go by. The caller binds the socket as it was afterwards. Frames the program had filled for sending
 // (SEND_REQUEST) go again when it calls send(), as they would have.
 //
 // Layout (packet_mmap.rst): a ring is block_nr blocks of block_size bytes, mapped back to back,
@@ -24,6 +26,7 @@
 // TPACKET_V1, u32 in V2) and at byte 20 of a V3 (transmit) frame.
 import { mmap, munmap, processVmReadv, processVmWritev, getpid, asRemoteAddress, bind, close, sendto, setsockopt, sock, socket, type Fd, type PacketRingConfig } from '@criu-ts/sys';
 import { readPacketRingKernelState, type PacketRingKernelState } from './kernel-state.js';
+import { moveV3ReceiveRing, positionOf, samePosition } from './v3-receive.js';
 
 export const TPACKET = { V1: 0, V2: 1, V3: 2 } as const;
 const SOL_PACKET = 263;
@@ -78,7 +81,6 @@ function writeStatus(ring: Buffer, at: number, size: 4 | 8, status: number): voi
 
 /** Whether criu-ts can save and bring back this ring set (undefined) or why not. */
 export function ringRefusal(rings: PacketRings): string | undefined {
-  if (rings.rx && rings.version === TPACKET.V3) return 'its TPACKET_V3 receive ring (block-based) cannot be put back at the same point yet; TPACKET_V1/V2 rings and V3 transmit rings can';
   for (const ring of [rings.rx, rings.tx]) {
     if (ring && (ring.frameSize === 0 || ring.blockSize < ring.frameSize || ring.frameNr === 0)) return `ring geometry ${JSON.stringify(ring)} is not one the kernel accepts`;
   }
@@ -118,6 +120,7 @@ export function snapshotRings(fd: Fd, rings: PacketRings, attempts = 20): RingSn
       processVmReadv(getpid(), bytes, [{ addr: asRemoteAddress(addr), len }]);
       const after = readPacketRingKernelState(fd);
       if (before.rxHead !== after.rxHead || before.txHead !== after.txHead) continue;
+      if (rings.rx && rings.version === TPACKET.V3 && !samePosition(positionOf(before), positionOf(after))) continue;
       // A frame the kernel was sending (SENDING) has gone out by now, or goes with the old
       // socket: in the new ring it is free again.
       if (rings.tx) {
@@ -174,7 +177,12 @@ export interface RingReproduction {
   readonly bytes?: Buffer;
   readonly socketType: number;
   readonly vnetHdr: boolean;
+  /** PACKET_RESERVE: part of where a V3 packet's data starts, hence of its size in the block. */
+  readonly reserve: number;
 }
+
+/** The V3 receive ring moved on between reaching its position and getting its bytes back (its retire timer): the socket must be made again. */
+export class RingMovedError extends Error {}
 
 /**
  * Moves the kernel of new socket `fd` (rings set, not bound yet) to the saved position and
@@ -208,7 +216,21 @@ export function reproduceRings(fd: Fd, r: RingReproduction, timeoutMs = 2000): v
       const now = readPacketRingKernelState(fd);
       if (now.txHead !== state.txHead) throw new Error(`tx head is ${now.txHead} after sending ${state.txHead} frames, not ${state.txHead}`);
     }
-    if (rings.rx && state.rxHead > 0) {
+    if (rings.rx && rings.version === TPACKET.V3 && r.bytes) {
+      bind(fd, sockaddrLl(LOCAL_ETHERTYPE, LOOPBACK_IFINDEX));
+      const sender = socket(AF_PACKET, SOCK_RAW, 0);
+      try {
+        const to = sockaddrLl(LOCAL_ETHERTYPE, LOOPBACK_IFINDEX);
+        const send = (length: number) => {
+          const frame = Buffer.alloc(length);
+          frame.writeUInt16BE(LOCAL_ETHERTYPE, 12);
+          sendto(sender, frame, to, 0);
+        };
+        moveV3ReceiveRing(fd, rings.rx, addr, positionOf(state), { raw: r.socketType === SOCK_RAW, reserve: r.reserve, vnetHdr: r.vnetHdr }, send);
+      } finally {
+        close(sender);
+      }
+    } else if (rings.rx && state.rxHead > 0) {
       if (state.rxHead >= rings.rx.frameNr) throw new Error(`saved rx head ${state.rxHead} is past the ring's ${rings.rx.frameNr} frames`);
       bind(fd, sockaddrLl(LOCAL_ETHERTYPE, LOOPBACK_IFINDEX));
       if (readPacketRingKernelState(fd).rxHead !== 0) throw new Error('a new receive ring does not start at frame 0');
@@ -229,6 +251,10 @@ export function reproduceRings(fd: Fd, r: RingReproduction, timeoutMs = 2000): v
       if (now.rxHead !== state.rxHead) throw new Error(`rx head is ${now.rxHead} after ${timeoutMs} ms, not the ${state.rxHead} sent on loopback`);
     }
     if (r.bytes) processVmWritev(getpid(), r.bytes, [{ addr: asRemoteAddress(addr), len }]);
+    if (rings.rx && rings.version === TPACKET.V3 && r.bytes) {
+      const now = positionOf(readPacketRingKernelState(fd));
+      if (!samePosition(now, positionOf(state))) throw new RingMovedError(`the V3 receive ring moved to ${JSON.stringify(now)} while its bytes were written back`);
+    }
   } finally {
     munmap(addr, len);
   }

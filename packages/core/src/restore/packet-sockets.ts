@@ -18,7 +18,7 @@ import { existsSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { bind, close, getsockopt, setsockopt, socket, type Fd, type PacketRingConfig } from '@criu-ts/sys';
 import { applySocketOptions, socketSteps } from './unix-sockets.js';
-import { PACKET_RING_OPTION, reproduceRings, ringMappingBytes, ringRefusal, setRing, type PacketRings } from '../packet-rings/rings.js';
+import { PACKET_RING_OPTION, reproduceRings, ringMappingBytes, ringRefusal, RingMovedError, setRing, TPACKET, type PacketRings } from '../packet-rings/rings.js';
 
 type Msg = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
 type Invalid = (message: string, evidence?: Record<string, unknown>) => never;
@@ -47,8 +47,8 @@ export interface PacketSocketImage {
   readonly copyThresh: number;
   readonly mclist: ReadonlyArray<{ index: number; type: number; addr: Buffer }>;
   readonly rings?: PacketRings;
-  /** Where the kernel stood in the rings (0, 0 for images without it). */
-  readonly ringHeads?: { readonly rx: number; readonly tx: number };
+  /** Where the kernel stood in the rings (0, 0 for images without it); for a V3 receive ring, rx is the active block. */
+  readonly ringHeads?: { readonly rx: number; readonly tx: number; readonly blockOffset?: number; readonly blockLast?: number; readonly frozen: boolean };
   /** packet-ring-<id>.img, when the dump saved the rings' bytes. */
   readonly ringFile?: string;
 }
@@ -92,7 +92,8 @@ export function readPacketSocket(id: number, e: Msg, where: string, invalid: Inv
   // Without saved heads (CRIU's images) the ring starts empty at frame 0, whatever its version.
   const why = saved ? ringRefusal(rings) : undefined;
   if (why) invalid(`${where}: ${why}`);
-  if ((rings.rx && rx >= rings.rx.frameNr) || (rings.tx && tx >= rings.tx.frameNr)) invalid(`${where}: ring heads rx ${rx} / tx ${tx} lie past the rings' frames`, { rx, tx });
+  const rxLimit = rings.rx ? (version === TPACKET.V3 ? rings.rx.blockNr : rings.rx.frameNr) : 0;
+  if ((rings.rx && rx >= rxLimit) || (rings.tx && tx >= rings.tx.frameNr)) invalid(`${where}: ring heads rx ${rx} / tx ${tx} lie past the rings' frames`, { rx, tx });
   let ringFile: string | undefined;
   if (saved) {
     ringFile = join(dir, `packet-ring-${id}.img`);
@@ -101,7 +102,9 @@ export function readPacketSocket(id: number, e: Msg, where: string, invalid: Inv
     const size = statSync(ringFile).size;
     if (size !== expected) invalid(`${where}: ${ringFile} holds ${size} bytes, its rings ${expected}`, { file: ringFile, size, expected });
   }
-  return { ...base, rings, ringHeads: { rx, tx }, ...(ringFile ? { ringFile } : {}) };
+  const v3 = e.rx_ring_block_offset !== undefined ? { blockOffset: Number(e.rx_ring_block_offset), blockLast: Number(e.rx_ring_block_last ?? e.rx_ring_block_offset) } : {};
+  if (saved && rings.rx && version === TPACKET.V3 && v3.blockOffset === undefined && e.rx_ring_frozen !== true) invalid(`${where}: a TPACKET_V3 receive ring without its block offsets (rx_ring_block_offset)`);
+  return { ...base, rings, ringHeads: { rx, tx, ...v3, frozen: e.rx_ring_frozen === true }, ...(ringFile ? { ringFile } : {}) };
 }
 
 /** The length a task's mapping of this socket's rings must have (0: it has none). */
@@ -115,8 +118,22 @@ export function describePacketSocket(s: PacketSocketImage): string {
 
 const htons = (v: number) => ((v & 0xff) << 8) | ((v >> 8) & 0xff);
 
-/** Makes the socket in criu-ts (see the module doc); returns its fd, for the task to take. */
+/**
+ * Makes the socket in criu-ts (see the module doc); returns its fd, for the task to take. A
+ * TPACKET_V3 receive ring's retire timer may move it on just before its bytes are written back
+ * (RingMovedError): the socket is then made again, up to three times.
+ */
 export function createPacketSocket(s: PacketSocketImage): Fd {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return makePacketSocket(s);
+    } catch (error) {
+      if (!((error as Error).cause instanceof RingMovedError) || attempt === 3) throw error;
+    }
+  }
+}
+
+function makePacketSocket(s: PacketSocketImage): Fd {
   const what = describePacketSocket(s);
   const step = socketSteps(what);
   const fd = step('socket', () => socket(AF_PACKET, s.type, htons(s.protocol)));
@@ -136,11 +153,16 @@ export function createPacketSocket(s: PacketSocketImage): Fd {
     if (rings) {
       if (rings.rx) step('PACKET_RX_RING', () => setRing(fd, PACKET_RING_OPTION.RX, rings.version, rings.rx!));
       if (rings.tx) step('PACKET_TX_RING', () => setRing(fd, PACKET_RING_OPTION.TX, rings.version, rings.tx!));
-      const heads = s.ringHeads ?? { rx: 0, tx: 0 };
+      const heads = s.ringHeads ?? { rx: 0, tx: 0, frozen: false };
       const bytes = s.ringFile ? readFileSync(s.ringFile) : undefined;
-      step(`ring position (rx frame ${heads.rx}, tx frame ${heads.tx}) and contents`, () => reproduceRings(fd, {
-        rings, state: { rxHead: heads.rx, txHead: heads.tx, rxActiveBlock: 0, rxBlockOffset: 0 }, socketType: s.type, vnetHdr: s.vnetHdr,
-        ...(bytes ? { bytes } : {}),
+      const v3 = rings.version === TPACKET.V3;
+      const state = {
+        rxHead: v3 ? 0 : heads.rx, txHead: heads.tx, rxActiveBlock: v3 ? heads.rx : 0, rxBlockOffset: heads.blockOffset ?? 0,
+        rxBlockLast: heads.blockLast ?? 0, rxFrozen: heads.frozen, rxMaxFrameLen: 0,
+      };
+      const where = v3 && rings.rx ? `rx block ${heads.rx} at ${heads.blockOffset}${heads.frozen ? ', frozen' : ''}` : `rx frame ${heads.rx}`;
+      step(`ring position (${where}, tx frame ${heads.tx}) and contents`, () => reproduceRings(fd, {
+        rings, state, socketType: s.type, vnetHdr: s.vnetHdr, reserve: s.reserve, ...(bytes ? { bytes } : {}),
       }));
     }
     applySocketOptions(fd, s.opts, what);

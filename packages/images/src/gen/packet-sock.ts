@@ -53,14 +53,19 @@ export interface packet_sock_entry {
     | number
     | undefined;
   /**
-   * criu-ts: where the kernel stood in the rings, the frame it fills (rx) or sends (tx) next.
-   * The rings' bytes, as the program left them, are in packet-ring-<id>.img (RX ring then TX
+   * criu-ts: where the kernel stood in the rings, the frame it fills (rx) or sends (tx) next;
+   * for a TPACKET_V3 receive ring (blocks), rx_ring_head is the block it fills, with the offset
+   * in it of its next and of its last packet, and whether it waits for the program to give
+   * that block back (frozen). The rings' bytes, as the program left them, are in packet-ring-<id>.img (RX ring then TX
    * ring). CRIU has neither: it brings rings back empty with the kernel at frame 0, and skips
    * these fields as unknown. Numbered far from CRIU's own fields so that fields it adds later
    * cannot collide.
    */
   rx_ring_head?: number | undefined;
   tx_ring_head?: number | undefined;
+  rx_ring_block_offset?: number | undefined;
+  rx_ring_block_last?: number | undefined;
+  rx_ring_frozen?: boolean | undefined;
 }
 
 function createBasepacket_mclist(): packet_mclist {
@@ -275,6 +280,9 @@ function createBasepacket_sock_entry(): packet_sock_entry {
     ns_id: undefined,
     rx_ring_head: undefined,
     tx_ring_head: undefined,
+    rx_ring_block_offset: undefined,
+    rx_ring_block_last: undefined,
+    rx_ring_frozen: undefined,
   };
 }
 
@@ -347,6 +355,15 @@ export const packet_sock_entry: MessageFns<packet_sock_entry> = {
     }
     if (message.tx_ring_head !== undefined) {
       writer.uint32(816).uint32(message.tx_ring_head);
+    }
+    if (message.rx_ring_block_offset !== undefined) {
+      writer.uint32(824).uint32(message.rx_ring_block_offset);
+    }
+    if (message.rx_ring_block_last !== undefined) {
+      writer.uint32(832).uint32(message.rx_ring_block_last);
+    }
+    if (message.rx_ring_frozen !== undefined) {
+      writer.uint32(840).bool(message.rx_ring_frozen);
     }
     return writer;
   },
@@ -541,6 +558,30 @@ export const packet_sock_entry: MessageFns<packet_sock_entry> = {
             }
 
             message.tx_ring_head = reader.uint32();
+            continue;
+          }
+          case 103: {
+            if (tag !== 824) {
+              break;
+            }
+
+            message.rx_ring_block_offset = reader.uint32();
+            continue;
+          }
+          case 104: {
+            if (tag !== 832) {
+              break;
+            }
+
+            message.rx_ring_block_last = reader.uint32();
+            continue;
+          }
+          case 105: {
+            if (tag !== 840) {
+              break;
+            }
+
+            message.rx_ring_frozen = reader.bool();
             continue;
           }
         }

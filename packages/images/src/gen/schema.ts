@@ -996,6 +996,9 @@ export const MESSAGES: Readonly<Record<string, MessageSchema>> = {
       {"name":"ns_id","number":20,"type":"uint32","label":"optional"},
       {"name":"rx_ring_head","number":101,"type":"uint32","label":"optional"},
       {"name":"tx_ring_head","number":102,"type":"uint32","label":"optional"},
+      {"name":"rx_ring_block_offset","number":103,"type":"uint32","label":"optional"},
+      {"name":"rx_ring_block_last","number":104,"type":"uint32","label":"optional"},
+      {"name":"rx_ring_frozen","number":105,"type":"bool","label":"optional"},
     ],
   },
   "pagemap_entry": {

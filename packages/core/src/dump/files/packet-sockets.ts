@@ -9,14 +9,13 @@
 // taken by packet-rings/rings.ts; the task's mapping of them is a VMA of status SOCKET whose
 // shmid is this socket's file id (memory.ts).
 // Refused, naming the fd:
-//   - a TPACKET_V3 receive ring (block-based: its block state is not reproduced yet);
 //   - a member of a fanout group: the group's other members may be outside the dump;
 //   - a socket with packets waiting: they cannot be read without taking them from the program
 //     (packets waiting in a receive ring are part of the ring, and saved).
 import type { DecodedMessage } from '@criu-ts/images';
 import { packetDiagDump, PDI, pollOne, POLL, type Fd, type PacketDiagSocket, type PacketRingConfig } from '@criu-ts/sys';
 import { SocketRefused } from './inet-sockets.js';
-import { ringRefusal, snapshotRings, type PacketRings } from '../../packet-rings/rings.js';
+import { ringRefusal, snapshotRings, TPACKET, type PacketRings } from '../../packet-rings/rings.js';
 import { socketOptions } from './unix-sockets.js';
 
 /** ids-N.img numbers the task's namespaces in CRIU's order (dump.ts): net is the second. */
@@ -60,7 +59,12 @@ export class PacketSocketTable {
     if (rings.rx) entry.rx_ring = ringEntry(rings.rx);
     if (rings.tx) entry.tx_ring = ringEntry(rings.tx);
     if (!snapshot) return { entry };
-    if (rings.rx) entry.rx_ring_head = snapshot.state.rxHead;
+    if (rings.rx && rings.version === TPACKET.V3) {
+      entry.rx_ring_head = snapshot.state.rxActiveBlock;
+      entry.rx_ring_block_offset = snapshot.state.rxBlockOffset;
+      entry.rx_ring_block_last = snapshot.state.rxBlockLast;
+      entry.rx_ring_frozen = snapshot.state.rxFrozen;
+    } else if (rings.rx) entry.rx_ring_head = snapshot.state.rxHead;
     if (rings.tx) entry.tx_ring_head = snapshot.state.txHead;
     return { entry, ringBytes: snapshot.bytes };
   }
