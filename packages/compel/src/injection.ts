@@ -40,7 +40,7 @@
  */
 import { readdirSync, readFileSync } from 'node:fs';
 import {
-  __WALL, asRemoteAddress, close, isSysError, O, open, pread, ptraceCont, ptraceDetach, ptraceGetRegs,
+  __WALL, asRemoteAddress, sleepSync, close, isSysError, O, open, pread, ptraceCont, ptraceDetach, ptraceGetRegs,
   ptraceGetRegset, ptraceGetSigmask, ptraceInterrupt, ptraceSeize, ptraceSetRegs, ptraceSetRegset,
   ptraceSetSigmask, ptraceSingleStep, ptraceSyscall, pwrite, SIGNALS, SIGSET_ALL, SysError, syscallName, syscallNumber,
   tgkill, kill, wait4, NT, PTRACE_EVENT, PTRACE_O, MAP, PROT, signalName, type Fd, type Pid, type RemoteAddress,
@@ -168,10 +168,7 @@ export interface PrepareOptions {
 const ORIG_RAX_NONE = 0xffff_ffff_ffff_ffffn; // -1: "not in a syscall"
 const EFLAGS_TF = 0x100n;
 const EFLAGS_DF = 0x400n;
-const sleepCell = new Int32Array(new SharedArrayBuffer(4));
-function sleepMs(ms: number): void {
-  Atomics.wait(sleepCell, 0, 0, ms);
-}
+const sleepMs = sleepSync;
 
 /** Executable code found in the task that remote calls jump to (never written by us). */
 export interface Gadgets {

@@ -22,7 +22,7 @@
 // comes back as a literal NUL), and the status byte of packet mode (stripped, not kept). A pty is
 // not a transport with delivery guarantees (CRIU says as much), but lines, partial lines and raw
 // bytes come back byte for byte.
-import { F, fcntl, isSysError, O, read, tcgets, tcsets, tiocinq, write, type Fd, type KernelTermios } from '@criu-ts/sys';
+import { F, fcntl, sleepSync, isSysError, O, read, tcgets, tcsets, tiocinq, write, type Fd, type KernelTermios } from '@criu-ts/sys';
 
 /** termios bits (asm-generic/termbits.h). */
 const OPOST = 0o1;
@@ -107,7 +107,6 @@ function unusedBytes(bytes: Uint8Array, count: number): number[] {
   return out;
 }
 
-const sleepCell = new Int32Array(new SharedArrayBuffer(4));
 
 /**
  * A pty write reaches the other side's line discipline later, from a kernel worker (the flip
@@ -120,7 +119,7 @@ function waitReadable(fd: Fd, bytes: number, what: string): void {
     const ready = tiocinq(fd);
     if (ready >= bytes) return;
     if (Date.now() > deadline) throw new Error(`${what}: ${ready} of ${bytes} bytes arrived within 2 s`);
-    Atomics.wait(sleepCell, 0, 0, 1);
+    sleepSync(1);
   }
 }
 

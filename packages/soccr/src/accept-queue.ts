@@ -48,6 +48,7 @@ import {
   inetDiagList,
   sock,
   vmlinuxBtfFuncId,
+  sleepSync,
   BpfProgram, FP, R0, R1, R2, R3, R4, R6, R7, R8,
   type Fd,
 } from '@criu-ts/sys';
@@ -233,7 +234,7 @@ function waitFor(check: () => boolean, ms: number): boolean {
   for (;;) {
     if (check()) return true;
     if (Date.now() >= deadline) return false;
-    Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 2);
+    sleepSync(2);
   }
 }
 

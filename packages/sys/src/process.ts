@@ -80,3 +80,13 @@ export const CLONE_NEWNET = 0x40000000;
 export function setns(fd: Fd, nstype: number): void {
   sysCallNumber('setns', N.setns, [fd, nstype], `fd ${fd}`);
 }
+
+const sleepCell = new Int32Array(new SharedArrayBuffer(4));
+/**
+ * Blocks the calling thread for `ms` milliseconds (fractions allowed). criu-ts's waits on the
+ * kernel (a stopped task, a ring filling, loopback delivering) are synchronous: the frozen tasks
+ * must not wait on Node's event loop.
+ */
+export function sleepSync(ms: number): void {
+  Atomics.wait(sleepCell, 0, 0, ms);
+}

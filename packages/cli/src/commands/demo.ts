@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { dumpSync, restoreSync } from '@criu-ts/core';
 import { explore } from '@criu-ts/images';
-import { asPid, prctl, wait4, WNOHANG } from '@criu-ts/sys';
+import { asPid, prctl, sleepSync, wait4, WNOHANG } from '@criu-ts/sys';
 import type { CommandIo } from './command-io.js';
 
 const COUNTER_SOURCE = String.raw`
@@ -47,8 +47,7 @@ int main(void)
 `;
 
 const PR_SET_CHILD_SUBREAPER = 36;
-const sleepCell = new Int32Array(new SharedArrayBuffer(4));
-const sleepMs = (ms: number) => Atomics.wait(sleepCell, 0, 0, ms);
+const sleepMs = sleepSync;
 
 function waitFor(what: string, predicate: () => boolean, timeoutMs = 10_000): void {
   const deadline = Date.now() + timeoutMs;

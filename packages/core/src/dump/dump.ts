@@ -34,7 +34,7 @@ import { performance } from 'node:perf_hooks';
 import type { Parasite, Victim } from '@criu-ts/compel';
 import type { DecodedMessage } from '@criu-ts/images';
 import {
-  __WALL, asFd, asPid, kill, close as closeFd, ptraceGetRegs, wait4, WNOHANG, ptraceGetRegset, ptraceGetSigmask, NT, type Fd, type Pid,
+  __WALL, asFd, sleepSync, asPid, kill, close as closeFd, ptraceGetRegs, wait4, WNOHANG, ptraceGetRegset, ptraceGetSigmask, NT, type Fd, type Pid,
 } from '@criu-ts/sys';
 import { DumpError, type DumpStage } from '../errors.js';
 import { faultRequested } from '../fault-points.js';
@@ -680,10 +680,7 @@ function reapKilledThreads(victim: Victim): void {
   }
 }
 
-const sleepCell = new Int32Array(new SharedArrayBuffer(4));
-function sleepMs(ms: number): void {
-  Atomics.wait(sleepCell, 0, 0, ms);
-}
+const sleepMs = sleepSync;
 
 function mmEntry(pid: Pid, exeId: number, vmas: readonly DumpVma[], dumpable: number): DecodedMessage {
   // /proc/PID/stat fields 26-28 and 45-51 (proc(5)): code, data, stack, brk, args and environment.

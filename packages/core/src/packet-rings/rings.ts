@@ -24,7 +24,7 @@
 // RX ring first then TX ring in one mapping; frame i is frame (i mod frames-per-block) of block
 // (i div frames-per-block). tp_status is the frame header's first word (unsigned long in
 // TPACKET_V1, u32 in V2) and at byte 20 of a V3 (transmit) frame.
-import { mmap, munmap, processVmReadv, processVmWritev, getpid, asRemoteAddress, bind, close, sendto, setsockopt, sock, socket, type Fd, type PacketRingConfig } from '@criu-ts/sys';
+import { sleepSync, mmap, munmap, processVmReadv, processVmWritev, getpid, asRemoteAddress, bind, close, sendto, setsockopt, sock, socket, type Fd, type PacketRingConfig } from '@criu-ts/sys';
 import { readPacketRingKernelState, type PacketRingKernelState } from './kernel-state.js';
 import { moveV3ReceiveRing, positionOf, samePosition } from './v3-receive.js';
 
@@ -99,9 +99,6 @@ function mapRings(fd: Fd, rings: PacketRings, prot: number): { addr: bigint; len
   return { addr: mmap(0n, len, prot, MAP_SHARED, fd, 0), len };
 }
 
-function sleepMs(ms: number): void {
-  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
-}
 
 /**
  * The rings' bytes and the kernel's position, taken together (`fd`: criu-ts's descriptor of the
@@ -115,7 +112,7 @@ export function snapshotRings(fd: Fd, rings: PacketRings, attempts = 20): RingSn
   try {
     for (let attempt = 0; attempt < attempts; attempt++) {
       const before = readPacketRingKernelState(fd);
-      sleepMs(1);
+      sleepSync(1);
       const bytes = Buffer.alloc(len);
       processVmReadv(getpid(), bytes, [{ addr: asRemoteAddress(addr), len }]);
       const after = readPacketRingKernelState(fd);
@@ -245,7 +242,7 @@ export function reproduceRings(fd: Fd, r: RingReproduction, timeoutMs = 2000): v
       const deadline = performance.now() + timeoutMs;
       let now = readPacketRingKernelState(fd);
       while (now.rxHead !== state.rxHead && performance.now() < deadline) {
-        sleepMs(1);
+        sleepSync(1);
         now = readPacketRingKernelState(fd);
       }
       if (now.rxHead !== state.rxHead) throw new Error(`rx head is ${now.rxHead} after ${timeoutMs} ms, not the ${state.rxHead} sent on loopback`);

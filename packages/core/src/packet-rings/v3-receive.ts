@@ -19,7 +19,7 @@
 //   - elsewhere: the block closed as fast as possible.
 // Anything unexpected (the timer closing the target block meanwhile) just moves the kernel on;
 // it goes around the ring again, within the time bound.
-import { asRemoteAddress, getpid, processVmReadv, processVmWritev, type Fd, type PacketRingConfig } from '@criu-ts/sys';
+import { sleepSync, asRemoteAddress, getpid, processVmReadv, processVmWritev, type Fd, type PacketRingConfig } from '@criu-ts/sys';
 import { readPacketRingKernelState, type PacketRingKernelState } from './kernel-state.js';
 
 export interface V3ReceivePosition {
@@ -38,10 +38,6 @@ export interface V3FrameShape {
 const BLOCK_STATUS_AT = 8; // tpacket_block_desc.hdr.bh1.block_status
 const TP_STATUS_USER = 1;
 const align8 = (n: number) => (n + 7) & ~7;
-
-function sleepMs(ms: number): void {
-  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
-}
 
 export function positionOf(s: PacketRingKernelState): V3ReceivePosition {
   return { block: s.rxActiveBlock, offset: s.rxBlockOffset, last: s.rxBlockLast, frozen: s.rxFrozen };
@@ -91,7 +87,7 @@ export function moveV3ReceiveRing(
     do {
       s = readPacketRingKernelState(fd);
       if (moved(before, s)) return;
-      sleepMs(0.2);
+      sleepSync(0.2);
     } while (performance.now() < until);
   };
   /** Sends frames that make the kernel close its active block (the last lands in the next). */
@@ -127,7 +123,7 @@ export function moveV3ReceiveRing(
         if (at === first) inject(minimum);
         const before = s;
         const until = Math.min(deadline, performance.now() + 3 * ringConfig.retireTmo + 500);
-        while (performance.now() < until && !moved(before, (s = readPacketRingKernelState(fd)))) sleepMs(1);
+        while (performance.now() < until && !moved(before, (s = readPacketRingKernelState(fd)))) sleepSync(1);
         continue;
       }
       // The first frame for the target must not fit here, so that it opens the target.

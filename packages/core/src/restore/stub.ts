@@ -17,7 +17,7 @@ import type { ChildProcess } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import {
-  __WALL, asPid, asRemoteAddress, kill, ptraceGetEventMsg, ptraceGetRegs, ptraceSetOptions, ptraceSetRegs,
+  __WALL, asPid, sleepSync, asRemoteAddress, kill, ptraceGetEventMsg, ptraceGetRegs, ptraceSetOptions, ptraceSetRegs,
   ptraceSingleStep, PTRACE_EVENT, PTRACE_O, SIGNALS, SysError, syscallNumber, wait4, WNOHANG, type Pid, type RemoteAddress,
 } from '@criu-ts/sys';
 import { nativeDir, prepareSync, type Injection } from '@criu-ts/compel';
@@ -27,7 +27,6 @@ import { RestoreError } from './errors.js';
 // in) costs the criu-ts command ~4 ms of start-up, and a plain dump never spawns anything.
 const childProcess = () => process.getBuiltinModule('node:child_process');
 
-const sleepCell = new Int32Array(new SharedArrayBuffer(4));
 function stubState(pid: number): string | undefined {
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
@@ -37,9 +36,7 @@ function stubState(pid: number): string | undefined {
   }
 }
 
-export function sleepMs(ms: number): void {
-  Atomics.wait(sleepCell, 0, 0, ms);
-}
+export const sleepMs = sleepSync;
 
 /** Path of the stub binary built by `npm run build` (native/restore-stub.mk). */
 export function stubPath(): string {
