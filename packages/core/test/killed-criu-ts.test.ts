@@ -237,9 +237,12 @@ describe('reliability: criu-ts SIGKILLed during restore and during dump (256 MiB
       // Untraced within a moment (the kernel detaches every tracee of a dead tracer).
       waitFor(`${what}: untraced`, () => procState(hog.pid) === undefined || procState(hog.pid) === 'Z' || tracerOf(hog.pid) === 0, 5000);
       // Every thread we ran code in returns through its return chain (compel's injection.ts),
-      // which also removes what was made of the parasite so far; the daemon cures itself. A
-      // trap or a leftover would show here (a moment for a thread still on its way back).
-      for (let i = 0; i < 20 && leftoversOf(hog.pid, before).length > 0; i++) await sleep(5);
+      // which also removes what was made of the parasite so far and puts its signal mask back
+      // (rt_sigreturn); the daemon cures itself. A trap, a leftover or a mask still ours would
+      // show here. A thread killed in a remote call is untraced at once but runs its chain only
+      // when it is next scheduled: a moment (bounded) for threads still on their way back.
+      const settled = () => leftoversOf(hog.pid, before).length === 0 && JSON.stringify(blockedMasksOf(hog.pid)) === JSON.stringify(before.masks);
+      for (let i = 0; i < 200 && !settled(); i++) await sleep(5);
       const st = wait4(asPid(hog.pid), WNOHANG);
       expect(st.kind, `${what}: the target died (${JSON.stringify(st)})`).to.equal('none');
       expect(leftoversOf(hog.pid, before), `${what}: leftovers`).to.deep.equal([]);
