@@ -47,6 +47,7 @@ import {
   type SyscallName, type UserRegs, type WaitStatus, asPid,
 } from '@criu-ts/sys';
 import { CompelError } from './errors.js';
+import { GADGET_BYTES, GADGET_NAMES, hintedAddress, rememberGadgets, type GadgetName } from './gadget-hints.js';
 import { listThreads, readMaps, readStatus, taskState, type Vma } from './proc.js';
 import { SIGFRAME } from './parasite-abi.js';
 import { buildSigframe, cpuXstateLayout, restartedRegs, sigframeXstateLayout } from './sigframe.js';
@@ -302,21 +303,25 @@ export class Injection {
     if (this.gadgets) return this.gadgets;
     const vmas = this.seizedMaps().filter((v) => v.perms.startsWith('r-x') && v.name !== '[vsyscall]');
     vmas.sort((a, b) => (a.name === '[vdso]' ? -1 : b.name === '[vdso]' ? 1 : 0));
-    let sc: bigint | null = null;
-    let scRet: bigint | null = null;
-    let popRax: bigint | null = null;
-    let popRdi: bigint | null = null;
-    let popRsi: bigint | null = null;
+    const found: Record<GadgetName, bigint | null> = { syscall: null, syscallRet: null, popRaxRet: null, popRdiRet: null, popRsiRet: null };
+    const missing = () => GADGET_NAMES.filter((n) => found[n] === null);
+    // Where earlier dumps found them in the same files (gadget-hints.ts), checked byte for byte.
+    for (const vma of vmas) {
+      for (const name of missing()) {
+        const at = hintedAddress(vma, name);
+        if (at === undefined) continue;
+        try {
+          if (this.readMemorySync(at, GADGET_BYTES[name].length).equals(Buffer.from(GADGET_BYTES[name]))) found[name] = at;
+        } catch { /* unreadable there: searched below */ }
+      }
+    }
     // Read in chunks and stop as soon as all five are found: the gadgets are usually in the
     // vDSO or near the start of libc's text, and reading whole text mappings through
     // /proc/PID/mem cost milliseconds of the task's frozen time. Chunks overlap by two bytes so
     // no gadget is cut in half.
     const CHUNK = 256 << 10;
-    const find = (code: Buffer, at: bigint, bytes: number[]): bigint | null => {
-      const i = code.indexOf(Buffer.from(bytes));
-      return i >= 0 ? at + BigInt(i) : null;
-    };
     search: for (const vma of vmas) {
+      if (missing().length === 0) break;
       const len = Math.min(Number(vma.end - vma.start), 32 << 20);
       for (let off = 0; off < len; off += CHUNK - 2) {
         let code: Buffer;
@@ -325,16 +330,16 @@ export class Injection {
         } catch {
           continue search;
         }
-        const at = vma.start + BigInt(off);
-        sc ??= find(code, at, [0x0f, 0x05]);
-        scRet ??= find(code, at, [0x0f, 0x05, 0xc3]);
-        popRax ??= find(code, at, [0x58, 0xc3]);
-        popRdi ??= find(code, at, [0x5f, 0xc3]);
-        popRsi ??= find(code, at, [0x5e, 0xc3]);
-        if (sc !== null && scRet !== null && popRax !== null && popRdi !== null && popRsi !== null) break search;
+        for (const name of missing()) {
+          const i = code.indexOf(Buffer.from(GADGET_BYTES[name]));
+          if (i >= 0) found[name] = vma.start + BigInt(off) + BigInt(i);
+        }
+        if (missing().length === 0) break search;
         if (off + CHUNK >= len) break;
       }
     }
+    rememberGadgets(vmas, found);
+    const sc = found.syscall;
     if (sc === null) {
       // A task killed while seized tears its memory down before /proc shows it as a zombie (the
       // maps read empty while it is still 'R'): no mapping at all means it is on its way out;
@@ -348,12 +353,10 @@ export class Injection {
         mappings: vmas.map((v) => `${v.start.toString(16)}-${v.end.toString(16)} ${v.perms} ${v.name}`),
       });
     }
+    const address = (a: bigint | null) => (a === null ? null : asRemoteAddress(a));
     this.gadgets = {
       syscall: asRemoteAddress(sc),
-      syscallRet: scRet === null ? null : asRemoteAddress(scRet),
-      popRaxRet: popRax === null ? null : asRemoteAddress(popRax),
-      popRdiRet: popRdi === null ? null : asRemoteAddress(popRdi),
-      popRsiRet: popRsi === null ? null : asRemoteAddress(popRsi),
+      syscallRet: address(found.syscallRet), popRaxRet: address(found.popRaxRet), popRdiRet: address(found.popRdiRet), popRsiRet: address(found.popRsiRet),
     };
     return this.gadgets;
   }

@@ -8,6 +8,7 @@ import {
   ptraceGetRegs, ptraceGetRegset, NT, type Fd,
 } from '@criu-ts/sys';
 import { CompelError, compileBlob, inject, injectSync, prepareSync, readMaps, type Victim as Injected } from '@criu-ts/compel';
+import { setGadgetHintsForTest } from '../src/gadget-hints.js';
 // The victim programs and their handling are shared with @criu-ts/sys's tests.
 import { killAllVictims, requireRootAndBinaries, Victim } from '@criu-ts/sys/testing';
 
@@ -100,6 +101,38 @@ describe('@criu-ts/compel', function () {
   });
 
   describe('remote syscalls, memory and registers', () => {
+    it('gadgets: hints from earlier dumps are used only where the task really has the bytes; wrong ones fall back to the search', async () => {
+      const v = await Victim.start('busy');
+      const expected = { syscall: [0x0f, 0x05], syscallRet: [0x0f, 0x05, 0xc3], popRaxRet: [0x58, 0xc3], popRdiRet: [0x5f, 0xc3], popRsiRet: [0x5e, 0xc3] } as const;
+      const check = async (label: string) => {
+        const victim = await inject(v.pid);
+        try {
+          const g = victim.findGadgets();
+          expect(g.syscall, label).to.not.equal(null);
+          for (const [name, bytes] of Object.entries(expected)) {
+            const at = g[name as keyof typeof expected];
+            if (at === null) continue;
+            expect([...(await victim.readMemory(at, bytes.length))], `${label}: ${name}`).to.deep.equal([...bytes]);
+          }
+          return g;
+        } finally {
+          await victim.cure();
+        }
+      };
+      try {
+        setGadgetHintsForTest({});
+        const searched = await check('searched');
+        // Every file and the vDSO "remembered" at offsets that hold other bytes (0: an ELF header).
+        const wrong = Object.fromEntries(readMaps(v.pid as never).filter((m) => m.perms.startsWith('r-x')).map((m) => [
+          m.name === '[vdso]' ? '[vdso]' : `${m.inode}:${m.name}`, { syscall: 0, syscallRet: 0, popRaxRet: 0, popRdiRet: 0, popRsiRet: 0 },
+        ]));
+        setGadgetHintsForTest(wrong);
+        expect(await check('with wrong hints'), 'the search finds the same gadgets again').to.deep.equal(searched);
+      } finally {
+        setGadgetHintsForTest(undefined);
+      }
+    });
+
     it('getpid returns the target pid; a remote mmap shows up in /proc/PID/maps; memory r/w', async () => {
       const v = await Victim.start('busy');
       const victim = await inject(v.pid);

@@ -226,46 +226,82 @@ export function zeroPfn(): bigint {
 }
 
 const SCAN_CHUNK_PAGES = 1 << 16;
+// The pagemap bits above, in the high 32-bit half of an entry (read as two u32: the frozen
+// task waits on this loop, and BigInt arithmetic per page cost milliseconds per 64 MiB).
+const HI_PRESENT = 1 << 31;
+const HI_SWAPPED = 1 << 30;
+const HI_FILE = 1 << 29;
+const HI_PFN_MASK = (1 << 23) - 1; // PFN bits 32-54
 
 /** The runs of pages worth saving in `vmas` (those of one kind: private or shared). */
 export function scanPages(pid: number, vmas: readonly DumpVma[], kind: 'private' | 'shared'): PageRun[] {
   const zero = zeroPfn();
+  const zeroLo = zero < 0n ? -1 : Number(zero & 0xffffffffn);
+  const zeroHi = zero < 0n ? -1 : Number(zero >> 32n);
   const runs: PageRun[] = [];
   const fd = openSync(`/proc/${pid}/pagemap`, 'r');
-  const buffer = Buffer.alloc(SCAN_CHUNK_PAGES * 8);
+  const words = new Uint32Array(SCAN_CHUNK_PAGES * 2);
+  const buffer = Buffer.from(words.buffer);
   try {
     for (const vma of vmas) {
       if (vma.pages !== kind) continue;
       const anon = (Number(vma.entry.status) & VMA.ANON_PRIVATE) !== 0;
       const flags = anon ? PE_LAZY | PE_PRESENT : PE_PRESENT;
       const readable = vma.proc.read;
+      const skipFilePages = kind === 'private' && !anon;
       const total = Number((vma.proc.end - vma.proc.start) / PAGE);
       const firstPage = Number(vma.proc.start / PAGE);
+      // The run being built, in page numbers; pushed when a page breaks it.
+      let runStart = -1;
+      let runPages = 0;
+      const closeRun = () => {
+        if (runPages > 0) runs.push({ start: BigInt(runStart) * PAGE, pages: runPages, flags, readable });
+        runPages = 0;
+      };
       for (let done = 0; done < total; ) {
         const count = Math.min(SCAN_CHUNK_PAGES, total - done);
         // A read of pagemap may come back short: read on, so no page is taken for absent.
         let got = 0;
         for (let n = -1; got < count * 8 && n !== 0; got += n) n = readSync(fd, buffer, got, count * 8 - got, (firstPage + done) * 8 + got);
         if (got < count * 8) throw new Error(`/proc/${pid}/pagemap ended at page 0x${(firstPage + done + got / 8).toString(16)}, inside a mapping`);
-        for (let i = 0; i < got / 8; i++) {
-          const e = buffer.readBigUInt64LE(i * 8);
-          const present = (e & PM_PRESENT) !== 0n;
-          if (!present && !(e & PM_SWAPPED)) continue;
-          if (present && (e & PFN_MASK) === zero && !(e & PM_FILE)) continue;
+        for (let i = 0; i < count; i++) {
+          const lo = words[2 * i]!;
+          const hi = words[2 * i + 1]!;
+          const present = (hi & HI_PRESENT) !== 0;
+          let keep = present || (hi & HI_SWAPPED) !== 0;
+          if (keep && present && (hi & HI_FILE) === 0 && lo === zeroLo && (hi & HI_PFN_MASK) === zeroHi) keep = false;
           // A private file mapping's page that is still the file's: it comes back from the file.
-          if (kind === 'private' && !anon && (e & PM_FILE)) continue;
-          const address = vma.proc.start + BigInt(done + i) * PAGE;
-          const last = runs.at(-1);
-          if (last && last.flags === flags && last.readable === readable && last.start + BigInt(last.pages) * PAGE === address) last.pages++;
-          else runs.push({ start: address, pages: 1, flags, readable });
+          if (keep && skipFilePages && (hi & HI_FILE) !== 0) keep = false;
+          const page = firstPage + done + i;
+          if (!keep) {
+            closeRun();
+          } else if (runPages > 0 && runStart + runPages === page) {
+            runPages++;
+          } else {
+            closeRun();
+            runStart = page;
+            runPages = 1;
+          }
         }
         done += count;
       }
+      closeRun();
     }
   } finally {
     closeSync(fd);
   }
-  return runs;
+  return mergeAdjacentRuns(runs);
+}
+
+/** Runs that meet across a VMA boundary with the same flags become one (as before: one pagemap entry). */
+function mergeAdjacentRuns(runs: PageRun[]): PageRun[] {
+  const out: PageRun[] = [];
+  for (const r of runs) {
+    const last = out.at(-1);
+    if (last && last.flags === r.flags && last.readable === r.readable && last.start + BigInt(last.pages) * PAGE === r.start) last.pages += r.pages;
+    else out.push(r);
+  }
+  return out;
 }
 
 /** Bytes handed to the parasite per call: large enough to keep it busy, small enough to report progress. */
