@@ -3,7 +3,11 @@
  * part-way through their rings, waiting to be checkpointed (and restored); then checks each ring
  * goes on from exactly where it was.
  *
- *   packet-ring-keeper REPORT_FILE
+ *   packet-ring-keeper REPORT_FILE [DIR [closed-fd | split-mapping]]
+ *
+ * closed-fd: V1's descriptor is closed once its ring is mapped (the mapping keeps the socket);
+ * split-mapping: MADV_DONTFORK on the second half of V1's mapping splits it in two VMAs. A dump
+ * must refuse both (restore could not map the rings again), and the program run on.
  *
  * Held:
  *   A   SOCK_RAW, TPACKET_V2, an RX ring and a TX ring of 8 frames each (2 blocks of 4 frames),
@@ -243,6 +247,11 @@ int main(int argc, char **argv)
 		if (!v1_read(n))
 			MUST(-1);
 	}
+	const char *mode = argc > 3 ? argv[3] : "";
+	if (strcmp(mode, "closed-fd") == 0)
+		MUST(close(v1));
+	else if (strcmp(mode, "split-mapping") == 0)
+		MUST(madvise(v1_rx + FRAMES * FRAME_SIZE / 2, FRAMES * FRAME_SIZE / 2, MADV_DONTFORK));
 	uint8_t *a_at = a_rx, *v1_at = v1_rx, *v3_at = v3_rx;
 	say("ready %d\n", getpid());
 

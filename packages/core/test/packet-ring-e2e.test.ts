@@ -5,12 +5,14 @@
 // are mapped where they were, the unread and unsent messages are still there, and new messages
 // go through the very frames the program expects, wrapping around the rings. Through the library
 // and the CLI (Debian's crit decodes the images); the dump with --leave-running leaves the rings
-// working; a restore whose ring bytes are missing refuses before making anything.
+// working; rings a restore could not map again (a mapping without a descriptor, a split
+// mapping) are refused at dump; a restore whose ring bytes are missing refuses before making
+// anything.
 import { expect } from 'chai';
 import { spawnSync } from 'node:child_process';
 import { existsSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { RestoreError, dumpSync, restoreSync } from '@criu-ts/core';
+import { DumpError, RestoreError, dumpSync, restoreSync } from '@criu-ts/core';
 import { checkImagesRoundTrip } from './image-checks.js';
 import { imageEntries, rootWithSubreaper, StateKeeper, TEST_BIN } from './programs.js';
 import { alive } from './restore-helpers.js';
@@ -82,6 +84,28 @@ describe('packet sockets with rings (e2e)', function () {
     expect(failures).to.deep.equal([]);
     expect(checks).to.have.length(CHECKS);
   });
+
+  for (const [mode, refusal] of [
+    ['closed-fd', /maps socket:\[\d+\] at 0x[0-9a-f]+-0x[0-9a-f]+ \(a packet ring\) but no descriptor of the dumped tree holds that socket/],
+    ['split-mapping', /maps socket:\[\d+\] at 0x[0-9a-f]+-0x[0-9a-f]+, offset \d+: only the whole rings \(16384 bytes from offset 0\) can be mapped again/],
+  ] as const) {
+    it(`refuses rings it could not map again (${mode}), naming the mapping; the program runs on in its rings`, function () {
+      keeper = new StateKeeper('packet-ring-keeper', [mode]);
+      let error: unknown;
+      try {
+        dumpSync({ pid: keeper.pid, imagesDir: keeper.images });
+      } catch (e) {
+        error = e;
+      }
+      expect(error).to.be.instanceOf(DumpError);
+      expect((error as Error).message).to.match(refusal);
+      expect(existsSync(join(keeper.images, 'inventory.img')), 'no image set left looking complete').to.equal(false);
+      expect(alive(keeper.pid)).to.equal(true);
+      const { failures, checks } = keeper.check();
+      expect(failures).to.deep.equal([]);
+      expect(checks).to.have.length(CHECKS);
+    });
+  }
 
   it('a restore whose ring bytes are missing refuses before making any process, naming the file', function () {
     keeper = new StateKeeper('packet-ring-keeper');

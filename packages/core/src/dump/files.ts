@@ -135,9 +135,9 @@ export class FileTable {
   /** Packet rings' bytes (packet-ring-<id>.img), by the socket's file id. */
   readonly packetRings: Array<{ id: number; bytes: Buffer }> = [];
   /** Sockets mapped into a task (packet rings), by inode: the file id their VMAs name, reserved before their fd is met. */
-  private readonly mappedSockets = new Map<number, { id: number; pid: number; start: bigint }>();
-  /** Packet sockets described from an fd (a mapped one must be). */
-  private readonly describedSockets = new Set<number>();
+  private readonly mappedSockets = new Map<number, { id: number; maps: Array<{ pid: number; start: bigint; end: bigint; offset: bigint }> }>();
+  /** Packet sockets described from an fd (a mapped one must be), with the length of their rings' mapping. */
+  private readonly describedSockets = new Map<number, number>();
   private unixInodes?: Set<number>;
   /** The sock_diag dump of every unix socket and their peeked queues, shared by the processes' dumpers (taken once: the tree is frozen). */
   private readonly unixContext: UnixDumpContext = { queues: new Map() };
@@ -294,19 +294,32 @@ export class FileTable {
    * socket:[ino]), as CRIU records it in the VMA's shmid: the id its files.img entry gets when
    * its descriptor is met in the files stage (checkMappedSockets then makes sure it was).
    */
-  mappedSocket(ino: number, pid: number, start: bigint): number {
+  mappedSocket(ino: number, pid: number, start: bigint, end: bigint, offset: bigint): number {
     const known = this.mappedSockets.get(ino);
-    if (known) return known.id;
+    if (known) {
+      known.maps.push({ pid, start, end, offset });
+      return known.id;
+    }
     const id = this.allocate();
-    this.mappedSockets.set(ino, { id, pid, start });
+    this.mappedSockets.set(ino, { id, maps: [{ pid, start, end, offset }] });
     return id;
   }
 
-  /** After every fd is described: a mapped socket no fd of the dump holds cannot be made again. */
+  /**
+   * After every fd is described: each mapping of a socket must be one restore can make again, a
+   * whole ring mapping (packet_mmap takes nothing else) of a socket its own process holds (restore
+   * maps that process's fd). Otherwise the images would look complete and not restore.
+   */
   checkMappedSockets(): void {
     for (const [ino, m] of this.mappedSockets) {
-      if (!this.describedSockets.has(ino)) {
-        throw new Error(`process ${m.pid} maps socket:[${ino}] at 0x${m.start.toString(16)} (a packet ring) but no descriptor of the dumped tree holds that socket: it cannot be made again to map`);
+      const ringBytes = this.describedSockets.get(ino);
+      for (const map of m.maps) {
+        const where = `process ${map.pid} maps socket:[${ino}] at 0x${map.start.toString(16)}-0x${map.end.toString(16)}`;
+        if (ringBytes === undefined) throw new Error(`${where} (a packet ring) but no descriptor of the dumped tree holds that socket: it cannot be made again to map`);
+        if (!this.seenFds.some((f) => f.pid === map.pid && f.id === m.id)) throw new Error(`${where} but holds no descriptor of it (another process does): restore maps the rings from the process's own descriptor`);
+        if (map.offset !== 0n || map.end - map.start !== BigInt(ringBytes)) {
+          throw new Error(`${where}, offset ${map.offset}: only the whole rings (${ringBytes} bytes from offset 0) can be mapped again, not a part`);
+        }
       }
     }
   }
@@ -447,12 +460,12 @@ export class FileTable {
         const kind = socketKindOf(dup);
         if (kind.domain === AF_NETLINK) return add(FD_TYPE.NETLINKSK, 'nlsk', netlinkSocketEntry(dup, fd, socketIno, flags, kind.protocol));
         const mapping = this.mappedSockets.get(socketIno);
-        if (mapping && kind.domain !== AF_PACKET) throw new UnsupportedFileError(fd, target, `socket mapped into memory at 0x${mapping.start.toString(16)} (only packet sockets' rings can be)`);
+        if (mapping && kind.domain !== AF_PACKET) throw new UnsupportedFileError(fd, target, `socket mapped into memory at 0x${mapping.maps[0]!.start.toString(16)} (only packet sockets' rings can be)`);
         if (kind.domain === AF_PACKET) {
           const packet = this.packetSockets.entry(dup, fd, socketIno, flags);
           const slot = add(FD_TYPE.PACKETSK, 'psk', packet.entry, true, mapping?.id ?? this.allocate());
           if (packet.ringBytes) this.packetRings.push({ id: Number(slot.id), bytes: packet.ringBytes });
-          this.describedSockets.add(socketIno);
+          this.describedSockets.set(socketIno, packet.ringBytes?.length ?? 0);
           return slot;
         }
         const inet = this.inet.dump(pid, fd, socketIno, flags);

@@ -105,7 +105,7 @@ export function describeVmas(pid: number, vmas: readonly ProcVma[], files: FileT
       // status SOCKET, shmid the socket's file id; their bytes go with the socket (files stage).
       entry.flags = MAP_SHARED;
       entry.status = VMA.REGULAR | VMA.SOCKET;
-      entry.shmid = BigInt(files.mappedSocket(Number(v.name.slice('socket:['.length, -1)), pid, v.start));
+      entry.shmid = BigInt(files.mappedSocket(Number(v.name.slice('socket:['.length, -1)), pid, v.start, v.end, v.offset));
       pages = 'none';
     } else if (v.inode === 0 || v.name === '' || v.name === '[heap]' || v.name === '[stack]' || v.name.startsWith('[anon:')) {
       if (v.shared) throw new Error(`shared anonymous mapping without a backing inode at 0x${v.start.toString(16)}`);
