@@ -22,13 +22,16 @@
  *       only a full block is closed), bound to lo for ethertype 0x88BA; messages of 1000 bytes
  *       (1088 in a block: 3 per block). Messages 0-4 received: block 0 (0-2) closed and read,
  *       block 1 the kernel's active block, holding 3 and 4.
- *   S   a plain packet socket that sends V1's and V3's messages.
+ *   F1, F2  SOCK_RAW sockets bound to lo for ethertype 0x88BE, in fanout group 0x5A5A with
+ *       PACKET_FANOUT_LB (round robin) and PACKET_FANOUT_FLAG_ROLLOVER.
+ *   S   a plain packet socket that sends V1's, V3's and the fanout group's frames.
  * On SIGUSR1 (keeper.h's report protocol):
  *   A   frames 3 and 4 still hold messages 3 and 4; send() sends message 5; messages 6-9 follow
  *       through TX frames 6, 7, 0, 1 (the ring wraps); each arrives in the RX frame after the
  *       previous one, in order, with its content.
  *   V1  messages 6-9 from S arrive in frames 6, 7, 0, 1.
  *   V3  messages 5-15 from S: blocks 1, 2, 3, 0 close in turn holding 3-5, 6-8, 9-11, 12-14.
+ *   F1, F2  still in the group with the same mode and flags; 10 frames from S are shared 5 and 5.
  *   Both mappings are at their old addresses (the program never maps them again).
  */
 #define _GNU_SOURCE
@@ -45,6 +48,8 @@
 #define ETH_A 0x88B7
 #define ETH_V1 0x88B9
 #define ETH_V3 0x88BA
+#define ETH_FANOUT 0x88BE
+#define FANOUT_GROUP 0x5A5A
 #define V3_BLOCKS 4
 #define V3_BLOCK_SIZE 4096
 #define V3_MESSAGE_BYTES 1000
@@ -149,6 +154,27 @@ static int s_send(unsigned n)
 	return sendto(s, pkt, len, 0, (struct sockaddr *)&to, sizeof(to)) == (ssize_t)len;
 }
 
+static int fanout_socket(void)
+{
+	int fd = socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, htons(ETH_FANOUT));
+	if (fd < 0)
+		return -1;
+	struct sockaddr_ll ll = { .sll_family = AF_PACKET, .sll_protocol = htons(ETH_FANOUT), .sll_ifindex = LO };
+	int arg = FANOUT_GROUP | (PACKET_FANOUT_LB | PACKET_FANOUT_FLAG_ROLLOVER) << 16;
+	if (bind(fd, (struct sockaddr *)&ll, sizeof(ll)) < 0 || setsockopt(fd, SOL_PACKET, PACKET_FANOUT, &arg, sizeof(arg)) < 0)
+		return -1;
+	return fd;
+}
+
+static unsigned drain_count(int fd)
+{
+	unsigned n = 0;
+	char buf[256];
+	while (recv(fd, buf, sizeof(buf), MSG_DONTWAIT) > 0)
+		n++;
+	return n;
+}
+
 static int s_send_v3(unsigned n)
 {
 	uint8_t pkt[V3_MESSAGE_BYTES] = { 0 };
@@ -247,6 +273,12 @@ int main(int argc, char **argv)
 		if (!v1_read(n))
 			MUST(-1);
 	}
+	int f1 = fanout_socket(), f2 = fanout_socket();
+	MUST(f1);
+	MUST(f2);
+	int fanout_arg = 0;
+	socklen_t fl = sizeof(fanout_arg);
+	MUST(getsockopt(f1, SOL_PACKET, PACKET_FANOUT, &fanout_arg, &fl));
 	const char *mode = argc > 3 ? argv[3] : "";
 	if (strcmp(mode, "closed-fd") == 0)
 		MUST(close(v1));
@@ -282,6 +314,20 @@ int main(int argc, char **argv)
 		unsigned block = v3_next_block;
 		CHECK(v3_read_block(first), "V3: block %u closed with messages %u-%u", block, first, first + 2);
 	}
+	int got1 = 0, got2 = 0;
+	socklen_t l1 = sizeof(got1), l2 = sizeof(got2);
+	getsockopt(f1, SOL_PACKET, PACKET_FANOUT, &got1, &l1);
+	getsockopt(f2, SOL_PACKET, PACKET_FANOUT, &got2, &l2);
+	CHECK(got1 == fanout_arg && got2 == fanout_arg, "F1, F2: fanout %#x and %#x (were %#x)", got1, got2, fanout_arg);
+	uint8_t frame[64] = { 0 };
+	frame[12] = ETH_FANOUT >> 8;
+	frame[13] = ETH_FANOUT & 0xff;
+	struct sockaddr_ll to = { .sll_family = AF_PACKET, .sll_protocol = htons(ETH_FANOUT), .sll_ifindex = LO };
+	for (int i = 0; i < 10; i++)
+		sendto(s, frame, sizeof(frame), 0, (struct sockaddr *)&to, sizeof(to));
+	usleep(50000);
+	unsigned n1 = drain_count(f1), n2 = drain_count(f2);
+	CHECK(n1 == 5 && n2 == 5, "F1, F2: 10 frames shared round robin (%u and %u)", n1, n2);
 	say("done %d\n", failures);
 	return 0;
 }

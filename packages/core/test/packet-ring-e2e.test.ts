@@ -1,4 +1,4 @@
-// Packet sockets with memory-mapped rings (PACKET_RX_RING / PACKET_TX_RING) dumped part-way
+// Packet sockets with memory-mapped rings (PACKET_RX_RING / PACKET_TX_RING), and a fanout group, dumped part-way
 // through their rings and restored: tests/bin/packet-ring-keeper holds a TPACKET_V2 socket with
 // both rings in one mapping (messages unread in its RX ring, one marked for sending in its TX
 // ring) and a TPACKET_V1 receive ring read up to frame 6; after the restore it checks the rings
@@ -20,7 +20,7 @@ import { alive } from './restore-helpers.js';
 const CLI = join(TEST_BIN, '..', '..', 'packages', 'cli', 'dist', 'criu-ts.cjs');
 const VMA_AREA_SOCKET = 1 << 11;
 /** What the program checks after a restore (see tests/packet-ring-keeper.c). */
-const CHECKS = 18;
+const CHECKS = 20;
 
 describe('packet sockets with rings (e2e)', function () {
   this.timeout(60_000);
@@ -42,6 +42,8 @@ describe('packet sockets with rings (e2e)', function () {
     const a = byProtocol.get(0x88b7)!; // TPACKET_V2, both rings
     const v1 = byProtocol.get(0x88b9)!; // TPACKET_V1, a receive ring
     expect(byProtocol.get(0)?.rx_ring, 'S has no ring').to.equal(undefined);
+    const fanout = files.filter((f) => Number(f.psk.protocol) === 0x88be).map((f) => Number(f.psk.fanout));
+    expect(fanout, 'F1 and F2: group 0x5a5a, PACKET_FANOUT_LB, FLAG_ROLLOVER').to.deep.equal([0x5a5a | 1 << 16 | 0x10 << 24, 0x5a5a | 1 << 16 | 0x10 << 24]);
     const ring = { block_size: 8192, block_nr: 2, frame_size: 2048, frame_nr: 8 };
     expect(a.rx_ring).to.include(ring);
     expect(a.tx_ring).to.include(ring);

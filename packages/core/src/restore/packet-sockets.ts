@@ -12,7 +12,10 @@
 //   bind(sockaddr_ll { protocol, ifindex })   when it was bound to an interface, or had rings
 //               (they were worked on loopback)
 //   PACKET_ADD_MEMBERSHIP for each multicast/promiscuous membership
-// Refused at validation: fanout groups (a dump by criu-ts never writes them). Rings from an
+//   PACKET_FANOUT (id | type << 16 | flags << 24) for a member of a fanout group, once bound
+//               (the kernel takes only a running socket): it joins the group of that id in the
+//               network namespace, made by the first member restored
+// Refused at validation: fanout groups balancing by a BPF program (a dump never writes them). Rings from an
 // image without their bytes (CRIU's) come back empty, the kernel at frame 0, as CRIU does.
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
@@ -26,7 +29,7 @@ type Invalid = (message: string, evidence?: Record<string, unknown>) => never;
 const AF_PACKET = 17;
 const SOL_PACKET = 263;
 const PACKET_OPT = {
-  ADD_MEMBERSHIP: 1, COPY_THRESH: 7, AUXDATA: 8, ORIGDEV: 9, VERSION: 10, RESERVE: 12, LOSS: 14, VNET_HDR: 15, TIMESTAMP: 17,
+  ADD_MEMBERSHIP: 1, COPY_THRESH: 7, AUXDATA: 8, ORIGDEV: 9, VERSION: 10, RESERVE: 12, LOSS: 14, VNET_HDR: 15, TIMESTAMP: 17, FANOUT: 18,
 } as const;
 const PACKET_TYPES = new Set([2 /* SOCK_DGRAM */, 3 /* SOCK_RAW */, 10 /* SOCK_PACKET */]);
 
@@ -46,6 +49,8 @@ export interface PacketSocketImage {
   readonly timestamp: number;
   readonly copyThresh: number;
   readonly mclist: ReadonlyArray<{ index: number; type: number; addr: Buffer }>;
+  /** Fanout group membership, as PACKET_FANOUT takes it; undefined when in none. */
+  readonly fanout?: number;
   readonly rings?: PacketRings;
   /** Where the kernel stood in the rings (0, 0 for images without it); for a V3 receive ring, rx is the active block. */
   readonly ringHeads?: { readonly rx: number; readonly tx: number; readonly blockOffset?: number; readonly blockLast?: number; readonly frozen: boolean };
@@ -72,7 +77,8 @@ export function readPacketSocket(id: number, e: Msg, where: string, invalid: Inv
   if (!PACKET_TYPES.has(type)) invalid(`${where}: packet socket of type ${type}`, { type });
   const protocol = Number(e.protocol);
   if (!(protocol >= 0 && protocol <= 0xffff)) invalid(`${where}: packet protocol ${protocol} is not 16 bits`, { protocol });
-  if (e.fanout !== undefined && Number(e.fanout) !== 0xffffffff) invalid(`${where}: packet socket in fanout group ${Number(e.fanout) & 0xffff}: not restored yet`);
+  const fanout = e.fanout === undefined || Number(e.fanout) === NO_FANOUT ? undefined : Number(e.fanout);
+  if (fanout !== undefined && [6, 7].includes((fanout >>> 16) & 0xff)) invalid(`${where}: packet socket in a fanout group balancing by a BPF program (mode ${(fanout >>> 16) & 0xff}), which cannot be made again`);
   const mclist = ((e.mclist as Msg[] | undefined) ?? []).map((m, i) => {
     const addr = Buffer.from((m.addr as Uint8Array | undefined) ?? new Uint8Array(0));
     if (addr.length > 8) invalid(`${where}: membership ${i + 1} has a ${addr.length}-byte address (PACKET_ADD_MEMBERSHIP takes 8 at most)`);
@@ -83,6 +89,7 @@ export function readPacketSocket(id: number, e: Msg, where: string, invalid: Inv
     id, type, protocol, flags: Number(e.flags ?? 0), ifindex: Number(e.ifindex ?? 0), opts: (e.opts as Msg | undefined) ?? {},
     version, reserve: Number(e.reserve ?? 0), auxData: e.aux_data === true, origDev: e.orig_dev === true,
     vnetHdr: e.vnet_hdr === true, loss: e.loss === true, timestamp: Number(e.timestamp ?? 0), copyThresh: Number(e.copy_thresh ?? 0), mclist,
+    ...(fanout !== undefined ? { fanout } : {}),
   };
   const rings: PacketRings = { version, rx: ringOf(e.rx_ring as Msg | undefined, where, invalid), tx: ringOf(e.tx_ring as Msg | undefined, where, invalid) };
   if (!rings.rx && !rings.tx) return base;
@@ -115,6 +122,9 @@ export function packetRingMappingBytes(s: PacketSocketImage): number {
 export function describePacketSocket(s: PacketSocketImage): string {
   return `packet socket id ${s.id} (protocol 0x${s.protocol.toString(16)}, ifindex ${s.ifindex})`;
 }
+
+/** packet_sock_entry.fanout's default: in no group. */
+const NO_FANOUT = 0xffffffff;
 
 const htons = (v: number) => ((v & 0xff) << 8) | ((v >> 8) & 0xff);
 
@@ -180,6 +190,11 @@ function makePacketSocket(s: PacketSocketImage): Fd {
       mreq.writeUInt16LE(m.addr.length, 6);
       m.addr.copy(mreq, 8);
       step(`PACKET_ADD_MEMBERSHIP (ifindex ${m.index}, type ${m.type})`, () => setsockopt(fd, SOL_PACKET, PACKET_OPT.ADD_MEMBERSHIP, mreq));
+    }
+    if (s.fanout !== undefined) {
+      const value = Buffer.alloc(4); // u32: the flags byte may set the top bit
+      value.writeUInt32LE(s.fanout >>> 0);
+      step(`PACKET_FANOUT (group ${s.fanout & 0xffff}, mode ${(s.fanout >>> 16) & 0xff})`, () => setsockopt(fd, SOL_PACKET, PACKET_OPT.FANOUT, value));
     }
     return fd;
   } catch (error) {

@@ -9,14 +9,22 @@
 // taken by packet-rings/rings.ts; the task's mapping of them is a VMA of status SOCKET whose
 // shmid is this socket's file id (memory.ts).
 // Refused, naming the fd:
-//   - a member of a fanout group: the group's other members may be outside the dump;
+//   - a member of a fanout group balancing by a BPF program (PACKET_FANOUT_CBPF/EBPF: the
+//     kernel cannot give the program back); other fanout groups are kept (fanout: id | type << 16
+//     | flags << 24, as getsockopt and setsockopt PACKET_FANOUT take it), their members join the
+//     group again at restore, with members outside the dump if it still exists;
 //   - a socket with packets waiting: they cannot be read without taking them from the program
 //     (packets waiting in a receive ring are part of the ring, and saved).
 import type { DecodedMessage } from '@criu-ts/images';
-import { packetDiagDump, PDI, pollOne, POLL, type Fd, type PacketDiagSocket, type PacketRingConfig } from '@criu-ts/sys';
+import { getsockopt, packetDiagDump, PDI, pollOne, POLL, type Fd, type PacketDiagSocket, type PacketRingConfig } from '@criu-ts/sys';
 import { SocketRefused } from './inet-sockets.js';
 import { ringRefusal, snapshotRings, TPACKET, type PacketRings } from '../../packet-rings/rings.js';
 import { socketOptions } from './unix-sockets.js';
+
+/** PACKET_FANOUT modes whose balancing is a program attached with PACKET_FANOUT_DATA. */
+const FANOUT = { CBPF: 6, EBPF: 7 } as const;
+const SOL_PACKET = 263;
+const PACKET_FANOUT = 18;
 
 /** ids-N.img numbers the task's namespaces in CRIU's order (dump.ts): net is the second. */
 const NET_NS_ID = 2;
@@ -33,7 +41,13 @@ export class PacketSocketTable {
       throw new SocketRefused(fd, ino, 'packet socket', reason);
     };
     if (!d) return refuse('sock_diag does not know it (another network namespace?)');
-    if (d.fanout !== undefined) refuse(`it is in fanout group ${d.fanout & 0xffff}, whose other members may be outside the dump`);
+    // packet_diag gives the group's id and mode but not its flags (ROLLOVER, DEFRAG...);
+    // getsockopt(PACKET_FANOUT) gives all three, in the form PACKET_FANOUT takes.
+    const fanout = d.fanout === undefined ? undefined : getsockopt(dup, SOL_PACKET, PACKET_FANOUT).readUInt32LE(0);
+    if (fanout !== undefined) {
+      const type = (fanout >>> 16) & 0xff;
+      if (type === FANOUT.CBPF || type === FANOUT.EBPF) refuse(`it is in fanout group ${fanout & 0xffff}, which balances by a BPF program the kernel cannot give back (PACKET_FANOUT_${type === FANOUT.CBPF ? 'CBPF' : 'EBPF'})`);
+    }
     const rings: PacketRings = { version: d.version, rx: d.rxRing, tx: d.txRing };
     let snapshot: ReturnType<typeof snapshotRings> | undefined;
     if (rings.rx || rings.tx) {
@@ -55,6 +69,7 @@ export class PacketSocketTable {
       vnet_hdr: (d.flags & PDI.VNETHDR) !== 0, loss: (d.flags & PDI.LOSS) !== 0, timestamp: d.tstamp, copy_thresh: d.copyThresh,
       mclist: d.mclist.map((m) => ({ index: m.index, type: m.type, addr: new Uint8Array(m.addr) })),
       ns_id: NET_NS_ID,
+      ...(fanout !== undefined ? { fanout } : {}),
     };
     if (rings.rx) entry.rx_ring = ringEntry(rings.rx);
     if (rings.tx) entry.tx_ring = ringEntry(rings.tx);
