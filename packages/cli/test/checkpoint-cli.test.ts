@@ -158,7 +158,7 @@ describe('cli: dump, restore, check, demo', function () {
     expect(all.stdout).to.match(/mm_map/);
     expect(criuTs('check', '--feature', 'memfd').status).to.equal(0);
     // Every feature the tests here rely on is reported present, one line each.
-    for (const name of ['pidfd_getfd', 'pty_peer', 'fanotify', 'vmsplice', 'tcp_repair']) expect(all.stdout, name).to.match(new RegExp(`^ok\\s+${name}\\s`, 'm'));
+    for (const name of ['pidfd_getfd', 'pty_peer', 'fanotify', 'vmsplice', 'tcp_repair', 'packet_rings']) expect(all.stdout, name).to.match(new RegExp(`^ok\\s+${name}\\s`, 'm'));
     expect(criuTs('check', '--feature', 'no-such-thing').status).to.equal(2);
     expect(criuTs('check', '--faults').stdout).to.match(/dump:after-parasite/);
   });

@@ -9,3 +9,4 @@ export { DUMP_FAULT_POINTS, RESTORE_FAULT_POINTS, type DumpFaultPoint, type Rest
 export { stubPath as restoreStubPath } from './restore/stub.js';
 export { dumpRunId, listNetworkLocks, releaseConnectionsOf, releaseNetworkLocks, type ConnectionKey, type ListedLock } from './network-locks.js';
 export { inNetworkNamespace } from './net-namespace.js';
+export { probePacketRingPosition } from './packet-rings/kernel-state.js';

@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { accept4, asPid, close, listen as listenSocket, pollOne, POLL, memfdCreate, open, O, pidfdGetfd, pidfdOpen, pipe2, prctl, sock, syscall, tiocgptpeer, tiocsptlck, vmsplice, isSysError, type Fd } from '@criu-ts/sys';
 import { nativeDir as compelNativeDir } from '@criu-ts/compel';
 import { acceptQueueRefillUnsupported, pause as pauseConnection, requeueConnection, save as saveConnection } from '@criu-ts/soccr';
-import { DUMP_FAULT_POINTS, RESTORE_FAULT_POINTS, restoreStubPath } from '@criu-ts/core';
+import { DUMP_FAULT_POINTS, probePacketRingPosition, RESTORE_FAULT_POINTS, restoreStubPath } from '@criu-ts/core';
 import { UsageError, type CommandIo } from './command-io.js';
 
 interface Feature {
@@ -179,6 +179,11 @@ const FEATURES: readonly Feature[] = [
     name: 'tcp_accept_queue',
     what: 'connections not accepted yet put back into a listener\'s queue (TC BPF + bpf_sk_assign_tcp_reqsk, kernel 6.9+): tried on loopback',
     probe: probeAcceptQueueRefill,
+  },
+  {
+    name: 'packet_rings',
+    what: 'where the kernel stands in a packet socket\'s rings, read through BTF and a BPF task_file iterator (packet sockets with rings): tried on a ring of this process',
+    probe: probePacketRingPosition,
   },
   {
     name: 'parasite',

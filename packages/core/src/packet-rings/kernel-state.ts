@@ -11,7 +11,7 @@
 //   bpf_seq_write(out)                                     -> what read() of the iterator returns
 import { readSync } from 'node:fs';
 import {
-  BPF_ATTACH, BPF_PROG_TYPE, Btf, BpfProgram, bpfIterCreate, bpfLinkCreateTaskIter, bpfProgLoad, close, FP, R0, R1, R2, R3, R6, R7, R9, type Fd,
+  BPF_ATTACH, BPF_PROG_TYPE, Btf, BpfProgram, bpfIterCreate, bpfLinkCreateTaskIter, bpfProgLoad, close, FP, R0, R1, R2, R3, R6, R7, R9, setsockopt, socket, type Fd,
 } from '@criu-ts/sys';
 
 const HELPER = { PROBE_READ_KERNEL: 113, SEQ_WRITE: 127 } as const;
@@ -116,5 +116,29 @@ export function readPacketRingKernelState(fd: Fd): PacketRingKernelState {
     if (iter !== undefined) close(iter);
     if (link !== undefined) close(link);
     close(prog);
+  }
+}
+
+/**
+ * For `criu-ts check`: reads the position of a small receive ring on a packet socket of this
+ * process (true), or says why it cannot (no BTF, no task_file iterator, no AF_PACKET...).
+ */
+export function probePacketRingPosition(): true | string {
+  let fd: Fd | undefined;
+  try {
+    fd = socket(17 /* AF_PACKET */, 3 /* SOCK_RAW */, 0);
+    setsockopt(fd, 263 /* SOL_PACKET */, 10 /* PACKET_VERSION */, 1 /* TPACKET_V2 */);
+    const req = Buffer.alloc(16); // tpacket_req: one 4 KiB block of two 2 KiB frames
+    req.writeUInt32LE(4096, 0);
+    req.writeUInt32LE(1, 4);
+    req.writeUInt32LE(2048, 8);
+    req.writeUInt32LE(2, 12);
+    setsockopt(fd, 263, 5 /* PACKET_RX_RING */, req);
+    const state = readPacketRingKernelState(fd);
+    return state.rxHead === 0 ? true : `a new ring reads as being at frame ${state.rxHead}, not 0`;
+  } catch (error) {
+    return (error as Error).message;
+  } finally {
+    if (fd !== undefined) close(fd);
   }
 }
