@@ -25,7 +25,7 @@ import { cpus, loadavg, release, tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { performance } from 'node:perf_hooks';
-import { asPid, prctl, wait4, WNOHANG } from '@criu-ts/sys';
+import { asPid, prctl, sleepSync, wait4, WNOHANG } from '@criu-ts/sys';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const hogBin = join(root, 'tests', 'bin', 'memhog');
@@ -51,12 +51,11 @@ for (const f of [hogBin, ...clis.map((c) => c.path)]) {
 // The dumped hogs are orphans (setsid -f); as their subreaper this process can reap them.
 const PR_SET_CHILD_SUBREAPER = 36;
 prctl(PR_SET_CHILD_SUBREAPER, 1);
-const sleepCell = new Int32Array(new SharedArrayBuffer(4));
 function waitFor(what, predicate, timeoutMs = 30_000) {
   const deadline = Date.now() + timeoutMs;
   while (!predicate()) {
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    Atomics.wait(sleepCell, 0, 0, 2);
+    sleepSync(2);
   }
 }
 const alive = (pid) => {

@@ -14,7 +14,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { performance } from 'node:perf_hooks';
 import { dumpSync, restoreSync } from '@criu-ts/core';
-import { asPid, prctl, wait4, WNOHANG } from '@criu-ts/sys';
+import { asPid, prctl, sleepSync, wait4, WNOHANG } from '@criu-ts/sys';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const arg = (name, fallback) => {
@@ -34,8 +34,7 @@ const bin = join(dir, 'cow-pair');
 const cc = spawnSync('cc', ['-O2', '-o', bin, join(here, 'cow-pair.c')], { encoding: 'utf8' });
 if (cc.status !== 0) throw new Error(`cc bench/cow-pair.c: ${cc.stderr}`);
 
-const sleepCell = new Int32Array(new SharedArrayBuffer(4));
-const sleepMs = (ms) => Atomics.wait(sleepCell, 0, 0, ms);
+const sleepMs = sleepSync;
 function waitFor(what, predicate, timeoutMs = 60_000) {
   const deadline = Date.now() + timeoutMs;
   while (!predicate()) {

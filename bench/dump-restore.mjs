@@ -30,7 +30,7 @@ import { fileURLToPath } from 'node:url';
 import { performance } from 'node:perf_hooks';
 import { dumpSync, restoreSync } from '@criu-ts/core';
 import { ImageReader } from '@criu-ts/images';
-import { asPid, prctl, wait4, WNOHANG } from '@criu-ts/sys';
+import { asPid, prctl, sleepSync, wait4, WNOHANG } from '@criu-ts/sys';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const cli = join(root, 'packages', 'cli', 'dist', 'criu-ts.cjs');
@@ -55,8 +55,7 @@ if (!existsSync(hogBin)) {
 const PR_SET_CHILD_SUBREAPER = 36;
 prctl(PR_SET_CHILD_SUBREAPER, 1);
 
-const sleepCell = new Int32Array(new SharedArrayBuffer(4));
-const sleepMs = (ms) => Atomics.wait(sleepCell, 0, 0, ms);
+const sleepMs = sleepSync;
 function waitFor(what, predicate, timeoutMs = 30_000) {
   const deadline = Date.now() + timeoutMs;
   while (!predicate()) {

@@ -4,29 +4,20 @@
 // on an empty block its retire timer opened, and frozen (every block the program's). Sockets of
 // this process, on loopback, for ethertypes of their own.
 import { expect } from 'chai';
-import { asRemoteAddress, bind, close, getpid, mmap, munmap, processVmReadv, processVmWritev, sendto, setsockopt, socket, type Fd, type PacketRingConfig } from '@criu-ts/sys';
+import { AF_PACKET, asRemoteAddress, bind, close, getpid, mmap, munmap, PACKET_OPT, processVmReadv, processVmWritev, sendto, setsockopt, sockaddrLl, socket, SOCK, SOL, type Fd, type PacketRingConfig } from '@criu-ts/sys';
 import { readPacketRingKernelState } from '../src/packet-rings/kernel-state.js';
-import { PACKET_RING_OPTION, reproduceRings, ringMappingBytes, setRing, snapshotRings, TPACKET, type PacketRings } from '../src/packet-rings/rings.js';
+import { reproduceRings, ringMappingBytes, setRing, snapshotRings, TPACKET, type PacketRings } from '../src/packet-rings/rings.js';
 import { positionOf, samePosition } from '../src/packet-rings/v3-receive.js';
 
-const AF_PACKET = 17;
-const SOCK_RAW = 3;
-const SOL_PACKET = 263;
-const PACKET_VERSION = 10;
+const SOCK_RAW = SOCK.RAW;
 const ETHERTYPE = 0x88bc;
 
-function llOf(protocol: number): Buffer {
-  const ll = Buffer.alloc(20);
-  ll.writeUInt16LE(AF_PACKET, 0);
-  ll.writeUInt16BE(protocol, 2);
-  ll.writeInt32LE(1, 4); // lo
-  return ll;
-}
+const llOf = (protocol: number) => sockaddrLl(protocol, 1); // lo
 
 function ringSocket(rings: PacketRings): Fd {
   const fd = socket(AF_PACKET, SOCK_RAW, 0);
-  setsockopt(fd, SOL_PACKET, PACKET_VERSION, rings.version);
-  if (rings.rx) setRing(fd, PACKET_RING_OPTION.RX, rings.version, rings.rx);
+  setsockopt(fd, SOL.PACKET, PACKET_OPT.VERSION, rings.version);
+  if (rings.rx) setRing(fd, PACKET_OPT.RX_RING, rings.version, rings.rx);
   return fd;
 }
 

@@ -14,7 +14,7 @@
 //                                        u32 cookie[2] }                          (16 bytes)
 //             + rtattr { u16 len, u16 type } + payload, each padded to 4 bytes
 import { close, read } from './files.js';
-import { getsockopt, sendmsg, SO, socket, SOL_SOCKET } from './socket.js';
+import { AF_PACKET, getsockopt, sendmsg, SO, socket, SOL_SOCKET } from './socket.js';
 import { isSysError, SysError } from './errors.js';
 
 const AF_NETLINK = 16;
@@ -267,7 +267,6 @@ function parseUnixDiag(msg: Buffer): UnixDiagSocket {
 //             count; u16 type, alen; u8 addr[32] }; PACKET_DIAG_RX_RING / TX_RING (present when a
 //             ring is set up) packet_diag_ring { u32 block_size, block_nr, frame_size, frame_nr,
 //             retire_tmo, sizeof_priv, features }; PACKET_DIAG_FANOUT u32 (id | type << 16 | flags << 24)
-const AF_PACKET = 17;
 const PACKET_SHOW = { INFO: 0x1, MCLIST: 0x2, RING_CFG: 0x4, FANOUT: 0x8 } as const;
 const PACKET_DIAG = { INFO: 0, MCLIST: 1, RX_RING: 2, TX_RING: 3, FANOUT: 4 } as const;
 /** packet_diag_info.pdi_flags */

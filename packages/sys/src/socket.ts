@@ -6,17 +6,23 @@ import { asFd, type Fd } from './types.js';
 export const AF_UNIX = 1;
 export const AF_INET = 2;
 export const AF_INET6 = 10;
+export const AF_PACKET = 17;
 export const SOCK = { STREAM: 1, DGRAM: 2, RAW: 3, SEQPACKET: 5, NONBLOCK: 0o4000, CLOEXEC: 0o2000000 } as const;
 export const SOL_SOCKET = 1;
 /** Protocol numbers (in.h) and the option levels named after them. */
 export const IPPROTO = { ICMP: 1, TCP: 6, UDP: 17, ICMPV6: 58 } as const;
-export const SOL = { IP: 0, IPV6: 41, TCP: 6, ICMPV6: 58, RAW: 255 } as const;
+export const SOL = { IP: 0, IPV6: 41, TCP: 6, ICMPV6: 58, RAW: 255, PACKET: 263 } as const;
 /** Options at level SOL.IP (ip(7), raw(7)), SOL.IPV6 (ipv6(7)) and SOL.TCP (tcp(7)). */
 export const IP_OPT = { TOS: 1, TTL: 2, HDRINCL: 3, PKTINFO: 8, FREEBIND: 15, NODEFRAG: 22 } as const;
 export const IPV6_OPT = { UNICAST_HOPS: 16, V6ONLY: 26, HDRINCL: 36, RECVPKTINFO: 49, TCLASS: 67, FREEBIND: 78 } as const;
 /** ICMP type filters of raw sockets: ICMP_FILTER at SOL.RAW (one u32), ICMP6_FILTER at SOL.ICMPV6 (eight u32). */
 export const ICMP_FILTER = 1;
 export const ICMP6_FILTER = 1;
+/** AF_PACKET options at level SOL.PACKET (packet(7)). */
+export const PACKET_OPT = {
+  ADD_MEMBERSHIP: 1, RX_RING: 5, COPY_THRESH: 7, AUXDATA: 8, ORIGDEV: 9, VERSION: 10, RESERVE: 12, TX_RING: 13, LOSS: 14,
+  VNET_HDR: 15, TIMESTAMP: 17, FANOUT: 18,
+} as const;
 export const TCP_OPT = { NODELAY: 1, CORK: 3, KEEPIDLE: 4, KEEPINTVL: 5, KEEPCNT: 6, DEFER_ACCEPT: 9, FASTOPEN: 23 } as const;
 export const SO = {
   REUSEADDR: 2, TYPE: 3, ERROR: 4, DONTROUTE: 5, BROADCAST: 6, SNDBUF: 7, RCVBUF: 8, KEEPALIVE: 9, OOBINLINE: 10,
@@ -59,6 +65,15 @@ export function sockaddrUn(path: string): Buffer {
   addr.writeUInt16LE(AF_UNIX, 0);
   name.copy(addr, 2);
   return addr;
+}
+
+/** A struct sockaddr_ll (20 bytes) for packet sockets: `protocol` an ethertype (host order), `ifindex` 0 for every interface. */
+export function sockaddrLl(protocol: number, ifindex: number): Buffer {
+  const ll = Buffer.alloc(20);
+  ll.writeUInt16LE(AF_PACKET, 0);
+  ll.writeUInt16BE(protocol, 2);
+  ll.writeInt32LE(ifindex, 4);
+  return ll;
 }
 
 /** bind(fd, addr, addrlen). */

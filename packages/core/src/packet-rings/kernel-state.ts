@@ -11,7 +11,7 @@
 //   bpf_seq_write(out)                                     -> what read() of the iterator returns
 import { readSync } from 'node:fs';
 import {
-  BPF_ATTACH, BPF_PROG_TYPE, Btf, BpfProgram, bpfIterCreate, bpfLinkCreateTaskIter, bpfProgLoad, close, FP, R0, R1, R2, R3, R6, R7, R9, setsockopt, socket, type Fd,
+  BPF_ATTACH, BPF_PROG_TYPE, Btf, BpfProgram, bpfIterCreate, bpfLinkCreateTaskIter, bpfProgLoad, close, FP, R0, R1, R2, R3, R6, R7, R9, setsockopt, socket, AF_PACKET, PACKET_OPT, SOCK, SOL, type Fd,
 } from '@criu-ts/sys';
 
 const HELPER = { PROBE_READ_KERNEL: 113, SEQ_WRITE: 127 } as const;
@@ -84,24 +84,42 @@ function program(fd: number, btf: Btf): Buffer {
   return p.assemble();
 }
 
-/** Reads the kernel's ring positions of packet socket `fd` (a descriptor of criu-ts's own). */
-export function readPacketRingKernelState(fd: Fd): PacketRingKernelState {
-  const btf = Btf.vmlinux();
-  const target = btf.funcId('bpf_iter_task_file');
-  if (target === undefined) throw new Error('this kernel has no task_file BPF iterator (bpf_iter_task_file), needed to read a packet ring\'s position');
-  const prog = bpfProgLoad({
-    type: BPF_PROG_TYPE.TRACING, expectedAttachType: BPF_ATTACH.TRACE_ITER, attachBtfId: target,
-    instructions: program(fd, btf), license: 'GPL', name: 'criu_ts_pring',
-  });
-  let link: Fd | undefined;
-  let iter: Fd | undefined;
-  try {
-    link = bpfLinkCreateTaskIter(prog, process.pid);
-    iter = bpfIterCreate(link);
-    const buf = Buffer.alloc(8 * ORDER.length + 8);
-    let got = 0;
-    for (let n; got < buf.length && (n = readSync(iter, buf, got, buf.length - got, null)) > 0; ) got += n;
-    if (got !== 8 * ORDER.length) throw new Error(`packet ring iterator for fd ${fd} gave ${got} bytes, not ${8 * ORDER.length} (is fd ${fd} a socket?)`);
+/**
+ * Reads the kernel's ring positions of packet socket `fd` (a descriptor of criu-ts's own), as
+ * often as asked: the program is loaded and attached once (about a millisecond), each read()
+ * runs it again. close() when done.
+ */
+export class PacketRingKernelReader {
+  private readonly prog: Fd;
+  private readonly link: Fd;
+  private readonly buf = Buffer.alloc(8 * ORDER.length + 8);
+
+  constructor(private readonly fd: Fd) {
+    const btf = Btf.vmlinux();
+    const target = btf.funcId('bpf_iter_task_file');
+    if (target === undefined) throw new Error('this kernel has no task_file BPF iterator (bpf_iter_task_file), needed to read a packet ring\'s position');
+    this.prog = bpfProgLoad({
+      type: BPF_PROG_TYPE.TRACING, expectedAttachType: BPF_ATTACH.TRACE_ITER, attachBtfId: target,
+      instructions: program(fd, btf), license: 'GPL', name: 'criu_ts_pring',
+    });
+    try {
+      this.link = bpfLinkCreateTaskIter(this.prog, process.pid);
+    } catch (error) {
+      close(this.prog);
+      throw error;
+    }
+  }
+
+  read(): PacketRingKernelState {
+    const iter = bpfIterCreate(this.link);
+    const buf = this.buf;
+    try {
+      let got = 0;
+      for (let n; got < buf.length && (n = readSync(iter, buf, got, buf.length - got, null)) > 0; ) got += n;
+      if (got !== 8 * ORDER.length) throw new Error(`packet ring iterator for fd ${this.fd} gave ${got} bytes, not ${8 * ORDER.length} (is fd ${this.fd} a socket?)`);
+    } finally {
+      close(iter);
+    }
     const v = (name: FieldName) => buf.readBigUInt64LE(8 * ORDER.indexOf(name));
     return {
       rxHead: Number(v('rxHead') & 0xffffffffn),
@@ -112,10 +130,21 @@ export function readPacketRingKernelState(fd: Fd): PacketRingKernelState {
       rxFrozen: (v('rxFrozen') & 0xffn) !== 0n,
       rxMaxFrameLen: Number(v('rxMaxFrameLen') & 0xffffffffn),
     };
+  }
+
+  close(): void {
+    close(this.link);
+    close(this.prog);
+  }
+}
+
+/** One read of `fd`'s ring positions (see PacketRingKernelReader, for more than one). */
+export function readPacketRingKernelState(fd: Fd): PacketRingKernelState {
+  const reader = new PacketRingKernelReader(fd);
+  try {
+    return reader.read();
   } finally {
-    if (iter !== undefined) close(iter);
-    if (link !== undefined) close(link);
-    close(prog);
+    reader.close();
   }
 }
 
@@ -126,14 +155,14 @@ export function readPacketRingKernelState(fd: Fd): PacketRingKernelState {
 export function probePacketRingPosition(): true | string {
   let fd: Fd | undefined;
   try {
-    fd = socket(17 /* AF_PACKET */, 3 /* SOCK_RAW */, 0);
-    setsockopt(fd, 263 /* SOL_PACKET */, 10 /* PACKET_VERSION */, 1 /* TPACKET_V2 */);
+    fd = socket(AF_PACKET, SOCK.RAW, 0);
+    setsockopt(fd, SOL.PACKET, PACKET_OPT.VERSION, 1 /* TPACKET_V2 */);
     const req = Buffer.alloc(16); // tpacket_req: one 4 KiB block of two 2 KiB frames
     req.writeUInt32LE(4096, 0);
     req.writeUInt32LE(1, 4);
     req.writeUInt32LE(2048, 8);
     req.writeUInt32LE(2, 12);
-    setsockopt(fd, 263, 5 /* PACKET_RX_RING */, req);
+    setsockopt(fd, SOL.PACKET, PACKET_OPT.RX_RING, req);
     const state = readPacketRingKernelState(fd);
     return state.rxHead === 0 ? true : `a new ring reads as being at frame ${state.rxHead}, not 0`;
   } catch (error) {

@@ -24,14 +24,11 @@
 // RX ring first then TX ring in one mapping; frame i is frame (i mod frames-per-block) of block
 // (i div frames-per-block). tp_status is the frame header's first word (unsigned long in
 // TPACKET_V1, u32 in V2) and at byte 20 of a V3 (transmit) frame.
-import { sleepSync, mmap, munmap, processVmReadv, processVmWritev, getpid, asRemoteAddress, bind, close, sendto, setsockopt, sock, socket, type Fd, type PacketRingConfig } from '@criu-ts/sys';
-import { readPacketRingKernelState, type PacketRingKernelState } from './kernel-state.js';
+import { AF_PACKET, PACKET_OPT, SOL, sockaddrLl, sleepSync, mmap, munmap, processVmReadv, processVmWritev, getpid, asRemoteAddress, bind, close, sendto, setsockopt, sock, socket, type Fd, type PacketRingConfig } from '@criu-ts/sys';
+import { PacketRingKernelReader, type PacketRingKernelState } from './kernel-state.js';
 import { moveV3ReceiveRing, positionOf, samePosition } from './v3-receive.js';
 
 export const TPACKET = { V1: 0, V2: 1, V3: 2 } as const;
-const SOL_PACKET = 263;
-export const PACKET_RING_OPTION = { RX: 5, TX: 13 } as const;
-const AF_PACKET = 17;
 const SOCK_RAW = 3;
 const LOOPBACK_IFINDEX = 1;
 /** IEEE 802 "local experimental" EtherTypes: of the frames that move the kernel's rx head, and of those that move its tx head (never taken for the former, even when loopback delivers them late). */
@@ -109,13 +106,14 @@ function mapRings(fd: Fd, rings: PacketRings, prot: number): { addr: bigint; len
  */
 export function snapshotRings(fd: Fd, rings: PacketRings, attempts = 20): RingSnapshot {
   const { addr, len } = mapRings(fd, rings, PROT_READ);
+  const reader = new PacketRingKernelReader(fd);
   try {
     for (let attempt = 0; attempt < attempts; attempt++) {
-      const before = readPacketRingKernelState(fd);
+      const before = reader.read();
       sleepSync(1);
       const bytes = Buffer.alloc(len);
       processVmReadv(getpid(), bytes, [{ addr: asRemoteAddress(addr), len }]);
-      const after = readPacketRingKernelState(fd);
+      const after = reader.read();
       if (before.rxHead !== after.rxHead || before.txHead !== after.txHead) continue;
       if (rings.rx && rings.version === TPACKET.V3 && !samePosition(positionOf(before), positionOf(after))) continue;
       // A frame the kernel was sending (SENDING) has gone out by now, or goes with the old
@@ -132,12 +130,13 @@ export function snapshotRings(fd: Fd, rings: PacketRings, attempts = 20): RingSn
     }
     throw new Error(`packets kept arriving in the ring over ${attempts} attempts to copy it whole`);
   } finally {
+    reader.close();
     munmap(addr, len);
   }
 }
 
 /** setsockopt PACKET_RX_RING / PACKET_TX_RING with tpacket_req (V1/V2) or tpacket_req3 (V3). */
-export function setRing(fd: Fd, option: number, version: number, ring: PacketRingConfig): void {
+export function setRing(fd: Fd, option: typeof PACKET_OPT.RX_RING | typeof PACKET_OPT.TX_RING, version: number, ring: PacketRingConfig): void {
   const req = Buffer.alloc(version === TPACKET.V3 ? 28 : 16);
   req.writeUInt32LE(ring.blockSize, 0);
   req.writeUInt32LE(ring.blockNr, 4);
@@ -148,22 +147,15 @@ export function setRing(fd: Fd, option: number, version: number, ring: PacketRin
     req.writeUInt32LE(ring.sizeofPriv, 20);
     req.writeUInt32LE(ring.features, 24);
   }
-  setsockopt(fd, SOL_PACKET, option, req);
+  setsockopt(fd, SOL.PACKET, option, req);
 }
 
-function sockaddrLl(protocol: number, ifindex: number): Buffer {
-  const ll = Buffer.alloc(20);
-  ll.writeUInt16LE(AF_PACKET, 0);
-  ll.writeUInt16BE(protocol, 2);
-  ll.writeInt32LE(ifindex, 4);
-  return ll;
-}
 
 /** A minimal Ethernet frame of LOCAL_ETHERTYPE (zero addresses: loopback takes it as its own). */
-function throwAwayFrame(etherType = LOCAL_ETHERTYPE): Buffer {
-  const frame = Buffer.alloc(60);
+function throwAwayFrame(etherType = LOCAL_ETHERTYPE, length = 60): Buffer {
+  const frame = Buffer.alloc(length);
   frame.writeUInt16BE(etherType, 12);
-  frame.write('criu-ts ring position', 14, 'latin1');
+  if (length >= 35) frame.write('criu-ts ring position', 14, 'latin1');
   return frame;
 }
 
@@ -191,6 +183,14 @@ export function reproduceRings(fd: Fd, r: RingReproduction, timeoutMs = 2000): v
   const len = ringMappingBytes(rings);
   if (r.bytes && r.bytes.length !== len) throw new Error(`saved ring bytes are ${r.bytes.length}, the rings map ${len}`);
   const { addr } = mapRings(fd, rings, PROT_READ | PROT_WRITE);
+  // Loaded on first use: rings from images without a position (CRIU's) need no reading.
+  let reader: PacketRingKernelReader | undefined;
+  const read = () => (reader ??= new PacketRingKernelReader(fd)).read();
+  // The frames that move the receive head come from a socket of criu-ts's own (the ring's
+  // socket may have a TX ring, which its sends would go through), made on first use.
+  let sender: Fd | undefined;
+  const toLoopback = sockaddrLl(LOCAL_ETHERTYPE, LOOPBACK_IFINDEX);
+  const sendToLoopback = (frame: Buffer) => sendto((sender ??= socket(AF_PACKET, SOCK_RAW, 0)), frame, toLoopback, 0);
   try {
     if (rings.tx && state.txHead > 0) {
       if (state.txHead >= rings.tx.frameNr) throw new Error(`saved tx head ${state.txHead} is past the ring's ${rings.tx.frameNr} frames`);
@@ -210,49 +210,35 @@ export function reproduceRings(fd: Fd, r: RingReproduction, timeoutMs = 2000): v
       }
       processVmWritev(getpid(), ring, [{ addr: asRemoteAddress(addr + BigInt(base)), len: ring.length }]);
       sock.send(fd, Buffer.alloc(0), 0); // blocking: returns once every queued frame is sent
-      const now = readPacketRingKernelState(fd);
+      const now = read();
       if (now.txHead !== state.txHead) throw new Error(`tx head is ${now.txHead} after sending ${state.txHead} frames, not ${state.txHead}`);
     }
     if (rings.rx && rings.version === TPACKET.V3 && r.bytes) {
       bind(fd, sockaddrLl(LOCAL_ETHERTYPE, LOOPBACK_IFINDEX));
-      const sender = socket(AF_PACKET, SOCK_RAW, 0);
-      try {
-        const to = sockaddrLl(LOCAL_ETHERTYPE, LOOPBACK_IFINDEX);
-        const send = (length: number) => {
-          const frame = Buffer.alloc(length);
-          frame.writeUInt16BE(LOCAL_ETHERTYPE, 12);
-          sendto(sender, frame, to, 0);
-        };
-        moveV3ReceiveRing(fd, rings.rx, addr, positionOf(state), { raw: r.socketType === SOCK_RAW, reserve: r.reserve, vnetHdr: r.vnetHdr }, send);
-      } finally {
-        close(sender);
-      }
+      const send = (length: number) => sendToLoopback(throwAwayFrame(LOCAL_ETHERTYPE, length));
+      moveV3ReceiveRing(read, rings.rx, addr, positionOf(state), { raw: r.socketType === SOCK_RAW, reserve: r.reserve, vnetHdr: r.vnetHdr }, send);
     } else if (rings.rx && state.rxHead > 0) {
       if (state.rxHead >= rings.rx.frameNr) throw new Error(`saved rx head ${state.rxHead} is past the ring's ${rings.rx.frameNr} frames`);
       bind(fd, sockaddrLl(LOCAL_ETHERTYPE, LOOPBACK_IFINDEX));
-      if (readPacketRingKernelState(fd).rxHead !== 0) throw new Error('a new receive ring does not start at frame 0');
-      const sender = socket(AF_PACKET, SOCK_RAW, 0);
-      try {
-        const to = sockaddrLl(LOCAL_ETHERTYPE, LOOPBACK_IFINDEX);
-        const frame = throwAwayFrame();
-        for (let i = 0; i < state.rxHead; i++) sendto(sender, frame, to, 0);
-      } finally {
-        close(sender);
-      }
+      if (read().rxHead !== 0) throw new Error('a new receive ring does not start at frame 0');
+      const frame = throwAwayFrame();
+      for (let i = 0; i < state.rxHead; i++) sendToLoopback(frame);
       const deadline = performance.now() + timeoutMs;
-      let now = readPacketRingKernelState(fd);
+      let now = read();
       while (now.rxHead !== state.rxHead && performance.now() < deadline) {
         sleepSync(1);
-        now = readPacketRingKernelState(fd);
+        now = read();
       }
       if (now.rxHead !== state.rxHead) throw new Error(`rx head is ${now.rxHead} after ${timeoutMs} ms, not the ${state.rxHead} sent on loopback`);
     }
     if (r.bytes) processVmWritev(getpid(), r.bytes, [{ addr: asRemoteAddress(addr), len }]);
     if (rings.rx && rings.version === TPACKET.V3 && r.bytes) {
-      const now = positionOf(readPacketRingKernelState(fd));
+      const now = positionOf(read());
       if (!samePosition(now, positionOf(state))) throw new RingMovedError(`the V3 receive ring moved to ${JSON.stringify(now)} while its bytes were written back`);
     }
   } finally {
+    if (sender !== undefined) close(sender);
+    reader?.close();
     munmap(addr, len);
   }
 }

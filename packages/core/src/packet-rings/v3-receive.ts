@@ -19,8 +19,8 @@
 //   - elsewhere: the block closed as fast as possible.
 // Anything unexpected (the timer closing the target block meanwhile) just moves the kernel on;
 // it goes around the ring again, within the time bound.
-import { sleepSync, asRemoteAddress, getpid, processVmReadv, processVmWritev, type Fd, type PacketRingConfig } from '@criu-ts/sys';
-import { readPacketRingKernelState, type PacketRingKernelState } from './kernel-state.js';
+import { sleepSync, asRemoteAddress, getpid, processVmReadv, processVmWritev, type PacketRingConfig } from '@criu-ts/sys';
+import type { PacketRingKernelState } from './kernel-state.js';
 
 export interface V3ReceivePosition {
   readonly block: number;
@@ -49,18 +49,18 @@ export function samePosition(a: V3ReceivePosition, b: V3ReceivePosition): boolea
 }
 
 /**
- * Moves new socket `fd`'s V3 receive ring (mapped at `ring` in criu-ts, bound to lo for the
- * frames `send` sends) to `target`. Throws when it cannot within `timeoutMs`.
+ * Moves a new socket's V3 receive ring (mapped at `ring` in criu-ts, bound to lo for the frames
+ * `send` sends; `read` tells where its kernel stands) to `target`. Throws when it cannot within `timeoutMs`.
  */
 export function moveV3ReceiveRing(
-  fd: Fd, ringConfig: PacketRingConfig, ring: bigint, target: V3ReceivePosition, shape: V3FrameShape, send: (length: number) => void, timeoutMs = 5000,
+  read: () => PacketRingKernelState, ringConfig: PacketRingConfig, ring: bigint, target: V3ReceivePosition, shape: V3FrameShape, send: (length: number) => void, timeoutMs = 5000,
 ): void {
   const blocks = ringConfig.blockNr;
   const blockSize = ringConfig.blockSize;
   if (target.block >= blocks) throw new Error(`saved active block ${target.block} is past the ring's ${blocks} blocks`);
   const base = (shape.raw ? 82 : 96) + shape.reserve + (shape.vnetHdr ? 10 : 0);
   const minimum = align8(base + (shape.raw ? 14 : 1));
-  const start = readPacketRingKernelState(fd);
+  const start = read();
   const first = start.rxBlockOffset; // past the block header and private area
   const maximum = Math.min(start.rxMaxFrameLen, base + 65_000) & ~7;
   if ((!target.frozen && (target.offset < first || target.offset > blockSize || target.last < first || target.last > target.offset)) || maximum < minimum) {
@@ -85,7 +85,7 @@ export function moveV3ReceiveRing(
     const before = s;
     const until = Math.min(deadline, performance.now() + 1000);
     do {
-      s = readPacketRingKernelState(fd);
+      s = read();
       if (moved(before, s)) return;
       sleepSync(0.2);
     } while (performance.now() < until);
@@ -97,7 +97,7 @@ export function moveV3ReceiveRing(
   };
   const previous = (target.block + blocks - 1) % blocks;
   while (performance.now() < deadline) {
-    s = readPacketRingKernelState(fd);
+    s = read();
     if (samePosition(positionOf(s), target)) return;
     for (let b = 0; b < blocks; b++) if (b !== s.rxActiveBlock && (blockStatus(b) & TP_STATUS_USER)) setBlockStatus(b, 0);
     const at = s.rxBlockOffset;
@@ -123,7 +123,7 @@ export function moveV3ReceiveRing(
         if (at === first) inject(minimum);
         const before = s;
         const until = Math.min(deadline, performance.now() + 3 * ringConfig.retireTmo + 500);
-        while (performance.now() < until && !moved(before, (s = readPacketRingKernelState(fd)))) sleepSync(1);
+        while (performance.now() < until && !moved(before, (s = read()))) sleepSync(1);
         continue;
       }
       // The first frame for the target must not fit here, so that it opens the target.

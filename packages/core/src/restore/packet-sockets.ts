@@ -2,7 +2,7 @@
 // by criu-ts and handed to the task like the other sockets (files.ts).
 //
 //   socket(AF_PACKET, type, htons(protocol))
-//   SOL_PACKET: PACKET_VERSION, PACKET_RESERVE, PACKET_AUXDATA, PACKET_ORIGDEV, PACKET_VNET_HDR,
+//   SOL.PACKET: PACKET_VERSION, PACKET_RESERVE, PACKET_AUXDATA, PACKET_ORIGDEV, PACKET_VNET_HDR,
 //               PACKET_LOSS, PACKET_TIMESTAMP, PACKET_COPY_THRESH, where they differ from a new
 //               socket's (all before the rings: the kernel refuses some once a ring exists)
 //   PACKET_RX_RING / PACKET_TX_RING, the kernel moved to where it stood and the rings' bytes
@@ -19,18 +19,13 @@
 // image without their bytes (CRIU's) come back empty, the kernel at frame 0, as CRIU does.
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { bind, close, getsockopt, setsockopt, socket, type Fd, type PacketRingConfig } from '@criu-ts/sys';
+import { AF_PACKET, bind, close, getsockopt, PACKET_OPT, setsockopt, sockaddrLl, socket, SOL, type Fd, type PacketRingConfig } from '@criu-ts/sys';
 import { applySocketOptions, socketSteps } from './unix-sockets.js';
-import { PACKET_RING_OPTION, reproduceRings, ringMappingBytes, ringRefusal, RingMovedError, setRing, TPACKET, type PacketRings } from '../packet-rings/rings.js';
+import { reproduceRings, ringMappingBytes, ringRefusal, RingMovedError, setRing, TPACKET, type PacketRings } from '../packet-rings/rings.js';
 
 type Msg = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
 type Invalid = (message: string, evidence?: Record<string, unknown>) => never;
 
-const AF_PACKET = 17;
-const SOL_PACKET = 263;
-const PACKET_OPT = {
-  ADD_MEMBERSHIP: 1, COPY_THRESH: 7, AUXDATA: 8, ORIGDEV: 9, VERSION: 10, RESERVE: 12, LOSS: 14, VNET_HDR: 15, TIMESTAMP: 17, FANOUT: 18,
-} as const;
 const PACKET_TYPES = new Set([2 /* SOCK_DGRAM */, 3 /* SOCK_RAW */, 10 /* SOCK_PACKET */]);
 
 export interface PacketSocketImage {
@@ -149,7 +144,7 @@ function makePacketSocket(s: PacketSocketImage): Fd {
   const fd = step('socket', () => socket(AF_PACKET, s.type, htons(s.protocol)));
   try {
     const option = (name: number, value: number, label: string) => {
-      if (getsockopt(fd, SOL_PACKET, name).readInt32LE(0) !== value) step(label, () => setsockopt(fd, SOL_PACKET, name, value));
+      if (getsockopt(fd, SOL.PACKET, name).readInt32LE(0) !== value) step(label, () => setsockopt(fd, SOL.PACKET, name, value));
     };
     option(PACKET_OPT.VERSION, s.version, 'PACKET_VERSION');
     option(PACKET_OPT.RESERVE, s.reserve, 'PACKET_RESERVE');
@@ -158,11 +153,11 @@ function makePacketSocket(s: PacketSocketImage): Fd {
     option(PACKET_OPT.VNET_HDR, s.vnetHdr ? 1 : 0, 'PACKET_VNET_HDR');
     option(PACKET_OPT.LOSS, s.loss ? 1 : 0, 'PACKET_LOSS');
     option(PACKET_OPT.TIMESTAMP, s.timestamp, 'PACKET_TIMESTAMP');
-    if (s.copyThresh !== 0) step('PACKET_COPY_THRESH', () => setsockopt(fd, SOL_PACKET, PACKET_OPT.COPY_THRESH, s.copyThresh));
+    if (s.copyThresh !== 0) step('PACKET_COPY_THRESH', () => setsockopt(fd, SOL.PACKET, PACKET_OPT.COPY_THRESH, s.copyThresh));
     const rings = s.rings;
     if (rings) {
-      if (rings.rx) step('PACKET_RX_RING', () => setRing(fd, PACKET_RING_OPTION.RX, rings.version, rings.rx!));
-      if (rings.tx) step('PACKET_TX_RING', () => setRing(fd, PACKET_RING_OPTION.TX, rings.version, rings.tx!));
+      if (rings.rx) step('PACKET_RX_RING', () => setRing(fd, PACKET_OPT.RX_RING, rings.version, rings.rx!));
+      if (rings.tx) step('PACKET_TX_RING', () => setRing(fd, PACKET_OPT.TX_RING, rings.version, rings.tx!));
       const heads = s.ringHeads ?? { rx: 0, tx: 0, frozen: false };
       const bytes = s.ringFile ? readFileSync(s.ringFile) : undefined;
       const v3 = rings.version === TPACKET.V3;
@@ -177,11 +172,7 @@ function makePacketSocket(s: PacketSocketImage): Fd {
     }
     applySocketOptions(fd, s.opts, what);
     if (s.ifindex !== 0 || rings) {
-      const ll = Buffer.alloc(20); // struct sockaddr_ll
-      ll.writeUInt16LE(AF_PACKET, 0);
-      ll.writeUInt16BE(s.protocol, 2);
-      ll.writeInt32LE(s.ifindex, 4);
-      step(`bind to ifindex ${s.ifindex}`, () => bind(fd, ll));
+      step(`bind to ifindex ${s.ifindex}`, () => bind(fd, sockaddrLl(s.protocol, s.ifindex)));
     }
     for (const m of s.mclist) {
       const mreq = Buffer.alloc(16); // struct packet_mreq { int ifindex; u16 type, alen; u8 address[8]; }
@@ -189,12 +180,12 @@ function makePacketSocket(s: PacketSocketImage): Fd {
       mreq.writeUInt16LE(m.type, 4);
       mreq.writeUInt16LE(m.addr.length, 6);
       m.addr.copy(mreq, 8);
-      step(`PACKET_ADD_MEMBERSHIP (ifindex ${m.index}, type ${m.type})`, () => setsockopt(fd, SOL_PACKET, PACKET_OPT.ADD_MEMBERSHIP, mreq));
+      step(`PACKET_ADD_MEMBERSHIP (ifindex ${m.index}, type ${m.type})`, () => setsockopt(fd, SOL.PACKET, PACKET_OPT.ADD_MEMBERSHIP, mreq));
     }
     if (s.fanout !== undefined) {
       const value = Buffer.alloc(4); // u32: the flags byte may set the top bit
       value.writeUInt32LE(s.fanout >>> 0);
-      step(`PACKET_FANOUT (group ${s.fanout & 0xffff}, mode ${(s.fanout >>> 16) & 0xff})`, () => setsockopt(fd, SOL_PACKET, PACKET_OPT.FANOUT, value));
+      step(`PACKET_FANOUT (group ${s.fanout & 0xffff}, mode ${(s.fanout >>> 16) & 0xff})`, () => setsockopt(fd, SOL.PACKET, PACKET_OPT.FANOUT, value));
     }
     return fd;
   } catch (error) {

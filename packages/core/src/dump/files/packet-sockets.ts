@@ -16,15 +16,13 @@
 //   - a socket with packets waiting: they cannot be read without taking them from the program
 //     (packets waiting in a receive ring are part of the ring, and saved).
 import type { DecodedMessage } from '@criu-ts/images';
-import { getsockopt, packetDiagDump, PDI, pollOne, POLL, type Fd, type PacketDiagSocket, type PacketRingConfig } from '@criu-ts/sys';
+import { getsockopt, PACKET_OPT, SOL, packetDiagDump, PDI, pollOne, POLL, type Fd, type PacketDiagSocket, type PacketRingConfig } from '@criu-ts/sys';
 import { SocketRefused } from './inet-sockets.js';
 import { ringRefusal, snapshotRings, TPACKET, type PacketRings } from '../../packet-rings/rings.js';
 import { socketOptions } from './unix-sockets.js';
 
 /** PACKET_FANOUT modes whose balancing is a program attached with PACKET_FANOUT_DATA. */
 const FANOUT = { CBPF: 6, EBPF: 7 } as const;
-const SOL_PACKET = 263;
-const PACKET_FANOUT = 18;
 
 /** ids-N.img numbers the task's namespaces in CRIU's order (dump.ts): net is the second. */
 const NET_NS_ID = 2;
@@ -43,7 +41,7 @@ export class PacketSocketTable {
     if (!d) return refuse('sock_diag does not know it (another network namespace?)');
     // packet_diag gives the group's id and mode but not its flags (ROLLOVER, DEFRAG...);
     // getsockopt(PACKET_FANOUT) gives all three, in the form PACKET_FANOUT takes.
-    const fanout = d.fanout === undefined ? undefined : getsockopt(dup, SOL_PACKET, PACKET_FANOUT).readUInt32LE(0);
+    const fanout = d.fanout === undefined ? undefined : getsockopt(dup, SOL.PACKET, PACKET_OPT.FANOUT).readUInt32LE(0);
     if (fanout !== undefined) {
       const type = (fanout >>> 16) & 0xff;
       if (type === FANOUT.CBPF || type === FANOUT.EBPF) refuse(`it is in fanout group ${fanout & 0xffff}, which balances by a BPF program the kernel cannot give back (PACKET_FANOUT_${type === FANOUT.CBPF ? 'CBPF' : 'EBPF'})`);
