@@ -12,10 +12,13 @@
 //      right after it); the frozen time is stats-dump's frozen_time, read with @criu-ts/images.
 //   3. restore: restoreSync({ detached: true }) of those images. The restored hog is then asked
 //      to checksum its memory (SIGUSR1) and must report the checksum it had before the dump, so
-//      every figure is for a real restore.
-//   3b. fill floor: bench/fill-floor.c (compiled here with cc) maps fresh memory of the pages
-//      file's size in a new process and preads the file into it: the least a restorer does, on
-//      this machine, for comparison with the restore column.
+//      every figure is for a real restore. The hog times that pass over its memory, and one
+//      before the dump: the pass after the restore is its first touch of every page, which on a
+//      shadow-paged VM costs a fault per page (restore writes the pages without touching them
+//      through the task's addresses; see readRuns in packages/core/src/restore/memory.ts).
+//   3b. fill floor: bench/fill-floor.c (compiled here with cc) puts the pages file into fresh
+//      memory of a new process the two plain ways (populate + pread; pread + process_vm_writev),
+//      for comparison with the restore column.
 //   4. CLI dump: `node packages/cli/dist/criu-ts.cjs dump -t PID -D DIR` of the restored hog,
 //      start-up included (skipped, with a note, while the CLI has no dump command).
 // Before each timed step everything is synced (untimed), so no step pays for another's writes.
@@ -124,13 +127,18 @@ class Hog {
   lines() {
     return existsSync(this.report) ? readFileSync(this.report, 'utf8').split('\n').filter(Boolean) : [];
   }
-  /** SIGUSR1: the hog checksums its memory again; throws unless it is what it was before the dump. */
+  /**
+   * SIGUSR1: the hog checksums its memory again; throws unless it is what it was before the dump.
+   * Returns the milliseconds the hog's pass over its memory took.
+   */
   verify() {
     const before = this.lines().length;
     process.kill(this.pid, 'SIGUSR1');
     waitFor(`memhog ${this.pid} to checksum its memory`, () => this.lines().length > before, 60_000);
     const got = this.lines()[before];
-    if (got !== `check ${this.sum}`) throw new Error(`restored memhog ${this.pid}: '${got}', expected 'check ${this.sum}'`);
+    const [word, sum, micros] = got.split(' ');
+    if (word !== 'check' || sum !== this.sum) throw new Error(`memhog ${this.pid}: '${got}', expected 'check ${this.sum} <us>'`);
+    return Number(micros) / 1000;
   }
 }
 
@@ -180,14 +188,15 @@ run('cc', ['-O2', '-o', floorBin, join(root, 'bench', 'fill-floor.c')]);
 function fillFloorMs(pagesFile) {
   const r = spawnSync(floorBin, [pagesFile], { encoding: 'utf8' });
   if (r.status !== 0) throw new Error(`fill-floor ${pagesFile} failed (${r.status ?? r.signal})`);
-  return Number(r.stdout.trim());
+  const [byPread, byWritev] = r.stdout.trim().split(' ').map(Number);
+  return { byPread, byWritev };
 }
 try {
   for (const mib of SIZES) {
     const source = join(dir, `random-${mib}.bin`);
     writeRandomFile(source, mib);
     run('cat', [source]); // into the page cache: dd then reads memory, as dump does
-    const s = { dump: [], cli: [], cliFrozen: [], frozen: [], dumpSync: [], dd: [], restore: [], memdump: [], rRead: [], rCreate: [], rMemory: [], rState: [], floor: [] };
+    const s = { dump: [], cli: [], cliFrozen: [], frozen: [], dumpSync: [], dd: [], restore: [], memdump: [], rRead: [], rCreate: [], rMemory: [], rState: [], floorPread: [], floorWritev: [], passBefore: [], passAfter: [] };
     for (let i = 0; i < RUNS; i++) {
       const images = join(dir, `images-${mib}-${i}`);
       const ddOut = join(dir, `dd-${mib}-${i}.bin`);
@@ -195,6 +204,7 @@ try {
       live.add(hog.pid);
       process.stderr.write(`${mib} MiB run ${i + 1}/${RUNS}: memhog ${hog.pid}\n`);
 
+      s.passBefore.push(hog.verify());
       run('sync', []);
       s.dd.push(timed(() => {
         run('dd', [`if=${source}`, `of=${ddOut}`, 'bs=1M', `count=${mib}`, 'status=none']);
@@ -230,8 +240,10 @@ try {
       s.rMemory.push(restored.timings.memory);
       s.rState.push(restored.timings.state);
       if (restored.pid !== hog.pid) throw new Error(`restored as ${restored.pid}, dumped as ${hog.pid}`);
-      hog.verify();
-      s.floor.push(fillFloorMs(join(images, 'pages-1.img')));
+      s.passAfter.push(hog.verify());
+      const floor = fillFloorMs(join(images, 'pages-1.img'));
+      s.floorPread.push(floor.byPread);
+      s.floorWritev.push(floor.byWritev);
       rmSync(images, { recursive: true });
 
       if (withCli) {
@@ -279,11 +291,11 @@ for (const { mib, s } of results) {
     `${ms(median(s.frozen))} | ${withCli ? ms(median(s.cliFrozen)) : 'n/a'} | ${ms(median(s.dumpSync))} | ${ms(median(s.dd))} | ${ratio.toFixed(2)}x | ${ms(median(s.restore))} | checksum ok x${s.restore.length} |`);
 }
 console.log('\nWhere the time goes (medians; from DumpResult.memdumpTime and RestoreResult.timings):\n');
-console.log('| size | dump: pages (scan + vmsplice/splice) | dump: rest | restore: read images | restore: create | restore: memory | restore: state | fill floor (fresh memory + pread, C) |');
-console.log('|---|---|---|---|---|---|---|---|');
+console.log("| size | dump: pages (scan + vmsplice/splice) | dump: rest | restore: read images | restore: create | restore: memory | restore: state | fill floor, C: populate + pread | fill floor, C: pread + process_vm_writev | the hog's pass over its memory: before dump / first after restore |");
+console.log('|---|---|---|---|---|---|---|---|---|---|');
 for (const { mib, s } of results) {
   console.log(`| ${mib >= 1024 ? `${mib / 1024} GiB` : `${mib} MiB`} | ${ms(median(s.memdump))} | ${ms(median(s.dump.map((d, i) => d - s.memdump[i])))} | ` +
-    `${ms(median(s.rRead))} | ${ms(median(s.rCreate))} | ${ms(median(s.rMemory))} | ${ms(median(s.rState))} | ${ms(median(s.floor))} |`);
+    `${ms(median(s.rRead))} | ${ms(median(s.rCreate))} | ${ms(median(s.rMemory))} | ${ms(median(s.rState))} | ${ms(median(s.floorPread))} | ${ms(median(s.floorWritev))} | ${ms(median(s.passBefore))} / ${ms(median(s.passAfter))} |`);
 }
 const bySize = (mib) => results.find((r) => r.mib === mib)?.s;
 const goal = (what, target, value, ok) => console.log(`| ${what} | ${target} | ${value} | ${value === '-' ? '-' : ok ? 'met' : 'NOT met'} |`);
@@ -293,7 +305,7 @@ console.log('|---|---|---|---|');
 const g = bySize(1024);
 const r1 = g && median(g.dumpSync.map((d, i) => d / g.dd[i]));
 goal('dump + sync of 1 GiB vs dd + sync', '≤ 0.56x', r1 === undefined ? '-' : `${r1.toFixed(2)}x`, r1 <= 0.56);
-goal('restore of 1 GiB', '< 0.5 s (CRIU 0.56-0.74 s)', g ? `${ms(median(g.restore))} (fill floor on this machine: ${ms(median(g.floor))})` : '-', g && median(g.restore) < 500);
+goal('restore of 1 GiB', '< 0.5 s (CRIU 0.56-0.74 s)', g ? `${ms(median(g.restore))} (fill floors on this machine: ${ms(median(g.floorPread))} by pread, ${ms(median(g.floorWritev))} by process_vm_writev)` : '-', g && median(g.restore) < 500);
 const m = bySize(64);
 const c = m && withCli ? median(m.cli) : undefined;
 goal('whole `criu-ts dump` of 64 MiB, start-up included', '< 0.1 s (CRIU 0.052 s)', c === undefined ? '-' : ms(c), c < 100);

@@ -7,8 +7,9 @@
  * Fills the mapping from a xorshift64* generator seeded by getrandom() (every page distinct and
  * non-zero, so every page must be saved), writes "ready <pid> <checksum>" to REPORT_FILE, then
  * sleeps in sigsuspend(). On SIGUSR1 it checksums the whole mapping again and appends
- * "check <checksum>": equal to the ready line's only if the memory came through intact (a restore
- * that lost or misplaced pages gives another value). SIGTERM/SIGINT: exits.
+ * "check <checksum> <microseconds the pass took>": the checksum equal to the ready line's only if
+ * the memory came through intact (a restore that lost or misplaced pages gives another value).
+ * SIGTERM/SIGINT: exits.
  * With THREADS, that many more threads wait in pause() with every signal blocked (a
  * multi-threaded target for the kill tests); each adds a "thread <tid> ok" line to a check.
  */
@@ -22,6 +23,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/random.h>
+#include <time.h>
 #include <unistd.h>
 
 static volatile sig_atomic_t check_requested;
@@ -117,7 +119,13 @@ int main(int argc, char **argv)
 		sigsuspend(&waitmask);
 		if (check_requested) {
 			check_requested = 0;
-			snprintf(line, sizeof(line), "check %016llx\n", (unsigned long long)checksum(mem, words));
+			/* The pass's time too: after a restore, it is the first touch of every page. */
+			struct timespec t0, t1;
+			clock_gettime(CLOCK_MONOTONIC, &t0);
+			uint64_t sum = checksum(mem, words);
+			clock_gettime(CLOCK_MONOTONIC, &t1);
+			long long us = (t1.tv_sec - t0.tv_sec) * 1000000LL + (t1.tv_nsec - t0.tv_nsec) / 1000;
+			snprintf(line, sizeof(line), "check %016llx %lld\n", (unsigned long long)sum, us);
 			report(fd, line);
 			for (long i = 0; i < nthreads; i++) {
 				/* A thread that is gone (or not ours any more) has no /proc/self/task entry. */

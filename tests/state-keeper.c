@@ -9,10 +9,11 @@
  * "ok" or "FAIL <what>" lines, then "done <failures>", and exits with the number of failures.
  *
  * State: patterns in anonymous, heap, stack, private-file (copied-on-write) memory; a
- * mprotect'ed PROT_NONE hole inside written memory and a never-touched PROT_NONE guard; a file
- * open at an offset; a file deleted while open (contents kept); a SIGUSR2 handler with SA_RESTART;
- * a blocked signal and a pending one; an itimer; a sigaltstack; cwd and umask; an rlimit; argv and
- * environment; the vDSO (clock_gettime).
+ * mprotect'ed PROT_NONE hole inside written memory and a never-touched PROT_NONE guard; sparse
+ * memory (every other page of 2100 written) and a 9 MiB block; a file open at an offset; a file
+ * deleted while open (contents kept); a SIGUSR2 handler with SA_RESTART; a blocked signal and a
+ * pending one; an itimer; a sigaltstack; cwd and umask; an rlimit; argv and environment; the vDSO
+ * (clock_gettime).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -34,6 +35,8 @@
 
 #define PAGE 4096
 #define ANON_PAGES 64
+#define SPARSE_PAGES 2100
+#define BLOCK_BYTES (9 << 20)
 #define HEAP_BYTES (1 << 20)
 #define STACK_BYTES (16 << 10)
 
@@ -90,6 +93,14 @@ int main(int argc, char **argv)
 	mprotect(shared + 8 * PAGE, 2 * PAGE, PROT_READ);
 	/* A guard page never touched. */
 	uint8_t *guard = mmap(NULL, PAGE, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	/* Sparse memory: every other page written, more separate runs of pages than one iovec
+	 * array holds (IOV_MAX 1024); the pages between must stay zero. And one 9 MiB block written
+	 * whole: longer than two of the 4 MiB chunks restore writes at a time, so one is cut. */
+	uint8_t *sparse = mmap(NULL, SPARSE_PAGES * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	for (size_t page = 0; page < SPARSE_PAGES; page += 2)
+		fill(sparse + page * PAGE, PAGE, (unsigned)(83 + page));
+	uint8_t *block = mmap(NULL, BLOCK_BYTES, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	fill(block, BLOCK_BYTES, 89);
 	/* A private file mapping with one page written (copied on write) and one left as the file's. */
 	int mf = open("mapped.bin", O_RDWR | O_CREAT | O_TRUNC, 0644);
 	uint8_t filebuf[2 * PAGE];
@@ -193,6 +204,20 @@ int main(int argc, char **argv)
 		CHECK(same, "file page of a private mapping");
 	}
 	CHECK(mprotect(guard, PAGE, PROT_NONE) == 0, "guard mapping");
+	{
+		int sparse_ok = 1;
+		for (size_t page = 0; page < SPARSE_PAGES && sparse_ok; page++) {
+			if (page % 2 == 0) {
+				sparse_ok = pattern_ok(sparse + page * PAGE, PAGE, (unsigned)(83 + page));
+				continue;
+			}
+			for (size_t i = 0; i < PAGE; i++)
+				if (sparse[page * PAGE + i] != 0)
+					sparse_ok = 0;
+		}
+		CHECK(sparse_ok, "sparse memory (every other page written)");
+	}
+	CHECK(pattern_ok(block, BLOCK_BYTES, 89), "9 MiB block");
 	{
 		int untouched = 1;
 		for (size_t i = 4 * PAGE; i < 8 * PAGE; i++)

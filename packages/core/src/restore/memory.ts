@@ -23,8 +23,9 @@
 //   3. mmap every other VMA at its address; private ones writable for now, so the pages can
 //      be filled, file mappings from the path in files.img at their file offset, memfd
 //      mappings from the restore's one memfd per inode (memfd.ts)
-//   4. preadv from pages-N.img straight into the task: the task opens the pages file itself and
-//      reads runs of pages into place, up to 1024 runs per call (one copy, no buffer in Node).
+//   4. pages-N.img into the task: criu-ts reads it a chunk at a time into a buffer of its own and
+//      writes each chunk into place with process_vm_writev, up to 1024 runs per call (readRuns
+//      says why this and not a preadv run by the task).
 //      In a kept VMA, each page of the images that the task holds already is compared with it
 //      (read through /proc/PID/mem, which leaves copy on write alone) and, only if it differs,
 //      written over from the buffer it was compared in (process_vm_writev); a page the task
@@ -38,7 +39,7 @@
 //      runs this step only once every process is cloned, so no child inherits a restored exe
 //      file that its own kept file mappings would still map.
 import { closeSync, openSync, readSync, statSync } from 'node:fs';
-import { AT_FDCWD, asRemoteAddress, MAP, O, processVmWritev, PROT, type RemoteRange } from '@criu-ts/sys';
+import { AT_FDCWD, asRemoteAddress, IOV_MAX, MAP, O, processVmWritev, PROT, type RemoteRange } from '@criu-ts/sys';
 import { PAGE_SIZE } from '@criu-ts/images';
 import { RestoreError } from './errors.js';
 import { TASK_SIZE, VMA, type ImageSet, type PagesRun, type RegFile, type VmaImage } from './image-set.js';
@@ -49,8 +50,6 @@ import { readSmaps, type ProcVma } from '../proc/smaps.js';
 const ARCH_MAP_VDSO_64 = 0x2003;
 const PR_SET_MM = 35;
 const PR_SET_MM_MAP = 14;
-/** The kernel refuses larger reads in one call (MAX_RW_COUNT = INT_MAX rounded down to a page). */
-const MAX_READ = 1 << 30;
 
 const hex = (v: bigint): string => `0x${v.toString(16)}`;
 
@@ -540,80 +539,71 @@ function keepInheritedPages(
   return { runs: toRead.map(([first, n, offset]) => ({ vaddr: BigInt(first) * BigInt(P), nrPages: n, offset })), shared, written };
 }
 
-/** preadv of `runs` (address, pages, offset in pagesFile) from pagesFile into the task. */
+/** Bytes of the pages file read per step of readRuns (and the size of the buffer it reuses). */
+const WRITE_CHUNK = 4 << 20;
+/** The buffer readRuns reads into, kept across restores: see readRuns for why it must stay warm. */
+let chunkBuffer: Buffer | undefined;
+
+/**
+ * Step 4 outside kept VMAs: `runs` (address, pages, offset in pagesFile) from pagesFile into the
+ * task. criu-ts reads the file a chunk at a time into one buffer of its own and writes each chunk
+ * into the task with process_vm_writev (up to IOV_MAX runs per call).
+ *
+ * Why not the one copy of a preadv run by the task into its own memory (as restore did before)?
+ * The kernel copies a read() through the task's user addresses, and the first write through a
+ * user address of a new page can cost far more than the copy: on this machine's VM (shadow
+ * paging, `pvm_*` options in /proc/cmdline) about 8 us a page even when the page is allocated
+ * already, 2-4 s for 1 GiB. process_vm_writev pins the task's pages (get_user_pages, which
+ * allocates them as a fault would) and copies through the kernel's own mapping of them, which
+ * costs no such fault; the one address range touched from user space is this buffer, reused, so
+ * its pages are warm after the first chunk. On bare metal, this is one memory copy more than a
+ * preadv into populated memory (~0.1 s per GiB); on a shadow-paged VM, 4-8x less time.
+ * The task's own first touch of each page still costs the VM's fault afterwards, spread over its
+ * run, as for any memory it had never touched.
+ */
 function readRuns(task: RestoreTask, pagesFile: string, runs: readonly PagesRun[], onRead?: (bytes: number) => void): number {
   if (runs.length === 0) return 0;
-  prefault(task, runs);
-  const fd = remoteOpen(task, 'fill-pages', pagesFile, O.RDONLY | O.CLOEXEC);
-  const maxIov = Math.min(1024, Math.floor(task.scratchSize / 16));
+  chunkBuffer ??= Buffer.allocUnsafeSlow(WRITE_CHUNK);
+  const buffer = chunkBuffer;
+  const fd = openSync(pagesFile, 'r');
   let total = 0;
   try {
     let i = 0;
+    // Where in runs[i] the next chunk starts (bytes).
+    let within = 0;
     while (i < runs.length) {
-      // A batch: runs that follow each other in the pages file, at most maxIov of them.
-      const segs: Array<{ addr: bigint; len: number }> = [];
-      const offset = runs[i]!.offset;
+      // A chunk: pieces of runs that follow each other in the pages file, at most WRITE_CHUNK
+      // bytes and IOV_MAX ranges.
+      const ranges: RemoteRange[] = [];
+      const offset = runs[i]!.offset + within;
       let bytes = 0;
-      while (i < runs.length && segs.length < maxIov && runs[i]!.offset === offset + bytes && bytes < MAX_READ) {
-        const len = runs[i]!.nrPages * PAGE_SIZE;
-        segs.push({ addr: runs[i]!.vaddr, len });
+      while (i < runs.length && ranges.length < IOV_MAX && bytes < WRITE_CHUNK && runs[i]!.offset + within === offset + bytes) {
+        const run = runs[i]!;
+        const len = Math.min(run.nrPages * PAGE_SIZE - within, WRITE_CHUNK - bytes);
+        ranges.push({ addr: asRemoteAddress(run.vaddr + BigInt(within)), len });
         bytes += len;
-        i++;
-      }
-      let done = 0;
-      for (let guard = 0; done < bytes; guard++) {
-        if (guard > 10_000) fail('fill-pages', 'preadv made no progress');
-        // Skip what was read already (preadv may stop short, e.g. at MAX_RW_COUNT).
-        const iov: Buffer[] = [];
-        let skip = done;
-        let want = 0;
-        for (const s of segs) {
-          if (skip >= s.len) { skip -= s.len; continue; }
-          const b = Buffer.alloc(16);
-          b.writeBigUInt64LE(s.addr + BigInt(skip), 0);
-          b.writeBigUInt64LE(BigInt(s.len - skip), 8);
-          want += s.len - skip;
-          skip = 0;
-          iov.push(b);
-          if (want >= MAX_READ) break;
+        within += len;
+        if (within === run.nrPages * PAGE_SIZE) {
+          i++;
+          within = 0;
         }
-        const [iovAddr] = task.scratchPut(Buffer.concat(iov));
-        const n = Number(remote(task, 'fill-pages', `preadv of ${want} bytes at offset ${offset + done} of ${pagesFile}`, 'preadv', fd, iovAddr!, iov.length, BigInt(offset + done), 0));
-        if (n === 0) fail('fill-pages', `${pagesFile} ended at offset ${offset + done}, expected ${bytes - done} more bytes`);
-        done += n;
-        onRead?.(n);
       }
+      preadFully(fd, buffer.subarray(0, bytes), offset, pagesFile);
+      let wrote: number;
+      try {
+        wrote = processVmWritev(task.pid, buffer.subarray(0, bytes), ranges);
+      } catch (e) {
+        fail('fill-pages', `process_vm_writev of ${bytes} bytes at ${hex(ranges[0]!.addr)} (offset ${offset} of ${pagesFile}): ${(e as Error).message}`, { pid: task.pid });
+      }
+      // A short write stops at a range the task cannot take (not mapped or not writable).
+      if (wrote !== bytes) fail('fill-pages', `process_vm_writev of ${bytes} bytes at ${hex(ranges[0]!.addr)} (offset ${offset} of ${pagesFile}) wrote ${wrote}`, { pid: task.pid });
       total += bytes;
+      onRead?.(bytes);
     }
   } finally {
-    task.syscallRawSync('close', fd);
+    closeSync(fd);
   }
   return total;
-}
-
-const MADV_POPULATE_WRITE = 23;
-/** Below this, populating ahead costs a remote call more than the faults it saves. */
-const PREFAULT_MIN = 256 * 1024;
-
-/**
- * Allocates the pages preadv is about to fill, in large ranges, with MADV_POPULATE_WRITE
- * (Linux 5.14): otherwise every page faults one by one inside preadv's copy, which costs about as
- * much again as the copy (1 GiB: ~0.85 s with faults, ~0.45 s populated first, measured here).
- * Best effort: a kernel without it answers EINVAL and the faults happen as before.
- */
-function prefault(task: RestoreTask, runs: ReadonlyArray<{ vaddr: bigint; nrPages: number }>): void {
-  const ranges: Array<{ start: bigint; end: bigint }> = [];
-  for (const r of [...runs].sort((a, b) => (a.vaddr < b.vaddr ? -1 : a.vaddr > b.vaddr ? 1 : 0))) {
-    const end = r.vaddr + BigInt(r.nrPages * PAGE_SIZE);
-    const last = ranges.at(-1);
-    if (last && last.end === r.vaddr) last.end = end;
-    else ranges.push({ start: r.vaddr, end });
-  }
-  for (const range of ranges) {
-    if (range.end - range.start < BigInt(PREFAULT_MIN)) continue;
-    const ret = task.syscallRawSync('madvise', range.start, range.end - range.start, MADV_POPULATE_WRITE);
-    if (ret === -22n) return; // EINVAL: not supported here, nothing more to try
-  }
 }
 
 /** madvise advice numbers CRIU records in vma_entry.madv (bit N = advice N) and that we replay. */
