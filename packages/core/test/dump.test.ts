@@ -1,14 +1,15 @@
 // dump() on a real process: the images it writes, and that a dump never harms the task.
 import { expect } from 'chai';
 import { spawnSync } from 'node:child_process';
-import { chmodSync, closeSync, existsSync, mkdtempSync, openSync, readFileSync, readSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { chmodSync, closeSync, existsSync, mkdtempSync, openSync, readFileSync, readSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { dumpSync, DumpError } from '@criu-ts/core';
 import { ImageReader, PagesReader } from '@criu-ts/images';
 import { alive, waitFor } from './restore-helpers.js';
 import { reapIfOurs, StateKeeper, rootWithSubreaper, imageEntries as entries } from './programs.js';
-import { zeroPfn } from '../src/dump/memory.js';
+import { scanPages, VMA, zeroPfn, type DumpVma } from '../src/dump/memory.js';
+import { asRemoteAddress, getpid, mmap, munmap, processVmReadv, processVmWritev } from '@criu-ts/sys';
 
 
 describe('core: dump of a single process', function () {
@@ -61,6 +62,44 @@ describe('core: dump of a single process', function () {
     }
     expect(alive(pid)).to.equal(true);
     expect(keeper.check().failures).to.deep.equal([]);
+  });
+
+  it('finds the same pages to save with PAGEMAP_SCAN as entry by entry: written anonymous pages, private file pages copied on write', function () {
+    const P = 4096;
+    const pid = getpid();
+    const anon = mmap(0n, 64 * P, 3 /* RW */, 0x22 /* PRIVATE|ANONYMOUS */, -1, 0);
+    const dir = mkdtempSync(join(tmpdir(), 'criu-ts-scan-'));
+    const path = join(dir, 'file');
+    writeFileSync(path, Buffer.alloc(8 * P, 7));
+    const fd = openSync(path, 'r+');
+    const file = mmap(0n, 8 * P, 3, 0x2 /* PRIVATE */, fd, 0);
+    closeSync(fd);
+    try {
+      const write = (addr: bigint) => processVmWritev(pid, Buffer.from('x'), [{ addr: asRemoteAddress(addr), len: 1 }]);
+      const read = (addr: bigint) => processVmReadv(pid, Buffer.alloc(1), [{ addr: asRemoteAddress(addr), len: 1 }]);
+      for (let i = 0; i < 64; i++) if (i < 10 || (i >= 20 && i < 30)) write(anon + BigInt(i * P));
+      read(file); // the file's own page, mapped: not to be saved
+      read(file + BigInt(2 * P));
+      write(file + BigInt(P)); // copied on write: anonymous now, to be saved
+      write(file + BigInt(3 * P));
+      const proc = (start: bigint, pages: number) => ({ start, end: start + BigInt(pages * P), read: true, write: true, exec: false, shared: false, offset: 0n, major: 0, minor: 0, inode: 0, name: '', deleted: false, vmFlags: new Set<string>() });
+      const vmas: DumpVma[] = [
+        { entry: { status: VMA.REGULAR | VMA.ANON_PRIVATE }, proc: proc(anon, 64), pages: 'private' },
+        { entry: { status: VMA.REGULAR | VMA.FILE_PRIVATE }, proc: proc(file, 8), pages: 'private' },
+      ];
+      const byIoctl = scanPages(pid, vmas, 'private', 'ioctl');
+      const byEntries = scanPages(pid, vmas, 'private', 'entries');
+      const simple = (runs: typeof byIoctl) => runs.map((r) => [r.start, r.pages, r.flags]);
+      expect(simple(byIoctl)).to.deep.equal(simple(byEntries));
+      expect(simple(byIoctl)).to.deep.equal([
+        [anon, 10, 6 /* PE_LAZY | PE_PRESENT */], [anon + BigInt(20 * P), 10, 6],
+        [file + BigInt(P), 1, 4 /* PE_PRESENT */], [file + BigInt(3 * P), 1, 4],
+      ]);
+    } finally {
+      munmap(anon, 64 * P);
+      munmap(file, 8 * P);
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('skips as zero pages only the kernel\'s zero page, as /proc/kpageflags names it', function () {

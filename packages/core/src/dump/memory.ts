@@ -18,7 +18,7 @@ import { closeSync, openSync, readFileSync, readSync, writeSync } from 'node:fs'
 import { join } from 'node:path';
 import type { DecodedMessage } from '@criu-ts/images';
 import type { Parasite } from '@criu-ts/compel';
-import { asRemoteAddress, mmap, munmap, processVmReadv, getpid, type Fd } from '@criu-ts/sys';
+import { asRemoteAddress, mmap, munmap, PAGE_IS, pagemapScan, processVmReadv, getpid, SysError, type Fd } from '@criu-ts/sys';
 import type { ProcVma } from '../proc/smaps.js';
 import type { FileTable } from './files.js';
 import type { SysvShmDumper } from './sysv-shm.js';
@@ -233,62 +233,109 @@ const HI_SWAPPED = 1 << 30;
 const HI_FILE = 1 << 29;
 const HI_PFN_MASK = (1 << 23) - 1; // PFN bits 32-54
 
-/** The runs of pages worth saving in `vmas` (those of one kind: private or shared). */
-export function scanPages(pid: number, vmas: readonly DumpVma[], kind: 'private' | 'shared'): PageRun[] {
+/** Whether this kernel has PAGEMAP_SCAN (Linux 6.7); undefined until first tried. */
+let pagemapScanWorks: boolean | undefined;
+/** Regions asked of PAGEMAP_SCAN per call. */
+const SCAN_REGIONS = 512;
+
+/**
+ * The runs of pages worth saving in `vmas` (those of one kind: private or shared): present or
+ * swapped, not the kernel's zero page, and in a private file mapping not the file's own page
+ * (it comes back from the file). With PAGEMAP_SCAN the kernel finds them and hands back whole
+ * runs (64 MiB of present memory: one region, in well under a millisecond); without it, every
+ * page's /proc/PID/pagemap entry is read and tested here. `method` forces one way (tests).
+ */
+export function scanPages(pid: number, vmas: readonly DumpVma[], kind: 'private' | 'shared', method: 'auto' | 'ioctl' | 'entries' = 'auto'): PageRun[] {
+  const fd = openSync(`/proc/${pid}/pagemap`, 'r');
+  try {
+    if (method === 'ioctl') return scanPagesByIoctl(fd, vmas, kind);
+    if (method === 'auto' && pagemapScanWorks !== false) {
+      try {
+        const runs = scanPagesByIoctl(fd, vmas, kind);
+        pagemapScanWorks = true;
+        return runs;
+      } catch (error) {
+        // ENOTTY/EINVAL: a kernel before 6.7. Anything else is a real failure.
+        if (pagemapScanWorks !== undefined || !(error instanceof SysError) || (error.code !== 'ENOTTY' && error.code !== 'EINVAL')) throw error;
+        pagemapScanWorks = false;
+      }
+    }
+    return scanPagesByEntries(fd, pid, vmas, kind);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** scanPages with PAGEMAP_SCAN: one region per run of pages to save, found by the kernel. */
+function scanPagesByIoctl(fd: number, vmas: readonly DumpVma[], kind: 'private' | 'shared'): PageRun[] {
+  const runs: PageRun[] = [];
+  for (const vma of vmas) {
+    if (vma.pages !== kind) continue;
+    const anon = (Number(vma.entry.status) & VMA.ANON_PRIVATE) !== 0;
+    const flags = anon ? PE_LAZY | PE_PRESENT : PE_PRESENT;
+    const readable = vma.proc.read;
+    const not = PAGE_IS.PFNZERO | (kind === 'private' && !anon ? PAGE_IS.FILE : 0);
+    for (let at = vma.proc.start; at < vma.proc.end;) {
+      const { regions, walkEnd } = pagemapScan(fd, { start: at, end: vma.proc.end, inverted: not, all: not, anyOf: PAGE_IS.PRESENT | PAGE_IS.SWAPPED }, SCAN_REGIONS);
+      for (const r of regions) runs.push({ start: r.start, pages: Number((r.end - r.start) / PAGE), flags, readable });
+      if (walkEnd <= at) throw new Error(`PAGEMAP_SCAN made no progress at 0x${at.toString(16)}`);
+      at = walkEnd;
+    }
+  }
+  return mergeAdjacentRuns(runs);
+}
+
+/** scanPages without PAGEMAP_SCAN: every page's pagemap entry, read in chunks. */
+function scanPagesByEntries(fd: number, pid: number, vmas: readonly DumpVma[], kind: 'private' | 'shared'): PageRun[] {
   const zero = zeroPfn();
   const zeroLo = zero < 0n ? -1 : Number(zero & 0xffffffffn);
   const zeroHi = zero < 0n ? -1 : Number(zero >> 32n);
   const runs: PageRun[] = [];
-  const fd = openSync(`/proc/${pid}/pagemap`, 'r');
   const words = new Uint32Array(SCAN_CHUNK_PAGES * 2);
   const buffer = Buffer.from(words.buffer);
-  try {
-    for (const vma of vmas) {
-      if (vma.pages !== kind) continue;
-      const anon = (Number(vma.entry.status) & VMA.ANON_PRIVATE) !== 0;
-      const flags = anon ? PE_LAZY | PE_PRESENT : PE_PRESENT;
-      const readable = vma.proc.read;
-      const skipFilePages = kind === 'private' && !anon;
-      const total = Number((vma.proc.end - vma.proc.start) / PAGE);
-      const firstPage = Number(vma.proc.start / PAGE);
-      // The run being built, in page numbers; pushed when a page breaks it.
-      let runStart = -1;
-      let runPages = 0;
-      const closeRun = () => {
-        if (runPages > 0) runs.push({ start: BigInt(runStart) * PAGE, pages: runPages, flags, readable });
-        runPages = 0;
-      };
-      for (let done = 0; done < total; ) {
-        const count = Math.min(SCAN_CHUNK_PAGES, total - done);
-        // A read of pagemap may come back short: read on, so no page is taken for absent.
-        let got = 0;
-        for (let n = -1; got < count * 8 && n !== 0; got += n) n = readSync(fd, buffer, got, count * 8 - got, (firstPage + done) * 8 + got);
-        if (got < count * 8) throw new Error(`/proc/${pid}/pagemap ended at page 0x${(firstPage + done + got / 8).toString(16)}, inside a mapping`);
-        for (let i = 0; i < count; i++) {
-          const lo = words[2 * i]!;
-          const hi = words[2 * i + 1]!;
-          const present = (hi & HI_PRESENT) !== 0;
-          let keep = present || (hi & HI_SWAPPED) !== 0;
-          if (keep && present && (hi & HI_FILE) === 0 && lo === zeroLo && (hi & HI_PFN_MASK) === zeroHi) keep = false;
-          // A private file mapping's page that is still the file's: it comes back from the file.
-          if (keep && skipFilePages && (hi & HI_FILE) !== 0) keep = false;
-          const page = firstPage + done + i;
-          if (!keep) {
-            closeRun();
-          } else if (runPages > 0 && runStart + runPages === page) {
-            runPages++;
-          } else {
-            closeRun();
-            runStart = page;
-            runPages = 1;
-          }
+  for (const vma of vmas) {
+    if (vma.pages !== kind) continue;
+    const anon = (Number(vma.entry.status) & VMA.ANON_PRIVATE) !== 0;
+    const flags = anon ? PE_LAZY | PE_PRESENT : PE_PRESENT;
+    const readable = vma.proc.read;
+    const skipFilePages = kind === 'private' && !anon;
+    const total = Number((vma.proc.end - vma.proc.start) / PAGE);
+    const firstPage = Number(vma.proc.start / PAGE);
+    // The run being built, in page numbers; pushed when a page breaks it.
+    let runStart = -1;
+    let runPages = 0;
+    const closeRun = () => {
+      if (runPages > 0) runs.push({ start: BigInt(runStart) * PAGE, pages: runPages, flags, readable });
+      runPages = 0;
+    };
+    for (let done = 0; done < total; ) {
+      const count = Math.min(SCAN_CHUNK_PAGES, total - done);
+      // A read of pagemap may come back short: read on, so no page is taken for absent.
+      let got = 0;
+      for (let n = -1; got < count * 8 && n !== 0; got += n) n = readSync(fd, buffer, got, count * 8 - got, (firstPage + done) * 8 + got);
+      if (got < count * 8) throw new Error(`/proc/${pid}/pagemap ended at page 0x${(firstPage + done + got / 8).toString(16)}, inside a mapping`);
+      for (let i = 0; i < count; i++) {
+        const lo = words[2 * i]!;
+        const hi = words[2 * i + 1]!;
+        const present = (hi & HI_PRESENT) !== 0;
+        let keep = present || (hi & HI_SWAPPED) !== 0;
+        if (keep && present && (hi & HI_FILE) === 0 && lo === zeroLo && (hi & HI_PFN_MASK) === zeroHi) keep = false;
+        // A private file mapping's page that is still the file's: it comes back from the file.
+        if (keep && skipFilePages && (hi & HI_FILE) !== 0) keep = false;
+        const page = firstPage + done + i;
+        if (!keep) {
+          closeRun();
+        } else if (runPages > 0 && runStart + runPages === page) {
+          runPages++;
+        } else {
+          closeRun();
+          runStart = page;
+          runPages = 1;
         }
-        done += count;
       }
-      closeRun();
+      done += count;
     }
-  } finally {
-    closeSync(fd);
+    closeRun();
   }
   return mergeAdjacentRuns(runs);
 }
