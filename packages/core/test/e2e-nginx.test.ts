@@ -37,14 +37,29 @@ function nginxBinary(): string | undefined {
   return existsSync('/usr/sbin/nginx') ? '/usr/sbin/nginx' : undefined;
 }
 
-/** A free loopback port (bound and released at once). */
-function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const s = net.createServer().listen(0, '127.0.0.1', () => {
-      const port = (s.address() as net.AddressInfo).port;
-      s.close(() => resolve(port));
-    });
+/**
+ * A loopback port free on both 127.0.0.1 and [::1] (nginx listens on both): bound on each and
+ * released at once. A port checked on 127.0.0.1 alone was once taken on [::1] (EADDRINUSE).
+ */
+async function freePort(): Promise<number> {
+  const listen = (port: number, host: string) => new Promise<net.Server | null>((resolve) => {
+    const s = net.createServer();
+    s.once('error', () => resolve(null));
+    s.listen(port, host, () => resolve(s));
   });
+  const close = (s: net.Server) => new Promise<void>((resolve) => s.close(() => resolve()));
+  for (let attempt = 0; attempt < 20; attempt++) {
+    const v4 = await listen(0, '127.0.0.1');
+    if (!v4) continue;
+    const port = (v4.address() as net.AddressInfo).port;
+    const v6 = await listen(port, '::1');
+    await close(v4);
+    if (v6) {
+      await close(v6);
+      return port;
+    }
+  }
+  throw new Error('no loopback port free on both 127.0.0.1 and [::1] in 20 tries');
 }
 
 function nginxConfig(dir: string, port: number): string {
