@@ -316,12 +316,44 @@ export class Parasite {
 
   /** Sends one request (with fds attached if given) and returns the reply. */
   private command(cmd: ParasiteCommand, args: Array<number | bigint> = [], fds: Fd[] = []): { ret: bigint; data: Buffer; fds: Fd[] } {
+    this.send(cmd, args, fds);
+    return this.receive(cmd);
+  }
+
+  /**
+   * A request sent whose reply is not read yet (see dumpPagesStart): the next request, cure's
+   * FINI included, reads that reply first, so replies never cross.
+   */
+  private inFlight: ParasiteCommand | null = null;
+
+  private send(cmd: ParasiteCommand, args: Array<number | bigint>, fds: Fd[]): void {
     if (this.sock === null || this.stopped) throw new CompelError('state', this.injection.pid, 'parasite command after cure');
+    this.settle();
     this.req.fill(0);
     this.req.writeUInt32LE(cmd, 0);
     args.forEach((a, i) => this.req.writeBigUInt64LE(BigInt.asUintN(64, BigInt(a)), 8 + i * 8));
     try {
       retryEintr(() => sendmsg(this.sock!, this.req, fds));
+    } catch (err) {
+      throw this.explainSocketError(err, cmd);
+    }
+    this.inFlight = cmd;
+  }
+
+  /**
+   * Reads the reply of a request still in flight, if any, and drops it (whoever started it did
+   * not wait for it): before any other request, and before anything else is written to the
+   * control area, which the parasite may still be reading (the iovecs of DUMP_PAGES).
+   */
+  private settle(): void {
+    if (this.inFlight !== null) this.receive(this.inFlight);
+  }
+
+  private receive(cmd: ParasiteCommand): { ret: bigint; data: Buffer; fds: Fd[] } {
+    if (this.sock === null) throw new CompelError('state', this.injection.pid, 'parasite reply after cure');
+    // Whatever happens below, this reply is no longer awaited (a broken socket has no more).
+    this.inFlight = null;
+    try {
       // With SO_RCVTIMEO set, a signal to us interrupts recvmsg with EINTR even when its handler
       // asks for restarts (socket(7)); the reply is still on its way: wait again.
       const got = retryEintr(() => recvmsg(this.sock!, this.rep, 8));
@@ -334,11 +366,15 @@ export class Parasite {
       }
       return { ret, data: Buffer.from(this.rep.subarray(REP_HDR_SIZE, REP_HDR_SIZE + len)), fds: got.fds };
     } catch (err) {
-      if (err instanceof SysError && (err.code === 'EAGAIN' || err.code === 'EPIPE' || err.code === 'ECONNRESET')) {
-        throw new CompelError(err.code === 'EAGAIN' ? 'timeout' : 'parasite', this.injection.pid, `parasite did not answer command ${cmd} (${err.code})`, {}, err);
-      }
-      throw err;
+      throw this.explainSocketError(err, cmd);
     }
+  }
+
+  private explainSocketError(err: unknown, cmd: ParasiteCommand): unknown {
+    if (err instanceof SysError && (err.code === 'EAGAIN' || err.code === 'EPIPE' || err.code === 'ECONNRESET')) {
+      return new CompelError(err.code === 'EAGAIN' ? 'timeout' : 'parasite', this.injection.pid, `parasite did not answer command ${cmd} (${err.code})`, {}, err);
+    }
+    return err;
   }
 
   private check(ret: bigint, what: string): bigint {
@@ -393,6 +429,7 @@ export class Parasite {
     if (ids.length * POSIX_TIMER_SIZE > REPLY_MAX) throw new RangeError(`too many timers in one request: ${ids.length}`);
     const buf = Buffer.alloc(ids.length * 4);
     ids.forEach((id, i) => buf.writeInt32LE(id, i * 4));
+    this.settle();
     pwrite(this.memfd, buf, BigInt(this.ctlOff + this.bufOff));
     const r = this.command(CMD.DUMP_POSIX_TIMERS, [ids.length, this.bufOff]);
     this.check(r.ret, 'timer_gettime');
@@ -426,6 +463,7 @@ export class Parasite {
     const entry = this.blob.symbols.parasite_entry_call;
     if (fn === undefined || entry === undefined) throw new CompelError('parasite', this.injection.pid, 'the parasite blob has no parasite_dump_misc');
     if (tid === this.injection.worker) return this.dumpMisc();
+    this.settle();
     const out = this.base + BigInt(this.ctlOff + this.bufOff);
     const stackTop = this.base + BigInt(this.size) - 64n;
     const call = { entry: this.base + BigInt(entry), ctlAddr: this.base + BigInt(this.ctlOff), memfd: this.memfd, ctlOff: this.ctlOff, remoteSock: this.remoteSock };
@@ -506,6 +544,7 @@ export class Parasite {
 
   /** Writes `ranges` as struct iovec[] into the control area's buffer, for VMSPLICE and DUMP_PAGES; returns their total length. */
   private putIovecs(ranges: ReadonlyArray<readonly [bigint, number]>): number {
+    this.settle();
     const iov = Buffer.alloc(ranges.length * 16);
     let total = 0;
     ranges.forEach(([addr, len], i) => {
@@ -540,24 +579,42 @@ export class Parasite {
    * disk writeback of each such step as soon as it is in the file.
    */
   dumpPages(ranges: readonly RemoteRange[], outFd: Fd, options: { inTask?: boolean; writebackStep?: number } = {}): number {
+    return this.dumpPagesStart(ranges, outFd, options)();
+  }
+
+  /**
+   * dumpPages, returning as soon as the last in-task request is sent: the parasite copies those
+   * pages on its own thread while the caller does other work, then the function returned waits
+   * for the reply and gives the bytes written (it throws as dumpPages would). Until then, any
+   * other use of this parasite (cure included) first waits for that reply and drops it. Without
+   * `inTask`, everything is done before this returns.
+   */
+  dumpPagesStart(ranges: readonly RemoteRange[], outFd: Fd, options: { inTask?: boolean; writebackStep?: number } = {}): () => number {
     if (!options.inTask) {
-      return this.vmspliceRanges(ranges, (fd, bytes) => {
-        let moved = 0;
-        for (let i = 0; moved < bytes && i < 10_000; i++) moved += splice(fd, null, outFd, null, bytes - moved);
+      const moved = this.vmspliceRanges(ranges, (fd, bytes) => {
+        let done = 0;
+        for (let i = 0; done < bytes && i < 10_000; i++) done += splice(fd, null, outFd, null, bytes - done);
       });
+      return () => moved;
     }
     const p = this.ensurePipe();
     const maxIov = Math.floor(BUF_SIZE / 16);
     let total = 0;
-    for (let first = 0; first < ranges.length; first += maxIov) {
-      const batch = ranges.slice(first, first + maxIov);
+    const request = (batch: readonly RemoteRange[]) => {
       const want = this.putIovecs(batch.map((r): [bigint, number] => [BigInt(r.addr), r.len]));
-      const r = this.command(CMD.DUMP_PAGES, [p.remoteW, this.bufOff, batch.length, options.writebackStep ?? 0], [outFd, p.r]);
-      const n = Number(this.check(r.ret, 'dump pages'));
-      if (n !== want) throw new CompelError('parasite', this.injection.pid, `the parasite wrote ${n} of ${want} bytes of pages`);
-      total += n;
-    }
-    return total;
+      this.send(CMD.DUMP_PAGES, [p.remoteW, this.bufOff, batch.length, options.writebackStep ?? 0], [outFd, p.r]);
+      return () => {
+        if (this.inFlight !== CMD.DUMP_PAGES) throw new CompelError('state', this.injection.pid, 'the reply to DUMP_PAGES was taken by another request');
+        const n = Number(this.check(this.receive(CMD.DUMP_PAGES).ret, 'dump pages'));
+        if (n !== want) throw new CompelError('parasite', this.injection.pid, `the parasite wrote ${n} of ${want} bytes of pages`);
+        return n;
+      };
+    };
+    let first = 0;
+    for (; first + maxIov < ranges.length; first += maxIov) total += request(ranges.slice(first, first + maxIov))();
+    if (first >= ranges.length) return () => total;
+    const last = request(ranges.slice(first));
+    return () => total + last();
   }
 
   /**
@@ -565,6 +622,7 @@ export class Parasite {
    * `call(symbol, ...args)` runs that function on the parasite's thread. Unmapped on cure.
    */
   loadBlob(blob: Blob): LoadedBlob {
+    this.settle();
     const len = align(Math.max(blob.size, blob.code.length, 1), PAGE);
     const addr = this.check(
       this.syscallRaw('mmap', 0, len, PROT.READ | PROT.WRITE | PROT.EXEC, MAP.PRIVATE | MAP.ANONYMOUS, -1),

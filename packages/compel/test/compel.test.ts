@@ -366,6 +366,39 @@ describe('@criu-ts/compel', function () {
       expect(await v.waitLine(/^(ok|bad)/)).to.match(/^ok/);
     });
 
+    it('dumpPagesStart in the task: other work meanwhile, then the bytes; a request or a cure while it copies waits for it', async () => {
+      const v = await Victim.start('busy', 4);
+      const victim = injectSync(v.pid);
+      const ranges = [{ addr: asRemoteAddress(v.data), len: 3 << 20 }];
+      const expected = v.expectedData(0, 3 << 20);
+      const file = memfdCreate('pages');
+      try {
+        const parasite = victim.infectSync();
+        // Finished by its own function, after other work of ours.
+        const finish = parasite.dumpPagesStart(ranges, file, { inTask: true });
+        const busyUntil = Date.now() + 5;
+        while (Date.now() < busyUntil) { /* our side's work while the parasite copies */ }
+        expect(finish()).to.equal(3 << 20);
+        const back = Buffer.alloc(3 << 20);
+        expect(pread(file, back, 0n)).to.equal(3 << 20);
+        expect(back.equals(expected)).to.equal(true);
+        expect(() => finish(), 'a second wait has no reply to read').to.throw(/taken by another request/);
+        // Left in flight: the next request reads that reply first, then gets its own.
+        parasite.dumpPagesStart(ranges, file, { inTask: true });
+        expect(parasite.ping().pid).to.equal(v.pid);
+        expect(pread(file, back, BigInt(3 << 20))).to.equal(3 << 20);
+        expect(back.equals(expected)).to.equal(true);
+        // And in flight at cure: cure waits for it, then puts the task back.
+        parasite.dumpPagesStart(ranges, file, { inTask: true });
+      } finally {
+        victim.cureSync();
+        close(file);
+      }
+      expect(mapsText(v.pid)).to.not.match(/criu-ts-parasite/);
+      process.kill(v.pid, 'SIGUSR1');
+      expect(await v.waitLine(/^(ok|bad)/)).to.match(/^ok/);
+    });
+
     it('dump sigactions, itimers, posix timers and misc state', async () => {
       const v = await Victim.start('busy');
       const victim = injectSync(v.pid);

@@ -16,11 +16,13 @@
 //   collect        signals, timers, creds, VMAs, files, cwd/root... into image entries
 //   files          fd tables; one files.img for the tree (an open file description shared
 //                  across fork is one entry)
-//   memory         pages found through /proc/PID/pagemap, moved by vmsplice + splice to
-//                  pages-N.img (one per process, one per shared anonymous object)
+//   memory         pages found with PAGEMAP_SCAN (or /proc/PID/pagemap), moved by vmsplice +
+//                  splice to pages-N.img (one per process, one per shared anonymous object)
 //   write-images   every image but inventory, 0600: per process core/mm/pagemap/fs/ids and
 //                  fdinfo-<files_id>; zombies get a core image only (task_state TASK_DEAD and
-//                  the exit status); pstree.img in tree order
+//                  the exit status); pstree.img in tree order. All but the shared memory
+//                  pagemaps and stats-dump are written while the parasite of the process with
+//                  the most pages copies them (the stage starts inside memory)
 //   finish         inventory.img last (only now does the directory look like a complete dump),
 //                  directory fsync'ed, then every task is killed (its connections die silently
 //                  in repair mode and stay locked for the restore), or left running or stopped
@@ -405,6 +407,88 @@ function dumpTree(options: DumpOptions): DumpResult {
       t.runs = scanPages(t.task.pid, t.vmas!, 'private');
       pagesTotal += t.runs.reduce((n, r) => n + r.pages, 0);
     }
+    // ---- write-images, most of it: what does not depend on the copy of the pages. It runs
+    // while the parasite of the process with the most pages copies them on that task's own
+    // thread (another CPU), instead of after: the tasks stay frozen that much less.
+    const namespaces = namespaceIds(pid);
+    let rootIds: DecodedMessage = {};
+    let overlapMs = 0;
+    const writeImagesNotNeedingPages = () => {
+      const started = performance.now();
+      stage = 'write-images';
+      options.onStage?.(stage);
+      for (const t of live) {
+        const p = t.task.pid;
+        const id = t.objectId;
+        // One fd table, fs and signal handler table per process (none is shared with CLONE_FILES
+        // and friends here): each gets its own id, the root's being 1.
+        const ids: DecodedMessage = { vm_id: id, files_id: id, fs_id: id, sighand_id: id, ...namespaces };
+        if (t.task.pid === pid) rootIds = ids;
+        dir.writeImage(`pagemap-${p}.img`, [{ pages_id: t.pagesId }, ...pagemapEntries(t.runs!)]);
+        dir.writeImage(`core-${p}.img`, [t.core!]);
+        for (const th of t.threadCores!) dir.writeImage(`core-${th.tid}.img`, [th.core]);
+        dir.writeImage(`mm-${p}.img`, [t.mm!]);
+        dir.writeImage(`fs-${p}.img`, [t.fs!]);
+        dir.writeImage(`ids-${p}.img`, [ids]);
+        dir.writeImage(`fdinfo-${id}.img`, t.fdEntries!);
+      }
+      for (const task of tree) {
+        // A zombie has nothing but its exit status (and its name), as CRIU records it.
+        if (task.zombie) {
+          dir.writeImage(`core-${task.pid}.img`, [{
+            mtype: 1 /* X86_64 */,
+            tc: { task_state: TASK_DEAD, exit_code: task.zombie.exitCode, personality: 0, flags: 0, blk_sigset: 0n, comm: task.comm },
+          }]);
+        }
+      }
+      if (files.memfdInodes.size > 0) dir.writeImage('memfd.img', [...files.memfdInodes.values()]);
+      if (sysvSegments.length > 0) {
+        dir.writeImage(`ipcns-shm-${namespaces.ipc_ns_id}.img`, sysvSegments.map((s) => ({ message: s.entry, payload: { type: 'bytes' as const, bytes: s.contents } })));
+      }
+      if (files.remaps.length > 0) dir.writeImage('remap-fpath.img', files.remaps);
+      for (const ghost of files.ghosts) {
+        dir.writeImage(`ghost-file-${ghost.id.toString(16)}.img`, [{ message: ghost.entry, payload: { type: 'bytes', bytes: readGhostContents(ghost) } }]);
+      }
+      dir.writeImage('files.img', files.files);
+      const pipeDataEntries = (data: typeof files.pipeData) =>
+        [...data].map(([pipeId, c]) => ({ message: { pipe_id: pipeId, bytes: c.bytes.length, size: c.size }, payload: { type: 'bytes' as const, bytes: c.bytes } }));
+      if (files.pipeData.size > 0) dir.writeImage('pipes-data.img', pipeDataEntries(files.pipeData));
+      if (files.fifoData.size > 0) dir.writeImage('fifo-data.img', pipeDataEntries(files.fifoData));
+      if (files.ttyInfos.length > 0) dir.writeImage('tty-info.img', files.ttyInfos);
+      if (files.ttyData.length > 0) dir.writeImage('tty-data.img', files.ttyData);
+      if (files.locks.length > 0) dir.writeImage('filelocks.img', files.locks);
+      if (files.socketQueues.length > 0) {
+        dir.writeImage('sk-queues.img', files.socketQueues.map((q) => ({
+          message: { id_for: q.idFor, length: q.bytes.length, ...(q.addr ? { addr: q.addr } : {}), ...(q.rights ? { scm: [{ type: SCM_RIGHTS, rights: q.rights }] } : {}) },
+          payload: { type: 'bytes' as const, bytes: q.bytes },
+        })));
+      }
+      for (const ring of files.packetRings) {
+        const fd = dir.openRaw(`packet-ring-${ring.id}.img`);
+        try {
+          for (let done = 0; done < ring.bytes.length; ) done += writeSync(fd, ring.bytes, done);
+        } finally {
+          closeSync(fd);
+        }
+      }
+      for (const stream of inet.tcpStreams) dir.writeImage(`tcp-stream-${stream.ino.toString(16)}.img`, [{ message: stream.entry, payload: stream.queues }]);
+      const liveByPid = new Map(live.map((t) => [t.task.pid as number, t]));
+      dir.writeImage('pstree.img', tree.map((task) => ({
+        pid: task.pid, ppid: task.ppid, pgid: task.pgid, sid: task.sid,
+        threads: liveByPid.get(task.pid)?.threads.map((th) => th.tid) ?? [task.pid],
+      })));
+      dir.writeImage('seccomp.img', [seccomp.entry]);
+      overlapMs = performance.now() - started;
+      stage = 'memory'; // the copy goes on: a failure from here on is the memory stage's
+    };
+    const pagesOf = (t: TaskDump) => t.runs!.reduce((n, r) => n + r.pages, 0);
+    const overlapIn = live.reduce<TaskDump | undefined>((a, b) => (a && pagesOf(a) >= pagesOf(b) ? a : b), undefined);
+    let imagesWritten = false;
+    const writeImagesOnce = () => {
+      if (imagesWritten) return;
+      imagesWritten = true;
+      writeImagesNotNeedingPages();
+    };
     // When the tasks are killed after the dump, their images must be on disk first: start the
     // writeback while copying, so the fsync before the kill has little left to wait for. With
     // -R/-s the fsync comes after they run again, and the disk would only compete with the copy.
@@ -416,7 +500,8 @@ function dumpTree(options: DumpOptions): DumpResult {
       try {
         fault('in-pages');
         const before = pagesWritten;
-        const bytes = writePages(p, t.runs!, t.parasite!, pagesFd, (done) => options.onProgress?.({ pagesWritten: before + done / 4096, pagesTotal }), copyMode);
+        const onWritten = (done: number) => options.onProgress?.({ pagesWritten: before + done / 4096, pagesTotal });
+        const bytes = writePages(p, t.runs!, t.parasite!, pagesFd, onWritten, copyMode, t === overlapIn ? writeImagesOnce : undefined);
         pagesWritten += bytes / 4096;
       } finally {
         closeFd(pagesFd);
@@ -452,77 +537,14 @@ function dumpTree(options: DumpOptions): DumpResult {
         closeFd(asFd(fd));
       }
     }
-    const memdumpTime = Math.round((performance.now() - memStart) * 1000);
+    const memdumpTime = Math.round((performance.now() - memStart - overlapMs) * 1000);
 
-    // ---- write-images
+    // ---- write-images, the rest: what the copy of the pages found.
+    writeImagesOnce(); // when no task was there to overlap it
     stage = 'write-images';
-    options.onStage?.(stage);
-    const namespaces = namespaceIds(pid);
-    let rootIds: DecodedMessage = {};
-    for (const t of live) {
-      const p = t.task.pid;
-      const id = t.objectId;
-      // One fd table, fs and signal handler table per process (none is shared with CLONE_FILES
-      // and friends here): each gets its own id, the root's being 1.
-      const ids: DecodedMessage = { vm_id: id, files_id: id, fs_id: id, sighand_id: id, ...namespaces };
-      if (t.task.pid === pid) rootIds = ids;
-      dir.writeImage(`pagemap-${p}.img`, [{ pages_id: t.pagesId }, ...pagemapEntries(t.runs!)]);
-      dir.writeImage(`core-${p}.img`, [t.core!]);
-      for (const th of t.threadCores!) dir.writeImage(`core-${th.tid}.img`, [th.core]);
-      dir.writeImage(`mm-${p}.img`, [t.mm!]);
-      dir.writeImage(`fs-${p}.img`, [t.fs!]);
-      dir.writeImage(`ids-${p}.img`, [ids]);
-      dir.writeImage(`fdinfo-${id}.img`, t.fdEntries!);
-    }
-    for (const task of tree) {
-      // A zombie has nothing but its exit status (and its name), as CRIU records it.
-      if (task.zombie) {
-        dir.writeImage(`core-${task.pid}.img`, [{
-          mtype: 1 /* X86_64 */,
-          tc: { task_state: TASK_DEAD, exit_code: task.zombie.exitCode, personality: 0, flags: 0, blk_sigset: 0n, comm: task.comm },
-        }]);
-      }
-    }
     for (const [shmid, shared] of sharedDumps) dir.writeImage(`pagemap-shmem-${shmid}.img`, [{ pages_id: shared.pagesId }, ...shared.entries]);
     for (const m of memfdPagemaps) dir.writeImage(`pagemap-shmem-${m.shmid}.img`, [{ pages_id: m.pagesId }, ...m.entries]);
-    if (files.memfdInodes.size > 0) dir.writeImage('memfd.img', [...files.memfdInodes.values()]);
-    if (sysvSegments.length > 0) {
-      dir.writeImage(`ipcns-shm-${namespaces.ipc_ns_id}.img`, sysvSegments.map((s) => ({ message: s.entry, payload: { type: 'bytes' as const, bytes: s.contents } })));
-    }
-    if (files.remaps.length > 0) dir.writeImage('remap-fpath.img', files.remaps);
-    for (const ghost of files.ghosts) {
-      dir.writeImage(`ghost-file-${ghost.id.toString(16)}.img`, [{ message: ghost.entry, payload: { type: 'bytes', bytes: readGhostContents(ghost) } }]);
-    }
-    dir.writeImage('files.img', files.files);
-    const pipeDataEntries = (data: typeof files.pipeData) =>
-      [...data].map(([pipeId, c]) => ({ message: { pipe_id: pipeId, bytes: c.bytes.length, size: c.size }, payload: { type: 'bytes' as const, bytes: c.bytes } }));
-    if (files.pipeData.size > 0) dir.writeImage('pipes-data.img', pipeDataEntries(files.pipeData));
-    if (files.fifoData.size > 0) dir.writeImage('fifo-data.img', pipeDataEntries(files.fifoData));
-    if (files.ttyInfos.length > 0) dir.writeImage('tty-info.img', files.ttyInfos);
-    if (files.ttyData.length > 0) dir.writeImage('tty-data.img', files.ttyData);
-    if (files.locks.length > 0) dir.writeImage('filelocks.img', files.locks);
-    files.close(); // deleted files in flight were read through criu-ts's copies (ghost files above)
-    if (files.socketQueues.length > 0) {
-      dir.writeImage('sk-queues.img', files.socketQueues.map((q) => ({
-        message: { id_for: q.idFor, length: q.bytes.length, ...(q.addr ? { addr: q.addr } : {}), ...(q.rights ? { scm: [{ type: SCM_RIGHTS, rights: q.rights }] } : {}) },
-        payload: { type: 'bytes' as const, bytes: q.bytes },
-      })));
-    }
-    for (const ring of files.packetRings) {
-      const fd = dir.openRaw(`packet-ring-${ring.id}.img`);
-      try {
-        for (let done = 0; done < ring.bytes.length; ) done += writeSync(fd, ring.bytes, done);
-      } finally {
-        closeSync(fd);
-      }
-    }
-    for (const stream of inet.tcpStreams) dir.writeImage(`tcp-stream-${stream.ino.toString(16)}.img`, [{ message: stream.entry, payload: stream.queues }]);
-    const liveByPid = new Map(live.map((t) => [t.task.pid as number, t]));
-    dir.writeImage('pstree.img', tree.map((task) => ({
-      pid: task.pid, ppid: task.ppid, pgid: task.pgid, sid: task.sid,
-      threads: liveByPid.get(task.pid)?.threads.map((th) => th.tid) ?? [task.pid],
-    })));
-    dir.writeImage('seccomp.img', [seccomp.entry]);
+    files.close(); // deleted files in flight were read through criu-ts's copies (ghost files), memfds through ours
     const frozenTime = Math.round((performance.now() - frozenAt) * 1000);
     const pagesScanned = live.reduce((n, t) => n + t.vmas!.reduce((m, v) => m + Number((v.proc.end - v.proc.start) / 4096n), 0), 0);
     dir.writeImage('stats-dump', [

@@ -421,44 +421,79 @@ function cgroupMounts(): { v2?: string; v1Memory?: string } {
   return out;
 }
 
-/** Writes the pages of `runs` to `out` in order; returns the bytes written. `onWritten` hears of progress. */
-export function writePages(pid: number, runs: readonly PageRun[], parasite: Parasite, out: Fd, onWritten?: (bytes: number) => void, mode: PageCopyMode = { inTask: false, writebackStep: 0 }): number {
+/**
+ * Writes the pages of `runs` to `out` in order; returns the bytes written. `onWritten` hears of
+ * progress. `whileCopying`, if given, runs exactly once: while the parasite copies the largest
+ * batch of pages on the task's thread (in-task mode; otherwise after the copies), so that work
+ * which does not need the parasite overlaps the copy instead of following it.
+ */
+export function writePages(
+  pid: number, runs: readonly PageRun[], parasite: Parasite, out: Fd, onWritten?: (bytes: number) => void,
+  mode: PageCopyMode = { inTask: false, writebackStep: 0 }, whileCopying?: () => void,
+): number {
+  // The plan: batches of readable runs for the parasite (at most PROGRESS_STEP bytes each, for
+  // progress reports), and the runs it cannot read, copied through /proc/PID/mem in between.
+  type Batch = { ranges: Array<{ addr: ReturnType<typeof asRemoteAddress>; len: number }>; bytes: number };
+  const steps: Array<Batch | PageRun> = [];
+  let open: Batch | undefined;
+  for (const run of runs) {
+    const len = run.pages * PAGE_SIZE;
+    if (!run.readable) {
+      steps.push(run);
+      open = undefined;
+      continue;
+    }
+    if (!open) steps.push((open = { ranges: [], bytes: 0 }));
+    open.ranges.push({ addr: asRemoteAddress(run.start), len });
+    open.bytes += len;
+    if (open.bytes >= PROGRESS_STEP) open = undefined;
+  }
+  const batches = steps.filter((s): s is Batch => 'ranges' in s);
+  const overlapped = batches.reduce<Batch | undefined>((a, b) => (a && a.bytes >= b.bytes ? a : b), undefined);
+
   let written = 0;
-  let batch: Array<{ addr: ReturnType<typeof asRemoteAddress>; len: number }> = [];
-  let batchBytes = 0;
-  const flush = () => {
-    if (batch.length === 0) return;
-    written += parasite.dumpPages(batch, out, mode);
-    batch = [];
-    batchBytes = 0;
-    onWritten?.(written);
+  let overlapDone = false;
+  const overlap = () => {
+    overlapDone = true;
+    whileCopying?.();
   };
   let mem: number | undefined;
   try {
-    for (const run of runs) {
-      const len = run.pages * PAGE_SIZE;
-      if (run.readable) {
-        batch.push({ addr: asRemoteAddress(run.start), len });
-        batchBytes += len;
-        if (batchBytes >= PROGRESS_STEP) flush();
+    for (const step of steps) {
+      if ('ranges' in step) {
+        const finish = parasite.dumpPagesStart(step.ranges, out, mode);
+        if (step === overlapped && whileCopying) {
+          try {
+            overlap();
+          } catch (error) {
+            try {
+              finish();
+            } catch {
+              /* the first failure is the one to report */
+            }
+            throw error;
+          }
+        }
+        written += finish();
+        onWritten?.(written);
         continue;
       }
-      flush();
+      const len = step.pages * PAGE_SIZE;
       mem ??= openSync(`/proc/${pid}/mem`, 'r');
       const chunk = Buffer.alloc(Math.min(len, 1 << 20));
       for (let off = 0; off < len; ) {
         const n = Math.min(chunk.length, len - off);
-        const got = readSync(mem, chunk, 0, n, run.start + BigInt(off));
-        if (got !== n) throw new Error(`short read of ${n} bytes at 0x${(run.start + BigInt(off)).toString(16)} through /proc/${pid}/mem`);
+        const got = readSync(mem, chunk, 0, n, step.start + BigInt(off));
+        if (got !== n) throw new Error(`short read of ${n} bytes at 0x${(step.start + BigInt(off)).toString(16)} through /proc/${pid}/mem`);
         for (let w = 0; w < n; ) w += writeSync(out, chunk, w, n - w);
         off += n;
         written += n;
       }
     }
-    flush();
   } finally {
     if (mem !== undefined) closeSync(mem);
   }
+  if (!overlapDone) overlap();
   return written;
 }
 
