@@ -9,6 +9,8 @@ import { ImageReader, PagesReader } from '@criu-ts/images';
 import { alive, waitFor } from './restore-helpers.js';
 import { reapIfOurs, StateKeeper, rootWithSubreaper, imageEntries as entries } from './programs.js';
 import { scanPages, VMA, zeroPfn, type DumpVma } from '../src/dump/memory.js';
+import { emptyYoungGeneration } from '../src/dump/heap-quiet.js';
+import { getHeapSpaceStatistics } from 'node:v8';
 import { asRemoteAddress, getpid, mmap, munmap, processVmReadv, processVmWritev } from '@criu-ts/sys';
 
 
@@ -62,6 +64,17 @@ describe('core: dump of a single process', function () {
     }
     expect(alive(pid)).to.equal(true);
     expect(keeper.check().failures).to.deep.equal([]);
+  });
+
+  it('empties the young generation before a freeze (a minor GC), so that no scavenge lands in the frozen window', function () {
+    const youngUsed = () => getHeapSpaceStatistics().find((space) => space.space_name === 'new_space')!.space_used_size;
+    let keep: unknown[] = [];
+    for (let i = 0; i < 20_000; i++) keep.push({ i, text: `garbage ${i}` });
+    keep = [];
+    const before = youngUsed();
+    emptyYoungGeneration();
+    expect(youngUsed(), `new space used: ${before} bytes before`).to.be.below(before / 2);
+    expect(keep).to.deep.equal([]);
   });
 
   it('finds the same pages to save with PAGEMAP_SCAN as entry by entry: written anonymous pages, private file pages copied on write', function () {

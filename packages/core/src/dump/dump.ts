@@ -51,6 +51,7 @@ import { InetSocketDumper } from './files/inet-sockets.js';
 import { armNetworkGuard } from './network-guard.js';
 import { lockHeldSync, unlockHeldSync, type ConnectionKey, type LockBackend } from '@criu-ts/soccr';
 import { ImageDir } from './image-dir.js';
+import { emptyYoungGeneration } from './heap-quiet.js';
 import {
   describeVmas, pagemapEntries, pagesCopyInTaskAllowed, scanPages, sharedObjects, shmemPagemapEntries, writePages, type DumpVma, type PageRun, type SharedObject,
 } from './memory.js';
@@ -253,6 +254,7 @@ function dumpTree(options: DumpOptions): DumpResult {
   // Read once per process before the clock starts (compel would read it before seizing anyway):
   // running cpu-xstate takes milliseconds in which nothing is frozen yet.
   cpuXstateLayout();
+  emptyYoungGeneration();
   const frozenAt = performance.now();
   let cleanedUp = false;
   const sharedDumps = new Map<bigint, SharedDump>();
