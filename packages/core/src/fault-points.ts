@@ -2,7 +2,16 @@
 // --faults`. A fault fires when the caller passes `faultAt: POINT` or the environment has
 // CRIU_TS_FAULT=dump:POINT (restore:POINT); the stage then fails as a real error there would,
 // through the same rollback.
-export const DUMP_FAULT_POINTS = ['after-freeze', 'after-parasite', 'in-pages', 'before-inventory', 'after-images'] as const;
+/**
+ * Dump, in the order they are reached:
+ *   after-freeze      every task is frozen, its maps and registers read
+ *   after-parasite    every live task has its parasite
+ *   in-pages          before the first task's pages are copied
+ *   while-copying     the first images are being written while a parasite copies pages
+ *   before-inventory  every image but inventory.img is written
+ *   after-images      inventory.img written and synced, tasks not yet killed or resumed
+ */
+export const DUMP_FAULT_POINTS = ['after-freeze', 'after-parasite', 'in-pages', 'while-copying', 'before-inventory', 'after-images'] as const;
 export type DumpFaultPoint = (typeof DUMP_FAULT_POINTS)[number];
 
 /**

@@ -138,7 +138,7 @@ describe('core: process trees', function () {
     keeper = new TreeKeeper();
     const before = keeper.layout();
     const live = keeper.pids.filter((_, i) => i !== TREE_ZOMBIE_SLOT);
-    for (const faultAt of ['after-freeze', 'after-parasite', 'in-pages', 'before-inventory']) {
+    for (const faultAt of ['after-freeze', 'after-parasite', 'in-pages', 'while-copying', 'before-inventory']) {
       expect(() => keeper!.dump({ leave: 'running', faultAt }), faultAt).to.throw(DumpError, /fault injected/);
       expect(existsSync(keeper.images), `${faultAt}: the directory it made is removed`).to.equal(false);
       for (const pid of live) expect(tracerOf(pid), `${faultAt}: tracer of ${pid}`).to.equal(0);

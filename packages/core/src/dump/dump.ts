@@ -419,6 +419,7 @@ function dumpTree(options: DumpOptions): DumpResult {
       const started = performance.now();
       stage = 'write-images';
       options.onStage?.(stage);
+      fault('while-copying');
       for (const t of live) {
         const p = t.task.pid;
         const id = t.objectId;
