@@ -13,7 +13,7 @@ export type RestoreStage =
   | 'unmap-stub' // removing everything of the stub from the new address space
   | 'map-vmas' // mmap of every dumped VMA
   | 'vdso' // putting [vvar]/[vdso] back at their dumped address
-  | 'fill-pages' // preadv of the pages image into the task
+  | 'fill-pages' // the pages image into the task's memory (process_vm_writev)
   | 'protect' // final protections and madvise
   | 'mm-fields' // prctl(PR_SET_MM_MAP): code/data/brk/stack/arg/env, auxv, exe
   | 'files' // file descriptors

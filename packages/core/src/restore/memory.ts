@@ -463,7 +463,7 @@ function keepInheritedPages(
       }
       // The pages that differ are in `mine` already: written from here (process_vm_writev, one
       // call for the chunk; a write breaks copy on write as the task's own would), not read
-      // again by the task (a preadv per scattered page would cost a remote call each).
+      // from the pages file again.
       const ranges: RemoteRange[] = [];
       let out = 0;
       for (let i = 0; i < seg.n; i++) {
@@ -534,7 +534,7 @@ function keepInheritedPages(
     closeSync(mem);
     closeSync(pagemap);
   }
-  // In pages file order, so that readRuns reads runs that follow on in one preadv.
+  // In pages file order, so that readRuns reads runs that follow on in one chunk.
   toRead.sort((a, b) => a[2] - b[2]);
   return { runs: toRead.map(([first, n, offset]) => ({ vaddr: BigInt(first) * BigInt(P), nrPages: n, offset })), shared, written };
 }
