@@ -1,7 +1,7 @@
 // criu-ts dump / restore / check / demo as commands, on real processes (root, as in CI).
 import { expect } from 'chai';
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -11,6 +11,28 @@ import { StateKeeper, TEST_BIN, TreeKeeper, reapIfOurs, rootWithSubreaper } from
 const here = dirname(fileURLToPath(import.meta.url));
 const BIN = resolve(here, '..', '..', 'dist', 'criu-ts.cjs');
 const isRoot = () => process.getuid?.() === 0;
+
+/**
+ * SIGKILLs every process whose command line contains `text` (a test's own temporary directory),
+ * and reaps those that were re-parented to us (we are a subreaper), waiting at most a second.
+ */
+function killProcessesNaming(text: string): void {
+  const killed: number[] = [];
+  for (const name of readdirSync('/proc')) {
+    if (!/^\d+$/.test(name)) continue;
+    try {
+      if (!readFileSync(`/proc/${name}/cmdline`, 'utf8').includes(text)) continue;
+      process.kill(Number(name), 'SIGKILL');
+      killed.push(Number(name));
+    } catch {
+      /* gone meanwhile */
+    }
+  }
+  for (let i = 0; i < 100 && killed.some((pid) => existsSync(`/proc/${pid}`)); i++) {
+    for (const pid of killed) reapIfOurs(pid);
+    spawnSync('sleep', ['0.01']);
+  }
+}
 
 function criuTs(...args: string[]) {
   return spawnSync(process.execPath, [BIN, ...args], { encoding: 'utf8', timeout: 60_000 });
@@ -106,9 +128,11 @@ describe('cli: dump, restore, check, demo', function () {
       expect(readFileSync(join(dir, 'second-terminal'), 'utf8')).to.contain('tty-keeper says 42');
       expect(readFileSync(join(dir, 'first-terminal'), 'utf8')).to.contain(`tty-keeper ${pid} started`);
     } finally {
+      // The two pty-run "shells" (one per terminal) would otherwise live on for their 10 minutes.
+      killProcessesNaming(dir);
       rmSync(dir, { recursive: true, force: true });
-      }
-    });
+    }
+  });
 
   it('dump -t ROOT of a process tree, restore -D DIR -d: the whole tree back, zombie included, its checks pass', function () {
     const tree = new TreeKeeper();
