@@ -5,7 +5,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { chmodSync, existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { DumpError, dumpSync, restoreSync } from '@criu-ts/core';
-import { alive, waitFor } from './restore-helpers.js';
+import { alive, waitFor, thrownBy } from './restore-helpers.js';
 import { StateKeeper, rootWithSubreaper } from './programs.js';
 import { expectIdsFree, expectRunningUntouched, fdLinksOf, mapsOf } from './reliability-helpers.js';
 
@@ -55,12 +55,7 @@ describe('reliability: concurrent dumps, image permissions', function () {
     const dumper = startDumper(pid, first, marker, 1500);
     const exited = exitOf(dumper);
     waitFor('the first dump to freeze the process', () => existsSync(marker), 30_000);
-    let error: unknown;
-    try {
-      dumpSync({ pid, imagesDir: second, leave: 'running' });
-    } catch (e) {
-      error = e;
-    }
+    const error = thrownBy(() => dumpSync({ pid, imagesDir: second, leave: 'running' }));
     expect(error).to.be.instanceOf(DumpError);
     expect((error as DumpError).stage).to.equal('check-options');
     expect((error as Error).message).to.contain(`already traced by process ${dumper.pid}`);

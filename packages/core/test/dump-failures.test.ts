@@ -6,7 +6,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { dumpSync, DumpError } from '@criu-ts/core';
-import { alive, sleepMs, waitFor } from './restore-helpers.js';
+import { alive, sleepMs, waitFor, thrownBy } from './restore-helpers.js';
 import { reapIfOurs, StateKeeper, rootWithSubreaper } from './programs.js';
 
 function status(pid: number): string {
@@ -29,12 +29,7 @@ describe('core: dump failures from outside', function () {
     it(`refuses a ${kind} descriptor up front, by fd and kind, and the program runs on untouched`, function () {
       keeper = new StateKeeper('odd-fd', [kind]);
       const fd = Number(keeper.lines().find((l) => l.startsWith('ready'))!.split(' ')[2]);
-      let error: unknown;
-      try {
-        dumpSync({ pid: keeper.pid, imagesDir: keeper.images });
-      } catch (e) {
-        error = e;
-      }
+      const error = thrownBy(() => dumpSync({ pid: keeper!.pid, imagesDir: keeper!.images }));
       expect(error).to.be.instanceOf(DumpError);
       const message = (error as Error).message;
       expect(message).to.contain(`fd ${fd} (${link}`);

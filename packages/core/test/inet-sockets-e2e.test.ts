@@ -15,7 +15,7 @@ import { DUMP_FAULT_POINTS, DumpError, dumpRunId, dumpSync, listNetworkLocks, re
 import { ImageReader, imageFromCritJson, imageToCritJson } from '@criu-ts/images';
 import { listLocksSync } from '@criu-ts/soccr';
 import { pidfdGetfd, pidfdOpen, sock, close, type Pid } from '@criu-ts/sys';
-import { alive, procState, sleepMs, waitFor } from './restore-helpers.js';
+import { alive, procState, sleepMs, waitFor, thrownBy } from './restore-helpers.js';
 import { dumpAndWait, rootWithSubreaper, imageEntries as entries } from './programs.js';
 import { InetKeeper, STREAM_LEN } from './inet-peer.js';
 import { dumpKilledAtStage } from './reliability-helpers.js';
@@ -81,12 +81,7 @@ describe('core: TCP and UDP sockets end to end', function () {
 
   it('refuses established connections without tcpEstablished, naming each; the program runs on', function () {
     keeper = new InetKeeper();
-    let error: unknown;
-    try {
-      dumpAndWait(keeper.pid, keeper.images);
-    } catch (e) {
-      error = e;
-    }
+    const error = thrownBy(() => dumpAndWait(keeper!.pid, keeper!.images));
     expect(error).to.be.instanceOf(DumpError);
     const message = (error as Error).message;
     expect(message).to.match(/at check-options/);
@@ -105,12 +100,7 @@ describe('core: TCP and UDP sockets end to end', function () {
   for (const kind of ['packet'] as const) {
     it(`refuses a ${kind} socket by fd and kind; the program runs on`, function () {
       keeper = new InetKeeper({ refuse: kind });
-      let error: unknown;
-      try {
-        dumpAndWait(keeper.pid, keeper.images, { tcpEstablished: true });
-      } catch (e) {
-        error = e;
-      }
+      const error = thrownBy(() => dumpAndWait(keeper!.pid, keeper!.images, { tcpEstablished: true }));
       expect(error).to.be.instanceOf(DumpError);
       const want = { packet: /packet socket/ }[kind];
       expect((error as Error).message).to.match(/fd \d+ \(socket:\[\d+\]/);
@@ -155,12 +145,7 @@ describe('core: TCP and UDP sockets end to end', function () {
   it('a dump that fails after the lock, at every fault point, and a dump left running: connections back in service, unlocked', function () {
     keeper = new InetKeeper();
     for (const point of DUMP_FAULT_POINTS) {
-      let error: unknown;
-      try {
-        dumpAndWait(keeper.pid, keeper.images, { tcpEstablished: true, faultAt: point });
-      } catch (e) {
-        error = e;
-      }
+      const error = thrownBy(() => dumpAndWait(keeper!.pid, keeper!.images, { tcpEstablished: true, faultAt: point }));
       expect(error, point).to.be.instanceOf(DumpError);
       expect(heldLocks(), `${point}: lock lifted`).to.deep.equal([]);
       expect(alive(keeper.pid), point).to.equal(true);
@@ -180,12 +165,7 @@ describe('core: TCP and UDP sockets end to end', function () {
     const squatter = sock.socket(sock.AF_INET, 2 /* SOCK_DGRAM */ | sock.SOCK_CLOEXEC, 17);
     try {
       sock.bind(squatter, { family: 4, address: '127.0.0.1', port: keeper.u4Port });
-      let error: unknown;
-      try {
-        restoreSync({ imagesDir: keeper.images, detached: true, tcpEstablished: true });
-      } catch (e) {
-        error = e;
-      }
+      const error = thrownBy(() => restoreSync({ imagesDir: keeper!.images, detached: true, tcpEstablished: true }));
       expect(error).to.be.instanceOf(RestoreError);
       expect((error as Error).message).to.match(new RegExp(`files: .*UDP socket id \\d+ \\(socket:\\[\\d+\\] 127\\.0\\.0\\.1:${keeper.u4Port}, CLOSE\\): bind to 127\\.0\\.0\\.1:${keeper.u4Port} failed: .*EADDRINUSE`));
       expect(alive(keeper.pid), 'no process left by the failed restore').to.equal(false);
@@ -202,12 +182,7 @@ describe('core: TCP and UDP sockets end to end', function () {
   it('a listener with a connection not accepted yet: refused with tcpClose (its state would be lost); with skipInFlight dumped and restored without it', function () {
     keeper = new InetKeeper({ inFlight: true });
     sleepMs(20);
-    let error: unknown;
-    try {
-      dumpAndWait(keeper.pid, keeper.images, { tcpClose: true });
-    } catch (e) {
-      error = e;
-    }
+    const error = thrownBy(() => dumpAndWait(keeper!.pid, keeper!.images, { tcpClose: true }));
     expect(error).to.be.instanceOf(DumpError);
     expect((error as Error).message).to.match(/fd \d+ \(socket:\[\d+\], TCP\/IPv4 127\.0\.0\.1:\d+, LISTEN\): listening socket with 1 connection\(s\) not accepted yet \(in flight\); dump with --tcp-established \(tcpEstablished\) to save them, or with --skip-in-flight/);
     expect(alive(keeper.pid)).to.equal(true);
@@ -286,12 +261,7 @@ describe('core: TCP and UDP sockets end to end', function () {
   it('restore of established connections needs tcpEstablished (or tcpClose), naming the connection', function () {
     keeper = new InetKeeper();
     dumpAndWait(keeper.pid, keeper.images, { tcpEstablished: true });
-    let error: unknown;
-    try {
-      restoreSync({ imagesDir: keeper.images, detached: true });
-    } catch (e) {
-      error = e;
-    }
+    const error = thrownBy(() => restoreSync({ imagesDir: keeper!.images, detached: true }));
     expect(error).to.be.instanceOf(RestoreError);
     expect((error as Error).message).to.match(/validate: .*established TCP connection 127\.0\.0\.1:\d+ -> 127\.0\.0\.1:\d+, ESTABLISHED; restore it with --tcp-established/);
     // The lock stays for the images: restoring them properly still works.

@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { DumpError, dumpSync, restoreSync } from '@criu-ts/core';
 import { checkImagesRoundTrip } from './image-checks.js';
 import { imageEntries, rootWithSubreaper, StateKeeper, TEST_BIN } from './programs.js';
-import { alive } from './restore-helpers.js';
+import { alive, thrownBy } from './restore-helpers.js';
 
 const CLI = join(TEST_BIN, '..', '..', 'packages', 'cli', 'dist', 'criu-ts.cjs');
 
@@ -63,12 +63,7 @@ describe('netlink, raw and packet sockets (e2e)', function () {
     const add = spawnSync('ip', ['link', 'add', link, 'type', 'veth', 'peer', 'name', `${link}p`], { encoding: 'utf8' });
     if (add.status !== 0) throw new Error(`ip link add failed: ${add.stderr}`);
     try {
-      let error: unknown;
-      try {
-        dumpSync({ pid: keeper.pid, imagesDir: keeper.images });
-      } catch (e) {
-        error = e;
-      }
+      const error = thrownBy(() => dumpSync({ pid: keeper!.pid, imagesDir: keeper!.images }));
       expect(error).to.be.instanceOf(DumpError);
       expect((error as Error).message).to.match(/fd \d+ \(socket:\[\d+\], netlink socket\): messages are waiting in it/);
       expect(alive(keeper.pid)).to.equal(true);

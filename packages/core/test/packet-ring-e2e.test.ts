@@ -15,7 +15,7 @@ import { join } from 'node:path';
 import { DumpError, RestoreError, dumpSync, restoreSync } from '@criu-ts/core';
 import { checkImagesRoundTrip } from './image-checks.js';
 import { imageEntries, rootWithSubreaper, StateKeeper, TEST_BIN } from './programs.js';
-import { alive } from './restore-helpers.js';
+import { alive, thrownBy } from './restore-helpers.js';
 
 const CLI = join(TEST_BIN, '..', '..', 'packages', 'cli', 'dist', 'criu-ts.cjs');
 const VMA_AREA_SOCKET = 1 << 11;
@@ -93,12 +93,7 @@ describe('packet sockets with rings (e2e)', function () {
   ] as const) {
     it(`refuses rings it could not map again (${mode}), naming the mapping; the program runs on in its rings`, function () {
       keeper = new StateKeeper('packet-ring-keeper', [mode]);
-      let error: unknown;
-      try {
-        dumpSync({ pid: keeper.pid, imagesDir: keeper.images });
-      } catch (e) {
-        error = e;
-      }
+      const error = thrownBy(() => dumpSync({ pid: keeper!.pid, imagesDir: keeper!.images }));
       expect(error).to.be.instanceOf(DumpError);
       expect((error as Error).message).to.match(refusal);
       expect(existsSync(join(keeper.images, 'inventory.img')), 'no image set left looking complete').to.equal(false);
@@ -115,12 +110,7 @@ describe('packet sockets with rings (e2e)', function () {
     const a = imageEntries(join(keeper.images, 'files.img')).find((f) => f.psk && Number(f.psk.protocol) === 0x88b7)!.psk;
     const ringFile = join(keeper.images, `packet-ring-${a.id}.img`);
     rmSync(ringFile);
-    let error: unknown;
-    try {
-      restoreSync({ imagesDir: keeper.images, detached: true });
-    } catch (e) {
-      error = e;
-    }
+    const error = thrownBy(() => restoreSync({ imagesDir: keeper!.images, detached: true }));
     expect(error).to.be.instanceOf(RestoreError);
     expect((error as RestoreError).stage).to.equal('validate');
     expect((error as Error).message).to.contain(ringFile);

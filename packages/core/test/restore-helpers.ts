@@ -192,3 +192,13 @@ export function writeHandmadeImages(dir: string, pid: number, extra: { fdPath?: 
     thread_core: { futex_rla: 0n, futex_rla_len: 0, blk_sigset: 1n << 9n },
   }]);
 }
+
+/** What `fn` throws (undefined when it returns): for tests that go on to check the error. */
+export function thrownBy(fn: () => unknown): unknown {
+  try {
+    fn();
+  } catch (error) {
+    return error;
+  }
+  return undefined;
+}

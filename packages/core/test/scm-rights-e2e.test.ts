@@ -6,7 +6,7 @@
 import { expect } from 'chai';
 import { join } from 'node:path';
 import { DumpError, dumpSync, restoreSync } from '@criu-ts/core';
-import { alive, ourStubs } from './restore-helpers.js';
+import { alive, ourStubs, thrownBy } from './restore-helpers.js';
 import { imageEntries, rootWithSubreaper, StateKeeper } from './programs.js';
 import { checkImagesRoundTrip } from './image-checks.js';
 
@@ -63,12 +63,7 @@ describe('core: descriptors in flight in unix sockets (SCM_RIGHTS) end to end', 
 
   it('refuses an epoll fd in flight, naming the socket, the message and the descriptor; the program runs on', function () {
     keeper = new StateKeeper('scm-keeper', ['refuse']);
-    let error: unknown;
-    try {
-      dumpSync({ pid: keeper.pid, imagesDir: keeper.images });
-    } catch (e) {
-      error = e;
-    }
+    const error = thrownBy(() => dumpSync({ pid: keeper!.pid, imagesDir: keeper!.images }));
     expect(error).to.be.instanceOf(DumpError);
     expect((error as Error).message).to.match(/descriptor 1 of queued message \d+ of fd \d+ of process \d+ \(socket:\[\d+\]\) is anon_inode:\[eventpoll\]: an eventpoll descriptor in flight \(SCM_RIGHTS\) cannot be dumped/);
     expect(alive(keeper.pid)).to.equal(true);

@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { ImageReader, imageFromCritJson, imageToCritJson } from '@criu-ts/images';
 import { DumpError, dumpSync, RestoreError, restoreSync } from '@criu-ts/core';
 import { shmRemove, shmStat, SHM } from '@criu-ts/sys';
-import { alive, ourStubs } from './restore-helpers.js';
+import { alive, ourStubs, thrownBy } from './restore-helpers.js';
 import { imageEntries, rootWithSubreaper, StateKeeper, TreeKeeper } from './programs.js';
 import { checkImagesRoundTrip } from './image-checks.js';
 
@@ -110,12 +110,7 @@ describe('core: SysV shared memory end to end', function () {
     keeper = start();
     const [a] = segments as [number, number];
     outsider = new StateKeeper('sysv-keeper', ['attach', String(a)]);
-    let error: unknown;
-    try {
-      dumpSync({ pid: keeper.root, imagesDir: keeper.images });
-    } catch (e) {
-      error = e;
-    }
+    const error = thrownBy(() => dumpSync({ pid: keeper!.root, imagesDir: keeper!.images }));
     expect(error).to.be.instanceOf(DumpError);
     expect((error as Error).message).to.match(new RegExp(`SysV shared memory segment id ${a} \\(key 0x5e[0-9a-f]+\\) attached at 0x[0-9a-f]+ in process \\d+, 12388 bytes, mode 640: 5 attachment\\(s\\), 4 of them in the dumped tree; a segment shared with processes outside the tree is not supported`));
     expect(keeper.pids.every(alive)).to.equal(true);
@@ -174,12 +169,7 @@ describe('core: SysV shared memory end to end', function () {
     const [a] = segments as [number, number];
     keeper.dump();
     outsider = new StateKeeper('sysv-keeper', ['attach', String(a)]);
-    let error: unknown;
-    try {
-      restoreSync({ imagesDir: keeper.images, detached: true });
-    } catch (e) {
-      error = e;
-    }
+    const error = thrownBy(() => restoreSync({ imagesDir: keeper!.images, detached: true }));
     expect(error).to.be.instanceOf(RestoreError);
     expect((error as Error).message).to.match(new RegExp(`SysV shared memory segment id ${a} .*: the id is taken by a segment with key 0x5e[0-9a-f]+, 12388 bytes, 1 attachment\\(s\\); remove it \\(ipcrm -m ${a}\\) to restore`));
     expect(keeper.pids.some(alive)).to.equal(false);

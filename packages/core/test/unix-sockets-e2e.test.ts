@@ -14,7 +14,7 @@ import { AF_UNIX, bind, close, connect, listen, sendmsg, SOCK, sockaddrUn, socke
 import { ImageReader, imageFromCritJson, imageToCritJson } from '@criu-ts/images';
 import { readImageSet } from '../src/restore/image-set.js';
 import { planUnixSockets, readSocketQueues, readUnixSocket, type QueuedMessage } from '../src/restore/unix-sockets.js';
-import { alive, ourStubs, sleepMs } from './restore-helpers.js';
+import { alive, ourStubs, sleepMs, thrownBy } from './restore-helpers.js';
 import { StateKeeper, rootWithSubreaper } from './programs.js';
 
 function entries(path: string): Array<Record<string, any>> {
@@ -156,12 +156,7 @@ describe('core: AF_UNIX sockets end to end', function () {
       bind(listener, sockaddrUn(listenerPath));
       listen(listener, 4);
       keeper = new StateKeeper('unix-keeper', ['external', listenerPath]);
-      let error: unknown;
-      try {
-        dumpSync({ pid: keeper.pid, imagesDir: keeper.images });
-      } catch (e) {
-        error = e;
-      }
+      const error = thrownBy(() => dumpSync({ pid: keeper!.pid, imagesDir: keeper!.images }));
       expect(error).to.be.instanceOf(DumpError);
       const message = String((error as Error).message) + String(((error as Error).cause as Error | undefined)?.message ?? '');
       expect(message).to.match(/fd \d+ \(socket:\[\d+\]\): its connection waits in the accept queue of listening socket:\[\d+\] outside the dumped process/);
