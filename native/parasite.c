@@ -17,6 +17,8 @@
 #define NR_rt_sigaction 13
 #define NR_getitimer 36
 #define NR_getpid 39
+#define NR_socket 41
+#define NR_connect 42
 #define NR_recvfrom 45
 #define NR_sendmsg 46
 #define NR_recvmsg 47
@@ -34,9 +36,7 @@
 #define NR_vmsplice 278
 #define NR_rt_sigpending 127
 #define NR_rt_sigtimedwait 128
-#define NR_arch_prctl 158
 
-#define ARCH_GET_XCOMP_PERM 0x1022
 
 #define PR_GET_PDEATHSIG 2
 #define PR_GET_DUMPABLE 3
@@ -198,26 +198,6 @@ static s64 dump_pages(int sock, int pipe_w, int pipe_r, int out, struct iovec *i
   return total;
 }
 
-/*
- * The XSAVE layout as this task sees it (CPUID leaf 0xD, one subleaf per state component) and the
- * state components it is permitted to use. Called by the injector through parasite_entry_call
- * before the daemon starts; the self-cure frame is built from the answer.
- */
-s64 parasite_xstate_layout(struct parasite_xstate_layout *out) {
-  memset(out, 0, sizeof(*out));
-  out->perm_ret = sys2(NR_arch_prctl, ARCH_GET_XCOMP_PERM, &out->perm);
-  u32 a, b, c, d;
-  __asm__ volatile("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(0), "c"(0));
-  if (a < 0xd) return 0;
-  for (u32 i = 2; i < 64; i++) {
-    __asm__ volatile("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(0xd), "c"(i));
-    out->comp[i][0] = a;
-    out->comp[i][1] = b;
-    out->comp[i][2] = c;
-  }
-  return 1;
-}
-
 static s64 dump_misc(struct parasite_misc *m) {
   memset(m, 0, sizeof(*m));
   m->pid = sys0(NR_getpid);
@@ -315,7 +295,7 @@ static void drop_own_sigpipe(void) {
 static void __attribute__((noreturn)) self_cure(struct parasite_ctl *ctl) {
   ctl->state = 2;
   drop_own_sigpipe();
-  sys1(NR_close, ctl->sock);
+  if (ctl->sock >= 0) sys1(NR_close, ctl->sock);
   while (nr_owned_fds > 0) sys1(NR_close, owned_fds[--nr_owned_fds]);
   if (ctl->scratch_addr) sys2(NR_munmap, ctl->scratch_addr, ctl->scratch_len);
   struct stack_t ss;
@@ -336,10 +316,18 @@ s64 parasite_daemon(struct parasite_ctl *ctl) {
   s32 fds[MAX_FDS];
   int nfds;
   char *data = reply_buf + sizeof(struct parasite_rep_hdr);
-  int sock = ctl->sock;
   ctl->state = 1;
   sigpipe_pending_at_start = sigpipe_pending();
   raised_sigpipe = 0;
+  if (ctl->sock < 0) {
+    /* Our own control socket (see struct parasite_ctl). Recorded before connect, so that a
+     * self-cure closes it whatever happens next; a failed connect means the injector is gone. */
+    s64 fd = sys3(NR_socket, 1 /* AF_UNIX */, 5 /* SOCK_SEQPACKET */ | 02000000 /* SOCK_CLOEXEC */, 0);
+    if (fd < 0) self_cure(ctl);
+    ctl->sock = (s32)fd;
+    if (sys3(NR_connect, fd, (s64)ctl->connect_addr, ctl->connect_len) < 0) self_cure(ctl);
+  }
+  int sock = ctl->sock;
   for (;;) {
     s64 n = recv_req(sock, &req, fds, &nfds);
     if (n <= 0) self_cure(ctl);

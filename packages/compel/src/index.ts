@@ -16,7 +16,7 @@ import { infectSync, type Blob, type Parasite } from './parasite.js';
 export { CompelError, type CompelErrorKind } from './errors.js';
 export { Injection, prepare, prepareSync, undoInterruptEintr, type CureOptions, type PrepareOptions, type SeizedThread, type SavedState, type Gadgets } from './injection.js';
 export { nativeDir } from './native.js';
-export { buildSigframe, restartedRegs, sigframeXstateLayout, decodeXstateLayout, cpuXstateLayout, type XstateLayout } from './sigframe.js';
+export { buildSigframe, restartedRegs, sigframeXstateLayout, cpuXstateLayout, type XstateLayout } from './sigframe.js';
 export {
   Parasite, infectSync, loadParasiteBlob, compileBlob,
   type Blob, type LoadedBlob, type Sigaction, type Itimer, type PosixTimer, type TaskMisc,

@@ -112,6 +112,8 @@ const SYSCALL_STOP = SIGNALS.SIGTRAP | 0x80;
  */
 interface ReturnChain {
   readonly sp: bigint;
+  /** The worker's: STACK_SCRATCH bytes at the top of the area, for stackScratchSync. */
+  readonly scratch: bigint | null;
   readonly original: Buffer;
   /** The rt_sigreturn frame for a given address (its fpstate pointer depends on it). */
   readonly frameAt: (frameAddr: bigint) => Buffer;
@@ -121,6 +123,8 @@ interface ReturnChain {
 const UNDO_MAX = 8;
 /** Words of one undo operation: pop rdi, a0, pop rsi, a1, pop rax, nr, "syscall; ret". */
 const UNDO_WORDS = 7;
+/** Bytes the worker's chain area keeps free above the chain, for stackScratchSync. */
+const STACK_SCRATCH = 64;
 
 /**
  * A thread we ran code in: its own registers and mask as seized, its return chain (built on first
@@ -291,9 +295,9 @@ export class Injection {
   /**
    * The task's mappings as first read while seized, for what only our own calls could change and
    * never do: its code (gadgets) and its threads' stacks (return chains). One read of
-   * /proc/PID/maps per injection instead of one per thread.
+   * /proc/PID/maps per injection instead of one per thread. @internal (the parasite's chain too)
    */
-  private seizedMaps(): Vma[] {
+  seizedMaps(): Vma[] {
     this.mapsAtSeize ??= readMaps(this.pid);
     return this.mapsAtSeize;
   }
@@ -395,7 +399,8 @@ export class Injection {
     // The frame's extended state is cut to what the task's rt_sigreturn takes (sigframe.ts).
     const xstate = sigframeXstateLayout(xsave, cpuXstateLayout());
     const undoRoom = tid === this.worker ? UNDO_MAX * UNDO_WORDS * 8 : 0;
-    const size = Math.ceil((16 + undoRoom + SIGFRAME.size + 64 + xsave.length + 4) / 64) * 64;
+    const scratchRoom = tid === this.worker ? STACK_SCRATCH : 0;
+    const size = Math.ceil((16 + undoRoom + SIGFRAME.size + 64 + xsave.length + 4) / 64) * 64 + scratchRoom;
     const rsp = hold.regs.rsp;
     const start = (rsp - 128n - BigInt(size)) & ~63n; // the red zone belongs to the interrupted code
     const stack = this.seizedMaps().find((v) => v.start <= start && rsp <= v.end && v.perms.startsWith('rw'));
@@ -403,6 +408,7 @@ export class Injection {
     const own = restartedRegs(tid === this.worker ? undoInterruptEintr(hold.regs) : hold.regs);
     const chain: ReturnChain = {
       sp: start,
+      scratch: scratchRoom > 0 ? start + BigInt(size - scratchRoom) : null,
       original: this.readMemorySync(start, size),
       frameAt: (frameAddr) => buildSigframe(own, hold.sigmask, xsave, frameAddr, gadgets.syscallRet!, xstate),
     };
@@ -910,6 +916,23 @@ export class Injection {
     let fd = 0;
     while (used.has(fd)) fd++;
     return fd;
+  }
+
+  /**
+   * Writes `data` (at most 64 bytes) into the worker's stack, in the area its return chain
+   * reserves below the red zone, and returns its address: an argument for a remote syscall (a
+   * name, say) without a mapping made for it, which would cost two more remote syscalls. The
+   * bytes are put back with the rest of the area on cure, and nothing of ours uses them meanwhile
+   * but the next remote syscall. null when the worker has no return chain (see chainOf): map
+   * a scratch page instead.
+   */
+  stackScratchSync(data: Uint8Array): RemoteAddress | null {
+    this.assertSeized('stack scratch');
+    if (data.length > STACK_SCRATCH) throw new RangeError(`stack scratch holds at most ${STACK_SCRATCH} bytes, not ${data.length}`);
+    const chain = this.chainOf(this.worker, this.holdOf(this.worker));
+    if (!chain || chain.scratch === null) return null;
+    this.writeMemorySync(chain.scratch, data);
+    return asRemoteAddress(chain.scratch);
   }
 
   /** Unmaps a mapping made with mapSync. */

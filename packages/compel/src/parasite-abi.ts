@@ -7,7 +7,7 @@ export const PARASITE_MAGIC = 0x63726975747321n;
 export const CTL = {
   magic: 0, sock: 8, blob_addr: 16, blob_len: 24, scratch_addr: 32, scratch_len: 40, chain_addr: 48,
   chain_len: 56, chain_off: 64, gadget_syscall_ret: 72, uc_stack_off: 80, frame_in_blob: 88, state: 96,
-  call_ret: 104, call_done: 112, call_byte: 120, size: 128,
+  call_ret: 104, call_done: 112, call_byte: 120, connect_len: 128, connect_addr: 136, connect_addr_max: 112, size: 248,
 } as const;
 
 export const CMD = {
@@ -15,9 +15,6 @@ export const CMD = {
   DUMP_MISC: 6, RECV_FDS: 7, SEND_FDS: 8, SYSCALL: 9, CALL: 10, DUMP_PAGES: 11,
 } as const;
 export type ParasiteCommand = (typeof CMD)[keyof typeof CMD];
-
-/** struct parasite_xstate_layout: perm_ret, perm, then 64 x {size, offset, flags} (u32 each). */
-export const XSTATE_LAYOUT = { perm_ret: 0, perm: 8, comp: 16, comp_size: 12, size: 16 + 64 * 12 } as const;
 
 export const REQ_SIZE = 56;
 export const REP_HDR_SIZE = 16;

@@ -3,11 +3,13 @@
  * seized task and serves typed requests over a unix socket, so that bulk work (moving pages into
  * pipes, collecting per-task state) costs one message instead of one ptrace round trip per call.
  *
- * Loading (all with remote syscalls, see injection.ts):
- *   memfd_create in the task -> the injector opens /proc/PID/fd/N: both hold the same memfd
- *   -> blob written through the injector's fd -> mmap(MAP_SHARED, RWX) in the task -> close in the task
- *   -> socket(AF_UNIX, SOCK_SEQPACKET) + connect() in the task to a listening socket of ours
- *   -> the worker thread is started at the daemon entry with all signals blocked.
+ * Loading, with three remote syscalls (see injection.ts), each a ptrace round trip that costs
+ * 0.1-0.5 ms on a VM and the task is frozen for:
+ *   memfd_create in the task (its name on the worker's stack, below its return chain) -> the
+ *   injector opens /proc/PID/fd/N: both hold the same memfd -> blob and control area written
+ *   through the injector's fd -> mmap(MAP_SHARED, RWX) in the task -> close in the task
+ *   -> the worker thread is started at the daemon entry with all signals blocked; the daemon
+ *   opens its socket(AF_UNIX, SOCK_SEQPACKET) and connects to a listening socket of ours itself.
  *
  * Memory of the blob mapping (shared with the injector, which writes the control area directly):
  *
@@ -22,11 +24,11 @@
  * "pop rax; ret" and "syscall; ret" again perform rt_sigreturn from a frame holding the original
  * registers, signal mask and XSAVE state (see native/parasite.c).
  */
-import { existsSync, readFileSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import {
-  accept4, AF_UNIX, bind, close, F, fcntl, ftruncate, listen, O, open, pipe2, pwrite, recvmsg, sendmsg,
+  accept4, AF_UNIX, bind, close, F, fcntl, ftruncate, getsockopt, listen, O, open, pipe2, pollOne, POLL, pwrite, recvmsg, sendmsg,
   setsockopt, SO, SOCK, socket, sockaddrUn, SOL_SOCKET, splice, timeval, toSigframeFpstate, asRemoteAddress,
   MAP, PROT, syscallNumber, SysError, ERESTARTSYS, ERESTARTNOINTR, ERESTARTNOHAND, ERESTART_RESTARTBLOCK,
   type Fd, type Pid, type RemoteAddress, type SyscallName, type UserRegs, type RemoteRange, read as readFd, pread,
@@ -37,11 +39,11 @@ import { undoInterruptEintr, type Injection } from './injection.js';
 import {
   CMD, CTL, MISC_FIELDS, MISC_SIZE, PARASITE_MAGIC, POSIX_TIMER_SIZE, REP_HDR_SIZE, REPLY_MAX, REQ_SIZE,
   SIGACTION_SIZE, SIGCONTEXT_CSGSFSSS, SIGCONTEXT_FPSTATE, SIGCONTEXT_GPRS, SIGFRAME, UC_FP_XSTATE,
-  UC_SIGCONTEXT_SS, UC_STRICT_RESTORE_SS, XSTATE_LAYOUT, type ParasiteCommand,
+  UC_SIGCONTEXT_SS, UC_STRICT_RESTORE_SS, type ParasiteCommand,
 } from './parasite-abi.js';
-import { listPosixTimers, readMaps } from './proc.js';
+import { listPosixTimers, taskState } from './proc.js';
 import { nativeDir } from './native.js';
-import { buildSigframe, decodeXstateLayout, restartedRegs, sigframeXstateLayout, type XstateLayout } from './sigframe.js';
+import { buildSigframe, cpuXstateLayout, restartedRegs, sigframeXstateLayout } from './sigframe.js';
 
 // child_process on first use, not at import: loading it (with the net and dgram modules it pulls
 // in) costs the criu-ts command ~4 ms of start-up, and a plain dump never spawns anything.
@@ -59,17 +61,28 @@ export interface Blob {
 export function loadParasiteBlob(dir = nativeDir()): Blob {
   const bin = `${dir}/build/parasite.bin`;
   const json = `${dir}/build/parasite.json`;
-  if (!existsSync(bin) || !existsSync(json)) {
+  const binStat = statSync(bin, { throwIfNoEntry: false });
+  const jsonStat = statSync(json, { throwIfNoEntry: false });
+  if (!binStat || !jsonStat) {
     throw new CompelError('parasite', 0, `parasite blob not built: ${bin} missing (run npm run build; it needs a C compiler)`);
   }
+  // Read once per build of the files: infection runs with the task frozen, and reading and
+  // parsing them costs ~0.4 ms. A rebuild (new mtime or size) is read again.
+  const stamp = `${binStat.size}:${binStat.mtimeMs}:${jsonStat.size}:${jsonStat.mtimeMs}`;
+  const cached = blobCache.get(dir);
+  if (cached?.stamp === stamp) return cached.blob;
   const raw = JSON.parse(readFileSync(json, 'utf8')) as Record<string, string>;
   const symbols = Object.fromEntries(Object.entries(raw).map(([k, v]) => [k, Number(BigInt(v))]));
   const code = readFileSync(bin);
   for (const s of ['parasite_entry_daemon', 'parasite_entry_call', 'parasite_int3', '__blob_end']) {
     if (symbols[s] === undefined) throw new CompelError('parasite', 0, `parasite.json lacks ${s}`, { symbols });
   }
-  return { code, symbols, size: symbols.__blob_end! };
+  const blob = { code, symbols, size: symbols.__blob_end! };
+  blobCache.set(dir, { stamp, blob });
+  return blob;
 }
+
+const blobCache = new Map<string, { stamp: string; blob: Blob }>();
 
 /**
  * Compiles a user blob from C source with the parasite's own rules (no libc, position
@@ -167,8 +180,6 @@ export class Parasite {
     readonly selfCureUnmaps: boolean,
     /** The extended state the self-cure frame restores (undefined: the whole NT_X86_XSTATE image). */
     readonly selfCureXstate: { features: bigint; size: number } | undefined,
-    /** The CPU's XSAVE layout and the task's permissions, as the blob read them in the task (null: not read). */
-    readonly xstateLayout: XstateLayout | null,
   ) {
     this.sock = sock;
   }
@@ -189,15 +200,24 @@ export class Parasite {
     const stackOff = align(ctlOff + bufOff + BUF_SIZE, PAGE);
     const size = stackOff + STACK_SIZE + THREAD_STACK_SIZE;
 
-    // 1. A memfd in the task, opened by us through /proc: the same file on both sides.
-    const scratch = inj.mapSync(PAGE);
-    inj.writeMemorySync(scratch, Buffer.from('criu-ts-parasite\0'));
+    // 1. A memfd in the task, opened by us through /proc: the same file on both sides. Its name
+    // goes on the worker's stack (below its return chain), or in a page mapped for it when the
+    // task has no chain.
+    const name = Buffer.from('criu-ts-parasite\0');
+    let scratch: RemoteAddress | null = null;
+    let namePtr = inj.stackScratchSync(name);
+    if (namePtr === null) {
+      scratch = inj.mapSync(PAGE);
+      inj.writeMemorySync(scratch, name);
+      namePtr = scratch;
+    }
     // Each descriptor's undo is registered before it exists (see Injection.undoOnDeath): the
     // task's next descriptor is its lowest free one.
     inj.undoOnDeath('parasite memfd', 'close', inj.lowestFreeFd());
-    const remoteMemfd = Number(inj.syscallRawSync('memfd_create', scratch, 1 /* MFD_CLOEXEC */));
+    const remoteMemfd = Number(inj.syscallRawSync('memfd_create', namePtr, 1 /* MFD_CLOEXEC */));
     if (remoteMemfd < 0) {
       inj.forgetUndo('parasite memfd');
+      if (scratch !== null) inj.unmapSync(scratch);
       throw new SysError('memfd_create', -remoteMemfd, `remote, in pid ${pid}`);
     }
     inj.undoOnDeath('parasite memfd', 'close', remoteMemfd);
@@ -209,67 +229,28 @@ export class Parasite {
     } catch (err) {
       inj.syscallRawSync('close', remoteMemfd);
       inj.forgetUndo('parasite memfd');
+      if (scratch !== null) inj.unmapSync(scratch);
       throw err;
     }
     // 2. Map it in the task; the task's fd is not needed any more.
     let base: RemoteAddress;
     try {
       base = inj.mapSync(size, PROT.READ | PROT.WRITE | PROT.EXEC, MAP.SHARED, remoteMemfd);
+    } catch (err) {
+      close(memfd);
+      throw err;
     } finally {
       inj.syscallRawSync('close', remoteMemfd);
       inj.forgetUndo('parasite memfd');
+      if (scratch !== null) inj.unmapSync(scratch);
     }
-    // 3. The control socket: the task connects to a listening socket of ours (abstract name).
-    const name = `\0criu-ts-compel-${process.pid}-${pid}-${Date.now()}-${Math.random().toString(36).slice(2)}`;
-    const addr = sockaddrUn(name);
-    const listener = socket(AF_UNIX, SOCK.SEQPACKET);
-    let sock: Fd;
-    let remoteSock: number;
-    try {
-      bind(listener, addr);
-      listen(listener, 1);
-      inj.writeMemorySync(scratch, addr);
-      inj.undoOnDeath('parasite socket', 'close', inj.lowestFreeFd());
-      remoteSock = Number(inj.syscallRawSync('socket', AF_UNIX, SOCK.SEQPACKET | SOCK.CLOEXEC, 0));
-      if (remoteSock < 0) {
-        inj.forgetUndo('parasite socket');
-        throw new SysError('socket', -remoteSock, `remote, in pid ${pid}`);
-      }
-      inj.undoOnDeath('parasite socket', 'close', remoteSock);
-      try {
-        inj.syscallSync('connect', remoteSock, scratch, addr.length);
-      } catch (err) {
-        inj.syscallRawSync('close', remoteSock);
-        inj.forgetUndo('parasite socket');
-        throw err;
-      }
-      sock = accept4(listener);
-    } finally {
-      close(listener);
-    }
-    setsockopt(sock, SOL_SOCKET, SO.RCVTIMEO, timeval(inj.timeoutMs));
-    setsockopt(sock, SOL_SOCKET, SO.SNDTIMEO, timeval(inj.timeoutMs));
-    inj.unmapSync(scratch);
 
-    // 4. The self-cure chain and frame, for the case where we die while the parasite runs. The
-    // frame's extended state is cut to what this task's rt_sigreturn accepts, from the XSAVE
-    // layout and permissions the blob reads in the task (one call before the daemon starts).
+    // 3. The self-cure chain and frame, for the case where we die while the parasite runs. The
+    // frame's extended state is cut to what this task's rt_sigreturn accepts (sigframe.ts), from
+    // the CPU's XSAVE layout, read before the task was seized (prepareSync).
     const ctlAddr = base + BigInt(ctlOff);
     const stackTop = base + BigInt(stackOff + STACK_SIZE) - 64n;
-    let xstate: { features: bigint; size: number } | undefined;
-    let cpuLayout: XstateLayout | null = null;
-    const layoutFn = blob.symbols.parasite_xstate_layout;
-    if (layoutFn !== undefined) {
-      const out = ctlAddr + BigInt(bufOff);
-      const entry = asRemoteAddress(base + BigInt(blob.symbols.parasite_entry_call!));
-      const call = { entry, ctlAddr, memfd, ctlOff, remoteSock };
-      if (callInBlob(inj, inj.worker, call, base + BigInt(layoutFn), stackTop, [out], 'parasite_xstate_layout') === 1n) {
-        const raw = Buffer.alloc(XSTATE_LAYOUT.size);
-        pread(memfd, raw, BigInt(ctlOff + bufOff));
-        cpuLayout = decodeXstateLayout(raw);
-        xstate = sigframeXstateLayout(inj.saved.xsave, cpuLayout);
-      }
-    }
+    const xstate = sigframeXstateLayout(inj.saved.xsave, cpuXstateLayout());
     const orig = restartedRegs(undoInterruptEintr(inj.saved.regs));
     const ctl = Buffer.alloc(CTL.size);
     let chainAddr = 0n;
@@ -277,7 +258,7 @@ export class Parasite {
     if (gadgets.syscallRet && gadgets.popRaxRet) {
       const below = inj.saved.regs.rsp - 128n; // the red zone belongs to the interrupted code
       const start = (below - BigInt(chainMax)) & ~63n;
-      const stackVma = readMaps(pid).find((v) => v.start <= start && inj.saved.regs.rsp <= v.end && v.perms.startsWith('rw'));
+      const stackVma = inj.seizedMaps().find((v) => v.start <= start && inj.saved.regs.rsp <= v.end && v.perms.startsWith('rw'));
       if (stackVma) {
         const frame = buildSigframe(orig, inj.saved.sigmask, inj.saved.xsave, start + 16n, gadgets.syscallRet, xstate);
         chain = Buffer.alloc(16 + frame.length);
@@ -289,8 +270,14 @@ export class Parasite {
     }
     const frameInBlob = ctlAddr + BigInt(frameOff);
     const fallback = buildSigframe(orig, inj.saved.sigmask, inj.saved.xsave, frameInBlob, 0n, xstate);
+
+    // 4. The control socket: the daemon opens it and connects to a listening socket of ours
+    // (abstract name), as the first thing it does; the address travels in the control area.
+    const listenName = `\0criu-ts-compel-${process.pid}-${pid}-${Date.now()}-${Math.random().toString(36).slice(2)}`;
+    const addr = sockaddrUn(listenName);
+    if (addr.length > CTL.connect_addr_max) throw new RangeError(`socket address of ${addr.length} bytes`);
     ctl.writeBigUInt64LE(PARASITE_MAGIC, CTL.magic);
-    ctl.writeInt32LE(remoteSock, CTL.sock);
+    ctl.writeInt32LE(-1, CTL.sock);
     ctl.writeBigUInt64LE(base, CTL.blob_addr);
     ctl.writeBigUInt64LE(BigInt(size), CTL.blob_len);
     ctl.writeBigUInt64LE(chainAddr, CTL.chain_addr);
@@ -299,18 +286,43 @@ export class Parasite {
     ctl.writeBigUInt64LE(gadgets.syscallRet ?? 0n, CTL.gadget_syscall_ret);
     ctl.writeBigUInt64LE(BigInt(16 + SIGFRAME.uc_stack), CTL.uc_stack_off);
     ctl.writeBigUInt64LE(frameInBlob, CTL.frame_in_blob);
+    ctl.writeUInt32LE(addr.length, CTL.connect_len);
+    addr.copy(ctl, CTL.connect_addr);
     pwrite(memfd, ctl, BigInt(ctlOff));
     if (chain.length > 0) pwrite(memfd, chain, BigInt(ctlOff + chainOff));
     pwrite(memfd, fallback, BigInt(ctlOff + frameOff));
 
-    // 5. Start the daemon on the blob's stack.
-    inj.startWorkerSync({ ...inj.saved.regs, rip: base + BigInt(blob.symbols.parasite_entry_daemon!), rsp: stackTop, rdi: ctlAddr });
-    const parasite = new Parasite(inj, base, size, memfd, ctlOff, bufOff, sock, remoteSock, blob, chainAddr !== 0n, xstate, cpuLayout);
-    inj.onCure(() => parasite.stopSync());
-    const pong = parasite.command(CMD.PING);
-    if (Number(pong.ret) !== inj.worker) {
-      throw new CompelError('parasite', pid, `parasite answered PING with tid ${pong.ret}, expected ${inj.worker}`);
+    // 5. Start the daemon on the blob's stack and take its connection.
+    const listener = socket(AF_UNIX, SOCK.SEQPACKET | SOCK.CLOEXEC);
+    let sock: Fd;
+    let remoteSock: number;
+    try {
+      bind(listener, addr);
+      listen(listener, 1);
+      inj.startWorkerSync({ ...inj.saved.regs, rip: base + BigInt(blob.symbols.parasite_entry_daemon!), rsp: stackTop, rdi: ctlAddr });
+      try {
+        sock = acceptDaemon(listener, inj);
+        remoteSock = readCtlSock(memfd, ctlOff);
+        if (remoteSock < 0) throw new CompelError('parasite', pid, `the parasite connected but its control area shows no socket (${remoteSock})`);
+      } catch (err) {
+        // The daemon did not come up: take the thread back and close what it may have opened;
+        // cure unmaps the blob and puts the registers back.
+        try {
+          inj.takeBackWorkerSync('parasite start');
+          const opened = readCtlSock(memfd, ctlOff);
+          if (opened >= 0) inj.syscallRawSync('close', opened);
+        } catch { /* the first failure is the one to report */ }
+        close(memfd);
+        throw err;
+      }
+    } finally {
+      close(listener);
     }
+    inj.undoOnDeath('parasite socket', 'close', remoteSock);
+    setsockopt(sock, SOL_SOCKET, SO.RCVTIMEO, timeval(inj.timeoutMs));
+    setsockopt(sock, SOL_SOCKET, SO.SNDTIMEO, timeval(inj.timeoutMs));
+    const parasite = new Parasite(inj, base, size, memfd, ctlOff, bufOff, sock, remoteSock, blob, chainAddr !== 0n, xstate);
+    inj.onCure(() => parasite.stopSync());
     return parasite;
   }
 
@@ -668,6 +680,31 @@ export class Parasite {
     inj.forgetUndo('parasite socket');
     inj.unmapSync(this.base);
   }
+}
+
+/**
+ * The daemon's connection on `listener`, within the injection's timeout. Only the task itself
+ * may connect: the abstract name is visible in /proc/net/unix, so a connection from any other
+ * process is refused (and closed) rather than taken for the parasite.
+ */
+function acceptDaemon(listener: Fd, inj: Injection): Fd {
+  const deadline = Date.now() + inj.timeoutMs;
+  for (let round = 0; round < 1000; round++) {
+    const left = deadline - Date.now();
+    if (left <= 0 || pollOne(listener, POLL.IN, left) === 0) break;
+    const conn = accept4(listener, SOCK.CLOEXEC);
+    const ucred = getsockopt(conn, SOL_SOCKET, SO.PEERCRED, 12); // struct ucred: pid, uid, gid
+    if (ucred.readInt32LE(0) === inj.pid) return conn;
+    close(conn);
+  }
+  throw new CompelError('timeout', inj.pid, `the parasite did not connect within ${inj.timeoutMs} ms`, { state: taskState(inj.pid, inj.worker) });
+}
+
+/** The control socket's number in the task, as the daemon recorded it in the control area (-1: none). */
+function readCtlSock(memfd: Fd, ctlOff: number): number {
+  const raw = Buffer.alloc(4);
+  pread(memfd, raw, BigInt(ctlOff + CTL.sock));
+  return raw.readInt32LE(0);
 }
 
 /** Where a blob call reports (parasite_entry_call's registers): the blob's control area and socket. */

@@ -15,7 +15,7 @@ import { CompelError } from './errors.js';
 import { nativeDir } from './native.js';
 import {
   SIGCONTEXT_CSGSFSSS, SIGCONTEXT_FPSTATE, SIGCONTEXT_GPRS, SIGFRAME, UC_FP_XSTATE, UC_SIGCONTEXT_SS,
-  UC_STRICT_RESTORE_SS, XSTATE_LAYOUT,
+  UC_STRICT_RESTORE_SS,
 } from './parasite-abi.js';
 
 // child_process on first use, not at import: loading it (with the net and dgram modules it pulls
@@ -43,21 +43,12 @@ export function restartedRegs(regs: UserRegs): UserRegs {
   return regs;
 }
 
-/** The task's XSAVE layout as the parasite found it (struct parasite_xstate_layout). */
+/** The CPU's XSAVE layout (CPUID leaf 0xD), and the components a task may use where known. */
 export interface XstateLayout {
-  /** ARCH_GET_XCOMP_PERM: the components the task may use; null if the kernel has no such call. */
+  /** ARCH_GET_XCOMP_PERM: the components the task may use; null when not known. */
   perm: bigint | null;
   /** CPUID(0xD, i) per component i (index 0 and 1 unused): size, standard-format offset, flags (ECX). */
   components: Array<{ size: number; offset: number; flags: number }>;
-}
-
-export function decodeXstateLayout(buf: Buffer): XstateLayout {
-  const permRet = buf.readBigInt64LE(XSTATE_LAYOUT.perm_ret);
-  const components = Array.from({ length: 64 }, (_, i) => {
-    const o = XSTATE_LAYOUT.comp + i * XSTATE_LAYOUT.comp_size;
-    return { size: buf.readUInt32LE(o), offset: buf.readUInt32LE(o + 4), flags: buf.readUInt32LE(o + 8) };
-  });
-  return { perm: permRet === 0n ? buf.readBigUInt64LE(XSTATE_LAYOUT.perm) : null, components };
 }
 
 let cpuLayoutCache: (XstateLayout & { size: number }) | undefined;

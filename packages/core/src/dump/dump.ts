@@ -45,7 +45,7 @@ import { readAuxv, readLink, readStat, readStatus } from '../proc/task-files.js'
 import { readSmaps, type ProcVma } from '../proc/smaps.js';
 import { writeMemfdPages } from './files/memfd.js';
 import { xsaveOffsetsFromCpuid } from '../arch/x86-fpu.js';
-import { cpuXstateLayout } from '@criu-ts/compel';
+import { cpuXstateLayout, loadParasiteBlob } from '@criu-ts/compel';
 import { FileTable, findOutsideTerminal, findUnsupportedDescriptor, readGhostContents, socketInodesOf, UnsupportedFileError } from './files.js';
 import { InetSocketDumper } from './files/inet-sockets.js';
 import { armNetworkGuard } from './network-guard.js';
@@ -252,8 +252,10 @@ function dumpTree(options: DumpOptions): DumpResult {
   // network back if criu-ts is killed outright while connections are locked (network-guard.ts).
   const guard = inetOptions.tcpEstablished ? armNetworkGuard(options.imagesDir, runId) : null;
   // Read once per process before the clock starts (compel would read it before seizing anyway):
-  // running cpu-xstate takes milliseconds in which nothing is frozen yet.
+  // running cpu-xstate takes milliseconds in which nothing is frozen yet; so does reading the
+  // parasite blob, which infection would otherwise do with the task frozen.
   cpuXstateLayout();
+  loadParasiteBlob();
   emptyYoungGeneration();
   const frozenAt = performance.now();
   let cleanedUp = false;
@@ -364,9 +366,8 @@ function dumpTree(options: DumpOptions): DumpResult {
       // other thread's by running the same code in that thread (one ptrace round trip each).
       const misc = t.parasite!.dumpMisc();
       for (const th of t.threads) th.own = threadOwnStateFromMisc(th.tid === t.victim.worker ? misc : t.parasite!.threadMisc(th.tid));
-      // The XSAVE layout is the CPU's (CPUID), read by the parasite in the task.
-      const cpuLayout = t.parasite!.xstateLayout;
-      const xsaveOffsets = xsaveOffsetsFromCpuid(cpuLayout ? cpuLayout.components : cpuXstateLayout().components);
+      // The XSAVE layout is the CPU's (CPUID, read before the freeze).
+      const xsaveOffsets = xsaveOffsetsFromCpuid(cpuXstateLayout().components);
       const { core } = buildCoreEntry(t.threads[0]!, t.parasite!, misc, xsaveOffsets);
       t.core = core;
       t.threadCores = t.threads.slice(1).map((th) => ({ tid: th.tid, core: buildThreadCoreEntry(th, xsaveOffsets) }));
