@@ -13,16 +13,16 @@
 //                  peers' packets are dropped (soccr's nft/iptables lock, held for these images)
 //                  before their queues are read, and until a restore lifts the lock
 //   infect         the parasite is loaded into every live process (it runs in the leader)
-//   collect        signals, timers, creds, VMAs, files, cwd/root... into image entries
-//   files          fd tables; one files.img for the tree (an open file description shared
-//                  across fork is one entry)
+//   collect        signals, timers, creds, VMAs, mapped files... into image entries
 //   memory         pages found with PAGEMAP_SCAN (or /proc/PID/pagemap), moved by vmsplice +
 //                  splice to pages-N.img (one per process, one per shared anonymous object)
+//   files          fd tables, cwd/root; one files.img for the tree (an open file description
+//                  shared across fork is one entry). Needs no parasite: runs inside memory,
+//                  while the parasite of the process with the most pages copies them
 //   write-images   every image but inventory, 0600: per process core/mm/pagemap/fs/ids and
 //                  fdinfo-<files_id>; zombies get a core image only (task_state TASK_DEAD and
 //                  the exit status); pstree.img in tree order. All but the shared memory
-//                  pagemaps and stats-dump are written while the parasite of the process with
-//                  the most pages copies them (the stage starts inside memory)
+//                  pagemaps and stats-dump are written during that copy too, after files
 //   finish         inventory.img last (only now does the directory look like a complete dump),
 //                  directory fsync'ed, then every task is killed (its connections die silently
 //                  in repair mode and stay locked for the restore), or left running or stopped
@@ -385,21 +385,6 @@ function dumpTree(options: DumpOptions): DumpResult {
       for (const th of t.threadCores!) Object.assign(th.core.thread_core as DecodedMessage, seccomp.threadFields.get(th.tid));
     }
 
-    // ---- files
-    stage = 'files';
-    options.onStage?.(stage);
-    // Descriptors inherited across fork share one open file description: one files.img entry.
-    files.peekUnixQueues(live.map((t) => ({ pid: t.task.pid, fds: t.taskFds })));
-    for (const t of live) {
-      const p = t.task.pid;
-      t.fdEntries = dumpDescriptors(p, t.taskFds, files);
-      const cwdId = files.directory(readLink(p, 'cwd'), `/proc/${p}/cwd`);
-      const rootId = files.directory(readLink(p, 'root'), `/proc/${p}/root`);
-      t.fs = { cwd_id: cwdId, root_id: rootId, ...t.fs };
-    }
-    files.finishTerminals();
-    files.checkMappedSockets();
-
     // ---- memory
     stage = 'memory';
     options.onStage?.(stage);
@@ -418,6 +403,22 @@ function dumpTree(options: DumpOptions): DumpResult {
     let overlapMs = 0;
     const writeImagesNotNeedingPages = () => {
       const started = performance.now();
+      // ---- files: needs no parasite (descriptors are read through /proc, sock_diag and
+      // pidfd_getfd), so it runs during the copy too.
+      stage = 'files';
+      options.onStage?.(stage);
+      // Descriptors inherited across fork share one open file description: one files.img entry.
+      files.peekUnixQueues(live.map((t) => ({ pid: t.task.pid, fds: t.taskFds })));
+      for (const t of live) {
+        const p = t.task.pid;
+        t.fdEntries = dumpDescriptors(p, t.taskFds, files);
+        const cwdId = files.directory(readLink(p, 'cwd'), `/proc/${p}/cwd`);
+        const rootId = files.directory(readLink(p, 'root'), `/proc/${p}/root`);
+        t.fs = { cwd_id: cwdId, root_id: rootId, ...t.fs };
+      }
+      files.finishTerminals();
+      files.checkMappedSockets();
+
       stage = 'write-images';
       options.onStage?.(stage);
       fault('while-copying');
