@@ -33,7 +33,7 @@
 // stays stopped) exactly as before; every file this dump wrote is removed.
 import { closeSync, existsSync, openSync, readdirSync, readFileSync, readSync, writeSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
-import type { Parasite, Victim } from '@criu-ts/compel';
+import type { Parasite, TaskMisc, Victim } from '@criu-ts/compel';
 import type { DecodedMessage } from '@criu-ts/images';
 import {
   __WALL, asFd, sleepSync, asPid, kill, close as closeFd, ptraceGetRegs, wait4, WNOHANG, ptraceGetRegset, ptraceGetSigmask, NT, type Fd, type Pid,
@@ -56,7 +56,7 @@ import {
   describeVmas, pagemapEntries, pagesCopyInTaskAllowed, scanPages, sharedObjects, shmemPagemapEntries, writePages, type DumpVma, type PageRun, type SharedObject,
 } from './memory.js';
 import {
-  buildCoreEntry, buildThreadCoreEntry, collectPtraceState, threadOwnStateFromMisc, TASK_STOPPED, type TaskSnapshot,
+  askParasite, buildCoreEntry, buildThreadCoreEntry, collectPtraceState, threadOwnStateFromMisc, TASK_STOPPED, type ParasiteAnswers, type TaskSnapshot,
 } from './task-core.js';
 import { seccompImage } from './seccomp.js';
 import { SysvShmDumper } from './sysv-shm.js';
@@ -165,6 +165,9 @@ interface TaskDump {
   mm?: DecodedMessage;
   fdEntries?: DecodedMessage[];
   fs?: DecodedMessage;
+  misc?: TaskMisc;
+  answers?: ParasiteAnswers;
+  exeId?: number;
   runs?: PageRun[];
 }
 
@@ -366,24 +369,34 @@ function dumpTree(options: DumpOptions): DumpResult {
       // other thread's by running the same code in that thread (one ptrace round trip each).
       const misc = t.parasite!.dumpMisc();
       for (const th of t.threads) th.own = threadOwnStateFromMisc(th.tid === t.victim.worker ? misc : t.parasite!.threadMisc(th.tid));
-      // The XSAVE layout is the CPU's (CPUID, read before the freeze).
-      const xsaveOffsets = xsaveOffsetsFromCpuid(cpuXstateLayout().components);
-      const { core } = buildCoreEntry(t.threads[0]!, t.parasite!, misc, xsaveOffsets);
-      t.core = core;
-      t.threadCores = t.threads.slice(1).map((th) => ({ tid: th.tid, core: buildThreadCoreEntry(th, xsaveOffsets) }));
-      t.mm = mmEntry(p, exeId, t.vmas, Number(misc.dumpable));
+      // The rest of what the core needs from the parasite now: the copy of the pages keeps it
+      // busy, and the images are built during that copy (buildTaskEntries).
+      t.answers = askParasite(t.threads[0]!, t.parasite!);
+      t.misc = misc;
+      t.exeId = exeId;
       t.fs = { umask: Number(misc.umask) };
     }
 
     // SysV segments: checked once every attachment in the tree is known, contents copied (frozen).
     const sysvSegments = sysv.collect();
 
-    // seccomp.img numbers the filters of every thread of the tree: the thread cores refer to them.
-    const seccomp = seccompImage(live.map((t) => t.threads.map((th) => ({ tid: th.tid, seccomp: th.ptrace.seccomp }))));
-    for (const t of live) {
-      Object.assign(t.core!.thread_core as DecodedMessage, seccomp.threadFields.get(t.task.pid));
-      for (const th of t.threadCores!) Object.assign(th.core.thread_core as DecodedMessage, seccomp.threadFields.get(th.tid));
-    }
+    /** core, thread cores and mm of every process: /proc and what was read at the freeze, no parasite. */
+    const buildTaskEntries = () => {
+      // The XSAVE layout is the CPU's (CPUID, read before the freeze).
+      const xsaveOffsets = xsaveOffsetsFromCpuid(cpuXstateLayout().components);
+      for (const t of live) {
+        t.core = buildCoreEntry(t.threads[0]!, t.answers!, t.misc!, xsaveOffsets).core;
+        t.threadCores = t.threads.slice(1).map((th) => ({ tid: th.tid, core: buildThreadCoreEntry(th, xsaveOffsets) }));
+        t.mm = mmEntry(t.task.pid, t.exeId!, t.vmas!, Number(t.misc!.dumpable));
+      }
+      // seccomp.img numbers the filters of every thread of the tree: the thread cores refer to them.
+      const seccomp = seccompImage(live.map((t) => t.threads.map((th) => ({ tid: th.tid, seccomp: th.ptrace.seccomp }))));
+      for (const t of live) {
+        Object.assign(t.core!.thread_core as DecodedMessage, seccomp.threadFields.get(t.task.pid));
+        for (const th of t.threadCores!) Object.assign(th.core.thread_core as DecodedMessage, seccomp.threadFields.get(th.tid));
+      }
+      return seccomp;
+    };
 
     // ---- memory
     stage = 'memory';
@@ -403,6 +416,8 @@ function dumpTree(options: DumpOptions): DumpResult {
     let overlapMs = 0;
     const writeImagesNotNeedingPages = () => {
       const started = performance.now();
+      stage = 'collect'; // its second half (no new onStage: the stage was announced before)
+      const seccomp = buildTaskEntries();
       // ---- files: needs no parasite (descriptors are read through /proc, sock_diag and
       // pidfd_getfd), so it runs during the copy too.
       stage = 'files';

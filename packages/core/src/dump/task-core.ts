@@ -259,11 +259,32 @@ export function buildThreadCoreEntry(task: TaskSnapshot, xsaveOffsets: XsaveOffs
 }
 
 /** The whole core_entry of the thread group leader: its thread parts and the task-wide tc. */
-export function buildCoreEntry(task: TaskSnapshot, parasite: Parasite, misc: TaskMisc, xsaveOffsets: XsaveOffsets): { core: DecodedMessage; misc: TaskMisc } {
-  const { pid, tid } = task;
-  const sigactions = parasite.dumpSigactions();
-  const timers = parasite.dumpItimers();
-  const stat = readStat(pid, tid);
+/**
+ * What the core image needs from the parasite, and the task's flags: asked before the parasite
+ * starts copying pages (it serves one request at a time), while the rest of the core is built
+ * during the copy (buildCoreEntry). The flags too: /proc/PID/stat shows the leader's PF_* flags
+ * as they are now, and while it copies they may carry the kernel's transient ones.
+ */
+export interface ParasiteAnswers {
+  readonly sigactions: readonly Sigaction[];
+  readonly itimers: ReturnType<Parasite['dumpItimers']>;
+  readonly posixTimers: DecodedMessage[];
+  readonly flags: number;
+}
+
+export function askParasite(task: TaskSnapshot, parasite: Parasite): ParasiteAnswers {
+  return {
+    sigactions: parasite.dumpSigactions(),
+    itimers: parasite.dumpItimers(),
+    posixTimers: posixTimerEntries(task.pid, parasite),
+    flags: Number(readStat(task.pid, task.tid)[9]),
+  };
+}
+
+/** core-PID.img of a process (its leader thread). Reads /proc and thread state only, no parasite. */
+export function buildCoreEntry(task: TaskSnapshot, answers: ParasiteAnswers, misc: TaskMisc, xsaveOffsets: XsaveOffsets): { core: DecodedMessage; misc: TaskMisc } {
+  const { pid } = task;
+  const timers = answers.itimers;
   const { threadInfo, threadCore } = threadParts(task, xsaveOffsets);
   const comm = threadCore.comm;
 
@@ -274,15 +295,15 @@ export function buildCoreEntry(task: TaskSnapshot, parasite: Parasite, misc: Tas
       task_state: task.stopped ? TASK_STOPPED : TASK_ALIVE,
       exit_code: 0,
       personality: Number(misc.personality),
-      flags: Number(stat[9]),
+      flags: answers.flags,
       blk_sigset: task.sigmask,
       comm,
-      timers: { real: itimer(timers.real), virt: itimer(timers.virtual), prof: itimer(timers.prof), posix: posixTimerEntries(pid, parasite) },
+      timers: { real: itimer(timers.real), virt: itimer(timers.virtual), prof: itimer(timers.prof), posix: answers.posixTimers },
       rlimits: { rlimits: readLimits(pid) },
       signals_s: task.ptrace.sharedSignals,
       loginuid: Number(readText(pid, 'loginuid').trim()),
       oom_score_adj: Number(readText(pid, 'oom_score_adj').trim()),
-      sigactions: sigactionEntries(sigactions),
+      sigactions: sigactionEntries(answers.sigactions),
     },
     thread_core: threadCore,
   };
