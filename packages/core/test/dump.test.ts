@@ -8,7 +8,8 @@ import { DUMP_FAULT_POINTS, dumpSync, DumpError } from '@criu-ts/core';
 import { ImageReader, PagesReader } from '@criu-ts/images';
 import { alive, waitFor } from './restore-helpers.js';
 import { reapIfOurs, StateKeeper, rootWithSubreaper, imageEntries as entries } from './programs.js';
-import { scanPages, VMA, zeroPfn, type DumpVma } from '../src/dump/memory.js';
+import { scanPages, VMA, vmFlagsCanWait, zeroPfn, type DumpVma } from '../src/dump/memory.js';
+import { readMaps as readProcMaps, readSmaps } from '../src/proc/smaps.js';
 import { emptyYoungGeneration } from '../src/dump/heap-quiet.js';
 import { constants as perfConstants, PerformanceObserver } from 'node:perf_hooks';
 import { asRemoteAddress, getpid, mmap, munmap, processVmReadv, processVmWritev } from '@criu-ts/sys';
@@ -116,6 +117,38 @@ describe('core: dump of a single process', function () {
       munmap(anon, 64 * P);
       munmap(file, 8 * P);
       rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('with no shared mapping, reads the memory map from /proc/PID/maps and the VmFlags during the copy: madvise bits and growsdown as smaps shows them', function () {
+    keeper = new StateKeeper('madvise-keeper');
+    const pid = keeper.pid;
+    expect(vmFlagsCanWait(readProcMaps(pid)), 'madvise-keeper has no shared mapping').to.equal(true);
+    const regions = keeper.lines().filter((l) => l.startsWith('region ')).map((l) => l.split(' '));
+    expect(regions.map((r) => r[1])).to.include.members(['dontfork', 'dontdump', 'random', 'sequential']);
+    dumpSync({ pid, imagesDir: images, leave: 'running' });
+    const smaps = readSmaps(pid); // unchanged since: the task only sleeps in pause()
+    const vmas = entries(join(images, `mm-${pid}.img`))[0]!.vmas as Array<Record<string, unknown>>;
+    const ADVICE_OF_FLAG: Record<string, number> = { rr: 1, sr: 2, dc: 10, mg: 12, hg: 14, nh: 15, dd: 16, wf: 18 };
+    const madvOf = (v: (typeof smaps)[number]) =>
+      Object.entries(ADVICE_OF_FLAG).reduce((m, [flag, advice]) => (v.vmFlags.has(flag) ? m | (1n << BigInt(advice)) : m), 0n);
+    let compared = 0;
+    for (const v of smaps) {
+      const e = vmas.find((x) => BigInt(x.start as bigint) === v.start);
+      if (!e && v.name === '[vvar_vclock]') continue; // recorded with [vvar], as one area
+      expect(e, `${v.name || 'anonymous'} at 0x${v.start.toString(16)}`).to.not.equal(undefined);
+      expect(BigInt((e!.madv as bigint | undefined) ?? 0n), `madv of 0x${v.start.toString(16)} (${[...v.vmFlags].join(' ')})`).to.equal(madvOf(v));
+      if (!['[vsyscall]', '[vvar]', '[vdso]'].includes(v.name)) {
+        expect((Number(e!.flags) & 0x100) !== 0, `MAP_GROWSDOWN of ${v.name || 'anonymous'} at 0x${v.start.toString(16)}`).to.equal(v.vmFlags.has('gd'));
+      }
+      compared++;
+    }
+    expect(compared).to.be.greaterThan(regions.length);
+    const stack = vmas.find((x) => BigInt(x.start as bigint) === smaps.find((v) => v.name === '[stack]')!.start)!;
+    expect(Number(stack.flags) & 0x100, '[stack] is MAP_GROWSDOWN').to.equal(0x100);
+    for (const [, name, hex] of regions) {
+      const e = vmas.find((x) => BigInt(x.start as bigint) === BigInt(`0x${hex}`));
+      expect(BigInt((e?.madv as bigint | undefined) ?? 0n), `${name} region`).to.not.equal(0n);
     }
   });
 

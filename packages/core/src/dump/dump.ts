@@ -42,7 +42,7 @@ import { DumpError, type DumpStage } from '../errors.js';
 import { faultRequested } from '../fault-points.js';
 import { inNetworkNamespace } from '../net-namespace.js';
 import { readAuxv, readLink, readStat, readStatus } from '../proc/task-files.js';
-import { readSmaps, type ProcVma } from '../proc/smaps.js';
+import { readMaps, readSmaps, type ProcVma } from '../proc/smaps.js';
 import { writeMemfdPages } from './files/memfd.js';
 import { xsaveOffsetsFromCpuid } from '../arch/x86-fpu.js';
 import { cpuXstateLayout, loadParasiteBlob } from '@criu-ts/compel';
@@ -53,7 +53,7 @@ import { lockHeldSync, unlockHeldSync, type ConnectionKey, type LockBackend } fr
 import { ImageDir } from './image-dir.js';
 import { emptyYoungGeneration } from './heap-quiet.js';
 import {
-  describeVmas, pagemapEntries, pagesCopyInTaskAllowed, scanPages, sharedObjects, shmemPagemapEntries, writePages, type DumpVma, type PageRun, type SharedObject,
+  addVmFlags, describeVmas, pagemapEntries, pagesCopyInTaskAllowed, scanPages, sharedObjects, shmemPagemapEntries, vmFlagsCanWait, writePages, type DumpVma, type PageRun, type SharedObject,
 } from './memory.js';
 import {
   askParasite, buildCoreEntry, buildThreadCoreEntry, collectPtraceState, threadOwnStateFromMisc, TASK_STOPPED, type ParasiteAnswers, type TaskSnapshot,
@@ -156,6 +156,8 @@ interface TaskDump {
   readonly objectId: number;
   readonly pagesId: number;
   procVmas: ProcVma[];
+  /** procVmas came from /proc/PID/maps: the VmFlags are added during the page copy. */
+  readonly vmFlagsLater: boolean;
   threads: TaskSnapshot[];
   taskFds: number[];
   parasite?: Parasite;
@@ -326,12 +328,15 @@ function dumpTree(options: DumpOptions): DumpResult {
     for (const task of tree) {
       if (!task.victim) continue;
       const victim = task.victim;
-      // The memory map is read before the parasite (or our scratch page) adds mappings to it.
-      const procVmas = readSmaps(task.pid);
+      // The memory map is read before the parasite (or our scratch page) adds mappings to it:
+      // from /proc/PID/maps when the VmFlags can wait until the page copy (see addVmFlags).
+      let procVmas = readMaps(task.pid);
+      const vmFlagsLater = vmFlagsCanWait(procVmas);
+      if (!vmFlagsLater) procVmas = readSmaps(task.pid);
       const threads = threadSnapshots(victim, task.pid, victim.wasStopped);
       // So are the descriptors: the parasite adds its socket and pipe to the table.
       const taskFds = readdirSync(`/proc/${task.pid}/fd`).map(Number).sort((a, b) => a - b);
-      live.push({ task, victim, objectId: live.length + 1, pagesId: nextPagesId++, procVmas, threads, taskFds });
+      live.push({ task, victim, objectId: live.length + 1, pagesId: nextPagesId++, procVmas, vmFlagsLater, threads, taskFds });
     }
 
     // ---- network-lock
@@ -385,6 +390,8 @@ function dumpTree(options: DumpOptions): DumpResult {
       // The XSAVE layout is the CPU's (CPUID, read before the freeze).
       const xsaveOffsets = xsaveOffsetsFromCpuid(cpuXstateLayout().components);
       for (const t of live) {
+        // smaps walks every page table entry: read now, while the parasite copies, not before.
+        if (t.vmFlagsLater) t.vmas = addVmFlags(t.vmas!, readSmaps(t.task.pid));
         t.core = buildCoreEntry(t.threads[0]!, t.answers!, t.misc!, xsaveOffsets).core;
         t.threadCores = t.threads.slice(1).map((th) => ({ tid: th.tid, core: buildThreadCoreEntry(th, xsaveOffsets) }));
         t.mm = mmEntry(t.task.pid, t.exeId!, t.vmas!, Number(t.misc!.dumpable));

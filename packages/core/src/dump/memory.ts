@@ -62,11 +62,8 @@ export function describeVmas(pid: number, vmas: readonly ProcVma[], files: FileT
   for (let i = 0; i < vmas.length; i++) {
     const v = vmas[i]!;
     const prot = (v.read ? PROT_READ : 0) | (v.write ? PROT_WRITE : 0) | (v.exec ? PROT_EXEC : 0);
-    let madv = 0n;
-    for (const [flag, advice] of Object.entries(MADVISE_OF_VMFLAG)) if (v.vmFlags.has(flag)) madv |= 1n << BigInt(advice);
-    let flags = v.shared ? MAP_SHARED : MAP_PRIVATE;
-    if (v.vmFlags.has('gd')) flags |= MAP_GROWSDOWN;
-    if (v.vmFlags.has('nr')) flags |= MAP_NORESERVE;
+    const { madv, flagBits } = vmFlagFields(v);
+    const flags = (v.shared ? MAP_SHARED : MAP_PRIVATE) | flagBits;
     const entry: DecodedMessage = { start: v.start, end: v.end, pgoff: 0n, shmid: 0n, prot, flags, status: 0, fd: -1n };
     let pages: DumpVma['pages'] = 'private';
 
@@ -138,6 +135,47 @@ export function describeVmas(pid: number, vmas: readonly ProcVma[], files: FileT
     out.push({ entry, proc: v, pages });
   }
   return out;
+}
+
+/** What a VMA's VmFlags give its vma_entry: the madvise bits, and the mmap flags ORed into flags. */
+function vmFlagFields(v: ProcVma): { madv: bigint; flagBits: number } {
+  let madv = 0n;
+  for (const [flag, advice] of Object.entries(MADVISE_OF_VMFLAG)) if (v.vmFlags.has(flag)) madv |= 1n << BigInt(advice);
+  let flagBits = 0;
+  if (v.vmFlags.has('gd')) flagBits |= MAP_GROWSDOWN;
+  if (v.vmFlags.has('nr')) flagBits |= MAP_NORESERVE;
+  return { madv, flagBits };
+}
+
+/**
+ * Whether describeVmas can work from /proc/PID/maps, with the VmFlags added later by
+ * addVmFlags: it needs them itself only for shared mappings other than shared anonymous memory
+ * (VM_MAYWRITE gives a shared file's open mode and a SysV attachment's; SysV segments on huge
+ * pages are refused).
+ */
+export function vmFlagsCanWait(vmas: readonly ProcVma[]): boolean {
+  return !vmas.some((v) => v.shared && v.name !== '/dev/zero');
+}
+
+/**
+ * The VMAs described from /proc/PID/maps, completed with the VmFlags of `smaps` (read later, the
+ * task still frozen: its layout is the same, but for mappings of ours, which are not in `vmas`).
+ * Every VMA of `vmas` must be found there with the same range.
+ */
+export function addVmFlags(vmas: readonly DumpVma[], smaps: readonly ProcVma[]): DumpVma[] {
+  const byStart = new Map(smaps.map((v) => [v.start, v]));
+  return vmas.map((d) => {
+    const v = byStart.get(d.proc.start);
+    if (!v || v.end !== d.proc.end) {
+      throw new Error(`the VMA at 0x${d.proc.start.toString(16)}-0x${d.proc.end.toString(16)} is not in /proc/PID/smaps as it was in /proc/PID/maps`);
+    }
+    const { madv, flagBits } = vmFlagFields(v);
+    // describeVmas sets the flags of these outright (see there), without VmFlags' mmap bits.
+    const fixedFlags = (Number(d.entry.status) & (VMA.VSYSCALL | VMA.VVAR | VMA.VDSO | VMA.ANON_SHARED)) !== 0;
+    const entry: DecodedMessage = { ...d.entry, flags: (d.entry.flags as number) | (fixedFlags ? 0 : flagBits) };
+    if (madv !== 0n) entry.madv = madv;
+    return { entry, proc: v, pages: d.pages };
+  });
 }
 
 /**
