@@ -296,22 +296,26 @@ export class Parasite {
     const listener = socket(AF_UNIX, SOCK.SEQPACKET | SOCK.CLOEXEC);
     let sock: Fd;
     let remoteSock: number;
+    let started = false;
     try {
-      bind(listener, addr);
-      listen(listener, 1);
-      inj.startWorkerSync({ ...inj.saved.regs, rip: base + BigInt(blob.symbols.parasite_entry_daemon!), rsp: stackTop, rdi: ctlAddr });
       try {
+        bind(listener, addr);
+        listen(listener, 1);
+        inj.startWorkerSync({ ...inj.saved.regs, rip: base + BigInt(blob.symbols.parasite_entry_daemon!), rsp: stackTop, rdi: ctlAddr });
+        started = true;
         sock = acceptDaemon(listener, inj);
         remoteSock = readCtlSock(memfd, ctlOff);
         if (remoteSock < 0) throw new CompelError('parasite', pid, `the parasite connected but its control area shows no socket (${remoteSock})`);
       } catch (err) {
         // The daemon did not come up: take the thread back and close what it may have opened;
         // cure unmaps the blob and puts the registers back.
-        try {
-          inj.takeBackWorkerSync('parasite start');
-          const opened = readCtlSock(memfd, ctlOff);
-          if (opened >= 0) inj.syscallRawSync('close', opened);
-        } catch { /* the first failure is the one to report */ }
+        if (started) {
+          try {
+            inj.takeBackWorkerSync('parasite start');
+            const opened = readCtlSock(memfd, ctlOff);
+            if (opened >= 0) inj.syscallRawSync('close', opened);
+          } catch { /* the first failure is the one to report */ }
+        }
         close(memfd);
         throw err;
       }
