@@ -54,6 +54,8 @@ export interface DumpVma {
   readonly proc: ProcVma;
   /** Whether pages of this VMA are saved, and how. */
   readonly pages: 'none' | 'private' | 'shared';
+  /** describeVmas set the mmap flags outright: VmFlags add no MAP_GROWSDOWN/NORESERVE to them. */
+  readonly flagsFixed?: boolean;
 }
 
 /** `sysv`: the dump's SysV segments (an attachment is refused without it). */
@@ -62,10 +64,10 @@ export function describeVmas(pid: number, vmas: readonly ProcVma[], files: FileT
   for (let i = 0; i < vmas.length; i++) {
     const v = vmas[i]!;
     const prot = (v.read ? PROT_READ : 0) | (v.write ? PROT_WRITE : 0) | (v.exec ? PROT_EXEC : 0);
-    const { madv, flagBits } = vmFlagFields(v);
-    const flags = (v.shared ? MAP_SHARED : MAP_PRIVATE) | flagBits;
+    const flags = v.shared ? MAP_SHARED : MAP_PRIVATE;
     const entry: DecodedMessage = { start: v.start, end: v.end, pgoff: 0n, shmid: 0n, prot, flags, status: 0, fd: -1n };
     let pages: DumpVma['pages'] = 'private';
+    let flagsFixed = true; // every branch but the anonymous private and file ones sets the flags
 
     if (v.name === '[vsyscall]') {
       entry.flags = MAP_PRIVATE | MAP_ANONYMOUS;
@@ -108,6 +110,7 @@ export function describeVmas(pid: number, vmas: readonly ProcVma[], files: FileT
       if (v.shared) throw new Error(`shared anonymous mapping without a backing inode at 0x${v.start.toString(16)}`);
       entry.flags = (entry.flags as number) | MAP_ANONYMOUS;
       entry.status = VMA.REGULAR | VMA.ANON_PRIVATE | (v.name === '[heap]' ? VMA.HEAP : 0);
+      flagsFixed = false;
     } else if (v.shared && v.name === '/dev/zero') {
       // MAP_SHARED|MAP_ANONYMOUS memory is a shmem file named /dev/zero (deleted); its inode
       // identifies it across tasks.
@@ -128,23 +131,24 @@ export function describeVmas(pid: number, vmas: readonly ProcVma[], files: FileT
       entry.pgoff = v.offset;
       entry.status = VMA.REGULAR | (v.shared ? VMA.FILE_SHARED : VMA.FILE_PRIVATE) | (memfd ? VMA.MEMFD : 0);
       entry.fdflags = openFlags;
+      flagsFixed = false;
       // A shared file mapping's pages are in the file itself.
       if (v.shared) pages = 'none';
     }
-    if (madv !== 0n) entry.madv = madv;
-    out.push({ entry, proc: v, pages });
+    applyVmFlags(entry, v, flagsFixed);
+    out.push({ entry, proc: v, pages, flagsFixed });
   }
   return out;
 }
 
-/** What a VMA's VmFlags give its vma_entry: the madvise bits, and the mmap flags ORed into flags. */
-function vmFlagFields(v: ProcVma): { madv: bigint; flagBits: number } {
+/** What the VmFlags of `v` give its vma_entry: the madvise bits, and MAP_GROWSDOWN/NORESERVE unless its flags are fixed. */
+function applyVmFlags(entry: DecodedMessage, v: ProcVma, flagsFixed: boolean): void {
   let madv = 0n;
   for (const [flag, advice] of Object.entries(MADVISE_OF_VMFLAG)) if (v.vmFlags.has(flag)) madv |= 1n << BigInt(advice);
-  let flagBits = 0;
-  if (v.vmFlags.has('gd')) flagBits |= MAP_GROWSDOWN;
-  if (v.vmFlags.has('nr')) flagBits |= MAP_NORESERVE;
-  return { madv, flagBits };
+  if (madv !== 0n) entry.madv = madv;
+  if (flagsFixed) return;
+  if (v.vmFlags.has('gd')) entry.flags = (entry.flags as number) | MAP_GROWSDOWN;
+  if (v.vmFlags.has('nr')) entry.flags = (entry.flags as number) | MAP_NORESERVE;
 }
 
 /**
@@ -169,12 +173,9 @@ export function addVmFlags(vmas: readonly DumpVma[], smaps: readonly ProcVma[]):
     if (!v || v.end !== d.proc.end) {
       throw new Error(`the VMA at 0x${d.proc.start.toString(16)}-0x${d.proc.end.toString(16)} is not in /proc/PID/smaps as it was in /proc/PID/maps`);
     }
-    const { madv, flagBits } = vmFlagFields(v);
-    // describeVmas sets the flags of these outright (see there), without VmFlags' mmap bits.
-    const fixedFlags = (Number(d.entry.status) & (VMA.VSYSCALL | VMA.VVAR | VMA.VDSO | VMA.ANON_SHARED)) !== 0;
-    const entry: DecodedMessage = { ...d.entry, flags: (d.entry.flags as number) | (fixedFlags ? 0 : flagBits) };
-    if (madv !== 0n) entry.madv = madv;
-    return { entry, proc: v, pages: d.pages };
+    const entry: DecodedMessage = { ...d.entry };
+    applyVmFlags(entry, v, d.flagsFixed === true);
+    return { ...d, entry, proc: v };
   });
 }
 
