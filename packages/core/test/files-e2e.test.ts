@@ -13,7 +13,7 @@ import { DumpError, dumpSync, RestoreError, restoreSync } from '@criu-ts/core';
 import { readImageSet } from '../src/restore/image-set.js';
 import { ImageReader, imageFromCritJson, imageToCritJson } from '@criu-ts/images';
 import { alive, ourStubs, sleepMs, waitFor } from './restore-helpers.js';
-import { killAndReap, reapIfOurs, StateKeeper, TEST_BIN, rootWithSubreaper, imageEntries as entries } from './programs.js';
+import { killAndReap, reapIfOurs, StateKeeper, waitDumpedGone, TEST_BIN, rootWithSubreaper, imageEntries as entries } from './programs.js';
 
 const CLI = join(TEST_BIN, '..', '..', 'packages', 'cli', 'dist', 'criu-ts.cjs');
 
@@ -217,10 +217,7 @@ describe('core: files unlinked while open, with --link-remap', function () {
     // The dump by the CLI: --link-remap is criu's option.
     const cli = spawnSync(process.execPath, [CLI, 'dump', '-t', String(keeper.pid), '-D', keeper.images, '--link-remap'], { encoding: 'utf8', timeout: 60_000 });
     expect(cli.status, cli.stderr).to.equal(0);
-    waitFor('the dumped task to be gone', () => {
-      reapIfOurs(keeper!.pid);
-      return !existsSync(`/proc/${keeper!.pid}`);
-    });
+    waitDumpedGone(keeper.pid);
 
     const files = entries(join(keeper.images, 'files.img'));
     const remaps = entries(join(keeper.images, 'remap-fpath.img'));

@@ -10,7 +10,7 @@ import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { DumpError, dumpSync, restoreSync } from '@criu-ts/core';
 import { checkImagesRoundTrip } from './image-checks.js';
-import { imageEntries, rootWithSubreaper, StateKeeper, TEST_BIN } from './programs.js';
+import { imageEntries, rootWithSubreaper, StateKeeper, TEST_BIN, waitDumpedGone } from './programs.js';
 import { alive, thrownBy } from './restore-helpers.js';
 
 const CLI = join(TEST_BIN, '..', '..', 'packages', 'cli', 'dist', 'criu-ts.cjs');
@@ -49,6 +49,7 @@ describe('netlink, raw and packet sockets (e2e)', function () {
     keeper = new StateKeeper('netlink-raw-keeper');
     const dump = spawnSync(process.execPath, [CLI, 'dump', '-t', String(keeper.pid), '-D', keeper.images, '-o', join(keeper.dir, 'dump.log')], { encoding: 'utf8' });
     expect(dump.status, dump.stderr).to.equal(0);
+    waitDumpedGone(keeper.pid);
     checkImagesRoundTrip(keeper.images);
     const restore = spawnSync(process.execPath, [CLI, 'restore', '-D', keeper.images, '-d', '-o', join(keeper.dir, 'restore.log')], { encoding: 'utf8' });
     expect(restore.status, restore.stderr).to.equal(0);

@@ -14,7 +14,7 @@ import { existsSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { DumpError, RestoreError, dumpSync, restoreSync } from '@criu-ts/core';
 import { checkImagesRoundTrip } from './image-checks.js';
-import { imageEntries, rootWithSubreaper, StateKeeper, TEST_BIN } from './programs.js';
+import { imageEntries, rootWithSubreaper, StateKeeper, TEST_BIN, waitDumpedGone } from './programs.js';
 import { alive, thrownBy } from './restore-helpers.js';
 
 const CLI = join(TEST_BIN, '..', '..', 'packages', 'cli', 'dist', 'criu-ts.cjs');
@@ -79,6 +79,7 @@ describe('packet sockets with rings (e2e)', function () {
     keeper = new StateKeeper('packet-ring-keeper');
     const dump = spawnSync(process.execPath, [CLI, 'dump', '-t', String(keeper.pid), '-D', keeper.images, '-o', join(keeper.dir, 'dump.log')], { encoding: 'utf8' });
     expect(dump.status, dump.stderr).to.equal(0);
+    waitDumpedGone(keeper.pid);
     checkImagesRoundTrip(keeper.images);
     const restore = spawnSync(process.execPath, [CLI, 'restore', '-D', keeper.images, '-d', '-o', join(keeper.dir, 'restore.log')], { encoding: 'utf8' });
     expect(restore.status, restore.stderr).to.equal(0);

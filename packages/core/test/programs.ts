@@ -66,6 +66,15 @@ export function dumpAndWait(pid: number, images: string, options: Partial<DumpOp
   rmSync(images, { recursive: true, force: true });
   dumpSync({ pid, imagesDir: images, ...options });
   if ((options.leave ?? 'kill') !== 'kill') return;
+  waitDumpedGone(pid);
+}
+
+/**
+ * Waits until `pid`, killed by a dump, is reaped: a test program's parent is the test process
+ * (a subreaper), so after a `criu-ts dump` command it stays a zombie, holding its PID against the
+ * restore, until reaped here.
+ */
+export function waitDumpedGone(pid: number): void {
   waitFor('the dumped task to be gone', () => {
     reapIfOurs(pid);
     return !existsSync(`/proc/${pid}`);
