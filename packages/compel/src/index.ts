@@ -11,7 +11,7 @@
  *   await victim.cure();
  */
 import { Injection, seizeSync, type PrepareOptions } from './injection.js';
-import { infectSync, type Blob, type Parasite } from './parasite.js';
+import { infectSync, type Blob, type InfectOptions, type Parasite } from './parasite.js';
 
 export { CompelError, type CompelErrorKind } from './errors.js';
 export { Injection, prepare, prepareSync, undoInterruptEintr, type CureOptions, type PrepareOptions, type SeizedThread, type SavedState, type Gadgets } from './injection.js';
@@ -19,23 +19,23 @@ export { nativeDir } from './native.js';
 export { buildSigframe, restartedRegs, sigframeXstateLayout, cpuXstateLayout, type XstateLayout } from './sigframe.js';
 export {
   Parasite, infectSync, loadParasiteBlob, compileBlob,
-  type Blob, type LoadedBlob, type Sigaction, type Itimer, type PosixTimer, type TaskMisc,
+  type Blob, type InfectOptions, type LoadedBlob, type Sigaction, type Itimer, type PosixTimer, type TaskMisc,
 } from './parasite.js';
 export { CMD as PARASITE_CMD, CTL as PARASITE_CTL, MISC_SIZE as PARASITE_MISC_SIZE, SIGFRAME } from './parasite-abi.js';
-export { listThreads, taskState, readMaps, readStatus, listPosixTimers, readPosixTimers, type ProcPosixTimer, type Vma } from './proc.js';
+export { listThreads, taskState, readMaps, isParasiteMapping, readStatus, listPosixTimers, readPosixTimers, type ProcPosixTimer, type Vma } from './proc.js';
 
 /** A seized task, with the parasite loaded on demand. */
 export class Victim extends Injection {
   private parasiteInstance: Parasite | null = null;
 
   /** Loads the parasite (once) and returns it. */
-  infectSync(blob?: Blob): Parasite {
-    if (!this.parasiteInstance) this.parasiteInstance = infectSync(this, blob);
+  infectSync(blob?: Blob, options?: InfectOptions): Parasite {
+    if (!this.parasiteInstance) this.parasiteInstance = infectSync(this, blob, options);
     return this.parasiteInstance;
   }
 
-  async infect(blob?: Blob): Promise<Parasite> {
-    return this.infectSync(blob);
+  async infect(blob?: Blob, options?: InfectOptions): Promise<Parasite> {
+    return this.infectSync(blob, options);
   }
 
   get parasite(): Parasite | null {

@@ -3,13 +3,16 @@
  * seized task and serves typed requests over a unix socket, so that bulk work (moving pages into
  * pipes, collecting per-task state) costs one message instead of one ptrace round trip per call.
  *
- * Loading, with three remote syscalls (see injection.ts), each a ptrace round trip that costs
- * 0.1-0.5 ms on a VM and the task is frozen for:
- *   memfd_create in the task (its name on the worker's stack, below its return chain) -> the
- *   injector opens /proc/PID/fd/N: both hold the same memfd -> blob and control area written
- *   through the injector's fd -> mmap(MAP_SHARED, RWX) in the task -> close in the task
+ * Loading, with one remote syscall (see injection.ts), a ptrace round trip that costs 0.5-1 ms on
+ * these machines while the task is frozen:
+ *   mmap(MAP_SHARED | MAP_ANONYMOUS, RWX) in the task -> the injector opens the mapping's shmem
+ *   file through /proc/PID/map_files (CAP_SYS_ADMIN or CAP_CHECKPOINT_RESTORE): both hold the
+ *   same file -> blob and control area written through the injector's fd
  *   -> the worker thread is started at the daemon entry with all signals blocked; the daemon
  *   opens its socket(AF_UNIX, SOCK_SEQPACKET) and connects to a listening socket of ours itself.
+ * Without those capabilities, three remote syscalls: memfd_create in the task (its name on the
+ * worker's stack, below its return chain), opened by the injector through /proc/PID/fd/N, then
+ * mmap(MAP_SHARED, RWX) and close in the task (mapBlobHome).
  *
  * Memory of the blob mapping (shared with the injector, which writes the control area directly):
  *
@@ -30,7 +33,7 @@ import { fileURLToPath } from 'node:url';
 import {
   accept4, AF_UNIX, bind, close, F, fcntl, ftruncate, getsockopt, listen, O, open, pipe2, pollOne, POLL, pwrite, recvmsg, sendmsg,
   setsockopt, SO, SOCK, socket, sockaddrUn, SOL_SOCKET, splice, timeval, toSigframeFpstate, asRemoteAddress,
-  MAP, PROT, syscallNumber, SysError, ERESTARTSYS, ERESTARTNOINTR, ERESTARTNOHAND, ERESTART_RESTARTBLOCK,
+  MAP, PROT, syscallNumber, SysError, isSysError, ERESTARTSYS, ERESTARTNOINTR, ERESTARTNOHAND, ERESTART_RESTARTBLOCK,
   type Fd, type Pid, type RemoteAddress, type SyscallName, type UserRegs, type RemoteRange, read as readFd, pread,
   xstateBv, xstateXcr0, XSAVE_HEADER_OFFSET,
 } from '@criu-ts/sys';
@@ -188,7 +191,7 @@ export class Parasite {
    * Loads the parasite into a seized task and starts it. Precondition: `inj` is seized and has no
    * parasite running.
    */
-  static infectSync(inj: Injection, blob: Blob = loadParasiteBlob()): Parasite {
+  static infectSync(inj: Injection, blob: Blob = loadParasiteBlob(), options: InfectOptions = {}): Parasite {
     const pid = inj.pid;
     const gadgets = inj.findGadgets();
     const fpLen = inj.saved.xsave.length + 4; // the most a frame's fpstate takes (the whole image)
@@ -200,49 +203,13 @@ export class Parasite {
     const stackOff = align(ctlOff + bufOff + BUF_SIZE, PAGE);
     const size = stackOff + STACK_SIZE + THREAD_STACK_SIZE;
 
-    // 1. A memfd in the task, opened by us through /proc: the same file on both sides. Its name
-    // goes on the worker's stack (below its return chain), or in a page mapped for it when the
-    // task has no chain.
-    const name = Buffer.from('criu-ts-parasite\0');
-    let scratch: RemoteAddress | null = null;
-    let namePtr = inj.stackScratchSync(name);
-    if (namePtr === null) {
-      scratch = inj.mapSync(PAGE);
-      inj.writeMemorySync(scratch, name);
-      namePtr = scratch;
-    }
-    // Each descriptor's undo is registered before it exists (see Injection.undoOnDeath): the
-    // task's next descriptor is its lowest free one.
-    inj.undoOnDeath('parasite memfd', 'close', inj.lowestFreeFd());
-    const remoteMemfd = Number(inj.syscallRawSync('memfd_create', namePtr, 1 /* MFD_CLOEXEC */));
-    if (remoteMemfd < 0) {
-      inj.forgetUndo('parasite memfd');
-      if (scratch !== null) inj.unmapSync(scratch);
-      throw new SysError('memfd_create', -remoteMemfd, `remote, in pid ${pid}`);
-    }
-    inj.undoOnDeath('parasite memfd', 'close', remoteMemfd);
-    let memfd: Fd;
+    // 1-2. The blob's home in the task, and our descriptor of the same file.
+    const { base, memfd } = mapBlobHome(inj, size, options.blobHome ?? 'auto');
     try {
-      memfd = open(`/proc/${pid}/fd/${remoteMemfd}`, O.RDWR);
-      ftruncate(memfd, size);
       pwrite(memfd, blob.code, 0n);
-    } catch (err) {
-      inj.syscallRawSync('close', remoteMemfd);
-      inj.forgetUndo('parasite memfd');
-      if (scratch !== null) inj.unmapSync(scratch);
-      throw err;
-    }
-    // 2. Map it in the task; the task's fd is not needed any more.
-    let base: RemoteAddress;
-    try {
-      base = inj.mapSync(size, PROT.READ | PROT.WRITE | PROT.EXEC, MAP.SHARED, remoteMemfd);
     } catch (err) {
       close(memfd);
       throw err;
-    } finally {
-      inj.syscallRawSync('close', remoteMemfd);
-      inj.forgetUndo('parasite memfd');
-      if (scratch !== null) inj.unmapSync(scratch);
     }
 
     // 3. The self-cure chain and frame, for the case where we die while the parasite runs. The
@@ -753,6 +720,91 @@ function retryEintr<T>(call: () => T): T {
 }
 
 /** Loads and starts the parasite in a seized task. */
-export function infectSync(inj: Injection, blob?: Blob): Parasite {
-  return Parasite.infectSync(inj, blob);
+/** How {@link Parasite.infectSync} puts the blob in the task. */
+export interface InfectOptions {
+  /**
+   * 'auto' (default): a shared anonymous mapping opened through /proc/PID/map_files when we may
+   * (one remote syscall), else a memfd (three). 'memfd': the memfd way always.
+   */
+  blobHome?: 'auto' | 'memfd';
+}
+
+/**
+ * A shared mapping of `size` bytes in the task, readable, writable and executable, with our own
+ * descriptor of the file behind it (what the blob and the control area are written through).
+ *
+ * First way, one remote syscall: a shared anonymous mapping (mmap), whose shmem file we open
+ * through /proc/PID/map_files. That needs CAP_SYS_ADMIN or CAP_CHECKPOINT_RESTORE in the initial
+ * user namespace (proc(5)); each remote syscall is two ptrace stops of the frozen task, 0.5-1 ms
+ * on these machines. Second way, three: memfd_create in the task, opened by us through
+ * /proc/PID/fd, mapped (mmap) and closed in the task.
+ */
+function mapBlobHome(inj: Injection, size: number, how: 'auto' | 'memfd'): { base: RemoteAddress; memfd: Fd } {
+  if (how === 'auto' && mapFilesAllowed()) {
+    const base = inj.mapSync(size, PROT.READ | PROT.WRITE | PROT.EXEC, MAP.SHARED | MAP.ANONYMOUS);
+    try {
+      return { base, memfd: open(`/proc/${inj.pid}/map_files/${base.toString(16)}-${(base + BigInt(size)).toString(16)}`, O.RDWR) };
+    } catch (err) {
+      inj.unmapSync(base);
+      // Not ours to open after all (a user namespace): the memfd way. Anything else is a failure.
+      if (!isSysError(err, 'EPERM') && !isSysError(err, 'EACCES')) throw err;
+      mapFilesRefused = true;
+    }
+  }
+  // A memfd in the task. Its name goes on the worker's stack (below its return chain), or in a
+  // page mapped for it when the task has no chain.
+  const name = Buffer.from('criu-ts-parasite\0');
+  let scratch: RemoteAddress | null = null;
+  let namePtr = inj.stackScratchSync(name);
+  if (namePtr === null) {
+    scratch = inj.mapSync(PAGE);
+    inj.writeMemorySync(scratch, name);
+    namePtr = scratch;
+  }
+  // Each descriptor's undo is registered before it exists (see Injection.undoOnDeath): the
+  // task's next descriptor is its lowest free one.
+  inj.undoOnDeath('parasite memfd', 'close', inj.lowestFreeFd());
+  const remoteMemfd = Number(inj.syscallRawSync('memfd_create', namePtr, 1 /* MFD_CLOEXEC */));
+  if (remoteMemfd < 0) {
+    inj.forgetUndo('parasite memfd');
+    if (scratch !== null) inj.unmapSync(scratch);
+    throw new SysError('memfd_create', -remoteMemfd, `remote, in pid ${inj.pid}`);
+  }
+  inj.undoOnDeath('parasite memfd', 'close', remoteMemfd);
+  let memfd: Fd;
+  try {
+    memfd = open(`/proc/${inj.pid}/fd/${remoteMemfd}`, O.RDWR);
+    ftruncate(memfd, size);
+  } catch (err) {
+    inj.syscallRawSync('close', remoteMemfd);
+    inj.forgetUndo('parasite memfd');
+    if (scratch !== null) inj.unmapSync(scratch);
+    throw err;
+  }
+  // Mapped in the task; the task's descriptor is not needed any more.
+  try {
+    return { base: inj.mapSync(size, PROT.READ | PROT.WRITE | PROT.EXEC, MAP.SHARED, remoteMemfd), memfd };
+  } catch (err) {
+    close(memfd);
+    throw err;
+  } finally {
+    inj.syscallRawSync('close', remoteMemfd);
+    inj.forgetUndo('parasite memfd');
+    if (scratch !== null) inj.unmapSync(scratch);
+  }
+}
+
+/** CAP_SYS_ADMIN (21) and CAP_CHECKPOINT_RESTORE (40), as bits of CapEff. */
+const MAP_FILES_CAPS = (1n << 21n) | (1n << 40n);
+let mapFilesRefused = false;
+
+/** Whether we may open /proc/PID/map_files entries: one of MAP_FILES_CAPS, and no refusal seen yet. */
+function mapFilesAllowed(): boolean {
+  if (mapFilesRefused) return false;
+  const line = /^CapEff:\s+([0-9a-f]+)$/m.exec(readFileSync('/proc/self/status', 'utf8'));
+  return line !== null && (BigInt(`0x${line[1]}`) & MAP_FILES_CAPS) !== 0n;
+}
+
+export function infectSync(inj: Injection, blob?: Blob, options?: InfectOptions): Parasite {
+  return Parasite.infectSync(inj, blob, options);
 }

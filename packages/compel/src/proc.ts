@@ -45,6 +45,16 @@ export interface Vma {
   name: string;
 }
 
+/**
+ * Whether a line of /proc/PID/maps is a parasite's blob: the memfd named criu-ts-parasite, or the
+ * shared anonymous mapping, readable, writable and executable, that infection uses instead when
+ * it may open /proc/PID/map_files (parasite.ts, mapBlobHome). A program that makes such a mapping
+ * itself would match too: this is for checking that a task was left clean, not for dumping it.
+ */
+export function isParasiteMapping(mapsLine: string): boolean {
+  return mapsLine.includes('criu-ts-parasite') || /^[0-9a-f]+-[0-9a-f]+ rwxs [0-9a-f]+ \S+ \d+\s+\/dev\/zero \(deleted\)$/.test(mapsLine);
+}
+
 /** The VMAs of /proc/PID/maps, in address order. */
 export function readMaps(pid: Pid): Vma[] {
   const vmas: Vma[] = [];

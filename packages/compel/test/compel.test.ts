@@ -7,13 +7,13 @@ import {
   asRemoteAddress, close, memfdCreate, MAP, pipe2, pread, PROT, read, signalNumber, SysError, write,
   ptraceGetRegs, ptraceGetRegset, NT, type Fd,
 } from '@criu-ts/sys';
-import { CompelError, compileBlob, inject, injectSync, prepareSync, readMaps, type Victim as Injected } from '@criu-ts/compel';
+import { CompelError, compileBlob, inject, injectSync, isParasiteMapping, prepareSync, readMaps, type Victim as Injected } from '@criu-ts/compel';
 import { setGadgetHintsForTest } from '../src/gadget-hints.js';
 // The victim programs and their handling are shared with @criu-ts/sys's tests.
 import { killAllVictims, requireRootAndBinaries, Victim } from '@criu-ts/sys/testing';
 
 const mapsText = (pid: number) => readFileSync(`/proc/${pid}/maps`, 'utf8');
-const hasParasite = (pid: number) => readMaps(pid as never).some((v) => v.name.includes('criu-ts-parasite'));
+const hasParasite = (pid: number) => mapsText(pid).split('\n').some(isParasiteMapping);
 
 /** Infects, runs remote syscalls and parasite commands, checks their results, cures. */
 async function fullInfection(v: Victim): Promise<void> {
@@ -315,6 +315,30 @@ describe('@criu-ts/compel', function () {
       expect(await v.waitLine(/^(ok|bad)/)).to.match(/^ok/);
     });
 
+    it('the blob lives in a shared anonymous mapping (root) or in a memfd (blobHome: memfd); either way cure leaves no mapping and no descriptor', async () => {
+      const v = await Victim.start('busy');
+      const maps = mapsText(v.pid);
+      const fds = () => readdirSync(`/proc/${v.pid}/fd`).map((fd) => `${fd} ${readlinkSync(`/proc/${v.pid}/fd/${fd}`)}`).sort();
+      const fdsBefore = fds();
+      for (const blobHome of ['auto', 'memfd'] as const) {
+        const victim = injectSync(v.pid);
+        try {
+          const parasite = victim.infectSync(undefined, { blobHome });
+          expect(parasite.ping().pid).to.equal(v.pid);
+          const blobLine = mapsText(v.pid).split('\n').find((l) => l.startsWith(`${parasite.base.toString(16)}-`));
+          // As root (CI), auto takes the one-syscall way; memfd always the memfd way.
+          expect(blobLine, `${blobHome}: the blob's line in maps`).to.match(blobHome === 'auto' ? / rwxs .*\/dev\/zero \(deleted\)$/ : / rwxs .*\/memfd:criu-ts-parasite \(deleted\)$/);
+          expect(isParasiteMapping(blobLine!)).to.equal(true);
+        } finally {
+          victim.cureSync();
+        }
+        expect(mapsText(v.pid), `${blobHome}: maps after cure`).to.equal(maps);
+        expect(fds(), `${blobHome}: descriptors after cure`).to.deep.equal(fdsBefore);
+      }
+      process.kill(v.pid, 'SIGUSR1');
+      expect(await v.waitLine(/^(ok|bad)/)).to.match(/^ok/);
+    });
+
     it('1000 infect/cure cycles leave the victim healthy', async () => {
       const v = await Victim.start('busy');
       const maps = mapsText(v.pid);
@@ -394,7 +418,7 @@ describe('@criu-ts/compel', function () {
         victim.cureSync();
         close(file);
       }
-      expect(mapsText(v.pid)).to.not.match(/criu-ts-parasite/);
+      expect(hasParasite(v.pid)).to.equal(false);
       process.kill(v.pid, 'SIGUSR1');
       expect(await v.waitLine(/^(ok|bad)/)).to.match(/^ok/);
     });

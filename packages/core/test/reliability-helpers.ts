@@ -3,6 +3,7 @@ import { spawnSync } from 'node:child_process';
 import { expect } from 'chai';
 import { existsSync, readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import { join } from 'node:path';
+import { isParasiteMapping } from '@criu-ts/compel';
 import { ImageReader } from '@criu-ts/images';
 import { procState, waitFor } from './restore-helpers.js';
 import { reapIfOurs } from './programs.js';
@@ -78,7 +79,7 @@ export function expectRunningUntouched(pid: number, what: string, before?: { map
   const states = threadStates(pid);
   expect(states.filter((s) => s === 't' || s === 'T' || s === 'Z' || s === 'X'), `${what}: thread states ${states.join('')}`).to.deep.equal([]);
   const maps = mapsOf(pid);
-  expect(maps.filter((l) => l.includes('criu-ts-parasite')), `${what}: parasite or control mappings`).to.deep.equal([]);
+  expect(maps.filter(isParasiteMapping), `${what}: parasite or control mappings`).to.deep.equal([]);
   if (before) {
     expect(maps, `${what}: /proc/${pid}/maps`).to.deep.equal(before.maps);
     expect(fdLinksOf(pid), `${what}: fds`).to.deep.equal(before.fds);
