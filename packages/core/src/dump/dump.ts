@@ -36,7 +36,7 @@ import { performance } from 'node:perf_hooks';
 import type { Parasite, TaskMisc, Victim } from '@criu-ts/compel';
 import type { DecodedMessage } from '@criu-ts/images';
 import {
-  __WALL, asFd, sleepSync, asPid, kill, close as closeFd, ptraceGetRegs, wait4, WNOHANG, ptraceGetRegset, ptraceGetSigmask, NT, type Fd, type Pid,
+  __WALL, asFd, ftruncate, sleepSync, asPid, kill, close as closeFd, ptraceGetRegs, wait4, WNOHANG, ptraceGetRegset, ptraceGetSigmask, NT, type Fd, type Pid,
 } from '@criu-ts/sys';
 import { DumpError, type DumpStage } from '../errors.js';
 import { faultRequested } from '../fault-points.js';
@@ -51,6 +51,7 @@ import { InetSocketDumper } from './files/inet-sockets.js';
 import { armNetworkGuard } from './network-guard.js';
 import { lockHeldSync, unlockHeldSync, type ConnectionKey, type LockBackend } from '@criu-ts/soccr';
 import { ImageDir } from './image-dir.js';
+import { PagesPrefill } from './pages-prefill.js';
 import { emptyYoungGeneration } from './heap-quiet.js';
 import {
   addVmFlags, describeVmas, pagemapEntries, pagesCopyInTaskAllowed, scanPages, sharedObjects, shmemPagemapEntries, vmFlagsCanWait, writePages, type DumpVma, type PageRun, type SharedObject,
@@ -110,6 +111,11 @@ export interface DumpResult {
   readonly freezingTime: number;
   readonly frozenTime: number;
   readonly memdumpTime: number;
+  /**
+   * Bytes of page cache made ready for the pages files before the freeze (pages-prefill.ts): 0
+   * where the file system has no O_TMPFILE or the processes hold little anonymous memory.
+   */
+  readonly pagesPrefilled: number;
   /** Every process of the tree, in pstree order (the root first), zombies included. */
   readonly pids: number[];
   /**
@@ -261,6 +267,9 @@ function dumpTree(options: DumpOptions): DumpResult {
   // parasite blob, which infection would otherwise do with the task frozen.
   cpuXstateLayout();
   loadParasiteBlob();
+  // Page-cache pages for the pages files, found now rather than while the tasks are frozen.
+  const prefill = PagesPrefill.forTree(options.imagesDir, pidNumber);
+  const pagesPrefilled = prefill.totalBytes;
   emptyYoungGeneration();
   const frozenAt = performance.now();
   let cleanedUp = false;
@@ -292,6 +301,7 @@ function dumpTree(options: DumpOptions): DumpResult {
   let fileTable: FileTable | undefined;
   const rollback = (error: unknown): never => {
     closeShared();
+    prefill.closeAll();
     fileTable?.close();
     if (!cleanedUp) {
       cleanedUp = true;
@@ -523,12 +533,17 @@ function dumpTree(options: DumpOptions): DumpResult {
     for (const t of live) {
       const p = t.task.pid;
       const copyMode = { inTask: pagesCopyInTaskAllowed(p), writebackStep };
-      const pagesFd = asFd(dir.openRaw(`pages-${t.pagesId}.img`));
+      const pagesName = `pages-${t.pagesId}.img`;
+      const prefilled = prefill.take(p);
+      const pagesFd = prefilled ?? asFd(dir.openRaw(pagesName));
       try {
+        if (prefilled !== undefined) dir.linkUnnamed(prefilled, pagesName);
         fault('in-pages');
         const before = pagesWritten;
         const onWritten = (done: number) => options.onProgress?.({ pagesWritten: before + done / 4096, pagesTotal });
         const bytes = writePages(p, t.runs!, t.parasite!, pagesFd, onWritten, copyMode, t === overlapIn ? writeImagesOnce : undefined);
+        // The prefilled zeros after what the copy wrote are dropped (never written back).
+        if (prefilled !== undefined) ftruncate(pagesFd, bytes);
         pagesWritten += bytes / 4096;
       } finally {
         closeFd(pagesFd);
@@ -551,6 +566,7 @@ function dumpTree(options: DumpOptions): DumpResult {
       }
     }
     closeShared();
+    prefill.closeAll(); // those of processes that were gone by the freeze
     // memfd contents, one pages file per inode (the task is still frozen: they cannot change).
     const memfdPagemaps: Array<{ shmid: number; pagesId: number; entries: DecodedMessage[] }> = [];
     for (const [ino, source] of files.memfdSources) {
@@ -635,7 +651,7 @@ function dumpTree(options: DumpOptions): DumpResult {
     guard?.disarm();
     return {
       pid, imagesDir: options.imagesDir, images: readdirSync(options.imagesDir).sort(), pagesWritten,
-      freezingTime, frozenTime, memdumpTime, pids: tree.map((t) => t.pid as number), connections, runId,
+      freezingTime, frozenTime, memdumpTime, pagesPrefilled, pids: tree.map((t) => t.pid as number), connections, runId,
     };
   } catch (error) {
     return rollback(error);

@@ -4,6 +4,7 @@
 // without it never looks like a complete dump.
 import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, rmSync, rmdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
+import { linkat, type Fd } from '@criu-ts/sys';
 import { ImageWriter, kindForFileName, type DecodedMessage, type EntryPayload } from '@criu-ts/images';
 
 export class ImageDir {
@@ -59,6 +60,16 @@ export class ImageDir {
   openRaw(name: string): number {
     this.track(name);
     return openSync(this.file(name), 'w', 0o600);
+  }
+
+  /**
+   * Names `fd`, an unnamed file opened in this directory with O_TMPFILE, as `name` (replacing a
+   * file of that name, as openRaw would truncate it), tracked like images.
+   */
+  linkUnnamed(fd: Fd, name: string): void {
+    this.track(name);
+    rmSync(this.file(name), { force: true });
+    linkat(`/proc/self/fd/${fd}`, this.file(name));
   }
 
   private track(name: string): void {
