@@ -738,10 +738,15 @@ export interface InfectOptions {
  * user namespace (proc(5)); each remote syscall is two ptrace stops of the frozen task, 0.5-1 ms
  * on these machines. Second way, three: memfd_create in the task, opened by us through
  * /proc/PID/fd, mapped (mmap) and closed in the task.
+ *
+ * Either way MAP_POPULATE: the parasite's first touch of each page of its code, stack and buffers
+ * would otherwise be a page fault in the frozen task, and faults are dear on these machines
+ * (shadow paging): populated, the first requests (misc, sigactions, the page copy's start) took
+ * about 3 ms less (medians of 15 dumps of a 64 MiB memhog each way).
  */
 function mapBlobHome(inj: Injection, size: number, how: 'auto' | 'memfd'): { base: RemoteAddress; memfd: Fd } {
   if (how === 'auto' && mapFilesAllowed()) {
-    const base = inj.mapSync(size, PROT.READ | PROT.WRITE | PROT.EXEC, MAP.SHARED | MAP.ANONYMOUS);
+    const base = inj.mapSync(size, PROT.READ | PROT.WRITE | PROT.EXEC, MAP.SHARED | MAP.ANONYMOUS | MAP.POPULATE);
     try {
       return { base, memfd: open(`/proc/${inj.pid}/map_files/${base.toString(16)}-${(base + BigInt(size)).toString(16)}`, O.RDWR) };
     } catch (err) {
@@ -783,7 +788,7 @@ function mapBlobHome(inj: Injection, size: number, how: 'auto' | 'memfd'): { bas
   }
   // Mapped in the task; the task's descriptor is not needed any more.
   try {
-    return { base: inj.mapSync(size, PROT.READ | PROT.WRITE | PROT.EXEC, MAP.SHARED, remoteMemfd), memfd };
+    return { base: inj.mapSync(size, PROT.READ | PROT.WRITE | PROT.EXEC, MAP.SHARED | MAP.POPULATE, remoteMemfd), memfd };
   } catch (err) {
     close(memfd);
     throw err;
