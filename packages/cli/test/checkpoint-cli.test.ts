@@ -176,6 +176,17 @@ describe('cli: dump, restore, check, demo', function () {
     expect(noNamespace.stderr).to.match(/Error.*cannot open the network namespace .*no-such-netns/);
   });
 
+  it('signals to criu-ts do not fail a dump: 10 dumps -R under a CPU profiler (SIGPROF every 10 us interrupts its waits)', function () {
+    keeper = new StateKeeper();
+    const profiles = join(keeper.dir, 'profiles');
+    for (let round = 1; round <= 10; round++) {
+      const r = spawnSync(process.execPath, ['--cpu-prof', '--cpu-prof-dir', profiles, '--cpu-prof-interval', '10', BIN, 'dump', '-t', String(keeper.pid), '-D', join(keeper.dir, `images-${round}`), '-R'], { encoding: 'utf8', timeout: 60_000 });
+      expect(r.status, `round ${round}: ${r.stderr}`).to.equal(0);
+    }
+    expect(readdirSync(profiles).length, 'one profile per dump: the profiler ran').to.equal(10);
+    expect(keeper.check().failures).to.deep.equal([]);
+  });
+
   it('check lists every feature; --feature exits 0 or 1', function () {
     const all = criuTs('check');
     expect(all.stdout).to.match(/^ok\s+ptrace/m);

@@ -662,7 +662,16 @@ function acceptDaemon(listener: Fd, inj: Injection): Fd {
   const deadline = Date.now() + inj.timeoutMs;
   for (let round = 0; round < 1000; round++) {
     const left = deadline - Date.now();
-    if (left <= 0 || pollOne(listener, POLL.IN, left) === 0) break;
+    if (left <= 0) break;
+    let ready: number;
+    try {
+      ready = pollOne(listener, POLL.IN, left);
+    } catch (err) {
+      // A signal to us (a profiler's SIGPROF, a terminal's SIGWINCH): wait on for what is left.
+      if (isSysError(err, 'EINTR')) continue;
+      throw err;
+    }
+    if (ready === 0) break;
     const conn = accept4(listener, SOCK.CLOEXEC);
     const ucred = getsockopt(conn, SOL_SOCKET, SO.PEERCRED, 12); // struct ucred: pid, uid, gid
     if (ucred.readInt32LE(0) === inj.pid) return conn;
@@ -719,7 +728,6 @@ function retryEintr<T>(call: () => T): T {
   }
 }
 
-/** Loads and starts the parasite in a seized task. */
 /** How {@link Parasite.infectSync} puts the blob in the task. */
 export interface InfectOptions {
   /**
@@ -810,6 +818,7 @@ function mapFilesAllowed(): boolean {
   return line !== null && (BigInt(`0x${line[1]}`) & MAP_FILES_CAPS) !== 0n;
 }
 
+/** Loads and starts the parasite in a seized task. */
 export function infectSync(inj: Injection, blob?: Blob, options?: InfectOptions): Parasite {
   return Parasite.infectSync(inj, blob, options);
 }
