@@ -354,8 +354,8 @@ s64 parasite_daemon(struct parasite_ctl *ctl) {
       ret = do_vmsplice((int)req.arg[0], (struct iovec *)((char *)ctl + req.arg[1]), req.arg[2], req.arg[3]);
       break;
     case PARASITE_CMD_DUMP_PAGES:
-      if (nfds != 2) { ret = -22; break; }
-      ret = dump_pages(sock, (int)req.arg[0], fds[1], fds[0], (struct iovec *)((char *)ctl + req.arg[1]), req.arg[2], req.arg[3]);
+      if (nfds != 3) { ret = -22; break; }
+      ret = dump_pages(sock, fds[2], fds[1], fds[0], (struct iovec *)((char *)ctl + req.arg[1]), req.arg[2], req.arg[3]);
       break;
     case PARASITE_CMD_DUMP_SIGACTIONS: {
       struct parasite_sigaction *sa = (struct parasite_sigaction *)data;

@@ -165,7 +165,7 @@ export class Parasite {
   private sock: Fd | null;
   private readonly req = Buffer.alloc(REQ_SIZE);
   private readonly rep = Buffer.alloc(REP_HDR_SIZE + REPLY_MAX);
-  private pipe: { r: Fd; w: Fd; remoteW: number; size: number } | null = null;
+  private pipe: { r: Fd; w: Fd; remoteW: number | null; size: number } | null = null;
   private stopped = false;
 
   private constructor(
@@ -473,7 +473,8 @@ export class Parasite {
     return r.fds;
   }
 
-  private ensurePipe(): { r: Fd; w: Fd; remoteW: number; size: number } {
+  /** Our pipe for moving pages, made once: 1 MiB where allowed (the most without CAP_SYS_RESOURCE). */
+  private localPipe(): { r: Fd; w: Fd; remoteW: number | null; size: number } {
     if (this.pipe) return this.pipe;
     const [r, w] = pipe2();
     let size = 64 * 1024;
@@ -481,9 +482,15 @@ export class Parasite {
       const max = Number(readFileSync('/proc/sys/fs/pipe-max-size', 'utf8'));
       size = fcntl(w, F.SETPIPE_SZ, Math.min(max, 1 << 20));
     } catch { /* keep the default size */ }
-    const [remoteW] = this.sendFds([w]);
-    this.pipe = { r, w, remoteW: remoteW!, size };
+    this.pipe = { r, w, remoteW: null, size };
     return this.pipe;
+  }
+
+  /** localPipe, with its write end installed in the task for good (for VMSPLICE requests). */
+  private ensurePipe(): { r: Fd; w: Fd; remoteW: number; size: number } {
+    const p = this.localPipe();
+    if (p.remoteW === null) p.remoteW = this.sendFds([p.w])[0]!;
+    return p as { r: Fd; w: Fd; remoteW: number; size: number };
   }
 
   /**
@@ -580,12 +587,14 @@ export class Parasite {
       });
       return () => moved;
     }
-    const p = this.ensurePipe();
+    // Both ends of the pipe travel with each request (and are closed after it in the task): no
+    // round trip to install them first, while the task is frozen.
+    const p = this.localPipe();
     const maxIov = Math.floor(BUF_SIZE / 16);
     let total = 0;
     const request = (batch: readonly RemoteRange[]) => {
       const want = this.putIovecs(batch.map((r): [bigint, number] => [BigInt(r.addr), r.len]));
-      this.send(CMD.DUMP_PAGES, [p.remoteW, this.bufOff, batch.length, options.writebackStep ?? 0], [outFd, p.r]);
+      this.send(CMD.DUMP_PAGES, [0, this.bufOff, batch.length, options.writebackStep ?? 0], [outFd, p.r, p.w]);
       return () => {
         if (this.inFlight !== CMD.DUMP_PAGES) throw new CompelError('state', this.injection.pid, 'the reply to DUMP_PAGES was taken by another request');
         const n = Number(this.check(this.receive(CMD.DUMP_PAGES).ret, 'dump pages'));
@@ -637,7 +646,7 @@ export class Parasite {
     const inj = this.injection;
     try {
       for (const [addr, len] of this.userBlobs.splice(0)) this.syscallRaw('munmap', addr, len);
-      if (this.pipe) this.syscallRaw('close', this.pipe.remoteW);
+      if (this.pipe?.remoteW != null) this.syscallRaw('close', this.pipe.remoteW);
       this.command(CMD.FINI, [PARASITE_MAGIC]);
       inj.takeBackWorkerSync('parasite FINI');
     } finally {
