@@ -15,10 +15,10 @@
 // read (PROT_NONE, or write-only) are read through /proc/PID/mem instead, which the kernel allows
 // to a tracer (FOLL_FORCE) for mappings that may be made readable.
 import { closeSync, openSync, readFileSync, readSync, writeSync } from 'node:fs';
-import { join } from 'node:path';
 import type { DecodedMessage } from '@criu-ts/images';
 import type { Parasite } from '@criu-ts/compel';
 import { asRemoteAddress, mmap, munmap, PAGE_IS, pagemapScan, processVmReadv, getpid, SysError, type Fd } from '@criu-ts/sys';
+import { memoryCgroups, memoryHeadroom } from '../proc/memory-cgroup.js';
 import type { ProcVma } from '../proc/smaps.js';
 import type { FileTable } from './files.js';
 import type { SysvShmDumper } from './sysv-shm.js';
@@ -415,50 +415,12 @@ export function pagesCopyInTaskAllowed(pid: number): boolean {
     const theirs = memoryCgroups(pid);
     const ours = memoryCgroups('self');
     if (theirs.v1 === ours.v1 && theirs.v2 === ours.v2) return true;
-    const mounts = cgroupMounts();
-    const unlimited = (mount: string | undefined, path: string | undefined, file: string, isLimit: (text: string) => boolean): boolean => {
-      if (path === undefined) return true; // this hierarchy has no memory controller for the task
-      if (mount === undefined) return false; // it has one we cannot read: assume a limit
-      for (let at = path; ; at = at.slice(0, at.lastIndexOf('/')) || '/') {
-        try {
-          if (isLimit(readFileSync(join(mount, at, file), 'utf8').trim())) return false;
-        } catch {
-          /* the controller is not enabled at this level: no limit here */
-        }
-        if (at === '/') return true;
-      }
-    };
-    return unlimited(mounts.v2, theirs.v2, 'memory.max', (t) => t !== 'max')
-      && unlimited(mounts.v1Memory, theirs.v1, 'memory.limit_in_bytes', (t) => BigInt(t) < 1n << 62n);
+    return memoryHeadroom(pid) === Infinity;
   } catch {
     return false;
   }
 }
 
-/** The task's cgroup paths that matter for memory: the v1 memory hierarchy's and the v2 one's. */
-function memoryCgroups(pid: number | 'self'): { v1?: string; v2?: string } {
-  const out: { v1?: string; v2?: string } = {};
-  for (const line of readFileSync(`/proc/${pid}/cgroup`, 'utf8').split('\n')) {
-    const [id, controllers, path] = [line.slice(0, line.indexOf(':')), line.slice(line.indexOf(':') + 1, line.lastIndexOf(':')), line.slice(line.lastIndexOf(':') + 1)];
-    if (id === '0' && controllers === '') out.v2 = path;
-    else if (controllers.split(',').includes('memory')) out.v1 = path;
-  }
-  return out;
-}
-
-/** Where the cgroup v2 hierarchy and the v1 memory hierarchy are mounted (mountinfo fields 5 and 9+). */
-function cgroupMounts(): { v2?: string; v1Memory?: string } {
-  const out: { v2?: string; v1Memory?: string } = {};
-  for (const line of readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
-    const [left, right] = line.split(' - ');
-    if (!left || !right) continue;
-    const mountPoint = left.split(' ')[4]!;
-    const [type, , options = ''] = right.split(' ');
-    if (type === 'cgroup2') out.v2 ??= mountPoint;
-    else if (type === 'cgroup' && options.split(',').includes('memory')) out.v1Memory ??= mountPoint;
-  }
-  return out;
-}
 
 /**
  * Writes the pages of `runs` to `out` in order; returns the bytes written. `onWritten` hears of

@@ -16,10 +16,12 @@
 // process exited, or the dump failed) is closed and, never having had a name, is gone.
 //
 // The zeros are dirty pages: so that the flusher never writes them out, the total stays within
-// half of what is left below the kernel's background writeback threshold. The file pages are
-// charged to criu-ts's memory cgroup (its writes), not to the frozen task's.
+// half of what is left below the kernel's background writeback threshold, and within half the
+// room criu-ts's memory cgroups have left: the file pages are charged there (our writes), not to
+// the frozen task's group, and a group at its limit would reclaim them by writing them out.
 import { closeSync, openSync, readdirSync, readFileSync, writeSync } from 'node:fs';
 import { asFd, close, type Fd } from '@criu-ts/sys';
+import { memoryHeadroom } from '../proc/memory-cgroup.js';
 
 /** open(2) O_TMPFILE (__O_TMPFILE | O_DIRECTORY), with O_RDWR: an unnamed file in a directory. */
 const O_TMPFILE_RDWR = 0o20200000 | 0o2;
@@ -142,7 +144,9 @@ export function dirtyBudget(): number {
     const threshold = bytes > 0
       ? bytes
       : (Number(readFileSync('/proc/sys/vm/dirty_background_ratio', 'utf8')) / 100) * (kb('MemFree') + kb('Active(file)') + kb('Inactive(file)'));
-    return Math.max(0, Math.floor((threshold - kb('Dirty') - kb('Writeback')) / 2));
+    // criu-ts's own memory cgroups are charged for these pages: stay within half their room too,
+    // or the group would reclaim (write back the zeros) to make space.
+    return Math.max(0, Math.floor(Math.min(threshold - kb('Dirty') - kb('Writeback'), memoryHeadroom('self')) / 2));
   } catch {
     return 0;
   }
