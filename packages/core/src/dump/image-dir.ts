@@ -9,6 +9,8 @@ import { ImageWriter, kindForFileName, type DecodedMessage, type EntryPayload } 
 
 export class ImageDir {
   private readonly written: string[] = [];
+  /** How many of `written` (from the start) syncWritten has synced. */
+  private syncedCount = 0;
   private readonly createdDir: boolean;
 
   constructor(readonly path: string) {
@@ -44,9 +46,9 @@ export class ImageDir {
     }
   }
 
-  /** fsync of every file written so far (images and raw pages). */
+  /** fsync of every file written since the last call (images and raw pages). */
   syncWritten(): void {
-    for (const name of this.written) {
+    for (const name of this.written.slice(this.syncedCount)) {
       const fd = openSync(this.file(name), 'r');
       try {
         fsyncSync(fd);
@@ -54,6 +56,7 @@ export class ImageDir {
         closeSync(fd);
       }
     }
+    this.syncedCount = this.written.length;
   }
 
   /** Opens a raw file (pages) for writing, tracked like images. */
@@ -73,7 +76,14 @@ export class ImageDir {
   }
 
   private track(name: string): void {
-    if (!this.written.includes(name)) this.written.push(name);
+    const at = this.written.indexOf(name);
+    if (at >= 0 && at >= this.syncedCount) return;
+    if (at >= 0) {
+      // Written again after it was synced: to be synced again.
+      this.written.splice(at, 1);
+      this.syncedCount--;
+    }
+    this.written.push(name);
   }
 
   /** fsync of the directory: the new names are durable before the task is killed. */
