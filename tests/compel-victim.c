@@ -26,6 +26,7 @@
  * printed first ("read rc=... data=...", "woke rc=...", "epoll n=...", "slept rc=... ms=...").
  */
 #define _GNU_SOURCE
+#include <alloca.h>
 #include <cpuid.h>
 #include <errno.h>
 #include <linux/futex.h>
@@ -240,7 +241,13 @@ int main(int argc, char **argv) {
   if (!strcmp(mode, "busy") || !strcmp(mode, "zombie")) {
     busy(42);
   } else if (!strcmp(mode, "xstate")) {
+    /* The spin's stack moves down by a pid-derived amount (0-4080 bytes): the return chain compel
+     * writes below it then starts at other page offsets from one victim to the next. */
+    size_t shift = ((size_t)getpid() * 2654435761u) % 4096 & ~(size_t)15;
+    volatile char *pad = alloca(shift + 16);
+    pad[0] = 0;
     xstate();
+    pad[0] = 1;
   } else if (!strcmp(mode, "read")) {
     char buf[64] = {0};
     ssize_t rc = read(0, buf, sizeof buf - 1);

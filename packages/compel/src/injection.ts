@@ -107,11 +107,24 @@ const SYSCALL_STOP = SIGNALS.SIGTRAP | 0x80;
  * in those bytes, put back on cure (by ABI they are free, as for any signal delivery).
  * The worker's chain also undoes, before the rt_sigreturn, what we made in the task and have not
  * removed yet (our mappings, the parasite's memfd and socket: see undoOnDeath), each as "pop rdi;
- * ret", a0, "pop rsi; ret", a1, "pop rax; ret", nr, "syscall; ret": a dump killed while it loads
- * the parasite leaves nothing behind. The chain keeps its RSP; only its length changes.
+ * ret", a0, "pop rsi; ret", a1, "pop rax; ret", nr, "syscall; ret", "ret": a dump killed while it
+ * loads the parasite leaves nothing behind.
+ *
+ * Layout: UNDO_MAX slots of 64 bytes (an operation, or eight "ret"s when free), "pop rax; ret",
+ * 15, the frame. Nothing moves once written: an operation added or removed rewrites its slot
+ * alone, in one write that never crosses a page (slots are 64-byte aligned). That matters because
+ * a write into the task can stop part way when we are killed during it (the kernel stops pinning
+ * the task's pages once a fatal signal is pending for us), and the thread then runs whatever the
+ * chain holds. A slot's write is whole or not made at all, so the chain holds the old operation
+ * or the new one. The earlier layout moved the frame with the number of operations and rewrote it
+ * all on each change: cut at a page boundary (a test does it on purpose), that left a chain half
+ * old, half new, and the victim crashed in 2 test runs out of 3 (or, likely, came back with its
+ * AVX upper halves lost, as one random-kill run once showed).
  */
 interface ReturnChain {
   readonly sp: bigint;
+  /** Undo slots at the start of the chain (UNDO_MAX for the worker with the gadgets for them, else 0). */
+  readonly slots: number;
   /** The worker's: STACK_SCRATCH bytes at the top of the area, for stackScratchSync. */
   readonly scratch: bigint | null;
   readonly original: Buffer;
@@ -121,8 +134,8 @@ interface ReturnChain {
 
 /** At most this many undo operations in the worker's return chain (see undoOnDeath). */
 const UNDO_MAX = 8;
-/** Words of one undo operation: pop rdi, a0, pop rsi, a1, pop rax, nr, "syscall; ret". */
-const UNDO_WORDS = 7;
+/** Bytes of one undo slot: pop rdi, a0, pop rsi, a1, pop rax, nr, "syscall; ret", "ret" (see ReturnChain). */
+const UNDO_SLOT = 64;
 /** Bytes the worker's chain area keeps free above the chain, for stackScratchSync. */
 const STACK_SCRATCH = 64;
 
@@ -208,8 +221,8 @@ export class Injection {
   private sigmaskBlocked = false;
   /** Threads we ran code in: their own state, return chain and where they stand (see ThreadHold). */
   private readonly holds = new Map<Pid, ThreadHold>();
-  /** What the worker's return chain undoes if we die (see undoOnDeath), in the order registered. */
-  private readonly undos = new Map<string, { nr: number; a0: bigint; a1: bigint }>();
+  /** What the worker's return chain undoes if we die (see undoOnDeath), each in its slot of the chain. */
+  private readonly undos = new Map<string, { nr: number; a0: bigint; a1: bigint; slot: number }>();
   /**
    * Calls in a task we must never harm: each thread we run code in gets a return chain (see
    * ReturnChain), or, where none can be made, is settled in an interrupt stop with its own
@@ -398,9 +411,9 @@ export class Injection {
     const xsave = tid === this.worker ? this.saved.xsave : ptraceGetRegset(tid, NT.X86_XSTATE);
     // The frame's extended state is cut to what the task's rt_sigreturn takes (sigframe.ts).
     const xstate = sigframeXstateLayout(xsave, cpuXstateLayout());
-    const undoRoom = tid === this.worker ? UNDO_MAX * UNDO_WORDS * 8 : 0;
+    const slots = tid === this.worker && gadgets.popRdiRet && gadgets.popRsiRet ? UNDO_MAX : 0;
     const scratchRoom = tid === this.worker ? STACK_SCRATCH : 0;
-    const size = Math.ceil((16 + undoRoom + SIGFRAME.size + 64 + xsave.length + 4) / 64) * 64 + scratchRoom;
+    const size = Math.ceil((slots * UNDO_SLOT + 16 + SIGFRAME.size + 64 + xsave.length + 4) / 64) * 64 + scratchRoom;
     const rsp = hold.regs.rsp;
     const start = (rsp - 128n - BigInt(size)) & ~63n; // the red zone belongs to the interrupted code
     const stack = this.seizedMaps().find((v) => v.start <= start && rsp <= v.end && v.perms.startsWith('rw'));
@@ -408,27 +421,40 @@ export class Injection {
     const own = restartedRegs(tid === this.worker ? undoInterruptEintr(hold.regs) : hold.regs);
     const chain: ReturnChain = {
       sp: start,
+      slots,
       scratch: scratchRoom > 0 ? start + BigInt(size - scratchRoom) : null,
       original: this.readMemorySync(start, size),
       frameAt: (frameAddr) => buildSigframe(own, hold.sigmask, xsave, frameAddr, gadgets.syscallRet!, xstate),
     };
-    this.writeChain(tid, chain);
+    this.writeChain(chain);
     hold.chain = chain;
     return chain;
   }
 
-  /** Writes `chain` into the task: the worker's undo operations (if the gadgets exist), then the way into rt_sigreturn. */
-  private writeChain(tid: Pid, chain: ReturnChain): void {
+  /**
+   * Writes `chain` into the task, once, before the thread first runs on it: the undo slots (the
+   * operations registered so far, the others free), the way into rt_sigreturn, the frame.
+   */
+  private writeChain(chain: ReturnChain): void {
     const g = this.findGadgets();
-    const words: bigint[] = [];
-    if (tid === this.worker && g.popRdiRet && g.popRsiRet) {
-      for (const op of this.undos.values()) words.push(g.popRdiRet, op.a0, g.popRsiRet, op.a1, g.popRaxRet!, BigInt(op.nr), g.syscallRet!);
-    }
-    words.push(g.popRaxRet!, 15n /* rt_sigreturn */);
-    const head = Buffer.alloc(words.length * 8);
-    words.forEach((w, i) => head.writeBigUInt64LE(BigInt.asUintN(64, w), i * 8));
-    // The frame follows; its pretcode slot ("syscall; ret") is where the last `ret` goes.
-    this.writeMemorySync(chain.sp, Buffer.concat([head, chain.frameAt(chain.sp + BigInt(head.length))]));
+    const slots = Array.from({ length: chain.slots }, (_, i) => this.undoSlotBytes(i));
+    const tail = Buffer.alloc(16);
+    tail.writeBigUInt64LE(g.popRaxRet!, 0);
+    tail.writeBigUInt64LE(15n /* rt_sigreturn */, 8);
+    const frameAddr = chain.sp + BigInt(chain.slots * UNDO_SLOT + tail.length);
+    // The frame's pretcode slot ("syscall; ret") is where the tail's `ret` goes.
+    this.writeMemorySync(chain.sp, Buffer.concat([...slots, tail, chain.frameAt(frameAddr)]));
+  }
+
+  /** Slot `slot` of the worker's chain: the undo operation it holds, or eight "ret"s. */
+  private undoSlotBytes(slot: number): Buffer {
+    const g = this.findGadgets();
+    const ret = g.popRaxRet! + 1n; // the "ret" (c3) of "pop rax; ret"
+    const op = [...this.undos.values()].find((u) => u.slot === slot);
+    const words = op ? [g.popRdiRet!, op.a0, g.popRsiRet!, op.a1, g.popRaxRet!, BigInt(op.nr), g.syscallRet!, ret] : new Array<bigint>(8).fill(ret);
+    const bytes = Buffer.alloc(UNDO_SLOT);
+    words.forEach((w, i) => bytes.writeBigUInt64LE(BigInt.asUintN(64, w), i * 8));
+    return bytes;
   }
 
   /**
@@ -438,22 +464,32 @@ export class Injection {
    * "pop rdi; ret" and "pop rsi; ret" gadgets, or beyond UNDO_MAX operations, keeps it.
    */
   undoOnDeath(key: string, nr: 'munmap' | 'close', a0: bigint | number, a1: bigint | number = 0): void {
-    if (this.undos.size >= UNDO_MAX && !this.undos.has(key)) return;
-    const op = { nr: syscallNumber(nr), a0: BigInt(a0), a1: BigInt(a1) };
     const had = this.undos.get(key);
+    const op = { nr: syscallNumber(nr), a0: BigInt(a0), a1: BigInt(a1) };
     if (had && had.nr === op.nr && had.a0 === op.a0 && had.a1 === op.a1) return;
-    this.undos.set(key, op);
-    this.rewriteWorkerChain();
+    let slot = had?.slot;
+    if (slot === undefined) {
+      const used = new Set([...this.undos.values()].map((u) => u.slot));
+      slot = Array.from({ length: UNDO_MAX }, (_, i) => i).find((i) => !used.has(i));
+      if (slot === undefined) return;
+    }
+    this.undos.set(key, { ...op, slot });
+    this.rewriteUndoSlot(slot);
   }
 
   /** @internal The thing registered under `key` is gone (removed by us, or by the parasite). */
   forgetUndo(key: string): void {
-    if (this.undos.delete(key)) this.rewriteWorkerChain();
+    const had = this.undos.get(key);
+    if (!had) return;
+    this.undos.delete(key);
+    this.rewriteUndoSlot(had.slot);
   }
 
-  private rewriteWorkerChain(): void {
+  /** One slot of the worker's chain, if it has one, rewritten in place (one write within a page: see ReturnChain). */
+  private rewriteUndoSlot(slot: number): void {
     const chain = this.holds.get(this.worker)?.chain;
-    if (chain && this.state !== 'cured') this.writeChain(this.worker, chain);
+    if (!chain || slot >= chain.slots || this.state === 'cured') return;
+    this.writeMemorySync(chain.sp + BigInt(slot * UNDO_SLOT), this.undoSlotBytes(slot));
   }
 
   /**

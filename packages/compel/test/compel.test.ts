@@ -624,6 +624,68 @@ describe('@criu-ts/compel: injector killed at random moments of whole injections
   }
 });
 
+describe('@criu-ts/compel: injector killed while it rewrites the return chain', function () {
+  this.timeout(120_000);
+  beforeEach(function () {
+    requireRootAndBinaries(this);
+  });
+  afterEach(() => killAllVictims());
+
+  // A write into the task stops part way when the writer gets SIGKILL during it (the kernel stops
+  // pinning pages once a fatal signal is pending): the chain must be whole at any such point.
+  it('xstate: 20 kills amid changes of its undo operations, the victim\'s registers and extended state are whole', async () => {
+    const v = await Victim.start('xstate');
+    await new Promise((r) => setTimeout(r, 50));
+    const status = () => readFileSync(`/proc/${v.pid}/status`, 'utf8');
+    const mapsBefore = mapsText(v.pid);
+    for (let round = 0; round < 20; round++) {
+      const injector = spawn(process.execPath, [fileURLToPath(new URL('./injector-child.js', import.meta.url)), String(v.pid), 'undo-storm'], {
+        stdio: ['ignore', 'pipe', 'inherit'],
+      });
+      try {
+        await new Promise<void>((resolve, reject) => {
+          const t = setTimeout(() => reject(new Error('injector did not start within 10 s')), 10_000);
+          injector.stdout!.on('data', () => { clearTimeout(t); resolve(); });
+        });
+        await new Promise((r) => setTimeout(r, Math.floor(Math.random() * 20)));
+      } finally {
+        injector.kill('SIGKILL');
+      }
+      const t0 = Date.now();
+      while ((!/TracerPid:\s+0\n/.test(status()) || !/SigBlk:\s+0+\n/.test(status())) && Date.now() - t0 < 2000) await new Promise((r) => setTimeout(r, 5));
+      expect(status(), `round ${round}`).to.match(/State:\s+[RS]/);
+      expect(status(), `round ${round}`).to.match(/TracerPid:\s+0\n/);
+      expect(status(), `round ${round}`).to.match(/SigBlk:\s+0+\n/);
+    }
+    expect(mapsText(v.pid)).to.equal(mapsBefore);
+    process.kill(v.pid, 'SIGUSR1');
+    expect(await v.waitLine(/^(ok|bad) xstate/)).to.match(/^ok xstate xmm0=ok ymm15=ok ymm15hi=ok zmm31=ok k7=ok/);
+  });
+
+  it('xstate: writes into the chain cut at a page boundary by the injector\'s death, 12 victims (their chains at other page offsets): each is whole', async () => {
+    for (let round = 0; round < 12; round++) {
+      const v = await Victim.start('xstate');
+      await new Promise((r) => setTimeout(r, 20));
+      const status = () => readFileSync(`/proc/${v.pid}/status`, 'utf8');
+      const mapsBefore = mapsText(v.pid);
+      const injector = spawn(process.execPath, [fileURLToPath(new URL('./injector-child.js', import.meta.url)), String(v.pid), 'torn-write'], {
+        stdio: ['ignore', 'pipe', 'inherit'],
+      });
+      const exited = new Promise<NodeJS.Signals | null>((resolve) => injector.on('exit', (_code, signal) => resolve(signal)));
+      expect(await exited, `round ${round}: the injector killed itself`).to.equal('SIGKILL');
+      const t0 = Date.now();
+      while ((!/TracerPid:\s+0\n/.test(status()) || !/SigBlk:\s+0+\n/.test(status())) && Date.now() - t0 < 2000) await new Promise((r) => setTimeout(r, 5));
+      expect(status(), `round ${round}`).to.match(/State:\s+[RS]/);
+      expect(status(), `round ${round}`).to.match(/TracerPid:\s+0\n/);
+      expect(status(), `round ${round}`).to.match(/SigBlk:\s+0+\n/);
+      expect(mapsText(v.pid), `round ${round}: maps`).to.equal(mapsBefore);
+      process.kill(v.pid, 'SIGUSR1');
+      expect(await v.waitLine(/^(ok|bad) xstate/), `round ${round}`).to.match(/^ok xstate xmm0=ok ymm15=ok ymm15hi=ok zmm31=ok k7=ok/);
+      process.kill(v.pid, 'SIGKILL');
+    }
+  });
+});
+
 describe('@criu-ts/compel: injector killed after a vmsplice met a dead reader', function () {
   this.timeout(30_000);
   beforeEach(function () {
