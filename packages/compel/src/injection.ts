@@ -1102,7 +1102,9 @@ function waitSeizeStop(pid: Pid, tid: Pid, deadline: number): { groupStop: numbe
       if (Date.now() > deadline) {
         throw new CompelError('timeout', pid, `thread ${tid} did not stop after PTRACE_INTERRUPT`, { state: taskState(pid, tid) });
       }
-      sleepMs(spins < 100 ? 0.02 : 1);
+      // Spin first, as waitStop does: the stop usually comes within a few hundred microseconds,
+      // and the shortest sleep costs more than that here (timer slack).
+      if (spins >= 2000) sleepMs(spins < 2100 ? 0.05 : 1);
       continue;
     }
     if (st.kind === 'exited' || st.kind === 'signaled') return null;

@@ -10,6 +10,15 @@ import { fileURLToPath } from 'node:url';
  */
 export function nativeDir(): string {
   if (process.env.CRIU_TS_NATIVE_DIR) return process.env.CRIU_TS_NATIVE_DIR;
+  // Found once: callers on the frozen path (each seize asks, through cpuXstateLayout) would
+  // otherwise walk the directories again, 0.1 ms each time.
+  found ??= findNativeDir();
+  return found;
+}
+
+let found: string | undefined;
+
+function findNativeDir(): string {
   let dir = dirname(fileURLToPath(import.meta.url));
   for (let level = 0; level < 8; level++) {
     if (existsSync(join(dir, 'native', 'Makefile'))) return join(dir, 'native') + '/';

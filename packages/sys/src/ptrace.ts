@@ -149,7 +149,9 @@ const REGSET_MAX = 64 * 1024;
  * filled, so the returned buffer has the real size (for NT_X86_XSTATE: the CPU's XSAVE size).
  */
 export function ptraceGetRegset(pid: Pid, type: number, maxSize = REGSET_MAX): Buffer {
-  const buf = Buffer.alloc(maxSize);
+  // Not zeroed: the kernel fills the first `len` bytes, and only those are copied out. (Zeroing
+  // the whole buffer cost a seize 0.14 ms, with the task frozen.)
+  const buf = Buffer.allocUnsafe(maxSize);
   iov.writeBigUInt64LE(addressOf(buf), 0);
   iov.writeBigUInt64LE(BigInt(maxSize), 8);
   ptrace('PTRACE_GETREGSET', PTRACE.GETREGSET, pid, type, iov);
