@@ -40,7 +40,7 @@
  */
 import { readdirSync, readFileSync } from 'node:fs';
 import {
-  __WALL, asRemoteAddress, sleepSync, close, isSysError, O, open, pread, ptraceCont, ptraceDetach, ptraceGetRegs,
+  __WALL, asRemoteAddress, sleepSync, close, isSysError, O, open, pread, processVmReadv, ptraceCont, ptraceDetach, ptraceGetRegs,
   ptraceGetRegset, ptraceGetSigmask, ptraceInterrupt, ptraceSeize, ptraceSetRegs, ptraceSetRegset,
   ptraceSetSigmask, ptraceSingleStep, ptraceSyscall, pwrite, SIGNALS, SIGSET_ALL, SysError, syscallName, syscallNumber,
   tgkill, kill, wait4, NT, PTRACE_EVENT, PTRACE_O, MAP, PROT, signalName, type Fd, type Pid, type RemoteAddress,
@@ -322,15 +322,29 @@ export class Injection {
     vmas.sort((a, b) => (a.name === '[vdso]' ? -1 : b.name === '[vdso]' ? 1 : 0));
     const found: Record<GadgetName, bigint | null> = { syscall: null, syscallRet: null, popRaxRet: null, popRdiRet: null, popRsiRet: null };
     const missing = () => GADGET_NAMES.filter((n) => found[n] === null);
-    // Where earlier dumps found them in the same files (gadget-hints.ts), checked byte for byte.
+    // Where earlier dumps found them in the same files (gadget-hints.ts), checked byte for byte:
+    // all in one process_vm_readv (the task is frozen meanwhile); one by one through
+    // /proc/PID/mem if that cannot read them all (a code mapping without read permission).
+    const hinted: Array<{ name: GadgetName; at: bigint }> = [];
     for (const vma of vmas) {
-      for (const name of missing()) {
+      for (const name of GADGET_NAMES) {
         const at = hintedAddress(vma, name);
-        if (at === undefined) continue;
-        try {
-          if (this.readMemorySync(at, GADGET_BYTES[name].length).equals(Buffer.from(GADGET_BYTES[name]))) found[name] = at;
-        } catch { /* unreadable there: searched below */ }
+        if (at !== undefined) hinted.push({ name, at });
       }
+    }
+    const hintedBytes = Buffer.alloc(hinted.reduce((n, h) => n + GADGET_BYTES[h.name].length, 0));
+    let readAll = false;
+    try {
+      readAll = hinted.length > 0 && processVmReadv(this.pid, hintedBytes, hinted.map((h) => ({ addr: asRemoteAddress(h.at), len: GADGET_BYTES[h.name].length }))) === hintedBytes.length;
+    } catch { /* read one by one below */ }
+    let at = 0;
+    for (const h of hinted) {
+      const want = Buffer.from(GADGET_BYTES[h.name]);
+      try {
+        const got = readAll ? hintedBytes.subarray(at, at + want.length) : this.readMemorySync(h.at, want.length);
+        if (found[h.name] === null && got.equals(want)) found[h.name] = h.at;
+      } catch { /* unreadable there: searched below */ }
+      at += want.length;
     }
     // Read in chunks and stop as soon as all five are found: the gadgets are usually in the
     // vDSO or near the start of libc's text, and reading whole text mappings through
