@@ -198,6 +198,23 @@ static s64 dump_pages(int sock, int pipe_w, int pipe_r, int out, struct iovec *i
   return total;
 }
 
+/* The 64 signal dispositions; one the kernel refuses to show (none does) reads as all zero. */
+static void dump_sigactions(struct parasite_sigaction *sa) {
+  for (int sig = 1; sig <= 64; sig++) {
+    s64 r = sys4(NR_rt_sigaction, sig, 0, &sa[sig - 1], 8);
+    if (r < 0) memset(&sa[sig - 1], 0, sizeof(sa[0]));
+  }
+}
+
+/* ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF; 0 or the first -errno. */
+static s64 dump_itimers(struct itimerval *it) {
+  for (int w = 0; w < 3; w++) {
+    s64 r = sys2(NR_getitimer, w, &it[w]);
+    if (r < 0) return r;
+  }
+  return 0;
+}
+
 static s64 dump_misc(struct parasite_misc *m) {
   memset(m, 0, sizeof(*m));
   m->pid = sys0(NR_getpid);
@@ -357,23 +374,25 @@ s64 parasite_daemon(struct parasite_ctl *ctl) {
       if (nfds != 3) { ret = -22; break; }
       ret = dump_pages(sock, fds[2], fds[1], fds[0], (struct iovec *)((char *)ctl + req.arg[1]), req.arg[2], req.arg[3]);
       break;
-    case PARASITE_CMD_DUMP_SIGACTIONS: {
-      struct parasite_sigaction *sa = (struct parasite_sigaction *)data;
-      for (int sig = 1; sig <= 64; sig++) {
-        s64 r = sys4(NR_rt_sigaction, sig, 0, &sa[sig - 1], 8);
-        if (r < 0) memset(&sa[sig - 1], 0, sizeof(sa[0]));
-      }
+    case PARASITE_CMD_DUMP_SIGACTIONS:
+      dump_sigactions((struct parasite_sigaction *)data);
       ret = 64;
-      len = 64 * sizeof(*sa);
+      len = 64 * sizeof(struct parasite_sigaction);
       break;
-    }
-    case PARASITE_CMD_DUMP_ITIMERS: {
-      struct itimerval *it = (struct itimerval *)data;
-      for (int w = 0; w < 3 && ret >= 0; w++) {
-        s64 r = sys2(NR_getitimer, w, &it[w]);
-        if (r < 0) ret = r;
-      }
-      len = 3 * sizeof(*it);
+    case PARASITE_CMD_DUMP_ITIMERS:
+      ret = dump_itimers((struct itimerval *)data);
+      len = 3 * sizeof(struct itimerval);
+      break;
+    case PARASITE_CMD_DUMP_TASK: {
+      char *out = data;
+      ret = dump_misc((struct parasite_misc *)out);
+      out += sizeof(struct parasite_misc);
+      dump_sigactions((struct parasite_sigaction *)out);
+      out += 64 * sizeof(struct parasite_sigaction);
+      s64 r = dump_itimers((struct itimerval *)out);
+      if (ret >= 0 && r < 0) ret = r;
+      out += 3 * sizeof(struct itimerval);
+      len = (u32)(out - data);
       break;
     }
     case PARASITE_CMD_DUMP_POSIX_TIMERS: {

@@ -57,7 +57,12 @@ enum parasite_cmd {
   PARASITE_CMD_SYSCALL = 9,
   PARASITE_CMD_CALL = 10,
   PARASITE_CMD_DUMP_PAGES = 11,
+  PARASITE_CMD_DUMP_TASK = 12,
 };
+
+/* DUMP_TASK: the answers of DUMP_MISC, DUMP_SIGACTIONS and DUMP_ITIMERS in one reply, one after
+ * the other (struct parasite_misc, 64 struct parasite_sigaction, 3 struct itimerval): one round
+ * trip instead of three while the task is frozen. Returns 0 or the first -errno. */
 
 /* FINI (arg0 = PARASITE_MAGIC) is answered and the daemon waits for the next request: the
  * injector then takes the thread back with PTRACE_INTERRUPT (see Parasite.stopSync). */

@@ -17,10 +17,10 @@ int main(void) {
          sizeof(struct parasite_req), sizeof(struct parasite_rep_hdr), PARASITE_REPLY_MAX,
          sizeof(struct parasite_sigaction), sizeof(struct parasite_posix_timer), sizeof(struct parasite_misc));
   printf("\"cmd\":{\"FINI\":%d,\"PING\":%d,\"VMSPLICE\":%d,\"DUMP_SIGACTIONS\":%d,\"DUMP_ITIMERS\":%d,"
-         "\"DUMP_POSIX_TIMERS\":%d,\"DUMP_MISC\":%d,\"RECV_FDS\":%d,\"SEND_FDS\":%d,\"SYSCALL\":%d,\"CALL\":%d,\"DUMP_PAGES\":%d},",
+         "\"DUMP_POSIX_TIMERS\":%d,\"DUMP_MISC\":%d,\"RECV_FDS\":%d,\"SEND_FDS\":%d,\"SYSCALL\":%d,\"CALL\":%d,\"DUMP_PAGES\":%d,\"DUMP_TASK\":%d},",
          PARASITE_CMD_FINI, PARASITE_CMD_PING, PARASITE_CMD_VMSPLICE, PARASITE_CMD_DUMP_SIGACTIONS,
          PARASITE_CMD_DUMP_ITIMERS, PARASITE_CMD_DUMP_POSIX_TIMERS, PARASITE_CMD_DUMP_MISC, PARASITE_CMD_RECV_FDS,
-         PARASITE_CMD_SEND_FDS, PARASITE_CMD_SYSCALL, PARASITE_CMD_CALL, PARASITE_CMD_DUMP_PAGES);
+         PARASITE_CMD_SEND_FDS, PARASITE_CMD_SYSCALL, PARASITE_CMD_CALL, PARASITE_CMD_DUMP_PAGES, PARASITE_CMD_DUMP_TASK);
   printf("\"magic\":\"%llx\"}\n", (unsigned long long)PARASITE_MAGIC);
   return 0;
 }

@@ -12,7 +12,7 @@ export const CTL = {
 
 export const CMD = {
   FINI: 0, PING: 1, VMSPLICE: 2, DUMP_SIGACTIONS: 3, DUMP_ITIMERS: 4, DUMP_POSIX_TIMERS: 5,
-  DUMP_MISC: 6, RECV_FDS: 7, SEND_FDS: 8, SYSCALL: 9, CALL: 10, DUMP_PAGES: 11,
+  DUMP_MISC: 6, RECV_FDS: 7, SEND_FDS: 8, SYSCALL: 9, CALL: 10, DUMP_PAGES: 11, DUMP_TASK: 12,
 } as const;
 export type ParasiteCommand = (typeof CMD)[keyof typeof CMD];
 

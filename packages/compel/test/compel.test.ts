@@ -448,6 +448,15 @@ describe('@criu-ts/compel', function () {
         const umask = Number.parseInt(/Umask:\s+(\d+)/.exec(readFileSync(`/proc/${v.pid}/status`, 'utf8'))![1]!, 8);
         expect(misc.umask).to.equal(BigInt(umask));
         expect(misc.altstack_flags).to.equal(2n); // SS_DISABLE
+        // DUMP_TASK: the same three answers in one request.
+        const sigactions = p.dumpSigactions();
+        const task = p.dumpTask();
+        expect(task.misc).to.deep.equal(misc);
+        expect(task.sigactions).to.deep.equal(sigactions);
+        expect(task.sigactions.some((s) => s.handler !== 0n), 'the victim has handlers').to.equal(true);
+        expect(task.itimers.real.intervalSec).to.equal(1000n);
+        expect(task.itimers.real.valueSec > 1900n && task.itimers.real.valueSec <= 2000n).to.equal(true);
+        expect(task.itimers.virtual).to.deep.equal(it.virtual);
       } finally {
         victim.cureSync();
       }

@@ -380,13 +380,13 @@ function dumpTree(options: DumpOptions): DumpResult {
       const exePath = readLink(p, 'exe').replace(/ \(deleted\)$/, '');
       const exeId = files.mappedFile(exePath, 0, `/proc/${p}/exe`);
       t.vmas = describeVmas(p, t.procVmas, files, sysv);
-      // Every thread's own state from the parasite: the worker's in its DUMP_MISC answer, each
-      // other thread's by running the same code in that thread (one ptrace round trip each).
-      const misc = t.parasite!.dumpMisc();
-      for (const th of t.threads) th.own = threadOwnStateFromMisc(th.tid === t.victim.worker ? misc : t.parasite!.threadMisc(th.tid));
-      // The rest of what the core needs from the parasite now: the copy of the pages keeps it
-      // busy, and the images are built during that copy (buildTaskEntries).
+      // What the core needs from the parasite, now: the copy of the pages keeps it busy, and the
+      // images are built during that copy (buildTaskEntries). Every thread's own state: the
+      // worker's in that answer (its misc), each other thread's by running the same code in that
+      // thread (one ptrace round trip each).
       t.answers = askParasite(t.threads[0]!, t.parasite!);
+      const misc = t.answers.misc;
+      for (const th of t.threads) th.own = threadOwnStateFromMisc(th.tid === t.victim.worker ? misc : t.parasite!.threadMisc(th.tid));
       t.misc = misc;
       t.exeId = exeId;
       t.fs = { umask: Number(misc.umask) };

@@ -266,16 +266,21 @@ export function buildThreadCoreEntry(task: TaskSnapshot, xsaveOffsets: XsaveOffs
  * as they are now, and while it copies they may carry the kernel's transient ones.
  */
 export interface ParasiteAnswers {
+  /** The worker thread's DUMP_MISC answer. */
+  readonly misc: TaskMisc;
   readonly sigactions: readonly Sigaction[];
   readonly itimers: ReturnType<Parasite['dumpItimers']>;
   readonly posixTimers: DecodedMessage[];
   readonly flags: number;
 }
 
+/** What the core entry needs from the parasite: misc, sigactions and itimers in one request (DUMP_TASK), then the POSIX timers if any. */
 export function askParasite(task: TaskSnapshot, parasite: Parasite): ParasiteAnswers {
+  const { misc, sigactions, itimers } = parasite.dumpTask();
   return {
-    sigactions: parasite.dumpSigactions(),
-    itimers: parasite.dumpItimers(),
+    misc,
+    sigactions,
+    itimers,
     posixTimers: posixTimerEntries(task.pid, parasite),
     flags: Number(readStat(task.pid, task.tid)[9]),
   };
