@@ -599,23 +599,8 @@ describe('@criu-ts/compel: injector killed at random moments of whole injections
       const mapsBefore = maps();
       const fdsBefore = fds();
       for (let round = 0; round < 15; round++) {
-        const injector = spawn(process.execPath, [fileURLToPath(new URL('./injector-child.js', import.meta.url)), String(v.pid), 'cycles'], {
-          stdio: ['ignore', 'pipe', 'inherit'],
-        });
-        try {
-          await new Promise<void>((resolve, reject) => {
-            const t = setTimeout(() => reject(new Error('injector did not start within 10 s')), 10_000);
-            injector.stdout!.on('data', () => { clearTimeout(t); resolve(); });
-          });
-          await new Promise((r) => setTimeout(r, Math.floor(Math.random() * 150)));
-        } finally {
-          injector.kill('SIGKILL');
-        }
-        const t0 = Date.now();
-        while ((!/TracerPid:\s+0\n/.test(status()) || !/SigBlk:\s+0+\n/.test(status())) && Date.now() - t0 < 2000) await new Promise((r) => setTimeout(r, 10));
-        expect(status(), `round ${round}`).to.match(/State:\s+[RS]/);
-        expect(status(), `round ${round}`).to.match(/TracerPid:\s+0\n/);
-        expect(status(), `round ${round}`).to.match(/SigBlk:\s+0+\n/);
+        await runInjectorUntilKilled(v.pid, 'cycles', 150);
+        await expectFreeAndRunning(v.pid, `round ${round}`);
         expect(status(), `round ${round}`).to.match(/SigPnd:\s+0+\n/);
         // Nothing of ours left: the return chain undid the mappings and descriptors made so far.
         expect(maps(), `round ${round}: maps`).to.equal(mapsBefore);
@@ -645,26 +630,10 @@ describe('@criu-ts/compel: injector killed while it rewrites the return chain', 
   it('xstate: 20 kills amid changes of its undo operations, the victim\'s registers and extended state are whole', async () => {
     const v = await Victim.start('xstate');
     await new Promise((r) => setTimeout(r, 50));
-    const status = () => readFileSync(`/proc/${v.pid}/status`, 'utf8');
     const mapsBefore = mapsText(v.pid);
     for (let round = 0; round < 20; round++) {
-      const injector = spawn(process.execPath, [fileURLToPath(new URL('./injector-child.js', import.meta.url)), String(v.pid), 'undo-storm'], {
-        stdio: ['ignore', 'pipe', 'inherit'],
-      });
-      try {
-        await new Promise<void>((resolve, reject) => {
-          const t = setTimeout(() => reject(new Error('injector did not start within 10 s')), 10_000);
-          injector.stdout!.on('data', () => { clearTimeout(t); resolve(); });
-        });
-        await new Promise((r) => setTimeout(r, Math.floor(Math.random() * 20)));
-      } finally {
-        injector.kill('SIGKILL');
-      }
-      const t0 = Date.now();
-      while ((!/TracerPid:\s+0\n/.test(status()) || !/SigBlk:\s+0+\n/.test(status())) && Date.now() - t0 < 2000) await new Promise((r) => setTimeout(r, 5));
-      expect(status(), `round ${round}`).to.match(/State:\s+[RS]/);
-      expect(status(), `round ${round}`).to.match(/TracerPid:\s+0\n/);
-      expect(status(), `round ${round}`).to.match(/SigBlk:\s+0+\n/);
+      await runInjectorUntilKilled(v.pid, 'undo-storm', 20);
+      await expectFreeAndRunning(v.pid, `round ${round}`);
     }
     expect(mapsText(v.pid)).to.equal(mapsBefore);
     process.kill(v.pid, 'SIGUSR1');
@@ -675,18 +644,13 @@ describe('@criu-ts/compel: injector killed while it rewrites the return chain', 
     for (let round = 0; round < 12; round++) {
       const v = await Victim.start('xstate');
       await new Promise((r) => setTimeout(r, 20));
-      const status = () => readFileSync(`/proc/${v.pid}/status`, 'utf8');
       const mapsBefore = mapsText(v.pid);
       const injector = spawn(process.execPath, [fileURLToPath(new URL('./injector-child.js', import.meta.url)), String(v.pid), 'torn-write'], {
         stdio: ['ignore', 'pipe', 'inherit'],
       });
       const exited = new Promise<NodeJS.Signals | null>((resolve) => injector.on('exit', (_code, signal) => resolve(signal)));
       expect(await exited, `round ${round}: the injector killed itself`).to.equal('SIGKILL');
-      const t0 = Date.now();
-      while ((!/TracerPid:\s+0\n/.test(status()) || !/SigBlk:\s+0+\n/.test(status())) && Date.now() - t0 < 2000) await new Promise((r) => setTimeout(r, 5));
-      expect(status(), `round ${round}`).to.match(/State:\s+[RS]/);
-      expect(status(), `round ${round}`).to.match(/TracerPid:\s+0\n/);
-      expect(status(), `round ${round}`).to.match(/SigBlk:\s+0+\n/);
+      await expectFreeAndRunning(v.pid, `round ${round}`);
       expect(mapsText(v.pid), `round ${round}: maps`).to.equal(mapsBefore);
       process.kill(v.pid, 'SIGUSR1');
       expect(await v.waitLine(/^(ok|bad) xstate/), `round ${round}`).to.match(/^ok xstate xmm0=ok ymm15=ok ymm15hi=ok zmm31=ok k7=ok/);
@@ -737,6 +701,35 @@ describe('@criu-ts/compel: injector killed after a vmsplice met a dead reader', 
     expect(await v.waitLine(/^(ok|bad)/)).to.match(/^ok/);
   });
 });
+
+/**
+ * Runs test/injector-child.js on `pid` in `mode`, waits until it says it has started, lets it work
+ * for a random 0..maxDelayMs, then SIGKILLs it.
+ */
+async function runInjectorUntilKilled(pid: number, mode: string, maxDelayMs: number): Promise<void> {
+  const injector = spawn(process.execPath, [fileURLToPath(new URL('./injector-child.js', import.meta.url)), String(pid), mode], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  try {
+    await new Promise<void>((resolve, reject) => {
+      const t = setTimeout(() => reject(new Error('injector did not start within 10 s')), 10_000);
+      injector.stdout!.on('data', () => { clearTimeout(t); resolve(); });
+    });
+    await new Promise((r) => setTimeout(r, Math.floor(Math.random() * maxDelayMs)));
+  } finally {
+    injector.kill('SIGKILL');
+  }
+}
+
+/** After its injector died: `pid` is untraced with no signal blocked (within 2 s), and running or sleeping. */
+async function expectFreeAndRunning(pid: number, what: string): Promise<void> {
+  const status = () => readFileSync(`/proc/${pid}/status`, 'utf8');
+  const t0 = Date.now();
+  while ((!/TracerPid:\s+0\n/.test(status()) || !/SigBlk:\s+0+\n/.test(status())) && Date.now() - t0 < 2000) await new Promise((r) => setTimeout(r, 5));
+  expect(status(), what).to.match(/State:\s+[RS]/);
+  expect(status(), what).to.match(/TracerPid:\s+0\n/);
+  expect(status(), what).to.match(/SigBlk:\s+0+\n/);
+}
 
 async function fullInfectionOf(victim: Injected, v: Victim): Promise<void> {
   try {
