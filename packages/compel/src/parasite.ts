@@ -845,12 +845,17 @@ function mapBlobHome(inj: Injection, size: number, how: 'auto' | 'memfd'): { bas
 /** CAP_SYS_ADMIN (21) and CAP_CHECKPOINT_RESTORE (40), as bits of CapEff. */
 const MAP_FILES_CAPS = (1n << 21n) | (1n << 40n);
 let mapFilesRefused = false;
+/** Our CapEff has one of MAP_FILES_CAPS: read once (infection runs while the task is frozen). */
+let mapFilesCaps: boolean | undefined;
 
 /** Whether we may open /proc/PID/map_files entries: one of MAP_FILES_CAPS, and no refusal seen yet. */
 function mapFilesAllowed(): boolean {
   if (mapFilesRefused) return false;
-  const line = /^CapEff:\s+([0-9a-f]+)$/m.exec(readFileSync('/proc/self/status', 'utf8'));
-  return line !== null && (BigInt(`0x${line[1]}`) & MAP_FILES_CAPS) !== 0n;
+  if (mapFilesCaps === undefined) {
+    const line = /^CapEff:\s+([0-9a-f]+)$/m.exec(readFileSync('/proc/self/status', 'utf8'));
+    mapFilesCaps = line !== null && (BigInt(`0x${line[1]}`) & MAP_FILES_CAPS) !== 0n;
+  }
+  return mapFilesCaps;
 }
 
 /** Loads and starts the parasite in a seized task. */

@@ -20,8 +20,10 @@
 // room criu-ts's memory cgroups have left: the file pages are charged there (our writes), not to
 // the frozen task's group, and a group at its limit would reclaim them by writing them out.
 import { closeSync, openSync, readdirSync, readFileSync, writeSync } from 'node:fs';
-import { asFd, close, type Fd } from '@criu-ts/sys';
+import { asFd, asPid, close, type Fd } from '@criu-ts/sys';
 import { memoryHeadroom } from '../proc/memory-cgroup.js';
+import { readStatus } from '../proc/task-files.js';
+import { readChildren } from './tree.js';
 
 /** open(2) O_TMPFILE (__O_TMPFILE | O_DIRECTORY), with O_RDWR: an unnamed file in a directory. */
 const O_TMPFILE_RDWR = 0o20200000 | 0o2;
@@ -29,7 +31,9 @@ const O_TMPFILE_RDWR = 0o20200000 | 0o2;
 const PREFILL_MIN_BYTES = 4 << 20;
 /** The tree walk stops after this many processes (the rest get no prefill). */
 const MAX_PROCESSES = 4096;
-const ZEROS = Buffer.alloc(1 << 20);
+/** Bytes written per call; the zero buffer is made on first use, not when criu-ts starts. */
+const CHUNK = 1 << 20;
+let zeros: Buffer | undefined;
 
 /** One process's prefilled, still unnamed pages file. */
 export interface PrefilledFile {
@@ -51,12 +55,13 @@ export class PagesPrefill {
     let budget = dirtyBudget();
     for (const pid of treeOf(rootPid)) {
       // Whole MiB, rounded up: the copy ends inside the zeros, not past them.
-      const want = Math.min(Math.ceil(anonymousBytes(pid) / ZEROS.length) * ZEROS.length, budget - (budget % ZEROS.length));
+      const want = Math.min(Math.ceil(anonymousBytes(pid) / CHUNK) * CHUNK, budget - (budget % CHUNK));
       if (want < PREFILL_MIN_BYTES) continue;
       let fd: number | undefined;
       try {
         fd = openSync(directory, O_TMPFILE_RDWR, 0o600);
-        for (let at = 0; at < want; ) at += writeSync(fd, ZEROS, 0, Math.min(ZEROS.length, want - at), at);
+        zeros ??= Buffer.alloc(CHUNK);
+        for (let at = 0; at < want; ) at += writeSync(fd, zeros, 0, Math.min(CHUNK, want - at), at);
         prefill.files.set(pid, { fd: asFd(fd), bytes: want });
         budget -= want;
       } catch {
@@ -98,7 +103,7 @@ export class PagesPrefill {
   }
 }
 
-/** rootPid and its descendants, parents first, from /proc/PID/task/TID/children. */
+/** rootPid and its descendants, parents first (as /proc shows them now). */
 function treeOf(rootPid: number): number[] {
   const out: number[] = [];
   const queue = [rootPid];
@@ -106,10 +111,7 @@ function treeOf(rootPid: number): number[] {
     const pid = queue.shift()!;
     out.push(pid);
     try {
-      for (const tid of readdirSync(`/proc/${pid}/task`)) {
-        const children = readFileSync(`/proc/${pid}/task/${tid}/children`, 'utf8').trim();
-        if (children) queue.push(...children.split(' ').map(Number));
-      }
+      queue.push(...readChildren(asPid(pid), readdirSync(`/proc/${pid}/task`).map(Number)));
     } catch {
       /* gone meanwhile */
     }
@@ -120,8 +122,7 @@ function treeOf(rootPid: number): number[] {
 /** RssAnon of `pid` in bytes (0 when unreadable). */
 function anonymousBytes(pid: number): number {
   try {
-    const m = /^RssAnon:\s+(\d+) kB$/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
-    return m ? Number(m[1]) * 1024 : 0;
+    return (Number.parseInt(readStatus(pid).get('RssAnon') ?? '0', 10) || 0) * 1024; // "NNN kB"
   } catch {
     return 0;
   }

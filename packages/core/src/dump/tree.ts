@@ -28,7 +28,8 @@ export interface TreeTask {
   readonly zombie?: { readonly exitCode: number };
 }
 
-function readChildren(pid: Pid, tids: readonly number[]): Pid[] {
+/** The children of `pid` as /proc/PID/task/TID/children lists them for each thread in `tids`. */
+export function readChildren(pid: Pid, tids: readonly number[]): Pid[] {
   const out: Pid[] = [];
   for (const tid of tids) {
     let text = '';
