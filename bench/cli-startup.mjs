@@ -12,7 +12,9 @@
 //   - `criu-ts --help` (no work: the command's own loading), `criu-ts decode --help` (image
 //     commands), `criu-ts check --help` (loads the checkpoint side, koffi included);
 //   - `criu-ts dump -t PID -D DIR` of a fresh tests/bin/memhog of SIZE MiB (default 64), start-up
-//     included, as `node CLI dump ...` (what bench/dump-restore.mjs times).
+//     included, as bench/dump-restore.mjs times it.
+// Every criu-ts row executes the bin as an installed command is run (the file itself, not
+// `node FILE`: its first lines drop NODE_EXTRA_CA_CERTS before Node starts).
 // Each build keeps its V8 code cache (criu-ts.cjs) in its own directory, /run/criu-ts/bench-<pid>/
 // LABEL, removed at the end: builds sharing the default one would replace each other's caches.
 // The runs of the different builds are interleaved (run 1 of every build, then run 2, ...) so
@@ -108,7 +110,7 @@ function dumpOnce(cli, env) {
   const pid = startHog();
   const images = join(dir, `images-${hogs}`);
   spawnSync('sync');
-  const ms = timed([process.execPath, cli, 'dump', '-t', String(pid), '-D', images], env);
+  const ms = timed([cli, 'dump', '-t', String(pid), '-D', images], env);
   waitFor('the dumped memhog to be gone', () => !alive(pid));
   live.delete(pid);
   rmSync(images, { recursive: true });
@@ -120,9 +122,9 @@ delete noCa.NODE_EXTRA_CA_CERTS;
 const rows = [
   { name: '`node -e 0`', shared: true, run: () => timed([process.execPath, '-e', '0']) },
   ...(process.env.NODE_EXTRA_CA_CERTS ? [{ name: '`node -e 0` without NODE_EXTRA_CA_CERTS', shared: true, run: () => timed([process.execPath, '-e', '0'], noCa) }] : []),
-  { name: '`criu-ts --help`', run: (cli, env) => timed([process.execPath, cli, '--help'], env) },
-  { name: '`criu-ts decode --help`', run: (cli, env) => timed([process.execPath, cli, 'decode', '--help'], env) },
-  { name: '`criu-ts check --help`', run: (cli, env) => timed([process.execPath, cli, 'check', '--help'], env) },
+  { name: '`criu-ts --help`', run: (cli, env) => timed([cli, '--help'], env) },
+  { name: '`criu-ts decode --help`', run: (cli, env) => timed([cli, 'decode', '--help'], env) },
+  { name: '`criu-ts check --help`', run: (cli, env) => timed([cli, 'check', '--help'], env) },
   { name: `\`criu-ts dump\` of ${SIZE} MiB`, run: (cli, env) => dumpOnce(cli, env) },
 ];
 

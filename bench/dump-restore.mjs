@@ -19,8 +19,8 @@
 //   3b. fill floor: bench/fill-floor.c (compiled here with cc) puts the pages file into fresh
 //      memory of a new process the two plain ways (populate + pread; pread + process_vm_writev),
 //      for comparison with the restore column.
-//   4. CLI dump: `node packages/cli/dist/criu-ts.cjs dump -t PID -D DIR` of the restored hog,
-//      start-up included (skipped, with a note, while the CLI has no dump command).
+//   4. CLI dump: `packages/cli/dist/criu-ts.cjs dump -t PID -D DIR` of the restored hog, the bin
+//      executed as installed (not `node FILE`: see its first lines), start-up included (skipped, with a note, while the CLI has no dump command).
 // Before each timed step everything is synced (untimed), so no step pays for another's writes.
 // Every hog is killed and reaped (this process becomes a child subreaper: the machine's init
 // does not reap orphans) and the directory is removed, also on failure.
@@ -249,7 +249,7 @@ try {
       if (withCli) {
         run('sync', []);
         const cliImages = join(dir, `cli-images-${mib}-${i}`);
-        s.cli.push(timed(() => run(process.execPath, [cli, 'dump', '-t', String(hog.pid), '-D', cliImages])));
+        s.cli.push(timed(() => run(cli, ['dump', '-t', String(hog.pid), '-D', cliImages])));
         s.cliFrozen.push(frozenMs(cliImages));
         rmSync(cliImages, { recursive: true });
       }
