@@ -39,7 +39,7 @@ export async function run(argv: string[], io: CommandIo = processIo): Promise<nu
     if (IMAGE_TOOL_COMMANDS.includes(command)) return runImageTool(command, rest, io);
     // Loaded on demand: these pull in ptrace and koffi, which the image commands never need and
     // whose loading would land on every `criu-ts decode`.
-    if (command === 'dump') return (await import('./commands/checkpoint.js')).runDump(rest, io);
+    if (command === 'dump') return await (await import('./commands/checkpoint.js')).runDump(rest, io);
     if (command === 'restore') return await (await import('./commands/checkpoint.js')).runRestore(rest, io);
     if (command === 'check') return (await import('./commands/check.js')).runCheck(rest, io);
     if (command === 'demo') return (await import('./commands/demo.js')).runDemo(rest, io);

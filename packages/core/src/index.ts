@@ -1,6 +1,8 @@
 // @criu-ts/core: dump and restore orchestration, as library calls.
 export { dump, dumpSync } from './dump/dump.js';
 export type { DumpOptions, DumpResult } from './dump/dump.js';
+// Also at '@criu-ts/core/prefill', which loads no native code (for callers that start it early).
+export { PagesPrefill } from './dump/pages-prefill.js';
 export { DumpError } from './errors.js';
 export type { DumpStage } from './errors.js';
 export { fpregsFromXsave, xsaveFromFpregs, xsaveOffsetsFromCpuid, INTEL_XSAVE_OFFSETS, type XsaveOffsets } from './arch/x86-fpu.js';

@@ -7,7 +7,7 @@ import { ImageReader } from '@criu-ts/images';
 import { cleanupNetworkLocks, discard, listLocksSync, pause, requeueConnection, save, unlockHeldSync, wireKey, type ConnectionKey, type ListedLock } from '@criu-ts/soccr';
 import { close as closeFd, sock, type Fd } from '@criu-ts/sys';
 import { inNetworkNamespace } from './net-namespace.js';
-import { withSocketsOf } from './proc/task-files.js';
+import { withSocketsOf } from './proc/task-sockets.js';
 
 export type { ConnectionKey, ListedLock };
 

@@ -1,11 +1,11 @@
 // dump() on a real process: the images it writes, and that a dump never harms the task.
 import { expect } from 'chai';
 import { spawnSync } from 'node:child_process';
-import { chmodSync, closeSync, existsSync, mkdtempSync, openSync, readFileSync, readSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, readSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { isParasiteMapping } from '@criu-ts/compel';
-import { DUMP_FAULT_POINTS, dumpSync, DumpError } from '@criu-ts/core';
+import { DUMP_FAULT_POINTS, dumpSync, DumpError, PagesPrefill } from '@criu-ts/core';
 import { ImageReader, PagesReader } from '@criu-ts/images';
 import { alive, waitFor } from './restore-helpers.js';
 import { reapIfOurs, StateKeeper, rootWithSubreaper, imageEntries as entries } from './programs.js';
@@ -200,6 +200,45 @@ describe('core: dump of a single process', function () {
     expect(data.pos).to.equal(42n);
     const remap = entries(join(images, 'remap-fpath.img'))[0]!;
     expect(named(remap.orig_id).name).to.equal(join(keeper.dir, 'gone.txt'));
+  });
+
+  it('a prefill started ahead (PagesPrefill.start, awaited) is the one the dump uses; one still filling is refused, then closed', async function () {
+    keeper = new StateKeeper();
+    const pid = keeper.pid;
+    mkdirSync(images, { mode: 0o700 });
+    const ourFds = () => readdirSync('/proc/self/fd').length;
+    const fdsBefore = ourFds();
+    // Still writing its zeros (nothing has run since start): refused before anything is touched.
+    const early = PagesPrefill.start(images, pid);
+    expect(early.stillFilling, 'filling').to.equal(true);
+    expect(ourFds(), 'its unnamed file is open').to.be.greaterThan(fdsBefore);
+    expect(() => dumpSync({ pid, imagesDir: images, leave: 'running', prefill: early })).to.throw(DumpError, /still being written/);
+    // Closed once the write in flight returned (not before: its number could be reused meanwhile).
+    await early.ready;
+    expect(ourFds(), 'descriptors after the refused dump').to.equal(fdsBefore);
+    expect(alive(pid), 'task running').to.equal(true);
+    expect(readdirSync(images), 'no image').to.deep.equal([]);
+
+    const prefill = PagesPrefill.start(images, pid);
+    await prefill.ready;
+    const prefilled = prefill.totalBytes;
+    expect(prefilled, 'bytes prefilled ahead').to.be.greaterThan(4 << 20);
+    const result = dumpSync({ pid, imagesDir: images, leave: 'running', prefill });
+    expect(result.pagesPrefilled).to.equal(prefilled);
+    const listed = entries(join(images, `pagemap-${pid}.img`)).slice(1).reduce((n, e) => n + Number(e.nr_pages), 0);
+    expect(statSync(join(images, 'pages-1.img')).size, 'pages-1.img cut to the pages listed').to.equal(listed * 4096);
+    expect(ourFds(), 'descriptors after the dump').to.equal(fdsBefore);
+  });
+
+  it('@criu-ts/core/prefill loads no native code (the command starts it before koffi is loaded)', function () {
+    const loaded = (specifier: string) => {
+      const r = spawnSync(process.execPath, ['--input-type=module', '-e',
+        `await import(${JSON.stringify(specifier)}); console.log(/koffi/.test((await import('node:fs')).readFileSync('/proc/self/maps', 'utf8')))`], { encoding: 'utf8' });
+      expect(r.status, r.stderr).to.equal(0);
+      return r.stdout.trim();
+    };
+    expect(loaded('@criu-ts/core/prefill'), 'koffi mapped after importing the prefill').to.equal('false');
+    expect(loaded('@criu-ts/core'), 'koffi mapped after importing the whole package').to.equal('true');
   });
 
   it('pages hold what the task wrote, at the right addresses, and no untouched page', function () {

@@ -17,7 +17,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { dumpSync, restoreSync } from '@criu-ts/core';
 import { getsockopt, IPV6_OPT, SO, SOL, SOL_SOCKET, TCP_OPT } from '@criu-ts/sys';
-import { withSocketsOf } from '../src/proc/task-files.js';
+import { withSocketsOf } from '../src/proc/task-sockets.js';
 import { isRoot, killQuietly, procState, sleepMs, waitFor } from './restore-helpers.js';
 import { becomeSubreaper, dumpedPids, procLayout, reapIfOurs, TEST_BIN } from './programs.js';
 

@@ -7,7 +7,7 @@
 // sockets, connections not accepted yet with tcpClose; accept-queue-e2e has them saved), --tcp-close,
 // and that no network lock is left behind.
 import { expect } from 'chai';
-import { withSocketsOf } from '../src/proc/task-files.js';
+import { withSocketsOf } from '../src/proc/task-sockets.js';
 import { spawnSync } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';

@@ -1,7 +1,9 @@
 // `criu-ts dump` and `criu-ts restore`, with criu's options, exit codes and Error log lines.
 import { closeSync, existsSync, mkdirSync, writeSync } from 'node:fs';
 import { resolve } from 'node:path';
-import { DumpError, RestoreError, dumpSync, restore } from '@criu-ts/core';
+// @criu-ts/core is imported when a command runs, not with this module: loading it (koffi, ptrace)
+// takes ~25 ms, during which a dump's pages prefill is already being written (see runDump).
+import { PagesPrefill } from '@criu-ts/core/prefill';
 import { UsageError, type CommandIo } from './command-io.js';
 import { parseCriuOptions, parseSize, optionsHelp, type ParsedCriuOptions } from './criu-options.js';
 import { Log } from './log.js';
@@ -43,7 +45,7 @@ function common(parsed: ParsedCriuOptions, io: CommandIo): { imagesDir: string; 
   return { imagesDir, log: new Log(io, parsed.verbosity, value(parsed, 'log-file'), workDir), timeoutMs: timeout === undefined ? undefined : Number(timeout) * 1000 };
 }
 
-export function runDump(argv: string[], io: CommandIo): number {
+export async function runDump(argv: string[], io: CommandIo): Promise<number> {
   const parsed = parseCriuOptions('dump', argv, DUMP_HELP);
   if (parsed.values.has('help')) return io.print(DUMP_HELP), 0;
   if (parsed.positionals.length > 0) throw new UsageError(`dump: unexpected argument ${parsed.positionals[0]}`, DUMP_HELP);
@@ -52,10 +54,18 @@ export function runDump(argv: string[], io: CommandIo): number {
   if (parsed.values.has('leave-running') && parsed.values.has('leave-stopped')) throw new UsageError('dump: -R and -s exclude each other', DUMP_HELP);
   const ghost = value(parsed, 'ghost-limit');
   const { imagesDir, log, timeoutMs } = common(parsed, io);
+  // The pages files' zeros (dump/pages-prefill.ts) are written on the thread pool while the
+  // checkpoint side loads, instead of after it. An images directory that does not exist yet
+  // (another -W) is left to the dump, which makes it and then prefills by itself.
+  const prefill = existsSync(imagesDir) ? PagesPrefill.start(imagesDir, Number(tree)) : undefined;
   const progress = new ProgressBar(io, 'dump');
+  let core: typeof import('@criu-ts/core') | undefined;
   try {
+    core = await import('@criu-ts/core');
+    await prefill?.ready;
     log.info(`Dumping process ${tree} into ${imagesDir}`);
-    const result = dumpSync({
+    const result = core.dumpSync({
+      ...(prefill ? { prefill } : {}),
       onStage: (stage) => log.debug(`stage ${stage}`),
       onProgress: ({ pagesWritten, pagesTotal }) => progress.update(pagesWritten, pagesTotal, 4096),
       pid: Number(tree),
@@ -78,10 +88,11 @@ export function runDump(argv: string[], io: CommandIo): number {
     return 0;
   } catch (error) {
     progress.finish();
-    log.error(error instanceof DumpError ? error.message : `dump failed: ${(error as Error).message}`);
+    log.error(core && error instanceof core.DumpError ? error.message : `dump failed: ${(error as Error).message}`);
     log.error('Dumping FAILED.');
     return 1;
   } finally {
+    prefill?.closeAll(); // the dump closed what it did not take; this is for a failure before it
     log.close();
   }
 }
@@ -96,9 +107,11 @@ export async function runRestore(argv: string[], io: CommandIo): Promise<number>
   const pidfile = value(parsed, 'pidfile');
   const netns = joinedNetworkNamespace(value(parsed, 'join-ns'));
   const progress = new ProgressBar(io, 'restore');
+  let core: typeof import('@criu-ts/core') | undefined;
   try {
+    core = await import('@criu-ts/core');
     log.info(`Restoring from ${imagesDir}`);
-    const result = await restore({
+    const result = await core.restore({
       imagesDir,
       onProgress: ({ bytesRead, bytesTotal }) => progress.update(bytesRead, bytesTotal, 1),
       detached: parsed.values.has('restore-detached'),
@@ -125,7 +138,7 @@ export async function runRestore(argv: string[], io: CommandIo): Promise<number>
     return result.exit.code ?? 128 + (result.exit.signal ?? 0);
   } catch (error) {
     progress.finish();
-    log.error(error instanceof RestoreError ? error.message : `restore failed: ${(error as Error).message}`);
+    log.error(core && error instanceof core.RestoreError ? error.message : `restore failed: ${(error as Error).message}`);
     log.error('Restoring FAILED.');
     return 1;
   } finally {

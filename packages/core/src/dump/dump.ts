@@ -92,6 +92,12 @@ export interface DumpOptions {
   readonly onStage?: (stage: DumpStage) => void;
   /** Test hook: throw at the named point (fault injection). */
   readonly faultAt?: string;
+  /**
+   * Pages files prefilled ahead of the call (PagesPrefill.start with this imagesDir and pid, its
+   * `ready` awaited): the dump takes those it uses and closes the rest, whether it succeeds or
+   * not. Without it, the dump prefills them itself just before the freeze.
+   */
+  readonly prefill?: PagesPrefill;
   /** Limit for freezing the whole tree and for each remote call, in milliseconds (criu's --timeout; default 10 s). */
   readonly timeoutMs?: number;
   /** Save established TCP connections (criu's --tcp-established); without it (or tcpClose) they are refused. */
@@ -195,13 +201,17 @@ interface SharedDump {
  */
 export function dumpSync(options: DumpOptions): DumpResult {
   const nsPath = `/proc/${options.pid}/ns/net`;
-  // Not a pid, or no such process: the checks of the dump itself say so.
-  if (!Number.isInteger(options.pid) || options.pid <= 0 || options.pid === process.pid || !existsSync(nsPath)) return dumpTree(options);
   try {
-    return inNetworkNamespace(nsPath, () => dumpTree(options));
-  } catch (error) {
-    if (error instanceof DumpError) throw error;
-    throw new DumpError('check-options', options.pid, (error as Error).message, { cause: error });
+    // Not a pid, or no such process: the checks of the dump itself say so.
+    if (!Number.isInteger(options.pid) || options.pid <= 0 || options.pid === process.pid || !existsSync(nsPath)) return dumpTree(options);
+    try {
+      return inNetworkNamespace(nsPath, () => dumpTree(options));
+    } catch (error) {
+      if (error instanceof DumpError) throw error;
+      throw new DumpError('check-options', options.pid, (error as Error).message, { cause: error });
+    }
+  } finally {
+    options.prefill?.closeAll(); // what the dump did not take, however it ended
   }
 }
 
@@ -247,6 +257,8 @@ function dumpTree(options: DumpOptions): DumpResult {
   const unpaired = options.shellJob ? undefined : findOutsideTerminal(pidNumber);
   if (unpaired) fail(`the tree of process ${pid} holds ${unpaired.message}`, unpaired);
 
+  if (options.prefill?.stillFilling) fail('the pages prefill passed in is still being written: await its ready before the dump');
+
   // ---- prepare-dir
   stage = 'prepare-dir';
   options.onStage?.(stage);
@@ -268,7 +280,7 @@ function dumpTree(options: DumpOptions): DumpResult {
   cpuXstateLayout();
   loadParasiteBlob();
   // Page-cache pages for the pages files, found now rather than while the tasks are frozen.
-  const prefill = PagesPrefill.forTree(options.imagesDir, pidNumber);
+  const prefill = options.prefill ?? PagesPrefill.forTree(options.imagesDir, pidNumber);
   const pagesPrefilled = prefill.totalBytes;
   emptyYoungGeneration();
   const frozenAt = performance.now();

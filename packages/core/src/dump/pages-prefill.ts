@@ -19,11 +19,16 @@
 // half of what is left below the kernel's background writeback threshold, and within half the
 // room criu-ts's memory cgroups have left: the file pages are charged there (our writes), not to
 // the frozen task's group, and a group at its limit would reclaim them by writing them out.
-import { closeSync, openSync, readdirSync, readFileSync, writeSync } from 'node:fs';
-import { asFd, asPid, close, type Fd } from '@criu-ts/sys';
+//
+// The fill takes ~15 ms per 64 MiB here. `forTree` fills synchronously (what dump() does when
+// given nothing); `start` fills on libuv's thread pool, so that a caller with other work before
+// the dump (the criu-ts command loads its native side meanwhile) gets the files for free, and
+// passes them to dump() once `ready` has settled. This module loads no native code for that
+// reason: only node:fs and /proc readers.
+import { closeSync, openSync, readdirSync, readFileSync, writeSync, writev } from 'node:fs';
+import { asFd, asPid, type Fd } from '@criu-ts/sys/types';
 import { memoryHeadroom } from '../proc/memory-cgroup.js';
-import { readStatus } from '../proc/task-files.js';
-import { readChildren } from './tree.js';
+import { readChildren, readStatus } from '../proc/task-files.js';
 
 /** open(2) O_TMPFILE (__O_TMPFILE | O_DIRECTORY), with O_RDWR: an unnamed file in a directory. */
 const O_TMPFILE_RDWR = 0o20200000 | 0o2;
@@ -33,44 +38,57 @@ const PREFILL_MIN_BYTES = 4 << 20;
 const MAX_PROCESSES = 4096;
 /** Bytes written per call; the zero buffer is made on first use, not when criu-ts starts. */
 const CHUNK = 1 << 20;
+/** Buffers per writev(2) of the asynchronous fill (IOV_MAX is 1024). */
+const CHUNKS_PER_WRITEV = 256;
 let zeros: Buffer | undefined;
 
-/** One process's prefilled, still unnamed pages file. */
-export interface PrefilledFile {
-  readonly fd: Fd;
-  /** Bytes of zeros written. */
-  readonly bytes: number;
-}
-
 export class PagesPrefill {
-  private readonly files = new Map<number, PrefilledFile>();
+  private readonly files = new Map<number, FileState>();
+  private filling = false;
+  /** Settles (never rejects) once every file is filled; a file whose fill failed is dropped. */
+  readonly ready: Promise<void>;
+
+  private constructor(directory: string, rootPid: number, background: boolean) {
+    const plan = planFiles(directory, rootPid);
+    for (const f of plan) this.files.set(f.pid, f);
+    if (!background) {
+      for (const f of plan) {
+        try {
+          zeros ??= Buffer.alloc(CHUNK);
+          for (let at = 0; at < f.bytes; ) at += writeSync(f.fd, zeros, 0, Math.min(CHUNK, f.bytes - at), at);
+        } catch {
+          this.drop(f.pid);
+        }
+      }
+      this.ready = Promise.resolve();
+      return;
+    }
+    this.filling = true;
+    this.ready = Promise.all(plan.map((f) => fillInBackground(f).catch(() => this.drop(f.pid)))).then(() => {
+      this.filling = false;
+    });
+  }
 
   /**
    * Prefills files in `directory` for `rootPid` and its descendants (as /proc shows them now;
-   * only an estimate). Never throws: a file system without O_TMPFILE, or any other failure,
-   * leaves the processes concerned without a prefilled file.
+   * only an estimate), before returning. Never throws: a file system without O_TMPFILE, or any
+   * other failure, leaves the processes concerned without a prefilled file.
    */
   static forTree(directory: string, rootPid: number): PagesPrefill {
-    const prefill = new PagesPrefill();
-    let budget = dirtyBudget();
-    for (const pid of treeOf(rootPid)) {
-      // Whole MiB, rounded up: the copy ends inside the zeros, not past them.
-      const want = Math.min(Math.ceil(anonymousBytes(pid) / CHUNK) * CHUNK, budget - (budget % CHUNK));
-      if (want < PREFILL_MIN_BYTES) continue;
-      let fd: number | undefined;
-      try {
-        fd = openSync(directory, O_TMPFILE_RDWR, 0o600);
-        zeros ??= Buffer.alloc(CHUNK);
-        for (let at = 0; at < want; ) at += writeSync(fd, zeros, 0, Math.min(CHUNK, want - at), at);
-        prefill.files.set(pid, { fd: asFd(fd), bytes: want });
-        budget -= want;
-      } catch {
-        if (fd !== undefined) closeSync(fd);
-        // O_TMPFILE unsupported here (EOPNOTSUPP, EISDIR), or no space: the copy allocates as it goes.
-        break;
-      }
-    }
-    return prefill;
+    return new PagesPrefill(directory, rootPid, false);
+  }
+
+  /**
+   * The same files as forTree, filled in the background (libuv's thread pool): pass the result
+   * to dump() once `ready` has settled. Opening them is synchronous (and quick); never throws.
+   */
+  static start(directory: string, rootPid: number): PagesPrefill {
+    return new PagesPrefill(directory, rootPid, true);
+  }
+
+  /** Whether the background fill of {@link start} is still running: the files are not ready. */
+  get stillFilling(): boolean {
+    return this.filling;
   }
 
   /** Bytes prefilled in all, for the stats and the log. */
@@ -85,21 +103,84 @@ export class PagesPrefill {
    * is none. The caller owns the descriptor from then on, and cuts the file to what it wrote.
    */
   take(pid: number): Fd | undefined {
+    if (this.filling) throw new Error('the pages prefill is still being written: await its ready first');
     const file = this.files.get(pid);
     this.files.delete(pid);
     return file?.fd;
   }
 
-  /** Closes every file not taken (unnamed: they are gone). */
+  /**
+   * Closes every file not taken (unnamed: they are gone). One still being filled is closed when
+   * its write in flight returns, not before: its number must not be reused by another file
+   * while the thread pool may still write zeros to it.
+   */
   closeAll(): void {
-    for (const file of this.files.values()) {
-      try {
-        close(file.fd);
-      } catch {
-        /* nothing left to do */
-      }
+    for (const pid of [...this.files.keys()]) this.drop(pid);
+  }
+
+  private drop(pid: number): void {
+    const file = this.files.get(pid);
+    this.files.delete(pid);
+    if (file === undefined) return;
+    file.dropped = true;
+    if (!file.filling) closeQuietly(file.fd);
+  }
+}
+
+/** A file to prefill, and where its background fill stands. */
+interface FileState {
+  readonly pid: number;
+  readonly fd: Fd;
+  readonly bytes: number;
+  /** A write of the background fill is in flight (or about to be): closing must wait. */
+  filling: boolean;
+  /** Given up: the fill stops and closes the file. */
+  dropped: boolean;
+}
+
+function closeQuietly(fd: Fd): void {
+  try {
+    closeSync(fd);
+  } catch {
+    /* nothing left to do */
+  }
+}
+
+/** Opens (unnamed, still empty) the files to prefill, within the dirty budget. */
+function planFiles(directory: string, rootPid: number): FileState[] {
+  const plan: FileState[] = [];
+  let budget = dirtyBudget();
+  for (const pid of treeOf(rootPid)) {
+    const want = Math.min(Math.ceil(anonymousBytes(pid) / CHUNK) * CHUNK, budget - (budget % CHUNK));
+    if (want < PREFILL_MIN_BYTES) continue;
+    try {
+      plan.push({ pid, fd: asFd(openSync(directory, O_TMPFILE_RDWR, 0o600)), bytes: want, filling: false, dropped: false });
+      budget -= want;
+    } catch {
+      break; // no O_TMPFILE here (or no directory): nobody gets a file
     }
-    this.files.clear();
+  }
+  return plan;
+}
+
+/** Writes f.bytes of zeros into f.fd from its start, up to 256 MiB per writev, off this thread. */
+async function fillInBackground(f: FileState): Promise<void> {
+  zeros ??= Buffer.alloc(CHUNK);
+  const zero = zeros;
+  f.filling = true;
+  try {
+    for (let at = 0; at < f.bytes && !f.dropped; ) {
+      const buffers: Buffer[] = [];
+      for (let left = f.bytes - at; left > 0 && buffers.length < CHUNKS_PER_WRITEV; left -= CHUNK) buffers.push(left >= CHUNK ? zero : zero.subarray(0, left));
+      const written = await new Promise<number>((resolve, reject) => {
+        writev(f.fd, buffers, at, (error, n) => (error ? reject(error) : resolve(n)));
+      });
+      if (written <= 0) throw new Error(`writev of zeros wrote ${written} bytes`);
+      at += written;
+    }
+  } finally {
+    f.filling = false;
+    if (f.dropped) closeQuietly(f.fd);
   }
 }
 

@@ -10,10 +10,9 @@
 //
 // Order: depth first, a parent before its children, children in the order the kernel lists
 // them thread by thread (the order CRIU's pstree.img has, since CRIU walks its tree so).
-import { readFileSync } from 'node:fs';
 import { CompelError, injectSync, type Victim } from '@criu-ts/compel';
 import { asPid, type Pid } from '@criu-ts/sys';
-import { readStat } from '../proc/task-files.js';
+import { readChildren, readStat } from '../proc/task-files.js';
 
 export interface TreeTask {
   readonly pid: Pid;
@@ -26,21 +25,6 @@ export interface TreeTask {
   readonly victim?: Victim;
   /** A zombie: its exit status as waitpid(2) reports it (/proc/PID/stat field 52). */
   readonly zombie?: { readonly exitCode: number };
-}
-
-/** The children of `pid` as /proc/PID/task/TID/children lists them for each thread in `tids`. */
-export function readChildren(pid: Pid, tids: readonly number[]): Pid[] {
-  const out: Pid[] = [];
-  for (const tid of tids) {
-    let text = '';
-    try {
-      text = readFileSync(`/proc/${pid}/task/${tid}/children`, 'utf8');
-    } catch {
-      continue; // the thread exited meanwhile
-    }
-    for (const word of text.split(/\s+/)) if (word) out.push(asPid(Number(word)));
-  }
-  return out;
 }
 
 function zombieOf(pid: Pid, ppid: number, stat: string[]): TreeTask {

@@ -1,6 +1,8 @@
 // Small /proc/PID files: status, stat, limits, auxv, personality, comm and friends (proc(5)).
-import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
-import { asPid, close, pidfdGetfd, pidfdOpen, type Fd } from '@criu-ts/sys';
+import { readFileSync, readlinkSync } from 'node:fs';
+// No koffi here (only its koffi-free types): the pages prefill (dump/pages-prefill.ts) uses these
+// readers before the command has loaded the native side.
+import { asPid, type Pid } from '@criu-ts/sys/types';
 
 export function readStatus(pid: number, tid = pid): Map<string, string> {
   const status = new Map<string, string>();
@@ -70,30 +72,17 @@ export function capabilityWords(hex: string): number[] {
   return [Number(value & 0xffff_ffffn), Number(value >> 32n)];
 }
 
-/**
- * Calls `use` with a copy (pidfd_getfd) of each socket descriptor of `pid` and its number there;
- * each copy is closed after its call unless `use` returns true (it keeps it, and closes it).
- */
-export function withSocketsOf(pid: number, use: (fd: Fd, num: number) => boolean | void): void {
-  const pidfd = pidfdOpen(asPid(pid));
-  try {
-    for (const name of readdirSync(`/proc/${pid}/fd`)) {
-      let link: string;
-      try {
-        link = readlinkSync(`/proc/${pid}/fd/${name}`);
-      } catch {
-        continue; // closed meanwhile
-      }
-      if (!link.startsWith('socket:')) continue;
-      const fd = pidfdGetfd(pidfd, Number(name));
-      let kept = false;
-      try {
-        kept = use(fd, Number(name)) === true;
-      } finally {
-        if (!kept) close(fd);
-      }
+/** The children of `pid` as /proc/PID/task/TID/children lists them for each thread in `tids`. */
+export function readChildren(pid: Pid, tids: readonly number[]): Pid[] {
+  const out: Pid[] = [];
+  for (const tid of tids) {
+    let text = '';
+    try {
+      text = readFileSync(`/proc/${pid}/task/${tid}/children`, 'utf8');
+    } catch {
+      continue; // the thread exited meanwhile
     }
-  } finally {
-    close(pidfd);
+    for (const word of text.split(/\s+/)) if (word) out.push(asPid(Number(word)));
   }
+  return out;
 }
