@@ -357,6 +357,24 @@ export class Parasite {
     if (this.inFlight !== null) this.receive(this.inFlight);
   }
 
+  /**
+   * Calls `whileWaiting` about once a millisecond until the reply in flight can be read (or the
+   * socket has failed, which receive() then reports), for at most the injection's timeout.
+   */
+  private pollReply(whileWaiting: () => void): void {
+    const deadline = Date.now() + this.injection.timeoutMs;
+    while (Date.now() < deadline) {
+      let ready = 0;
+      try {
+        ready = pollOne(this.sock!, POLL.IN, 1);
+      } catch (err) {
+        if (!isSysError(err, 'EINTR')) return; // receive() meets the same failure and says it
+      }
+      if (ready !== 0) return;
+      whileWaiting();
+    }
+  }
+
   private receive(cmd: ParasiteCommand): { ret: bigint; data: Buffer; fds: Fd[] } {
     if (this.sock === null) throw new CompelError('state', this.injection.pid, 'parasite reply after cure');
     // Whatever happens below, this reply is no longer awaited (a broken socket has no more).
@@ -594,7 +612,7 @@ export class Parasite {
    * so the caller decides when that is harmless. `writebackStep` (bytes, in-task only) starts
    * disk writeback of each such step as soon as it is in the file.
    */
-  dumpPages(ranges: readonly RemoteRange[], outFd: Fd, options: { inTask?: boolean; writebackStep?: number } = {}): number {
+  dumpPages(ranges: readonly RemoteRange[], outFd: Fd, options: DumpPagesOptions = {}): number {
     return this.dumpPagesStart(ranges, outFd, options)();
   }
 
@@ -605,7 +623,7 @@ export class Parasite {
    * other use of this parasite (cure included) first waits for that reply and drops it. Without
    * `inTask`, everything is done before this returns.
    */
-  dumpPagesStart(ranges: readonly RemoteRange[], outFd: Fd, options: { inTask?: boolean; writebackStep?: number } = {}): () => number {
+  dumpPagesStart(ranges: readonly RemoteRange[], outFd: Fd, options: DumpPagesOptions = {}): () => number {
     if (!options.inTask) {
       const moved = this.vmspliceRanges(ranges, (fd, bytes) => {
         let done = 0;
@@ -623,6 +641,7 @@ export class Parasite {
       this.send(CMD.DUMP_PAGES, [0, this.bufOff, batch.length, options.writebackStep ?? 0], [outFd, p.r, p.w]);
       return () => {
         if (this.inFlight !== CMD.DUMP_PAGES) throw new CompelError('state', this.injection.pid, 'the reply to DUMP_PAGES was taken by another request');
+        if (options.whileWaiting) this.pollReply(options.whileWaiting);
         const n = Number(this.check(this.receive(CMD.DUMP_PAGES).ret, 'dump pages'));
         if (n !== want) throw new CompelError('parasite', this.injection.pid, `the parasite wrote ${n} of ${want} bytes of pages`);
         return n;
@@ -761,6 +780,19 @@ function retryEintr<T>(call: () => T): T {
       if (!(err instanceof SysError && err.code === 'EINTR') || attempt >= 1000) throw err;
     }
   }
+}
+
+/** Options of {@link Parasite.dumpPagesStart} and {@link Parasite.dumpPages}. */
+export interface DumpPagesOptions {
+  /** The parasite writes the pages itself, on the task's thread (else we splice what it vmsplices). */
+  readonly inTask?: boolean;
+  /** In-task only: the parasite starts the writeback of each this many bytes it wrote (sync_file_range). */
+  readonly writebackStep?: number;
+  /**
+   * In-task only: called about once a millisecond while we wait for the parasite's reply (work
+   * for our own CPU meanwhile, such as starting the writeback of what is written so far).
+   */
+  readonly whileWaiting?: () => void;
 }
 
 /** How {@link Parasite.infectSync} puts the blob in the task. */

@@ -4,7 +4,7 @@ import { mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync } from 'no
 import { tmpdir } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import {
-  asRemoteAddress, close, memfdCreate, MAP, pipe2, pread, PROT, read, signalNumber, SysError, write,
+  asRemoteAddress, close, lseek, memfdCreate, MAP, pipe2, pread, PROT, read, SEEK, signalNumber, SysError, write,
   ptraceGetRegs, ptraceGetRegset, NT, type Fd,
 } from '@criu-ts/sys';
 import { CompelError, compileBlob, inject, injectSync, isParasiteMapping, prepareSync, readMaps, type Victim as Injected } from '@criu-ts/compel';
@@ -421,6 +421,35 @@ describe('@criu-ts/compel', function () {
       expect(hasParasite(v.pid)).to.equal(false);
       process.kill(v.pid, 'SIGUSR1');
       expect(await v.waitLine(/^(ok|bad)/)).to.match(/^ok/);
+    });
+
+    it('dumpPagesStart in the task calls whileWaiting while it waits for the reply, and the file position it sees only grows', async () => {
+      // 64 MiB: a copy of several milliseconds at least, so the wait polls more than once.
+      const v = await Victim.start('busy', 64);
+      const victim = injectSync(v.pid);
+      const len = 64 << 20;
+      const file = memfdCreate('pages');
+      const positions: number[] = [];
+      try {
+        const parasite = victim.infectSync();
+        const finish = parasite.dumpPagesStart([{ addr: asRemoteAddress(v.data), len }], file, {
+          inTask: true,
+          whileWaiting: () => positions.push(lseek(file, 0, SEEK.CUR)),
+        });
+        expect(finish()).to.equal(len);
+        expect(positions.length, 'calls while the parasite copied').to.be.greaterThan(0);
+        expect(positions.every((p, i) => p >= 0 && p <= len && (i === 0 || p >= positions[i - 1]!)), positions.join(' ')).to.equal(true);
+        const back = Buffer.alloc(1 << 20);
+        for (const at of [0, len - (1 << 20)]) {
+          expect(pread(file, back, BigInt(at))).to.equal(back.length);
+          expect(back.equals(v.expectedData(at, back.length)), `bytes at ${at}`).to.equal(true);
+        }
+      } finally {
+        victim.cureSync();
+        close(file);
+      }
+      process.kill(v.pid, 'SIGUSR1');
+      expect(await v.waitLine(/^(ok|bad)/, 60_000)).to.match(/^ok/);
     });
 
     it('dump sigactions, itimers, posix timers and misc state', async () => {

@@ -1,7 +1,7 @@
 // dump() on a real process: the images it writes, and that a dump never harms the task.
 import { expect } from 'chai';
 import { spawnSync } from 'node:child_process';
-import { chmodSync, closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, readSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, readSync, readdirSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { isParasiteMapping } from '@criu-ts/compel';
@@ -9,11 +9,11 @@ import { DUMP_FAULT_POINTS, dumpSync, DumpError, PagesPrefill } from '@criu-ts/c
 import { ImageReader, PagesReader } from '@criu-ts/images';
 import { alive, waitFor } from './restore-helpers.js';
 import { reapIfOurs, StateKeeper, rootWithSubreaper, imageEntries as entries } from './programs.js';
-import { scanPages, VMA, vmFlagsCanWait, zeroPfn, type DumpVma } from '../src/dump/memory.js';
+import { scanPages, VMA, vmFlagsCanWait, writebackBehind, zeroPfn, type DumpVma } from '../src/dump/memory.js';
 import { readMaps as readProcMaps, readSmaps } from '../src/proc/smaps.js';
 import { emptyYoungGeneration } from '../src/dump/heap-quiet.js';
 import { constants as perfConstants, PerformanceObserver } from 'node:perf_hooks';
-import { asRemoteAddress, getpid, mmap, munmap, processVmReadv, processVmWritev } from '@criu-ts/sys';
+import { asFd, asRemoteAddress, cachestat, getpid, mmap, munmap, processVmReadv, processVmWritev } from '@criu-ts/sys';
 
 
 describe('core: dump of a single process', function () {
@@ -81,6 +81,34 @@ describe('core: dump of a single process', function () {
       observer.disconnect();
     }
     expect(kinds).to.include(perfConstants.NODE_PERFORMANCE_GC_MINOR);
+  });
+
+  it('writebackBehind starts the disk writeback of what was written once a step of it has gathered, never of what lies past the position', function () {
+    const dir = mkdtempSync(join(tmpdir(), 'criu-ts-writeback-'));
+    const fd = asFd(openSync(join(dir, 'pages'), 'w+'));
+    try {
+      const MiB = 1 << 20;
+      const chunk = Buffer.alloc(MiB, 0xa5);
+      const append = (mib: number) => {
+        for (let i = 0; i < mib; i++) writeSync(fd, chunk); // at the file position, as the parasite's splice
+      };
+      // Zeros past where the copy will be, as a prefilled file has them.
+      for (let at = 16; at < 24; at++) writeSync(fd, chunk, 0, MiB, at * MiB);
+      const writeback = writebackBehind(fd, 8 * MiB);
+      append(6);
+      writeback();
+      expect(cachestat(fd, 0, 6 * MiB).dirty, 'less than a step written: nothing started').to.equal(6 * 256);
+      append(4);
+      writeback();
+      expect(cachestat(fd, 0, 10 * MiB).dirty, 'the 10 MiB written, on their way').to.equal(0);
+      expect(cachestat(fd, 16 * MiB, 8 * MiB).dirty, 'past the position: untouched').to.equal(8 * 256);
+      append(3);
+      writeback();
+      expect(cachestat(fd, 10 * MiB, 3 * MiB).dirty, 'the next 3 MiB: less than a step again').to.equal(3 * 256);
+    } finally {
+      closeSync(fd);
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('finds the same pages to save with PAGEMAP_SCAN as entry by entry: written anonymous pages, private file pages copied on write', function () {

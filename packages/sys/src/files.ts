@@ -79,6 +79,42 @@ export function ftruncate(fd: Fd, length: number | bigint): void {
   sysCallNumber('ftruncate', N.ftruncate, [fd, length], `fd ${fd}`);
 }
 
+/** lseek(2) whence values. */
+export const SEEK = { SET: 0, CUR: 1, END: 2 } as const;
+
+/** lseek(fd, offset, whence): the new offset. SEEK.CUR with 0 reads the position (shared by every copy of the open file). */
+export function lseek(fd: Fd, offset: number | bigint, whence: number): number {
+  return sysCallNumber('lseek', N.lseek, [fd, offset, whence], `fd ${fd}`);
+}
+
+/** sync_file_range(2) flags. */
+export const SYNC_FILE_RANGE = { WAIT_BEFORE: 1, WRITE: 2, WAIT_AFTER: 4 } as const;
+
+/** sync_file_range(fd, offset, nbytes, flags): with WRITE alone, starts the writeback of that range and returns. */
+export function syncFileRange(fd: Fd, offset: number | bigint, nbytes: number | bigint, flags: number): void {
+  sysCallNumber('sync_file_range', N.sync_file_range, [fd, offset, nbytes, flags], `fd ${fd}`);
+}
+
+/** Page-cache state of a file range (cachestat(2), Linux 6.5+), in pages. */
+export interface CacheStat {
+  readonly cache: number;
+  readonly dirty: number;
+  readonly writeback: number;
+  readonly evicted: number;
+  readonly recentlyEvicted: number;
+}
+
+/** cachestat(fd, {off, len}, &cstat, 0): the page cache of bytes [off, off + len) of the file (len 0: to its end). */
+export function cachestat(fd: Fd, off: number | bigint, len: number | bigint): CacheStat {
+  const range = Buffer.alloc(16);
+  range.writeBigUInt64LE(BigInt(off), 0);
+  range.writeBigUInt64LE(BigInt(len), 8);
+  const out = Buffer.alloc(40); // struct cachestat: five __u64
+  sysCallNumber('cachestat', N.cachestat, [fd, range, out, 0], `fd ${fd}`);
+  const word = (i: number) => Number(out.readBigUInt64LE(i * 8));
+  return { cache: word(0), dirty: word(1), writeback: word(2), evicted: word(3), recentlyEvicted: word(4) };
+}
+
 export const F = { DUPFD: 0, GETFD: 1, SETFD: 2, GETFL: 3, SETFL: 4, SETLEASE: 1024, GETLEASE: 1025, DUPFD_CLOEXEC: 1030, SETPIPE_SZ: 1031, GETPIPE_SZ: 1032 } as const;
 export const FD_CLOEXEC = 1;
 

@@ -137,8 +137,8 @@ export interface DumpResult {
 const SCM_RIGHTS = 1;
 const DEFAULT_GHOST_LIMIT = 1 << 20;
 const DEFAULT_TIMEOUT_MS = 10_000;
-/** Disk writeback is started for every this many bytes of pages written (kill mode). */
-const WRITEBACK_STEP = 16 << 20;
+/** Disk writeback is started for every this many bytes of pages written (kill mode; see PageCopyMode). */
+const WRITEBACK_STEP = 8 << 20;
 /** core.proto task_state of a zombie (CRIU's TASK_DEAD). */
 const TASK_DEAD = 2;
 

@@ -17,7 +17,7 @@
 import { closeSync, openSync, readFileSync, readSync, writeSync } from 'node:fs';
 import type { DecodedMessage } from '@criu-ts/images';
 import type { Parasite } from '@criu-ts/compel';
-import { asRemoteAddress, mmap, munmap, PAGE_IS, pagemapScan, processVmReadv, getpid, SysError, type Fd } from '@criu-ts/sys';
+import { asRemoteAddress, lseek, mmap, munmap, PAGE_IS, pagemapScan, processVmReadv, getpid, SEEK, syncFileRange, SYNC_FILE_RANGE, SysError, type Fd } from '@criu-ts/sys';
 import { memoryCgroups, memoryHeadroom } from '../proc/memory-cgroup.js';
 import type { ProcVma } from '../proc/smaps.js';
 import type { FileTable } from './files.js';
@@ -397,8 +397,35 @@ const PROGRESS_STEP = 64 << 20;
 export interface PageCopyMode {
   /** The parasite copies into the file itself (see pagesCopyInTaskAllowed). */
   readonly inTask: boolean;
-  /** Start disk writeback every this many bytes while copying (in-task only; 0: never). */
+  /**
+   * In-task only (0: never): while waiting for the parasite's reply, we start the disk writeback
+   * of every this many bytes it has written. From our thread, not the parasite's: started in
+   * the task (sync_file_range there, which allocates the blocks and builds the I/O), it made the
+   * frozen copy of 64 MiB 15.8 -> 18.2 ms slower (bench in C, medians of 6); from another CPU the
+   * copy stays at 16.2-16.8 ms and the fsync after it still finds most of the file on its way.
+   */
   readonly writebackStep: number;
+}
+
+/**
+ * A `whileWaiting` for the parasite that starts the writeback of each `step` bytes of `out` it
+ * has written: how far it is comes from the file position, which our descriptor shares with its
+ * copy. Best effort: a failure stops it, and the fsync that follows reports real I/O errors.
+ */
+export function writebackBehind(out: Fd, step: number): () => void {
+  let synced = lseek(out, 0, SEEK.CUR);
+  let failed = false;
+  return () => {
+    if (failed) return;
+    try {
+      const at = lseek(out, 0, SEEK.CUR);
+      if (at - synced < step) return;
+      syncFileRange(out, synced, at - synced, SYNC_FILE_RANGE.WRITE);
+      synced = at;
+    } catch {
+      failed = true;
+    }
+  };
 }
 
 /**
@@ -456,6 +483,7 @@ export function writePages(
   const batches = steps.filter((s): s is Batch => 'ranges' in s);
   const overlapped = batches.reduce<Batch | undefined>((a, b) => (a && a.bytes >= b.bytes ? a : b), undefined);
 
+  const writeback = mode.inTask && mode.writebackStep > 0 ? writebackBehind(out, mode.writebackStep) : undefined;
   let written = 0;
   let overlapDone = false;
   const overlap = () => {
@@ -466,7 +494,7 @@ export function writePages(
   try {
     for (const step of steps) {
       if ('ranges' in step) {
-        const finish = parasite.dumpPagesStart(step.ranges, out, mode);
+        const finish = parasite.dumpPagesStart(step.ranges, out, { inTask: mode.inTask, ...(writeback ? { whileWaiting: writeback } : {}) });
         if (step === overlapped && whileCopying) {
           try {
             overlap();
