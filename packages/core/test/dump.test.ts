@@ -5,7 +5,7 @@ import { chmodSync, closeSync, existsSync, mkdirSync, mkdtempSync, openSync, rea
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { isParasiteMapping } from '@criu-ts/compel';
-import { DUMP_FAULT_POINTS, dumpSync, DumpError, PagesPrefill } from '@criu-ts/core';
+import { DUMP_FAULT_POINTS, dump, dumpSync, DumpError, PagesPrefill } from '@criu-ts/core';
 import { ImageReader, PagesReader } from '@criu-ts/images';
 import { alive, waitFor } from './restore-helpers.js';
 import { reapIfOurs, StateKeeper, rootWithSubreaper, imageEntries as entries } from './programs.js';
@@ -256,6 +256,22 @@ describe('core: dump of a single process', function () {
     const listed = entries(join(images, `pagemap-${pid}.img`)).slice(1).reduce((n, e) => n + Number(e.nr_pages), 0);
     expect(statSync(join(images, 'pages-1.img')).size, 'pages-1.img cut to the pages listed').to.equal(listed * 4096);
     expect(ourFds(), 'descriptors after the dump').to.equal(fdsBefore);
+  });
+
+  it('dump() (async) lets the event loop run while its pages prefill is written, then dumps with it', async function () {
+    keeper = new StateKeeper();
+    const pid = keeper.pid;
+    mkdirSync(images, { mode: 0o700 });
+    let ticked = false;
+    setImmediate(() => {
+      ticked = true;
+    });
+    let tickedBeforeDump: boolean | undefined;
+    const result = await dump({ pid, imagesDir: images, leave: 'running', onStage: (stage) => (tickedBeforeDump ??= stage === 'prepare-dir' ? ticked : undefined) });
+    expect(tickedBeforeDump, 'an immediate ran before the dump began').to.equal(true);
+    expect(result.pagesPrefilled, 'bytes prefilled').to.be.greaterThan(4 << 20);
+    const listed = entries(join(images, `pagemap-${pid}.img`)).slice(1).reduce((n, e) => n + Number(e.nr_pages), 0);
+    expect(statSync(join(images, 'pages-1.img')).size, 'pages-1.img cut to the pages listed').to.equal(listed * 4096);
   });
 
   it('@criu-ts/core/prefill loads no native code (the command starts it before koffi is loaded)', function () {

@@ -156,8 +156,21 @@ function namespaceIds(pid: number): DecodedMessage {
   return ids;
 }
 
+/**
+ * The dump, with its pages prefill written off the event loop (PagesPrefill.start, ~15 ms per
+ * 64 MiB of the tree's memory); the rest runs synchronously, as dumpSync (ptrace requests must come
+ * from the thread that seized the tasks).
+ */
 export async function dump(options: DumpOptions): Promise<DumpResult> {
-  return dumpSync(options);
+  if (options.prefill) {
+    await options.prefill.ready;
+    return dumpSync(options);
+  }
+  // A directory that does not exist yet is made by the dump, which then prefills by itself.
+  const prefill = Number.isInteger(options.pid) && options.pid > 0 && existsSync(options.imagesDir) ? PagesPrefill.start(options.imagesDir, options.pid) : undefined;
+  if (prefill === undefined) return dumpSync(options);
+  await prefill.ready;
+  return dumpSync({ ...options, prefill });
 }
 
 /** What each live task of the tree gives, gathered stage by stage. */
