@@ -1,6 +1,6 @@
 // dump() on a real process: the images it writes, and that a dump never harms the task.
 import { expect } from 'chai';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { chmodSync, closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, readSync, readdirSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -246,6 +246,15 @@ describe('core: dump of a single process', function () {
     expect(ourFds(), 'descriptors after the refused dump').to.equal(fdsBefore);
     expect(alive(pid), 'task running').to.equal(true);
     expect(readdirSync(images), 'no image').to.deep.equal([]);
+
+    // A process too small to prefill for: nothing to write, so nothing to wait for.
+    const small = spawn('sleep', ['30'], { stdio: 'ignore' });
+    try {
+      const none = PagesPrefill.start(images, small.pid!);
+      expect([none.stillFilling, none.totalBytes], 'a prefill with no file').to.deep.equal([false, 0]);
+    } finally {
+      small.kill('SIGKILL');
+    }
 
     const prefill = PagesPrefill.start(images, pid);
     await prefill.ready;

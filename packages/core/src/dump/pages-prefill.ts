@@ -51,7 +51,7 @@ export class PagesPrefill {
   private constructor(directory: string, rootPid: number, background: boolean) {
     const plan = planFiles(directory, rootPid);
     for (const f of plan) this.files.set(f.pid, f);
-    if (!background) {
+    if (!background || plan.length === 0) {
       for (const f of plan) {
         try {
           zeros ??= Buffer.alloc(CHUNK);
@@ -151,13 +151,16 @@ function planFiles(directory: string, rootPid: number): FileState[] {
   const plan: FileState[] = [];
   let budget = dirtyBudget();
   for (const pid of treeOf(rootPid)) {
+    // Whole MiB, rounded up: the copy ends inside the zeros, not past them.
     const want = Math.min(Math.ceil(anonymousBytes(pid) / CHUNK) * CHUNK, budget - (budget % CHUNK));
     if (want < PREFILL_MIN_BYTES) continue;
     try {
       plan.push({ pid, fd: asFd(openSync(directory, O_TMPFILE_RDWR, 0o600)), bytes: want, filling: false, dropped: false });
       budget -= want;
     } catch {
-      break; // no O_TMPFILE here (or no directory): nobody gets a file
+      // O_TMPFILE unsupported here (EOPNOTSUPP, EISDIR), or no directory: the copy allocates as
+      // it goes. A fill that fails (no space) drops its own file only.
+      break;
     }
   }
   return plan;
