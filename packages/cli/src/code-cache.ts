@@ -26,7 +26,7 @@
 //   criu-ts code cache 1 <bundle id> <bundle size> <bundle mtime ms> <node version> <arch>\n
 //   crc32 <8 hex digits> length <decimal> <spaces: header padded to a multiple of 8 bytes>\n
 //   <length bytes of V8 cached data>
-import { closeSync, constants, fstatSync, lstatSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, writeSync } from 'node:fs';
+import { closeSync, constants, existsSync, fstatSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, rmSync, writeSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { pathToFileURL } from 'node:url';
@@ -167,6 +167,21 @@ function writeAtomically(path: string, bytes: Uint8Array, euid: number): void {
     rmSync(tmp, { force: true });
     throw error;
   }
+  removeOrphanedTemps(dir);
+}
+
+/**
+ * The temporary files of writers killed before their rename (a command killed as it exits): each
+ * is named after its writer's pid, and goes once no process has that pid. /run is a tmpfs: they
+ * would stay until the next boot, up to a megabyte each.
+ */
+function removeOrphanedTemps(dir: string): void {
+  try {
+    for (const name of readdirSync(dir)) {
+      const writer = /^[a-z][a-z0-9-]*\.v8cache\.(\d+)\.tmp$/.exec(name)?.[1];
+      if (writer !== undefined && !existsSync(`/proc/${writer}`)) rmSync(join(dir, name), { force: true });
+    }
+  } catch { /* the next writer tries again */ }
 }
 
 /**

@@ -2,7 +2,7 @@
 // rewritten when it does not, never read from where someone else could have written it.
 import { expect } from 'chai';
 import { spawnSync } from 'node:child_process';
-import { chmodSync, chownSync, existsSync, lstatSync, mkdtempSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, existsSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -91,6 +91,18 @@ describe('cli: code cache of the criu-ts command', function () {
     // Another command has its own cache.
     expect(criuTs(['decode', '-i', '/nonexistent']).state).to.equal('missing');
     expect(existsSync(join(cache, 'decode.v8cache')), 'not written by a failed run').to.equal(false);
+  });
+
+  it('a writer killed before its rename leaves a temporary file: the next write removes it, not one of a live writer', function () {
+    mkdirSync(cache, { recursive: true, mode: 0o700 });
+    // Above the kernel's largest pid (4194304): no process has it.
+    const orphan = join(cache, 'dump.v8cache.99999999.tmp');
+    const live = join(cache, `dump.v8cache.${process.pid}.tmp`);
+    const other = join(cache, 'notes.99999999.tmp');
+    for (const f of [orphan, live, other]) writeFileSync(f, 'partial', { mode: 0o600 });
+    expect(criuTs(['--help']).state).to.equal('missing');
+    expect(existsSync(helpFile()), 'the cache written').to.equal(true);
+    expect([existsSync(orphan), existsSync(live), existsSync(other)], 'orphan, live writer, not a cache file').to.deep.equal([false, true, true]);
   });
 
   it('a corrupt, truncated or foreign-version cache is ignored, the command works, and the cache is rewritten', function () {
