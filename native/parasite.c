@@ -11,9 +11,7 @@
 
 #define NR_read 0
 #define NR_close 3
-#define NR_lseek 8
 #define NR_splice 275
-#define NR_sync_file_range 277
 #define NR_rt_sigaction 13
 #define NR_getitimer 36
 #define NR_getpid 39
@@ -54,9 +52,7 @@
 #define MSG_CMSG_CLOEXEC 0x40000000
 #define MAX_FDS 16
 #define SIGPIPE 13
-#define SEEK_CUR 1
 #define SPLICE_F_NONBLOCK 0x02
-#define SYNC_FILE_RANGE_WRITE 2
 #define UIO_MAXIOV 1024
 #define EPIPE 32
 
@@ -153,13 +149,6 @@ static s64 do_vmsplice(int pipe_fd, struct iovec *iov, u64 n, u64 flags) {
 }
 
 /*
- * Every byte of the iovecs to file `out` at its position, one pipeful at a time: vmsplice takes
- * what fits (the pipe references the task's pages, which stay put: the task is frozen), splice
- * copies it into the file's page cache. Running here saves the injector a round trip per pipeful
- * (the pipe holds at most 1 MiB without CAP_SYS_RESOURCE). With a writeback step, the disk starts
- * on what is written while the rest is copied, so the final fsync has little left to do.
- */
-/*
  * Whether the injector closed its end of the control socket (it died): nothing to read and the
  * peer gone reads as 0; with the injector alive, the socket is empty (EAGAIN).
  */
@@ -168,10 +157,16 @@ static int injector_gone(int sock) {
   return sys6(NR_recvfrom, sock, (s64)&byte, 1, MSG_PEEK | MSG_DONTWAIT, 0, 0) == 0;
 }
 
-static s64 dump_pages(int sock, int pipe_w, int pipe_r, int out, struct iovec *iov, u64 n, u64 step) {
-  s64 start = sys3(NR_lseek, out, 0, SEEK_CUR);
-  if (start < 0) return start;
-  s64 total = 0, synced = start;
+/*
+ * Every byte of the iovecs to file `out` at its position, one pipeful at a time: vmsplice takes
+ * what fits (the pipe references the task's pages, which stay put: the task is frozen), splice
+ * copies it into the file's page cache. Running here saves the injector a round trip per pipeful
+ * (the pipe holds at most 1 MiB without CAP_SYS_RESOURCE). Nothing else runs here while the
+ * task is frozen: the injector starts the disk writeback from its own CPU (core's
+ * writebackBehind), which kept a sync_file_range here from slowing the copy.
+ */
+static s64 dump_pages(int sock, int pipe_w, int pipe_r, int out, struct iovec *iov, u64 n) {
+  s64 total = 0;
   u64 i = 0;
   while (i < n) {
     /* An injector killed mid-copy would leave the task copying pages for nobody, holding the
@@ -190,10 +185,6 @@ static s64 dump_pages(int sock, int pipe_w, int pipe_r, int out, struct iovec *i
     total += r;
     while (i < n && (u64)r >= iov[i].len) { r -= (s64)iov[i].len; i++; }
     if (i < n && r > 0) { iov[i].base = (char *)iov[i].base + r; iov[i].len -= (u64)r; }
-    if (step && start + total - synced >= (s64)step) {
-      sys4(NR_sync_file_range, out, synced, start + total - synced, SYNC_FILE_RANGE_WRITE);
-      synced = start + total;
-    }
   }
   return total;
 }
@@ -372,7 +363,7 @@ s64 parasite_daemon(struct parasite_ctl *ctl) {
       break;
     case PARASITE_CMD_DUMP_PAGES:
       if (nfds != 3) { ret = -22; break; }
-      ret = dump_pages(sock, fds[2], fds[1], fds[0], (struct iovec *)((char *)ctl + req.arg[1]), req.arg[2], req.arg[3]);
+      ret = dump_pages(sock, fds[2], fds[1], fds[0], (struct iovec *)((char *)ctl + req.arg[1]), req.arg[2]);
       break;
     case PARASITE_CMD_DUMP_SIGACTIONS:
       dump_sigactions((struct parasite_sigaction *)data);

@@ -68,12 +68,11 @@ enum parasite_cmd {
  * injector then takes the thread back with PTRACE_INTERRUPT (see Parasite.stopSync). */
 
 /*
- * DUMP_PAGES: arg0 unused (0), arg1 offset from ctl of the iovecs, arg2 their count, arg3
- * writeback step in bytes (0: none). The request carries three fds: the output file and the
- * pipe's read and write ends (closed again after the request, like every fd a request brings).
- * The parasite moves every iovec's pages to the file at its position,
- * pipeful by pipeful (vmsplice, then splice), and starts writeback (sync_file_range) each time
- * `step` more bytes are in the file. Returns the bytes written or -errno.
+ * DUMP_PAGES: arg0 unused (0), arg1 offset from ctl of the iovecs, arg2 their count. The
+ * request carries three fds: the output file and the pipe's read and write ends (closed again
+ * after the request, like every fd a request brings). The parasite moves every iovec's pages to
+ * the file at its position, pipeful by pipeful (vmsplice, then splice). Returns the bytes
+ * written or -errno.
  */
 
 struct parasite_req {  /* 56 bytes */

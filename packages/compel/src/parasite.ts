@@ -609,8 +609,7 @@ export class Parasite {
    * `inTask`, the parasite gets the file and the pipe's read end and does the whole loop itself,
    * one request per 1024 ranges. The writes are then the task's: they count against its
    * RLIMIT_FSIZE (a larger file would raise SIGXFSZ in it) and its memory cgroup's page cache,
-   * so the caller decides when that is harmless. `writebackStep` (bytes, in-task only) starts
-   * disk writeback of each such step as soon as it is in the file.
+   * so the caller decides when that is harmless.
    */
   dumpPages(ranges: readonly RemoteRange[], outFd: Fd, options: DumpPagesOptions = {}): number {
     return this.dumpPagesStart(ranges, outFd, options)();
@@ -638,7 +637,7 @@ export class Parasite {
     let total = 0;
     const request = (batch: readonly RemoteRange[]) => {
       const want = this.putIovecs(batch.map((r): [bigint, number] => [BigInt(r.addr), r.len]));
-      this.send(CMD.DUMP_PAGES, [0, this.bufOff, batch.length, options.writebackStep ?? 0], [outFd, p.r, p.w]);
+      this.send(CMD.DUMP_PAGES, [0, this.bufOff, batch.length], [outFd, p.r, p.w]);
       return () => {
         if (this.inFlight !== CMD.DUMP_PAGES) throw new CompelError('state', this.injection.pid, 'the reply to DUMP_PAGES was taken by another request');
         if (options.whileWaiting) this.pollReply(options.whileWaiting);
@@ -786,8 +785,6 @@ function retryEintr<T>(call: () => T): T {
 export interface DumpPagesOptions {
   /** The parasite writes the pages itself, on the task's thread (else we splice what it vmsplices). */
   readonly inTask?: boolean;
-  /** In-task only: the parasite starts the writeback of each this many bytes it wrote (sync_file_range). */
-  readonly writebackStep?: number;
   /**
    * In-task only: called about once a millisecond while we wait for the parasite's reply (work
    * for our own CPU meanwhile, such as starting the writeback of what is written so far).

@@ -16,6 +16,15 @@ import { constants as perfConstants, PerformanceObserver } from 'node:perf_hooks
 import { asFd, asRemoteAddress, cachestat, getpid, mmap, munmap, processVmReadv, processVmWritev } from '@criu-ts/sys';
 
 
+/**
+ * pages-1.img holds exactly the pages pagemap-PID.img lists: a prefilled file was cut to what the
+ * copy wrote, none of its zeros left after it.
+ */
+function expectPagesFileCut(images: string, pid: number): void {
+  const listed = entries(join(images, `pagemap-${pid}.img`)).slice(1).reduce((n, e) => n + Number(e.nr_pages), 0);
+  expect(statSync(join(images, 'pages-1.img')).size, 'pages-1.img cut to the pages listed').to.equal(listed * 4096);
+}
+
 describe('core: dump of a single process', function () {
   this.timeout(60_000);
   let keeper: StateKeeper | undefined;
@@ -262,8 +271,7 @@ describe('core: dump of a single process', function () {
     expect(prefilled, 'bytes prefilled ahead').to.be.greaterThan(4 << 20);
     const result = dumpSync({ pid, imagesDir: images, leave: 'running', prefill });
     expect(result.pagesPrefilled).to.equal(prefilled);
-    const listed = entries(join(images, `pagemap-${pid}.img`)).slice(1).reduce((n, e) => n + Number(e.nr_pages), 0);
-    expect(statSync(join(images, 'pages-1.img')).size, 'pages-1.img cut to the pages listed').to.equal(listed * 4096);
+    expectPagesFileCut(images, pid);
     expect(ourFds(), 'descriptors after the dump').to.equal(fdsBefore);
   });
 
@@ -279,8 +287,7 @@ describe('core: dump of a single process', function () {
     const result = await dump({ pid, imagesDir: images, leave: 'running', onStage: (stage) => (tickedBeforeDump ??= stage === 'prepare-dir' ? ticked : undefined) });
     expect(tickedBeforeDump, 'an immediate ran before the dump began').to.equal(true);
     expect(result.pagesPrefilled, 'bytes prefilled').to.be.greaterThan(4 << 20);
-    const listed = entries(join(images, `pagemap-${pid}.img`)).slice(1).reduce((n, e) => n + Number(e.nr_pages), 0);
-    expect(statSync(join(images, 'pages-1.img')).size, 'pages-1.img cut to the pages listed').to.equal(listed * 4096);
+    expectPagesFileCut(images, pid);
   });
 
   it('@criu-ts/core/prefill loads no native code (the command starts it before koffi is loaded)', function () {
@@ -301,8 +308,7 @@ describe('core: dump of a single process', function () {
     // Its 9 MiB block and sparse pages are enough for a prefilled pages file (pages-prefill.ts),
     // cut to exactly the pages the pagemap lists: none of the zeros written before is left.
     expect(result.pagesPrefilled, 'bytes prefilled').to.be.greaterThan(4 << 20);
-    const listed = entries(join(images, `pagemap-${pid}.img`)).slice(1).reduce((n, e) => n + Number(e.nr_pages), 0);
-    expect(statSync(join(images, 'pages-1.img')).size, 'pages-1.img size').to.equal(listed * 4096);
+    expectPagesFileCut(images, pid);
     const mm = entries(join(images, `mm-${pid}.img`))[0]!;
     const vmas = mm.vmas as Array<Record<string, any>>;
     // The 64-page anonymous area filled with pattern(i) = i*7+11.

@@ -62,9 +62,8 @@ export async function runDump(argv: string[], io: CommandIo): Promise<number> {
   let core: typeof import('@criu-ts/core') | undefined;
   try {
     core = await import('@criu-ts/core');
-    await prefill?.ready;
     log.info(`Dumping process ${tree} into ${imagesDir}`);
-    const result = core.dumpSync({
+    const result = await core.dump({ // which waits for the prefill first
       ...(prefill ? { prefill } : {}),
       onStage: (stage) => log.debug(`stage ${stage}`),
       onProgress: ({ pagesWritten, pagesTotal }) => progress.update(pagesWritten, pagesTotal, 4096),
