@@ -319,6 +319,20 @@ static void __attribute__((noreturn)) self_cure(struct parasite_ctl *ctl) {
   parasite_sigreturn(ctl->frame_in_blob);
 }
 
+/* DUMP_TASK: misc, sigactions and itimers one after the other at `out`; their length in *len. */
+static s64 dump_task(char *out, u32 *len) {
+  char *at = out;
+  s64 ret = dump_misc((struct parasite_misc *)at);
+  at += sizeof(struct parasite_misc);
+  dump_sigactions((struct parasite_sigaction *)at);
+  at += 64 * sizeof(struct parasite_sigaction);
+  s64 r = dump_itimers((struct itimerval *)at);
+  if (ret >= 0 && r < 0) ret = r;
+  at += 3 * sizeof(struct itimerval);
+  *len = (u32)(at - out);
+  return ret;
+}
+
 s64 parasite_daemon(struct parasite_ctl *ctl) {
   static struct parasite_req req;
   s32 fds[MAX_FDS];
@@ -328,6 +342,11 @@ s64 parasite_daemon(struct parasite_ctl *ctl) {
   sigpipe_pending_at_start = sigpipe_pending();
   raised_sigpipe = 0;
   if (ctl->sock < 0) {
+    if (ctl->task_at_start_off != 0) {
+      s64 *at_start = (s64 *)((char *)ctl + ctl->task_at_start_off);
+      u32 unused_len;
+      at_start[0] = dump_task((char *)(at_start + 1), &unused_len);
+    }
     /* Our own control socket (see struct parasite_ctl). Recorded before connect, so that a
      * self-cure closes it whatever happens next; a failed connect means the injector is gone. */
     s64 fd = sys3(NR_socket, 1 /* AF_UNIX */, 5 /* SOCK_SEQPACKET */ | 02000000 /* SOCK_CLOEXEC */, 0);
@@ -374,18 +393,9 @@ s64 parasite_daemon(struct parasite_ctl *ctl) {
       ret = dump_itimers((struct itimerval *)data);
       len = 3 * sizeof(struct itimerval);
       break;
-    case PARASITE_CMD_DUMP_TASK: {
-      char *out = data;
-      ret = dump_misc((struct parasite_misc *)out);
-      out += sizeof(struct parasite_misc);
-      dump_sigactions((struct parasite_sigaction *)out);
-      out += 64 * sizeof(struct parasite_sigaction);
-      s64 r = dump_itimers((struct itimerval *)out);
-      if (ret >= 0 && r < 0) ret = r;
-      out += 3 * sizeof(struct itimerval);
-      len = (u32)(out - data);
+    case PARASITE_CMD_DUMP_TASK:
+      ret = dump_task(data, &len);
       break;
-    }
     case PARASITE_CMD_DUMP_POSIX_TIMERS: {
       u64 count = req.arg[0];
       s32 *ids = (s32 *)((char *)ctl + req.arg[1]);

@@ -42,6 +42,10 @@ struct parasite_ctl {
   u32 connect_len;        /* 128: sockaddr_un length */
   u32 pad1;               /* 132 */
   char connect_addr[112]; /* 136: struct sockaddr_un (110 bytes) */
+  /* When not 0: at its first start, before it connects, the daemon writes what DUMP_TASK would
+   * answer at this offset from ctl (s64 result, then the reply's data), so that the injector has
+   * it with the connection instead of a request and its round trip while the task is frozen. */
+  u64 task_at_start_off;  /* 248 */
 };
 
 enum parasite_cmd {

@@ -10,7 +10,7 @@ int main(void) {
   printf("{\"ctl\":{");
   F(magic); F(sock); F(blob_addr); F(blob_len); F(scratch_addr); F(scratch_len); F(chain_addr);
   F(chain_len); F(chain_off); F(gadget_syscall_ret); F(uc_stack_off); F(frame_in_blob); F(state);
-  F(call_ret); F(call_done); F(call_byte); F(connect_len); F(connect_addr);
+  F(call_ret); F(call_done); F(call_byte); F(connect_len); F(connect_addr); F(task_at_start_off);
   printf("\"connect_addr_max\":%zu,", sizeof(((struct parasite_ctl *)0)->connect_addr));
   printf("\"size\":%zu},", sizeof(struct parasite_ctl));
   printf("\"req\":%zu,\"rep_hdr\":%zu,\"reply_max\":%d,\"sigaction\":%zu,\"posix_timer\":%zu,\"misc\":%zu,",

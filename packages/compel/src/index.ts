@@ -19,7 +19,7 @@ export { nativeDir } from './native.js';
 export { buildSigframe, restartedRegs, sigframeXstateLayout, cpuXstateLayout, type XstateLayout } from './sigframe.js';
 export {
   Parasite, infectSync, loadParasiteBlob, compileBlob,
-  type Blob, type DumpPagesOptions, type InfectOptions, type LoadedBlob, type Sigaction, type Itimer, type PosixTimer, type TaskMisc,
+  type Blob, type DumpPagesOptions, type InfectOptions, type LoadedBlob, type Sigaction, type Itimer, type PosixTimer, type TaskMisc, type TaskAnswers,
 } from './parasite.js';
 export { CMD as PARASITE_CMD, CTL as PARASITE_CTL, MISC_SIZE as PARASITE_MISC_SIZE, SIGFRAME } from './parasite-abi.js';
 export { listThreads, taskState, readMaps, isParasiteMapping, readStatus, listPosixTimers, readPosixTimers, type ProcPosixTimer, type Vma } from './proc.js';

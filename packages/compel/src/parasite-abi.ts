@@ -7,7 +7,8 @@ export const PARASITE_MAGIC = 0x63726975747321n;
 export const CTL = {
   magic: 0, sock: 8, blob_addr: 16, blob_len: 24, scratch_addr: 32, scratch_len: 40, chain_addr: 48,
   chain_len: 56, chain_off: 64, gadget_syscall_ret: 72, uc_stack_off: 80, frame_in_blob: 88, state: 96,
-  call_ret: 104, call_done: 112, call_byte: 120, connect_len: 128, connect_addr: 136, connect_addr_max: 112, size: 248,
+  call_ret: 104, call_done: 112, call_byte: 120, connect_len: 128, connect_addr: 136, connect_addr_max: 112, task_at_start_off: 248,
+  size: 256,
 } as const;
 
 export const CMD = {

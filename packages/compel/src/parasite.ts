@@ -185,6 +185,24 @@ function decodeMisc(raw: Buffer): TaskMisc {
   return misc;
 }
 
+/** What DUMP_TASK answers: dumpMisc, dumpSigactions and dumpItimers in one. */
+export interface TaskAnswers {
+  misc: TaskMisc;
+  sigactions: Sigaction[];
+  itimers: { real: Itimer; virtual: Itimer; prof: Itimer };
+}
+
+/** Bytes of DUMP_TASK's reply: struct parasite_misc, 64 struct parasite_sigaction, 3 struct itimerval. */
+const TASK_ANSWERS_SIZE = MISC_SIZE + 64 * SIGACTION_SIZE + 3 * 32;
+
+function decodeTaskAnswers(raw: Buffer): TaskAnswers {
+  return {
+    misc: decodeMisc(raw.subarray(0, MISC_SIZE)),
+    sigactions: decodeSigactions(raw.subarray(MISC_SIZE), 64),
+    itimers: decodeItimers(raw.subarray(MISC_SIZE + 64 * SIGACTION_SIZE)),
+  };
+}
+
 /** A running parasite in a seized task. Created by {@link infect}; stopped by the injection's cure. */
 export class Parasite {
   private sock: Fd | null;
@@ -208,6 +226,12 @@ export class Parasite {
     readonly selfCureUnmaps: boolean,
     /** The extended state the self-cure frame restores (undefined: the whole NT_X86_XSTATE image). */
     readonly selfCureXstate: { features: bigint; size: number } | undefined,
+    /**
+     * What DUMP_TASK answered when the daemon started, before it connected (see
+     * InfectOptions.taskAtStart); undefined when not asked for or when that collection failed
+     * (dumpTask() then says why).
+     */
+    readonly taskAtStart: TaskAnswers | undefined,
   ) {
     this.sock = sock;
   }
@@ -280,6 +304,8 @@ export class Parasite {
     ctl.writeBigUInt64LE(frameInBlob, CTL.frame_in_blob);
     ctl.writeUInt32LE(addr.length, CTL.connect_len);
     addr.copy(ctl, CTL.connect_addr);
+    // The buffer is free until our first request: the daemon's answers at start go there.
+    if (options.taskAtStart) ctl.writeBigUInt64LE(BigInt(bufOff), CTL.task_at_start_off);
     pwrite(memfd, ctl, BigInt(ctlOff));
     if (chain.length > 0) pwrite(memfd, chain, BigInt(ctlOff + chainOff));
     pwrite(memfd, fallback, BigInt(ctlOff + frameOff));
@@ -295,6 +321,7 @@ export class Parasite {
         listen(listener, 1);
         inj.startWorkerSync({ ...inj.saved.regs, rip: base + BigInt(blob.symbols.parasite_entry_daemon!), rsp: stackTop, rdi: ctlAddr });
         started = true;
+        options.meanwhile?.();
         sock = acceptDaemon(listener, inj);
         remoteSock = readCtlSock(memfd, ctlOff);
         if (remoteSock < 0) throw new CompelError('parasite', pid, `the parasite connected but its control area shows no socket (${remoteSock})`);
@@ -317,7 +344,13 @@ export class Parasite {
     inj.undoOnDeath('parasite socket', 'close', remoteSock);
     setsockopt(sock, SOL_SOCKET, SO.RCVTIMEO, timeval(inj.timeoutMs));
     setsockopt(sock, SOL_SOCKET, SO.SNDTIMEO, timeval(inj.timeoutMs));
-    const parasite = new Parasite(inj, base, size, memfd, ctlOff, bufOff, sock, remoteSock, blob, chainAddr !== 0n, xstate);
+    let taskAtStart: TaskAnswers | undefined;
+    if (options.taskAtStart) {
+      const raw = Buffer.alloc(8 + TASK_ANSWERS_SIZE);
+      pread(memfd, raw, BigInt(ctlOff + bufOff));
+      if (raw.readBigInt64LE(0) >= 0n) taskAtStart = decodeTaskAnswers(raw.subarray(8));
+    }
+    const parasite = new Parasite(inj, base, size, memfd, ctlOff, bufOff, sock, remoteSock, blob, chainAddr !== 0n, xstate, taskAtStart);
     inj.onCure(() => parasite.stopSync());
     return parasite;
   }
@@ -431,16 +464,11 @@ export class Parasite {
    * What dumpMisc, dumpSigactions and dumpItimers answer, in one request: one round trip to the
    * parasite instead of three while the task is frozen.
    */
-  dumpTask(): { misc: TaskMisc; sigactions: Sigaction[]; itimers: { real: Itimer; virtual: Itimer; prof: Itimer } } {
+  dumpTask(): TaskAnswers {
     const r = this.command(CMD.DUMP_TASK);
     this.check(r.ret, 'dump task');
-    const want = MISC_SIZE + 64 * SIGACTION_SIZE + 3 * 32;
-    if (r.data.length < want) throw new CompelError('parasite', this.injection.pid, `DUMP_TASK reply of ${r.data.length} bytes, ${want} expected`);
-    return {
-      misc: decodeMisc(r.data.subarray(0, MISC_SIZE)),
-      sigactions: decodeSigactions(r.data.subarray(MISC_SIZE), 64),
-      itimers: decodeItimers(r.data.subarray(MISC_SIZE + 64 * SIGACTION_SIZE)),
-    };
+    if (r.data.length < TASK_ANSWERS_SIZE) throw new CompelError('parasite', this.injection.pid, `DUMP_TASK reply of ${r.data.length} bytes, ${TASK_ANSWERS_SIZE} expected`);
+    return decodeTaskAnswers(r.data);
   }
 
   /** getitimer() for ITIMER_REAL, ITIMER_VIRTUAL and ITIMER_PROF. */
@@ -799,6 +827,18 @@ export interface InfectOptions {
    * (one remote syscall), else a memfd (three). 'memfd': the memfd way always.
    */
   blobHome?: 'auto' | 'memfd';
+  /**
+   * The daemon collects what {@link Parasite.dumpTask} answers as it starts, before it connects,
+   * and the parasite has it as `taskAtStart`: one round trip to the task less. Meant for a task
+   * that stays frozen until it is used (only the ITIMER_REAL countdown moves meanwhile).
+   */
+  taskAtStart?: boolean;
+  /**
+   * Work for our own thread while the task starts the daemon (it runs in the task's thread,
+   * usually on another CPU): called once, after the daemon was started and before we wait for
+   * its connection. If it throws, the infection is undone and its error thrown.
+   */
+  meanwhile?: () => void;
 }
 
 /**

@@ -491,6 +491,54 @@ describe('@criu-ts/compel', function () {
       }
     });
 
+    it('taskAtStart: the daemon\'s answers at start are what dumpTask() answers after; meanwhile runs once before the connection', async () => {
+      const v = await Victim.start('busy');
+      const victim = injectSync(v.pid);
+      try {
+        expect(victim.infectSync().taskAtStart, 'not asked for').to.equal(undefined);
+      } finally {
+        victim.cureSync();
+      }
+      const again = injectSync(v.pid);
+      try {
+        let calls = 0;
+        const p = again.infectSync(undefined, { taskAtStart: true, meanwhile: () => calls++ });
+        expect(calls).to.equal(1);
+        const atStart = p.taskAtStart!;
+        const now = p.dumpTask();
+        expect(atStart.misc).to.deep.equal(now.misc);
+        expect(Number(atStart.misc.pid)).to.equal(v.pid);
+        expect(atStart.sigactions).to.deep.equal(now.sigactions);
+        expect(atStart.sigactions[signalNumber('SIGUSR1') - 1]!.handler > 1n).to.equal(true);
+        expect(atStart.itimers.real.intervalSec).to.equal(1000n);
+        // ITIMER_REAL counts down while the task is frozen: the answer at start is the larger.
+        const left = (t: typeof now.itimers.real) => t.valueSec * 1_000_000n + t.valueUsec;
+        expect(left(atStart.itimers.real) >= left(now.itimers.real)).to.equal(true);
+        expect(left(atStart.itimers.real) - left(now.itimers.real) < 5_000_000n).to.equal(true);
+      } finally {
+        again.cureSync();
+      }
+      process.kill(v.pid, 'SIGUSR1');
+      expect(await v.waitLine(/^(ok|bad)/)).to.match(/^ok/);
+    });
+
+    it('meanwhile that throws: the infection is undone (same maps and descriptors after cure, the victim whole) and its error thrown', async () => {
+      const v = await Victim.start('busy');
+      const fdsBefore = readdirSync(`/proc/${v.pid}/fd`).sort();
+      const mapsBefore = mapsText(v.pid);
+      const victim = injectSync(v.pid);
+      try {
+        expect(() => victim.infectSync(undefined, { meanwhile: () => { throw new Error('describing failed'); } })).to.throw('describing failed');
+        expect(victim.parasite).to.equal(null);
+      } finally {
+        victim.cureSync();
+      }
+      expect(mapsText(v.pid)).to.equal(mapsBefore);
+      expect(readdirSync(`/proc/${v.pid}/fd`).sort()).to.deep.equal(fdsBefore);
+      process.kill(v.pid, 'SIGUSR1');
+      expect(await v.waitLine(/^(ok|bad)/)).to.match(/^ok/);
+    });
+
     it('sends fds into the task and receives the task fds', async () => {
       const v = await Victim.start('busy');
       const victim = injectSync(v.pid);

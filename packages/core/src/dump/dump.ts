@@ -196,6 +196,8 @@ interface TaskDump {
   answers?: ParasiteAnswers;
   exeId?: number;
   runs?: PageRun[];
+  /** What describing the task (exe, VMAs, pages) threw while its daemon started: thrown at collect. */
+  describeError?: unknown;
 }
 
 /** One shared anonymous object of the tree: its pages file is filled from every task that maps it. */
@@ -384,15 +386,6 @@ function dumpTree(options: DumpOptions): DumpResult {
       locked = toLock;
     }
 
-    // ---- infect
-    stage = 'infect';
-    options.onStage?.(stage);
-    for (const t of live) t.parasite = t.victim.infectSync();
-    fault('after-parasite');
-
-    // ---- collect
-    stage = 'collect';
-    options.onStage?.(stage);
     const files = (fileTable = new FileTable({
       ghostLimit: options.ghostLimit ?? DEFAULT_GHOST_LIMIT, shellJob: options.shellJob === true, fileLocks: options.fileLocks === true,
       linkRemap: options.linkRemap === true, extUnixSk: options.extUnixSk === true, inet, treePids: live.map((t) => t.task.pid),
@@ -400,11 +393,33 @@ function dumpTree(options: DumpOptions): DumpResult {
       treeSockets: new Set(live.flatMap((t) => socketInodesOf(t.task.pid, t.taskFds))),
     }));
     const sysv = new SysvShmDumper();
+    /**
+     * The part of collect and memory that needs no parasite (exe, VMAs, pages to save: /proc
+     * only). It runs while the task starts its parasite, which it does on its own CPU: the
+     * frozen time does not wait for both in turn. Its VMAs were read before the parasite came.
+     */
+    const describeTask = (t: TaskDump) => {
+      try {
+        const p = t.task.pid;
+        t.exeId = files.mappedFile(readLink(p, 'exe').replace(/ \(deleted\)$/, ''), 0, `/proc/${p}/exe`);
+        t.vmas = describeVmas(p, t.procVmas, files, sysv);
+        t.runs = scanPages(p, t.vmas, 'private');
+      } catch (error) {
+        t.describeError = error;
+      }
+    };
+
+    // ---- infect
+    stage = 'infect';
+    options.onStage?.(stage);
+    for (const t of live) t.parasite = t.victim.infectSync(undefined, { taskAtStart: true, meanwhile: () => describeTask(t) });
+    fault('after-parasite');
+
+    // ---- collect
+    stage = 'collect';
+    options.onStage?.(stage);
     for (const t of live) {
-      const p = t.task.pid;
-      const exePath = readLink(p, 'exe').replace(/ \(deleted\)$/, '');
-      const exeId = files.mappedFile(exePath, 0, `/proc/${p}/exe`);
-      t.vmas = describeVmas(p, t.procVmas, files, sysv);
+      if (t.describeError !== undefined) throw t.describeError;
       // What the core needs from the parasite, now: the copy of the pages keeps it busy, and the
       // images are built during that copy (buildTaskEntries). Every thread's own state: the
       // worker's in that answer (its misc), each other thread's by running the same code in that
@@ -413,7 +428,6 @@ function dumpTree(options: DumpOptions): DumpResult {
       const misc = t.answers.misc;
       for (const th of t.threads) th.own = threadOwnStateFromMisc(th.tid === t.victim.worker ? misc : t.parasite!.threadMisc(th.tid));
       t.misc = misc;
-      t.exeId = exeId;
       t.fs = { umask: Number(misc.umask) };
     }
 
@@ -446,10 +460,7 @@ function dumpTree(options: DumpOptions): DumpResult {
     const memStart = performance.now();
     let pagesWritten = 0;
     let pagesTotal = 0;
-    for (const t of live) {
-      t.runs = scanPages(t.task.pid, t.vmas!, 'private');
-      pagesTotal += t.runs.reduce((n, r) => n + r.pages, 0);
-    }
+    for (const t of live) pagesTotal += t.runs!.reduce((n, r) => n + r.pages, 0);
     // ---- write-images, most of it: what does not depend on the copy of the pages. It runs
     // while the parasite of the process with the most pages copies them on that task's own
     // thread (another CPU), instead of after: the tasks stay frozen that much less.

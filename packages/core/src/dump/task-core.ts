@@ -276,7 +276,8 @@ export interface ParasiteAnswers {
 
 /** What the core entry needs from the parasite: misc, sigactions and itimers in one request (DUMP_TASK), then the POSIX timers if any. */
 export function askParasite(task: TaskSnapshot, parasite: Parasite): ParasiteAnswers {
-  const { misc, sigactions, itimers } = parasite.dumpTask();
+  // Collected by the daemon as it started (the task has been frozen since): no round trip.
+  const { misc, sigactions, itimers } = parasite.taskAtStart ?? parasite.dumpTask();
   return {
     misc,
     sigactions,
