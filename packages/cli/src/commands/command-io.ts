@@ -1,6 +1,7 @@
 // The process-facing side of a command (output streams, stdin), kept apart so commands can be
 // run in-process by tests and by library users.
 import { readFileSync, writeSync } from 'node:fs';
+import { isatty } from 'node:tty';
 
 export interface CommandIo {
   /** Text to standard output. */
@@ -49,6 +50,7 @@ export const processIo: CommandIo = {
   print: (text) => writeAll(1, Buffer.from(text.endsWith('\n') ? text : text + '\n')),
   error: (text) => writeAll(2, Buffer.from(text.endsWith('\n') ? text : text + '\n')),
   readStdin: () => readFileSync(0),
-  isTty: () => process.stderr.isTTY === true,
+  // isatty(2) rather than process.stderr.isTTY, which builds the stderr stream to answer.
+  isTty: () => isatty(2),
   errorRaw: (text) => writeAll(2, Buffer.from(text)),
 };
