@@ -12,10 +12,13 @@
 //   network-lock   established TCP connections to save (--tcp-established) are locked: the
 //                  peers' packets are dropped (soccr's nft/iptables lock, held for these images)
 //                  before their queues are read, and until a restore lifts the lock
-//   infect         the parasite is loaded into every live process (it runs in the leader)
+//   infect         the parasite is loaded into every live process (it runs in the leader);
+//                  while each starts it, the VMAs, the exe and the pages to save (found with
+//                  PAGEMAP_SCAN, or /proc/PID/pagemap) are read here; the daemon collects its
+//                  answers (misc, sigactions, itimers) before it connects
 //   collect        signals, timers, creds, VMAs, mapped files... into image entries
-//   memory         pages found with PAGEMAP_SCAN (or /proc/PID/pagemap), moved by vmsplice +
-//                  splice to pages-N.img (one per process, one per shared anonymous object)
+//   memory         the pages moved by vmsplice + splice to pages-N.img (one per process, one
+//                  per shared anonymous object)
 //   files          fd tables, cwd/root; one files.img for the tree (an open file description
 //                  shared across fork is one entry). Needs no parasite: runs inside memory,
 //                  while the parasite of the process with the most pages copies them
