@@ -57,6 +57,22 @@ describe('core: dump of a single process', function () {
     expect(checks.length).to.be.greaterThan(15);
   });
 
+  it('stats-dump times as CRIU counts them: freezing_time, then frozen_time after it (no overlap), both within the stages', function () {
+    keeper = new StateKeeper();
+    const marks = new Map<string, number>();
+    const result = dumpSync({ pid: keeper.pid, imagesDir: images, leave: 'running', onStage: (stage) => marks.set(stage, performance.now()) });
+    const stats = entries(join(images, 'stats-dump'))[0]!.dump;
+    expect(Number(stats.freezing_time)).to.equal(result.freezingTime);
+    expect(Number(stats.frozen_time)).to.equal(result.frozenTime);
+    expect(result.freezingTime).to.be.greaterThan(0);
+    expect(result.frozenTime).to.be.greaterThan(result.memdumpTime);
+    // Both fit between the freeze stage's start and finish's: one after the other, the freezing
+    // not counted twice (1 us of rounding each).
+    const window = (marks.get('finish')! - marks.get('freeze')!) * 1000;
+    expect(result.freezingTime + result.frozenTime).to.be.at.most(window + 2);
+    expect(keeper.check().failures).to.deep.equal([]);
+  });
+
   it('a task whose file size limit is below its pages: they are written for it, no SIGXFSZ reaches it', function () {
     // The parasite may copy pages into the file itself, but its writes would count against the
     // task's RLIMIT_FSIZE: past it the kernel raises SIGXFSZ in the task (blocked during the dump,

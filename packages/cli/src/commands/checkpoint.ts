@@ -81,9 +81,9 @@ export async function runDump(argv: string[], io: CommandIo): Promise<number> {
       ...(ghost !== undefined ? { ghostLimit: parseSize(ghost, '--ghost-limit', DUMP_HELP) } : {}),
     });
     progress.finish();
-    log.info(`Dumped ${result.pagesWritten} pages; frozen for ${(result.frozenTime / 1000).toFixed(1)} ms`);
+    log.info(`Dumped ${result.pagesWritten} pages; freezing took ${(result.freezingTime / 1000).toFixed(1)} ms, then frozen for ${(result.frozenTime / 1000).toFixed(1)} ms`);
     log.info('Dumping finished successfully');
-    if (io.isTty?.()) io.error(`criu-ts: dumped ${tree}: ${result.images.length} images, ${(result.pagesWritten * 4096 / 1048576).toFixed(1)} MiB of pages, frozen ${(result.frozenTime / 1000).toFixed(1)} ms`);
+    if (io.isTty?.()) io.error(`criu-ts: dumped ${tree}: ${result.images.length} images, ${(result.pagesWritten * 4096 / 1048576).toFixed(1)} MiB of pages, frozen ${((result.freezingTime + result.frozenTime) / 1000).toFixed(1)} ms (freezing included)`);
     return 0;
   } catch (error) {
     progress.finish();

@@ -95,7 +95,7 @@ export function runDemo(argv: string[], io: CommandIo): number {
     say(`== criu-ts dump -t ${pid} -D ${images}`);
     const dumped = dumpSync({ pid, imagesDir: images });
     const countAtDump = lines().length;
-    say(`   frozen for ${(dumped.frozenTime / 1000).toFixed(1)} ms, ${dumped.pagesWritten} pages written; the process is gone:`);
+    say(`   frozen for ${((dumped.freezingTime + dumped.frozenTime) / 1000).toFixed(1)} ms (freezing included), ${dumped.pagesWritten} pages written; the process is gone:`);
     waitFor('the dumped process to be gone', () => {
       reap(pid!);
       return !existsSync(`/proc/${pid}`);

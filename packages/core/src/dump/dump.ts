@@ -116,7 +116,12 @@ export interface DumpResult {
   readonly imagesDir: string;
   readonly images: string[];
   readonly pagesWritten: number;
-  /** Microseconds, as stats-dump records them. */
+  /**
+   * Microseconds, as stats-dump records them and with CRIU's meaning: freezingTime is the
+   * freezing of the tree (seizing every thread of every process), frozenTime what follows until
+   * every image is written (the tree then waits only for the fsyncs, then is killed or runs on).
+   * The two do not overlap: the tasks stood still for their sum.
+   */
   readonly freezingTime: number;
   readonly frozenTime: number;
   readonly memdumpTime: number;
@@ -301,7 +306,8 @@ function dumpTree(options: DumpOptions): DumpResult {
   const prefill = options.prefill ?? PagesPrefill.forTree(options.imagesDir, pidNumber);
   const pagesPrefilled = prefill.totalBytes;
   emptyYoungGeneration();
-  const frozenAt = performance.now();
+  /** When the whole tree stood frozen: frozen_time starts there, as CRIU's does (after freezing_time). */
+  let frozenAt = Number.NaN;
   let cleanedUp = false;
   const sharedDumps = new Map<bigint, SharedDump>();
   let sharedClosed = false;
@@ -361,7 +367,8 @@ function dumpTree(options: DumpOptions): DumpResult {
     options.onStage?.(stage);
     const freezeStart = performance.now();
     freezeTree(pid, tree, options.timeoutMs ?? DEFAULT_TIMEOUT_MS);
-    const freezingTime = Math.round((performance.now() - freezeStart) * 1000);
+    frozenAt = performance.now();
+    const freezingTime = Math.round((frozenAt - freezeStart) * 1000);
     fault('after-freeze');
     let nextPagesId = 1;
     const live: TaskDump[] = [];
