@@ -12,6 +12,7 @@ import { reapIfOurs, StateKeeper, rootWithSubreaper, imageEntries as entries } f
 import { scanPages, VMA, vmFlagsCanWait, writebackBehind, zeroPfn, type DumpVma } from '../src/dump/memory.js';
 import { readMaps as readProcMaps, readSmaps } from '../src/proc/smaps.js';
 import { emptyYoungGeneration } from '../src/dump/heap-quiet.js';
+import { ImageDir } from '../src/dump/image-dir.js';
 import { constants as perfConstants, PerformanceObserver } from 'node:perf_hooks';
 import { asFd, asRemoteAddress, cachestat, getpid, mmap, munmap, processVmReadv, processVmWritev } from '@criu-ts/sys';
 
@@ -134,6 +135,30 @@ describe('core: dump of a single process', function () {
       closeSync(fd);
       rmSync(dir, { recursive: true, force: true });
     }
+  });
+
+  it('ImageDir.syncWritten leaves no page of any written file dirty or under writeback, across batches of descriptors', function () {
+    const dir = new ImageDir(images);
+    const names: string[] = [];
+    for (let i = 0; i < 300; i++) { // more than one batch
+      const name = `pages-${i + 1}.img`;
+      const fd = dir.openRaw(name);
+      writeSync(fd, Buffer.alloc(8192 + i, i & 0xff));
+      closeSync(fd);
+      names.push(name);
+    }
+    const pageState = (name: string) => {
+      const fd = asFd(openSync(dir.file(name), 'r'));
+      try {
+        const { dirty, writeback } = cachestat(fd, 0, 0);
+        return dirty + writeback;
+      } finally {
+        closeSync(fd);
+      }
+    };
+    expect(names.map(pageState).reduce((a, b) => a + b), 'written, not synced yet').to.be.greaterThan(0);
+    dir.syncWritten();
+    expect(names.filter((name) => pageState(name) !== 0), 'files with pages not on disk').to.deep.equal([]);
   });
 
   it('finds the same pages to save with PAGEMAP_SCAN as entry by entry: written anonymous pages, private file pages copied on write', function () {

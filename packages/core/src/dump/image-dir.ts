@@ -4,8 +4,11 @@
 // without it never looks like a complete dump.
 import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, rmSync, rmdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { linkat, type Fd } from '@criu-ts/sys';
+import { asFd, linkat, syncFileRange, SYNC_FILE_RANGE, type Fd } from '@criu-ts/sys';
 import { ImageWriter, kindForFileName, type DecodedMessage, type EntryPayload } from '@criu-ts/images';
+
+/** Files synced per batch by syncWritten (each batch holds that many descriptors). */
+const SYNC_BATCH = 256;
 
 export class ImageDir {
   private readonly written: string[] = [];
@@ -46,14 +49,28 @@ export class ImageDir {
     }
   }
 
-  /** fsync of every file written since the last call (images and raw pages). */
+  /**
+   * fsync of every file written since the last call (images and raw pages). The writeback of
+   * all of them is started first, so the disk takes them in one batch: then the first fsync's
+   * journal commit carries every file's new blocks, and the others find little left to do. One
+   * fsync after another instead cost each small image a commit of its own (13 images: ~8 ms).
+   */
   syncWritten(): void {
-    for (const name of this.written.slice(this.syncedCount)) {
-      const fd = openSync(this.file(name), 'r');
+    const names = this.written.slice(this.syncedCount);
+    // In batches, so that a tree of many processes does not hold too many descriptors at once.
+    for (let at = 0; at < names.length; at += SYNC_BATCH) {
+      const fds: number[] = [];
       try {
-        fsyncSync(fd);
+        for (const name of names.slice(at, at + SYNC_BATCH)) {
+          const fd = openSync(this.file(name), 'r');
+          fds.push(fd);
+          try {
+            syncFileRange(asFd(fd), 0, 0, SYNC_FILE_RANGE.WRITE);
+          } catch { /* only a head start: the fsync below is what counts */ }
+        }
+        for (const fd of fds) fsyncSync(fd);
       } finally {
-        closeSync(fd);
+        for (const fd of fds) closeSync(fd);
       }
     }
     this.syncedCount = this.written.length;
