@@ -28,9 +28,13 @@ export { listThreads, taskState, readMaps, isParasiteMapping, readStatus, listPo
 export class Victim extends Injection {
   private parasiteInstance: Parasite | null = null;
 
-  /** Loads the parasite (once) and returns it. */
+  /**
+   * Loads the parasite (once) and returns it. Once loaded, a later call starts nothing, so its
+   * `meanwhile` runs at once: the caller's work is done either way.
+   */
   infectSync(blob?: Blob, options?: InfectOptions): Parasite {
     if (!this.parasiteInstance) this.parasiteInstance = infectSync(this, blob, options);
+    else options?.meanwhile?.();
     return this.parasiteInstance;
   }
 

@@ -504,6 +504,9 @@ describe('@criu-ts/compel', function () {
         let calls = 0;
         const p = again.infectSync(undefined, { taskAtStart: true, meanwhile: () => calls++ });
         expect(calls).to.equal(1);
+        // Already infected: nothing starts, and meanwhile runs at once.
+        expect(again.infectSync(undefined, { meanwhile: () => calls++ })).to.equal(p);
+        expect(calls).to.equal(2);
         const atStart = p.taskAtStart!;
         const now = p.dumpTask();
         expect(atStart.misc).to.deep.equal(now.misc);

@@ -429,7 +429,6 @@ function dumpTree(options: DumpOptions): DumpResult {
     stage = 'collect';
     options.onStage?.(stage);
     for (const t of live) {
-      if (t.vmas === undefined && t.describeError === undefined) describeTask(t); // no daemon was started (one was there already)
       if (t.describeError !== undefined) throw t.describeError;
       // What the core needs from the parasite, now: the copy of the pages keeps it busy, and the
       // images are built during that copy (buildTaskEntries). Every thread's own state: the
