@@ -99,8 +99,8 @@ function killAndReap(pid) {
     return procState(pid) === undefined;
   }, 10_000);
 }
-function run(cmd, args) {
-  const r = spawnSync(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'], encoding: 'utf8' });
+function run(cmd, args, env = process.env) {
+  const r = spawnSync(cmd, args, { env, stdio: ['ignore', 'ignore', 'pipe'], encoding: 'utf8' });
   if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} failed (${r.status ?? r.signal}): ${r.stderr}`);
 }
 function timed(fn) {
@@ -171,10 +171,7 @@ const COPY_AND_FSYNC = "const fs = require('node:fs'); const [src, out] = proces
   "fs.copyFileSync(src, out); const fd = fs.openSync(out, 'r'); fs.fsyncSync(fd);";
 /** Milliseconds a fresh `node` takes to copy `source` to `out` and fsync it (step 5). */
 function nodeFloorMs(source, out) {
-  const ms = timed(() => {
-    const r = spawnSync(process.execPath, ['-e', COPY_AND_FSYNC, source, out], { env: bareNodeEnv, stdio: ['ignore', 'ignore', 'pipe'], encoding: 'utf8' });
-    if (r.status !== 0) throw new Error(`node floor copy failed (${r.status ?? r.signal}): ${r.stderr}`);
-  });
+  const ms = timed(() => run(process.execPath, ['-e', COPY_AND_FSYNC, source, out], bareNodeEnv));
   rmSync(out);
   return ms;
 }
@@ -307,10 +304,7 @@ if (results.length === 0) process.exit(exitCode || 1);
 const nodeStartup = median(Array.from({ length: RUNS }, () => timed(() => run(process.execPath, ['-e', '0']))));
 // As the bin starts Node (see its first lines): the host's speed varies by the hour, and this is
 // the figure to hold against the issue's 0.060 s.
-const bareNodeStartup = median(Array.from({ length: RUNS }, () => timed(() => {
-  const r = spawnSync(process.execPath, ['-e', '0'], { env: bareNodeEnv, stdio: 'ignore' });
-  if (r.status !== 0) throw new Error(`node -e 0 failed (${r.status ?? r.signal})`);
-})));
+const bareNodeStartup = median(Array.from({ length: RUNS }, () => timed(() => run(process.execPath, ['-e', '0'], bareNodeEnv))));
 const fsType = spawnSync('df', ['--output=fstype,source', KEEP ? dir : dirname(dir)], { encoding: 'utf8' }).stdout.trim().split('\n').at(-1)?.trim().replace(/\s+/, ' on ');
 const ms = (x) => (x === undefined ? '-' : x < 10 ? `${x.toFixed(2)} ms` : `${x.toFixed(1)} ms`);
 console.log(`\nMachine: ${cpus()[0]?.model ?? '?'}, ${cpus().length} cores, ${(totalmem() / 2 ** 30).toFixed(1)} GiB memory, ` +
